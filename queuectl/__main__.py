@@ -1,0 +1,3 @@
+from queuectl.main import main
+
+raise SystemExit(main())

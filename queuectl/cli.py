@@ -1,0 +1,317 @@
+"""The click commands: parse, call the store or the worker, print. No queue logic here."""
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from queuectl import __version__
+from queuectl import config as cfg
+from queuectl.errors import NotFound, ValidationError
+from queuectl.job import DEAD, JobSpec, check_state, spec_from_json
+from queuectl.paths import resolve_db_path
+from queuectl.store import Store
+from queuectl.utils import iso_ms
+
+LOG_FORMATS = click.Choice(["auto", "human", "json"])
+
+
+def _remember_db(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value:
+        ctx.ensure_object(dict)["db"] = value
+
+
+db_option = click.option(
+    "--db", metavar="PATH", expose_value=False, callback=_remember_db, is_eager=True,
+    help="Database file (default: $QUEUECTL_DB, /var/lib/queuectl/queue.db, XDG data home).",
+)
+
+
+def _db_path(ctx: click.Context) -> tuple[Path, bool]:
+    return resolve_db_path(ctx.ensure_object(dict).get("db"))
+
+
+def _store(ctx: click.Context) -> Store:
+    from queuectl.db import open_store
+
+    path, create_dirs = _db_path(ctx)
+    store = open_store(path, create_dirs)
+    ctx.call_on_close(store.close)
+    return store
+
+
+def _print_json(value: Any, indent: int | None = 2) -> None:
+    click.echo(json.dumps(value, indent=indent, ensure_ascii=False))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@db_option
+@click.option("--log-format", type=LOG_FORMATS, default="auto", show_default=True,
+              help="How workers log: human lines, JSON lines, or auto (human on a terminal).")
+@click.version_option(__version__, prog_name="queuectl")
+@click.pass_context
+def cli(ctx: click.Context, log_format: str) -> None:
+    """A durable background job queue for shell commands."""
+    ctx.ensure_object(dict)["log_format"] = log_format
+
+
+# -- enqueue ---------------------------------------------------------------------------------
+def _specs_from_file(source: str) -> list[JobSpec]:
+    try:
+        if source == "-":
+            text = sys.stdin.buffer.read().decode("utf-8", "surrogateescape")
+        else:
+            with open(source, "rb") as fh:
+                text = fh.read().decode("utf-8", "surrogateescape")
+    except OSError as exc:
+        raise ValidationError(f"cannot read {source}: {exc.strerror}") from None
+    specs = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            specs.append(spec_from_json(line))
+        except ValidationError as exc:
+            raise ValidationError(f"line {number}: {exc}") from None
+    if not specs:
+        raise ValidationError(f"{source}: no jobs found")
+    return specs
+
+
+@cli.command()
+@click.argument("job_json", required=False, metavar="JSON")
+@click.option("--file", "file_", metavar="PATH", help="JSON Lines file of jobs ('-' = stdin).")
+@click.option("--cmd", "command", metavar="COMMAND", help="The shell command (instead of JSON).")
+@click.option("--id", "job_id", metavar="ID", help="With --cmd: the job id.")
+@click.option("--max-retries", type=int, help="With --cmd: retries after the first run.")
+@click.option("--timeout", type=float, help="With --cmd: seconds before the job is killed.")
+@click.option("--priority", type=int, help="With --cmd: higher runs first (default 0).")
+@click.option("--run-at", metavar="TIME", help="With --cmd: ISO 8601 time to run at.")
+@click.option("--delay", type=float, help="With --cmd: seconds from now to run at.")
+@click.option("--if-absent", is_flag=True, help="An existing id is not an error: print it, exit 0.")
+@db_option
+@click.pass_context
+def enqueue(ctx: click.Context, job_json: str | None, file_: str | None, command: str | None,
+            job_id: str | None, max_retries: int | None, timeout: float | None,
+            priority: int | None, run_at: str | None, delay: float | None,
+            if_absent: bool) -> None:
+    """Add jobs: a JSON object, --file of JSON Lines, or --cmd 'shell command'."""
+    sources = [s for s in (job_json is not None, file_ is not None, command is not None) if s]
+    if len(sources) != 1:
+        raise click.UsageError("give exactly one of: a JSON argument, --file PATH or --cmd COMMAND")
+    cmd_options = {"id": job_id, "max_retries": max_retries, "timeout": timeout,
+                   "priority": priority, "run_at": run_at, "delay": delay}
+    given = {k: v for k, v in cmd_options.items() if v is not None}
+    if command is None and given:
+        flag = "--" + next(iter(given)).replace("_", "-")
+        raise click.UsageError(f"{flag} goes with --cmd; put it in the JSON instead")
+    from queuectl.job import spec_from_object
+
+    if command is not None:
+        specs = [spec_from_object({"command": command, **given})]
+    elif file_ is not None:
+        specs = _specs_from_file(file_)
+    else:
+        specs = [spec_from_json(job_json or "")]
+    for job_id_ in _store(ctx).enqueue(specs, if_absent=if_absent):
+        click.echo(job_id_)
+
+
+# -- inspecting ------------------------------------------------------------------------------
+@cli.command()
+@db_option
+@click.pass_context
+def status(ctx: click.Context) -> None:
+    """Jobs per state and active workers, as one JSON object."""
+    _print_json(_store(ctx).counts(), indent=None)
+
+
+@cli.command(name="list")
+@click.option("--state", metavar="STATE", help="Only jobs in this state.")
+@click.option("--limit", type=click.IntRange(min=1), metavar="N", help="At most N jobs.")
+@db_option
+@click.pass_context
+def list_(ctx: click.Context, state: str | None, limit: int | None) -> None:
+    """Jobs as a JSON array, oldest first."""
+    if state is not None:
+        check_state(state)
+    _print_json([j.to_dict() for j in _store(ctx).list_jobs(state, limit)])
+
+
+@cli.command()
+@click.argument("job_id", metavar="ID")
+@db_option
+@click.pass_context
+def show(ctx: click.Context, job_id: str) -> None:
+    """One job with its attempt history and the tail of each attempt's output."""
+    job = _store(ctx).get(job_id, history=True)
+    record = job.to_dict()
+    record["history"] = [
+        {**h, "started_at": iso_ms(h["started_at"]), "finished_at": iso_ms(h["finished_at"]),
+         "output": (h["output"] or b"").decode("utf-8", "replace")}
+        for h in job.history
+    ]
+    _print_json(record)
+
+
+@cli.command()
+@db_option
+@click.pass_context
+def info(ctx: click.Context) -> None:
+    """Database path, schema and SQLite versions, and the configuration in force."""
+    data = _store(ctx).info()
+    data["queuectl_version"] = __version__
+    _print_json(data)
+
+
+# -- dead letter queue -----------------------------------------------------------------------
+@cli.group()
+def dlq() -> None:
+    """The dead letter queue: jobs whose retries are spent."""
+
+
+@dlq.command(name="list")
+@click.option("--limit", type=click.IntRange(min=1), metavar="N", help="At most N jobs.")
+@db_option
+@click.pass_context
+def dlq_list(ctx: click.Context, limit: int | None) -> None:
+    """Dead jobs as a JSON array, oldest first."""
+    _print_json([j.to_dict() for j in _store(ctx).list_jobs(DEAD, limit)])
+
+
+@dlq.command(name="retry")
+@click.argument("job_id", metavar="ID")
+@db_option
+@click.pass_context
+def dlq_retry(ctx: click.Context, job_id: str) -> None:
+    """Move a dead job back to pending with attempts reset to 0."""
+    job = _store(ctx).retry_dead(job_id)
+    click.echo(job.id)
+
+
+# -- configuration ---------------------------------------------------------------------------
+@cli.group()
+def config() -> None:
+    """Queue-wide settings, stored in the database (every worker sees them)."""
+
+
+@config.command(name="set")
+@click.argument("key")
+@click.argument("value")
+@db_option
+@click.pass_context
+def config_set(ctx: click.Context, key: str, value: str) -> None:
+    """Set KEY to VALUE (max-retries, backoff-base, backoff-max, lease-seconds)."""
+    name = cfg.canonical_key(key)
+    parsed = cfg.parse_value(name, value)
+    _store(ctx).set_config(name, parsed)
+    click.echo(f"{name} = {parsed:g}" if isinstance(parsed, float) else f"{name} = {parsed}")
+
+
+@config.command(name="get")
+@click.argument("key")
+@db_option
+@click.pass_context
+def config_get(ctx: click.Context, key: str) -> None:
+    """Print one setting's value."""
+    name = cfg.canonical_key(key)
+    value = _store(ctx).config_items()[name]
+    click.echo(f"{value:g}" if isinstance(value, float) else str(value))
+
+
+@config.command(name="list")
+@db_option
+@click.pass_context
+def config_list(ctx: click.Context) -> None:
+    """All settings as a JSON object."""
+    _print_json(_store(ctx).config_items())
+
+
+# -- workers ---------------------------------------------------------------------------------
+@cli.group()
+def worker() -> None:
+    """Run and stop workers."""
+
+
+@worker.command(name="run")
+@click.option("--name", help="Stable worker identity (default: HOST:PID).")
+@click.option("--label", hidden=True)
+@click.option("--grace", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="Seconds a running job may finish after SIGTERM before it is stopped.")
+@click.option("--poll-interval", type=click.FloatRange(min=0.01), default=0.25,
+              show_default=True, help="Seconds between looks at an idle queue.")
+@click.option("--drain", is_flag=True, help="Exit once no job is left to run.")
+@click.option("--supervised-by", type=int, hidden=True)
+@db_option
+@click.pass_context
+def worker_run(ctx: click.Context, name: str | None, label: str | None, grace: float,
+               poll_interval: float, drain: bool, supervised_by: int | None) -> int:
+    """Run one worker in the foreground (what the systemd unit runs)."""
+    from queuectl.log import setup_logging
+    from queuectl.worker import Worker
+
+    setup_logging(ctx.obj.get("log_format", "auto"))
+    store = _store(ctx)
+    path, _ = _db_path(ctx)
+    w = Worker(store, path, name=name, label=label, grace=grace, poll_interval=poll_interval,
+               drain=drain, parent_pid=supervised_by)
+    return w.run()
+
+
+@worker.command(name="start")
+@click.option("--count", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="How many workers.")
+@click.option("--grace", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="Seconds a running job may finish after Ctrl-C or SIGTERM.")
+@click.option("--drain", is_flag=True, help="Exit once no job is left to run.")
+@db_option
+@click.pass_context
+def worker_start(ctx: click.Context, count: int, grace: float, drain: bool) -> int:
+    """Run COUNT workers in the foreground until Ctrl-C or SIGTERM."""
+    from queuectl.supervisor import supervise
+
+    _store(ctx)  # fail here, once and clearly, if the database is unusable
+    path, _ = _db_path(ctx)
+    return supervise(path.absolute(), count, grace, drain, ctx.obj.get("log_format", "auto"))
+
+
+@worker.command(name="stop")
+@click.option("--timeout", type=click.FloatRange(min=0), default=60.0, show_default=True,
+              help="Seconds to wait for the workers to exit.")
+@db_option
+@click.pass_context
+def worker_stop(ctx: click.Context, timeout: float) -> int:
+    """Gracefully stop every worker on this host that uses this database."""
+    from queuectl import procinfo
+
+    store = _store(ctx)
+    host = procinfo.hostname()
+    targets = [
+        w for w in store.workers()
+        if w.host == host and procinfo.is_alive(w.pid, w.pid_start)
+        and procinfo.is_queuectl_worker(w.pid)
+    ]
+    if not targets:
+        click.echo("No running workers.")
+        return 0
+    for w in targets:
+        try:
+            os.kill(w.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    left = targets
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = [w for w in left if procinfo.is_alive(w.pid, w.pid_start)]
+    stopped = len(targets) - len(left)
+    click.echo(f"Stopped {stopped} worker{'s' if stopped != 1 else ''}.")
+    if left:
+        names = ", ".join(f"{w.name} (pid {w.pid})" for w in left)
+        raise NotFound(f"{len(left)} worker(s) still running after {timeout:g} s: {names}")
+    return 0

@@ -1,0 +1,540 @@
+"""The SQLite store: one file shared by every worker and CLI call on the host.
+
+WAL mode so readers never wait for writers; every write in `BEGIN IMMEDIATE` so a
+transaction never has to upgrade a read snapshot (which fails at once under contention);
+our own short jittered retry instead of SQLite's busy handler, whose growing sleeps let one
+process starve the others; `synchronous=FULL` so a job whose enqueue returned survives
+power loss.
+"""
+
+import os
+import random
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from queuectl import config as cfg
+from queuectl.errors import Conflict, DatabaseUnavailable, NotFound
+from queuectl.job import (
+    COMPLETED,
+    DEAD,
+    FAILED,
+    PENDING,
+    PROCESSING,
+    STATES,
+    Job,
+    JobSpec,
+    new_job_id,
+)
+from queuectl.store import Outcome, Store, WorkerInfo
+from queuectl.utils import now
+
+SCHEMA_VERSION = 1
+SQLITE_MAGIC = b"SQLite format 3\x00"
+BUSY_TIMEOUT = float(os.environ.get("QUEUECTL_BUSY_TIMEOUT", "5"))
+ACTIVE_WINDOW = 6.0  # seconds without a heartbeat before a worker stops counting as active
+OUTPUT_LIMIT = 65_536  # bytes of output kept per attempt (the tail)
+
+MIGRATIONS: dict[int, list[str]] = {
+    1: [
+        """CREATE TABLE jobs (
+            id TEXT PRIMARY KEY NOT NULL,
+            command TEXT NOT NULL,
+            state TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            max_retries INTEGER NOT NULL,
+            priority INTEGER NOT NULL DEFAULT 0,
+            timeout REAL,
+            run_at REAL NOT NULL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            worker TEXT,
+            lease_expires_at REAL,
+            started_at REAL,
+            finished_at REAL,
+            exit_code INTEGER,
+            last_error TEXT)""",
+        # Only waiting jobs are in these partial indexes, so a million finished jobs cost
+        # the claim nothing.
+        """CREATE INDEX jobs_due ON jobs (priority DESC, run_at)
+            WHERE state IN ('pending', 'failed')""",
+        "CREATE INDEX jobs_leases ON jobs (lease_expires_at) WHERE state = 'processing'",
+        "CREATE INDEX jobs_by_state ON jobs (state, created_at)",
+        """CREATE TABLE attempts (
+            seq INTEGER PRIMARY KEY,
+            job_id TEXT NOT NULL,
+            attempt INTEGER NOT NULL,
+            worker TEXT,
+            started_at REAL NOT NULL,
+            finished_at REAL,
+            outcome TEXT,
+            exit_code INTEGER,
+            error TEXT,
+            output BLOB)""",
+        "CREATE INDEX attempts_by_job ON attempts (job_id, seq)",
+        """CREATE TABLE workers (
+            name TEXT PRIMARY KEY NOT NULL,
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            pid_start TEXT,
+            started_at REAL NOT NULL,
+            heartbeat_at REAL NOT NULL,
+            state TEXT NOT NULL,
+            job_id TEXT)""",
+        "CREATE TABLE config (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL)",
+    ],
+}
+
+_JOB_COLUMNS = (
+    "id, command, state, attempts, max_retries, created_at, updated_at, priority, timeout, "
+    "run_at, worker, started_at, finished_at, exit_code, last_error, lease_expires_at"
+)
+
+
+def _job(row: tuple) -> Job:
+    return Job(*row)
+
+
+def _describe(exc: sqlite3.Error, path: Path) -> str:
+    text = str(exc)
+    low = text.lower()
+    if "locked" in low or "busy" in low:
+        return f"database {path} is locked by another process (waited {BUSY_TIMEOUT:g} s)"
+    if "full" in low:
+        return f"database {path}: the disk is full"
+    if "readonly" in low or "read-only" in low:
+        return f"database {path} is read-only for this user"
+    if "not a database" in low or "malformed" in low:
+        return f"{path} is not a usable SQLite database ({text}); it was left untouched"
+    if "unable to open" in low:
+        return f"cannot open database {path} ({text})"
+    return f"database {path}: {text}"
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    low = str(exc).lower()
+    return "locked" in low or "busy" in low
+
+
+class SQLiteStore(Store):
+    def __init__(self, path: Path, create_dirs: bool = False) -> None:
+        self.path = path
+        self._conn = self._open(create_dirs)
+
+    # -- opening -----------------------------------------------------------------------------
+    def _open(self, create_dirs: bool) -> sqlite3.Connection:
+        path = self.path
+        if "://" in str(path):
+            raise DatabaseUnavailable(f"unsupported database URL {path}: only SQLite files for now")
+        parent = path.parent
+        if not parent.is_dir():
+            if not create_dirs:
+                raise DatabaseUnavailable(
+                    f"cannot open database {path}: directory {parent} does not exist"
+                )
+            try:
+                parent.mkdir(parents=True, mode=0o700, exist_ok=True)
+            except OSError as exc:
+                raise DatabaseUnavailable(f"cannot create {parent}: {exc.strerror}") from None
+        if path.is_dir():
+            raise DatabaseUnavailable(f"cannot open database {path}: it is a directory")
+        if path.exists():
+            self._check_header(path)
+        elif not os.access(parent, os.W_OK | os.X_OK):
+            raise DatabaseUnavailable(
+                f"cannot create database {path}: permission denied on {parent}"
+            )
+        try:
+            conn = sqlite3.connect(
+                str(path), timeout=0, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise DatabaseUnavailable(_describe(exc, path)) from None
+        self._conn = conn
+        try:
+            conn.execute("PRAGMA synchronous=FULL")
+            self._migrate()
+        except sqlite3.Error as exc:
+            conn.close()
+            raise DatabaseUnavailable(_describe(exc, path)) from None
+        except DatabaseUnavailable:
+            conn.close()
+            raise
+        return conn
+
+    @staticmethod
+    def _check_header(path: Path) -> None:
+        """Refuse a file that is not SQLite before SQLite gets a chance to write to it."""
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(16)
+        except PermissionError:
+            raise DatabaseUnavailable(f"cannot open database {path}: permission denied") from None
+        except OSError as exc:
+            raise DatabaseUnavailable(f"cannot open database {path}: {exc.strerror}") from None
+        if head and head != SQLITE_MAGIC:
+            raise DatabaseUnavailable(
+                f"{path} is not a SQLite database; refusing to touch it"
+            )
+
+    def _migrate(self) -> None:
+        version = self._retry(lambda: self._conn.execute("PRAGMA user_version").fetchone()[0])
+        if version == SCHEMA_VERSION:
+            return
+        if version > SCHEMA_VERSION:
+            raise DatabaseUnavailable(
+                f"database {self.path} has schema version {version}, newer than this "
+                f"queuectl understands ({SCHEMA_VERSION}): upgrade queuectl"
+            )
+        if version == 0:
+            tables = {r[0] for r in self._conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if tables:
+                raise DatabaseUnavailable(
+                    f"{self.path} is a SQLite database of another application; refusing to touch it"
+                )
+        mode = self._conn.execute("PRAGMA journal_mode").fetchone()[0]
+        if mode.lower() != "wal":
+            self._retry(lambda: self._conn.execute("PRAGMA journal_mode=WAL").fetchone())
+        with self._write() as c:
+            current = c.execute("PRAGMA user_version").fetchone()[0]
+            for v in range(current + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[v]:
+                    c.execute(statement)
+            c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    # -- transactions ------------------------------------------------------------------------
+    def _retry(self, fn: Any) -> Any:
+        """Run fn, retrying briefly with jitter while another process holds the lock."""
+        deadline = time.monotonic() + BUSY_TIMEOUT
+        pause = 0.0002
+        while True:
+            try:
+                return fn()
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(random.uniform(0, pause))
+            pause = min(pause * 2, 0.002)
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; errors become DatabaseUnavailable with a readable line."""
+        conn = self._conn
+        try:
+            self._retry(lambda: conn.execute("BEGIN IMMEDIATE"))
+        except sqlite3.Error as exc:
+            raise DatabaseUnavailable(_describe(exc, self.path)) from None
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            if isinstance(exc, sqlite3.Error):
+                raise DatabaseUnavailable(_describe(exc, self.path)) from None
+            raise
+
+    def _read(self, sql: str, params: Any = ()) -> list[tuple]:
+        try:
+            return self._retry(lambda: self._conn.execute(sql, params).fetchall())
+        except sqlite3.Error as exc:
+            raise DatabaseUnavailable(_describe(exc, self.path)) from None
+
+    # -- submitting --------------------------------------------------------------------------
+    def enqueue(self, specs: list[JobSpec], if_absent: bool = False) -> list[str]:
+        ids: list[str] = []
+        with self._write() as c:
+            default_retries = self._config(c).max_retries
+            t = now()
+            verb = "INSERT OR IGNORE" if if_absent else "INSERT"
+            sql = (
+                f"{verb} INTO jobs (id, command, state, attempts, max_retries, priority, timeout,"
+                " run_at, created_at, updated_at) VALUES (?, ?, 'pending', 0, ?, ?, ?, ?, ?, ?)"
+            )
+            for spec in specs:
+                job_id = spec.id or new_job_id()
+                retries = default_retries if spec.max_retries is None else spec.max_retries
+                run_at = t if spec.run_at is None else spec.run_at
+                row = (job_id, spec.command, retries, spec.priority, spec.timeout, run_at, t, t)
+                try:
+                    c.execute(sql, row)
+                except sqlite3.IntegrityError:
+                    raise Conflict(f"job {job_id!r} already exists (use --if-absent to skip it)")
+                ids.append(job_id)
+        return ids
+
+    # -- the worker's verbs ------------------------------------------------------------------
+    def claim_next(self, worker: str) -> Job | None:
+        with self._write() as c:
+            t = now()
+            lease = self._config(c).lease_seconds
+            row = c.execute(
+                f"""UPDATE jobs SET state = 'processing', attempts = attempts + 1, worker = ?,
+                    lease_expires_at = ?, started_at = ?, finished_at = NULL, updated_at = ?
+                WHERE id = (SELECT id FROM jobs WHERE state IN ('pending', 'failed')
+                            AND run_at <= ? ORDER BY priority DESC, run_at LIMIT 1)
+                RETURNING {_JOB_COLUMNS}""",
+                (worker, t + lease, t, t, t),
+            ).fetchone()
+            if row is None:
+                return None
+            job = _job(row)
+            c.execute(
+                "INSERT INTO attempts (job_id, attempt, worker, started_at) VALUES (?, ?, ?, ?)",
+                (job.id, job.attempts, worker, t),
+            )
+        return job
+
+    def heartbeat(self, worker: str, state: str, job: Job | None) -> bool:
+        with self._write() as c:
+            t = now()
+            c.execute(
+                "UPDATE workers SET heartbeat_at = ?, state = ?, job_id = ? WHERE name = ?",
+                (t, state, job.id if job else None, worker),
+            )
+            if job is None:
+                return True
+            lease = self._config(c).lease_seconds
+            held = c.execute(
+                "UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND state = 'processing'"
+                " AND worker = ? AND attempts = ?",
+                (t + lease, job.id, worker, job.attempts),
+            ).rowcount
+        return held == 1
+
+    def _finish_attempt(
+        self, c: sqlite3.Connection, job_id: str, outcome: Outcome | None, result: str,
+        error: str | None, t: float,
+    ) -> None:
+        output = outcome.output[-OUTPUT_LIMIT:] if outcome else None
+        exit_code = outcome.exit_code if outcome else None
+        c.execute(
+            """UPDATE attempts SET finished_at = ?, outcome = ?, exit_code = ?, error = ?,
+               output = ? WHERE seq = (SELECT max(seq) FROM attempts WHERE job_id = ?)""",
+            (t, result, exit_code, error, output, job_id),
+        )
+
+    def record_success(self, job: Job, outcome: Outcome) -> bool:
+        with self._write() as c:
+            t = now()
+            held = c.execute(
+                """UPDATE jobs SET state = 'completed', finished_at = ?, updated_at = ?,
+                   exit_code = ?, last_error = NULL, lease_expires_at = NULL
+                WHERE id = ? AND state = 'processing' AND worker = ? AND attempts = ?""",
+                (t, t, outcome.exit_code, job.id, job.worker, job.attempts),
+            ).rowcount
+            if held:
+                self._finish_attempt(c, job.id, outcome, COMPLETED, None, t)
+        return held == 1
+
+    def _fail(
+        self, c: sqlite3.Connection, job: Job, outcome: Outcome | None, error: str,
+        result: str, conf: cfg.QueueConfig,
+    ) -> Job:
+        """The one place that decides between a retry and the dead letter queue."""
+        t = now()
+        exit_code = outcome.exit_code if outcome else None
+        if job.attempts > job.max_retries:
+            state, run_at, finished = DEAD, job.run_at, t
+        else:
+            state, run_at, finished = FAILED, t + conf.backoff_delay(job.attempts), t
+        c.execute(
+            """UPDATE jobs SET state = ?, run_at = ?, finished_at = ?, updated_at = ?,
+               exit_code = ?, last_error = ?, lease_expires_at = NULL WHERE id = ?""",
+            (state, run_at, finished, t, exit_code, error, job.id),
+        )
+        self._finish_attempt(c, job.id, outcome, result, error, t)
+        job.state, job.run_at, job.finished_at, job.updated_at = state, run_at, finished, t
+        job.exit_code, job.last_error, job.lease_expires_at = exit_code, error, None
+        return job
+
+    def record_failure(self, job: Job, outcome: Outcome) -> Job | None:
+        with self._write() as c:
+            row = c.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ? AND state = 'processing'"
+                " AND worker = ? AND attempts = ?",
+                (job.id, job.worker, job.attempts),
+            ).fetchone()
+            if row is None:
+                return None
+            return self._fail(c, _job(row), outcome, outcome.error or "failed", FAILED,
+                              self._config(c))
+
+    def release(self, job: Job, reason: str) -> bool:
+        with self._write() as c:
+            t = now()
+            held = c.execute(
+                """UPDATE jobs SET state = 'pending', attempts = attempts - 1, worker = NULL,
+                   lease_expires_at = NULL, started_at = NULL, updated_at = ?
+                WHERE id = ? AND state = 'processing' AND worker = ? AND attempts = ?""",
+                (t, job.id, job.worker, job.attempts),
+            ).rowcount
+            if held:
+                self._finish_attempt(c, job.id, None, "interrupted", reason, t)
+        return held == 1
+
+    def _reclaim(self, where: str, params: tuple, why: str) -> list[Job]:
+        with self._write() as c:
+            conf = self._config(c)
+            rows = c.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = 'processing' AND {where}", params
+            ).fetchall()
+            jobs = []
+            for row in rows:
+                job = _job(row)
+                error = f"worker {job.worker} {why}; counted as a failed attempt"
+                jobs.append(self._fail(c, job, None, error, "lost", conf))
+        return jobs
+
+    def reclaim_expired(self) -> list[Job]:
+        return self._reclaim("lease_expires_at < ?", (now(),), "stopped renewing its lease")
+
+    def reclaim_worker(self, worker: str) -> list[Job]:
+        return self._reclaim("worker = ?", (worker,), "died while running it and restarted")
+
+    # -- operators ---------------------------------------------------------------------------
+    def retry_dead(self, job_id: str) -> Job:
+        with self._write() as c:
+            row = c.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no job with id {job_id!r}")
+            if row[0] != DEAD:
+                raise Conflict(f"job {job_id!r} is {row[0]}, not dead; only dead jobs can be retried")
+            t = now()
+            c.execute(
+                """UPDATE jobs SET state = 'pending', attempts = 0, run_at = ?, updated_at = ?,
+                   worker = NULL, finished_at = NULL, exit_code = NULL WHERE id = ?""",
+                (t, t, job_id),
+            )
+            return _job(c.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?",
+                                  (job_id,)).fetchone())
+
+    def get(self, job_id: str, history: bool = False) -> Job:
+        rows = self._read(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+        if not rows:
+            raise NotFound(f"no job with id {job_id!r}")
+        job = _job(rows[0])
+        if history:
+            for attempt, worker, started, finished, result, code, error, output in self._read(
+                "SELECT attempt, worker, started_at, finished_at, outcome, exit_code, error,"
+                " output FROM attempts WHERE job_id = ? ORDER BY seq",
+                (job_id,),
+            ):
+                job.history.append({
+                    "attempt": attempt, "worker": worker, "started_at": started,
+                    "finished_at": finished, "outcome": result, "exit_code": code,
+                    "error": error, "output": output,
+                })
+        return job
+
+    def list_jobs(self, state: str | None = None, limit: int | None = None) -> list[Job]:
+        sql = f"SELECT {_JOB_COLUMNS} FROM jobs"
+        params: list[Any] = []
+        if state:
+            sql += " WHERE state = ?"
+            params.append(state)
+        sql += " ORDER BY created_at, rowid"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return [_job(r) for r in self._read(sql, params)]
+
+    def counts(self) -> dict[str, int]:
+        result = dict.fromkeys(STATES, 0)
+        rows = self._read(
+            "SELECT state, count(*) FROM jobs GROUP BY state UNION ALL "
+            "SELECT 'active_workers', count(*) FROM workers WHERE heartbeat_at >= ?",
+            (now() - ACTIVE_WINDOW,),
+        )
+        for key, n in rows:
+            result[key] = n
+        return {k: result[k] for k in (*STATES, "active_workers")}
+
+    def remaining(self) -> int:
+        return self._read(
+            "SELECT count(*) FROM jobs WHERE state IN ('pending', 'failed', 'processing')"
+        )[0][0]
+
+    def next_due(self) -> float | None:
+        return self._read(
+            "SELECT min(run_at) FROM jobs WHERE state IN ('pending', 'failed')"
+        )[0][0]
+
+    # -- configuration -----------------------------------------------------------------------
+    def _config(self, c: sqlite3.Connection) -> cfg.QueueConfig:
+        stored = dict(c.execute("SELECT key, value FROM config").fetchall())
+        return cfg.QueueConfig.from_items(self._merge(stored))
+
+    @staticmethod
+    def _merge(stored: dict[str, str]) -> dict[str, float | int]:
+        return {
+            key: cfg.decode(key, stored[key]) if key in stored else s.default
+            for key, s in cfg.SETTINGS.items()
+        }
+
+    def config(self) -> cfg.QueueConfig:
+        return cfg.QueueConfig.from_items(self.config_items())
+
+    def config_items(self) -> dict[str, float | int]:
+        return self._merge(dict(self._read("SELECT key, value FROM config")))
+
+    def set_config(self, key: str, value: float | int) -> None:
+        with self._write() as c:
+            c.execute(
+                "INSERT INTO config (key, value) VALUES (?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, str(value)),
+            )
+
+    # -- workers -----------------------------------------------------------------------------
+    def register_worker(self, info: WorkerInfo) -> None:
+        with self._write() as c:
+            c.execute(
+                "INSERT OR REPLACE INTO workers (name, host, pid, pid_start, started_at,"
+                " heartbeat_at, state, job_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (info.name, info.host, info.pid, info.pid_start, info.started_at,
+                 info.heartbeat_at, info.state, info.job_id),
+            )
+
+    def unregister_worker(self, name: str) -> None:
+        with self._write() as c:
+            c.execute("DELETE FROM workers WHERE name = ?", (name,))
+
+    def workers(self) -> list[WorkerInfo]:
+        return [
+            WorkerInfo(*r)
+            for r in self._read(
+                "SELECT name, host, pid, pid_start, started_at, heartbeat_at, state, job_id"
+                " FROM workers ORDER BY name"
+            )
+        ]
+
+    def info(self) -> dict[str, Any]:
+        rows = self._read("PRAGMA journal_mode")
+        return {
+            "database": str(self.path),
+            "backend": "sqlite",
+            "schema_version": self._read("PRAGMA user_version")[0][0],
+            "sqlite_version": sqlite3.sqlite_version,
+            "journal_mode": rows[0][0],
+            "synchronous": "full",
+            "config": self.config_items(),
+        }
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def open_store(path: Path, create_dirs: bool = False) -> Store:
+    """Open (creating and migrating if needed) the store at path."""
+    return SQLiteStore(path, create_dirs)
+
+
+__all__ = ["SQLiteStore", "open_store", "PENDING", "PROCESSING", "COMPLETED"]

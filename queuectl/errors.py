@@ -1,0 +1,27 @@
+"""Errors that reach the user as one stderr line and a documented exit code."""
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # not found, conflict, database unavailable
+EXIT_USAGE = 2  # usage and validation errors
+
+
+class QueueError(Exception):
+    """Base class: the message is what the user reads, `exit_code` what the shell sees."""
+
+    exit_code = EXIT_FAILED
+
+
+class ValidationError(QueueError):
+    exit_code = EXIT_USAGE
+
+
+class NotFound(QueueError):
+    pass
+
+
+class Conflict(QueueError):
+    pass
+
+
+class DatabaseUnavailable(QueueError):
+    """The database cannot be opened, read or written (missing dir, locked, not SQLite, full)."""

@@ -1,0 +1,207 @@
+"""The job: its states, its stored record, and validation of what users submit."""
+
+import json
+import math
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+from queuectl.errors import ValidationError
+from queuectl.utils import iso, iso_ms, now, parse_iso
+
+PENDING, PROCESSING, COMPLETED, FAILED, DEAD = "pending", "processing", "completed", "failed", "dead"
+STATES = (PENDING, PROCESSING, COMPLETED, FAILED, DEAD)
+
+# execve() refuses a single argument longer than 128 KiB (MAX_ARG_STRLEN), and the command
+# is one argument of `/bin/sh -c`, so a longer one could never run.
+MAX_COMMAND_BYTES = 131_071
+MAX_ID_CHARS = 200
+MAX_TIMEOUT = 31_536_000  # one year
+
+USER_KEYS = ("command", "id", "max_retries", "timeout", "priority", "run_at", "delay")
+MANAGED_KEYS = (
+    "state", "attempts", "created_at", "updated_at", "worker", "started_at", "finished_at",
+    "exit_code", "last_error", "lease_expires_at",
+)
+
+
+@dataclass
+class JobSpec:
+    """A validated request to enqueue one job; None means 'use the queue default'."""
+
+    command: str
+    id: str | None = None
+    max_retries: int | None = None
+    timeout: float | None = None
+    priority: int = 0
+    run_at: float | None = None
+
+
+@dataclass
+class Job:
+    """One row of the queue as the worker and the CLI see it."""
+
+    id: str
+    command: str
+    state: str
+    attempts: int
+    max_retries: int
+    created_at: float
+    updated_at: float
+    priority: int = 0
+    timeout: float | None = None
+    run_at: float | None = None
+    worker: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    exit_code: int | None = None
+    last_error: str | None = None
+    lease_expires_at: float | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "command": self.command,
+            "state": self.state,
+            "attempts": self.attempts,
+            "max_retries": self.max_retries,
+            "created_at": iso(self.created_at),
+            "updated_at": iso(self.updated_at),
+            "priority": self.priority,
+            "timeout": self.timeout,
+            "run_at": iso_ms(self.run_at),
+            "worker": self.worker,
+            "started_at": iso_ms(self.started_at),
+            "finished_at": iso_ms(self.finished_at),
+            "exit_code": self.exit_code,
+            "last_error": self.last_error,
+        }
+
+
+def new_job_id() -> str:
+    return secrets.token_hex(6)
+
+
+def check_state(state: str) -> str:
+    if state not in STATES:
+        raise ValidationError(f"unknown state {state!r} (valid: {', '.join(STATES)})")
+    return state
+
+
+def check_id(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValidationError('"id" must be a non-empty string')
+    if len(value) > MAX_ID_CHARS:
+        raise ValidationError(f'"id" is longer than {MAX_ID_CHARS} characters')
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValidationError('"id" must not contain control characters (newline, tab, NUL...)')
+    _check_utf8(value, "id")
+    return value
+
+
+def _check_utf8(value: str, name: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError(f'"{name}" is not valid UTF-8') from None
+
+
+def check_command(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValidationError('"command" must be a string')
+    if not value.strip():
+        raise ValidationError('"command" must not be empty')
+    if "\0" in value:
+        raise ValidationError('"command" must not contain NUL bytes')
+    _check_utf8(value, "command")
+    size = len(value.encode("utf-8"))
+    if size > MAX_COMMAND_BYTES:
+        raise ValidationError(f'"command" is {size} bytes; the limit is {MAX_COMMAND_BYTES}')
+    return value
+
+
+def check_max_retries(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1000:
+        raise ValidationError('"max_retries" must be a whole number from 0 to 1000')
+    return value
+
+
+def check_timeout(value: Any) -> float | None:
+    if value is None:
+        return None
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or not 0 < value <= MAX_TIMEOUT:
+        raise ValidationError(f'"timeout" must be a number of seconds above 0, at most {MAX_TIMEOUT}')
+    return float(value)
+
+
+def check_priority(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or abs(value) > 1_000_000:
+        raise ValidationError('"priority" must be a whole number from -1000000 to 1000000')
+    return value
+
+
+def check_run_at(value: Any) -> float:
+    if not isinstance(value, str):
+        raise ValidationError('"run_at" must be an ISO 8601 time such as 2025-11-04T10:30:00Z')
+    try:
+        return parse_iso(value)
+    except (ValueError, OverflowError):
+        raise ValidationError(f'"run_at" is not an ISO 8601 time: {value!r}') from None
+
+
+def check_delay(value: Any) -> float:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or not 0 <= value <= MAX_TIMEOUT:
+        raise ValidationError(f'"delay" must be a number of seconds from 0 to {MAX_TIMEOUT}')
+    return float(value)
+
+
+def spec_from_object(obj: Any) -> JobSpec:
+    """Validate one decoded JSON value; every rejection names the offending key."""
+    if not isinstance(obj, dict):
+        kind = {list: "an array", str: "a string"}.get(type(obj), "not an object")
+        raise ValidationError(f"a job must be a JSON object, got {kind}")
+    fields: dict[str, Any] = {}
+    for raw_key, value in obj.items():
+        key = raw_key.replace("-", "_")
+        if key in MANAGED_KEYS:
+            raise ValidationError(f'"{raw_key}" is managed by queuectl and cannot be set')
+        if key not in USER_KEYS:
+            raise ValidationError(f'unknown key "{raw_key}" (allowed: {", ".join(USER_KEYS)})')
+        if key in fields:
+            raise ValidationError(f'"{key}" is given twice')
+        fields[key] = value
+    if "command" not in fields:
+        raise ValidationError('missing required key "command"')
+    if "run_at" in fields and "delay" in fields:
+        raise ValidationError('give either "run_at" or "delay", not both')
+    spec = JobSpec(command=check_command(fields["command"]))
+    if "id" in fields:
+        spec.id = check_id(fields["id"])
+    if "max_retries" in fields:
+        spec.max_retries = check_max_retries(fields["max_retries"])
+    if "timeout" in fields:
+        spec.timeout = check_timeout(fields["timeout"])
+    if "priority" in fields:
+        spec.priority = check_priority(fields["priority"])
+    if "run_at" in fields:
+        spec.run_at = check_run_at(fields["run_at"])
+    if "delay" in fields:
+        spec.run_at = now() + check_delay(fields["delay"])
+    return spec
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValidationError(f"{name} is not valid JSON")
+
+
+def spec_from_json(text: str) -> JobSpec:
+    try:
+        obj = json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise ValidationError(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
+    except RecursionError:
+        raise ValidationError("invalid JSON: nested too deeply") from None
+    return spec_from_object(obj)

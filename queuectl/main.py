@@ -1,0 +1,46 @@
+"""Entry point: run the CLI and turn every error into one stderr line and an exit code."""
+
+import os
+import sys
+
+import click
+
+from queuectl.errors import EXIT_USAGE, QueueError
+
+
+def _fail(message: str, code: int) -> int:
+    line = " ".join(str(message).split())
+    print(f"queuectl: error: {line}", file=sys.stderr)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    from queuectl.cli import cli
+
+    try:
+        result = cli.main(args=argv, prog_name="queuectl", standalone_mode=False)
+    except click.UsageError as exc:
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+        return _fail(exc.format_message() + hint, EXIT_USAGE)
+    except click.ClickException as exc:
+        return _fail(exc.format_message(), exc.exit_code)
+    except click.Abort:
+        return 130
+    except QueueError as exc:
+        return _fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`queuectl list | head`): not an error worth a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except Exception as exc:  # a bug: still one line, with the traceback on request
+        if os.environ.get("QUEUECTL_DEBUG"):
+            raise
+        return _fail(f"internal error: {type(exc).__name__}: {exc} (QUEUECTL_DEBUG=1 shows more)",
+                     1)
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""A job's process from spawn to reap: start it in its own session, collect the tail of its
+output, time it out, kill its whole process group, and report how it ended.
+
+Read top to bottom this is the whole life of a command; the worker only decides *when*.
+"""
+
+import os
+import select
+import signal
+import subprocess
+import time
+from collections.abc import Mapping
+
+from queuectl.store import Outcome
+
+OUTPUT_TAIL = 65_536
+KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL for the job's process group
+
+# The worker's own liveness channel must never leak to the command it runs:
+# a job that inherits NOTIFY_SOCKET could fake the worker's watchdog pings.
+PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
+               "LISTEN_FDNAMES", "INVOCATION_ID")
+
+
+def job_environment(base: Mapping[str, str], job_id: str, attempt: int) -> dict[str, str]:
+    env = {k: v for k, v in base.items() if k not in PRIVATE_ENV}
+    env["QUEUECTL_JOB_ID"] = job_id
+    env["QUEUECTL_ATTEMPT"] = str(attempt)
+    return env
+
+
+def signal_name(num: int) -> str:
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return f"signal {num}"
+
+
+class JobProcess:
+    """One running command. `wait()` returns when it exits or the timeout elapses."""
+
+    def __init__(self, command: str, env: dict[str, str], umask: int | None = None) -> None:
+        self.started = time.monotonic()
+        self.start_error: str | None = None
+        self.returncode: int | None = None
+        self._tail = bytearray()
+        self._killed_for: str | None = None
+        self._term_sent_at: float | None = None
+        self.proc: subprocess.Popen | None = None
+        try:
+            self.proc = subprocess.Popen(
+                ["/bin/sh", "-c", command],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=env,
+                close_fds=True,
+                umask=-1 if umask is None else umask,
+            )
+        except OSError as exc:
+            self.start_error = f"cannot start /bin/sh: {exc.strerror or exc}"
+            return
+        self.pid = self.proc.pid
+        self._pidfd = os.pidfd_open(self.pid)
+        self._out = self.proc.stdout.fileno()  # type: ignore[union-attr]
+        os.set_blocking(self._out, False)
+        self._poll = select.poll()
+        self._poll.register(self._pidfd, select.POLLIN)
+        self._poll.register(self._out, select.POLLIN)
+        self._out_open = True
+
+    @property
+    def done(self) -> bool:
+        return self.proc is None or self.returncode is not None
+
+    def wait(self, timeout: float, extra_fds: tuple[int, ...] = ()) -> bool:
+        """Block up to timeout seconds (or until an extra fd is readable); True once exited."""
+        if self.done:
+            return True
+        for fd in extra_fds:
+            self._poll.register(fd, select.POLLIN)
+        try:
+            events = self._poll.poll(max(0, int(timeout * 1000)))
+        finally:
+            for fd in extra_fds:
+                self._poll.unregister(fd)
+        ready = {fd for fd, _ in events}
+        if self._out in ready and self._out_open:
+            self._read_output()
+        if self._pidfd in ready:
+            self._reap()
+        return self.done
+
+    def _read_output(self) -> bool:
+        """Append what is available to the bounded tail; False at end of file."""
+        try:
+            chunk = os.read(self._out, 65_536)
+        except BlockingIOError:
+            return True
+        if not chunk:
+            if self._out_open:
+                self._poll.unregister(self._out)
+                self._out_open = False
+            return False
+        self._tail += chunk
+        if len(self._tail) > 2 * OUTPUT_TAIL:
+            del self._tail[:-OUTPUT_TAIL]
+        return True
+
+    def _reap(self) -> None:
+        # The shell is a zombie until waited for, so its process group id cannot be reused
+        # yet: kill whatever it left behind in the group, then collect the last output.
+        self._killpg(signal.SIGKILL)
+        deadline = time.monotonic() + 1.0
+        os.set_blocking(self._out, True)
+        while self._out_open and time.monotonic() < deadline:
+            ready, _, _ = select.select([self._out], [], [], max(0, deadline - time.monotonic()))
+            if not ready or not self._read_output():
+                break
+        assert self.proc is not None
+        self.returncode = self.proc.wait()
+        os.close(self._pidfd)
+        self.proc.stdout.close()  # type: ignore[union-attr]
+
+    def _killpg(self, sig: int) -> None:
+        try:
+            os.killpg(self.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def kill(self, reason: str) -> None:
+        """Ask the whole process group to stop now (SIGTERM), SIGKILL after KILL_GRACE."""
+        if self.done:
+            return
+        if self._term_sent_at is None:
+            self._killed_for = reason
+            self._term_sent_at = time.monotonic()
+            self._killpg(signal.SIGTERM)
+        elif time.monotonic() - self._term_sent_at >= KILL_GRACE:
+            self._killpg(signal.SIGKILL)
+
+    @property
+    def kill_deadline(self) -> float | None:
+        return None if self._term_sent_at is None else self._term_sent_at + KILL_GRACE
+
+    def outcome(self) -> Outcome:
+        duration = time.monotonic() - self.started
+        if self.start_error is not None:
+            return Outcome(None, self.start_error, b"", duration)
+        output = bytes(self._tail[-OUTPUT_TAIL:])
+        code = self.returncode
+        if self._killed_for:
+            return Outcome(None if code is None or code < 0 else code, self._killed_for,
+                           output, duration)
+        if code is not None and code < 0:
+            return Outcome(None, f"killed by {signal_name(-code)}", output, duration)
+        if code:
+            return Outcome(code, f"exit status {code}", output, duration)
+        return Outcome(0, None, output, duration)
+
+    @property
+    def succeeded(self) -> bool:
+        return self.start_error is None and self._killed_for is None and self.returncode == 0

@@ -1,0 +1,100 @@
+"""`worker start --count N` without systemd: N worker processes kept alive in the foreground.
+
+The supervisor does what systemd does for the unit: starts each worker, restarts one that
+crashes (under the same name, so it takes back its own orphaned job at once), and turns
+Ctrl-C or SIGTERM into a graceful stop of all of them.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from queuectl import procinfo
+from queuectl.process import signal_name
+
+RESTART_DELAY = 1.0
+RESTART_BURST = 5  # restarts of one slot within RESTART_WINDOW before giving up on it
+RESTART_WINDOW = 60.0
+
+
+@dataclass
+class Slot:
+    index: int
+    argv: list[str]
+    proc: subprocess.Popen | None = None
+    restarts: list[float] = field(default_factory=list)
+    restart_at: float | None = None
+    exit_code: int | None = None
+
+
+def _say(text: str) -> None:
+    print(f"[supervisor] {text}", file=sys.stderr, flush=True)
+
+
+def worker_argv(db: Path, index: int, grace: float, drain: bool, log_format: str) -> list[str]:
+    name = f"{procinfo.hostname()}-{os.getpid()}-{index}"
+    argv = [sys.executable, "-m", "queuectl", "--db", str(db), "--log-format", log_format,
+            "worker", "run", "--name", name, "--label", f"Worker-{index}",
+            "--grace", f"{grace:g}", "--supervised-by", str(os.getpid())]
+    if drain:
+        argv.append("--drain")
+    return argv
+
+
+def supervise(db: Path, count: int, grace: float, drain: bool, log_format: str) -> int:
+    """Run count workers until they all stop; 0 if every worker ended cleanly."""
+    slots = [Slot(i, worker_argv(db, i, grace, drain, log_format)) for i in range(count)]
+    signals_seen: list[int] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        signals_seen.append(signum)
+        for slot in slots:
+            if slot.proc and slot.proc.poll() is None:
+                slot.proc.send_signal(signal.SIGTERM)
+            slot.restart_at = None
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for slot in slots:
+        # Own process group: Ctrl-C reaches the supervisor only, which forwards it once.
+        slot.proc = subprocess.Popen(slot.argv, process_group=0)
+    while True:
+        alive = False
+        for slot in slots:
+            if slot.proc is not None and slot.proc.poll() is None:
+                alive = True
+                continue
+            if slot.proc is not None:
+                _reaped(slot, bool(signals_seen))
+            if slot.restart_at is not None:
+                alive = True
+                if time.monotonic() >= slot.restart_at and not signals_seen:
+                    slot.restart_at = None
+                    slot.proc = subprocess.Popen(slot.argv, process_group=0)
+        if not alive:
+            break
+        time.sleep(0.1)
+    failed = [s for s in slots if s.exit_code not in (0, None)]
+    return 1 if failed else 0
+
+
+def _reaped(slot: Slot, stopping: bool) -> None:
+    assert slot.proc is not None
+    code = slot.proc.returncode
+    slot.proc = None
+    slot.exit_code = code
+    if code == 0 or stopping:
+        return
+    how = f"was killed by {signal_name(-code)}" if code < 0 else f"exited with status {code}"
+    t = time.monotonic()
+    slot.restarts = [r for r in slot.restarts if t - r < RESTART_WINDOW] + [t]
+    if len(slot.restarts) > RESTART_BURST:
+        _say(f"Worker-{slot.index} {how}; it failed {RESTART_BURST} times within "
+             f"{RESTART_WINDOW:g} s, giving up on it")
+        return
+    _say(f"Worker-{slot.index} {how}; restarting it in {RESTART_DELAY:g} s")
+    slot.restart_at = t + RESTART_DELAY

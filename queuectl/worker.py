@@ -1,0 +1,269 @@
+"""The worker: claim a job, run it, record how it ended, and keep its lease alive meanwhile.
+
+A worker can be killed between any two lines. Everything it has not recorded yet is
+recovered by the store: a job whose lease runs out becomes a failed attempt and runs again
+(at-least-once delivery); a worker restarted under the same name takes back its own orphan
+at once instead of waiting for the lease.
+"""
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from queuectl import procinfo
+from queuectl.errors import Conflict, DatabaseUnavailable
+from queuectl.job import DEAD, Job
+from queuectl.log import get_logger
+from queuectl.process import JobProcess, job_environment, signal_name
+from queuectl.store import Store, WorkerInfo
+from queuectl.utils import iso_ms, now
+
+HEARTBEAT_EVERY = 2.0  # seconds; also how often leases are renewed and expired ones reclaimed
+DB_RETRY_MAX = 5.0
+
+
+class Worker:
+    def __init__(
+        self,
+        store: Store,
+        db_path: Path,
+        name: str | None = None,
+        label: str | None = None,
+        grace: float = 30.0,
+        poll_interval: float = 0.25,
+        drain: bool = False,
+        job_umask: int | None = None,
+        parent_pid: int | None = None,
+    ) -> None:
+        self.store = store
+        self.db_path = db_path
+        self.stable_name = name is not None
+        self.name = name or f"{procinfo.hostname()}:{os.getpid()}"
+        self.grace = grace
+        self.poll_interval = poll_interval
+        self.drain = drain
+        self.job_umask = job_umask
+        self.parent_pid = parent_pid
+        self.log = get_logger(worker=self.name, label=label or self.name)
+        self.stop_requested_at: float | None = None
+        self.stop_reason = ""
+        self.hard_stop = False
+        self._stop_announced = False
+        self._next_beat = 0.0
+        self._config_seen: dict[str, Any] | None = None
+        self._env = dict(os.environ)
+
+    # -- signals -----------------------------------------------------------------------------
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        if self.stop_requested_at is None:
+            self.stop_requested_at = time.monotonic()
+            self.stop_reason = signal_name(signum)
+        else:
+            self.hard_stop = True
+
+    def _install_signals(self) -> None:
+        self._wake_r, wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while os.read(self._wake_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop_requested_at is not None
+
+    def _announce_stop(self) -> None:
+        if self.stopping and not self._stop_announced:
+            self._stop_announced = True
+            self.log.info("worker_stopping", reason=f"received {self.stop_reason}")
+
+    def _sleep(self, seconds: float) -> None:
+        """Sleep, but wake at once for a signal."""
+        import select
+
+        select.select([self._wake_r], [], [], max(0.0, seconds))
+        self._drain_wakeups()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        """Register with the store; raises Conflict if a live worker has this name."""
+        for other in self.store.workers():
+            if other.name != self.name or other.pid == os.getpid():
+                continue
+            same_host = other.host == procinfo.hostname()
+            alive = procinfo.is_alive(other.pid, other.pid_start) if same_host else (
+                now() - other.heartbeat_at < 3 * HEARTBEAT_EVERY)
+            if alive:
+                raise Conflict(
+                    f"a worker named {self.name!r} is already running (pid {other.pid} on "
+                    f"{other.host}); pick another --name"
+                )
+        t = now()
+        pid = os.getpid()
+        self.store.register_worker(WorkerInfo(
+            self.name, procinfo.hostname(), pid, procinfo.start_time(pid), t, t, "idle", None))
+        if self.stable_name:
+            for job in self.store.reclaim_worker(self.name):
+                self._log_reclaimed(job)
+
+    def run(self) -> int:
+        self._install_signals()
+        self.start()
+        self.log.info("worker_started", pid=os.getpid(), db=str(self.db_path))
+        try:
+            self._loop()
+        finally:
+            self._announce_stop()
+            try:
+                self.store.unregister_worker(self.name)
+            except DatabaseUnavailable:
+                pass  # the row ages out of active_workers on its own
+            self.log.info("worker_stopped")
+        return 0
+
+    def _loop(self) -> None:
+        failures = 0
+        while not self.stopping:
+            try:
+                self._housekeeping()
+                job = self.store.claim_next(self.name)
+                failures = 0
+            except DatabaseUnavailable as exc:
+                failures += 1
+                pause = min(DB_RETRY_MAX, 0.5 * failures)
+                self.log.warning("database_error", error=str(exc), retry_in=pause)
+                self._sleep(pause)
+                continue
+            if job is not None:
+                self._execute(job)
+                continue
+            if self.drain and self.store.remaining() == 0:
+                break
+            self._idle_wait()
+
+    def _idle_wait(self) -> None:
+        wait = self.poll_interval
+        due = self.store.next_due()
+        if due is not None:
+            wait = min(wait, max(0.0, due - now()))
+        wait = min(wait, max(0.0, self._next_beat - time.monotonic()))
+        self._sleep(wait)
+
+    def _housekeeping(self, job: Job | None = None) -> bool:
+        """Heartbeat, lease renewal, reclaiming others' expired leases. False if job was lost."""
+        if time.monotonic() < self._next_beat:
+            return True
+        self._next_beat = time.monotonic() + HEARTBEAT_EVERY
+        if self.parent_pid and os.getppid() != self.parent_pid and not self.stopping:
+            self.stop_requested_at, self.stop_reason = time.monotonic(), "supervisor exit"
+        state = "stopping" if self.stopping else ("busy" if job else "idle")
+        held = self.store.heartbeat(self.name, state, job)
+        for reclaimed in self.store.reclaim_expired():
+            self._log_reclaimed(reclaimed)
+        self._watch_config()
+        return held
+
+    def _watch_config(self) -> None:
+        items = self.store.config_items()
+        if self._config_seen is not None:
+            for key, value in items.items():
+                if self._config_seen.get(key) != value:
+                    self.log.info("config_changed", key=key, value=value)
+        self._config_seen = items
+
+    def _log_reclaimed(self, job: Job) -> None:
+        self.log.warning("lease_reclaimed", job_id=job.id, attempt=job.attempts,
+                         error=job.last_error, state=job.state,
+                         next_run_at=iso_ms(job.run_at) if job.state != DEAD else None)
+
+    # -- one job -----------------------------------------------------------------------------
+    def _execute(self, job: Job) -> None:
+        attempt, max_attempts = job.attempts, job.max_retries + 1
+        self.log.info("job_claimed", job_id=job.id, command=job.command, attempt=attempt,
+                      max_attempts=max_attempts)
+        self._next_beat = 0.0  # announce "busy" promptly
+        proc = JobProcess(job.command, job_environment(self._env, job.id, attempt), self.job_umask)
+        interrupted = lost = False
+        while not proc.done:
+            deadlines = [self._next_beat]
+            if job.timeout:
+                deadlines.append(proc.started + job.timeout)
+            if self.stop_requested_at is not None and not interrupted:
+                deadlines.append(self.stop_requested_at + self.grace)
+            if proc.kill_deadline is not None:
+                deadlines.append(proc.kill_deadline)
+            if proc.wait(min(deadlines) - time.monotonic(), (self._wake_r,)):
+                break
+            self._drain_wakeups()
+            self._announce_stop()
+            t = time.monotonic()
+            if job.timeout and t - proc.started >= job.timeout and not interrupted:
+                proc.kill(f"timed out after {job.timeout:g} s")
+            if self.stop_requested_at is not None and (
+                self.hard_stop or t >= self.stop_requested_at + self.grace
+            ):
+                interrupted = True
+                proc.kill("interrupted by worker shutdown")
+            if proc.kill_deadline is not None and t >= proc.kill_deadline:
+                proc.kill("")  # escalates to SIGKILL
+            try:
+                if not self._housekeeping(job):
+                    lost = True
+                    proc.kill("lease lost")
+            except DatabaseUnavailable as exc:
+                self.log.warning("database_error", error=str(exc), retry_in=HEARTBEAT_EVERY)
+        self._record(job, proc, interrupted, lost, max_attempts)
+
+    def _record(self, job: Job, proc: JobProcess, interrupted: bool, lost: bool,
+                max_attempts: int) -> None:
+        outcome = proc.outcome()
+        fields = dict(job_id=job.id, attempt=job.attempts, max_attempts=max_attempts,
+                      duration_ms=round(outcome.duration * 1000), exit_code=outcome.exit_code)
+        if lost:
+            self.log.warning("job_lost", **fields)
+            return
+        if interrupted:
+            if self._persist(lambda: self.store.release(job, "worker shutdown")):
+                self.log.info("job_released", reason="worker shutdown", **fields)
+            return
+        if proc.succeeded:
+            if self._persist(lambda: self.store.record_success(job, outcome)):
+                self.log.info("job_succeeded", **fields)
+            else:
+                self.log.warning("job_lost", **fields)
+            return
+        updated = self._persist(lambda: self.store.record_failure(job, outcome))
+        if not updated:
+            self.log.warning("job_lost", **fields)
+            return
+        tail = outcome.output[-2000:].decode("utf-8", "replace")
+        if updated.state == DEAD:
+            self.log.error("job_dead", error=outcome.error, output_tail=tail, **fields)
+        else:
+            self.log.warning("job_failed", error=outcome.error, output_tail=tail,
+                             next_run_at=iso_ms(updated.run_at), **fields)
+
+    def _persist(self, action: Any) -> Any:
+        """Retry a result write while the database is unavailable; the lease covers us
+        meanwhile, and if it runs out the store fences our late write off."""
+        failures = 0
+        while True:
+            try:
+                return action()
+            except DatabaseUnavailable as exc:
+                failures += 1
+                if self.hard_stop:
+                    return None
+                pause = min(DB_RETRY_MAX, 0.5 * failures)
+                self.log.warning("database_error", error=str(exc), retry_in=pause)
+                self._sleep(pause)
