@@ -266,7 +266,9 @@ class SQLiteStore(Store):
                 try:
                     c.execute(sql, row)
                 except sqlite3.IntegrityError:
-                    raise Conflict(f"job {job_id!r} already exists (use --if-absent to skip it)")
+                    raise Conflict(
+                        f"job {job_id!r} already exists (use --if-absent to skip it)"
+                    ) from None
                 ids.append(job_id)
         return ids
 

@@ -201,7 +201,9 @@ def spec_from_json(text: str) -> JobSpec:
     try:
         obj = json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
-        raise ValidationError(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
+        raise ValidationError(
+            f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
     except RecursionError:
         raise ValidationError("invalid JSON: nested too deeply") from None
     return spec_from_object(obj)

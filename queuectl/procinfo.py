@@ -12,7 +12,9 @@ def start_time(pid: int) -> str | None:
         return None
     # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
     fields = stat[stat.rfind(")") + 2 :].split()
-    return fields[19] if len(fields) > 19 else None
+    if len(fields) <= 19 or fields[0] in ("Z", "X"):
+        return None  # gone, or a zombie: it has exited and waits only to be reaped
+    return fields[19]
 
 
 def is_alive(pid: int, expected_start: str | None) -> bool:

@@ -1,0 +1,97 @@
+"""Shared fixtures: a real database file, the real console script, real worker processes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+QUEUECTL = str(Path(sys.executable).with_name("queuectl"))
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:
+    """Poll until predicate() is truthy; fail naming `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(every)
+
+
+class Queue:
+    """Drives one database through the console script, as a user would."""
+
+    def __init__(self, db: Path) -> None:
+        self.db = db
+        self.env = {**os.environ, "QUEUECTL_DB": str(db)}
+        self.env.pop("JOURNAL_STREAM", None)
+        self.procs: list[subprocess.Popen] = []
+
+    def run(self, *args: str, input: str | None = None, check: bool = True,
+            timeout: float = 30) -> subprocess.CompletedProcess:
+        result = subprocess.run([QUEUECTL, *args], env=self.env, input=input,
+                                capture_output=True, text=True, timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"queuectl {' '.join(args)} exited {result.returncode}: {result.stderr}")
+        return result
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.run(*args).stdout)
+
+    def enqueue(self, job: dict[str, Any]) -> str:
+        return self.run("enqueue", json.dumps(job)).stdout.strip()
+
+    def status(self) -> dict[str, int]:
+        return self.json("status")
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self.json("show", job_id)
+
+    def start(self, *args: str, log: Path | None = None) -> subprocess.Popen:
+        """Start `queuectl <args>` (a worker, a supervisor) in the background."""
+        out = open(log, "ab") if log else subprocess.DEVNULL
+        proc = subprocess.Popen([QUEUECTL, "--log-format", "json", *args], env=self.env,
+                                stdout=out, stderr=out)
+        self.procs.append(proc)
+        return proc
+
+    def worker(self, *args: str, log: Path | None = None) -> subprocess.Popen:
+        return self.start("worker", "run", "--poll-interval", "0.05", *args, log=log)
+
+    def wait_state(self, job_id: str, state: str, timeout: float = 30) -> dict[str, Any]:
+        return wait_for(lambda: (j := self.job(job_id))["state"] == state and j,
+                        timeout, f"job {job_id} to be {state}")
+
+    def wait_counts(self, timeout: float = 60, **expected: int) -> dict[str, int]:
+        def match() -> Any:
+            s = self.status()
+            return all(s[k] == v for k, v in expected.items()) and s
+        return wait_for(match, timeout, f"status {expected}", every=0.1)
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+def queue(tmp_path: Path) -> Iterator[Queue]:
+    q = Queue(tmp_path / "queue.db")
+    yield q
+    q.stop_all()
