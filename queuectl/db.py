@@ -280,8 +280,9 @@ class SQLiteStore(Store):
             row = c.execute(
                 f"""UPDATE jobs SET state = 'processing', attempts = attempts + 1, worker = ?,
                     lease_expires_at = ?, started_at = ?, finished_at = NULL, updated_at = ?
-                WHERE id = (SELECT id FROM jobs WHERE state IN ('pending', 'failed')
-                            AND run_at <= ? ORDER BY priority DESC, run_at LIMIT 1)
+                WHERE id = (SELECT id FROM jobs INDEXED BY jobs_due
+                            WHERE state IN ('pending', 'failed') AND run_at <= ?
+                            ORDER BY priority DESC, run_at LIMIT 1)
                 RETURNING {_JOB_COLUMNS}""",
                 (worker, t + lease, t, t, t),
             ).fetchone()

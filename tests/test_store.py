@@ -1,0 +1,67 @@
+"""The store's own guarantees, checked on a real SQLite file."""
+
+import sqlite3
+from pathlib import Path
+
+from queuectl.db import SQLiteStore
+from queuectl.job import JobSpec
+
+
+def _plans(store: SQLiteStore, action) -> list[str]:
+    statements: list[str] = []
+    store._conn.set_trace_callback(statements.append)
+    action()
+    store._conn.set_trace_callback(None)
+    plans = []
+    for sql in statements:
+        if sql.split()[0].upper() in ("SELECT", "UPDATE"):
+            rows = store._conn.execute("EXPLAIN QUERY PLAN " + sql).fetchall()
+            plans.append(" | ".join(r[3] for r in rows))
+    return plans
+
+
+def test_claim_never_scans_or_sorts_finished_jobs(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "q.db")
+    with sqlite3.connect(tmp_path / "q.db") as conn:  # 20k finished jobs, written directly
+        conn.executemany(
+            "INSERT INTO jobs (id, command, state, max_retries, run_at, created_at, updated_at)"
+            " VALUES (?, 'true', 'completed', 3, 0, 0, 0)",
+            ((f"done{i}",) for i in range(20_000)),
+        )
+    store.enqueue([JobSpec("true", id="low"), JobSpec("true", id="high", priority=5)])
+    claimed = []
+    plans = _plans(store, lambda: claimed.append(store.claim_next("w")))
+    assert claimed[0].id == "high"  # priority first
+    claim = next(p for p in plans if "jobs_due" in p)
+    assert "TEMP B-TREE" not in claim and "SCAN jobs USING INDEX jobs_due" in claim
+    assert not any(p.startswith("SCAN jobs") and "INDEX" not in p for p in plans)
+
+
+def test_two_stores_never_claim_the_same_job(tmp_path: Path) -> None:
+    a, b = SQLiteStore(tmp_path / "q.db"), SQLiteStore(tmp_path / "q.db")
+    a.enqueue([JobSpec("true", id=f"j{i}") for i in range(50)])
+    seen = []
+    while True:
+        ja, jb = a.claim_next("a"), b.claim_next("b")
+        got = [j.id for j in (ja, jb) if j]
+        if not got:
+            break
+        seen += got
+    assert sorted(seen) == sorted(f"j{i}" for i in range(50))
+
+
+def test_late_result_of_a_reclaimed_attempt_is_ignored(tmp_path: Path) -> None:
+    from queuectl.store import Outcome
+
+    store = SQLiteStore(tmp_path / "q.db")
+    store.set_config("lease-seconds", 2)
+    store.enqueue([JobSpec("true", id="x")])
+    first = store.claim_next("w1")
+    store._conn.execute("UPDATE jobs SET lease_expires_at = 0")  # the lease ran out
+    assert [j.id for j in store.reclaim_expired()] == ["x"]
+    store._conn.execute("UPDATE jobs SET run_at = 0")
+    second = store.claim_next("w2")
+    assert second.attempts == 2
+    assert store.record_success(first, Outcome(0, None, b"", 0.1)) is False
+    assert store.record_success(second, Outcome(0, None, b"", 0.1)) is True
+    assert store.get("x").state == "completed"
