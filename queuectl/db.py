@@ -143,10 +143,8 @@ class SQLiteStore(Store):
             raise DatabaseUnavailable(f"cannot open database {path}: it is a directory")
         if path.exists():
             self._check_header(path)
-        elif not os.access(parent, os.W_OK | os.X_OK):
-            raise DatabaseUnavailable(
-                f"cannot create database {path}: permission denied on {parent}"
-            )
+        else:
+            self._create_file(path)
         try:
             conn = sqlite3.connect(
                 str(path), timeout=0, isolation_level=None, check_same_thread=False
@@ -155,7 +153,7 @@ class SQLiteStore(Store):
             raise DatabaseUnavailable(_describe(exc, path)) from None
         self._conn = conn
         try:
-            conn.execute("PRAGMA synchronous=FULL")
+            self._retry(lambda: conn.execute("PRAGMA synchronous=FULL"))
             self._migrate()
         except sqlite3.Error as exc:
             conn.close()
@@ -164,6 +162,21 @@ class SQLiteStore(Store):
             conn.close()
             raise
         return conn
+
+    @staticmethod
+    def _create_file(path: Path) -> None:
+        """Create the file ourselves, group-writable (0660 less the umask): SQLite would use
+        0644, and copies the database's mode to its -wal and -shm files."""
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o660))
+        except FileExistsError:
+            pass  # another process was first; SQLite will open theirs
+        except PermissionError:
+            raise DatabaseUnavailable(
+                f"cannot create database {path}: permission denied on {path.parent}"
+            ) from None
+        except OSError as exc:
+            raise DatabaseUnavailable(f"cannot create database {path}: {exc.strerror}") from None
 
     @staticmethod
     def _check_header(path: Path) -> None:
@@ -189,14 +202,16 @@ class SQLiteStore(Store):
                 f"database {self.path} has schema version {version}, newer than this "
                 f"queuectl understands ({SCHEMA_VERSION}): upgrade queuectl"
             )
+        # Several workers may open a new file at once: every step retries while another
+        # holds the lock (switching to WAL takes an exclusive one).
         if version == 0:
-            tables = {r[0] for r in self._conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table'")}
-            if tables:
+            tables = self._retry(lambda: self._conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'").fetchall())
+            if tables and "jobs" not in {t[0] for t in tables}:
                 raise DatabaseUnavailable(
                     f"{self.path} is a SQLite database of another application; refusing to touch it"
                 )
-        mode = self._conn.execute("PRAGMA journal_mode").fetchone()[0]
+        mode = self._retry(lambda: self._conn.execute("PRAGMA journal_mode").fetchone()[0])
         if mode.lower() != "wal":
             self._retry(lambda: self._conn.execute("PRAGMA journal_mode=WAL").fetchone())
         with self._write() as c:

@@ -14,7 +14,15 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+def _shared_umask() -> None:
+    """Files we create (the database and its -wal/-shm) must be writable by group queuectl,
+    or other members could not enqueue; jobs get the caller's own umask back."""
+    previous = os.umask(0o007)
+    os.environ.setdefault("QUEUECTL_CALLER_UMASK", f"{previous:04o}")
+
+
 def main(argv: list[str] | None = None) -> int:
+    _shared_umask()
     from queuectl.cli import cli
 
     try:

@@ -19,7 +19,16 @@ KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL for the job's process gr
 # The worker's own liveness channel must never leak to the command it runs:
 # a job that inherits NOTIFY_SOCKET could fake the worker's watchdog pings.
 PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
-               "LISTEN_FDNAMES", "INVOCATION_ID")
+               "LISTEN_FDNAMES", "QUEUECTL_CALLER_UMASK")
+
+
+def caller_umask() -> int | None:
+    """The umask queuectl was started with, for the jobs it runs."""
+    value = os.environ.get("QUEUECTL_CALLER_UMASK", "")
+    try:
+        return int(value, 8)
+    except ValueError:
+        return None
 
 
 def job_environment(base: Mapping[str, str], job_id: str, attempt: int) -> dict[str, str]:
