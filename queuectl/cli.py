@@ -18,7 +18,7 @@ from queuectl.paths import resolve_db_path
 from queuectl.store import Store
 from queuectl.utils import iso_ms
 
-LOG_FORMATS = click.Choice(["auto", "human", "json"])
+LOG_FORMATS = click.Choice(["auto", "human", "json", "journal"])
 
 
 def _remember_db(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
@@ -52,7 +52,8 @@ def _print_json(value: Any, indent: int | None = 2) -> None:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @db_option
 @click.option("--log-format", type=LOG_FORMATS, default="auto", show_default=True,
-              help="How workers log: human lines, JSON lines, or auto (human on a terminal).")
+              help="How workers log: journal, human lines, JSON lines, or auto (journald under "
+              "systemd, human on a terminal, else JSON).")
 @click.version_option(__version__, prog_name="queuectl")
 @click.pass_context
 def cli(ctx: click.Context, log_format: str) -> None:
@@ -258,8 +259,10 @@ def worker_run(ctx: click.Context, name: str | None, label: str | None, grace: f
     setup_logging(ctx.obj.get("log_format", "auto"))
     store = _store(ctx)
     path, _ = _db_path(ctx)
+    from queuectl.process import caller_umask
+
     w = Worker(store, path, name=name, label=label, grace=grace, poll_interval=poll_interval,
-               drain=drain, parent_pid=supervised_by)
+               drain=drain, parent_pid=supervised_by, job_umask=caller_umask())
     return w.run()
 
 
@@ -267,12 +270,22 @@ def worker_run(ctx: click.Context, name: str | None, label: str | None, grace: f
 @click.option("--count", type=click.IntRange(1, 256), default=1, show_default=True,
               help="How many workers.")
 @click.option("--grace", type=click.FloatRange(min=0), default=30.0, show_default=True,
-              help="Seconds a running job may finish after Ctrl-C or SIGTERM.")
-@click.option("--drain", is_flag=True, help="Exit once no job is left to run.")
+              help="Seconds a running job may finish after Ctrl-C or SIGTERM (foreground).")
+@click.option("--drain", is_flag=True, help="Exit once no job is left to run (foreground).")
+@click.option("--foreground", is_flag=True,
+              help="Run the workers in this terminal even where systemd manages them.")
 @db_option
 @click.pass_context
-def worker_start(ctx: click.Context, count: int, grace: float, drain: bool) -> int:
-    """Run COUNT workers in the foreground until Ctrl-C or SIGTERM."""
+def worker_start(ctx: click.Context, count: int, grace: float, drain: bool,
+                 foreground: bool) -> int:
+    """Run COUNT workers: systemd instances 1..COUNT where the unit is installed, otherwise
+    in the foreground until Ctrl-C or SIGTERM."""
+    from queuectl import units
+
+    if not foreground and not drain and units.available():
+        for line in units.scale(count):
+            click.echo(line)
+        return 0
     from queuectl.supervisor import supervise
 
     _store(ctx)  # fail here, once and clearly, if the database is unusable
@@ -282,13 +295,18 @@ def worker_start(ctx: click.Context, count: int, grace: float, drain: bool) -> i
 
 @worker.command(name="stop")
 @click.option("--timeout", type=click.FloatRange(min=0), default=60.0, show_default=True,
-              help="Seconds to wait for the workers to exit.")
+              help="Seconds to wait for foreground workers to exit.")
+@click.option("--foreground", is_flag=True, help="Leave systemd instances alone.")
 @db_option
 @click.pass_context
-def worker_stop(ctx: click.Context, timeout: float) -> int:
-    """Gracefully stop every worker on this host that uses this database."""
-    from queuectl import procinfo
+def worker_stop(ctx: click.Context, timeout: float, foreground: bool) -> int:
+    """Gracefully stop the workers of this host: systemd instances (stopped and disabled),
+    then foreground workers that use this database."""
+    from queuectl import procinfo, units
 
+    lines = units.stop_all() if not foreground and units.available() else []
+    for line in lines:
+        click.echo(line)
     store = _store(ctx)
     host = procinfo.hostname()
     targets = [
@@ -297,7 +315,8 @@ def worker_stop(ctx: click.Context, timeout: float) -> int:
         and procinfo.is_queuectl_worker(w.pid)
     ]
     if not targets:
-        click.echo("No running workers.")
+        if not lines:
+            click.echo("No running workers.")
         return 0
     for w in targets:
         try:

@@ -1,8 +1,8 @@
 """Structured events for people and machines.
 
 Every event has a machine name (`job_claimed`) and key/value fields; the renderer chosen
-for the output decides how it looks: a short human line on a terminal, one JSON object per
-line elsewhere (and journald fields under systemd).
+for the output decides how it looks: journald fields under systemd, a short human line on a
+terminal, one JSON object per line elsewhere.
 """
 
 import json
@@ -60,15 +60,73 @@ def _json(_: Any, __: str, event_dict: dict[str, Any]) -> str:
     return json.dumps(record, ensure_ascii=False, default=str)
 
 
+PRIORITIES = {"critical": 2, "error": 3, "warning": 4, "info": 6, "debug": 7}
+
+
+def _journal_fields(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """journald's native form: MESSAGE for people, every key as an upper-case field."""
+    event = event_dict["event"]
+    fields: dict[str, Any] = {
+        "MESSAGE": message_for(event, event_dict),
+        "PRIORITY": PRIORITIES.get(event_dict.get("level", "info"), 6),
+        "SYSLOG_IDENTIFIER": "queuectl",
+    }
+    for key, value in event_dict.items():
+        if key not in ("level", "label") and value is not None:
+            fields[key.upper()] = value
+    return {"fields": fields}
+
+
+class _JournalLogger:
+    """A structlog logger that sends each event to journald, or as JSON to stderr if
+    journald cannot take it (so an event is never silently lost)."""
+
+    def __init__(self, fallback: TextIO) -> None:
+        from queuectl.journal import JournalSender
+
+        self._sender = JournalSender()
+        self._fallback = fallback
+
+    def _emit(self, fields: dict[str, Any]) -> None:
+        try:
+            self._sender.send(fields)
+        except OSError:
+            record = {k.lower(): v for k, v in fields.items()}
+            print(json.dumps(record, ensure_ascii=False, default=str), file=self._fallback,
+                  flush=True)
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda fields: self._emit(fields)
+
+
+def choose_format(fmt: str, out: TextIO) -> str:
+    """auto: journald when systemd connected our stream to it, human on a terminal, else json."""
+    if fmt != "auto":
+        return fmt
+    from queuectl.journal import stream_is_journal
+
+    try:
+        fd = out.fileno()
+    except (AttributeError, OSError, ValueError):
+        return "json"
+    if stream_is_journal(fd):
+        return "journal"
+    return "human" if out.isatty() else "json"
+
+
 def setup_logging(fmt: str = "auto", stream: TextIO | None = None) -> None:
-    """Configure structlog once per process: fmt is auto, human or json."""
+    """Configure structlog once per process: fmt is auto, human, json or journal."""
     out = stream or sys.stderr
-    if fmt == "auto":
-        fmt = "human" if out.isatty() else "json"
-    renderer = _human if fmt == "human" else _json
+    fmt = choose_format(fmt, out)
+    if fmt == "journal":
+        renderer: Any = _journal_fields
+        factory: Any = lambda *_: _JournalLogger(out)  # noqa: E731
+    else:
+        renderer = _human if fmt == "human" else _json
+        factory = structlog.PrintLoggerFactory(file=out)
     structlog.configure(
         processors=[structlog.processors.add_log_level, renderer],
-        logger_factory=structlog.PrintLoggerFactory(file=out),
+        logger_factory=factory,
         wrapper_class=structlog.make_filtering_bound_logger(0),
         cache_logger_on_first_use=False,
     )

@@ -16,6 +16,7 @@ from queuectl import procinfo
 from queuectl.errors import Conflict, DatabaseUnavailable
 from queuectl.job import DEAD, Job
 from queuectl.log import get_logger
+from queuectl.notify import Notifier
 from queuectl.process import JobProcess, job_environment, signal_name
 from queuectl.store import Store, WorkerInfo
 from queuectl.utils import iso_ms, now
@@ -54,6 +55,7 @@ class Worker:
         self._next_beat = 0.0
         self._config_seen: dict[str, Any] | None = None
         self._env = dict(os.environ)
+        self.notifier = Notifier()
 
     # -- signals -----------------------------------------------------------------------------
     def _on_signal(self, signum: int, _frame: Any) -> None:
@@ -82,17 +84,27 @@ class Worker:
     def stopping(self) -> bool:
         return self.stop_requested_at is not None
 
-    def _announce_stop(self) -> None:
+    def _announce_stop(self, job: Job | None = None) -> None:
         if self.stopping and not self._stop_announced:
             self._stop_announced = True
+            self.notifier.stopping(f"stopping: waiting for {job.id}" if job else "stopping")
             self.log.info("worker_stopping", reason=f"received {self.stop_reason}")
 
     def _sleep(self, seconds: float) -> None:
-        """Sleep, but wake at once for a signal."""
+        """Sleep, but wake at once for a signal, and keep the watchdog fed meanwhile."""
         import select
 
-        select.select([self._wake_r], [], [], max(0.0, seconds))
-        self._drain_wakeups()
+        end = time.monotonic() + max(0.0, seconds)
+        while True:
+            self.notifier.ping_if_due()
+            left = end - time.monotonic()
+            if left <= 0:
+                break
+            ready, _, _ = select.select([self._wake_r], [], [],
+                                        min(left, self.notifier.seconds_to_ping()))
+            if ready:
+                self._drain_wakeups()
+                break
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -119,6 +131,7 @@ class Worker:
     def run(self) -> int:
         self._install_signals()
         self.start()
+        self.notifier.ready()
         self.log.info("worker_started", pid=os.getpid(), db=str(self.db_path))
         try:
             self._loop()
@@ -142,6 +155,7 @@ class Worker:
                 failures += 1
                 pause = min(DB_RETRY_MAX, 0.5 * failures)
                 self.log.warning("database_error", error=str(exc), retry_in=pause)
+                self.notifier.status(f"database unavailable: {exc}")
                 self._sleep(pause)
                 continue
             if job is not None:
@@ -149,6 +163,7 @@ class Worker:
                 continue
             if self.drain and self.store.remaining() == 0:
                 break
+            self.notifier.status("idle")
             self._idle_wait()
 
     def _idle_wait(self) -> None:
@@ -190,12 +205,14 @@ class Worker:
     def _execute(self, job: Job) -> None:
         attempt, max_attempts = job.attempts, job.max_retries + 1
         self.log.info("job_claimed", job_id=job.id, command=job.command, attempt=attempt,
-                      max_attempts=max_attempts)
+                      max_attempts=max_attempts, max_retries=job.max_retries)
+        self.notifier.status(f"running {job.id} (attempt {attempt}/{max_attempts})")
         self._next_beat = 0.0  # announce "busy" promptly
         proc = JobProcess(job.command, job_environment(self._env, job.id, attempt), self.job_umask)
         interrupted = lost = False
         while not proc.done:
-            deadlines = [self._next_beat]
+            self.notifier.ping_if_due()
+            deadlines = [self._next_beat, time.monotonic() + self.notifier.seconds_to_ping()]
             if job.timeout:
                 deadlines.append(proc.started + job.timeout)
             if self.stop_requested_at is not None and not interrupted:
@@ -205,7 +222,7 @@ class Worker:
             if proc.wait(min(deadlines) - time.monotonic(), (self._wake_r,)):
                 break
             self._drain_wakeups()
-            self._announce_stop()
+            self._announce_stop(job)
             t = time.monotonic()
             if job.timeout and t - proc.started >= job.timeout and not interrupted:
                 proc.kill(f"timed out after {job.timeout:g} s")
@@ -228,7 +245,8 @@ class Worker:
                 max_attempts: int) -> None:
         outcome = proc.outcome()
         fields = dict(job_id=job.id, attempt=job.attempts, max_attempts=max_attempts,
-                      duration_ms=round(outcome.duration * 1000), exit_code=outcome.exit_code)
+                      max_retries=job.max_retries, duration_ms=round(outcome.duration * 1000),
+                      exit_code=outcome.exit_code)
         if lost:
             self.log.warning("job_lost", **fields)
             return

@@ -41,19 +41,23 @@ _UNSHARE = (
     "unshare --fork --kill-child=SIGKILL --pid --mount --uts --ipc --cgroup --mount-proc"
     " --propagation private"
 )
-# Runs as PID 1 of the new namespaces, then becomes systemd ($1=name $2=unit dir $3=target
-# $4=systemd binary). Everything here keeps the private systemd off host state:
+# Runs as PID 1 of the new namespaces, then becomes systemd ($1=name $2=unit path $3=target
+# $4=systemd binary, then pairs SOURCE TARGET to bind-mount, e.g. a private /var/lib).
+# Everything here keeps the private systemd off host state:
 # - /proc/sys read-only: it cannot change host sysctls;
 # - /dev/console -> /dev/null: as PID 1 in a container, systemd logs by reopening
 #   /dev/console, which is the host's (VM) console since /dev is shared;
 # - mount -n: util-linux must not record anything in the host's /run/mount/utab.
 _INNER_SCRIPT = """set -e
+name=$1 unit_path=$2 target=$3 systemd=$4
+shift 4
 mount -n --make-rprivate /
 mount -n -t tmpfs tmpfs /run
 mount -n -t cgroup2 cgroup2 /sys/fs/cgroup
 mount -n --bind -o ro /proc/sys /proc/sys
 mount -n --bind /dev/null /dev/console
-exec env container="$1" SYSTEMD_UNIT_PATH="$2" "$4" --system --unit="$3"
+while [ $# -ge 2 ]; do mount -n --bind "$1" "$2"; shift 2; done
+exec env container="$name" SYSTEMD_UNIT_PATH="$unit_path" "$systemd" --system --unit="$target"
 """
 # /dev is shared with the host, so without this the dev-log socket's Symlinks=/dev/log would
 # leave a dangling /dev/log on the host. (Inside, syslog(3) thus has no /dev/log either.)
@@ -112,9 +116,23 @@ class PrivateSystemd:
     a private tmpfs: the journald socket is /run/systemd/journal/socket only inside.
     """
 
-    def __init__(self, unit_dir: Path, name: str | None = None) -> None:
-        """`unit_dir`: the only place units are loaded from; stubs are added at start()."""
+    def __init__(
+        self,
+        unit_dir: Path,
+        name: str | None = None,
+        binds: list[tuple[Path, str]] | None = None,
+        unit_path_prefix: list[str] | None = None,
+    ) -> None:
+        """`unit_dir`: where units are loaded from; stubs are added at start().
+
+        `binds`: (host source, path inside) pairs bind-mounted privately before systemd starts
+        (a private /etc/systemd/system, /var/lib, /etc/passwd ...), so that what the units do
+        there never reaches the host. `unit_path_prefix`: directories (paths inside) searched
+        before unit_dir, e.g. "/etc/systemd/system" where `systemctl enable` writes.
+        """
         self.unit_dir = Path(unit_dir).resolve()
+        self.binds = [(Path(src).resolve(), dst) for src, dst in (binds or [])]
+        self.unit_path = ":".join([*(unit_path_prefix or []), str(self.unit_dir)])
         self.name = name or f"queuectl-test-{os.getpid()}-{next(_counter)}"
         self.cgroup = CGROUP2_ROOT / self.name
         self._pid: int | None = None
@@ -176,7 +194,9 @@ class PrivateSystemd:
             self._log = tempfile.TemporaryFile()
             # --kill-child: if unshare dies early, its child (our PID 1) dies with it.
             unshare = _UNSHARE.split() + ["/bin/sh", "-c", _INNER_SCRIPT, "private-systemd-init"]
-            unshare += [self.name, str(self.unit_dir), BOOT_TARGET, str(SYSTEMD_BIN)]
+            unshare += [self.name, self.unit_path, BOOT_TARGET, str(SYSTEMD_BIN)]
+            for src, dst in self.binds:
+                unshare += [str(src), dst]
             self._launcher = subprocess.Popen(
                 ["/bin/sh", "-c", _LAUNCHER_SCRIPT, str(self.cgroup / "cgroup.procs"), *unshare],
                 stdin=subprocess.DEVNULL,
