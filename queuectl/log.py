@@ -14,7 +14,8 @@ import structlog
 
 # One human sentence per event; fields missing from an event render as "?".
 MESSAGES = {
-    "worker_started": "Worker {worker} started (pid {pid}, database {db})",
+    "worker_started": "Worker {worker} starting (pid {pid}, database {db})",
+    "worker_ready": "Ready: waiting for jobs",
     "worker_stopping": "Stopping ({reason}); no new jobs will be claimed",
     "worker_stopped": "Worker {worker} stopped",
     "job_claimed": "Processing {job_id} → {command}",

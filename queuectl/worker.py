@@ -130,9 +130,10 @@ class Worker:
 
     def run(self) -> int:
         self._install_signals()
+        self.log.info("worker_started", pid=os.getpid(), db=str(self.db_path))
         self.start()
         self.notifier.ready()
-        self.log.info("worker_started", pid=os.getpid(), db=str(self.db_path))
+        self.log.info("worker_ready")
         try:
             self._loop()
         finally:
