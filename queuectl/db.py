@@ -114,6 +114,26 @@ def _describe(exc: sqlite3.Error, path: Path) -> str:
     return f"database {path}: {text}"
 
 
+def _permission_denied(path: Path, creating: bool = False) -> str:
+    """Name the group that grants access, since joining it is the usual fix."""
+    import grp
+
+    where = path.parent if creating else path
+    probe = path if path.exists() and not creating else path.parent
+    try:
+        while not probe.exists():
+            probe = probe.parent
+        group = grp.getgrgid(probe.stat().st_gid).gr_name
+    except (OSError, KeyError):
+        group = None
+    verb = "create" if creating else "open"
+    hint = ""
+    if group and group != "root":
+        hint = (f"; to use this queue, add the user to group {group} "
+                f"(sudo usermod -aG {group} $USER) and log in again")
+    return f"cannot {verb} database {path}: permission denied on {where}{hint}"
+
+
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
     low = str(exc).lower()
     return "locked" in low or "busy" in low
@@ -127,8 +147,44 @@ class SQLiteStore(Store):
     # -- opening -----------------------------------------------------------------------------
     def _open(self, create_dirs: bool) -> sqlite3.Connection:
         path = self.path
-        if "://" in str(path):
-            raise DatabaseUnavailable(f"unsupported database URL {path}: only SQLite files for now")
+        try:
+            self._check_path(create_dirs)
+        except PermissionError:
+            raise DatabaseUnavailable(_permission_denied(path)) from None
+        try:
+            conn = sqlite3.connect(
+                str(path), timeout=0, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise DatabaseUnavailable(_describe(exc, path)) from None
+        self._conn = conn
+        try:
+            self._retry(lambda: conn.execute("PRAGMA synchronous=FULL"))
+            self._migrate()
+            self._probe()
+        except sqlite3.Error as exc:
+            conn.close()
+            raise DatabaseUnavailable(_describe(exc, path)) from None
+        except DatabaseUnavailable:
+            conn.close()
+            raise
+        return conn
+
+    def _probe(self) -> None:
+        """Touch every table and index the hot paths use, so a damaged file is refused at
+        open (a worker must fail before READY) rather than on its first claim."""
+        for sql in (
+            "SELECT id FROM jobs INDEXED BY jobs_due WHERE state IN ('pending', 'failed')"
+            " ORDER BY priority DESC, run_at LIMIT 1",
+            "SELECT count(*) FROM jobs INDEXED BY jobs_by_state WHERE state = 'processing'",
+            "SELECT count(*) FROM workers",
+            "SELECT count(*) FROM config",
+            "SELECT max(seq) FROM attempts",
+        ):
+            self._retry(lambda sql=sql: self._conn.execute(sql).fetchall())
+
+    def _check_path(self, create_dirs: bool) -> None:
+        path = self.path
         parent = path.parent
         if not parent.is_dir():
             if not create_dirs:
@@ -143,25 +199,15 @@ class SQLiteStore(Store):
             raise DatabaseUnavailable(f"cannot open database {path}: it is a directory")
         if path.exists():
             self._check_header(path)
+            if not os.access(path, os.R_OK | os.W_OK):
+                if not os.access(path, os.R_OK):
+                    raise PermissionError
+                raise DatabaseUnavailable(f"database {path} is read-only for this user")
+            if not os.access(parent, os.W_OK | os.X_OK):  # SQLite must create -wal/-shm
+                raise DatabaseUnavailable(
+                    f"database {path}: its directory {parent} is read-only for this user")
         else:
             self._create_file(path)
-        try:
-            conn = sqlite3.connect(
-                str(path), timeout=0, isolation_level=None, check_same_thread=False
-            )
-        except sqlite3.Error as exc:
-            raise DatabaseUnavailable(_describe(exc, path)) from None
-        self._conn = conn
-        try:
-            self._retry(lambda: conn.execute("PRAGMA synchronous=FULL"))
-            self._migrate()
-        except sqlite3.Error as exc:
-            conn.close()
-            raise DatabaseUnavailable(_describe(exc, path)) from None
-        except DatabaseUnavailable:
-            conn.close()
-            raise
-        return conn
 
     @staticmethod
     def _create_file(path: Path) -> None:
@@ -172,9 +218,7 @@ class SQLiteStore(Store):
         except FileExistsError:
             pass  # another process was first; SQLite will open theirs
         except PermissionError:
-            raise DatabaseUnavailable(
-                f"cannot create database {path}: permission denied on {path.parent}"
-            ) from None
+            raise DatabaseUnavailable(_permission_denied(path, creating=True)) from None
         except OSError as exc:
             raise DatabaseUnavailable(f"cannot create database {path}: {exc.strerror}") from None
 
@@ -185,7 +229,7 @@ class SQLiteStore(Store):
             with open(path, "rb") as fh:
                 head = fh.read(16)
         except PermissionError:
-            raise DatabaseUnavailable(f"cannot open database {path}: permission denied") from None
+            raise
         except OSError as exc:
             raise DatabaseUnavailable(f"cannot open database {path}: {exc.strerror}") from None
         if head and head != SQLITE_MAGIC:
@@ -542,7 +586,8 @@ class SQLiteStore(Store):
             "schema_version": self._read("PRAGMA user_version")[0][0],
             "sqlite_version": sqlite3.sqlite_version,
             "journal_mode": rows[0][0],
-            "synchronous": "full",
+            "synchronous": {0: "off", 1: "normal", 2: "full", 3: "extra"}.get(
+                self._read("PRAGMA synchronous")[0][0], "?"),
             "config": self.config_items(),
         }
 

@@ -197,9 +197,19 @@ def _reject_constant(name: str) -> Any:
     raise ValidationError(f"{name} is not valid JSON")
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A repeated key would silently replace the first: refuse it like a typo."""
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise ValidationError(f'"{key}" is given twice')
+        obj[key] = value
+    return obj
+
+
 def spec_from_json(text: str) -> JobSpec:
     try:
-        obj = json.loads(text, parse_constant=_reject_constant)
+        obj = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as exc:
         raise ValidationError(
             f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"

@@ -16,6 +16,8 @@ import structlog
 MESSAGES = {
     "worker_started": "Worker {worker} starting (pid {pid}, database {db})",
     "worker_ready": "Ready: waiting for jobs",
+    "running_as_root": "Running as root: every job runs as root too (the systemd unit runs "
+    "workers as user queuectl)",
     "worker_stopping": "Stopping ({reason}); no new jobs will be claimed",
     "worker_stopped": "Worker {worker} stopped",
     "job_claimed": "Processing {job_id} → {command}",
@@ -26,7 +28,8 @@ MESSAGES = {
     "moved to the dead letter queue",
     "job_released": "Put {job_id} back to pending ({reason}); no retry spent",
     "job_lost": "Lost the lease on {job_id}; stopped it, another worker may run it",
-    "lease_reclaimed": "Reclaimed {job_id}: {error}",
+    "lease_reclaimed": "Reclaimed {job_id}: {error}; {killed_processes} leftover process(es) "
+    "killed",
     "config_changed": "Config changed: {key} = {value}",
     "database_error": "Database problem: {error}; retrying",
 }

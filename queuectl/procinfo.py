@@ -35,3 +35,38 @@ def is_queuectl_worker(pid: int) -> bool:
 
 def hostname() -> str:
     return os.uname().nodename
+
+
+def job_processes(job_id: str, attempt: int) -> list[int]:
+    """PIDs of this host's processes that belong to one attempt of a job, found by the
+    QUEUECTL_JOB_ID/QUEUECTL_ATTEMPT every job process inherits. This finds them even after
+    their worker died, or when they left the job's process group."""
+    want_id = b"QUEUECTL_JOB_ID=" + job_id.encode("utf-8", "surrogateescape")
+    want_attempt = b"QUEUECTL_ATTEMPT=" + str(attempt).encode()
+    found = []
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as fh:
+                env = fh.read().split(b"\0")
+        except OSError:
+            continue  # gone, or not ours to read
+        if want_id in env and want_attempt in env:
+            found.append(int(entry))
+    return found
+
+
+def kill_job_processes(job_id: str, attempt: int) -> int:
+    """SIGKILL whatever is left of a lost attempt on this host; returns how many."""
+    import signal
+
+    killed = 0
+    for pid in job_processes(job_id, attempt):
+        try:
+            os.kill(pid, signal.SIGKILL)
+            killed += 1
+        except (ProcessLookupError, PermissionError):
+            pass
+    return killed

@@ -56,6 +56,8 @@ class Worker:
         self._config_seen: dict[str, Any] | None = None
         self._env = dict(os.environ)
         self.notifier = Notifier()
+        # Test-only: SIGKILL ourselves at a named step, to prove recovery from every step.
+        self._crash_at = os.environ.get("QUEUECTL_TEST_CRASH_AT", "")
 
     # -- signals -----------------------------------------------------------------------------
     def _on_signal(self, signum: int, _frame: Any) -> None:
@@ -134,6 +136,8 @@ class Worker:
         self.start()
         self.notifier.ready()
         self.log.info("worker_ready")
+        if os.geteuid() == 0:
+            self.log.warning("running_as_root")
         try:
             self._loop()
         finally:
@@ -160,7 +164,9 @@ class Worker:
                 self._sleep(pause)
                 continue
             if job is not None:
+                self._crash_point("claimed")
                 self._execute(job)
+                self._crash_point("recorded")
                 continue
             if self.drain and self.store.remaining() == 0:
                 break
@@ -197,9 +203,16 @@ class Worker:
                     self.log.info("config_changed", key=key, value=value)
         self._config_seen = items
 
+    def _crash_point(self, step: str) -> None:
+        if self._crash_at == step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
     def _log_reclaimed(self, job: Job) -> None:
+        # The lost attempt may still be running here (its worker was SIGKILLed or hung):
+        # end it before the job runs again.
+        leftovers = procinfo.kill_job_processes(job.id, job.attempts)
         self.log.warning("lease_reclaimed", job_id=job.id, attempt=job.attempts,
-                         error=job.last_error, state=job.state,
+                         error=job.last_error, state=job.state, killed_processes=leftovers,
                          next_run_at=iso_ms(job.run_at) if job.state != DEAD else None)
 
     # -- one job -----------------------------------------------------------------------------
@@ -210,6 +223,7 @@ class Worker:
         self.notifier.status(f"running {job.id} (attempt {attempt}/{max_attempts})")
         self._next_beat = 0.0  # announce "busy" promptly
         proc = JobProcess(job.command, job_environment(self._env, job.id, attempt), self.job_umask)
+        self._crash_point("spawned")
         interrupted = lost = False
         while not proc.done:
             self.notifier.ping_if_due()
@@ -240,6 +254,7 @@ class Worker:
                     proc.kill("lease lost")
             except DatabaseUnavailable as exc:
                 self.log.warning("database_error", error=str(exc), retry_in=HEARTBEAT_EVERY)
+        self._crash_point("exited")
         self._record(job, proc, interrupted, lost, max_attempts)
 
     def _record(self, job: Job, proc: JobProcess, interrupted: bool, lost: bool,

@@ -57,16 +57,18 @@ class Queue:
     def job(self, job_id: str) -> dict[str, Any]:
         return self.json("show", job_id)
 
-    def start(self, *args: str, log: Path | None = None) -> subprocess.Popen:
+    def start(self, *args: str, log: Path | None = None,
+              env: dict[str, str] | None = None) -> subprocess.Popen:
         """Start `queuectl <args>` (a worker, a supervisor) in the background."""
         out = open(log, "ab") if log else subprocess.DEVNULL
-        proc = subprocess.Popen([QUEUECTL, "--log-format", "json", *args], env=self.env,
-                                stdout=out, stderr=out)
+        proc = subprocess.Popen([QUEUECTL, "--log-format", "json", *args],
+                                env={**self.env, **(env or {})}, stdout=out, stderr=out)
         self.procs.append(proc)
         return proc
 
-    def worker(self, *args: str, log: Path | None = None) -> subprocess.Popen:
-        return self.start("worker", "run", "--poll-interval", "0.05", *args, log=log)
+    def worker(self, *args: str, log: Path | None = None,
+               env: dict[str, str] | None = None) -> subprocess.Popen:
+        return self.start("worker", "run", "--poll-interval", "0.05", *args, log=log, env=env)
 
     def wait_state(self, job_id: str, state: str, timeout: float = 30) -> dict[str, Any]:
         return wait_for(lambda: (j := self.job(job_id))["state"] == state and j,
