@@ -72,13 +72,20 @@ def _specs_from_file(source: str) -> list[JobSpec]:
     except OSError as exc:
         raise ValidationError(f"cannot read {source}: {exc.strerror}") from None
     specs = []
+    seen: dict[str, int] = {}
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
-            specs.append(spec_from_json(line))
+            spec = spec_from_json(line)
         except ValidationError as exc:
             raise ValidationError(f"line {number}: {exc}") from None
+        if spec.id is not None:
+            if spec.id in seen:
+                raise ValidationError(
+                    f"line {number}: id {spec.id!r} repeats the one on line {seen[spec.id]}")
+            seen[spec.id] = number
+        specs.append(spec)
     if not specs:
         raise ValidationError(f"{source}: no jobs found")
     return specs
@@ -201,7 +208,7 @@ def config() -> None:
     """Queue-wide settings, stored in the database (every worker sees them)."""
 
 
-@config.command(name="set")
+@config.command(name="set", context_settings={"ignore_unknown_options": True})
 @click.argument("key")
 @click.argument("value")
 @db_option

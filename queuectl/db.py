@@ -103,7 +103,7 @@ def _describe(exc: sqlite3.Error, path: Path) -> str:
     low = text.lower()
     if "locked" in low or "busy" in low:
         return f"database {path} is locked by another process (waited {BUSY_TIMEOUT:g} s)"
-    if "full" in low:
+    if "full" in low or ("i/o error" in low and _disk_full(path)):
         return f"database {path}: the disk is full"
     if "readonly" in low or "read-only" in low:
         return f"database {path} is read-only for this user"
@@ -112,6 +112,14 @@ def _describe(exc: sqlite3.Error, path: Path) -> str:
     if "unable to open" in low:
         return f"cannot open database {path} ({text})"
     return f"database {path}: {text}"
+
+
+def _disk_full(path: Path) -> bool:
+    """SQLite reports a failed write to a full disk as a plain I/O error at times."""
+    try:
+        return os.statvfs(path.parent).f_bavail == 0
+    except OSError:
+        return False
 
 
 def _permission_denied(path: Path, creating: bool = False) -> str:
@@ -186,6 +194,8 @@ class SQLiteStore(Store):
     def _check_path(self, create_dirs: bool) -> None:
         path = self.path
         parent = path.parent
+        if parent.exists() and not parent.is_dir():
+            raise DatabaseUnavailable(f"cannot open database {path}: {parent} is not a directory")
         if not parent.is_dir():
             if not create_dirs:
                 raise DatabaseUnavailable(

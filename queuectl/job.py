@@ -146,9 +146,12 @@ def check_run_at(value: Any) -> float:
     if not isinstance(value, str):
         raise ValidationError('"run_at" must be an ISO 8601 time such as 2025-11-04T10:30:00Z')
     try:
-        return parse_iso(value)
-    except (ValueError, OverflowError):
-        raise ValidationError(f'"run_at" is not an ISO 8601 time: {value!r}') from None
+        ts = parse_iso(value)
+        iso_ms(ts)  # must also be showable in UTC (not past year 9999 or before year 1)
+    except (ValueError, OverflowError, OSError):
+        raise ValidationError(f'"run_at" is not an ISO 8601 time between years 1 and 9999: '
+                              f'{value!r}') from None
+    return ts
 
 
 def check_delay(value: Any) -> float:

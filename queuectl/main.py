@@ -25,8 +25,11 @@ def main(argv: list[str] | None = None) -> int:
     _shared_umask()
     from queuectl.cli import cli
 
+    args = sys.argv[1:] if argv is None else argv
+    if not args:  # the same on every click version: help on stdout, success
+        args = ["--help"]
     try:
-        result = cli.main(args=argv, prog_name="queuectl", standalone_mode=False)
+        result = cli.main(args=args, prog_name="queuectl", standalone_mode=False)
     except click.UsageError as exc:
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
         return _fail(exc.format_message() + hint, EXIT_USAGE)
