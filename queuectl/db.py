@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from queuectl import config as cfg
-from queuectl.errors import Conflict, DatabaseUnavailable, NotFound
+from queuectl.errors import Conflict, DatabaseBusy, DatabaseUnavailable, NotFound
 from queuectl.job import (
     COMPLETED,
     DEAD,
@@ -127,11 +127,14 @@ def _permission_denied(path: Path, creating: bool = False) -> str:
     import grp
 
     where = path.parent if creating else path
-    probe = path if path.exists() and not creating else path.parent
+    # The deepest directory we can see into is the one whose group grants access.
+    probe = path.parent
     try:
-        while not probe.exists():
+        while not os.access(probe, os.X_OK) and probe != probe.parent:
             probe = probe.parent
-        group = grp.getgrgid(probe.stat().st_gid).gr_name
+        blocked = path.parent if probe == path.parent else next(
+            p for p in path.parents if p.parent == probe)
+        group = grp.getgrgid(os.stat(blocked).st_gid).gr_name
     except (OSError, KeyError):
         group = None
     verb = "create" if creating else "open"
@@ -140,6 +143,11 @@ def _permission_denied(path: Path, creating: bool = False) -> str:
         hint = (f"; to use this queue, add the user to group {group} "
                 f"(sudo usermod -aG {group} $USER) and log in again")
     return f"cannot {verb} database {path}: permission denied on {where}{hint}"
+
+
+def _unavailable(exc: sqlite3.Error, path: Path) -> DatabaseUnavailable:
+    busy = isinstance(exc, sqlite3.OperationalError) and _is_busy(exc)
+    return (DatabaseBusy if busy else DatabaseUnavailable)(_describe(exc, path))
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
@@ -164,7 +172,7 @@ class SQLiteStore(Store):
                 str(path), timeout=0, isolation_level=None, check_same_thread=False
             )
         except sqlite3.Error as exc:
-            raise DatabaseUnavailable(_describe(exc, path)) from None
+            raise _unavailable(exc, path) from None
         self._conn = conn
         try:
             self._retry(lambda: conn.execute("PRAGMA synchronous=FULL"))
@@ -172,7 +180,7 @@ class SQLiteStore(Store):
             self._probe()
         except sqlite3.Error as exc:
             conn.close()
-            raise DatabaseUnavailable(_describe(exc, path)) from None
+            raise _unavailable(exc, path) from None
         except DatabaseUnavailable:
             conn.close()
             raise
@@ -296,7 +304,7 @@ class SQLiteStore(Store):
         try:
             self._retry(lambda: conn.execute("BEGIN IMMEDIATE"))
         except sqlite3.Error as exc:
-            raise DatabaseUnavailable(_describe(exc, self.path)) from None
+            raise _unavailable(exc, self.path) from None
         try:
             yield conn
             conn.execute("COMMIT")
@@ -307,14 +315,14 @@ class SQLiteStore(Store):
                 except sqlite3.Error:
                     pass
             if isinstance(exc, sqlite3.Error):
-                raise DatabaseUnavailable(_describe(exc, self.path)) from None
+                raise _unavailable(exc, self.path) from None
             raise
 
     def _read(self, sql: str, params: Any = ()) -> list[tuple]:
         try:
             return self._retry(lambda: self._conn.execute(sql, params).fetchall())
         except sqlite3.Error as exc:
-            raise DatabaseUnavailable(_describe(exc, self.path)) from None
+            raise _unavailable(exc, self.path) from None
 
     # -- submitting --------------------------------------------------------------------------
     def enqueue(self, specs: list[JobSpec], if_absent: bool = False) -> list[str]:
@@ -587,6 +595,16 @@ class SQLiteStore(Store):
                 " FROM workers ORDER BY name"
             )
         ]
+
+    def verify(self) -> None:
+        try:
+            problems = self._retry(lambda: self._conn.execute("PRAGMA quick_check").fetchall())
+        except sqlite3.Error as exc:
+            raise _unavailable(exc, self.path) from None
+        if [row[0] for row in problems] != ["ok"]:
+            raise DatabaseUnavailable(
+                f"{self.path} is not a usable SQLite database (damaged: {problems[0][0]}); "
+                "it was left untouched")
 
     def info(self) -> dict[str, Any]:
         rows = self._read("PRAGMA journal_mode")

@@ -25,3 +25,7 @@ class Conflict(QueueError):
 
 class DatabaseUnavailable(QueueError):
     """The database cannot be opened, read or written (missing dir, locked, not SQLite, full)."""
+
+
+class DatabaseBusy(DatabaseUnavailable):
+    """Another process held the lock past the busy timeout: worth waiting for, not fatal."""

@@ -121,6 +121,10 @@ class Store(ABC):
     def workers(self) -> list[WorkerInfo]: ...
 
     @abstractmethod
+    def verify(self) -> None:
+        """Raise DatabaseUnavailable if the store is damaged: a worker checks before READY."""
+
+    @abstractmethod
     def info(self) -> dict[str, Any]: ...
 
     @abstractmethod

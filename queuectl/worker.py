@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from queuectl import procinfo
-from queuectl.errors import Conflict, DatabaseUnavailable
+from queuectl.errors import Conflict, DatabaseBusy, DatabaseUnavailable
 from queuectl.job import DEAD, Job
 from queuectl.log import get_logger
 from queuectl.notify import Notifier
@@ -23,6 +23,7 @@ from queuectl.utils import iso_ms, now
 
 HEARTBEAT_EVERY = 2.0  # seconds; also how often leases are renewed and expired ones reclaimed
 DB_RETRY_MAX = 5.0
+START_WAIT = 60.0  # seconds a starting worker waits for a database locked by someone else
 
 
 class Worker:
@@ -110,7 +111,20 @@ class Worker:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
-        """Register with the store; raises Conflict if a live worker has this name."""
+        """Check and register with the store, waiting out a lock held by someone else
+        (up to START_WAIT); raises Conflict if a live worker has this name."""
+        deadline = time.monotonic() + START_WAIT
+        while True:
+            try:
+                return self._register()
+            except DatabaseBusy as exc:
+                if self.stopping or time.monotonic() >= deadline:
+                    raise
+                self.log.warning("database_error", error=str(exc), retry_in=1.0)
+                self._sleep(1.0)
+
+    def _register(self) -> None:
+        self.store.verify()
         for other in self.store.workers():
             if other.name != self.name or other.pid == os.getpid():
                 continue
@@ -132,8 +146,8 @@ class Worker:
 
     def run(self) -> int:
         self._install_signals()
-        self.log.info("worker_started", pid=os.getpid(), db=str(self.db_path))
         self.start()
+        self.log.info("worker_started", pid=os.getpid(), db=str(self.db_path))
         self.notifier.ready()
         self.log.info("worker_ready")
         if os.geteuid() == 0:

@@ -97,3 +97,38 @@ def queue(tmp_path: Path) -> Iterator[Queue]:
     q = Queue(tmp_path / "queue.db")
     yield q
     q.stop_all()
+
+
+@pytest.fixture(scope="session")
+def as_other_user() -> Iterator[Callable[..., subprocess.CompletedProcess]]:
+    """Run queuectl as user `nobody` (root only): `as_other_user(*args, env=...)`."""
+    import shutil
+    import tempfile
+
+    from appcopy import SYSTEM_PYTHON, install_app
+
+    if os.geteuid() != 0 or not shutil.which("runuser") or not os.path.exists(SYSTEM_PYTHON):
+        pytest.skip("running as another user needs root, runuser and /usr/bin/python3")
+    base = Path(tempfile.mkdtemp(prefix="queuectl-app-"))
+    wrapper = install_app(base)
+    runuser = shutil.which("runuser")
+
+    def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([runuser, "-u", "nobody", "--", str(wrapper), *args],
+                              env={"PATH": "/usr/bin:/bin", **(env or {})},
+                              capture_output=True, text=True, timeout=30)
+
+    yield run
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def shared_tmp() -> Iterator[Path]:
+    """A directory other users can reach (pytest's own tmp dirs are private to root)."""
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="queuectl-test-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

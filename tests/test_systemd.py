@@ -13,31 +13,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from appcopy import install_app
 from conftest import QUEUECTL, Queue, wait_for
 from systemd_ns import PrivateSystemd, require_systemd_or_skip
 
 REPO = Path(__file__).resolve().parent.parent
 APP_INSIDE = "/srv"  # where the copied app is bind-mounted inside the namespace
 WORKERS = "queuectl-worker@*"
-
-
-def _install_app(base: Path) -> None:
-    """A copy of queuectl and its pure-Python dependencies, runnable by /usr/bin/python3."""
-    import click
-    import sdnotify
-    import structlog
-
-    import queuectl
-
-    for module in (queuectl, click, structlog, sdnotify):
-        src = Path(module.__file__).parent
-        shutil.copytree(src, base / "app" / src.name,
-                        ignore=shutil.ignore_patterns("__pycache__"))
-    wrapper = base / "bin" / "queuectl"
-    wrapper.parent.mkdir()
-    wrapper.write_text(
-        f'#!/bin/sh\nPYTHONPATH={APP_INSIDE}/app exec /usr/bin/python3 -m queuectl "$@"\n')
-    wrapper.chmod(0o755)
 
 
 def _install_users(base: Path) -> None:
@@ -68,7 +50,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Path:
     require_systemd_or_skip()
     base = tmp_path_factory.mktemp("sd-app")
     base.chmod(0o755)
-    _install_app(base)
+    install_app(base, visible_as=Path(APP_INSIDE))
     _install_users(base)
     return base
 
