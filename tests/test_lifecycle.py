@@ -49,7 +49,7 @@ def test_stop_past_grace_returns_job_to_pending_without_spending_a_retry(
     assert not _alive(job_pid)
     queue.run("config", "set", "backoff-base", "1")
     pidfile.unlink()
-    queue.worker()  # picked up again by the next worker
+    queue.worker("--grace", "0.5")  # picked up again by the next worker
     wait_for(lambda: pidfile.exists(), 10, "job restarted")
     assert queue.job("long")["attempts"] == 1
 
