@@ -251,14 +251,15 @@ def worker() -> None:
 @click.option("--label", hidden=True)
 @click.option("--grace", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="Seconds a running job may finish after SIGTERM before it is stopped.")
-@click.option("--poll-interval", type=click.FloatRange(min=0.01), default=0.25,
-              show_default=True, help="Seconds between looks at an idle queue.")
+@click.option("--poll-interval", type=click.FloatRange(min=0.01), default=None,
+              help="Seconds between looks at an idle queue, besides waking on every database "
+              "change [default: 1, or 0.25 where inotify is unavailable].")
 @click.option("--drain", is_flag=True, help="Exit once no job is left to run.")
 @click.option("--supervised-by", type=int, hidden=True)
 @db_option
 @click.pass_context
 def worker_run(ctx: click.Context, name: str | None, label: str | None, grace: float,
-               poll_interval: float, drain: bool, supervised_by: int | None) -> int:
+               poll_interval: float | None, drain: bool, supervised_by: int | None) -> int:
     """Run one worker in the foreground (what the systemd unit runs)."""
     from queuectl.log import setup_logging
     from queuectl.worker import Worker

@@ -34,7 +34,7 @@ class Worker:
         name: str | None = None,
         label: str | None = None,
         grace: float = 30.0,
-        poll_interval: float = 0.25,
+        poll_interval: float | None = None,
         drain: bool = False,
         job_umask: int | None = None,
         parent_pid: int | None = None,
@@ -44,7 +44,8 @@ class Worker:
         self.stable_name = name is not None
         self.name = name or f"{procinfo.hostname()}:{os.getpid()}"
         self.grace = grace
-        self.poll_interval = poll_interval
+        self._poll_interval = poll_interval
+        self._watcher: Any = None
         self.drain = drain
         self.job_umask = job_umask
         self.parent_pid = parent_pid
@@ -93,20 +94,25 @@ class Worker:
             self.notifier.stopping(f"stopping: waiting for {job.id}" if job else "stopping")
             self.log.info("worker_stopping", reason=f"received {self.stop_reason}")
 
-    def _sleep(self, seconds: float) -> None:
-        """Sleep, but wake at once for a signal, and keep the watchdog fed meanwhile."""
+    def _sleep(self, seconds: float, for_jobs: bool = False) -> None:
+        """Sleep, but wake at once for a signal (or, for_jobs, a database change), and keep
+        the watchdog fed meanwhile."""
         import select
 
+        fds = [self._wake_r]
+        if for_jobs and self._watcher is not None:
+            fds.append(self._watcher.fileno())
         end = time.monotonic() + max(0.0, seconds)
         while True:
             self.notifier.ping_if_due()
             left = end - time.monotonic()
             if left <= 0:
                 break
-            ready, _, _ = select.select([self._wake_r], [], [],
-                                        min(left, self.notifier.seconds_to_ping()))
-            if ready:
+            ready, _, _ = select.select(fds, [], [], min(left, self.notifier.seconds_to_ping()))
+            if self._wake_r in ready:
                 self._drain_wakeups()
+                break
+            if ready and self._watcher is not None and self._watcher.drain():
                 break
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -146,6 +152,9 @@ class Worker:
 
     def run(self) -> int:
         self._install_signals()
+        from queuectl.wakeup import watch
+
+        self._watcher = watch(self.db_path)
         self.start()
         self.log.info("worker_started", pid=os.getpid(), db=str(self.db_path))
         self.notifier.ready()
@@ -166,6 +175,8 @@ class Worker:
     def _loop(self) -> None:
         failures = 0
         while not self.stopping:
+            if self._watcher is not None:
+                self._watcher.drain()  # changes before this claim are seen by it
             try:
                 self._housekeeping()
                 job = self.store.claim_next(self.name)
@@ -187,13 +198,20 @@ class Worker:
             self.notifier.status("idle")
             self._idle_wait()
 
+    @property
+    def poll_interval(self) -> float:
+        """The safety-net poll: slow when database changes wake us, brisk when they cannot."""
+        if self._poll_interval is not None:
+            return self._poll_interval
+        return 1.0 if self._watcher is not None else 0.25
+
     def _idle_wait(self) -> None:
         wait = self.poll_interval
         due = self.store.next_due()
         if due is not None:
             wait = min(wait, max(0.0, due - now()))
         wait = min(wait, max(0.0, self._next_beat - time.monotonic()))
-        self._sleep(wait)
+        self._sleep(wait, for_jobs=True)
 
     def _housekeeping(self, job: Job | None = None) -> bool:
         """Heartbeat, lease renewal, reclaiming others' expired leases. False if job was lost."""

@@ -190,3 +190,20 @@ def test_supervisor_drain_exits_when_queue_is_empty(queue: Queue, count: int) ->
     result = queue.run("worker", "start", "--count", str(count), "--drain", timeout=60)
     assert result.returncode == 0
     assert queue.status()["completed"] == 5
+
+
+def test_idle_worker_wakes_on_enqueue_not_on_its_poll(queue: Queue) -> None:
+    queue.start("worker", "run", "--poll-interval", "120")
+    queue.wait_counts(active_workers=1, timeout=10)
+    time.sleep(0.5)  # let it settle into its idle wait (which would last 120 s)
+    queue.enqueue({"id": "wake", "command": "true"})
+    queue.wait_state("wake", "completed", timeout=10)  # far sooner than the poll
+
+
+def test_delayed_job_starts_at_its_time_not_before(queue: Queue) -> None:
+    from queuectl.utils import parse_iso
+
+    queue.start("worker", "run", "--poll-interval", "120")
+    job_id = queue.enqueue({"command": "true", "delay": 1.5})
+    job = queue.wait_state(job_id, "completed", timeout=15)
+    assert parse_iso(job["started_at"]) >= parse_iso(job["run_at"])

@@ -1,0 +1,69 @@
+"""Wake idle workers the moment the database changes, instead of polling it.
+
+Every commit writes to the database's `-wal` file (or the file itself), so inotify on its
+directory tells an idle worker within microseconds that a job may have arrived — whoever
+wrote it: `queuectl enqueue`, `dlq retry`, another worker's failure. A claim that finds
+nothing writes nothing, so idle workers do not wake each other in a loop. The worker keeps a
+slow poll as the safety net, so a missed event delays a job, never strands it.
+"""
+
+import ctypes
+import ctypes.util
+import os
+import struct
+from pathlib import Path
+
+IN_MODIFY = 0x002
+IN_CLOSE_WRITE = 0x008
+IN_MOVED_TO = 0x080
+IN_CREATE = 0x100
+IN_NONBLOCK = 0o4000
+IN_CLOEXEC = 0o2000000
+_EVENT = struct.Struct("iIII")
+
+
+class DatabaseWatcher:
+    """A readable fd while the database's files changed since the last drain()."""
+
+    def __init__(self, db_path: Path) -> None:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+        if fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1 failed")
+        mask = IN_MODIFY | IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE
+        directory = str(db_path.absolute().parent).encode()
+        if libc.inotify_add_watch(fd, directory, mask) < 0:
+            err = ctypes.get_errno()
+            os.close(fd)
+            raise OSError(err, f"inotify_add_watch {directory!r} failed")
+        self.fd = fd
+        self._names = {db_path.name.encode(), f"{db_path.name}-wal".encode()}
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def drain(self) -> bool:
+        """Consume pending events; True if one concerned the database."""
+        relevant = False
+        while True:
+            try:
+                data = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return relevant
+            offset = 0
+            while offset + _EVENT.size <= len(data):
+                _, _, _, length = _EVENT.unpack_from(data, offset)
+                name = data[offset + _EVENT.size: offset + _EVENT.size + length].rstrip(b"\0")
+                relevant = relevant or name in self._names or not name
+                offset += _EVENT.size + length
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def watch(db_path: Path) -> DatabaseWatcher | None:
+    """A watcher, or None where inotify is unavailable (the worker then only polls)."""
+    try:
+        return DatabaseWatcher(db_path)
+    except (OSError, AttributeError):
+        return None
