@@ -4,7 +4,14 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test demo lint clean
+.PHONY: venv test demo lint clean deb install uninstall
+
+# Packaging (README "Install"): `make deb` builds dist/queuectl_VERSION_all.deb from a clean
+# copy of the tree; `make install` puts the same files under DESTDIR/PREFIX, without dpkg.
+DIST          ?= dist
+DESTDIR       ?=
+PREFIX        ?= /usr/local
+SYSTEM_PYTHON ?= /usr/bin/python3
 
 venv: $(STAMP)
 
@@ -22,6 +29,15 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+
+deb:
+	packaging/build-deb.sh $(DIST)
+
+install:
+	packaging/install.sh "$(DESTDIR)" "$(PREFIX)" "$(SYSTEM_PYTHON)"
+
+uninstall:
+	packaging/install.sh --uninstall "$(DESTDIR)" "$(PREFIX)" "$(SYSTEM_PYTHON)"
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,74 @@
+#!/bin/sh
+# `make install`: the files of the Debian package, without dpkg, for other distributions.
+# `make uninstall` (--uninstall): remove them again; the queue in /var/lib/queuectl and the
+# user queuectl are kept.
+# Usage: packaging/install.sh [--uninstall] DESTDIR PREFIX [PYTHON]
+#   PREFIX /usr for a distribution package (with DESTDIR), /usr/local (default) by hand.
+#   PYTHON the system interpreter whose click, structlog and sdnotify queuectl will use
+#          (default /usr/bin/python3); /usr/bin/queuectl runs with it. Override the module
+#          directory with PYTHON_SITEDIR=... if PREFIX is not on that Python's path.
+set -eu
+uninstall=
+if [ "${1:-}" = --uninstall ]; then uninstall=1; shift; fi
+[ $# -ge 2 ] || { echo "usage: $0 [--uninstall] DESTDIR PREFIX [PYTHON]" >&2; exit 2; }
+destdir=$1 prefix=$2 python=${3:-/usr/bin/python3}
+repo=$(cd "$(dirname "$0")/.." && pwd)
+
+# The directory on PYTHON's own module path under PREFIX (Debian: /usr/lib/python3/
+# dist-packages or /usr/local/lib/python3.X/dist-packages; elsewhere .../site-packages), so
+# that `python3 -m queuectl` (how `worker start --foreground` runs workers) finds it too.
+sitedir=${PYTHON_SITEDIR:-$("$python" -c '
+import sys
+prefix = sys.argv[1].rstrip("/") + "/lib/"
+found = [p for p in sys.path if p.startswith(prefix) and p.endswith("-packages")]
+print(found[0] if found else "")' "$prefix")}
+if [ -z "$sitedir" ]; then
+  echo "install: $python has no site directory under $prefix/lib; set PYTHON_SITEDIR" >&2
+  exit 1
+fi
+unitdir=$prefix/lib/systemd/system
+
+if [ -n "$uninstall" ]; then
+  rm -f "$destdir$prefix/bin/queuectl" "$destdir$unitdir/queuectl-worker@.service" \
+    "$destdir$unitdir/queuectl-workers.target" "$destdir$prefix/lib/sysusers.d/queuectl.conf" \
+    "$destdir$prefix/lib/tmpfiles.d/queuectl.conf" \
+    "$destdir$prefix/share/bash-completion/completions/queuectl" \
+    "$destdir$prefix/share/man/man1/queuectl.1"
+  rm -rf "$destdir$sitedir/queuectl"
+  echo "removed queuectl from ${destdir:-/}$prefix (kept: /var/lib/queuectl, user queuectl)"
+  exit 0
+fi
+
+install -d "$destdir$prefix/bin" "$destdir$sitedir/queuectl" "$destdir$unitdir" \
+  "$destdir$prefix/lib/sysusers.d" "$destdir$prefix/lib/tmpfiles.d" \
+  "$destdir$prefix/share/bash-completion/completions"
+install -m 644 "$repo"/queuectl/*.py "$destdir$sitedir/queuectl/"
+# The same entry point as the package's console script.
+cat > "$destdir$prefix/bin/queuectl" <<SCRIPT
+#!$python
+import sys
+
+from queuectl.main import main
+
+sys.exit(main())
+SCRIPT
+chmod 755 "$destdir$prefix/bin/queuectl"
+for unit in queuectl-worker@.service queuectl-workers.target; do
+  sed "s|/usr/bin/queuectl|$prefix/bin/queuectl|g" "$repo/systemd/$unit" > "$destdir$unitdir/$unit"
+  chmod 644 "$destdir$unitdir/$unit"
+done
+install -m 644 "$repo/systemd/sysusers.d/queuectl.conf" "$destdir$prefix/lib/sysusers.d/"
+install -m 644 "$repo/systemd/tmpfiles.d/queuectl.conf" "$destdir$prefix/lib/tmpfiles.d/"
+
+extras=$(mktemp -d)
+trap 'rm -rf "$extras"' EXIT
+PYTHON=$python "$repo/packaging/gen-extras.sh" "$destdir$sitedir" "$extras"
+install -m 644 "$extras/queuectl.bash" "$destdir$prefix/share/bash-completion/completions/queuectl"
+if [ -f "$extras/queuectl.1" ]; then
+  install -d "$destdir$prefix/share/man/man1"
+  install -m 644 "$extras/queuectl.1" "$destdir$prefix/share/man/man1/"
+fi
+echo "installed queuectl into ${destdir:-/}: $prefix/bin/queuectl, $sitedir/queuectl, $unitdir"
+if [ -z "$destdir" ]; then
+  echo "next: systemd-sysusers; systemd-tmpfiles --create queuectl.conf; systemctl daemon-reload"
+fi

@@ -1,0 +1,599 @@
+"""The Debian package on a clean Debian 12, installed and used as an admin would.
+
+One module-scoped setup does the slow parts once: `make deb` builds the package; a pristine
+Debian 12 root made by debootstrap (minbase plus systemd, dbus and python3) is copied; the
+copy's own systemd boots as PID 1 of fresh namespaces (the technique of systemd_ns.py, with
+the copy as the root filesystem); apt installs the package inside, so python3-click,
+python3-structlog and python3-sdnotify come from Debian 12, and every test below runs
+queuectl on Debian's versions of them. The tests then run in file order as one admin's
+session: look at the install, start four workers, enqueue as a member of group queuectl,
+refuse an outsider, upgrade, remove, reinstall, purge.
+
+The pristine root is cached between runs in $QUEUECTL_TEST_ROOTFS (default
+/var/cache/queuectl-test/bookworm-root), built with debootstrap from the Debian mirror of
+this machine's apt sources when missing or invalid (about a minute), and never modified
+afterwards: each run works on its own copy, deleted at the end.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import tomllib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import wait_for
+from systemd_ns import CGROUP2_ROOT, require_systemd_or_skip
+
+REPO = Path(__file__).resolve().parent.parent
+VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+SUITE = "bookworm"
+ROOTFS_CACHE = Path(os.environ.get("QUEUECTL_TEST_ROOTFS", "/var/cache/queuectl-test/bookworm-root"))
+INCLUDE = ("systemd", "dbus", "python3")
+# Downloaded into the cached root's apt cache, so that installing the package (which pulls
+# them in from Debian's indexes, as for any admin) needs no network on a warm cache.
+PREFETCH = ("python3-click", "python3-structlog", "python3-sdnotify")
+# Written last into a complete cache; a cache without it (or with another recipe) is rebuilt.
+CACHE_STAMP = ".queuectl-test-rootfs"
+CACHE_RECIPE = (f"2 {SUITE} minbase include={','.join(INCLUDE)} clean apt-lists"
+                f" prefetch={','.join(PREFETCH)}")
+# What the versions of Debian 12 are; the package must work with exactly these.
+DEBIAN_VERSIONS = {"python3-click": "8.1.3", "python3-structlog": "22.3", "python3-sdnotify": "0.3.1"}
+CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "HOME": "/root",
+             "DEBIAN_FRONTEND": "noninteractive", "TERM": "dumb"}
+WORKERS = "queuectl-worker@*"
+DEB_INSIDE = "/root/queuectl.deb"
+
+
+# -- can this run here? ----------------------------------------------------------------------
+def _require(ok: bool, reason: str) -> None:
+    """Skip with `reason` unless ok; with QUEUECTL_REQUIRE_SYSTEMD=1 (CI) fail instead, as
+    systemd_ns.require_systemd_or_skip() does, so a silently skipped test cannot pass CI."""
+    if ok:
+        return
+    if os.environ.get("QUEUECTL_REQUIRE_SYSTEMD") == "1":
+        pytest.fail(f"QUEUECTL_REQUIRE_SYSTEMD=1 but the package test cannot run: {reason}")
+    pytest.skip(reason)
+
+
+def _missing(*tools: str) -> list[str]:
+    return [t for t in tools if shutil.which(t, path=CLEAN_ENV["PATH"]) is None]
+
+
+def debian_mirror() -> str | None:
+    """The Debian archive URI this machine's apt uses for SUITE (deb822 .sources or
+    one-line .list files), so that no mirror is ever written into the project."""
+    if os.environ.get("QUEUECTL_TEST_MIRROR"):
+        return os.environ["QUEUECTL_TEST_MIRROR"]
+    apt = Path("/etc/apt")
+    for path in sorted((apt / "sources.list.d").glob("*.sources")):
+        for stanza in re.split(r"\n\s*\n", path.read_text(errors="replace")):
+            fields: dict[str, str] = {}
+            key = None
+            for line in stanza.splitlines():
+                if not line.strip() or line.lstrip().startswith("#"):
+                    continue
+                if line[0] in " \t" and key:  # continuation line
+                    fields[key] += " " + line.strip()
+                elif ":" in line:
+                    key, _, value = line.partition(":")
+                    key = key.strip().lower()
+                    fields[key] = value.strip()
+            if (SUITE in fields.get("suites", "").split() and "deb" in fields.get("types", "").split()
+                    and fields.get("enabled", "yes").lower() != "no" and fields.get("uris")):
+                return fields["uris"].split()[0]
+    for path in [apt / "sources.list", *sorted((apt / "sources.list.d").glob("*.list"))]:
+        if not path.is_file():
+            continue
+        for line in path.read_text(errors="replace").splitlines():
+            words = re.sub(r"\[[^]]*\]", " ", line.split("#", 1)[0]).split()
+            if len(words) >= 3 and words[0] == "deb" and words[2] == SUITE:
+                return words[1]
+    return None
+
+
+# -- the cached pristine root ----------------------------------------------------------------
+def _cache_is_valid(root: Path) -> bool:
+    stamp = root / CACHE_STAMP
+    return (stamp.is_file() and stamp.read_text().strip() == CACHE_RECIPE
+            and (root / "lib/systemd/systemd").exists() and (root / "usr/bin/python3").exists())
+
+
+def _in_private_mounts(script: str, *args: str, timeout: float) -> None:
+    """Run a shell script in a private mount namespace: whatever it mounts (debootstrap mounts
+    /proc and /sys in its target) vanishes with it, even if it is killed."""
+    result = subprocess.run(["unshare", "--mount", "--propagation", "private", "--fork",
+                             "--kill-child", "/bin/sh", "-ec", script, "sh", *args],
+                            env=CLEAN_ENV, stdin=subprocess.DEVNULL, capture_output=True,
+                            text=True, errors="replace", timeout=timeout)
+    if result.returncode != 0:
+        raise RuntimeError(f"building the Debian root failed ({result.returncode}):\n"
+                           f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+
+
+def cached_root() -> Path:
+    """The pristine root, (re)built when missing or invalid. A lock serialises test runs."""
+    ROOTFS_CACHE.parent.mkdir(parents=True, exist_ok=True)
+    with open(ROOTFS_CACHE.parent / f".{ROOTFS_CACHE.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _cache_is_valid(ROOTFS_CACHE):
+            return ROOTFS_CACHE
+        # Only a root this test made (it has the stamp, maybe of an older recipe) is replaced.
+        _require(not ROOTFS_CACHE.exists() or (ROOTFS_CACHE / CACHE_STAMP).is_file()
+                 or not any(ROOTFS_CACHE.iterdir()),
+                 f"{ROOTFS_CACHE} exists but was not made by this test: remove it or set "
+                 "QUEUECTL_TEST_ROOTFS to another directory")
+        mirror = debian_mirror()
+        _require(mirror is not None, f"no '{SUITE}' Debian mirror in /etc/apt sources to "
+                 f"debootstrap {ROOTFS_CACHE} from")
+        new = ROOTFS_CACHE.with_name(ROOTFS_CACHE.name + ".new")
+        shutil.rmtree(new, ignore_errors=True)
+        new.mkdir()
+        try:
+            _in_private_mounts(
+                'debootstrap --variant=minbase --include="$3" "$2" "$1" "$4"\n'
+                'mount -t proc proc "$1/proc"\n'
+                'chroot "$1" apt-get clean\n'  # debootstrap's own downloads: 50 MB per copy
+                'chroot "$1" apt-get update -q\n'
+                # the package's dependencies, downloaded only; then the stamp: cache complete
+                'chroot "$1" apt-get install -y -q --download-only $5\n'
+                'echo "$6" > "$1/$7"\n',
+                str(new), SUITE, ",".join(INCLUDE), str(mirror), " ".join(PREFETCH),
+                CACHE_RECIPE, CACHE_STAMP, timeout=1200)
+        except BaseException:
+            shutil.rmtree(new, ignore_errors=True)
+            raise
+        if ROOTFS_CACHE.exists() or ROOTFS_CACHE.is_symlink():
+            shutil.rmtree(ROOTFS_CACHE)
+        new.rename(ROOTFS_CACHE)
+        return ROOTFS_CACHE
+
+
+# -- booting a root ----------------------------------------------------------------------------
+# PID 1 of new PID/mount/UTS/IPC/cgroup namespaces ($1 = root directory): API file systems of
+# its own inside the root, then pivot_root into it and become its systemd. As in
+# systemd_ns.py, /proc/sys is read-only (no host sysctls), /dev/console is /dev/null, and the
+# cgroup2 mount shows only this run's cgroup. /dev is a private tmpfs (no host device nodes
+# beyond the basic ones, no /dev/log on the host). The network namespace is the host's: apt
+# inside reaches the mirror if it must.
+_BOOT_SCRIPT = """set -e
+cd "$1"
+mount -n --make-rprivate /
+mount -n --bind . .
+cd "$1"
+mount -n -t proc proc proc
+mount -n --bind -o ro proc/sys proc/sys
+mount -n -t sysfs -o ro,nosuid,nodev,noexec sysfs sys
+mount -n -t cgroup2 -o nosuid,nodev,noexec cgroup2 sys/fs/cgroup
+mount -n -t tmpfs -o mode=755,nosuid,size=16m tmpfs dev
+for node in null:1:3 zero:1:5 full:1:7 random:1:8 urandom:1:9 tty:5:0; do
+  name=${node%%:*} nums=${node#*:}
+  mknod -m 666 "dev/$name" c "${nums%:*}" "${nums#*:}"
+done
+mkdir dev/pts dev/shm
+mount -n -t devpts -o newinstance,ptmxmode=0666,mode=0620,nosuid,noexec devpts dev/pts
+ln -s pts/ptmx dev/ptmx
+mount -n -t tmpfs -o mode=1777,nosuid,nodev tmpfs dev/shm
+ln -s /proc/self/fd dev/fd
+ln -s /proc/self/fd/0 dev/stdin; ln -s /proc/self/fd/1 dev/stdout; ln -s /proc/self/fd/2 dev/stderr
+touch dev/console
+mount -n --bind /dev/null dev/console
+mount -n -t tmpfs -o mode=755,nosuid,nodev tmpfs run
+mkdir run/oldroot
+pivot_root . run/oldroot
+cd /
+umount -n -l /run/oldroot
+rmdir /run/oldroot
+exec env -i container=queuectl-deb-test /lib/systemd/systemd --unit=multi-user.target
+"""
+# The launcher joins the cgroup with its own PID, then execs unshare (as in systemd_ns.py).
+_LAUNCHER = 'echo $$ > "$0" && exec "$@"'
+
+
+class BootedRoot:
+    """A root directory whose own systemd runs as PID 1 of private namespaces."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.name = f"queuectl-deb-{os.getpid()}"
+        self.cgroup = CGROUP2_ROOT / self.name
+        self.pid: int | None = None
+        self._launcher: subprocess.Popen[bytes] | None = None
+        self._log = tempfile.TemporaryFile()
+        self._owns_cgroup = False  # never kill in, or remove, a cgroup someone else made
+        self.state = ""
+
+    def start(self, timeout: float = 60) -> None:
+        try:
+            self.cgroup.mkdir()  # FileExistsError: a name clash, never reuse
+            self._owns_cgroup = True
+            unshare = ["unshare", "--fork", "--kill-child=SIGKILL", "--pid", "--mount", "--uts",
+                       "--ipc", "--cgroup", "/bin/sh", "-c", _BOOT_SCRIPT, "boot", str(self.root)]
+            self._launcher = subprocess.Popen(
+                ["/bin/sh", "-c", _LAUNCHER, str(self.cgroup / "cgroup.procs"), *unshare],
+                env=CLEAN_ENV, stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log,
+                start_new_session=True)
+            deadline = time.monotonic() + timeout
+            self.pid = self._until(self._find_init, deadline, "PID 1 of the namespaces")
+            self._until(self._is_up, deadline, "is-system-running to say running/degraded")
+        except BaseException:
+            self.stop()
+            raise
+
+    def _until(self, probe: Callable[[], Any], deadline: float, what: str) -> Any:
+        while True:
+            value = probe()
+            if value:
+                return value
+            assert self._launcher is not None
+            if self._launcher.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"boot failed waiting for {what} (state {self.state!r}); "
+                                   f"launcher output:\n{self.boot_log()}")
+            time.sleep(0.1)
+
+    def boot_log(self) -> str:
+        fd = self._log.fileno()
+        return os.pread(fd, os.fstat(fd).st_size, 0).decode("utf-8", "replace")
+
+    def _pids(self) -> set[int]:
+        pids: set[int] = set()
+        for d, _, _ in os.walk(self.cgroup):
+            try:
+                pids.update(int(p) for p in (Path(d) / "cgroup.procs").read_text().split())
+            except OSError:
+                pass
+        return pids
+
+    def _find_init(self) -> int | None:
+        assert self._launcher is not None
+        for pid in self._pids():
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == self._launcher.pid:
+                return pid
+        return None
+
+    def _is_up(self) -> bool:
+        try:
+            result = self.run("systemctl", "is-system-running", timeout=10)
+        except subprocess.TimeoutExpired:
+            return False
+        self.state = (result.stdout + result.stderr).strip()
+        return result.stdout.strip() in ("running", "degraded")
+
+    def run(self, *args: str, input: str | None = None, timeout: float = 120,
+            check: bool = False) -> subprocess.CompletedProcess[str]:
+        """A command inside, as root, with a clean environment."""
+        assert self.pid is not None
+        result = subprocess.run(
+            ["nsenter", "-t", str(self.pid), "-m", "-u", "-i", "-p", "-C", "--", *args],
+            env=CLEAN_ENV, input=input, capture_output=True, text=True, errors="replace",
+            timeout=timeout, **({} if input is not None else {"stdin": subprocess.DEVNULL}))
+        if check and result.returncode != 0:
+            raise AssertionError(f"{shlex.join(args)} exited {result.returncode}:\n"
+                                 f"{result.stdout}\n{result.stderr}")
+        return result
+
+    def stop(self, timeout: float = 15) -> None:
+        """Kill everything inside (SIGKILL to PID 1 empties the PID namespace; its mounts go
+        with the mount namespace), then remove the cgroup. Idempotent."""
+        deadline = time.monotonic() + timeout
+        if self._launcher is not None and self._launcher.poll() is None:
+            init = self._find_init()
+            if init is not None:
+                os.kill(init, signal.SIGKILL)
+            else:
+                self._launcher.kill()
+            try:
+                self._launcher.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        while self._owns_cgroup and self._pids() and time.monotonic() < deadline:
+            try:
+                (self.cgroup / "cgroup.kill").write_text("1")
+            except OSError:  # kernel < 5.14: signal each process of our own subtree
+                for pid in self._pids():
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+            time.sleep(0.05)
+        if self._launcher is not None:
+            try:
+                self._launcher.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        while self._owns_cgroup and self.cgroup.is_dir():
+            for d in sorted((Path(d) for d, _, _ in os.walk(self.cgroup)),
+                            key=lambda p: len(p.parts), reverse=True):
+                try:
+                    d.rmdir()
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+            time.sleep(0.05)
+        self._owns_cgroup = False
+        self.pid = None
+        self._log.close()
+
+
+class Admin:
+    """The booted Debian 12 with queuectl installed, driven as an admin and users would."""
+
+    def __init__(self, host: BootedRoot) -> None:
+        self.host = host
+
+    def sh(self, script: str, user: str = "root", **kw: Any) -> subprocess.CompletedProcess[str]:
+        """A command line typed in a login shell of `user` (bash, so {1..4} works)."""
+        if user == "root":
+            return self.host.run("bash", "-lc", script, **kw)
+        return self.host.run("runuser", "-l", user, "-s", "/bin/bash", "-c", script, **kw)
+
+    def queuectl(self, user: str, *args: str, check: bool = True,
+                 input: str | None = None) -> subprocess.CompletedProcess[str]:
+        return self.sh(shlex.join(["queuectl", *args]), user, check=check, input=input)
+
+    def json(self, user: str, *args: str) -> Any:
+        return json.loads(self.queuectl(user, *args).stdout)
+
+    def wait_job(self, job_id: str, state: str, timeout: float = 30) -> dict[str, Any]:
+        return wait_for(lambda: (j := self.json("alice", "show", job_id))["state"] == state and j,
+                        timeout, f"job {job_id} to be {state}", every=0.2)
+
+    def apt(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """apt-get as an admin runs it. If the cached index names packages the mirror no
+        longer has, one `apt-get update` and a second try."""
+        result = self.host.run("apt-get", "-y", "-q", *args, timeout=300)
+        if result.returncode != 0 and "Failed to fetch" in result.stderr:
+            self.host.run("apt-get", "update", "-q", check=True, timeout=300)
+            result = self.host.run("apt-get", "-y", "-q", *args, timeout=300)
+        assert result.returncode == 0, f"apt-get {shlex.join(args)}:\n{result.stdout}\n{result.stderr}"
+        return result
+
+    def systemctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.host.run("systemctl", *args, check=check)
+
+    def prop(self, unit: str, name: str) -> str:
+        return self.systemctl("show", "-p", name, "--value", unit).stdout.strip()
+
+    def active(self, n: int) -> str:
+        return self.prop(f"queuectl-worker@{n}.service", "ActiveState")
+
+    def exists(self, path: str) -> bool:
+        return self.host.run("test", "-e", path).returncode == 0
+
+    def stat(self, path: str) -> str:
+        return self.host.run("stat", "-c", "%U:%G %a", path, check=True).stdout.strip()
+
+    def events(self, *match: str) -> list[dict[str, Any]]:
+        out = self.host.run("journalctl", "--no-pager", "-u", WORKERS, "-o", "json", *match,
+                            check=True).stdout
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+# -- fixtures --------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`make deb`, into a directory of this run (dist/ is left alone)."""
+    missing = _missing("dpkg-checkbuilddeps", "dpkg-buildpackage")
+    _require(os.geteuid() == 0 or not missing,
+             f"building the package needs {', '.join(missing)} (make deb as root installs them)")
+    out = tmp_path_factory.mktemp("dist")
+    result = subprocess.run(["make", "-C", str(REPO), "deb", f"DIST={out}"], capture_output=True,
+                            stdin=subprocess.DEVNULL, text=True, errors="replace", timeout=900)
+    assert result.returncode == 0, f"make deb failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    debs = list(out.glob("queuectl_*_all.deb"))
+    assert len(debs) == 1, f"expected one package in {out}, found {debs}"
+    return debs[0]
+
+
+@pytest.fixture(scope="module")
+def admin(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Admin]:
+    require_systemd_or_skip()
+    missing = _missing("debootstrap", "unshare", "nsenter", "chroot")
+    _require(not missing, f"missing tools: {', '.join(missing)} (apt-get install debootstrap)")
+    pristine = cached_root()
+    base = Path(tempfile.mkdtemp(prefix="queuectl-deb-", dir=tmp_path_factory.getbasetemp()))
+    root = base / "root"
+    host = BootedRoot(root)
+    try:
+        subprocess.run(["cp", "-a", "--reflink=auto", str(pristine), str(root)], check=True)
+        (root / "etc/hostname").write_text("debtest\n")
+        # /dev/console is /dev/null here: a getty on it would only fail and restart
+        (root / "etc/systemd/system/console-getty.service").symlink_to("/dev/null")
+        shutil.copy2(deb, root / DEB_INSIDE.lstrip("/"))
+        host.start()
+        admin = Admin(host)
+        admin.apt("install", DEB_INSIDE)  # apt resolves its dependencies from Debian 12
+        yield admin
+    finally:
+        host.stop()
+        shutil.rmtree(base, ignore_errors=True)
+    assert not host.cgroup.exists(), f"cgroup {host.cgroup} left behind"
+    mounts = Path("/proc/self/mounts").read_text()
+    assert str(root) not in mounts, "mounts left behind under the test root"
+
+
+# -- the package itself (no boot needed) ---------------------------------------------------------
+def test_lintian_reports_no_errors_and_readme_lists_every_warning(deb: Path) -> None:
+    _require(not _missing("lintian"), "lintian is not installed (apt-get install lintian)")
+    result = subprocess.run(["lintian", "--no-tag-display-limit", str(deb)], capture_output=True,
+                            stdin=subprocess.DEVNULL, text=True, env=CLEAN_ENV, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr  # 1: errors, 2: lintian failed
+    tags = re.findall(r"^([EW]): queuectl[^:]*: (\S+)", result.stdout, re.MULTILINE)
+    assert not [t for t in tags if t[0] == "E"], result.stdout
+    install_section = _readme_install_section()
+    undocumented = sorted({t for level, t in tags if level == "W" and t not in install_section})
+    assert not undocumented, f"lintian warnings not explained in the README: {undocumented}"
+
+
+def _readme_install_section() -> str:
+    text = (REPO / "README.md").read_text()
+    start = text.index("\n## Install\n")
+    return text[start:text.index("\n## ", start + 1)]
+
+
+def test_package_version_is_the_project_version(deb: Path) -> None:
+    fields = subprocess.run(["dpkg-deb", "-f", str(deb), "Package", "Version", "Architecture"],
+                            capture_output=True, text=True, check=True).stdout
+    assert fields.split() == ["Package:", "queuectl", "Version:", VERSION, "Architecture:", "all"]
+
+
+def test_make_install_installs_the_same_files_as_the_package(deb: Path, tmp_path: Path) -> None:
+    has_click = Path("/usr/bin/python3").exists() and subprocess.run(
+        ["/usr/bin/python3", "-c", "import click"], capture_output=True).returncode == 0
+    _require(has_click and not _missing("help2man"),
+             "make install needs /usr/bin/python3 with click and help2man "
+             "(apt-get install python3-click help2man)")
+    dest = tmp_path / "dest"
+    result = subprocess.run(["make", "-C", str(REPO), "install", f"DESTDIR={dest}", "PREFIX=/usr"],
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    def normal(path: str) -> str:  # bookworm's units live in /lib, merged with /usr/lib
+        path = path.removeprefix("./").removesuffix(".gz")
+        return "usr/" + path if path.startswith("lib/") else path
+
+    listing = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], capture_output=True,
+                             check=True).stdout
+    packaged = subprocess.run(["tar", "-t"], input=listing, capture_output=True,
+                              check=True).stdout.decode().split()
+    from_deb = {normal(p) for p in packaged if not p.endswith("/")
+                and "/share/doc/" not in p and ".dist-info/" not in p}
+    installed = {str(p.relative_to(dest)) for p in dest.rglob("*") if not p.is_dir()}
+    assert installed == from_deb
+    site = dest / "usr/lib/python3/dist-packages"
+    version = subprocess.run([str(dest / "usr/bin/queuectl"), "--version"], capture_output=True,
+                             text=True, env={**CLEAN_ENV, "PYTHONPATH": str(site)})
+    assert version.stdout.strip() == f"queuectl, version {VERSION}", version.stderr
+
+
+# -- on the booted Debian 12 -----------------------------------------------------------------
+def test_install_creates_user_state_directory_and_enables_no_worker(admin: Admin) -> None:
+    for package, version in DEBIAN_VERSIONS.items():
+        installed = admin.host.run("dpkg-query", "-W", "-f=${Version}", package).stdout
+        assert installed.startswith(version), f"{package} {installed}: not Debian 12's {version}"
+    assert admin.host.run("dpkg-query", "-W", "-f=${Status}", "queuectl").stdout == \
+        "install ok installed"
+    user = admin.host.run("getent", "passwd", "queuectl", check=True).stdout.split(":")
+    assert int(user[2]) < 1000 and user[5] == "/var/lib/queuectl" and user[6].strip() == \
+        "/usr/sbin/nologin"
+    admin.host.run("getent", "group", "queuectl", check=True)
+    assert admin.stat("/var/lib/queuectl") == "queuectl:queuectl 2770"
+    assert admin.sh("queuectl --version").stdout.strip() == f"queuectl, version {VERSION}"
+    assert admin.exists("/lib/systemd/system/queuectl-worker@.service")
+    assert admin.exists("/usr/share/man/man1/queuectl.1.gz")
+    # the admin chooses N: no instance enabled or running; the (empty) target is enabled
+    assert admin.sh(f"systemctl list-units --all --plain --no-legend '{WORKERS}'").stdout == ""
+    assert not admin.exists("/etc/systemd/system/queuectl-workers.target.wants")
+    assert admin.systemctl("is-enabled", "queuectl-workers.target").stdout.strip() == "enabled"
+
+
+def test_four_workers_start_and_a_group_member_runs_jobs(admin: Admin) -> None:
+    admin.sh("systemctl start queuectl-worker@{1..4}", check=True)  # as an admin types it
+    for n in (1, 2, 3, 4):
+        assert admin.active(n) == "active"  # Type=notify: active means READY=1 came
+        assert admin.prop(f"queuectl-worker@{n}.service", "StatusText") == "idle"
+    admin.sh("useradd --create-home --groups queuectl alice", check=True)
+    # no --db, no environment: the default finds the system queue
+    assert admin.json("alice", "info")["database"] == "/var/lib/queuectl/queue.db"
+    assert admin.queuectl("alice", "enqueue", '{"id":"hello","command":"echo Hello World"}'
+                          ).stdout.strip() == "hello"
+    admin.queuectl("alice", "enqueue", "--cmd", "id -un", "--id", "whoami")
+    jobs = "\n".join(json.dumps({"id": f"batch{i}", "command": f"echo {i}"}) for i in range(20))
+    admin.queuectl("alice", "enqueue", "--file", "-", input=jobs)
+    status = wait_for(lambda: (s := admin.json("alice", "status"))["completed"] == 22 and s,
+                      30, "22 completed jobs", every=0.2)
+    assert status["active_workers"] == 4 and status["dead"] == 0
+    hello = admin.json("alice", "show", "hello")
+    assert hello["history"][0]["output"] == "Hello World\n"
+    assert admin.json("alice", "show", "whoami")["history"][0]["output"] == "queuectl\n"
+    # the journal shows them, as `journalctl -u 'queuectl-worker@*'` for a person
+    text = admin.host.run("journalctl", "--no-pager", "-u", WORKERS, check=True).stdout
+    assert "hello" in text and "echo Hello World" in text
+    per_job = [e["EVENT"] for e in admin.events("JOB_ID=hello")]
+    assert per_job == ["job_claimed", "job_succeeded"]
+    workers = {e["WORKER"] for e in admin.events("EVENT=job_succeeded")}
+    assert all(w.startswith("debtest@") for w in workers)
+
+
+def test_bash_completion_completes_commands(admin: Admin) -> None:
+    script = ("source /usr/share/bash-completion/completions/queuectl\n"
+              "fn=$(complete -p queuectl | sed -n 's/.* -F \\([^ ]*\\) .*/\\1/p')\n"
+              "COMP_WORDS=(queuectl dlq r); COMP_CWORD=2; $fn queuectl; echo \"${COMPREPLY[*]}\"\n"
+              "COMPREPLY=(); COMP_WORDS=(queuectl en); COMP_CWORD=1; $fn queuectl\n"
+              "echo \"${COMPREPLY[*]}\"")
+    lines = admin.sh(script, "alice", check=True).stdout.splitlines()
+    assert lines == ["retry", "enqueue"]
+
+
+def test_a_user_outside_the_group_is_refused_clearly(admin: Admin) -> None:
+    admin.sh("useradd --create-home bob", check=True)
+    before = admin.json("alice", "status")
+    for args in (("enqueue", "--cmd", "touch /tmp/pwned"), ("status",)):
+        result = admin.queuectl("bob", *args, check=False)
+        assert result.returncode == 1
+        assert result.stderr.count("\n") == 1 and result.stderr.startswith("queuectl: error:")
+        assert "/var/lib/queuectl/queue.db" in result.stderr
+        assert "permission denied" in result.stderr.lower()
+        assert "group queuectl" in result.stderr  # and what to do about it
+        assert "Traceback" not in result.stderr
+    assert admin.json("alice", "status") == before
+
+
+def test_upgrade_restarts_running_workers_only_and_loses_no_job(admin: Admin) -> None:
+    admin.systemctl("enable", "queuectl-worker@1.service", "queuectl-worker@2.service")
+    admin.systemctl("stop", "queuectl-worker@2.service")  # enabled, but stopped on purpose
+    before = {n: admin.prop(f"queuectl-worker@{n}.service", "MainPID") for n in (1, 3, 4)}
+    admin.queuectl("alice", "enqueue", "--id", "long", "--cmd",
+                   "sleep 3; echo survived > /var/lib/queuectl/long.txt")
+    admin.wait_job("long", "processing")
+    admin.apt("install", "--reinstall", DEB_INSIDE)  # what an upgrade runs (prerm/postinst)
+    for n, pid in before.items():
+        assert admin.active(n) == "active"
+        assert admin.prop(f"queuectl-worker@{n}.service", "MainPID") != pid, f"@{n} not restarted"
+    assert admin.active(2) == "inactive", "an upgrade started a worker the admin had stopped"
+    long = admin.wait_job("long", "completed")
+    assert long["attempts"] == 1  # it finished during the graceful restart
+    assert admin.sh("cat /var/lib/queuectl/long.txt", check=True).stdout == "survived\n"
+    assert admin.json("alice", "status")["completed"] == 23
+
+
+def test_remove_keeps_the_queue_and_a_reinstall_finds_the_jobs(admin: Admin) -> None:
+    admin.apt("remove", "queuectl")
+    assert not admin.exists("/usr/bin/queuectl")
+    assert all(admin.active(n) in ("inactive", "") for n in (1, 2, 3, 4)), "workers still run"
+    assert admin.exists("/var/lib/queuectl/queue.db")
+    assert admin.stat("/var/lib/queuectl") == "queuectl:queuectl 2770"
+    admin.apt("install", DEB_INSIDE)
+    done = {j["id"] for j in admin.json("alice", "list", "--state", "completed")}
+    assert {"hello", "whoami", "long"} <= done and len(done) == 23
+    # the workers the admin had enabled are still chosen: they come back with the target
+    assert admin.systemctl("is-enabled", "queuectl-worker@1.service",
+                           check=False).stdout.strip() == "enabled"
+    admin.systemctl("start", "queuectl-workers.target")
+    assert admin.active(1) == "active" and admin.active(2) == "active"
+    admin.queuectl("alice", "enqueue", "--id", "after-reinstall", "--cmd", "true")
+    admin.wait_job("after-reinstall", "completed")
+
+
+def test_purge_removes_the_queue_and_every_trace_of_the_workers(admin: Admin) -> None:
+    admin.apt("purge", "queuectl")
+    assert not admin.exists("/var/lib/queuectl")
+    assert not admin.exists("/etc/systemd/system/queuectl-workers.target.wants")
+    leftovers = admin.sh("find /etc/systemd /lib/systemd/system -name 'queuectl*'").stdout
+    assert leftovers == ""
+    assert admin.sh(f"systemctl list-units --plain --no-legend '{WORKERS}'").stdout.strip() == ""
