@@ -6,6 +6,10 @@ systemd as PID 1 and tests must never touch the host's services. So each Private
 runs its own systemd as PID 1 of new PID/mount/UTS/IPC/cgroup namespaces, confined to its
 own cgroup-v2 subtree, loading units only from a directory the test controls.
 
+The namespace machinery itself (the cgroup, the launcher, finding PID 1, waiting for the boot,
+nsenter, teardown) is NamespacedSystemd, which test_deb.py also uses to boot a Debian root's
+own systemd; PrivateSystemd adds the host's systemd with test-controlled units.
+
 Stdlib only (pytest is imported lazily by require_systemd_or_skip()).
 """
 
@@ -20,7 +24,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 CGROUP2_ROOT = Path("/sys/fs/cgroup/unified")
 SYSTEMD_BIN = Path("/lib/systemd/systemd")
@@ -37,13 +41,14 @@ STUB_TARGETS = (
 ).split()
 REQUIRED_TOOLS = ("unshare", "nsenter", "mount", "systemctl", "journalctl")
 
+# --kill-child: if unshare dies early, its child (PID 1 of the namespaces) dies with it.
 _UNSHARE = (
-    "unshare --fork --kill-child=SIGKILL --pid --mount --uts --ipc --cgroup --mount-proc"
-    " --propagation private"
-)
+    "unshare --fork --kill-child=SIGKILL --pid --mount --uts --ipc --cgroup --propagation private"
+).split()
 # Runs as PID 1 of the new namespaces, then becomes systemd ($1=name $2=unit path $3=target
 # $4=systemd binary, then pairs SOURCE TARGET to bind-mount, e.g. a private /var/lib).
-# Everything here keeps the private systemd off host state:
+# /proc of the new PID namespace is its own; everything else here keeps the private
+# systemd off host state:
 # - /proc/sys read-only: it cannot change host sysctls;
 # - /dev/console -> /dev/null: as PID 1 in a container, systemd logs by reopening
 #   /dev/console, which is the host's (VM) console since /dev is shared;
@@ -52,6 +57,7 @@ _INNER_SCRIPT = """set -e
 name=$1 unit_path=$2 target=$3 systemd=$4
 shift 4
 mount -n --make-rprivate /
+mount -n -t proc -o nosuid,nodev,noexec proc /proc
 mount -n -t tmpfs tmpfs /run
 mount -n -t cgroup2 cgroup2 /sys/fs/cgroup
 mount -n --bind -o ro /proc/sys /proc/sys
@@ -103,102 +109,79 @@ def require_systemd_or_skip() -> None:
     pytest.skip(f"cannot boot a private systemd: {reason}")
 
 
-class PrivateSystemd:
-    """A private systemd (PID 1 of its own namespaces) plus journald, for one test scope.
+class CommandFailed(subprocess.CalledProcessError):
+    """A command run with check=True exited non-zero; its message includes its output."""
 
-    Usage::
+    def __str__(self) -> str:
+        return f"{super().__str__()}\nstdout:\n{self.stdout}\nstderr:\n{self.stderr}"
 
-        with PrivateSystemd(tmp_path / "units") as sd:
-            sd.write_unit("x.service", "...")
-            sd.systemctl("start", "x.service", check=True)
 
-    The host filesystem is shared (units may ExecStart programs by absolute path), but /run is
-    a private tmpfs: the journald socket is /run/systemd/journal/socket only inside.
+class NamespacedSystemd:
+    """A systemd booted as PID 1 of new PID/mount/UTS/IPC/cgroup namespaces, in a cgroup of
+    its own. Subclasses say what runs as PID 1 (`_boot_command`); this class does the rest.
+
+    Safety, whatever goes wrong:
+    - the caller (pytest) is never moved: the launcher joins the cgroup with its own PID;
+    - only processes inside this instance's own cgroup subtree are ever signalled;
+    - only a cgroup this instance created is ever killed in or removed (a name clash fails);
+    - a failed start() tears down everything started so far before the error propagates.
     """
 
-    def __init__(
-        self,
-        unit_dir: Path,
-        name: str | None = None,
-        binds: list[tuple[Path, str]] | None = None,
-        unit_path_prefix: list[str] | None = None,
-    ) -> None:
-        """`unit_dir`: where units are loaded from; stubs are added at start().
+    # Differ between users: which namespaces run() joins, and how long things may take.
+    nsenter_namespaces: tuple[str, ...] = ("-m", "-p")
+    start_timeout = 20.0
+    stop_timeout = 10.0
+    run_timeout = 30.0
+    probe_timeout = 5.0  # one `is-system-running` while booting
 
-        `binds`: (host source, path inside) pairs bind-mounted privately before systemd starts
-        (a private /etc/systemd/system, /var/lib, /etc/passwd ...), so that what the units do
-        there never reaches the host. `unit_path_prefix`: directories (paths inside) searched
-        before unit_dir, e.g. "/etc/systemd/system" where `systemctl enable` writes.
-        """
-        self.unit_dir = Path(unit_dir).resolve()
-        self.binds = [(Path(src).resolve(), dst) for src, dst in (binds or [])]
-        self.unit_path = ":".join([*(unit_path_prefix or []), str(self.unit_dir)])
-        self.name = name or f"queuectl-test-{os.getpid()}-{next(_counter)}"
-        self.cgroup = CGROUP2_ROOT / self.name
+    def __init__(self, name: str, env: dict[str, str] | None = None) -> None:
+        """`name`: of the cgroup (and unique per instance); `env`: the environment of the
+        launcher and of run() (None: the caller's)."""
+        self.name = name
+        self.env = env
+        self.cgroup = CGROUP2_ROOT / name
         self._pid: int | None = None
         self._launcher: subprocess.Popen[bytes] | None = None
         self._log: Any = None  # anonymous temp file with the launcher's output
         self._last_state = ""  # last is-system-running answer, for error messages
         self._owns_cgroup = False  # never kill in / remove a cgroup someone else created
 
+    def _boot_command(self) -> list[str]:
+        """The command unshare runs as PID 1; it ends by exec'ing systemd. Called by start()
+        before anything else, so it may prepare files the boot needs."""
+        raise NotImplementedError
+
     @property
     def pid(self) -> int:
-        """Host-side PID of the private systemd (PID 1 inside)."""
+        """Host-side PID of the namespaced systemd (PID 1 inside)."""
         if self._pid is None:
-            raise RuntimeError("PrivateSystemd is not running")
+            raise RuntimeError(f"{type(self).__name__} is not running")
         return self._pid
 
-    def __enter__(self) -> PrivateSystemd:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def write_unit(self, name: str, text: str, reload: bool = False) -> Path:
-        """Write a unit file into unit_dir; with reload=True also run daemon-reload."""
-        path = self.unit_dir / name
-        path.write_text(text)
-        if reload:
-            self.systemctl("daemon-reload", check=True)
-        return path
-
-    def _prepare_unit_dir(self) -> None:
-        self.unit_dir.mkdir(parents=True, exist_ok=True)
-        for unit in JOURNALD_UNITS:
-            link = self.unit_dir / unit
-            if link.is_symlink() or link.exists():
-                link.unlink()
-            link.symlink_to(HOST_UNIT_DIR / unit)
-        dropin = self.unit_dir / "systemd-journald-dev-log.socket.d"
-        dropin.mkdir(exist_ok=True)
-        (dropin / "no-dev-log-symlink.conf").write_text(_DEV_LOG_DROPIN)
-        for target in STUB_TARGETS:
-            (self.unit_dir / f"{target}.target").write_text(f"[Unit]\nDescription={target} stub\n")
-        wants = " ".join(JOURNALD_UNITS)
-        (self.unit_dir / BOOT_TARGET).write_text(
-            f"[Unit]\nDescription=private test boot\nWants={wants}\nAfter={wants}\n"
-        )
-
-    def start(self, timeout: float = 20) -> None:
+    def start(self, timeout: float | None = None) -> None:
         """Boot and wait until `is-system-running` says running/degraded.
 
         On any failure everything started so far is torn down before the error propagates.
         """
         if self._launcher is not None:
             raise RuntimeError("already started")
+        timeout = self.start_timeout if timeout is None else timeout
         try:
-            self._prepare_unit_dir()
+            boot = self._boot_command()
             self.cgroup.mkdir()  # FileExistsError here means a name clash: never reuse
             self._owns_cgroup = True
             self._log = tempfile.TemporaryFile()
-            # --kill-child: if unshare dies early, its child (our PID 1) dies with it.
-            unshare = _UNSHARE.split() + ["/bin/sh", "-c", _INNER_SCRIPT, "private-systemd-init"]
-            unshare += [self.name, self.unit_path, BOOT_TARGET, str(SYSTEMD_BIN)]
-            for src, dst in self.binds:
-                unshare += [str(src), dst]
             self._launcher = subprocess.Popen(
-                ["/bin/sh", "-c", _LAUNCHER_SCRIPT, str(self.cgroup / "cgroup.procs"), *unshare],
+                ["/bin/sh", "-c", _LAUNCHER_SCRIPT, str(self.cgroup / "cgroup.procs"), *_UNSHARE,
+                 *boot],
+                env=self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=self._log,
                 stderr=self._log,
@@ -220,8 +203,8 @@ class PrivateSystemd:
             assert self._launcher is not None
             if self._launcher.poll() is not None:
                 raise RuntimeError(
-                    f"private systemd exited ({self._launcher.returncode}) while waiting for"
-                    f" {what}; output:\n{self.boot_log()}"
+                    f"{type(self).__name__} exited ({self._launcher.returncode}) while waiting"
+                    f" for {what}; output:\n{self.boot_log()}"
                 )
             if time.monotonic() > deadline:
                 raise TimeoutError(
@@ -245,7 +228,7 @@ class PrivateSystemd:
 
     def _is_up(self) -> bool:
         try:
-            result = self.systemctl("is-system-running", timeout=5)
+            result = self.systemctl("is-system-running", timeout=self.probe_timeout)
         except subprocess.TimeoutExpired:  # busy while booting: just ask again
             return False
         self._last_state = (result.stdout + result.stderr).strip()
@@ -262,25 +245,36 @@ class PrivateSystemd:
         return os.pread(fd, os.fstat(fd).st_size, 0).decode("utf-8", "replace")
 
     def run(
-        self, *args: str, check: bool = False, timeout: float = 30, input: str | None = None
+        self,
+        *args: str,
+        check: bool = False,
+        timeout: float | None = None,
+        input: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """Run a command inside the namespaces (nsenter -m -p), capturing text output."""
-        return subprocess.run(
-            ["nsenter", "-t", str(self.pid), "-m", "-p", *args],
+        """Run a command inside the namespaces (nsenter), capturing text output.
+
+        check=True raises CommandFailed (a CalledProcessError) on a non-zero exit.
+        """
+        result = subprocess.run(
+            ["nsenter", "-t", str(self.pid), *self.nsenter_namespaces, "--", *args],
+            env=self.env,
             input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
             capture_output=True,
             encoding="utf-8",
             errors="replace",
-            timeout=timeout,
-            check=check,
+            timeout=self.run_timeout if timeout is None else timeout,
         )
+        if check and result.returncode != 0:
+            raise CommandFailed(result.returncode, list(args), result.stdout, result.stderr)
+        return result
 
     def systemctl(self, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
-        """`systemctl ARGS` against the private systemd."""
+        """`systemctl ARGS` against the namespaced systemd."""
         return self.run("systemctl", *args, **kw)
 
     def journalctl(self, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
-        """`journalctl --no-pager ARGS` against the private journal."""
+        """`journalctl --no-pager ARGS` against the namespaced journal."""
         return self.run("journalctl", "--no-pager", *args, **kw)
 
     def show(self, unit: str, prop: str) -> str:
@@ -317,11 +311,13 @@ class PrivateSystemd:
                 pass
         return pids
 
-    def stop(self, timeout: float = 10) -> None:
-        """Kill everything in the namespace and remove its cgroups. Idempotent.
+    def stop(self, timeout: float | None = None) -> None:
+        """Kill everything in the namespaces and remove the cgroups. Idempotent.
 
-        Only processes inside this instance's own cgroup subtree are ever signalled.
+        Only processes inside this instance's own cgroup subtree are ever signalled; the
+        mounts made inside go with the mount namespace.
         """
+        timeout = self.stop_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         if self._launcher is not None and self._launcher.poll() is None:
             init = self._pid if self._pid in self._cgroup_pids() else self._find_init()
@@ -332,7 +328,7 @@ class PrivateSystemd:
             else:  # not forked yet: the launcher (sh or unshare) is our own child
                 self._launcher.kill()
             try:
-                self._launcher.wait(timeout=min(2.0, timeout))
+                self._launcher.wait(timeout=min(5.0, timeout))
             except subprocess.TimeoutExpired:
                 pass
         self._pid = None
@@ -376,3 +372,69 @@ class PrivateSystemd:
             if time.monotonic() > deadline:
                 raise RuntimeError("could not remove cgroups: " + "; ".join(busy))
             time.sleep(0.05)
+
+
+class PrivateSystemd(NamespacedSystemd):
+    """A private systemd (PID 1 of its own namespaces) plus journald, for one test scope.
+
+    Usage::
+
+        with PrivateSystemd(tmp_path / "units") as sd:
+            sd.write_unit("x.service", "...")
+            sd.systemctl("start", "x.service", check=True)
+
+    The host filesystem is shared (units may ExecStart programs by absolute path), but /run is
+    a private tmpfs: the journald socket is /run/systemd/journal/socket only inside.
+    """
+
+    def __init__(
+        self,
+        unit_dir: Path,
+        name: str | None = None,
+        binds: list[tuple[Path, str]] | None = None,
+        unit_path_prefix: list[str] | None = None,
+    ) -> None:
+        """`unit_dir`: where units are loaded from; stubs are added at start().
+
+        `binds`: (host source, path inside) pairs bind-mounted privately before systemd starts
+        (a private /etc/systemd/system, /var/lib, /etc/passwd ...), so that what the units do
+        there never reaches the host. `unit_path_prefix`: directories (paths inside) searched
+        before unit_dir, e.g. "/etc/systemd/system" where `systemctl enable` writes.
+        """
+        super().__init__(name or f"queuectl-test-{os.getpid()}-{next(_counter)}")
+        self.unit_dir = Path(unit_dir).resolve()
+        self.binds = [(Path(src).resolve(), dst) for src, dst in (binds or [])]
+        self.unit_path = ":".join([*(unit_path_prefix or []), str(self.unit_dir)])
+
+    def write_unit(self, name: str, text: str, reload: bool = False) -> Path:
+        """Write a unit file into unit_dir; with reload=True also run daemon-reload."""
+        path = self.unit_dir / name
+        path.write_text(text)
+        if reload:
+            self.systemctl("daemon-reload", check=True)
+        return path
+
+    def _boot_command(self) -> list[str]:
+        self._prepare_unit_dir()
+        command = ["/bin/sh", "-c", _INNER_SCRIPT, "private-systemd-init"]
+        command += [self.name, self.unit_path, BOOT_TARGET, str(SYSTEMD_BIN)]
+        for src, dst in self.binds:
+            command += [str(src), dst]
+        return command
+
+    def _prepare_unit_dir(self) -> None:
+        self.unit_dir.mkdir(parents=True, exist_ok=True)
+        for unit in JOURNALD_UNITS:
+            link = self.unit_dir / unit
+            if link.is_symlink() or link.exists():
+                link.unlink()
+            link.symlink_to(HOST_UNIT_DIR / unit)
+        dropin = self.unit_dir / "systemd-journald-dev-log.socket.d"
+        dropin.mkdir(exist_ok=True)
+        (dropin / "no-dev-log-symlink.conf").write_text(_DEV_LOG_DROPIN)
+        for target in STUB_TARGETS:
+            (self.unit_dir / f"{target}.target").write_text(f"[Unit]\nDescription={target} stub\n")
+        wants = " ".join(JOURNALD_UNITS)
+        (self.unit_dir / BOOT_TARGET).write_text(
+            f"[Unit]\nDescription=private test boot\nWants={wants}\nAfter={wants}\n"
+        )

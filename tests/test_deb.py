@@ -2,7 +2,7 @@
 
 One module-scoped setup does the slow parts once: `make deb` builds the package; a pristine
 Debian 12 root made by debootstrap (minbase plus systemd, dbus and python3) is copied; the
-copy's own systemd boots as PID 1 of fresh namespaces (the technique of systemd_ns.py, with
+copy's own systemd boots as PID 1 of fresh namespaces (systemd_ns.NamespacedSystemd, with
 the copy as the root filesystem); apt installs the package inside, so python3-click,
 python3-structlog and python3-sdnotify come from Debian 12, and every test below runs
 queuectl on Debian's versions of them. The tests then run in file order as one admin's
@@ -23,18 +23,16 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import tempfile
-import time
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import wait_for
-from systemd_ns import CGROUP2_ROOT, require_systemd_or_skip
+from systemd_ns import NamespacedSystemd, require_systemd_or_skip
 
 REPO = Path(__file__).resolve().parent.parent
 VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
@@ -161,12 +159,12 @@ def cached_root() -> Path:
 
 
 # -- booting a root ----------------------------------------------------------------------------
-# PID 1 of new PID/mount/UTS/IPC/cgroup namespaces ($1 = root directory): API file systems of
-# its own inside the root, then pivot_root into it and become its systemd. As in
-# systemd_ns.py, /proc/sys is read-only (no host sysctls), /dev/console is /dev/null, and the
-# cgroup2 mount shows only this run's cgroup. /dev is a private tmpfs (no host device nodes
-# beyond the basic ones, no /dev/log on the host). The network namespace is the host's: apt
-# inside reaches the mirror if it must.
+# PID 1 of the new PID/mount/UTS/IPC/cgroup namespaces that systemd_ns.NamespacedSystemd makes
+# ($1 = root directory): API file systems of its own inside the root, then pivot_root into it
+# and become its systemd. As in systemd_ns.py, /proc/sys is read-only (no host sysctls),
+# /dev/console is /dev/null, and the cgroup2 mount shows only this run's cgroup. /dev is a
+# private tmpfs (no host device nodes beyond the basic ones, no /dev/log on the host). The
+# network namespace is the host's: apt inside reaches the mirror if it must.
 _BOOT_SCRIPT = """set -e
 cd "$1"
 mount -n --make-rprivate /
@@ -197,137 +195,23 @@ umount -n -l /run/oldroot
 rmdir /run/oldroot
 exec env -i container=queuectl-deb-test /lib/systemd/systemd --unit=multi-user.target
 """
-# The launcher joins the cgroup with its own PID, then execs unshare (as in systemd_ns.py).
-_LAUNCHER = 'echo $$ > "$0" && exec "$@"'
 
 
-class BootedRoot:
+class BootedRoot(NamespacedSystemd):
     """A root directory whose own systemd runs as PID 1 of private namespaces."""
 
+    nsenter_namespaces = ("-m", "-u", "-i", "-p", "-C")  # all it has (the network is the host's)
+    start_timeout = 60.0
+    stop_timeout = 15.0
+    run_timeout = 120.0
+    probe_timeout = 10.0
+
     def __init__(self, root: Path) -> None:
+        super().__init__(f"queuectl-deb-{os.getpid()}", env=CLEAN_ENV)
         self.root = root
-        self.name = f"queuectl-deb-{os.getpid()}"
-        self.cgroup = CGROUP2_ROOT / self.name
-        self.pid: int | None = None
-        self._launcher: subprocess.Popen[bytes] | None = None
-        self._log = tempfile.TemporaryFile()
-        self._owns_cgroup = False  # never kill in, or remove, a cgroup someone else made
-        self.state = ""
 
-    def start(self, timeout: float = 60) -> None:
-        try:
-            self.cgroup.mkdir()  # FileExistsError: a name clash, never reuse
-            self._owns_cgroup = True
-            unshare = ["unshare", "--fork", "--kill-child=SIGKILL", "--pid", "--mount", "--uts",
-                       "--ipc", "--cgroup", "/bin/sh", "-c", _BOOT_SCRIPT, "boot", str(self.root)]
-            self._launcher = subprocess.Popen(
-                ["/bin/sh", "-c", _LAUNCHER, str(self.cgroup / "cgroup.procs"), *unshare],
-                env=CLEAN_ENV, stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log,
-                start_new_session=True)
-            deadline = time.monotonic() + timeout
-            self.pid = self._until(self._find_init, deadline, "PID 1 of the namespaces")
-            self._until(self._is_up, deadline, "is-system-running to say running/degraded")
-        except BaseException:
-            self.stop()
-            raise
-
-    def _until(self, probe: Callable[[], Any], deadline: float, what: str) -> Any:
-        while True:
-            value = probe()
-            if value:
-                return value
-            assert self._launcher is not None
-            if self._launcher.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"boot failed waiting for {what} (state {self.state!r}); "
-                                   f"launcher output:\n{self.boot_log()}")
-            time.sleep(0.1)
-
-    def boot_log(self) -> str:
-        fd = self._log.fileno()
-        return os.pread(fd, os.fstat(fd).st_size, 0).decode("utf-8", "replace")
-
-    def _pids(self) -> set[int]:
-        pids: set[int] = set()
-        for d, _, _ in os.walk(self.cgroup):
-            try:
-                pids.update(int(p) for p in (Path(d) / "cgroup.procs").read_text().split())
-            except OSError:
-                pass
-        return pids
-
-    def _find_init(self) -> int | None:
-        assert self._launcher is not None
-        for pid in self._pids():
-            try:
-                stat = Path(f"/proc/{pid}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == self._launcher.pid:
-                return pid
-        return None
-
-    def _is_up(self) -> bool:
-        try:
-            result = self.run("systemctl", "is-system-running", timeout=10)
-        except subprocess.TimeoutExpired:
-            return False
-        self.state = (result.stdout + result.stderr).strip()
-        return result.stdout.strip() in ("running", "degraded")
-
-    def run(self, *args: str, input: str | None = None, timeout: float = 120,
-            check: bool = False) -> subprocess.CompletedProcess[str]:
-        """A command inside, as root, with a clean environment."""
-        assert self.pid is not None
-        result = subprocess.run(
-            ["nsenter", "-t", str(self.pid), "-m", "-u", "-i", "-p", "-C", "--", *args],
-            env=CLEAN_ENV, input=input, capture_output=True, text=True, errors="replace",
-            timeout=timeout, **({} if input is not None else {"stdin": subprocess.DEVNULL}))
-        if check and result.returncode != 0:
-            raise AssertionError(f"{shlex.join(args)} exited {result.returncode}:\n"
-                                 f"{result.stdout}\n{result.stderr}")
-        return result
-
-    def stop(self, timeout: float = 15) -> None:
-        """Kill everything inside (SIGKILL to PID 1 empties the PID namespace; its mounts go
-        with the mount namespace), then remove the cgroup. Idempotent."""
-        deadline = time.monotonic() + timeout
-        if self._launcher is not None and self._launcher.poll() is None:
-            init = self._find_init()
-            if init is not None:
-                os.kill(init, signal.SIGKILL)
-            else:
-                self._launcher.kill()
-            try:
-                self._launcher.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
-        while self._owns_cgroup and self._pids() and time.monotonic() < deadline:
-            try:
-                (self.cgroup / "cgroup.kill").write_text("1")
-            except OSError:  # kernel < 5.14: signal each process of our own subtree
-                for pid in self._pids():
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-            time.sleep(0.05)
-        if self._launcher is not None:
-            try:
-                self._launcher.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-        while self._owns_cgroup and self.cgroup.is_dir():
-            for d in sorted((Path(d) for d, _, _ in os.walk(self.cgroup)),
-                            key=lambda p: len(p.parts), reverse=True):
-                try:
-                    d.rmdir()
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-            time.sleep(0.05)
-        self._owns_cgroup = False
-        self.pid = None
-        self._log.close()
+    def _boot_command(self) -> list[str]:
+        return ["/bin/sh", "-c", _BOOT_SCRIPT, "boot", str(self.root)]
 
 
 class Admin:
@@ -364,10 +248,10 @@ class Admin:
         return result
 
     def systemctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return self.host.run("systemctl", *args, check=check)
+        return self.host.systemctl(*args, check=check)
 
     def prop(self, unit: str, name: str) -> str:
-        return self.systemctl("show", "-p", name, "--value", unit).stdout.strip()
+        return self.host.show(unit, name)
 
     def active(self, n: int) -> str:
         return self.prop(f"queuectl-worker@{n}.service", "ActiveState")
@@ -379,8 +263,7 @@ class Admin:
         return self.host.run("stat", "-c", "%U:%G %a", path, check=True).stdout.strip()
 
     def events(self, *match: str) -> list[dict[str, Any]]:
-        out = self.host.run("journalctl", "--no-pager", "-u", WORKERS, "-o", "json", *match,
-                            check=True).stdout
+        out = self.host.journalctl("-u", WORKERS, "-o", "json", *match, check=True).stdout
         return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
