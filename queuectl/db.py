@@ -352,25 +352,21 @@ class SQLiteStore(Store):
     # -- the worker's verbs ------------------------------------------------------------------
     def claim_next(self, worker: str) -> Job | None:
         with self._write() as c:
-            t = now()
-            lease = self._config(c).lease_seconds
-            row = c.execute(
-                f"""UPDATE jobs SET state = 'processing', attempts = attempts + 1, worker = ?,
-                    lease_expires_at = ?, started_at = ?, finished_at = NULL, updated_at = ?
-                WHERE id = (SELECT id FROM jobs INDEXED BY jobs_due
-                            WHERE state IN ('pending', 'failed') AND run_at <= ?
-                            ORDER BY priority DESC, run_at LIMIT 1)
-                RETURNING {_JOB_COLUMNS}""",
-                (worker, t + lease, t, t, t),
-            ).fetchone()
-            if row is None:
-                return None
-            job = _job(row)
-            c.execute(
-                "INSERT INTO attempts (job_id, attempt, worker, started_at) VALUES (?, ?, ?, ?)",
-                (job.id, job.attempts, worker, t),
-            )
-        return job
+            return self._claim(c, worker)
+
+    def _claim(self, c: sqlite3.Connection, worker: str) -> Job | None:
+        t = now()
+        lease = self._config(c).lease_seconds
+        row = c.execute(
+            f"""UPDATE jobs SET state = 'processing', attempts = attempts + 1, worker = ?,
+                lease_expires_at = ?, started_at = ?, finished_at = NULL, updated_at = ?
+            WHERE id = (SELECT id FROM jobs INDEXED BY jobs_due
+                        WHERE state IN ('pending', 'failed') AND run_at <= ?
+                        ORDER BY priority DESC, run_at LIMIT 1)
+            RETURNING {_JOB_COLUMNS}""",
+            (worker, t + lease, t, t, t),
+        ).fetchone()
+        return None if row is None else _job(row)
 
     def heartbeat(self, worker: str, state: str, job: Job | None) -> bool:
         with self._write() as c:
@@ -390,29 +386,39 @@ class SQLiteStore(Store):
         return held == 1
 
     def _finish_attempt(
-        self, c: sqlite3.Connection, job_id: str, outcome: Outcome | None, result: str,
+        self, c: sqlite3.Connection, job: Job, outcome: Outcome | None, result: str,
         error: str | None, t: float,
     ) -> None:
+        """An attempt's history row is written once, when it ends (one statement per job)."""
         output = outcome.output[-OUTPUT_LIMIT:] if outcome else None
         exit_code = outcome.exit_code if outcome else None
         c.execute(
-            """UPDATE attempts SET finished_at = ?, outcome = ?, exit_code = ?, error = ?,
-               output = ? WHERE seq = (SELECT max(seq) FROM attempts WHERE job_id = ?)""",
-            (t, result, exit_code, error, output, job_id),
+            """INSERT INTO attempts (job_id, attempt, worker, started_at, finished_at, outcome,
+               exit_code, error, output) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            (job.id, job.attempts, job.worker, job.started_at or t, t, result, exit_code, error,
+             output),
         )
+
+    def _complete(self, c: sqlite3.Connection, job: Job, outcome: Outcome) -> bool:
+        t = now()
+        held = c.execute(
+            """UPDATE jobs SET state = 'completed', finished_at = ?, updated_at = ?,
+               exit_code = ?, last_error = NULL, lease_expires_at = NULL
+            WHERE id = ? AND state = 'processing' AND worker = ? AND attempts = ?""",
+            (t, t, outcome.exit_code, job.id, job.worker, job.attempts),
+        ).rowcount
+        if held:
+            self._finish_attempt(c, job, outcome, COMPLETED, None, t)
+        return held == 1
 
     def record_success(self, job: Job, outcome: Outcome) -> bool:
         with self._write() as c:
-            t = now()
-            held = c.execute(
-                """UPDATE jobs SET state = 'completed', finished_at = ?, updated_at = ?,
-                   exit_code = ?, last_error = NULL, lease_expires_at = NULL
-                WHERE id = ? AND state = 'processing' AND worker = ? AND attempts = ?""",
-                (t, t, outcome.exit_code, job.id, job.worker, job.attempts),
-            ).rowcount
-            if held:
-                self._finish_attempt(c, job.id, outcome, COMPLETED, None, t)
-        return held == 1
+            return self._complete(c, job, outcome)
+
+    def complete_and_claim(self, job: Job, outcome: Outcome,
+                           worker: str) -> tuple[bool, Job | None]:
+        with self._write() as c:
+            return self._complete(c, job, outcome), self._claim(c, worker)
 
     def _fail(
         self, c: sqlite3.Connection, job: Job, outcome: Outcome | None, error: str,
@@ -430,7 +436,7 @@ class SQLiteStore(Store):
                exit_code = ?, last_error = ?, lease_expires_at = NULL WHERE id = ?""",
             (state, run_at, finished, t, exit_code, error, job.id),
         )
-        self._finish_attempt(c, job.id, outcome, result, error, t)
+        self._finish_attempt(c, job, outcome, result, error, t)
         job.state, job.run_at, job.finished_at, job.updated_at = state, run_at, finished, t
         job.exit_code, job.last_error, job.lease_expires_at = exit_code, error, None
         return job
@@ -457,7 +463,7 @@ class SQLiteStore(Store):
                 (t, job.id, job.worker, job.attempts),
             ).rowcount
             if held:
-                self._finish_attempt(c, job.id, None, "interrupted", reason, t)
+                self._finish_attempt(c, job, None, "interrupted", reason, t)
         return held == 1
 
     def _reclaim(self, where: str, params: tuple, why: str) -> list[Job]:
@@ -474,6 +480,10 @@ class SQLiteStore(Store):
         return jobs
 
     def reclaim_expired(self) -> list[Job]:
+        # A read first: almost always nothing has expired, and a read costs no write lock.
+        if not self._read("SELECT 1 FROM jobs INDEXED BY jobs_leases WHERE state = 'processing'"
+                          " AND lease_expires_at < ? LIMIT 1", (now(),)):
+            return []
         return self._reclaim("lease_expires_at < ?", (now(),), "stopped renewing its lease")
 
     def reclaim_worker(self, worker: str) -> list[Job]:

@@ -58,6 +58,12 @@ class Store(ABC):
         """Atomically complete the job, if this worker still holds this attempt."""
 
     @abstractmethod
+    def complete_and_claim(self, job: Job, outcome: Outcome,
+                           worker: str) -> tuple[bool, Job | None]:
+        """record_success and claim_next in one transaction: one commit per job, not two.
+        Returns (whether the attempt was still held, the next job or None)."""
+
+    @abstractmethod
     def record_failure(self, job: Job, outcome: Outcome) -> Job | None:
         """Atomically mark the attempt failed: `failed` with its backoff, or `dead` when
         retries are spent. Returns the updated job, or None if the attempt was not held."""

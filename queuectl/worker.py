@@ -174,29 +174,33 @@ class Worker:
 
     def _loop(self) -> None:
         failures = 0
+        job: Job | None = None  # claimed together with the last success, if any
         while not self.stopping:
-            if self._watcher is not None:
-                self._watcher.drain()  # changes before this claim are seen by it
-            try:
-                self._housekeeping()
-                job = self.store.claim_next(self.name)
-                failures = 0
-            except DatabaseUnavailable as exc:
-                failures += 1
-                pause = min(DB_RETRY_MAX, 0.5 * failures)
-                self.log.warning("database_error", error=str(exc), retry_in=pause)
-                self.notifier.status(f"database unavailable: {exc}")
-                self._sleep(pause)
-                continue
+            if job is None:
+                if self._watcher is not None:
+                    self._watcher.drain()  # changes before this claim are seen by it
+                try:
+                    self._housekeeping()
+                    job = self.store.claim_next(self.name)
+                    failures = 0
+                except DatabaseUnavailable as exc:
+                    failures += 1
+                    pause = min(DB_RETRY_MAX, 0.5 * failures)
+                    self.log.warning("database_error", error=str(exc), retry_in=pause)
+                    self.notifier.status(f"database unavailable: {exc}")
+                    self._sleep(pause)
+                    continue
             if job is not None:
                 self._crash_point("claimed")
-                self._execute(job)
+                job = self._execute(job)
                 self._crash_point("recorded")
                 continue
             if self.drain and self.store.remaining() == 0:
                 break
             self.notifier.status("idle")
             self._idle_wait()
+        if job is not None:  # claimed just as the stop came: it never started
+            self._persist(lambda: self.store.release(job, "worker shutdown before it started"))
 
     @property
     def poll_interval(self) -> float:
@@ -248,12 +252,16 @@ class Worker:
                          next_run_at=iso_ms(job.run_at) if job.state != DEAD else None)
 
     # -- one job -----------------------------------------------------------------------------
-    def _execute(self, job: Job) -> None:
+    def _execute(self, job: Job) -> Job | None:
+        """Run one job and record it; returns the next job if one was claimed with it."""
         attempt, max_attempts = job.attempts, job.max_retries + 1
         self.log.info("job_claimed", job_id=job.id, command=job.command, attempt=attempt,
                       max_attempts=max_attempts, max_retries=job.max_retries)
         self.notifier.status(f"running {job.id} (attempt {attempt}/{max_attempts})")
-        self._next_beat = 0.0  # announce "busy" promptly
+        try:
+            self._housekeeping(job)  # heartbeats also between a stream of short jobs
+        except DatabaseUnavailable as exc:
+            self.log.warning("database_error", error=str(exc), retry_in=HEARTBEAT_EVERY)
         proc = JobProcess(job.command, job_environment(self._env, job.id, attempt), self.job_umask)
         self._crash_point("spawned")
         interrupted = lost = False
@@ -287,37 +295,44 @@ class Worker:
             except DatabaseUnavailable as exc:
                 self.log.warning("database_error", error=str(exc), retry_in=HEARTBEAT_EVERY)
         self._crash_point("exited")
-        self._record(job, proc, interrupted, lost, max_attempts)
+        return self._record(job, proc, interrupted, lost, max_attempts)
 
     def _record(self, job: Job, proc: JobProcess, interrupted: bool, lost: bool,
-                max_attempts: int) -> None:
+                max_attempts: int) -> Job | None:
         outcome = proc.outcome()
         fields = dict(job_id=job.id, attempt=job.attempts, max_attempts=max_attempts,
                       max_retries=job.max_retries, duration_ms=round(outcome.duration * 1000),
                       exit_code=outcome.exit_code)
         if lost:
             self.log.warning("job_lost", **fields)
-            return
+            return None
         if interrupted:
             if self._persist(lambda: self.store.release(job, "worker shutdown")):
                 self.log.info("job_released", reason="worker shutdown", **fields)
-            return
+            return None
         if proc.succeeded:
-            if self._persist(lambda: self.store.record_success(job, outcome)):
+            if self.stopping:
+                held, following = self._persist(
+                    lambda: self.store.record_success(job, outcome)), None
+            else:  # the next claim rides on the same commit
+                held, following = self._persist(
+                    lambda: self.store.complete_and_claim(job, outcome, self.name)) or (False, None)
+            if held:
                 self.log.info("job_succeeded", **fields)
             else:
                 self.log.warning("job_lost", **fields)
-            return
+            return following
         updated = self._persist(lambda: self.store.record_failure(job, outcome))
         if not updated:
             self.log.warning("job_lost", **fields)
-            return
+            return None
         tail = outcome.output[-2000:].decode("utf-8", "replace")
         if updated.state == DEAD:
             self.log.error("job_dead", error=outcome.error, output_tail=tail, **fields)
         else:
             self.log.warning("job_failed", error=outcome.error, output_tail=tail,
                              next_run_at=iso_ms(updated.run_at), **fields)
+        return None
 
     def _persist(self, action: Any) -> Any:
         """Retry a result write while the database is unavailable; the lease covers us
