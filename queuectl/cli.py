@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -12,8 +11,8 @@ import click
 
 from queuectl import __version__
 from queuectl import config as cfg
-from queuectl.errors import NotFound, ValidationError
-from queuectl.job import DEAD, JobSpec, check_state, spec_from_json
+from queuectl.errors import NotFound
+from queuectl.job import DEAD, check_state
 from queuectl.paths import resolve_db_path
 from queuectl.store import Store
 from queuectl.utils import iso_ms
@@ -33,7 +32,8 @@ db_option = click.option(
 
 
 def _db_path(ctx: click.Context) -> tuple[Path, bool]:
-    return resolve_db_path(ctx.ensure_object(dict).get("db"))
+    path, create_dirs = resolve_db_path(ctx.ensure_object(dict).get("db"))
+    return Path(path), create_dirs
 
 
 def _store(ctx: click.Context) -> Store:
@@ -62,72 +62,31 @@ def cli(ctx: click.Context, log_format: str) -> None:
 
 
 # -- enqueue ---------------------------------------------------------------------------------
-def _specs_from_file(source: str) -> list[JobSpec]:
-    try:
-        if source == "-":
-            text = sys.stdin.buffer.read().decode("utf-8", "surrogateescape")
-        else:
-            with open(source, "rb") as fh:
-                text = fh.read().decode("utf-8", "surrogateescape")
-    except OSError as exc:
-        raise ValidationError(f"cannot read {source}: {exc.strerror}") from None
-    specs = []
-    seen: dict[str, int] = {}
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            spec = spec_from_json(line)
-        except ValidationError as exc:
-            raise ValidationError(f"line {number}: {exc}") from None
-        if spec.id is not None:
-            if spec.id in seen:
-                raise ValidationError(
-                    f"line {number}: id {spec.id!r} repeats the one on line {seen[spec.id]}")
-            seen[spec.id] = number
-        specs.append(spec)
-    if not specs:
-        raise ValidationError(f"{source}: no jobs found")
-    return specs
+def _cmd_options(func: Any) -> Any:
+    from queuectl.submit import CMD_OPTIONS
+
+    for option in reversed(CMD_OPTIONS):
+        func = click.option(option.flag, option.key, type=option.kind, help=option.help,
+                            metavar=option.flag[2:].upper().replace("-", "_"))(func)
+    return func
 
 
-@cli.command()
+@cli.command(context_settings={"ignore_unknown_options": False})
 @click.argument("job_json", required=False, metavar="JSON")
 @click.option("--file", "file_", metavar="PATH", help="JSON Lines file of jobs ('-' = stdin).")
 @click.option("--cmd", "command", metavar="COMMAND", help="The shell command (instead of JSON).")
-@click.option("--id", "job_id", metavar="ID", help="With --cmd: the job id.")
-@click.option("--max-retries", type=int, help="With --cmd: retries after the first run.")
-@click.option("--timeout", type=float, help="With --cmd: seconds before the job is killed.")
-@click.option("--priority", type=int, help="With --cmd: higher runs first (default 0).")
-@click.option("--run-at", metavar="TIME", help="With --cmd: ISO 8601 time to run at.")
-@click.option("--delay", type=float, help="With --cmd: seconds from now to run at.")
+@_cmd_options
 @click.option("--if-absent", is_flag=True, help="An existing id is not an error: print it, exit 0.")
 @db_option
 @click.pass_context
 def enqueue(ctx: click.Context, job_json: str | None, file_: str | None, command: str | None,
-            job_id: str | None, max_retries: int | None, timeout: float | None,
-            priority: int | None, run_at: str | None, delay: float | None,
-            if_absent: bool) -> None:
+            if_absent: bool, **cmd_options: Any) -> None:
     """Add jobs: a JSON object, --file of JSON Lines, or --cmd 'shell command'."""
-    sources = [s for s in (job_json is not None, file_ is not None, command is not None) if s]
-    if len(sources) != 1:
-        raise click.UsageError("give exactly one of: a JSON argument, --file PATH or --cmd COMMAND")
-    cmd_options = {"id": job_id, "max_retries": max_retries, "timeout": timeout,
-                   "priority": priority, "run_at": run_at, "delay": delay}
-    given = {k: v for k, v in cmd_options.items() if v is not None}
-    if command is None and given:
-        flag = "--" + next(iter(given)).replace("_", "-")
-        raise click.UsageError(f"{flag} goes with --cmd; put it in the JSON instead")
-    from queuectl.job import spec_from_object
+    from queuectl.submit import collect_specs, submit
 
-    if command is not None:
-        specs = [spec_from_object({"command": command, **given})]
-    elif file_ is not None:
-        specs = _specs_from_file(file_)
-    else:
-        specs = [spec_from_json(job_json or "")]
-    for job_id_ in _store(ctx).enqueue(specs, if_absent=if_absent):
-        click.echo(job_id_)
+    specs = collect_specs(job_json, file_, command, cmd_options)
+    for job_id in submit(ctx.ensure_object(dict).get("db"), specs, if_absent):
+        click.echo(job_id)
 
 
 # -- inspecting ------------------------------------------------------------------------------
@@ -162,7 +121,7 @@ def show(ctx: click.Context, job_id: str) -> None:
     record["history"] = [
         {**h, "started_at": iso_ms(h["started_at"]), "finished_at": iso_ms(h["finished_at"]),
          "output": (h["output"] or b"").decode("utf-8", "replace")}
-        for h in job.history
+        for h in job.history or []
     ]
     _print_json(record)
 

@@ -1,10 +1,12 @@
 """Queue-wide settings kept in the database, so every worker and CLI sees the same values."""
 
+from __future__ import annotations
+
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from queuectl.errors import ValidationError
+from queuectl.record import Record
 
 
 def _int_at_least(low: int, high: int) -> Callable[[str], int]:
@@ -35,8 +37,7 @@ def _number_between(low: float, high: float, low_open: bool = False) -> Callable
     return parse
 
 
-@dataclass(frozen=True)
-class Setting:
+class Setting(Record):
     default: float | int
     parse: Callable[[str], float | int]
     help: str
@@ -73,15 +74,14 @@ def decode(key: str, stored: str) -> float | int:
         return SETTINGS[key].default
 
 
-@dataclass(frozen=True)
-class QueueConfig:
+class QueueConfig(Record):
     max_retries: int = 3
     backoff_base: float = 2.0
     backoff_max: float = 3600.0
     lease_seconds: int = 30
 
     @classmethod
-    def from_items(cls, items: dict[str, float | int]) -> "QueueConfig":
+    def from_items(cls, items: dict[str, float | int]) -> QueueConfig:
         return cls(**{k.replace("-", "_"): v for k, v in items.items()})
 
     def backoff_delay(self, attempts: int) -> float:

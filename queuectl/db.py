@@ -7,14 +7,13 @@ process starve the others; `synchronous=FULL` so a job whose enqueue returned su
 power loss.
 """
 
+from __future__ import annotations
+
 import os
-import random
 import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Any
 
 from queuectl import config as cfg
 from queuectl.errors import Conflict, DatabaseBusy, DatabaseUnavailable, NotFound
@@ -31,6 +30,10 @@ from queuectl.job import (
 )
 from queuectl.store import Outcome, Store, WorkerInfo
 from queuectl.utils import now
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs every `enqueue` a few ms of imports
+    from typing import Any
 
 SCHEMA_VERSION = 1
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -98,7 +101,7 @@ def _job(row: tuple) -> Job:
     return Job(*row)
 
 
-def _describe(exc: sqlite3.Error, path: Path) -> str:
+def _describe(exc: sqlite3.Error, path: str) -> str:
     text = str(exc)
     low = text.lower()
     if "locked" in low or "busy" in low:
@@ -114,26 +117,38 @@ def _describe(exc: sqlite3.Error, path: Path) -> str:
     return f"database {path}: {text}"
 
 
-def _disk_full(path: Path) -> bool:
+def _exists(path: str) -> bool:
+    """Like os.path.exists, but a directory we may not search raises PermissionError."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    return True
+
+
+def _disk_full(path: str) -> bool:
     """SQLite reports a failed write to a full disk as a plain I/O error at times."""
     try:
-        return os.statvfs(path.parent).f_bavail == 0
+        return os.statvfs(os.path.dirname(path) or ".").f_bavail == 0
     except OSError:
         return False
 
 
-def _permission_denied(path: Path, creating: bool = False) -> str:
+def _permission_denied(path: str, creating: bool = False) -> str:
     """Name the group that grants access, since joining it is the usual fix."""
     import grp
 
-    where = path.parent if creating else path
-    # The deepest directory we can see into is the one whose group grants access.
-    probe = path.parent
+    parent = os.path.dirname(os.path.abspath(path))
+    where = parent if creating else path
+    # The directory that stops us is the highest one we cannot search (or the file's own
+    # directory): its group is the one that grants access.
+    blocked = parent
+    probe = parent
+    while probe != os.path.dirname(probe):
+        if not os.access(probe, os.X_OK):
+            blocked = probe
+        probe = os.path.dirname(probe)
     try:
-        while not os.access(probe, os.X_OK) and probe != probe.parent:
-            probe = probe.parent
-        blocked = path.parent if probe == path.parent else next(
-            p for p in path.parents if p.parent == probe)
         group = grp.getgrgid(os.stat(blocked).st_gid).gr_name
     except (OSError, KeyError):
         group = None
@@ -145,7 +160,7 @@ def _permission_denied(path: Path, creating: bool = False) -> str:
     return f"cannot {verb} database {path}: permission denied on {where}{hint}"
 
 
-def _unavailable(exc: sqlite3.Error, path: Path) -> DatabaseUnavailable:
+def _unavailable(exc: sqlite3.Error, path: str) -> DatabaseUnavailable:
     busy = isinstance(exc, sqlite3.OperationalError) and _is_busy(exc)
     return (DatabaseBusy if busy else DatabaseUnavailable)(_describe(exc, path))
 
@@ -156,8 +171,8 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
 
 
 class SQLiteStore(Store):
-    def __init__(self, path: Path, create_dirs: bool = False) -> None:
-        self.path = path
+    def __init__(self, path: str | os.PathLike[str], create_dirs: bool = False) -> None:
+        self.path = os.fspath(path)
         self._conn = self._open(create_dirs)
 
     # -- opening -----------------------------------------------------------------------------
@@ -201,21 +216,21 @@ class SQLiteStore(Store):
 
     def _check_path(self, create_dirs: bool) -> None:
         path = self.path
-        parent = path.parent
-        if parent.exists() and not parent.is_dir():
+        parent = os.path.dirname(os.path.abspath(path))
+        if _exists(parent) and not os.path.isdir(parent):
             raise DatabaseUnavailable(f"cannot open database {path}: {parent} is not a directory")
-        if not parent.is_dir():
+        if not os.path.isdir(parent):
             if not create_dirs:
                 raise DatabaseUnavailable(
                     f"cannot open database {path}: directory {parent} does not exist"
                 )
             try:
-                parent.mkdir(parents=True, mode=0o700, exist_ok=True)
+                os.makedirs(parent, mode=0o700, exist_ok=True)
             except OSError as exc:
                 raise DatabaseUnavailable(f"cannot create {parent}: {exc.strerror}") from None
-        if path.is_dir():
+        if os.path.isdir(path):
             raise DatabaseUnavailable(f"cannot open database {path}: it is a directory")
-        if path.exists():
+        if _exists(path):
             self._check_header(path)
             if not os.access(path, os.R_OK | os.W_OK):
                 if not os.access(path, os.R_OK):
@@ -228,7 +243,7 @@ class SQLiteStore(Store):
             self._create_file(path)
 
     @staticmethod
-    def _create_file(path: Path) -> None:
+    def _create_file(path: str) -> None:
         """Create the file ourselves, group-writable (0660 less the umask): SQLite would use
         0644, and copies the database's mode to its -wal and -shm files."""
         try:
@@ -241,7 +256,7 @@ class SQLiteStore(Store):
             raise DatabaseUnavailable(f"cannot create database {path}: {exc.strerror}") from None
 
     @staticmethod
-    def _check_header(path: Path) -> None:
+    def _check_header(path: str) -> None:
         """Refuse a file that is not SQLite before SQLite gets a chance to write to it."""
         try:
             with open(path, "rb") as fh:
@@ -294,7 +309,7 @@ class SQLiteStore(Store):
             except sqlite3.OperationalError as exc:
                 if not _is_busy(exc) or time.monotonic() >= deadline:
                     raise
-            time.sleep(random.uniform(0, pause))
+            time.sleep(pause * int.from_bytes(os.urandom(2), "little") / 65536)  # jitter
             pause = min(pause * 2, 0.002)
 
     @contextmanager
@@ -512,6 +527,7 @@ class SQLiteStore(Store):
             raise NotFound(f"no job with id {job_id!r}")
         job = _job(rows[0])
         if history:
+            job.history = []
             for attempt, worker, started, finished, result, code, error, output in self._read(
                 "SELECT attempt, worker, started_at, finished_at, outcome, exit_code, error,"
                 " output FROM attempts WHERE job_id = ? ORDER BY seq",
@@ -633,7 +649,7 @@ class SQLiteStore(Store):
         self._conn.close()
 
 
-def open_store(path: Path, create_dirs: bool = False) -> Store:
+def open_store(path: str | os.PathLike[str], create_dirs: bool = False) -> Store:
     """Open (creating and migrating if needed) the store at path."""
     return SQLiteStore(path, create_dirs)
 

@@ -1,12 +1,13 @@
 """The job: its states, its stored record, and validation of what users submit."""
 
+from __future__ import annotations
+
 import json
 import math
-import secrets
-from dataclasses import dataclass, field
-from typing import Any
+import os
 
 from queuectl.errors import ValidationError
+from queuectl.record import Record
 from queuectl.utils import iso, iso_ms, now, parse_iso
 
 PENDING, PROCESSING, COMPLETED, FAILED, DEAD = "pending", "processing", "completed", "failed", "dead"
@@ -18,6 +19,10 @@ MAX_COMMAND_BYTES = 131_071
 MAX_ID_CHARS = 200
 MAX_TIMEOUT = 31_536_000  # one year
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 USER_KEYS = ("command", "id", "max_retries", "timeout", "priority", "run_at", "delay")
 MANAGED_KEYS = (
     "state", "attempts", "created_at", "updated_at", "worker", "started_at", "finished_at",
@@ -25,8 +30,7 @@ MANAGED_KEYS = (
 )
 
 
-@dataclass
-class JobSpec:
+class JobSpec(Record):
     """A validated request to enqueue one job; None means 'use the queue default'."""
 
     command: str
@@ -37,8 +41,7 @@ class JobSpec:
     run_at: float | None = None
 
 
-@dataclass
-class Job:
+class Job(Record):
     """One row of the queue as the worker and the CLI see it."""
 
     id: str
@@ -57,7 +60,7 @@ class Job:
     exit_code: int | None = None
     last_error: str | None = None
     lease_expires_at: float | None = None
-    history: list[dict[str, Any]] = field(default_factory=list)
+    history: list[dict[str, Any]] | None = None  # attempts, when asked for
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -80,7 +83,7 @@ class Job:
 
 
 def new_job_id() -> str:
-    return secrets.token_hex(6)
+    return os.urandom(6).hex()
 
 
 def check_state(state: str) -> str:

@@ -5,16 +5,20 @@ methods with `FOR UPDATE SKIP LOCKED`, and nothing above this interface would ch
 Every method that changes state is one transaction: it happens whole or not at all.
 """
 
+from __future__ import annotations
+
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Any
 
 from queuectl.config import QueueConfig
 from queuectl.job import Job, JobSpec
+from queuectl.record import Record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
-@dataclass
-class WorkerInfo:
+class WorkerInfo(Record):
     name: str
     host: str
     pid: int
@@ -25,8 +29,7 @@ class WorkerInfo:
     job_id: str | None
 
 
-@dataclass
-class Outcome:
+class Outcome(Record):
     """How one run of a command ended, as the worker observed it."""
 
     exit_code: int | None

@@ -1,0 +1,47 @@
+"""Plain record classes, declared like dataclasses.
+
+`dataclasses` (with `inspect`) costs about 10 ms of import time, which every `queuectl
+enqueue` from cron would pay; this covers what the store's records need.
+"""
+
+from __future__ import annotations
+
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+class Record:
+    """Fields are the class's annotations, in order; a class attribute is a field's default."""
+
+    @classmethod
+    def fields(cls) -> tuple[str, ...]:
+        names = _FIELDS.get(cls)
+        if names is None:
+            found: list[str] = []
+            for klass in reversed(cls.__mro__):
+                found += [n for n in klass.__dict__.get("__annotations__", {}) if n not in found]
+            names = _FIELDS[cls] = tuple(found)
+        return names
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        names = self.fields()
+        if len(args) > len(names):
+            raise TypeError(f"{type(self).__name__} takes at most {len(names)} fields")
+        for name, value in zip(names, args, strict=False):
+            setattr(self, name, value)
+        for name, value in kwargs.items():
+            if name not in names:
+                raise TypeError(f"{type(self).__name__} has no field {name!r}")
+            setattr(self, name, value)
+        for name in names:
+            if not hasattr(self, name):
+                raise TypeError(f"{type(self).__name__} needs {name!r}")
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.fields())
+        return f"{type(self).__name__}({inner})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and all(
+            getattr(self, n) == getattr(other, n) for n in self.fields())
+
+    __hash__ = None  # type: ignore[assignment]

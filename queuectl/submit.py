@@ -1,0 +1,148 @@
+"""`queuectl enqueue`: from what the user typed to stored jobs.
+
+Kept free of click, structlog and the worker, because cron and scripts pay this module's
+start-up on every call: `main.py` runs it directly for the common forms, and the click
+command (for --help and unusual spellings) calls the same functions.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from queuectl.errors import ValidationError
+from queuectl.job import JobSpec, spec_from_json, spec_from_object
+from queuectl.record import Record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+
+class CmdOption(Record):
+    flag: str
+    key: str
+    kind: type
+    help: str
+
+
+# Options of the `--cmd` form, shared by the click command and the fast path.
+CMD_OPTIONS = (
+    CmdOption("--id", "id", str, "With --cmd: the job id."),
+    CmdOption("--max-retries", "max_retries", int, "With --cmd: retries after the first run."),
+    CmdOption("--timeout", "timeout", float, "With --cmd: seconds before the job is killed."),
+    CmdOption("--priority", "priority", int, "With --cmd: higher runs first (default 0)."),
+    CmdOption("--run-at", "run_at", str, "With --cmd: ISO 8601 time to run at."),
+    CmdOption("--delay", "delay", float, "With --cmd: seconds from now to run at."),
+)
+
+
+def specs_from_file(source: str) -> list[JobSpec]:
+    try:
+        if source == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            with open(source, "rb") as fh:
+                data = fh.read()
+    except OSError as exc:
+        raise ValidationError(f"cannot read {source}: {exc.strerror}") from None
+    specs = []
+    seen: dict[str, int] = {}
+    for number, line in enumerate(data.decode("utf-8", "surrogateescape").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            spec = spec_from_json(line)
+        except ValidationError as exc:
+            raise ValidationError(f"line {number}: {exc}") from None
+        if spec.id is not None:
+            if spec.id in seen:
+                raise ValidationError(
+                    f"line {number}: id {spec.id!r} repeats the one on line {seen[spec.id]}")
+            seen[spec.id] = number
+        specs.append(spec)
+    if not specs:
+        raise ValidationError(f"{source}: no jobs found")
+    return specs
+
+
+def collect_specs(job_json: str | None, file_: str | None, command: str | None,
+                  cmd_options: dict[str, Any]) -> list[JobSpec]:
+    """Exactly one source of jobs; --cmd's options only with --cmd."""
+    if sum(x is not None for x in (job_json, file_, command)) != 1:
+        raise ValidationError(
+            "give exactly one of: a JSON argument, --file PATH or --cmd COMMAND "
+            "(see 'queuectl enqueue --help')")
+    given = {k: v for k, v in cmd_options.items() if v is not None}
+    if command is None and given:
+        flag = "--" + next(iter(given)).replace("_", "-")
+        raise ValidationError(f"{flag} goes with --cmd; put it in the JSON instead")
+    if command is not None:
+        return [spec_from_object({"command": command, **given})]
+    if file_ is not None:
+        return specs_from_file(file_)
+    return [spec_from_json(job_json or "")]
+
+
+def submit(db: str | None, specs: list[JobSpec], if_absent: bool) -> list[str]:
+    from queuectl.db import open_store
+    from queuectl.paths import resolve_db_path
+
+    store = open_store(*resolve_db_path(db))
+    try:
+        return store.enqueue(specs, if_absent=if_absent)
+    finally:
+        store.close()
+
+
+def fast_enqueue(args: list[str]) -> int | None:
+    """`queuectl [--db P] enqueue ...` without click. None: not a form handled here (help,
+    unknown or malformed options), so the click command runs and explains."""
+    db: str | None = None
+    rest = list(args)
+    while rest and rest[0] != "enqueue":  # global options before the command
+        if rest[0] == "--db" and len(rest) > 1:
+            db, rest = rest[1], rest[2:]
+        elif rest[0].startswith("--db="):
+            db, rest = rest[0][5:], rest[1:]
+        elif rest[0] == "--log-format" and len(rest) > 1:
+            rest = rest[2:]
+        else:
+            return None
+    if not rest:
+        return None
+    rest = rest[1:]
+    by_flag = {o.flag: o for o in CMD_OPTIONS}
+    values: dict[str, Any] = {}
+    job_json = file_ = command = None
+    if_absent = False
+    while rest:
+        arg = rest.pop(0)
+        if arg == "--if-absent":
+            if_absent = True
+            continue
+        if arg.startswith("--") and "=" in arg:
+            arg, value = arg.split("=", 1)
+            rest.insert(0, value)
+        if arg in ("--file", "--cmd", "--db") or arg in by_flag:
+            if not rest:
+                return None
+            value = rest.pop(0)
+            if arg == "--file":
+                file_ = value
+            elif arg == "--cmd":
+                command = value
+            elif arg == "--db":
+                db = value
+            else:
+                try:
+                    values[by_flag[arg].key] = by_flag[arg].kind(value)
+                except ValueError:
+                    return None
+        elif arg.startswith("-") and arg != "-" or job_json is not None:
+            return None
+        else:
+            job_json = arg
+    ids = submit(db, collect_specs(job_json, file_, command, values), if_absent)
+    sys.stdout.write("".join(f"{job_id}\n" for job_id in ids))
+    sys.stdout.flush()
+    return 0
