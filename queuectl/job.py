@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re  # already loaded by json
 
 from queuectl.errors import ValidationError
 from queuectl.record import Record
@@ -19,6 +20,7 @@ MAX_COMMAND_BYTES = 131_071
 MAX_ID_CHARS = 200
 MAX_TIMEOUT = 31_536_000  # one year
 
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
@@ -97,7 +99,7 @@ def check_id(value: Any) -> str:
         raise ValidationError('"id" must be a non-empty string')
     if len(value) > MAX_ID_CHARS:
         raise ValidationError(f'"id" is longer than {MAX_ID_CHARS} characters')
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+    if _CONTROL.search(value):
         raise ValidationError('"id" must not contain control characters (newline, tab, NUL...)')
     _check_utf8(value, "id")
     return value
@@ -213,9 +215,12 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+
+
 def spec_from_json(text: str) -> JobSpec:
     try:
-        obj = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+        obj = _DECODER.decode(text)
     except json.JSONDecodeError as exc:
         raise ValidationError(
             f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
