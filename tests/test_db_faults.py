@@ -57,6 +57,13 @@ def test_full_disk_fails_enqueue_cleanly_and_workers_recover(small_fs: Path,
     q.enqueue({"id": "second", "command": "true"})
     log = tmp_path / "worker.log"
     w = q.worker(log=log)
+    try:
+        _survive_full_disk(q, small_fs, log, w)
+    finally:
+        q.stop_all()
+
+
+def _survive_full_disk(q: Queue, small_fs: Path, log: Path, w: subprocess.Popen) -> None:
     q.wait_state("before", "processing")
     filler = _fill(small_fs)
     result = q.run("enqueue", "--cmd", "echo " + "x" * 60_000, "--id", "toomuch", check=False)
