@@ -336,14 +336,19 @@ class Worker:
 
     def _persist(self, action: Any) -> Any:
         """Retry a result write while the database is unavailable; the lease covers us
-        meanwhile, and if it runs out the store fences our late write off."""
+        meanwhile, and if it runs out the store fences our late write off. Once stopping,
+        retry only within the grace period (or until a second signal)."""
         failures = 0
         while True:
             try:
                 return action()
             except DatabaseUnavailable as exc:
                 failures += 1
-                if self.hard_stop:
+                past_grace = self.stopping and time.monotonic() > (
+                    (self.stop_requested_at or 0.0) + self.grace)
+                if self.hard_stop or past_grace:
+                    # Give up: the job stays processing and its lease brings it back.
+                    self.log.error("database_error", error=str(exc), retry_in=None)
                     return None
                 pause = min(DB_RETRY_MAX, 0.5 * failures)
                 self.log.warning("database_error", error=str(exc), retry_in=pause)

@@ -184,3 +184,21 @@ def test_read_only_filesystem(tmp_path: Path) -> None:
         subprocess.run(["umount", str(ro)], check=True)
     assert [j["id"] for j in Queue(src / "queue.db").json("list")] == ["x"]
 
+
+
+def test_stop_while_the_database_is_locked_ends_within_grace(queue: Queue,
+                                                             tmp_path: Path) -> None:
+    queue.enqueue({"id": "j1", "command": "sleep 0.5"})
+    log = tmp_path / "worker.log"
+    w = queue.worker("--grace", "1", log=log, env={"QUEUECTL_BUSY_TIMEOUT": "0.3"})
+    queue.wait_state("j1", "processing")
+    holder = sqlite3.connect(queue.db, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # the result cannot be written
+    try:
+        wait_for(lambda: "database_error" in log.read_text(), 15, "the worker to retry")
+        w.send_signal(15)
+        assert w.wait(timeout=20) == 0  # gave up after its grace period, did not hang
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert queue.job("j1")["state"] == "processing"  # its lease will bring it back
