@@ -27,6 +27,17 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, every: flo
         time.sleep(every)
 
 
+_ALL_QUEUES: list["Queue"] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_stray_workers() -> Iterator[None]:
+    """Whatever a test forgot to stop is stopped when the session ends."""
+    yield
+    for q in _ALL_QUEUES:
+        q.stop_all()
+
+
 class Queue:
     """Drives one database through the console script, as a user would."""
 
@@ -35,6 +46,7 @@ class Queue:
         self.env = {**os.environ, "QUEUECTL_DB": str(db)}
         self.env.pop("JOURNAL_STREAM", None)
         self.procs: list[subprocess.Popen] = []
+        _ALL_QUEUES.append(self)
 
     def run(self, *args: str, input: str | None = None, check: bool = True,
             timeout: float = 30) -> subprocess.CompletedProcess:
