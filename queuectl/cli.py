@@ -36,11 +36,11 @@ def _db_path(ctx: click.Context) -> tuple[Path, bool]:
     return Path(path), create_dirs
 
 
-def _store(ctx: click.Context) -> Store:
+def _store(ctx: click.Context, durable: bool = True) -> Store:
     from queuectl.db import open_store
 
     path, create_dirs = _db_path(ctx)
-    store = open_store(path, create_dirs)
+    store = open_store(path, create_dirs, durable)
     ctx.call_on_close(store.close)
     return store
 
@@ -224,7 +224,8 @@ def worker_run(ctx: click.Context, name: str | None, label: str | None, grace: f
     from queuectl.worker import Worker
 
     setup_logging(ctx.obj.get("log_format", "auto"))
-    store = _store(ctx)
+    # Workers commit without an fsync each: see queuectl/db.py and "Durability" in README.
+    store = _store(ctx, durable=False)
     path, _ = _db_path(ctx)
     from queuectl.process import caller_umask
 

@@ -4,7 +4,9 @@ WAL mode so readers never wait for writers; every write in `BEGIN IMMEDIATE` so 
 transaction never has to upgrade a read snapshot (which fails at once under contention);
 our own short jittered retry instead of SQLite's busy handler, whose growing sleeps let one
 process starve the others; `synchronous=FULL` so a job whose enqueue returned survives
-power loss.
+power loss. Workers may open with `durable=False` (`synchronous=NORMAL`, still crash-safe and
+consistent in WAL mode): a power loss can then undo their last few state changes, and those
+jobs run again — what at-least-once delivery allows — while every commit skips an fsync.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 BUSY_TIMEOUT = float(os.environ.get("QUEUECTL_BUSY_TIMEOUT", "5"))
 ACTIVE_WINDOW = 6.0  # seconds without a heartbeat before a worker stops counting as active
 OUTPUT_LIMIT = 65_536  # bytes of output kept per attempt (the tail)
+CONFIG_TTL = 1.0  # seconds a store reuses the settings it read
 
 MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -98,7 +101,7 @@ _JOB_COLUMNS = (
 
 
 def _job(row: tuple) -> Job:
-    return Job(*row)
+    return Job(*row, None)  # every column, and no history
 
 
 def _describe(exc: sqlite3.Error, path: str) -> str:
@@ -171,8 +174,11 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
 
 
 class SQLiteStore(Store):
-    def __init__(self, path: str | os.PathLike[str], create_dirs: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike[str], create_dirs: bool = False,
+                 durable: bool = True) -> None:
         self.path = os.fspath(path)
+        self._synchronous = "FULL" if durable else "NORMAL"
+        self._config_cache: tuple[float, cfg.QueueConfig] | None = None
         self._conn = self._open(create_dirs)
 
     # -- opening -----------------------------------------------------------------------------
@@ -190,7 +196,9 @@ class SQLiteStore(Store):
             raise _unavailable(exc, path) from None
         self._conn = conn
         try:
-            self._retry(lambda: conn.execute("PRAGMA synchronous=FULL"))
+            self._retry(lambda: conn.execute(f"PRAGMA synchronous={self._synchronous}"))
+            if self._synchronous == "NORMAL":  # a worker: its hot set is a few index pages
+                conn.execute("PRAGMA cache_size=-512")
             self._migrate()
             self._probe()
         except sqlite3.Error as exc:
@@ -575,8 +583,15 @@ class SQLiteStore(Store):
 
     # -- configuration -----------------------------------------------------------------------
     def _config(self, c: sqlite3.Connection) -> cfg.QueueConfig:
+        """Settings as of at most CONFIG_TTL ago: read once per claim they would cost every
+        job a query, and a change may well take a moment to reach running workers."""
+        cached = self._config_cache
+        if cached is not None and time.monotonic() - cached[0] < CONFIG_TTL:
+            return cached[1]
         stored = dict(c.execute("SELECT key, value FROM config").fetchall())
-        return cfg.QueueConfig.from_items(self._merge(stored))
+        conf = cfg.QueueConfig.from_items(self._merge(stored))
+        self._config_cache = (time.monotonic(), conf)
+        return conf
 
     @staticmethod
     def _merge(stored: dict[str, str]) -> dict[str, float | int]:
@@ -649,9 +664,10 @@ class SQLiteStore(Store):
         self._conn.close()
 
 
-def open_store(path: str | os.PathLike[str], create_dirs: bool = False) -> Store:
+def open_store(path: str | os.PathLike[str], create_dirs: bool = False,
+               durable: bool = True) -> Store:
     """Open (creating and migrating if needed) the store at path."""
-    return SQLiteStore(path, create_dirs)
+    return SQLiteStore(path, create_dirs, durable)
 
 
 __all__ = ["SQLiteStore", "open_store", "PENDING", "PROCESSING", "COMPLETED"]

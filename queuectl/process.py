@@ -7,7 +7,6 @@ Read top to bottom this is the whole life of a command; the worker only decides 
 import os
 import select
 import signal
-import subprocess
 import time
 from collections.abc import Mapping
 
@@ -55,33 +54,48 @@ class JobProcess:
         self._tail = bytearray()
         self._killed_for: str | None = None
         self._term_sent_at: float | None = None
-        self.proc: subprocess.Popen | None = None
+        self.pid = 0
         try:
-            self.proc = subprocess.Popen(
-                ["/bin/sh", "-c", command],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                env=env,
-                close_fds=True,
-                umask=-1 if umask is None else umask,
-            )
+            self._out = self._spawn(command, env, umask)
         except OSError as exc:
             self.start_error = f"cannot start /bin/sh: {exc.strerror or exc}"
             return
-        self.pid = self.proc.pid
         self._pidfd = os.pidfd_open(self.pid)
-        self._out = self.proc.stdout.fileno()  # type: ignore[union-attr]
         os.set_blocking(self._out, False)
         self._poll = select.poll()
         self._poll.register(self._pidfd, select.POLLIN)
         self._poll.register(self._out, select.POLLIN)
         self._out_open = True
 
+    def _spawn(self, command: str, env: dict[str, str], umask: int | None) -> int:
+        """posix_spawn rather than subprocess: the same work for a fraction of the CPU, which
+        matters when jobs are short. Returns the read end of the job's stdout+stderr pipe."""
+        out_r, out_w = os.pipe()  # both close-on-exec; the child gets dup2'ed copies
+        actions = [
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_DUP2, out_w, 1),
+            (os.POSIX_SPAWN_DUP2, out_w, 2),
+        ]
+        # The worker is single-threaded, so its umask can stand in for the job's meanwhile.
+        previous = None if umask is None else os.umask(umask)
+        try:
+            self.pid = os.posix_spawn(
+                "/bin/sh", ["/bin/sh", "-c", command], env, file_actions=actions,
+                setsid=True,  # its own session and process group, away from our terminal
+                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),  # Python ignores these
+            )
+        except BaseException:
+            os.close(out_r)
+            raise
+        finally:
+            if previous is not None:
+                os.umask(previous)
+            os.close(out_w)
+        return out_r
+
     @property
     def done(self) -> bool:
-        return self.proc is None or self.returncode is not None
+        return self.start_error is not None or self.returncode is not None
 
     def wait(self, timeout: float, extra_fds: tuple[int, ...] = ()) -> bool:
         """Block up to timeout seconds (or until an extra fd is readable); True once exited."""
@@ -127,10 +141,10 @@ class JobProcess:
             ready, _, _ = select.select([self._out], [], [], max(0, deadline - time.monotonic()))
             if not ready or not self._read_output():
                 break
-        assert self.proc is not None
-        self.returncode = self.proc.wait()
+        _, status = os.waitpid(self.pid, 0)
+        self.returncode = os.waitstatus_to_exitcode(status)
         os.close(self._pidfd)
-        self.proc.stdout.close()  # type: ignore[union-attr]
+        os.close(self._out)
 
     def _killpg(self, sig: int) -> None:
         try:

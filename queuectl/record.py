@@ -24,6 +24,9 @@ class Record:
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         names = self.fields()
+        if len(args) == len(names) and not kwargs:  # the hot path: a whole database row
+            self.__dict__.update(zip(names, args, strict=True))
+            return
         if len(args) > len(names):
             raise TypeError(f"{type(self).__name__} takes at most {len(names)} fields")
         for name, value in zip(names, args, strict=False):
