@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test demo lint clean deb install uninstall
+.PHONY: venv test demo lint clean bench deb install uninstall
 
 # Packaging (README "Install"): `make deb` builds dist/queuectl_VERSION_all.deb from a clean
 # copy of the tree; `make install` puts the same files under DESTDIR/PREFIX, without dpkg.
@@ -38,6 +38,10 @@ install:
 
 uninstall:
 	packaging/install.sh --uninstall "$(DESTDIR)" "$(PREFIX)" "$(SYSTEM_PYTHON)"
+
+# Measure queuectl (~10-15 min): bench/results/latest.json and a Markdown table. BENCH_ARGS=--quick
+bench: $(STAMP)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Benchmarks for queuectl: `make bench` (see bench/README.md)."""

@@ -1,0 +1,235 @@
+"""Shared pieces: sizes, statistics, process bookkeeping, /proc readings, small waits.
+
+Every process the benchmark starts goes through `Procs`, which runs it in its own session so
+that whatever it leaves behind can be killed by process group, and kills all of them at exit.
+"""
+
+import math
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+VENV_BIN = Path(sys.executable).parent  # the venv the Makefile built: `$(BIN)/python bench/run.py`
+QUEUECTL = VENV_BIN / "queuectl"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass
+class Sizes:
+    """How much work each measurement does; `full` is what `make bench` runs."""
+
+    runs: int = 3
+    drain_jobs: int = 5_000
+    worker_counts: tuple[int, ...] = (1, 2, 4)
+    pickup_jobs: int = 200
+    pickup_gap: tuple[float, float] = (0.05, 0.2)
+    idle_cpu_seconds: float = 10.0
+    cold_calls: int = 20
+    batch_jobs: int = 50_000
+    scale_rows: int = 1_000_000
+    scale_drain_jobs: int = 5_000
+    claim_samples: int = 2_000
+    memory_jobs: int = 10_000
+    memory_runs: int = 1
+    peers: bool = True
+    settle_seconds: float = 1.0  # pause after workers register, before measuring them
+    timeout_scale: float = 1.0  # multiplies every safety deadline
+
+    @classmethod
+    def full(cls) -> "Sizes":
+        return cls()
+
+    @classmethod
+    def quick(cls) -> "Sizes":
+        return cls(runs=2, drain_jobs=1_000, pickup_jobs=40, idle_cpu_seconds=3.0, cold_calls=8,
+                   batch_jobs=10_000, scale_rows=100_000, scale_drain_jobs=1_000,
+                   claim_samples=500, memory_jobs=2_000)
+
+    @classmethod
+    def smoke(cls) -> "Sizes":
+        return cls(runs=1, drain_jobs=20, worker_counts=(1, 2), pickup_jobs=4,
+                   pickup_gap=(0.01, 0.03), idle_cpu_seconds=0.5, cold_calls=2, batch_jobs=200,
+                   scale_rows=2_000, scale_drain_jobs=20, claim_samples=20, memory_jobs=20,
+                   peers=False, settle_seconds=0.2)
+
+
+# -- statistics ------------------------------------------------------------------------------
+def percentile(values: Sequence[float], p: float) -> float:
+    """Linear interpolation between closest ranks (p in 0..100)."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * p / 100.0
+    lo, hi = math.floor(k), math.ceil(k)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def summary(values: Iterable[float], digits: int = 3) -> dict[str, Any]:
+    """{median, min, max, runs}: how every figure is reported."""
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    if not vals:
+        return {"median": None, "min": None, "max": None, "runs": []}
+    return {
+        "median": round(percentile(vals, 50), digits),
+        "min": round(min(vals), digits),
+        "max": round(max(vals), digits),
+        "runs": [round(v, digits) for v in vals],
+    }
+
+
+def paired(a: Sequence[float], b: Sequence[float], digits: int = 3) -> dict[str, Any]:
+    """summary() of a[i] / b[i]: measurements taken back to back in the same run, so that a
+    machine whose load drifts (other work on it) disturbs the comparison less."""
+    return summary((x / y for x, y in zip(a, b, strict=True) if y), digits)
+
+
+def ratio(a: float | None, b: float | None, digits: int = 3) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return round(a / b, digits)
+
+
+# -- processes -------------------------------------------------------------------------------
+@dataclass
+class Procs:
+    """Every child the benchmark starts; each in its own session, all killed at exit."""
+
+    alive: list[subprocess.Popen] = field(default_factory=list)
+
+    def spawn(self, argv: Sequence[str | Path], **kwargs: Any) -> subprocess.Popen:
+        kwargs.setdefault("stdin", subprocess.DEVNULL)
+        proc = subprocess.Popen([str(a) for a in argv], start_new_session=True, **kwargs)
+        self.alive.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen, sig: int = signal.SIGTERM,
+             timeout: float = 15.0) -> int | None:
+        """Signal proc, wait up to timeout, then SIGKILL its whole process group."""
+        if proc.poll() is None:
+            try:
+                proc.send_signal(sig)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        self._kill_group(proc)
+        if proc in self.alive:
+            self.alive.remove(proc)
+        return proc.returncode
+
+    def wait(self, proc: subprocess.Popen, timeout: float) -> int | None:
+        """Wait for proc to exit on its own; kill its group if it is late. Its exit status."""
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        self._kill_group(proc)
+        if proc in self.alive:
+            self.alive.remove(proc)
+        return proc.returncode
+
+    @staticmethod
+    def _kill_group(proc: subprocess.Popen) -> None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def kill_all(self) -> None:
+        for proc in list(self.alive):
+            self._kill_group(proc)
+        self.alive.clear()
+
+
+PROCS = Procs()
+
+
+def run(argv: Sequence[str | Path], timeout: float = 120, check: bool = True,
+        **kwargs: Any) -> subprocess.CompletedProcess:
+    """Run a command to completion (bounded), capturing its output."""
+    kwargs.setdefault("stdin", subprocess.DEVNULL)
+    result = subprocess.run([str(a) for a in argv], capture_output=True, text=True,
+                            timeout=timeout, **kwargs)
+    if check and result.returncode != 0:
+        cmd = " ".join(str(a) for a in argv)
+        raise RuntimeError(f"{cmd} exited {result.returncode}: {result.stderr.strip()[-500:]}")
+    return result
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
+               every: float = 0.05) -> Any:
+    """Poll predicate until truthy; RuntimeError naming `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(every)
+
+
+# Not passed on to what is measured: a journald stream or a database of the caller's, and
+# PYTHONDONTWRITEBYTECODE, which some shells set and no cron job or systemd unit has (without
+# cached bytecode every cold start compiles queuectl's sources again).
+DROPPED_ENV = ("JOURNAL_STREAM", "NOTIFY_SOCKET", "QUEUECTL_DB", "PYTHONPATH",
+               "PYTHONDONTWRITEBYTECODE")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment for queuectl and the peers."""
+    env = {k: v for k, v in os.environ.items() if k not in DROPPED_ENV}
+    env.update(extra)
+    return env
+
+
+# -- /proc -----------------------------------------------------------------------------------
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of pid, in seconds."""
+    with open(f"/proc/{pid}/stat", "rb") as fh:
+        stat = fh.read().decode("ascii", "replace")
+    fields = stat[stat.rfind(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size of pid in MiB."""
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return math.nan
+
+
+# -- SQLite reads ----------------------------------------------------------------------------
+def sql_rows(db: Path, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+    """One short read of a database that workers may be writing (WAL: never blocks them)."""
+    conn = sqlite3.connect(str(db), timeout=10)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+def file_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)

@@ -1,0 +1,334 @@
+"""Drain throughput against the machine's spawn limit, fairness, and the same with a
+million finished jobs in the table (plus claim latency and database size)."""
+
+import json
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    BENCH_DIR,
+    PROCS,
+    Sizes,
+    file_size,
+    log,
+    paired,
+    percentile,
+    summary,
+)
+from bench.qctl import Queue, write_jobs_file
+
+
+# -- the physical limit ----------------------------------------------------------------------
+def spawn_limit(total: int, spawners: int, timeout: float) -> float:
+    """Processes per second that `spawners` parallel processes can spawn and reap."""
+    shares = [total // spawners + (1 if i < total % spawners else 0) for i in range(spawners)]
+    procs = [
+        PROCS.spawn([sys.executable, BENCH_DIR / "spawner.py", str(n)], stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE, text=True)
+        for n in shares
+    ]
+    try:
+        for p in procs:
+            assert p.stdout is not None
+            if p.stdout.readline().strip() != "ready":
+                raise RuntimeError("spawner did not start")
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        marks = []
+        for p in procs:
+            out, _ = p.communicate(timeout=timeout)
+            marks.append(json.loads(out))
+    finally:
+        for p in procs:
+            PROCS.stop(p, timeout=1)
+    start = min(m["start"] for m in marks)
+    end = max(m["end"] for m in marks)
+    return total / (end - start)
+
+
+# -- draining --------------------------------------------------------------------------------
+def drain(queue: Queue, jobs: int, workers: int, logdir: Path, timeout: float) -> dict[str, Any]:
+    """Start `workers` `worker run --drain` on an already filled queue; time until the last
+    job finished (its own finished_at) and until the last worker exited."""
+    names = [f"w{i + 1}" for i in range(workers)]
+    t0 = time.time()
+    procs = [queue.start_worker(n, logdir / f"{n}.log", drain=True) for n in names]
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        PROCS.wait(p, max(1.0, deadline - time.monotonic()))
+    t_exit = time.time()
+    counts = queue.per_worker(names)
+    per_worker = {n: counts.get(n, 0) for n in names}
+    done = sum(per_worker.values())
+    if done != jobs:
+        raise RuntimeError(f"drain with {workers} workers completed {done} of {jobs} jobs "
+                           f"(see {logdir})")
+    times = queue.job_times(names)
+    first = min(s for seq in times.values() for s, _ in seq)
+    last = max(f for seq in times.values() for _, f in seq)
+    run_ms: list[float] = []
+    gap_ms: list[float] = []
+    for seq in times.values():
+        run_ms += [(f - s) * 1000 for s, f in seq]
+        gap_ms += [(s2 - f1) * 1000 for (_, f1), (s2, _) in zip(seq, seq[1:], strict=False)]
+    return {
+        # Like the spawners of the physical limit, which time themselves once started:
+        # from the first job's start to the last job's end.
+        "jobs_per_s": jobs / (last - first),
+        "from_launch_jobs_per_s": jobs / (last - t0),
+        "wall_jobs_per_s": jobs / (t_exit - t0),
+        "per_worker": per_worker,
+        "claim_to_finish_p50_ms": percentile(run_ms, 50),
+        "claim_to_finish_p95_ms": percentile(run_ms, 95),
+        "finish_to_next_claim_p50_ms": percentile(gap_ms, 50),
+        "finish_to_next_claim_p95_ms": percentile(gap_ms, 95),
+        "cycle_mean_ms": 1000 * workers * (last - t0) / jobs,
+    }
+
+
+JOB_STEPS = ("claim_to_finish_p50_ms", "claim_to_finish_p95_ms", "finish_to_next_claim_p50_ms",
+             "finish_to_next_claim_p95_ms", "cycle_mean_ms")
+
+
+def fresh_queue(workdir: Path, name: str) -> tuple[Queue, Path]:
+    d = workdir / name
+    d.mkdir(parents=True)
+    return Queue(d / "queue.db"), d
+
+
+PeerDrain = Callable[[Path, int, float], tuple[float, float]]  # (dir, jobs, timeout) -> rates
+
+
+def drain_section(sizes: Sizes, workdir: Path, peers: dict[str, PeerDrain | str]
+                  ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Drain throughput by 1, 2, 4 workers, each right after the spawn limit with as many
+    spawners; then each peer on the same jobs. Per run, so ratios pair neighbours. Also
+    fairness. `peers`: a peer's drain function, or the reason it is skipped."""
+    jobs_file = write_jobs_file(workdir / f"jobs-{sizes.drain_jobs}.jsonl", sizes.drain_jobs)
+    timeout = (60 + sizes.drain_jobs / 20) * sizes.timeout_scale
+    per: dict[int, list[dict[str, Any]]] = {k: [] for k in sizes.worker_counts}
+    limits: dict[int, list[float]] = {k: [] for k in sizes.worker_counts}
+    peer_rates: dict[str, list[tuple[float, float]]] = {n: [] for n, f in peers.items()
+                                                        if callable(f)}
+    db_per_100k: list[float] = []
+    for r in range(sizes.runs):
+        for k in sizes.worker_counts:
+            limits[k].append(spawn_limit(sizes.drain_jobs, k, timeout))
+            queue, d = fresh_queue(workdir, f"drain-{k}w-run{r}")
+            queue.create()
+            empty = file_size(queue.db)
+            queue.enqueue_file(jobs_file)
+            result = drain(queue, sizes.drain_jobs, k, d, timeout)
+            per[k].append(result)
+            if k == 1:
+                db_per_100k.append((file_size(queue.db) - empty) / sizes.drain_jobs * 100_000)
+            log(f"drain run {r + 1}/{sizes.runs}, {k} worker(s): "
+                f"{result['jobs_per_s']:.0f} jobs/s (limit {limits[k][-1]:.0f}/s)")
+            shutil.rmtree(d, ignore_errors=True)
+        for name in peer_rates:
+            fn = peers[name]
+            assert callable(fn)
+            d = workdir / f"drain-{name}-run{r}"
+            peer_rates[name].append(fn(d, sizes.drain_jobs, timeout))
+            log(f"drain run {r + 1}/{sizes.runs}, {name}: {peer_rates[name][-1][0]:.0f} jobs/s")
+            shutil.rmtree(d, ignore_errors=True)
+    drain_out: dict[str, Any] = {
+        "jobs": sizes.drain_jobs, "command": "true", "workers": {},
+        "ratio_method": "median of per-run ratios; each drain follows its comparison directly",
+    }
+    for k in sizes.worker_counts:
+        rates = [x["jobs_per_s"] for x in per[k]]
+        drain_out["workers"][str(k)] = {
+            "jobs_per_s": summary(rates),
+            "from_launch_jobs_per_s": summary(x["from_launch_jobs_per_s"] for x in per[k]),
+            "wall_jobs_per_s": summary(x["wall_jobs_per_s"] for x in per[k]),
+            "limit_jobs_per_s": summary(limits[k]),
+            "ratio_to_limit": paired(rates, limits[k]),
+            **{key: summary(x[key] for x in per[k]) for key in JOB_STEPS},
+        }
+    drain_out["db_mb_per_100k_jobs"] = summary(b / 1e6 for b in db_per_100k)
+    drain_out["peers"] = {}
+    for name, fn in peers.items():
+        if not callable(fn):
+            drain_out["peers"][name] = {"skipped": fn}
+            continue
+        # Compared on the same footing: Huey is timed from starting its consumer, so is
+        # queuectl from starting its workers; tsp's server is already up, as are the spawners.
+        basis = "from_launch_jobs_per_s" if name == "huey" else "jobs_per_s"
+        q2 = [x[basis] for x in per.get(2, [])]
+        rates = [p[0] for p in peer_rates[name]]
+        drain_out["peers"][name] = {
+            "jobs_per_s": summary(rates),
+            "queuectl_basis": basis,
+            "queuectl_jobs_per_s": summary(q2) if q2 else None,
+            "queuectl_2_workers_ratio": paired(q2, rates) if q2 else None,
+            "enqueue_jobs_per_s": summary(p[1] for p in peer_rates[name]),
+        }
+    fairness: dict[str, Any] = {}
+    for k in sizes.worker_counts:
+        if k < 2:
+            continue
+        counts = [sorted(x["per_worker"].values(), reverse=True) for x in per[k]]
+        fairness[str(k)] = {
+            "jobs_per_worker": counts,
+            "max_min_ratio": summary(c[0] / c[-1] if len(c) == k and c[-1] else float("inf")
+                                     for c in counts),
+            "max_share_pct": summary(100 * c[0] / sum(c) for c in counts),
+            "ideal_share_pct": round(100 / k, 1),
+        }
+    return drain_out, fairness
+
+
+# -- a million finished jobs -----------------------------------------------------------------
+def _fill_expressions(t0: float) -> dict[str, str]:
+    """How each known column of a finished job is filled (x = 1..rows)."""
+    return {
+        "id": "printf('%012x', x)",
+        "command": "'true'",
+        "state": "'completed'",
+        "attempts": "1",
+        "max_retries": "3",
+        "priority": "0",
+        "timeout": "NULL",
+        "run_at": f"{t0} + x * 0.001",
+        "created_at": f"{t0} + x * 0.001",
+        "updated_at": f"{t0} + x * 0.001 + 0.004",
+        "worker": "'bench-host:' || (100000 + x % 4)",
+        "lease_expires_at": "NULL",
+        "started_at": f"{t0} + x * 0.001 + 0.001",
+        "finished_at": f"{t0} + x * 0.001 + 0.004",
+        "exit_code": "0",
+        "last_error": "NULL",
+    }
+
+
+def _attempt_expressions(t0: float) -> dict[str, str]:
+    return {
+        "job_id": "printf('%012x', x)",
+        "attempt": "1",
+        "worker": "'bench-host:' || (100000 + x % 4)",
+        "started_at": f"{t0} + x * 0.001 + 0.001",
+        "finished_at": f"{t0} + x * 0.001 + 0.004",
+        "outcome": "'completed'",
+        "exit_code": "0",
+        "error": "NULL",
+        "output": "X''",
+    }
+
+
+def _insert_sql(conn: sqlite3.Connection, table: str, known: dict[str, str]) -> str:
+    """INSERT ... SELECT over a counter, for the columns the current schema has."""
+    cols = []
+    for _cid, name, _type, notnull, default, pk in conn.execute(f"PRAGMA table_info({table})"):
+        if name in known:
+            cols.append(name)
+        elif notnull and default is None and not pk:
+            raise RuntimeError(f"{table}.{name} is new and NOT NULL: teach bench/throughput.py "
+                               "how to fill it")
+    exprs = ", ".join(known[c] for c in cols)
+    return (f"WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ?) "
+            f"INSERT INTO {table} ({', '.join(cols)}) SELECT {exprs} FROM c")
+
+
+def fill_finished(db: Path, rows: int) -> float:
+    """Insert `rows` completed jobs (and their attempt rows) in one transaction; seconds."""
+    t = time.perf_counter()
+    t0 = time.time() - rows * 0.001 - 86_400
+    conn = sqlite3.connect(str(db), isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(_insert_sql(conn, "jobs", _fill_expressions(t0)), (rows,))
+        conn.execute(_insert_sql(conn, "attempts", _attempt_expressions(t0)), (rows,))
+        conn.execute("COMMIT")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+    return time.perf_counter() - t
+
+
+def claim_latencies(db: Path, samples: int) -> list[float]:
+    """Milliseconds per claim_next(), in process, with `samples` pending jobs to take."""
+    from queuectl.db import SQLiteStore
+
+    store = SQLiteStore(db)
+    out = []
+    try:
+        for _ in range(samples):
+            t = time.perf_counter()
+            job = store.claim_next("bench-claimer")
+            out.append((time.perf_counter() - t) * 1000)
+            if job is None:
+                raise RuntimeError("claim_next found no job")
+    finally:
+        store.close()
+    return out
+
+
+def scale_section(sizes: Sizes, workdir: Path) -> dict[str, Any]:
+    template = workdir / "scale-template" / "queue.db"
+    template.parent.mkdir()
+    base = Queue(template)
+    base.create()
+    empty_size = file_size(template)
+    fill_s = fill_finished(template, sizes.scale_rows)
+    full_size = file_size(template)
+    log(f"scale: {sizes.scale_rows} finished jobs inserted in {fill_s:.1f} s, "
+        f"{full_size / 1e6:.0f} MB")
+    jobs_file = write_jobs_file(workdir / f"jobs-{sizes.scale_drain_jobs}.jsonl",
+                                sizes.scale_drain_jobs)
+    claim_file = write_jobs_file(workdir / f"jobs-claim-{sizes.claim_samples}.jsonl",
+                                 sizes.claim_samples)
+    timeout = (60 + sizes.scale_drain_jobs / 20) * sizes.timeout_scale
+    rates: dict[str, list[float]] = {"empty": [], "full": []}
+    claims: dict[str, list[list[float]]] = {"empty": [], "full": []}
+    for r in range(sizes.runs):
+        for kind in ("empty", "full"):
+            for what, jobs in (("drain", jobs_file), ("claim", claim_file)):
+                queue, d = fresh_queue(workdir, f"scale-{kind}-{what}-run{r}")
+                if kind == "full":
+                    shutil.copyfile(template, queue.db)
+                else:
+                    queue.create()
+                queue.enqueue_file(jobs)
+                if what == "drain":
+                    res = drain(queue, sizes.scale_drain_jobs, 2, d, timeout)
+                    rates[kind].append(res["jobs_per_s"])
+                else:
+                    claims[kind].append(claim_latencies(queue.db, sizes.claim_samples))
+                shutil.rmtree(d, ignore_errors=True)
+            log(f"scale run {r + 1}/{sizes.runs}, {kind}: drain {rates[kind][-1]:.0f} jobs/s, "
+                f"claim p50 {percentile(claims[kind][-1], 50):.2f} ms")
+    shutil.rmtree(template.parent, ignore_errors=True)
+    drain_e, drain_f = summary(rates["empty"]), summary(rates["full"])
+    claim_out: dict[str, Any] = {}
+    for kind in ("empty", "full"):
+        claim_out[kind] = {
+            "p50_ms": summary((percentile(c, 50) for c in claims[kind]), 4),
+            "p99_ms": summary((percentile(c, 99) for c in claims[kind]), 4),
+        }
+    return {
+        "finished_rows": sizes.scale_rows,
+        "fill_seconds": round(fill_s, 2),
+        "db_mb_per_100k_finished": round((full_size - empty_size) / sizes.scale_rows * 100_000
+                                         / 1e6, 2),
+        "workers": 2,
+        "drain_jobs": sizes.scale_drain_jobs,
+        "drain_empty_jobs_per_s": drain_e,
+        "drain_full_jobs_per_s": drain_f,
+        "drain_full_vs_empty": paired(rates["full"], rates["empty"]),
+        "claim_samples": sizes.claim_samples,
+        "claim_method": "SQLiteStore.claim_next() timed in process (one write transaction each)",
+        "claim_empty": claim_out["empty"],
+        "claim_full": claim_out["full"],
+        "claim_p50_full_vs_empty": paired([percentile(c, 50) for c in claims["full"]],
+                                          [percentile(c, 50) for c in claims["empty"]]),
+        "ratio_method": "median of per-run ratios; empty and full measured back to back",
+    }

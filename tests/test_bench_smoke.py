@@ -1,0 +1,34 @@
+"""The benchmark code runs end to end at tiny sizes and writes its JSON (no timing asserts)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_bench_smoke_writes_results(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "run.py"), "--smoke", "--no-peers",
+         "--out", str(out), "--workdir", str(tmp_path)],
+        capture_output=True, text=True, timeout=180, cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res["errors"] == {}, res["errors"]
+    assert {"machine", "sizes", "targets", "drain", "fairness", "pickup", "enqueue", "scale",
+            "memory"} <= res.keys()
+    assert {"nproc", "cpu_model", "kernel", "python", "sqlite"} <= res["machine"].keys()
+    for k in ("1", "2"):
+        assert {"jobs_per_s", "limit_jobs_per_s", "ratio_to_limit"} <= res["drain"]["workers"][k].keys()
+    assert {"median", "min", "max", "runs"} <= res["drain"]["workers"]["1"]["jobs_per_s"].keys()
+    assert {"p50_ms", "p95_ms", "p99_ms", "idle_cpu_pct", "idle_rss_mb"} <= res["pickup"].keys()
+    assert {"cold_enqueue_ms", "python_baseline_ms", "batch_jobs_per_s"} <= res["enqueue"].keys()
+    assert {"drain_full_vs_empty", "claim_p50_full_vs_empty", "db_mb_per_100k_finished"} \
+        <= res["scale"].keys()
+    assert {"idle_rss_mb", "after_rss_mb", "growth_mb"} <= res["memory"].keys()
+    assert all({"target", "goal", "met"} <= row.keys() for row in res["targets"])
+    assert "| target | measured | goal | met |" in proc.stdout
+    assert not list(tmp_path.glob("queuectl-bench-*")), "the scratch dir was left behind"
