@@ -120,14 +120,7 @@ class Procs:
                 proc.send_signal(sig)
             except ProcessLookupError:
                 pass
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                pass
-        self._kill_group(proc)
-        if proc in self.alive:
-            self.alive.remove(proc)
-        return proc.returncode
+        return self.wait(proc, timeout)
 
     def wait(self, proc: subprocess.Popen, timeout: float) -> int | None:
         """Wait for proc to exit on its own; kill its group if it is late. Its exit status."""

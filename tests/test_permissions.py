@@ -23,14 +23,20 @@ def queue_group() -> Iterator[str]:
         subprocess.run(["groupdel", name], check=False, capture_output=True)
 
 
-def test_user_outside_the_group_is_refused_with_a_hint(
-    shared_tmp: Path, queue_group: str, as_other_user
-) -> None:
+@pytest.fixture
+def state_dir(shared_tmp: Path, queue_group: str) -> Path:
+    """A queue directory made as tmpfiles.d/queuectl.conf makes /var/lib/queuectl."""
     state = shared_tmp / "state"
     state.mkdir()
     os.chown(state, 0, grp.getgrnam(queue_group).gr_gid)
-    state.chmod(0o2770)  # as tmpfiles.d/queuectl.conf makes /var/lib/queuectl
-    db = state / "queue.db"
+    state.chmod(0o2770)
+    return state
+
+
+def test_user_outside_the_group_is_refused_with_a_hint(
+    state_dir: Path, queue_group: str, as_other_user
+) -> None:
+    db = state_dir / "queue.db"
     Queue(db).enqueue({"id": "secret", "command": "echo token=hunter2"})
     assert db.stat().st_mode & 0o777 == 0o660
     result = as_other_user("--db", str(db), "enqueue", "--cmd", "true")
@@ -44,18 +50,14 @@ def test_user_outside_the_group_is_refused_with_a_hint(
 
 
 def test_group_member_can_enqueue_into_a_root_created_queue(
-    shared_tmp: Path, queue_group: str, as_other_user
+    state_dir: Path, queue_group: str, as_other_user
 ) -> None:
-    state = shared_tmp / "state"
-    state.mkdir()
-    os.chown(state, 0, grp.getgrnam(queue_group).gr_gid)
-    state.chmod(0o2770)
-    db = state / "queue.db"
+    db = state_dir / "queue.db"
     Queue(db).run("status")  # root creates it; setgid gives it the group, umask 007 g+w
     assert db.stat().st_gid == grp.getgrnam(queue_group).gr_gid
     subprocess.run(["gpasswd", "-a", "nobody", queue_group], check=True, capture_output=True)
     result = as_other_user("--db", str(db), "enqueue", "--cmd", "true", "--id", "mine")
     assert result.returncode == 0, result.stderr
     assert Queue(db).job("mine")["state"] == "pending"
-    for sidecar in state.glob("queue.db-*"):  # -wal/-shm stay usable by the whole group
+    for sidecar in state_dir.glob("queue.db-*"):  # -wal/-shm stay usable by the whole group
         assert sidecar.stat().st_mode & 0o060 == 0o060
