@@ -30,6 +30,7 @@ from queuectl.job import (
     JobSpec,
     new_job_id,
 )
+from queuectl.schema import MIGRATIONS, SCHEMA_VERSION
 from queuectl.store import Outcome, Store, WorkerInfo
 from queuectl.utils import now
 
@@ -37,62 +38,12 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs every `enqueue` a few ms of imports
     from typing import Any
 
-SCHEMA_VERSION = 1
 SQLITE_MAGIC = b"SQLite format 3\x00"
 BUSY_TIMEOUT = float(os.environ.get("QUEUECTL_BUSY_TIMEOUT", "5"))
 ACTIVE_WINDOW = 6.0  # seconds without a heartbeat before a worker stops counting as active
 OUTPUT_LIMIT = 65_536  # bytes of output kept per attempt (the tail)
 CONFIG_TTL = 1.0  # seconds a store reuses the settings it read
 
-MIGRATIONS: dict[int, list[str]] = {
-    1: [
-        """CREATE TABLE jobs (
-            id TEXT PRIMARY KEY NOT NULL,
-            command TEXT NOT NULL,
-            state TEXT NOT NULL,
-            attempts INTEGER NOT NULL DEFAULT 0,
-            max_retries INTEGER NOT NULL,
-            priority INTEGER NOT NULL DEFAULT 0,
-            timeout REAL,
-            run_at REAL NOT NULL,
-            created_at REAL NOT NULL,
-            updated_at REAL NOT NULL,
-            worker TEXT,
-            lease_expires_at REAL,
-            started_at REAL,
-            finished_at REAL,
-            exit_code INTEGER,
-            last_error TEXT)""",
-        # Only waiting jobs are in these partial indexes, so a million finished jobs cost
-        # the claim nothing.
-        """CREATE INDEX jobs_due ON jobs (priority DESC, run_at)
-            WHERE state IN ('pending', 'failed')""",
-        "CREATE INDEX jobs_leases ON jobs (lease_expires_at) WHERE state = 'processing'",
-        "CREATE INDEX jobs_by_state ON jobs (state, created_at)",
-        """CREATE TABLE attempts (
-            seq INTEGER PRIMARY KEY,
-            job_id TEXT NOT NULL,
-            attempt INTEGER NOT NULL,
-            worker TEXT,
-            started_at REAL NOT NULL,
-            finished_at REAL,
-            outcome TEXT,
-            exit_code INTEGER,
-            error TEXT,
-            output BLOB)""",
-        "CREATE INDEX attempts_by_job ON attempts (job_id, seq)",
-        """CREATE TABLE workers (
-            name TEXT PRIMARY KEY NOT NULL,
-            host TEXT NOT NULL,
-            pid INTEGER NOT NULL,
-            pid_start TEXT,
-            started_at REAL NOT NULL,
-            heartbeat_at REAL NOT NULL,
-            state TEXT NOT NULL,
-            job_id TEXT)""",
-        "CREATE TABLE config (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL)",
-    ],
-}
 
 _JOB_COLUMNS = (
     "id, command, state, attempts, max_retries, created_at, updated_at, priority, timeout, "

@@ -1,0 +1,58 @@
+"""The SQLite schema, as numbered migrations.
+
+A database records its version in `PRAGMA user_version`; opening it applies the missing
+migrations in order, in one transaction, so every process sees either the old schema or the
+new one. Add a change as the next number; never edit a released one.
+"""
+
+SCHEMA_VERSION = 1
+
+MIGRATIONS: dict[int, list[str]] = {
+    1: [
+        """CREATE TABLE jobs (
+            id TEXT PRIMARY KEY NOT NULL,
+            command TEXT NOT NULL,
+            state TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            max_retries INTEGER NOT NULL,
+            priority INTEGER NOT NULL DEFAULT 0,
+            timeout REAL,
+            run_at REAL NOT NULL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            worker TEXT,
+            lease_expires_at REAL,
+            started_at REAL,
+            finished_at REAL,
+            exit_code INTEGER,
+            last_error TEXT)""",
+        # Only waiting jobs are in these partial indexes, so a million finished jobs cost
+        # the claim nothing.
+        """CREATE INDEX jobs_due ON jobs (priority DESC, run_at)
+            WHERE state IN ('pending', 'failed')""",
+        "CREATE INDEX jobs_leases ON jobs (lease_expires_at) WHERE state = 'processing'",
+        "CREATE INDEX jobs_by_state ON jobs (state, created_at)",
+        """CREATE TABLE attempts (
+            seq INTEGER PRIMARY KEY,
+            job_id TEXT NOT NULL,
+            attempt INTEGER NOT NULL,
+            worker TEXT,
+            started_at REAL NOT NULL,
+            finished_at REAL,
+            outcome TEXT,
+            exit_code INTEGER,
+            error TEXT,
+            output BLOB)""",
+        "CREATE INDEX attempts_by_job ON attempts (job_id, seq)",
+        """CREATE TABLE workers (
+            name TEXT PRIMARY KEY NOT NULL,
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            pid_start TEXT,
+            started_at REAL NOT NULL,
+            heartbeat_at REAL NOT NULL,
+            state TEXT NOT NULL,
+            job_id TEXT)""",
+        "CREATE TABLE config (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL)",
+    ],
+}
