@@ -25,7 +25,7 @@ def test_chaos_random_sigkills_lose_nothing(queue: Queue, tmp_path: Path) -> Non
     queue.run("config", "set", "max-retries", "1000")  # kills must not exhaust retries
     out = tmp_path / "ran.txt"
     total = 2000
-    lines = "\n".join(json.dumps({"id": f"c{i}", "command": f"echo c{i} >> {out}"})
+    lines = "\n".join(json.dumps({"id": f"c{i}", "command": f"echo c{i} >> {out}; sleep 0.01"})
                       for i in range(total))
     queue.run("enqueue", "--file", "-", input=lines)
     names = [f"chaos{i}" for i in range(4)]
