@@ -38,6 +38,15 @@ def _no_stray_workers() -> Iterator[None]:
         q.stop_all()
 
 
+def process_alive(pid: int) -> bool:
+    """A process that exists and has not exited (a zombie awaiting its parent counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(") ", 1)[-1][0] not in "ZX"
+    except FileNotFoundError:
+        return False
+
+
 class Queue:
     """Drives one database through the console script, as a user would."""
 

@@ -8,15 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import QUEUECTL, Queue, wait_for
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(") ", 1)[-1][0] not in "ZX"
-    except FileNotFoundError:
-        return False
+from conftest import QUEUECTL, Queue, process_alive, wait_for
 
 
 def test_chaos_random_sigkills_lose_nothing(queue: Queue, tmp_path: Path) -> None:
@@ -90,10 +82,10 @@ def test_worker_crash_leaves_no_process_of_its_job(queue: Queue, tmp_path: Path)
     children = [int(p) for p in pids.read_text().split()]
     w.send_signal(signal.SIGKILL)
     w.wait()
-    assert all(_alive(p) for p in children)  # a SIGKILLed worker cannot clean up itself
+    assert all(process_alive(p) for p in children)  # a SIGKILLed worker cannot clean up itself
     queue.run("config", "set", "backoff-base", "1")
     queue.worker("--name", "cw")  # its restart takes the orphan back and ends the leftovers
-    wait_for(lambda: not any(_alive(p) for p in children), 10, "leftovers to be killed")
+    wait_for(lambda: not any(process_alive(p) for p in children), 10, "leftovers to be killed")
 
 
 def test_shutdown_past_grace_leaves_no_process_of_its_job(queue: Queue, tmp_path: Path) -> None:
@@ -104,7 +96,7 @@ def test_shutdown_past_grace_leaves_no_process_of_its_job(queue: Queue, tmp_path
     w.send_signal(signal.SIGTERM)
     assert w.wait(timeout=15) == 0
     child = int(pids.read_text())
-    wait_for(lambda: not _alive(child), 5, "the job's child to be gone")
+    wait_for(lambda: not process_alive(child), 5, "the job's child to be gone")
     assert queue.job("sd")["state"] == "pending"
 
 
