@@ -30,8 +30,14 @@ def caller_umask() -> int | None:
         return None
 
 
-def job_environment(base: Mapping[str, str], job_id: str, attempt: int) -> dict[str, str]:
-    env = {k: v for k, v in base.items() if k not in PRIVATE_ENV}
+def inheritable_environment(base: Mapping[str, str]) -> dict[str, str]:
+    """What every job of a worker inherits: its environment less the private channels."""
+    return {k: v for k, v in base.items() if k not in PRIVATE_ENV}
+
+
+def job_environment(inherited: Mapping[str, str], job_id: str, attempt: int) -> dict[str, str]:
+    """One job's environment; `inherited` comes from inheritable_environment(), once."""
+    env = dict(inherited)
     env["QUEUECTL_JOB_ID"] = job_id
     env["QUEUECTL_ATTEMPT"] = str(attempt)
     return env

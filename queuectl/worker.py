@@ -17,7 +17,7 @@ from queuectl.errors import Conflict, DatabaseBusy, DatabaseUnavailable
 from queuectl.job import DEAD, Job
 from queuectl.log import get_logger
 from queuectl.notify import Notifier
-from queuectl.process import JobProcess, job_environment, signal_name
+from queuectl.process import JobProcess, inheritable_environment, job_environment, signal_name
 from queuectl.store import Store, WorkerInfo
 from queuectl.utils import iso_ms, now
 
@@ -56,7 +56,7 @@ class Worker:
         self._stop_announced = False
         self._next_beat = 0.0
         self._config_seen: dict[str, Any] | None = None
-        self._env = dict(os.environ)
+        self._env = inheritable_environment(os.environ)
         self.notifier = Notifier()
         # Test-only: SIGKILL ourselves at a named step, to prove recovery from every step.
         self._crash_at = os.environ.get("QUEUECTL_TEST_CRASH_AT", "")
