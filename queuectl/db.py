@@ -23,8 +23,6 @@ from queuectl.job import (
     COMPLETED,
     DEAD,
     FAILED,
-    PENDING,
-    PROCESSING,
     STATES,
     Job,
     JobSpec,
@@ -558,6 +556,7 @@ class SQLiteStore(Store):
         return self._merge(dict(self._read("SELECT key, value FROM config")))
 
     def set_config(self, key: str, value: float | int) -> None:
+        self._config_cache = None
         with self._write() as c:
             c.execute(
                 "INSERT INTO config (key, value) VALUES (?, ?)"
@@ -620,5 +619,3 @@ def open_store(path: str | os.PathLike[str], create_dirs: bool = False,
     """Open (creating and migrating if needed) the store at path."""
     return SQLiteStore(path, create_dirs, durable)
 
-
-__all__ = ["SQLiteStore", "open_store", "PENDING", "PROCESSING", "COMPLETED"]
