@@ -1,9 +1,6 @@
 """The click commands: parse, call the store or the worker, print. No queue logic here."""
 
 import json
-import os
-import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -270,32 +267,18 @@ def worker_start(ctx: click.Context, count: int, grace: float, drain: bool,
 def worker_stop(ctx: click.Context, timeout: float, foreground: bool) -> int:
     """Gracefully stop the workers of this host: systemd instances (stopped and disabled),
     then foreground workers that use this database."""
-    from queuectl import procinfo, units
+    from queuectl import units
 
     lines = units.stop_all() if not foreground and units.available() else []
     for line in lines:
         click.echo(line)
-    store = _store(ctx)
-    host = procinfo.hostname()
-    targets = [
-        w for w in store.workers()
-        if w.host == host and procinfo.is_alive(w.pid, w.pid_start)
-        and procinfo.is_queuectl_worker(w.pid)
-    ]
+    from queuectl.supervisor import stop_local_workers
+
+    targets, left = stop_local_workers(_store(ctx), timeout)
     if not targets:
         if not lines:
             click.echo("No running workers.")
         return 0
-    for w in targets:
-        try:
-            os.kill(w.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + timeout
-    left = targets
-    while left and time.monotonic() < deadline:
-        time.sleep(0.05)
-        left = [w for w in left if procinfo.is_alive(w.pid, w.pid_start)]
     stopped = len(targets) - len(left)
     click.echo(f"Stopped {stopped} worker{'s' if stopped != 1 else ''}.")
     if left:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from queuectl import procinfo
 from queuectl.process import signal_name
+from queuectl.store import Store, WorkerInfo
 
 RESTART_DELAY = 1.0
 RESTART_BURST = 5  # restarts of one slot within RESTART_WINDOW before giving up on it
@@ -98,3 +99,26 @@ def _reaped(slot: Slot, stopping: bool) -> None:
         return
     _say(f"Worker-{slot.index} {how}; restarting it in {RESTART_DELAY:g} s")
     slot.restart_at = t + RESTART_DELAY
+
+
+def stop_local_workers(store: Store, timeout: float) -> tuple[list[WorkerInfo], list[WorkerInfo]]:
+    """SIGTERM every live worker of this host registered in store (checking each PID really
+    is that queuectl worker, not a reused one) and wait up to timeout for them to exit.
+    Returns (signalled, still running)."""
+    host = procinfo.hostname()
+    targets = [
+        w for w in store.workers()
+        if w.host == host and procinfo.is_alive(w.pid, w.pid_start)
+        and procinfo.is_queuectl_worker(w.pid)
+    ]
+    for w in targets:
+        try:
+            os.kill(w.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    left = targets
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = [w for w in left if procinfo.is_alive(w.pid, w.pid_start)]
+    return targets, left
