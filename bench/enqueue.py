@@ -73,7 +73,7 @@ def transaction_ms(db: Path, count: int) -> dict[str, Any]:
     """ms per single-job `SQLiteStore.enqueue()` in process: the transaction alone, without
     a process start; what a cold enqueue could cost at best."""
     try:
-        from queuectl.db import SQLiteStore
+        from queuectl.backends.sqlite import SQLiteStore
         from queuectl.job import JobSpec
 
         store = SQLiteStore(db)

@@ -256,7 +256,7 @@ def fill_finished(db: Path, rows: int) -> float:
 
 def claim_latencies(db: Path, samples: int) -> list[float]:
     """Milliseconds per claim_next(), in process, with `samples` pending jobs to take."""
-    from queuectl.db import SQLiteStore
+    from queuectl.backends.sqlite import SQLiteStore
 
     store = SQLiteStore(db)
     out = []

@@ -1,18 +1,17 @@
 """The click commands: parse, call the store or the worker, print. No queue logic here."""
 
 import json
-from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 import click
 
-from queuectl import __version__
-from queuectl import config as cfg
+from queuectl import __version__, locator
+from queuectl import settings as cfg
+from queuectl.clock import iso_ms
 from queuectl.errors import NotFound
-from queuectl.job import DEAD, check_state
-from queuectl.paths import resolve_db_path
+from queuectl.job import DEAD, Job, check_state
 from queuectl.store import Store
-from queuectl.utils import iso_ms
 
 LOG_FORMATS = click.Choice(["auto", "human", "json", "journal"])
 
@@ -23,27 +22,39 @@ def _remember_db(ctx: click.Context, _param: click.Parameter, value: str | None)
 
 
 db_option = click.option(
-    "--db", metavar="PATH", expose_value=False, callback=_remember_db, is_eager=True,
-    help="Database file (default: $QUEUECTL_DB, /var/lib/queuectl/queue.db, XDG data home).",
+    "--db", metavar="LOCATOR", expose_value=False, callback=_remember_db, is_eager=True,
+    help="Database file or postgresql:// URL (default: $QUEUECTL_DB, "
+    "/var/lib/queuectl/queue.db, XDG data home).",
 )
 
 
-def _db_path(ctx: click.Context) -> tuple[Path, bool]:
-    path, create_dirs = resolve_db_path(ctx.ensure_object(dict).get("db"))
-    return Path(path), create_dirs
+def _locator(ctx: click.Context) -> str:
+    return locator.resolve(ctx.ensure_object(dict).get("db"))
 
 
-def _store(ctx: click.Context, durable: bool = True) -> Store:
-    from queuectl.db import open_store
-
-    path, create_dirs = _db_path(ctx)
-    store = open_store(path, create_dirs, durable)
+def _store(ctx: click.Context) -> Store:
+    store = locator.open_store(_locator(ctx))
     ctx.call_on_close(store.close)
     return store
 
 
 def _print_json(value: Any, indent: int | None = 2) -> None:
     click.echo(json.dumps(value, indent=indent, ensure_ascii=False))
+
+
+def _print_jobs(jobs: Iterable[Job], jsonl: bool) -> None:
+    """A JSON array (or JSON Lines) written job by job: memory stays flat however many."""
+    echo = click.echo
+    if jsonl:
+        for job in jobs:
+            echo(json.dumps(job.to_dict(), ensure_ascii=False))
+        return
+    first = True
+    for job in jobs:
+        text = json.dumps(job.to_dict(), indent=2, ensure_ascii=False)
+        echo(("[\n  " if first else ",\n  ") + text.replace("\n", "\n  "), nl=False)
+        first = False
+    echo("[]" if first else "\n]")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -98,13 +109,14 @@ def status(ctx: click.Context) -> None:
 @cli.command(name="list")
 @click.option("--state", metavar="STATE", help="Only jobs in this state.")
 @click.option("--limit", type=click.IntRange(min=1), metavar="N", help="At most N jobs.")
+@click.option("--jsonl", is_flag=True, help="One JSON object per line instead of an array.")
 @db_option
 @click.pass_context
-def list_(ctx: click.Context, state: str | None, limit: int | None) -> None:
+def list_(ctx: click.Context, state: str | None, limit: int | None, jsonl: bool) -> None:
     """Jobs as a JSON array, oldest first."""
     if state is not None:
         check_state(state)
-    _print_json([j.to_dict() for j in _store(ctx).list_jobs(state, limit)])
+    _print_jobs(_store(ctx).iter_jobs(state, limit), jsonl)
 
 
 @cli.command()
@@ -127,7 +139,8 @@ def show(ctx: click.Context, job_id: str) -> None:
 @db_option
 @click.pass_context
 def info(ctx: click.Context) -> None:
-    """Database path, schema and SQLite versions, and the configuration in force."""
+    """The database in use (never its password), schema version, backend details and the
+    configuration in force."""
     data = _store(ctx).info()
     data["queuectl_version"] = __version__
     _print_json(data)
@@ -141,11 +154,12 @@ def dlq() -> None:
 
 @dlq.command(name="list")
 @click.option("--limit", type=click.IntRange(min=1), metavar="N", help="At most N jobs.")
+@click.option("--jsonl", is_flag=True, help="One JSON object per line instead of an array.")
 @db_option
 @click.pass_context
-def dlq_list(ctx: click.Context, limit: int | None) -> None:
+def dlq_list(ctx: click.Context, limit: int | None, jsonl: bool) -> None:
     """Dead jobs as a JSON array, oldest first."""
-    _print_json([j.to_dict() for j in _store(ctx).list_jobs(DEAD, limit)])
+    _print_jobs(_store(ctx).iter_jobs(DEAD, limit), jsonl)
 
 
 @dlq.command(name="retry")
@@ -159,18 +173,23 @@ def dlq_retry(ctx: click.Context, job_id: str) -> None:
 
 
 # -- configuration ---------------------------------------------------------------------------
-@cli.group()
+_SETTINGS_HELP = "\n\n\b\n" + "\n".join(
+    f"{key:<14} {s.help} (default {s.default:g})" for key, s in cfg.SETTINGS.items())
+
+
+@cli.group(help="Queue-wide settings, stored in the database (every worker sees them)."
+           + _SETTINGS_HELP)
 def config() -> None:
-    """Queue-wide settings, stored in the database (every worker sees them)."""
+    pass
 
 
-@config.command(name="set", context_settings={"ignore_unknown_options": True})
+@config.command(name="set", context_settings={"ignore_unknown_options": True},
+                help="Set KEY to VALUE." + _SETTINGS_HELP)
 @click.argument("key")
 @click.argument("value")
 @db_option
 @click.pass_context
 def config_set(ctx: click.Context, key: str, value: str) -> None:
-    """Set KEY to VALUE (max-retries, backoff-base, backoff-max, lease-seconds)."""
     name = cfg.canonical_key(key)
     parsed = cfg.parse_value(name, value)
     _store(ctx).set_config(name, parsed)
@@ -217,18 +236,12 @@ def worker() -> None:
 def worker_run(ctx: click.Context, name: str | None, label: str | None, grace: float,
                poll_interval: float | None, drain: bool, supervised_by: int | None) -> int:
     """Run one worker in the foreground (what the systemd unit runs)."""
-    from queuectl.log import setup_logging
-    from queuectl.worker import Worker
-
-    setup_logging(ctx.obj.get("log_format", "auto"))
-    # Workers commit without an fsync each: see queuectl/db.py and "Durability" in README.
-    store = _store(ctx, durable=False)
-    path, _ = _db_path(ctx)
     from queuectl.process import caller_umask
+    from queuectl.worker import WorkerOptions, run_worker
 
-    w = Worker(store, path, name=name, label=label, grace=grace, poll_interval=poll_interval,
-               drain=drain, parent_pid=supervised_by, job_umask=caller_umask())
-    return w.run()
+    options = WorkerOptions(name=name, label=label, grace=grace, poll_interval=poll_interval,
+                            drain=drain, job_umask=caller_umask(), parent_pid=supervised_by)
+    return run_worker(_locator(ctx), options, ctx.obj.get("log_format", "auto"))
 
 
 @worker.command(name="start")
@@ -254,8 +267,12 @@ def worker_start(ctx: click.Context, count: int, grace: float, drain: bool,
     from queuectl.supervisor import supervise
 
     _store(ctx)  # fail here, once and clearly, if the database is unusable
-    path, _ = _db_path(ctx)
-    return supervise(path.absolute(), count, grace, drain, ctx.obj.get("log_format", "auto"))
+    where = _locator(ctx)
+    if not locator.is_url(where):
+        import os
+
+        where = os.path.abspath(where)
+    return supervise(where, count, grace, drain, ctx.obj.get("log_format", "auto"))
 
 
 @worker.command(name="stop")

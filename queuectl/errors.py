@@ -1,6 +1,5 @@
 """Errors that reach the user as one stderr line and a documented exit code."""
 
-EXIT_OK = 0
 EXIT_FAILED = 1  # not found, conflict, database unavailable
 EXIT_USAGE = 2  # usage and validation errors
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re  # already loaded by json
 
+from queuectl.clock import iso, iso_ms, parse_iso
 from queuectl.errors import ValidationError
 from queuectl.record import Record
-from queuectl.utils import iso, iso_ms, now, parse_iso
 
 PENDING, PROCESSING, COMPLETED, FAILED, DEAD = "pending", "processing", "completed", "failed", "dead"
 STATES = (PENDING, PROCESSING, COMPLETED, FAILED, DEAD)
@@ -40,7 +39,8 @@ class JobSpec(Record):
     max_retries: int | None = None
     timeout: float | None = None
     priority: int = 0
-    run_at: float | None = None
+    run_at: float | None = None  # absolute, as the user meant it (wall clock)
+    delay: float | None = None  # seconds from when the store accepts it (the store's clock)
 
 
 class Job(Record):
@@ -82,10 +82,6 @@ class Job(Record):
             "exit_code": self.exit_code,
             "last_error": self.last_error,
         }
-
-
-def new_job_id() -> str:
-    return os.urandom(6).hex()
 
 
 def check_state(state: str) -> str:
@@ -197,7 +193,7 @@ def spec_from_object(obj: Any) -> JobSpec:
     if "run_at" in fields:
         spec.run_at = check_run_at(fields["run_at"])
     if "delay" in fields:
-        spec.run_at = now() + check_delay(fields["delay"])
+        spec.delay = check_delay(fields["delay"])
     return spec
 
 

@@ -32,10 +32,6 @@ class Notifier:
             self._next_ping = time.monotonic()
         self._status = ""
 
-    @property
-    def active(self) -> bool:
-        return self._notifier is not None
-
     def _send(self, message: str) -> None:
         if self._notifier is not None:
             self._notifier.notify(_latin1_safe(message))

@@ -10,9 +10,9 @@ import signal
 import time
 from collections.abc import Mapping
 
+from queuectl.policy import OUTPUT_LIMIT
 from queuectl.store import Outcome
 
-OUTPUT_TAIL = 65_536
 KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL for the job's process group
 
 # The worker's own liveness channel must never leak to the command it runs:
@@ -133,8 +133,8 @@ class JobProcess:
                 self._out_open = False
             return False
         self._tail += chunk
-        if len(self._tail) > 2 * OUTPUT_TAIL:
-            del self._tail[:-OUTPUT_TAIL]
+        if len(self._tail) > 2 * OUTPUT_LIMIT:
+            del self._tail[:-OUTPUT_LIMIT]
         return True
 
     def _reap(self) -> None:
@@ -177,7 +177,7 @@ class JobProcess:
         duration = time.monotonic() - self.started
         if self.start_error is not None:
             return Outcome(None, self.start_error, b"", duration)
-        output = bytes(self._tail[-OUTPUT_TAIL:])
+        output = bytes(self._tail[-OUTPUT_LIMIT:])
         code = self.returncode
         if self._killed_for:
             return Outcome(None if code is None or code < 0 else code, self._killed_for,

@@ -1,20 +1,39 @@
 """The storage contract: everything the worker and the CLI need from a queue backend.
 
-SQLite implements it today (`queuectl.db`); a PostgreSQL backend would implement the same
-methods with `FOR UPDATE SKIP LOCKED`, and nothing above this interface would change.
-Every method that changes state is one transaction: it happens whole or not at all.
+A backend is a module under `queuectl/backends/` with a `Store` subclass; `queuectl.locator`
+is the one factory that picks it from the locator (a file path means SQLite, a
+`postgresql://` URL PostgreSQL). Nothing above this interface imports a backend, and the
+queue's rules (retry or dead, backoff, caps, defaults) live in `queuectl.policy` and
+`queuectl.settings`, so every backend applies the same ones. `tests/contract/` checks every
+promise below through this interface only, on every backend.
+
+Common to every method:
+- A method that changes state is one transaction: it happens whole or not at all, and a
+  process killed at any point leaves either the old state or the new one.
+- Times are epoch seconds (floats) taken from the backend's one clock: the host clock for
+  SQLite (one host), the database server's clock for PostgreSQL (many hosts). Callers never
+  compare these times with their own clock; where a caller needs a wait, the store answers
+  in relative seconds (`seconds_until_due`).
+- An attempt is "still held" by the worker that claimed it while the job is `processing`
+  with that worker's name and the same `attempts` count: a reclaimed attempt (lease expired,
+  worker restarted) is no longer held, and every write fenced on it changes nothing.
+- Errors: `DatabaseBusy` when the database stayed locked or refused new connections past
+  the wait budget (worth retrying); `DatabaseUnavailable` when it cannot be opened, read or
+  written (gone, damaged, full, read-only, unreachable, schema newer than this code);
+  `NotFound` and `Conflict` only where a method names them. Each carries a one-line message
+  without secrets.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
-from queuectl.config import QueueConfig
 from queuectl.job import Job, JobSpec
 from queuectl.record import Record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from typing import Any
 
 
@@ -38,27 +57,72 @@ class Outcome(Record):
     duration: float
 
 
+class Wakeup(ABC):
+    """What an idle worker waits on: readable when work may have arrived.
+
+    A lost or spurious wakeup is harmless: the worker also polls every `poll_interval`
+    seconds, so a missed event delays a job and never strands it."""
+
+    poll_interval: float = 1.0
+
+    @abstractmethod
+    def fileno(self) -> int | None:
+        """A descriptor to select() on, or None to rely on polling alone."""
+
+    @abstractmethod
+    def drain(self) -> bool:
+        """Consume what is pending; True if it may concern new work. Never raises."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+class PollOnly(Wakeup):
+    """For backends or hosts without change notification: poll briskly instead."""
+
+    poll_interval = 0.25
+
+    def fileno(self) -> int | None:
+        return None
+
+    def drain(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
 class Store(ABC):
     # -- submitting -------------------------------------------------------------------------
     @abstractmethod
     def enqueue(self, specs: list[JobSpec], if_absent: bool = False) -> list[str]:
-        """Atomically add all jobs or none; returns their ids. A taken id raises Conflict,
-        unless if_absent, where the existing job is left as it is and its id returned."""
+        """Add all jobs or none, in one transaction; returns their ids in input order.
+
+        A spec without id gets `policy.new_job_id()`; without max_retries the `max-retries`
+        setting; run_at is the spec's absolute time, else now + its delay, else now. A taken
+        id raises Conflict (and nothing is added), unless if_absent, where the existing job
+        is left as it is and its id returned. Waiting workers are woken on commit."""
 
     # -- the worker's verbs -----------------------------------------------------------------
     @abstractmethod
     def claim_next(self, worker: str) -> Job | None:
-        """Atomically take the most urgent eligible job: mark it processing, count the
-        attempt, set a lease. Two callers never receive the same job."""
+        """Take the most urgent eligible job, or None.
+
+        Eligible: `pending` or `failed` with run_at <= now. Order: priority (higher first),
+        then run_at (earlier first), then the older job. In one transaction the job becomes
+        `processing`, `attempts` grows by one, `worker` and `started_at` are set and a lease
+        of `lease-seconds` starts. Two callers never receive the same job."""
 
     @abstractmethod
     def heartbeat(self, worker: str, state: str, job: Job | None) -> bool:
-        """Record that the worker lives and extend the lease of the job it holds.
-        False when the job is no longer held by this worker (its lease was reclaimed)."""
+        """Record that the worker lives (its registry row) and, given a job, extend that
+        attempt's lease by `lease-seconds` from now. False when the attempt is no longer
+        held: the worker must stop the command, someone else may run it."""
 
     @abstractmethod
     def record_success(self, job: Job, outcome: Outcome) -> bool:
-        """Atomically complete the job, if this worker still holds this attempt."""
+        """Complete the attempt (state `completed`, a history row with the output tail), if
+        still held; False (and nothing written) otherwise."""
 
     @abstractmethod
     def complete_and_claim(self, job: Job, outcome: Outcome,
@@ -68,73 +132,98 @@ class Store(ABC):
 
     @abstractmethod
     def record_failure(self, job: Job, outcome: Outcome) -> Job | None:
-        """Atomically mark the attempt failed: `failed` with its backoff, or `dead` when
-        retries are spent. Returns the updated job, or None if the attempt was not held."""
+        """End the attempt as failed, if still held: `failed` with run_at = now + backoff,
+        or `dead` when `policy.retries_spent`; a history row either way. Returns the job as
+        updated, or None (nothing written) if the attempt was not held."""
 
     @abstractmethod
     def release(self, job: Job, reason: str) -> bool:
-        """Atomically put a held job back to pending without spending a retry (shutdown)."""
+        """Put a held attempt back to `pending` without spending a retry (worker shutdown):
+        attempts goes back down by one, a history row `interrupted` records the reason.
+        False if the attempt was not held."""
 
     @abstractmethod
     def reclaim_expired(self) -> list[Job]:
-        """Atomically turn every job whose lease ran out into a failed attempt (or dead)."""
+        """Turn every attempt whose lease ran out into a failed attempt (or dead), in one
+        transaction, with a `lost` history row. Returns those jobs as updated (their
+        `attempts` and `worker` name the lost attempt). Cheap when nothing expired."""
 
     @abstractmethod
     def reclaim_worker(self, worker: str) -> list[Job]:
-        """Like reclaim_expired, for the jobs a restarted worker of this name held."""
+        """Like reclaim_expired, for every attempt held by a worker of this name: a worker
+        restarted under its old name takes back its orphans at once."""
 
     # -- operators ---------------------------------------------------------------------------
     @abstractmethod
     def retry_dead(self, job_id: str) -> Job:
-        """Atomically move a dead job back to pending with attempts 0."""
+        """Move a dead job back to `pending` with attempts 0, due now. NotFound if there is
+        no such job, Conflict if it is not dead."""
 
     @abstractmethod
     def get(self, job_id: str, history: bool = False) -> Job:
-        """One job (NotFound if absent), with its attempt history when asked."""
+        """One job (NotFound if absent); with history, its finished attempts oldest first,
+        each a dict: attempt, worker, started_at, finished_at, outcome, exit_code, error,
+        output (bytes, the last `policy.OUTPUT_LIMIT`)."""
 
     @abstractmethod
-    def list_jobs(self, state: str | None = None, limit: int | None = None) -> list[Job]:
-        """Jobs oldest first, optionally of one state."""
+    def iter_jobs(self, state: str | None = None, limit: int | None = None) -> Iterator[Job]:
+        """Jobs oldest first (created_at, then insertion order), optionally of one state,
+        streamed: memory does not grow with the number of jobs."""
 
     @abstractmethod
     def counts(self) -> dict[str, int]:
-        """Jobs per state plus `active_workers` (recent heartbeat), from one snapshot."""
+        """Jobs per state (every state of `job.STATES`, zeros included) plus
+        `active_workers` (workers whose last heartbeat is within `policy.ACTIVE_WINDOW`),
+        from one snapshot."""
 
     @abstractmethod
     def remaining(self) -> int:
-        """Jobs that may still run: pending, processing or failed awaiting a retry."""
+        """Jobs that may still run: pending, processing, or failed awaiting a retry."""
 
     @abstractmethod
-    def next_due(self) -> float | None:
-        """Earliest run_at among waiting jobs, so an idle worker knows when to look again."""
+    def seconds_until_due(self) -> float | None:
+        """Seconds until the earliest waiting job becomes eligible (0 if one is now), or
+        None if nothing waits: how long an idle worker may sleep, in the store's clock."""
+
+    @abstractmethod
+    def wakeup(self) -> Wakeup:
+        """A new Wakeup for one idle worker; the caller closes it."""
 
     # -- configuration -----------------------------------------------------------------------
     @abstractmethod
-    def config(self) -> QueueConfig: ...
+    def config_items(self) -> dict[str, float | int]:
+        """Every setting of `settings.SETTINGS`, stored value or default."""
 
     @abstractmethod
-    def config_items(self) -> dict[str, float | int]: ...
-
-    @abstractmethod
-    def set_config(self, key: str, value: float | int) -> None: ...
+    def set_config(self, key: str, value: float | int) -> None:
+        """Store one validated setting; every process sees it within `settings.CACHE_TTL`."""
 
     # -- workers -----------------------------------------------------------------------------
     @abstractmethod
     def register_worker(self, info: WorkerInfo) -> None:
-        """Add the worker to the registry, replacing a stale row of the same name."""
+        """Add the worker to the registry, replacing a row of the same name. The store sets
+        started_at and heartbeat_at to its own now."""
 
     @abstractmethod
-    def unregister_worker(self, name: str) -> None: ...
+    def unregister_worker(self, name: str) -> None:
+        """Remove the worker's row; no error if it is gone."""
 
     @abstractmethod
-    def workers(self) -> list[WorkerInfo]: ...
+    def workers(self) -> list[WorkerInfo]:
+        """The registry, by name."""
+
+    @abstractmethod
+    def seconds_since_heartbeat(self, name: str) -> float | None:
+        """How long ago the named worker last beat, by the store's clock; None if unknown."""
 
     @abstractmethod
     def verify(self) -> None:
         """Raise DatabaseUnavailable if the store is damaged: a worker checks before READY."""
 
     @abstractmethod
-    def info(self) -> dict[str, Any]: ...
+    def info(self) -> dict[str, Any]:
+        """Backend-neutral keys (`database`: the locator without secrets, `backend`,
+        `schema_version`, `config`) plus one section named after the backend."""
 
     @abstractmethod
     def close(self) -> None: ...

@@ -84,10 +84,9 @@ def collect_specs(job_json: str | None, file_: str | None, command: str | None,
 
 
 def submit(db: str | None, specs: list[JobSpec], if_absent: bool) -> list[str]:
-    from queuectl.db import open_store
-    from queuectl.paths import resolve_db_path
+    from queuectl import locator
 
-    store = open_store(*resolve_db_path(db))
+    store = locator.open_store(locator.resolve(db))
     try:
         return store.enqueue(specs, if_absent=if_absent)
     finally:

@@ -11,9 +11,9 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from queuectl import procinfo
+from queuectl.locator import ENV_VAR
 from queuectl.process import signal_name
 from queuectl.store import Store, WorkerInfo
 
@@ -36,9 +36,10 @@ def _say(text: str) -> None:
     print(f"[supervisor] {text}", file=sys.stderr, flush=True)
 
 
-def worker_argv(db: Path, index: int, grace: float, drain: bool, log_format: str) -> list[str]:
+def worker_argv(index: int, grace: float, drain: bool, log_format: str) -> list[str]:
+    """The locator travels in the environment, never in argv, where `ps` shows it."""
     name = f"{procinfo.hostname()}-{os.getpid()}-{index}"
-    argv = [sys.executable, "-m", "queuectl", "--db", str(db), "--log-format", log_format,
+    argv = [sys.executable, "-m", "queuectl", "--log-format", log_format,
             "worker", "run", "--name", name, "--label", f"Worker-{index}",
             "--grace", f"{grace:g}", "--supervised-by", str(os.getpid())]
     if drain:
@@ -46,9 +47,10 @@ def worker_argv(db: Path, index: int, grace: float, drain: bool, log_format: str
     return argv
 
 
-def supervise(db: Path, count: int, grace: float, drain: bool, log_format: str) -> int:
+def supervise(locator: str, count: int, grace: float, drain: bool, log_format: str) -> int:
     """Run count workers until they all stop; 0 if every worker ended cleanly."""
-    slots = [Slot(i, worker_argv(db, i, grace, drain, log_format)) for i in range(count)]
+    slots = [Slot(i, worker_argv(i, grace, drain, log_format)) for i in range(count)]
+    env = {**os.environ, ENV_VAR: locator}
     signals_seen: list[int] = []
 
     def forward(signum: int, _frame: object) -> None:
@@ -62,7 +64,7 @@ def supervise(db: Path, count: int, grace: float, drain: bool, log_format: str) 
     signal.signal(signal.SIGINT, forward)
     for slot in slots:
         # Own process group: Ctrl-C reaches the supervisor only, which forwards it once.
-        slot.proc = subprocess.Popen(slot.argv, process_group=0)
+        slot.proc = subprocess.Popen(slot.argv, env=env, process_group=0)
     while True:
         alive = False
         for slot in slots:
@@ -75,7 +77,7 @@ def supervise(db: Path, count: int, grace: float, drain: bool, log_format: str) 
                 alive = True
                 if time.monotonic() >= slot.restart_at and not signals_seen:
                     slot.restart_at = None
-                    slot.proc = subprocess.Popen(slot.argv, process_group=0)
+                    slot.proc = subprocess.Popen(slot.argv, env=env, process_group=0)
         if not alive:
             break
         time.sleep(0.1)

@@ -294,9 +294,9 @@ OTHER_COMMANDS = [
     bad("config-get-unknown-key", "config", "get", "nope", says=("'nope'", "max-retries")),
     bad("unknown-command", "frobnicate", says="frobnicate"),
     bad("log-format-bogus", "--log-format", "bogus", "status", says="bogus"),
-    bad("db-url", "--db", "postgres://localhost/queue", "status", code=1,
-        says=("unsupported database URL", "postgres://localhost/queue")),
-    bad("db-url-in-env", "status", code=1, says=("unsupported database URL", "sqlite://q"),
+    bad("db-url-unknown-scheme", "--db", "mysql://localhost/queue", "status",
+        says=("unsupported database URL scheme", "'mysql'")),
+    bad("db-url-in-env", "status", says=("unsupported database URL scheme", "'sqlite'"),
         env={"QUEUECTL_DB": "sqlite://q"}),
 ]
 

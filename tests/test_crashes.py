@@ -4,11 +4,14 @@ import json
 import random
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 from conftest import QUEUECTL, Queue, process_alive, wait_for
+
+CRASHING_WORKER = Path(__file__).with_name("crashing_worker.py")
 
 
 def test_chaos_random_sigkills_lose_nothing(queue: Queue, tmp_path: Path) -> None:
@@ -54,7 +57,9 @@ def test_kill_at_every_step_recovers(queue: Queue, tmp_path: Path, step: str) ->
     queue.run("config", "set", "backoff-base", "1")
     out = tmp_path / "runs"
     queue.enqueue({"id": "k", "command": f"echo run >> {out}", "max_retries": 3})
-    crashing = queue.worker("--name", "kw", env={"QUEUECTL_TEST_CRASH_AT": step})
+    crashing = subprocess.Popen([sys.executable, str(CRASHING_WORKER), step, "kw"],
+                                env=queue.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    queue.procs.append(crashing)
     assert crashing.wait(timeout=20) == -signal.SIGKILL
     state = queue.job("k")["state"]
     expected_state = "completed" if step == "recorded" else "processing"
@@ -100,11 +105,10 @@ def test_shutdown_past_grace_leaves_no_process_of_its_job(queue: Queue, tmp_path
     assert queue.job("sd")["state"] == "pending"
 
 
-def test_enqueue_that_returned_survives_sigkill_of_the_writer(queue: Queue) -> None:
-    """An id is printed only after its transaction is on disk (synchronous=FULL): SIGKILL the
-    writer the moment it prints, and the job is there."""
-    queue.run("status")
-    assert queue.json("info")["synchronous"] == "full"
+def test_enqueue_prints_an_id_only_after_its_commit(queue: Queue) -> None:
+    """SIGKILL the writer the moment it prints an id, and the job is there: ids are printed
+    after the commit, never before. (That the commit is also fsynced, and so survives power
+    loss, is test_sqlite_backend.py::test_enqueue_commits_with_synchronous_full.)"""
     printed = []
     for i in range(10):
         writer = subprocess.Popen([QUEUECTL, "enqueue", "--cmd", "true", "--id", f"d{i}"],

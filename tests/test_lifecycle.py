@@ -189,7 +189,7 @@ def test_idle_worker_wakes_on_enqueue_not_on_its_poll(queue: Queue) -> None:
 
 
 def test_delayed_job_starts_at_its_time_not_before(queue: Queue) -> None:
-    from queuectl.utils import parse_iso
+    from queuectl.clock import parse_iso
 
     queue.start("worker", "run", "--poll-interval", "120")
     job_id = queue.enqueue({"command": "true", "delay": 1.5})

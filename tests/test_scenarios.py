@@ -31,7 +31,7 @@ def test_failing_job_backs_off_exponentially_then_goes_dead(queue: Queue) -> Non
     assert [h["attempt"] for h in history] == [1, 2, 3]
     assert all(h["exit_code"] == 4 and h["outcome"] == "failed" for h in history)
     assert job["attempts"] == 3
-    from queuectl.utils import parse_iso
+    from queuectl.clock import parse_iso
 
     for k in (1, 2):
         gap = parse_iso(history[k]["started_at"]) - parse_iso(history[k - 1]["finished_at"])
@@ -137,4 +137,4 @@ def test_info_reports_database_location_rules(tmp_path: Path) -> None:
     if not os.path.isdir("/var/lib/queuectl"):
         info = q.json("info")
         assert info["database"] == str(tmp_path / "xdg" / "queuectl" / "queue.db")
-        assert info["schema_version"] >= 1 and info["journal_mode"] == "wal"
+        assert info["schema_version"] >= 1 and info["sqlite"]["journal_mode"] == "wal"

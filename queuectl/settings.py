@@ -1,15 +1,19 @@
-"""Queue-wide settings kept in the database, so every worker and CLI sees the same values."""
+"""Queue-wide settings kept in the database, so every worker and CLI sees the same values.
+
+Backends store each value as text under its canonical key; parsing, defaults and the
+short-lived cache are here so every backend treats them alike."""
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 
 from queuectl.errors import ValidationError
 from queuectl.record import Record
 
 
-def _int_at_least(low: int, high: int) -> Callable[[str], int]:
+def _int_between(low: int, high: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text.strip())
@@ -44,10 +48,10 @@ class Setting(Record):
 
 
 SETTINGS: dict[str, Setting] = {
-    "max-retries": Setting(3, _int_at_least(0, 1000), "retries after the first run for new jobs"),
+    "max-retries": Setting(3, _int_between(0, 1000), "retries after the first run for new jobs"),
     "backoff-base": Setting(2.0, _number_between(1.0, 1000.0), "delay after k-th failure = base**k s"),
     "backoff-max": Setting(3600.0, _number_between(0.0, 31_536_000.0), "cap on one backoff delay, s"),
-    "lease-seconds": Setting(30, _int_at_least(2, 86_400), "a silent worker loses its job after this"),
+    "lease-seconds": Setting(30, _int_between(2, 86_400), "a silent worker loses its job after this"),
 }
 
 
@@ -74,6 +78,15 @@ def decode(key: str, stored: str) -> float | int:
         return SETTINGS[key].default
 
 
+CACHE_TTL = 1.0  # seconds a process reuses the settings it read
+
+
+def merge(stored: dict[str, str]) -> dict[str, float | int]:
+    """Every setting: its stored value, or its default where none (or a damaged one) is stored."""
+    return {key: decode(key, stored[key]) if key in stored else s.default
+            for key, s in SETTINGS.items()}
+
+
 class QueueConfig(Record):
     max_retries: int = 3
     backoff_base: float = 2.0
@@ -85,9 +98,25 @@ class QueueConfig(Record):
         return cls(**{k.replace("-", "_"): v for k, v in items.items()})
 
     def backoff_delay(self, attempts: int) -> float:
-        """Seconds to wait after the attempts-th failed run: base ** attempts, capped."""
-        try:
-            delay = self.backoff_base**attempts
-        except OverflowError:
-            return self.backoff_max
-        return min(delay, self.backoff_max)
+        from queuectl.policy import backoff_delay
+
+        return backoff_delay(attempts, self.backoff_base, self.backoff_max)
+
+
+class SettingsCache:
+    """Settings as of at most CACHE_TTL ago: read once per claim they would cost every job a
+    query, and a change may well take a moment to reach running workers."""
+
+    def __init__(self) -> None:
+        self._at = 0.0
+        self._conf: QueueConfig | None = None
+
+    def get(self, load: Callable[[], dict[str, str]]) -> QueueConfig:
+        if self._conf is not None and time.monotonic() - self._at < CACHE_TTL:
+            return self._conf
+        self._conf = QueueConfig.from_items(merge(load()))
+        self._at = time.monotonic()
+        return self._conf
+
+    def forget(self) -> None:
+        self._conf = None

@@ -17,30 +17,21 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from queuectl import config as cfg
+from queuectl import policy
+from queuectl import settings as cfg
+from queuectl.backends.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
+from queuectl.clock import now
 from queuectl.errors import Conflict, DatabaseBusy, DatabaseUnavailable, NotFound
-from queuectl.job import (
-    COMPLETED,
-    DEAD,
-    FAILED,
-    STATES,
-    Job,
-    JobSpec,
-    new_job_id,
-)
-from queuectl.schema import MIGRATIONS, SCHEMA_VERSION
-from queuectl.store import Outcome, Store, WorkerInfo
-from queuectl.utils import now
+from queuectl.job import DEAD, FAILED, STATES, Job, JobSpec
+from queuectl.store import Outcome, Store, Wakeup, WorkerInfo
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs every `enqueue` a few ms of imports
+    from collections.abc import Iterator as _Iterator
     from typing import Any
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 BUSY_TIMEOUT = float(os.environ.get("QUEUECTL_BUSY_TIMEOUT", "5"))
-ACTIVE_WINDOW = 6.0  # seconds without a heartbeat before a worker stops counting as active
-OUTPUT_LIMIT = 65_536  # bytes of output kept per attempt (the tail)
-CONFIG_TTL = 1.0  # seconds a store reuses the settings it read
 
 
 _JOB_COLUMNS = (
@@ -127,7 +118,7 @@ class SQLiteStore(Store):
                  durable: bool = True) -> None:
         self.path = os.fspath(path)
         self._synchronous = "FULL" if durable else "NORMAL"
-        self._config_cache: tuple[float, cfg.QueueConfig] | None = None
+        self._settings = cfg.SettingsCache()
         self._conn = self._open(create_dirs)
 
     # -- opening -----------------------------------------------------------------------------
@@ -308,9 +299,9 @@ class SQLiteStore(Store):
                 " run_at, created_at, updated_at) VALUES (?, ?, 'pending', 0, ?, ?, ?, ?, ?, ?)"
             )
             for spec in specs:
-                job_id = spec.id or new_job_id()
+                job_id = spec.id or policy.new_job_id()
                 retries = default_retries if spec.max_retries is None else spec.max_retries
-                run_at = t if spec.run_at is None else spec.run_at
+                run_at = spec.run_at if spec.run_at is not None else t + (spec.delay or 0.0)
                 row = (job_id, spec.command, retries, spec.priority, spec.timeout, run_at, t, t)
                 try:
                     c.execute(sql, row)
@@ -362,7 +353,7 @@ class SQLiteStore(Store):
         error: str | None, t: float,
     ) -> None:
         """An attempt's history row is written once, when it ends (one statement per job)."""
-        output = outcome.output[-OUTPUT_LIMIT:] if outcome else None
+        output = policy.output_tail(outcome.output) if outcome else None
         exit_code = outcome.exit_code if outcome else None
         c.execute(
             """INSERT INTO attempts (job_id, attempt, worker, started_at, finished_at, outcome,
@@ -380,7 +371,7 @@ class SQLiteStore(Store):
             (t, t, outcome.exit_code, job.id, job.worker, job.attempts),
         ).rowcount
         if held:
-            self._finish_attempt(c, job, outcome, COMPLETED, None, t)
+            self._finish_attempt(c, job, outcome, policy.COMPLETED_ATTEMPT, None, t)
         return held == 1
 
     def record_success(self, job: Job, outcome: Outcome) -> bool:
@@ -399,7 +390,7 @@ class SQLiteStore(Store):
         """The one place that decides between a retry and the dead letter queue."""
         t = now()
         exit_code = outcome.exit_code if outcome else None
-        if job.attempts > job.max_retries:
+        if policy.retries_spent(job.attempts, job.max_retries):
             state, run_at, finished = DEAD, job.run_at, t
         else:
             state, run_at, finished = FAILED, t + conf.backoff_delay(job.attempts), t
@@ -422,8 +413,8 @@ class SQLiteStore(Store):
             ).fetchone()
             if row is None:
                 return None
-            return self._fail(c, _job(row), outcome, outcome.error or "failed", FAILED,
-                              self._config(c))
+            return self._fail(c, _job(row), outcome, outcome.error or "failed",
+                              policy.FAILED_ATTEMPT, self._config(c))
 
     def release(self, job: Job, reason: str) -> bool:
         with self._write() as c:
@@ -435,7 +426,7 @@ class SQLiteStore(Store):
                 (t, job.id, job.worker, job.attempts),
             ).rowcount
             if held:
-                self._finish_attempt(c, job, None, "interrupted", reason, t)
+                self._finish_attempt(c, job, None, policy.INTERRUPTED_ATTEMPT, reason, t)
         return held == 1
 
     def _reclaim(self, where: str, params: tuple, why: str) -> list[Job]:
@@ -447,8 +438,8 @@ class SQLiteStore(Store):
             jobs = []
             for row in rows:
                 job = _job(row)
-                error = f"worker {job.worker} {why}; counted as a failed attempt"
-                jobs.append(self._fail(c, job, None, error, "lost", conf))
+                jobs.append(self._fail(c, job, None, policy.lost_error(job.worker, why),
+                                       policy.LOST_ATTEMPT, conf))
         return jobs
 
     def reclaim_expired(self) -> list[Job]:
@@ -456,10 +447,10 @@ class SQLiteStore(Store):
         if not self._read("SELECT 1 FROM jobs INDEXED BY jobs_leases WHERE state = 'processing'"
                           " AND lease_expires_at < ? LIMIT 1", (now(),)):
             return []
-        return self._reclaim("lease_expires_at < ?", (now(),), "stopped renewing its lease")
+        return self._reclaim("lease_expires_at < ?", (now(),), policy.LEASE_EXPIRED)
 
     def reclaim_worker(self, worker: str) -> list[Job]:
-        return self._reclaim("worker = ?", (worker,), "died while running it and restarted")
+        return self._reclaim("worker = ?", (worker,), policy.WORKER_RESTARTED)
 
     # -- operators ---------------------------------------------------------------------------
     def retry_dead(self, job_id: str) -> Job:
@@ -497,7 +488,8 @@ class SQLiteStore(Store):
                 })
         return job
 
-    def list_jobs(self, state: str | None = None, limit: int | None = None) -> list[Job]:
+    def iter_jobs(self, state: str | None = None,
+                  limit: int | None = None) -> _Iterator[Job]:
         sql = f"SELECT {_JOB_COLUMNS} FROM jobs"
         params: list[Any] = []
         if state:
@@ -507,14 +499,21 @@ class SQLiteStore(Store):
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
-        return [_job(r) for r in self._read(sql, params)]
+        # A cursor of its own, read in batches: a million jobs stream in flat memory.
+        try:
+            cursor = self._retry(lambda: self._conn.execute(sql, params))
+            while rows := cursor.fetchmany(500):
+                for row in rows:
+                    yield _job(row)
+        except sqlite3.Error as exc:
+            raise _unavailable(exc, self.path) from None
 
     def counts(self) -> dict[str, int]:
         result = dict.fromkeys(STATES, 0)
         rows = self._read(
             "SELECT state, count(*) FROM jobs GROUP BY state UNION ALL "
             "SELECT 'active_workers', count(*) FROM workers WHERE heartbeat_at >= ?",
-            (now() - ACTIVE_WINDOW,),
+            (now() - policy.ACTIVE_WINDOW,),
         )
         for key, n in rows:
             result[key] = n
@@ -525,38 +524,27 @@ class SQLiteStore(Store):
             "SELECT count(*) FROM jobs WHERE state IN ('pending', 'failed', 'processing')"
         )[0][0]
 
-    def next_due(self) -> float | None:
-        return self._read(
+    def seconds_until_due(self) -> float | None:
+        due = self._read(
             "SELECT min(run_at) FROM jobs WHERE state IN ('pending', 'failed')"
         )[0][0]
+        return None if due is None else max(0.0, due - now())
+
+    def wakeup(self) -> Wakeup:
+        from queuectl.backends.inotify import watch
+
+        return watch(self.path)
 
     # -- configuration -----------------------------------------------------------------------
     def _config(self, c: sqlite3.Connection) -> cfg.QueueConfig:
-        """Settings as of at most CONFIG_TTL ago: read once per claim they would cost every
-        job a query, and a change may well take a moment to reach running workers."""
-        cached = self._config_cache
-        if cached is not None and time.monotonic() - cached[0] < CONFIG_TTL:
-            return cached[1]
-        stored = dict(c.execute("SELECT key, value FROM config").fetchall())
-        conf = cfg.QueueConfig.from_items(self._merge(stored))
-        self._config_cache = (time.monotonic(), conf)
-        return conf
-
-    @staticmethod
-    def _merge(stored: dict[str, str]) -> dict[str, float | int]:
-        return {
-            key: cfg.decode(key, stored[key]) if key in stored else s.default
-            for key, s in cfg.SETTINGS.items()
-        }
-
-    def config(self) -> cfg.QueueConfig:
-        return cfg.QueueConfig.from_items(self.config_items())
+        return self._settings.get(
+            lambda: dict(c.execute("SELECT key, value FROM config").fetchall()))
 
     def config_items(self) -> dict[str, float | int]:
-        return self._merge(dict(self._read("SELECT key, value FROM config")))
+        return cfg.merge(dict(self._read("SELECT key, value FROM config")))
 
     def set_config(self, key: str, value: float | int) -> None:
-        self._config_cache = None
+        self._settings.forget()
         with self._write() as c:
             c.execute(
                 "INSERT INTO config (key, value) VALUES (?, ?)"
@@ -566,6 +554,8 @@ class SQLiteStore(Store):
 
     # -- workers -----------------------------------------------------------------------------
     def register_worker(self, info: WorkerInfo) -> None:
+        t = now()
+        info.started_at = info.heartbeat_at = t
         with self._write() as c:
             c.execute(
                 "INSERT OR REPLACE INTO workers (name, host, pid, pid_start, started_at,"
@@ -587,6 +577,10 @@ class SQLiteStore(Store):
             )
         ]
 
+    def seconds_since_heartbeat(self, name: str) -> float | None:
+        rows = self._read("SELECT heartbeat_at FROM workers WHERE name = ?", (name,))
+        return now() - rows[0][0] if rows else None
+
     def verify(self) -> None:
         try:
             problems = self._retry(lambda: self._conn.execute("PRAGMA quick_check").fetchall())
@@ -600,14 +594,16 @@ class SQLiteStore(Store):
     def info(self) -> dict[str, Any]:
         rows = self._read("PRAGMA journal_mode")
         return {
-            "database": str(self.path),
+            "database": self.path,
             "backend": "sqlite",
             "schema_version": self._read("PRAGMA user_version")[0][0],
-            "sqlite_version": sqlite3.sqlite_version,
-            "journal_mode": rows[0][0],
-            "synchronous": {0: "off", 1: "normal", 2: "full", 3: "extra"}.get(
-                self._read("PRAGMA synchronous")[0][0], "?"),
             "config": self.config_items(),
+            "sqlite": {
+                "version": sqlite3.sqlite_version,
+                "journal_mode": rows[0][0],
+                "synchronous": {0: "off", 1: "normal", 2: "full", 3: "extra"}.get(
+                    self._read("PRAGMA synchronous")[0][0], "?"),
+            },
         }
 
     def close(self) -> None:

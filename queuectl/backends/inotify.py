@@ -11,7 +11,8 @@ import ctypes
 import ctypes.util
 import os
 import struct
-from pathlib import Path
+
+from queuectl.store import PollOnly, Wakeup
 
 IN_MODIFY = 0x002
 IN_CLOSE_WRITE = 0x008
@@ -22,24 +23,27 @@ IN_CLOEXEC = 0o2000000
 _EVENT = struct.Struct("iIII")
 
 
-class DatabaseWatcher:
+class DatabaseWatcher(Wakeup):
     """A readable fd while the database's files changed since the last drain()."""
 
-    def __init__(self, db_path: Path) -> None:
+    poll_interval = 1.0
+
+    def __init__(self, db_path: str) -> None:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
         if fd < 0:
             raise OSError(ctypes.get_errno(), "inotify_init1 failed")
         mask = IN_MODIFY | IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE
-        directory = str(db_path.absolute().parent).encode()
+        directory = os.path.dirname(os.path.abspath(db_path)).encode()
         if libc.inotify_add_watch(fd, directory, mask) < 0:
             err = ctypes.get_errno()
             os.close(fd)
             raise OSError(err, f"inotify_add_watch {directory!r} failed")
         self.fd = fd
-        self._names = {db_path.name.encode(), f"{db_path.name}-wal".encode()}
+        name = os.path.basename(db_path)
+        self._names = {name.encode(), f"{name}-wal".encode()}
 
-    def fileno(self) -> int:
+    def fileno(self) -> int | None:
         return self.fd
 
     def drain(self) -> bool:
@@ -61,9 +65,9 @@ class DatabaseWatcher:
         os.close(self.fd)
 
 
-def watch(db_path: Path) -> DatabaseWatcher | None:
-    """A watcher, or None where inotify is unavailable (the worker then only polls)."""
+def watch(db_path: str) -> Wakeup:
+    """A watcher, or polling alone where inotify is unavailable."""
     try:
         return DatabaseWatcher(db_path)
     except (OSError, AttributeError):
-        return None
+        return PollOnly()

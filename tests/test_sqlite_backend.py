@@ -1,9 +1,11 @@
-"""The store's own guarantees, checked on a real SQLite file."""
+"""What only the SQLite backend promises: query plans, PRAGMAs, fencing by direct edits.
+
+The promises every backend makes are in tests/contract/."""
 
 import sqlite3
 from pathlib import Path
 
-from queuectl.db import SQLiteStore
+from queuectl.backends.sqlite import SQLiteStore
 from queuectl.job import JobSpec
 
 
@@ -65,3 +67,34 @@ def test_late_result_of_a_reclaimed_attempt_is_ignored(tmp_path: Path) -> None:
     assert store.record_success(first, Outcome(0, None, b"", 0.1)) is False
     assert store.record_success(second, Outcome(0, None, b"", 0.1)) is True
     assert store.get("x").state == "completed"
+
+
+def test_enqueue_commits_with_synchronous_full(tmp_path: Path, monkeypatch) -> None:
+    """`queuectl enqueue` runs in this process with every SQLite connection traced: the
+    connection that commits the job has synchronous=FULL in force (fsync on commit, so the
+    job survives power loss), while a worker's store uses NORMAL."""
+    from queuectl.main import main
+
+    real_connect = sqlite3.connect
+    traces: list[list[str]] = []
+
+    def traced_connect(*args, **kwargs):
+        conn = real_connect(*args, **kwargs)
+        statements: list[str] = []
+        traces.append(statements)
+        conn.set_trace_callback(statements.append)
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", traced_connect)
+    db = tmp_path / "q.db"
+    assert main(["--db", str(db), "enqueue", "--cmd", "true", "--id", "d1"]) == 0
+    committing = [t for t in traces if any(s.upper() == "COMMIT" for s in t)]
+    assert committing, traces
+    for statements in committing:
+        pragmas = [s.upper().replace(" ", "") for s in statements if "SYNCHRONOUS" in s.upper()]
+        assert pragmas and pragmas[-1] == "PRAGMASYNCHRONOUS=FULL", statements
+    from queuectl.locator import open_store
+
+    worker_store = open_store(str(db), for_worker=True)
+    assert worker_store.info()["sqlite"]["synchronous"] == "normal"
+    worker_store.close()
