@@ -50,7 +50,7 @@ def process_alive(pid: int) -> bool:
 class Queue:
     """Drives one database through the console script, as a user would."""
 
-    def __init__(self, db: Path) -> None:
+    def __init__(self, db: "Path | str") -> None:
         self.db = db
         self.env = {**os.environ, "QUEUECTL_DB": str(db)}
         self.env.pop("JOURNAL_STREAM", None)
@@ -153,3 +153,66 @@ def shared_tmp() -> Iterator[Path]:
     path.chmod(0o755)
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+# -- backends ------------------------------------------------------------------------------
+# Every test that takes `backend_locator` runs once per backend. PostgreSQL comes from a
+# throwaway server the suite starts itself (tests/pgserver.py); without one the PostgreSQL
+# runs skip, and with QUEUECTL_REQUIRE_POSTGRES=1 (CI) they fail instead.
+BACKENDS = ("sqlite", "postgres")
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Any]:
+    """One throwaway PostgreSQL server for the whole session."""
+    from pgserver import start_or_skip
+
+    server = start_or_skip()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_locator(pg_server: Any) -> str:
+    """A postgresql:// locator naming a fresh, empty queue schema on the session's server."""
+    return pg_server.fresh_locator()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_locator(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty queue on each backend in turn."""
+    if request.param == "sqlite":
+        return str(tmp_path / "queue.db")
+    return request.getfixturevalue("pg_locator")
+
+
+@pytest.fixture
+def any_queue(backend_locator: str) -> Iterator[Queue]:
+    """`queue`, once per backend: the console script against SQLite, then PostgreSQL."""
+    q = Queue(backend_locator)
+    yield q
+    q.stop_all()
+
+
+# -- the contract suite (tests/contract/): stores opened through the factory only -----------
+@pytest.fixture
+def open_another(backend_locator: str) -> Iterator[Callable[..., Any]]:
+    """Open more stores on the same queue, as other processes would; all closed after."""
+    from queuectl.locator import open_store
+
+    opened: list[Any] = []
+
+    def opener(for_worker: bool = False) -> Any:
+        store = open_store(backend_locator, for_worker=for_worker)
+        opened.append(store)
+        return store
+
+    yield opener
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def store(open_another: Callable[..., Any]) -> Any:
+    """A store on a fresh, empty queue (a CLI's store: durable commits)."""
+    return open_another()
