@@ -132,9 +132,37 @@ def test_info_reports_database_location_rules(tmp_path: Path) -> None:
     assert q.json("--db", str(tmp_path / "flag.db"), "info")["database"] == str(tmp_path / "flag.db")
     assert q.json("info", "--db", str(tmp_path / "after.db"))["database"] == str(
         tmp_path / "after.db")
-    del q.env["QUEUECTL_DB"]
-    q.env["XDG_DATA_HOME"] = str(tmp_path / "xdg")
-    if not os.path.isdir("/var/lib/queuectl"):
-        info = q.json("info")
-        assert info["database"] == str(tmp_path / "xdg" / "queuectl" / "queue.db")
-        assert info["schema_version"] >= 1 and info["sqlite"]["journal_mode"] == "wal"
+
+
+def _info_with_var_lib(tmp_path: Path, system_dir: bool) -> dict:
+    """`queuectl info` without --db or QUEUECTL_DB, in a mount namespace where /var/lib is a
+    fresh tmpfs: the test decides whether /var/lib/queuectl exists, whatever the host has."""
+    import shutil
+    import subprocess
+
+    import pytest
+    from conftest import QUEUECTL
+
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("controlling /var/lib/queuectl needs root and unshare(1)")
+    make = "mkdir /var/lib/queuectl && " if system_dir else ""
+    script = f"mount -n -t tmpfs tmpfs /var/lib && {make}exec {QUEUECTL} info"
+    env = {k: v for k, v in os.environ.items() if k != "QUEUECTL_DB"}
+    env["XDG_DATA_HOME"] = str(tmp_path / "xdg")
+    result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                            env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_without_system_dir_the_database_is_in_xdg_data_home(tmp_path: Path) -> None:
+    info = _info_with_var_lib(tmp_path, system_dir=False)
+    assert info["database"] == str(tmp_path / "xdg" / "queuectl" / "queue.db")
+    assert info["schema_version"] >= 1 and info["sqlite"]["journal_mode"] == "wal"
+    assert (tmp_path / "xdg" / "queuectl" / "queue.db").exists()
+
+
+def test_with_system_dir_the_database_is_in_var_lib_queuectl(tmp_path: Path) -> None:
+    info = _info_with_var_lib(tmp_path, system_dir=True)
+    assert info["database"] == "/var/lib/queuectl/queue.db"
+    assert not (tmp_path / "xdg").exists()

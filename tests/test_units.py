@@ -1,5 +1,6 @@
 """The unit files themselves: systemd's own verifier and its security exposure score."""
 
+import os
 import re
 import shutil
 import subprocess
@@ -12,10 +13,11 @@ MAX_EXPOSURE = 4.5
 
 
 def _need_systemd_analyze() -> None:
+    """Skip without systemd-analyze, except in CI (QUEUECTL_REQUIRE_SYSTEMD=1): there a
+    verifier that silently did not run must fail the build."""
     if shutil.which("systemd-analyze") is None:
-        from systemd_ns import require_systemd_or_skip
-
-        require_systemd_or_skip()
+        if os.environ.get("QUEUECTL_REQUIRE_SYSTEMD") == "1":
+            pytest.fail("QUEUECTL_REQUIRE_SYSTEMD=1 but systemd-analyze is not installed")
         pytest.skip("systemd-analyze is not installed")
 
 
