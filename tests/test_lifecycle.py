@@ -10,6 +10,12 @@ import pytest
 from conftest import QUEUECTL, Queue, process_alive, wait_for
 
 
+@pytest.fixture
+def queue(any_queue: Queue) -> Queue:
+    """Every test here runs once per backend: SQLite, then PostgreSQL."""
+    return any_queue
+
+
 def test_graceful_stop_lets_running_job_finish(queue: Queue, tmp_path: Path) -> None:
     out = tmp_path / "done"
     queue.enqueue({"id": "g1", "command": f"sleep 1; echo finished > {out}"})

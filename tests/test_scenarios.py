@@ -5,7 +5,14 @@ import os
 import signal
 from pathlib import Path
 
+import pytest
 from conftest import Queue
+
+
+@pytest.fixture
+def queue(any_queue: Queue) -> Queue:
+    """Every test here runs once per backend: SQLite, then PostgreSQL."""
+    return any_queue
 
 
 def test_successful_job_ends_completed_with_its_output(queue: Queue) -> None:
