@@ -39,10 +39,11 @@ if [ -n "$uninstall" ]; then
   exit 0
 fi
 
-install -d "$destdir$prefix/bin" "$destdir$sitedir/queuectl" "$destdir$unitdir" \
+install -d "$destdir$prefix/bin" "$destdir$sitedir/queuectl/backends" "$destdir$unitdir" \
   "$destdir$prefix/lib/sysusers.d" "$destdir$prefix/lib/tmpfiles.d" \
   "$destdir$prefix/share/bash-completion/completions"
 install -m 644 "$repo"/queuectl/*.py "$destdir$sitedir/queuectl/"
+install -m 644 "$repo"/queuectl/backends/*.py "$destdir$sitedir/queuectl/backends/"
 # The same entry point as the package's console script.
 cat > "$destdir$prefix/bin/queuectl" <<SCRIPT
 #!$python
