@@ -345,7 +345,16 @@ def run_worker(locator: str, options: WorkerOptions, log_format: str = "auto",
 
     setup_logging(log_format)
     # Workers commit without an fsync each: see the backends and "Durability" in README.
-    store = open_store(locator, for_worker=True)
+    deadline = time.monotonic() + START_WAIT
+    while True:  # a database that is busy or restarting is waited for, not a crash loop
+        try:
+            store = open_store(locator, for_worker=True)
+            break
+        except DatabaseBusy as exc:
+            if time.monotonic() >= deadline:
+                raise
+            get_logger().warning("database_error", error=str(exc), retry_in=1.0)
+            time.sleep(1.0)
     try:
         return Worker(store, options, redact(locator), on_step).run()
     finally:
