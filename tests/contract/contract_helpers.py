@@ -52,6 +52,11 @@ def fast_backoff(store: Store) -> None:
     store.set_config("backoff-base", 1)
 
 
+def no_backoff(store: Store) -> None:
+    """backoff-max 0 caps every backoff at 0 s: a failed job is due again at once."""
+    store.set_config("backoff-max", 0)
+
+
 def short_leases(store: Store) -> None:
     """The shortest lease the settings allow (2 s), so expiry tests stay quick."""
     store.set_config("lease-seconds", 2)
