@@ -1,0 +1,88 @@
+"""wakeup: an idle worker's wait ends soon after another process submits work."""
+
+from __future__ import annotations
+
+import select
+import time
+
+import pytest
+from contract_helpers import DEADLINE, add
+
+from queuectl.store import Store, Wakeup
+
+
+def _readable(wakeup: Wakeup, fd: int, timeout: float) -> bool:
+    """select() on the wakeup's descriptor until it is readable or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        if select.select([fd], [], [], min(left, 0.5))[0]:
+            return True
+    return False
+
+
+def _settled(store: Store) -> tuple[Wakeup, int]:
+    """A wakeup with a descriptor and nothing pending, or a skip where the backend only polls."""
+    wakeup = store.wakeup()
+    fd = wakeup.fileno()
+    if fd is None:
+        wakeup.close()
+        pytest.skip("this backend's wakeup relies on polling alone (fileno() is None)")
+    wakeup.drain()
+    return wakeup, fd
+
+
+def test_wakeup_is_a_wakeup_with_a_positive_poll_interval(store) -> None:
+    wakeup = store.wakeup()
+    try:
+        assert isinstance(wakeup, Wakeup)
+        assert wakeup.poll_interval > 0
+        fd = wakeup.fileno()
+        assert fd is None or (isinstance(fd, int) and fd >= 0)
+    finally:
+        wakeup.close()
+
+
+def test_drain_with_nothing_pending_does_not_raise(store) -> None:
+    wakeup = store.wakeup()
+    try:
+        assert isinstance(wakeup.drain(), bool)
+        assert isinstance(wakeup.drain(), bool)
+    finally:
+        wakeup.close()
+
+
+def test_enqueue_by_another_store_makes_the_wakeup_readable_and_drain_true(store, open_another) -> None:
+    wakeup, fd = _settled(open_another(for_worker=True))
+    try:
+        add(store, "echo hi")
+        assert _readable(wakeup, fd, DEADLINE), "no wakeup after another store's enqueue"
+        assert wakeup.drain() is True
+    finally:
+        wakeup.close()
+
+
+def test_wakeup_fires_again_for_each_later_enqueue(store, open_another) -> None:
+    """After a drain the wakeup re-arms: a second submission wakes the worker again."""
+    wakeup, fd = _settled(open_another(for_worker=True))
+    try:
+        for n in range(2):
+            add(store, f"echo {n}")
+            assert _readable(wakeup, fd, DEADLINE), f"no wakeup after enqueue {n}"
+            assert wakeup.drain() is True
+            time.sleep(0.05)
+            wakeup.drain()  # whatever else the commit caused
+    finally:
+        wakeup.close()
+
+
+def test_each_idle_worker_gets_its_own_wakeup(store, open_another) -> None:
+    one, fd_one = _settled(open_another(for_worker=True))
+    two, fd_two = _settled(open_another(for_worker=True))
+    try:
+        assert fd_one != fd_two
+        add(store)
+        assert _readable(one, fd_one, DEADLINE) and _readable(two, fd_two, DEADLINE)
+        assert one.drain() is True and two.drain() is True
+    finally:
+        one.close()
+        two.close()
