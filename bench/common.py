@@ -41,6 +41,7 @@ class Sizes:
     claim_samples: int = 2_000
     memory_jobs: int = 10_000
     memory_runs: int = 1
+    pg_batch_jobs: int = 50_000  # the issue asks for at least 20,000
     peers: bool = True
     settle_seconds: float = 1.0  # pause after workers register, before measuring them
     timeout_scale: float = 1.0  # multiplies every safety deadline
@@ -53,14 +54,14 @@ class Sizes:
     def quick(cls) -> "Sizes":
         return cls(runs=2, drain_jobs=1_000, pickup_jobs=40, idle_cpu_seconds=3.0, cold_calls=8,
                    batch_jobs=10_000, scale_rows=100_000, scale_drain_jobs=1_000,
-                   claim_samples=500, memory_jobs=2_000)
+                   claim_samples=500, memory_jobs=2_000, pg_batch_jobs=20_000)
 
     @classmethod
     def smoke(cls) -> "Sizes":
         return cls(runs=1, drain_jobs=20, worker_counts=(1, 2), pickup_jobs=4,
                    pickup_gap=(0.01, 0.03), idle_cpu_seconds=0.5, cold_calls=2, batch_jobs=200,
                    scale_rows=2_000, scale_drain_jobs=20, claim_samples=20, memory_jobs=20,
-                   peers=False, settle_seconds=0.2)
+                   pg_batch_jobs=200, peers=False, settle_seconds=0.2)
 
 
 # -- statistics ------------------------------------------------------------------------------
@@ -199,6 +200,15 @@ def cpu_seconds(pid: int) -> float:
         stat = fh.read().decode("ascii", "replace")
     fields = stat[stat.rfind(")") + 2:].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def stat_cpu(pid: int) -> tuple[float, float]:
+    """(utime + stime, cutime + cstime) of pid in seconds: its own CPU, and that of the
+    children it has reaped (the commands a worker ran)."""
+    with open(f"/proc/{pid}/stat", "rb") as fh:
+        stat = fh.read().decode("ascii", "replace")
+    f = stat[stat.rfind(")") + 2:].split()
+    return (int(f[11]) + int(f[12])) / CLK_TCK, (int(f[13]) + int(f[14])) / CLK_TCK
 
 
 def rss_mb(pid: int) -> float:

@@ -106,10 +106,13 @@ def start_idle_workers(queue: Queue, d: Path, count: int, prefix: str, timeout: 
     return workers
 
 
-def pickup_section(sizes: Sizes, workdir: Path, rng: random.Random) -> dict[str, Any]:
+def pickup_section(sizes: Sizes, workdir: Path, rng: random.Random,
+                   make_queue: Callable[[Path, int], Queue] | None = None,
+                   label: str = "pickup") -> dict[str, Any]:
     """2 idle workers: their CPU and RSS at rest, then pickup latency of single enqueues,
     both from each `enqueue` returning and from its job's `created_at` (taken by enqueue
-    just before its commit: the queue's own latency, never below zero)."""
+    just before its commit: the queue's own latency, never below zero). `make_queue(dir,
+    run)` gives a fresh queue per run (default: a SQLite file in dir)."""
     timeout = 60 * sizes.timeout_scale
     runs: list[list[float]] = []
     since_commit: list[list[float]] = []
@@ -117,10 +120,10 @@ def pickup_section(sizes: Sizes, workdir: Path, rng: random.Random) -> dict[str,
     rss: list[float] = []
     floor: list[float] = []
     for r in range(sizes.runs):
-        d = workdir / f"pickup-run{r}"
+        d = workdir / f"{label}-run{r}"
         marks = d / "marks"
         marks.mkdir(parents=True)
-        queue = Queue(d / "queue.db")
+        queue = make_queue(d, r) if make_queue else Queue(d / "queue.db")
         workers = start_idle_workers(queue, d, 2, "p", timeout, sizes.settle_seconds)
         enqueue = RecordingEnqueue(queue)
         try:
@@ -136,7 +139,7 @@ def pickup_section(sizes: Sizes, workdir: Path, rng: random.Random) -> dict[str,
         runs.append([(s - t) * 1000 for s, t in zip(started, returned, strict=True)])
         since_commit.append([(s - t) * 1000 for s, t in zip(started, created, strict=True)])
         floor.append(percentile(spawn_floor(marks, 20), 50))
-        log(f"pickup run {r + 1}/{sizes.runs}: p50 {percentile(runs[-1], 50):.1f} ms, "
+        log(f"{label} run {r + 1}/{sizes.runs}: p50 {percentile(runs[-1], 50):.1f} ms, "
             f"p99 {percentile(runs[-1], 99):.1f} ms from enqueue returning; "
             f"p50 {percentile(since_commit[-1], 50):.1f} ms, "
             f"p99 {percentile(since_commit[-1], 99):.1f} ms from created_at; "

@@ -4,6 +4,7 @@ import json
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 from bench.common import PROCS, QUEUECTL, clean_env, run, sql_rows
 
@@ -19,7 +20,7 @@ def write_jobs_file(path: Path, count: int, command: str = "true") -> Path:
 class Queue:
     """One queuectl database, used only through `.venv/bin/queuectl --db PATH ...`."""
 
-    def __init__(self, db: Path) -> None:
+    def __init__(self, db: Path | str) -> None:
         self.db = db
         self.env = clean_env()
 
@@ -96,6 +97,65 @@ class Queue:
             f" AND worker IN ({marks}) ORDER BY worker, started_at", names):
             out.setdefault(str(worker), []).append((started, finished))
         return out
+
+
+class StoreQueue(Queue):
+    """A queue named by any locator (a PostgreSQL URL): driven through the console script
+    like `Queue`, read through queuectl's public store API instead of SQL, so that the
+    bench does not depend on a backend's tables."""
+
+    def __init__(self, locator: str, env: dict[str, str] | None = None) -> None:
+        super().__init__(locator)
+        if env is not None:
+            self.env = env
+
+    def _store(self) -> Any:
+        from queuectl.locator import open_store
+
+        return open_store(str(self.db))
+
+    def _completed(self, names: list[str]) -> list[Any]:
+        store = self._store()
+        try:
+            wanted = set(names)
+            return [j for j in store.iter_jobs(state="completed") if j.worker in wanted]
+        finally:
+            store.close()
+
+    def count(self, state: str) -> int:
+        store = self._store()
+        try:
+            return int(store.counts()[state])
+        finally:
+            store.close()
+
+    def registered_workers(self) -> int:
+        store = self._store()
+        try:
+            return len(store.workers())
+        finally:
+            store.close()
+
+    def per_worker(self, names: list[str]) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for job in self._completed(names):
+            out[str(job.worker)] = out.get(str(job.worker), 0) + 1
+        return out
+
+    def job_times(self, names: list[str]) -> dict[str, list[tuple[float, float]]]:
+        out: dict[str, list[tuple[float, float]]] = {}
+        for job in self._completed(names):
+            out.setdefault(str(job.worker), []).append((job.started_at, job.finished_at))
+        for seq in out.values():
+            seq.sort()
+        return out
+
+    def created_at(self, ids: list[str]) -> list[float]:
+        store = self._store()
+        try:
+            return [store.get(i).created_at for i in ids]
+        finally:
+            store.close()
 
 
 class RecordingEnqueue:

@@ -184,6 +184,84 @@ def evaluate(res: dict[str, Any]) -> list[dict[str, Any]]:
         f"+{fmt(m.get('growth_mb'))} (over the last quarter of the jobs: "
         f"+{fmt(m.get('growth_last_quarter_mb'))})",
         "no growth (<= 1 MiB)", _check(g, g is not None and g <= 1.0))
+    if "pg" in res or "pgpeers" in res:
+        rows += pg_targets(res)
+    return rows
+
+
+def _peer_drain(res: dict[str, Any], peer: str) -> tuple[dict[str, Any], str | None]:
+    """A PostgreSQL peer's drain figures: paired in the pg section, else from pgpeers."""
+    pd = _get(res, "pg", "drain", "peers", peer)
+    if pd:
+        return pd, pd.get("skipped")
+    pp = _get(res, "pgpeers", peer) or {}
+    if pp.get("skipped"):
+        return {}, pp["skipped"]
+    return pp.get("drain") or {}, None if pp.get("drain") else "not run"
+
+
+def pg_targets(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """The PostgreSQL issue's targets; `met` None when the figure is missing."""
+    rows: list[dict[str, Any]] = []
+    pg = res.get("pg") or {}
+    skipped = pg.get("skipped") or ("not run" if not pg else None)
+    errors = pg.get("errors") or {}
+
+    def add(name: str, part: str, value: float | None, shown: str, goal: str,
+            ok: bool) -> None:
+        if value is None:
+            shown = f"skipped: {skipped}" if skipped else (
+                f"failed: {errors[part]}" if part in errors else "n/a")
+        rows.append({"target": name, "value": value, "shown": shown, "goal": goal,
+                     "met": _check(value, value is not None and ok)})
+
+    d = pg.get("drain") or {}
+    lim = _med(d, "ratio_to_limit")
+    add("PostgreSQL: drain, 2 workers, vs physical limit", "drain", lim,
+        f"{fmt(_get(d, 'postgres', 'jobs_per_s'))} jobs/s vs limit "
+        f"{fmt(d.get('limit_jobs_per_s'))}/s: {pcts(d.get('ratio_to_limit'))} (SQLite "
+        f"{fmt(_get(d, 'sqlite', 'jobs_per_s'))} jobs/s; PostgreSQL ÷ SQLite "
+        f"{timess(d.get('vs_sqlite'))})", ">= 40% of limit", lim is not None and lim >= 0.4)
+    for peer in ("procrastinate", "pgqueuer"):
+        pd, why = _peer_drain(res, peer)
+        paired_r = pd.get("queuectl_ratio")
+        r = _med(pd, "queuectl_ratio") if paired_r else ratio(
+            _med(d, "postgres", "from_launch_jobs_per_s"), _med(pd, "from_launch_jobs_per_s"))
+        if why:
+            shown = f"{peer} skipped: {why}"
+        elif r is None:
+            shown = f"skipped: {skipped}" if skipped else "n/a"
+        else:
+            shown = (f"{fmt(_get(d, 'postgres', 'from_launch_jobs_per_s'))} vs "
+                     f"{fmt(pd.get('from_launch_jobs_per_s'))} jobs/s from starting the "
+                     f"workers: {timess(paired_r) if paired_r else times(r)}")
+        rows.append({"target": f"PostgreSQL: drain, 2 workers, ahead of {peer} "
+                               f"(queuectl ÷ {peer})", "value": r, "shown": shown,
+                     "goal": "> 1", "met": _check(r, r is not None and r > 1)})
+    p = pg.get("pickup") or {}
+    for q, goal in (("p50", 10), ("p99", 50)):
+        v = _med(p, f"{q}_ms")
+        add(f"PostgreSQL: idle pickup {q}", "pickup", v,
+            f"{fmt(p.get(f'{q}_ms'))} ms after `enqueue` returned "
+            f"({fmt(_get(p, 'since_created_at', f'{q}_ms'))} ms after its created_at)",
+            f"<= {goal} ms", v is not None and v <= goal)
+    b = pg.get("batch_enqueue") or {}
+    bv = _med(b, "postgres_jobs_per_s")
+    add(f"PostgreSQL: batch enqueue (--file, {b.get('jobs', 0):,} jobs)", "batch_enqueue", bv,
+        f"{fmt(b.get('postgres_jobs_per_s'))} jobs/s (SQLite {fmt(b.get('sqlite_jobs_per_s'))})",
+        ">= 20,000 jobs/s", bv is not None and bv >= 20_000)
+    c = pg.get("cold_enqueue") or {}
+    cv = _med(c, "vs_sqlite")
+    add("PostgreSQL: cold enqueue vs SQLite's", "cold_enqueue", cv,
+        f"{fmt(c.get('postgres_ms'))} ms vs {fmt(c.get('sqlite_ms'))} ms: "
+        f"{timess(c.get('vs_sqlite'))}", "<= 2×", cv is not None and cv <= 2)
+    s = pg.get("scale") or {}
+    sv = _med(s, "claim_p50_full_vs_empty")
+    rows_txt = f"{s['finished_rows']:,}" if s else "1,000,000"
+    add(f"PostgreSQL: claim latency p50 with {rows_txt} finished jobs vs empty", "scale", sv,
+        f"{fmt(_get(s, 'claim_full', 'p50_ms'))} vs {fmt(_get(s, 'claim_empty', 'p50_ms'))} ms:"
+        f" {timess(s.get('claim_p50_full_vs_empty'))}", "<= 1.1×",
+        sv is not None and sv <= 1.1)
     return rows
 
 
@@ -266,7 +344,9 @@ def other_figures(res: dict[str, Any]) -> list[tuple[str, str]]:
                     f"{fmt(w['claim_to_finish_p50_ms'])} / {fmt(w['claim_to_finish_p95_ms'])} ms,"
                     f" finish→next claim {fmt(w['finish_to_next_claim_p50_ms'])} / "
                     f"{fmt(w['finish_to_next_claim_p95_ms'])} ms; mean cycle "
-                    f"{fmt(w['cycle_mean_ms'])} ms"))
+                    f"{fmt(w['cycle_mean_ms'])} ms"
+                    + (f"; worker CPU {fmt(w['worker_cpu_us_per_job'])} µs/job"
+                       if w.get("worker_cpu_us_per_job") else "")))
     for k, f in (res.get("fairness") or {}).items():
         out.append((f"Fairness, {k} workers: jobs per worker (each run)",
                     f"{f['jobs_per_worker']}; max/min {fmt(f['max_min_ratio'])}, busiest "
@@ -296,6 +376,7 @@ def other_figures(res: dict[str, Any]) -> list[tuple[str, str]]:
         out.append(("Claim p99 empty / full (ms)",
                     f"{fmt(_get(s, 'claim_empty', 'p99_ms'))} / "
                     f"{fmt(_get(s, 'claim_full', 'p99_ms'))}"))
+    out += pg_figures(res)
     p50 = _med(p, "p50_ms")
     ce = _med(e, "cold_enqueue_ms")
     for peer in ("tsp", "huey"):
@@ -311,6 +392,52 @@ def other_figures(res: dict[str, Any]) -> list[tuple[str, str]]:
                     + (times(ratio(p50, peer50)) if both else "no ratio: not both above 0")
                     + ")"))
         out.append((f"{peer} cold enqueue (queuectl ÷ {peer})",
+                    f"{fmt(pr.get('cold_enqueue_ms'))} ms "
+                    f"({times(ratio(ce, _med(pr, 'cold_enqueue_ms')))})"))
+    return out
+
+
+def pg_figures(res: dict[str, Any]) -> list[tuple[str, str]]:
+    """PostgreSQL figures that are not targets: CPU per job, the peers' pickup and enqueue."""
+    out: list[tuple[str, str]] = []
+    pg = res.get("pg") or {}
+    if pg.get("skipped"):
+        out.append(("PostgreSQL rows", f"skipped: {pg['skipped']}"))
+    if pg.get("versions"):
+        out.append(("PostgreSQL server / driver",
+                    ", ".join(f"{k} {v}" for k, v in pg["versions"].items())))
+    d = pg.get("drain") or {}
+    if d:
+        out.append(("Worker CPU per job over the 2-worker drain, own (with the commands)",
+                    f"PostgreSQL {fmt(_get(d, 'postgres', 'worker_cpu_us_per_job'))} µs "
+                    f"({fmt(_get(d, 'postgres', 'worker_cpu_with_children_us_per_job'))}); "
+                    f"SQLite {fmt(_get(d, 'sqlite', 'worker_cpu_us_per_job'))} µs "
+                    f"({fmt(_get(d, 'sqlite', 'worker_cpu_with_children_us_per_job'))}); "
+                    f"PostgreSQL server {fmt(_get(d, 'postgres', 'server_cpu_us_per_job'))} µs"))
+        for peer, pd in (d.get("peers") or {}).items():
+            if pd.get("worker_cpu_us_per_job"):
+                out.append((f"{peer}: CPU per job over its drain (workers; server)",
+                            f"{fmt(pd['worker_cpu_us_per_job'])} µs; "
+                            f"{fmt(pd.get('server_cpu_us_per_job'))} µs"))
+    s = pg.get("scale") or {}
+    if s:
+        out.append(("PostgreSQL: claim p99 empty / full; MB per 100k finished (fill)",
+                    f"{fmt(_get(s, 'claim_empty', 'p99_ms'))} / "
+                    f"{fmt(_get(s, 'claim_full', 'p99_ms'))} ms; "
+                    f"{s.get('db_mb_per_100k_finished')}"))
+    p50 = _med(pg, "pickup", "p50_ms")
+    ce = _med(pg, "cold_enqueue", "postgres_ms")
+    for peer, pr in (res.get("pgpeers") or {}).items():
+        if pr.get("skipped"):
+            out.append((peer, f"skipped: {pr['skipped']}"))
+            continue
+        peer50 = _med(pr, "pickup", "p50_ms")
+        both = p50 is not None and peer50 is not None and p50 > 0 and peer50 > 0
+        out.append((f"{peer} {pr.get('version')}: pickup p50 / p99 (queuectl-pg ÷ {peer} "
+                    "at p50)",
+                    f"{fmt(_get(pr, 'pickup', 'p50_ms'))} / {fmt(_get(pr, 'pickup', 'p99_ms'))}"
+                    f" ms ({times(ratio(p50, peer50)) if both else 'no ratio'})"))
+        out.append((f"{peer}: cold enqueue (queuectl-pg ÷ {peer})",
                     f"{fmt(pr.get('cold_enqueue_ms'))} ms "
                     f"({times(ratio(ce, _med(pr, 'cold_enqueue_ms')))})"))
     return out

@@ -6,7 +6,8 @@
     python bench/run.py --smoke --out /tmp/x.json   # seconds; what tests/test_bench_smoke.py runs
 
 Sections: drain (with the spawn limit and fairness), pickup (with idle CPU and RSS), enqueue,
-scale, memory, peers. A benchmark reports; it never fails: a section that breaks is recorded
+scale, memory, peers; pg (queuectl on a throwaway PostgreSQL), pgpeers (Procrastinate and
+PgQueuer on the same server). A benchmark reports; it never fails: a section that breaks is recorded
 under "errors" and the run goes on. Exit status 0 unless the arguments are wrong.
 """
 
@@ -31,10 +32,14 @@ from bench.common import BENCH_DIR, PROCS, Sizes, log  # noqa: E402
 from bench.enqueue import enqueue_section  # noqa: E402
 from bench.latency import memory_section, pickup_section  # noqa: E402
 from bench.peers import drains, peers_section, prepare  # noqa: E402
+from bench.pg import pg_section  # noqa: E402
+from bench.pgpeers import pg_drains, pgpeers_section  # noqa: E402
+from bench.pgserver import stop_shared  # noqa: E402
 from bench.report import evaluate, machine_info, markdown  # noqa: E402
 from bench.throughput import drain_section, scale_section  # noqa: E402
 
-SECTIONS = ("drain", "pickup", "enqueue", "scale", "memory", "peers")
+SECTIONS = ("drain", "pickup", "enqueue", "scale", "memory", "peers", "pg", "pgpeers")
+PEER_SECTIONS = ("peers", "pgpeers")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -43,7 +48,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     mode.add_argument("--quick", action="store_true", help="smaller sizes, 2 runs")
     mode.add_argument("--smoke", action="store_true", help="tiny sizes, 1 run, no peers")
     ap.add_argument("--only", metavar="LIST", help=f"comma-separated subset of {','.join(SECTIONS)}")
-    ap.add_argument("--no-peers", action="store_true", help="skip task-spooler and Huey")
+    ap.add_argument("--no-peers", action="store_true",
+                    help="skip the peers (task-spooler, Huey, Procrastinate, PgQueuer)")
     ap.add_argument("--runs", type=int, metavar="N", help="repetitions of each measurement")
     ap.add_argument("--out", type=Path, metavar="PATH", help="where the JSON goes")
     ap.add_argument("--workdir", type=Path, metavar="DIR", help="parent of the scratch dir")
@@ -83,6 +89,15 @@ def run_sections(selected: list[str], sizes: Sizes, workdir: Path, rng: random.R
                 res["memory"] = memory_section(sizes, workdir)
             elif name == "peers":
                 res["peers"] = peers_section(sizes, workdir, rng)
+            elif name == "pg":
+                pg_peers = pg_drains() if "pgpeers" in selected else {}
+                res["pg"] = pg_section(sizes, workdir, rng, pg_peers)
+                for part, msg in (res["pg"].get("errors") or {}).items():
+                    errors[f"pg.{part}"] = msg
+            elif name == "pgpeers":
+                # The peers' drains ran next to queuectl's in the pg section, if it drained.
+                res["pgpeers"] = pgpeers_section(sizes, workdir, rng,
+                                                 with_drain="drain" not in res.get("pg", {}))
         except Exception as exc:  # noqa: BLE001 - a benchmark records its failures
             errors[name] = f"{type(exc).__name__}: {exc}"
             log(f"section {name} failed: {errors[name]}")
@@ -101,9 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:  # naming peers here runs them even in --smoke
         selected = [s for s in SECTIONS if s in args.only.split(",")]
     else:
-        selected = [s for s in SECTIONS if s != "peers" or sizes.peers]
-    if args.no_peers and "peers" in selected:
-        selected.remove("peers")
+        selected = [s for s in SECTIONS if s not in PEER_SECTIONS or sizes.peers]
+    if args.no_peers:
+        selected = [s for s in selected if s not in PEER_SECTIONS]
     default_name = "latest.json" if mode == "full" and not args.only else f"{mode}.json"
     out: Path = args.out or BENCH_DIR / "results" / default_name
 
@@ -127,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         errors["interrupted"] = "the run was interrupted; figures are partial"
     finally:
         PROCS.kill_all()
+        stop_shared()
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     res["machine"]["loadavg_at_end"] = list(os.getloadavg())

@@ -2,6 +2,7 @@
 million finished jobs in the table (plus claim latency and database size)."""
 
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -19,6 +20,7 @@ from bench.common import (
     log,
     paired,
     percentile,
+    stat_cpu,
     summary,
 )
 from bench.qctl import Queue, write_jobs_file
@@ -62,8 +64,7 @@ def drain(queue: Queue, jobs: int, workers: int, logdir: Path, timeout: float) -
     t0 = time.time()
     procs = [queue.start_worker(n, logdir / f"{n}.log", drain=True) for n in names]
     deadline = time.monotonic() + timeout
-    for p in procs:
-        PROCS.wait(p, max(1.0, deadline - time.monotonic()))
+    cpu = [exit_cpu(p, deadline) for p in procs]
     t_exit = time.time()
     counts = queue.per_worker(names)
     per_worker = {n: counts.get(n, 0) for n in names}
@@ -91,11 +92,35 @@ def drain(queue: Queue, jobs: int, workers: int, logdir: Path, timeout: float) -
         "finish_to_next_claim_p50_ms": percentile(gap_ms, 50),
         "finish_to_next_claim_p95_ms": percentile(gap_ms, 95),
         "cycle_mean_ms": 1000 * workers * (last - t0) / jobs,
+        # The workers' own CPU (utime + stime) per job, and with the commands they reaped.
+        "worker_cpu_us_per_job": 1e6 * sum(c[0] for c in cpu) / jobs,
+        "worker_cpu_with_children_us_per_job": 1e6 * sum(c[0] + c[1] for c in cpu) / jobs,
     }
 
 
+def exit_cpu(proc: subprocess.Popen, deadline: float) -> tuple[float, float]:
+    """Wait for proc to exit (killing its group at the deadline) and return its CPU seconds
+    (own, reaped children's) from /proc/PID/stat, read while it is a zombie: the last
+    reading before it is reaped, so the whole life of the process is in it."""
+    own = kids = 0.0
+    while time.monotonic() < deadline:
+        try:
+            if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT):
+                break
+        except ChildProcessError:
+            break
+        time.sleep(0.005)
+    try:
+        own, kids = stat_cpu(proc.pid)
+    except (OSError, ValueError, IndexError):
+        pass
+    PROCS.wait(proc, 1.0)
+    return own, kids
+
+
 JOB_STEPS = ("claim_to_finish_p50_ms", "claim_to_finish_p95_ms", "finish_to_next_claim_p50_ms",
-             "finish_to_next_claim_p95_ms", "cycle_mean_ms")
+             "finish_to_next_claim_p95_ms", "cycle_mean_ms", "worker_cpu_us_per_job",
+             "worker_cpu_with_children_us_per_job")
 
 
 def fresh_queue(workdir: Path, name: str) -> tuple[Queue, Path]:

@@ -1,0 +1,422 @@
+"""queuectl on PostgreSQL, measured in the same run and on the same server as its peers:
+drain by 2 workers against the spawn limit and against SQLite's drain, idle pickup, cold and
+batch enqueue against SQLite's, claim latency with a million finished jobs against an empty
+queue, and the workers' (and the server's) CPU per job.
+
+Every measurement gets a fresh database on the run's one throwaway cluster
+(`bench/pgserver.py`). queuectl is driven through its console script with a `postgresql://`
+locator and read back through its public store API; only the million-row fill writes the
+backend's tables directly (INSERT ... SELECT generate_series, shaped by the columns the
+backend created), because a million enqueues and drains would take an hour.
+"""
+
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.common import Sizes, log, paired, percentile, run, summary
+from bench.enqueue import import_profile, timed_call
+from bench.latency import pickup_section
+from bench.pgserver import PgCluster, pg_env, shared_cluster
+from bench.qctl import Queue, StoreQueue, write_jobs_file
+from bench.throughput import drain, fresh_queue, spawn_limit
+
+SCHEMA = "queuectl"  # the backend's default schema, used as it comes
+# A peer's drain: (cluster, dir, jobs, timeout) -> {"jobs_per_s": ..., ...}
+PgPeerDrain = Callable[[PgCluster, Path, int, float], dict[str, Any]]
+
+
+def backend_unusable(cluster: PgCluster) -> str | None:
+    """Why queuectl cannot use PostgreSQL here (driver, backend), or None."""
+    db = cluster.database("probe")
+    try:
+        res = run(StoreQueue(cluster.locator(db)).argv("status"), env=pg_env(), check=False,
+                  timeout=60)
+        if res.returncode != 0:
+            lines = (res.stderr.strip() or res.stdout.strip()).splitlines() or ["no output"]
+            return f"queuectl's PostgreSQL backend is not usable: {lines[-1][:300]}"
+        return None
+    finally:
+        cluster.drop(db)
+
+
+def pg_queue(cluster: PgCluster, prefix: str) -> tuple[StoreQueue, str]:
+    """A fresh database and a queue in it (schema created by queuectl itself)."""
+    db = cluster.database(prefix)
+    queue = StoreQueue(cluster.locator(db), env=pg_env())
+    queue.create()
+    return queue, db
+
+
+def versions(cluster: PgCluster) -> dict[str, str]:
+    out = {"server": cluster.version}
+    try:
+        import psycopg2
+
+        out["psycopg2"] = psycopg2.__version__.split()[0]
+    except ImportError:
+        out["psycopg2"] = "not installed"
+    return out
+
+
+# -- drain -----------------------------------------------------------------------------------
+def pg_drain(cluster: PgCluster, jobs_file: Path, jobs: int, d: Path,
+             timeout: float) -> dict[str, Any]:
+    """2 × `worker run --drain` on a PostgreSQL queue filled by `enqueue --file`; also the
+    server's CPU per job over the drain."""
+    queue, db = pg_queue(cluster, "drain")
+    try:
+        queue.enqueue_file(jobs_file)
+        before = cluster.cpu_seconds()
+        res = drain(queue, jobs, 2, d, timeout)
+        res["server_cpu_us_per_job"] = 1e6 * (cluster.cpu_seconds() - before) / jobs
+        return res
+    finally:
+        cluster.drop(db)
+
+
+def sqlite_drain(workdir: Path, jobs_file: Path, jobs: int, r: int,
+                 timeout: float) -> dict[str, Any]:
+    queue, d = fresh_queue(workdir, f"pg-cmp-sqlite-drain-run{r}")
+    try:
+        queue.create()
+        queue.enqueue_file(jobs_file)
+        return drain(queue, jobs, 2, d, timeout)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+DRAIN_KEYS = ("jobs_per_s", "from_launch_jobs_per_s", "wall_jobs_per_s",
+              "claim_to_finish_p50_ms", "finish_to_next_claim_p50_ms", "cycle_mean_ms",
+              "worker_cpu_us_per_job", "worker_cpu_with_children_us_per_job")
+
+
+def drain_part(cluster: PgCluster, sizes: Sizes, workdir: Path,
+               peers: dict[str, PgPeerDrain | str]) -> dict[str, Any]:
+    """Per run, back to back: the spawn limit (2 spawners), PostgreSQL, SQLite, each peer."""
+    jobs = sizes.drain_jobs
+    jobs_file = write_jobs_file(workdir / f"pg-jobs-{jobs}.jsonl", jobs)
+    timeout = (60 + jobs / 20) * sizes.timeout_scale
+    limits: list[float] = []
+    pg: list[dict[str, Any]] = []
+    lite: list[dict[str, Any]] = []
+    peer_runs: dict[str, list[dict[str, Any]]] = {n: [] for n, f in peers.items() if callable(f)}
+    failed: dict[str, str] = {}
+    for r in range(sizes.runs):
+        limits.append(spawn_limit(jobs, 2, timeout))
+        d = workdir / f"pg-drain-run{r}"
+        d.mkdir()
+        pg.append(pg_drain(cluster, jobs_file, jobs, d, timeout))
+        shutil.rmtree(d, ignore_errors=True)
+        lite.append(sqlite_drain(workdir, jobs_file, jobs, r, timeout))
+        log(f"pg drain run {r + 1}/{sizes.runs}: PostgreSQL {pg[-1]['jobs_per_s']:.0f} jobs/s "
+            f"({pg[-1]['worker_cpu_us_per_job']:.0f} µs worker CPU/job), SQLite "
+            f"{lite[-1]['jobs_per_s']:.0f} jobs/s, limit {limits[-1]:.0f}/s")
+        for name in [n for n in peer_runs if n not in failed]:
+            fn = peers[name]
+            assert callable(fn)
+            pd = workdir / f"pg-drain-{name}-run{r}"
+            pd.mkdir()
+            try:
+                peer_runs[name].append(fn(cluster, pd, jobs, timeout))
+            except (Exception, subprocess.TimeoutExpired) as exc:  # noqa: BLE001 - recorded
+                failed[name] = f"could not run: {type(exc).__name__}: {exc}"
+                log(f"pg drain, {name} failed: {failed[name]}")
+                continue
+            finally:
+                shutil.rmtree(pd, ignore_errors=True)
+            log(f"pg drain run {r + 1}/{sizes.runs}, {name}: "
+                f"{peer_runs[name][-1]['from_launch_jobs_per_s']:.0f} jobs/s from launch")
+    rates = [x["jobs_per_s"] for x in pg]
+    launch = [x["from_launch_jobs_per_s"] for x in pg]
+    out: dict[str, Any] = {
+        "jobs": jobs, "workers": 2, "command": "true",
+        "how": "2 × `queuectl worker run --drain` against a queue filled by `enqueue --file`",
+        "limit_jobs_per_s": summary(limits),
+        "postgres": {k: summary(x[k] for x in pg) for k in DRAIN_KEYS}
+        | {"server_cpu_us_per_job": summary(x["server_cpu_us_per_job"] for x in pg),
+           "per_worker": [x["per_worker"] for x in pg]},
+        "sqlite": {k: summary(x[k] for x in lite) for k in DRAIN_KEYS},
+        "ratio_to_limit": paired(rates, limits),
+        "vs_sqlite": paired(rates, [x["jobs_per_s"] for x in lite]),
+        "ratio_method": "median of per-run ratios; the limit, both drains and the peers "
+                        "run back to back in each run",
+        "peers": {},
+    }
+    for name, fn in peers.items():
+        if not callable(fn) or name in failed or not peer_runs[name]:
+            out["peers"][name] = {"skipped": fn if not callable(fn) else failed.get(name, "")}
+            continue
+        runs = peer_runs[name]
+        prates = [x["from_launch_jobs_per_s"] for x in runs]
+        out["peers"][name] = {
+            **{k: summary(x[k] for x in runs if x.get(k) is not None)
+               for k in runs[0] if isinstance(runs[0][k], (int, float))},
+            # Peers are timed from starting their workers to the last job done, so queuectl
+            # is compared on the same basis.
+            "queuectl_basis": "from_launch_jobs_per_s",
+            "queuectl_jobs_per_s": summary(launch),
+            "queuectl_ratio": paired(launch, prates),
+        }
+    return out
+
+
+# -- enqueue ---------------------------------------------------------------------------------
+def cold_part(cluster: PgCluster, sizes: Sizes, workdir: Path) -> dict[str, Any]:
+    """Cold `enqueue --cmd true` on PostgreSQL and on SQLite, alternating, per run; plus the
+    import profile of a PostgreSQL enqueue."""
+    pg_ms: list[float] = []
+    lite_ms: list[float] = []
+    profile: dict[str, Any] = {}
+    for r in range(sizes.runs):
+        queue, db = pg_queue(cluster, "cold")
+        lite, d = fresh_queue(workdir, f"pg-cmp-sqlite-cold-run{r}")
+        try:
+            lite.create()
+            pg_argv = queue.argv("enqueue", "--cmd", "true")
+            lite_argv = lite.argv("enqueue", "--cmd", "true")
+            timed_call(pg_argv, queue.env)  # not counted: first touch
+            timed_call(lite_argv, lite.env)
+            ours, theirs = [], []
+            for _ in range(sizes.cold_calls):
+                ours.append(timed_call(pg_argv, queue.env))
+                theirs.append(timed_call(lite_argv, lite.env))
+            pg_ms.append(percentile(ours, 50))
+            lite_ms.append(percentile(theirs, 50))
+            if r == 0:
+                profile = import_profile(queue)
+        finally:
+            cluster.drop(db)
+            shutil.rmtree(d, ignore_errors=True)
+        log(f"pg cold enqueue run {r + 1}/{sizes.runs}: {pg_ms[-1]:.1f} ms "
+            f"(SQLite {lite_ms[-1]:.1f} ms)")
+    return {
+        "calls_per_run": sizes.cold_calls,
+        "postgres_ms": summary(pg_ms, 2),
+        "sqlite_ms": summary(lite_ms, 2),
+        "vs_sqlite": paired(pg_ms, lite_ms),
+        "how": "wall time of `queuectl --db URL enqueue --cmd true` from spawn to reap, over "
+               "the Unix socket; alternating with the same call on a SQLite file",
+        "import_profile": profile,
+    }
+
+
+def batch_part(cluster: PgCluster, sizes: Sizes, workdir: Path) -> dict[str, Any]:
+    """One `enqueue --file` of `pg_batch_jobs` jobs, on PostgreSQL and on SQLite."""
+    jobs = sizes.pg_batch_jobs
+    jobs_file = write_jobs_file(workdir / f"pg-batch-{jobs}.jsonl", jobs)
+    pg: list[float] = []
+    lite: list[float] = []
+    for r in range(sizes.runs):
+        queue, db = pg_queue(cluster, "batch")
+        try:
+            pg.append(jobs / queue.enqueue_file(jobs_file))
+        finally:
+            cluster.drop(db)
+        lq, d = fresh_queue(workdir, f"pg-cmp-sqlite-batch-run{r}")
+        lq.create()
+        lite.append(jobs / lq.enqueue_file(jobs_file))
+        shutil.rmtree(d, ignore_errors=True)
+        log(f"pg batch enqueue run {r + 1}/{sizes.runs}: {pg[-1]:.0f} jobs/s "
+            f"(SQLite {lite[-1]:.0f})")
+    return {
+        "jobs": jobs,
+        "postgres_jobs_per_s": summary(pg, 0),
+        "sqlite_jobs_per_s": summary(lite, 0),
+        "how": "one `queuectl enqueue --file` call, wall time including start-up",
+    }
+
+
+# -- a million finished jobs -----------------------------------------------------------------
+def _columns(cluster: PgCluster, db: str) -> dict[str, list[tuple[str, str, bool, bool]]]:
+    """{table: [(column, type, not null, has default or identity)]} of the backend's schema."""
+    out: dict[str, list[tuple[str, str, bool, bool]]] = {}
+    rows = cluster.sql(db, f"""
+        SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
+               a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> ''
+        FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = '{SCHEMA}' AND c.relkind IN ('r', 'p') AND a.attnum > 0
+          AND NOT a.attisdropped
+        ORDER BY c.relname, a.attnum""")
+    for line in rows.splitlines():
+        table, col, typ, notnull, hasdef = line.split("|")
+        out.setdefault(table, []).append((col, typ, notnull == "t", hasdef == "t"))
+    return out
+
+
+def _value(name: str, typ: str, t0: float, job_id: str) -> str | None:
+    """SQL for column `name` of a finished job number x (None: leave it to its default)."""
+    epoch = {
+        "run_at": f"{t0} + x * 0.001", "created_at": f"{t0} + x * 0.001",
+        "updated_at": f"{t0} + x * 0.001 + 0.004", "started_at": f"{t0} + x * 0.001 + 0.001",
+        "finished_at": f"{t0} + x * 0.001 + 0.004", "heartbeat_at": f"{t0} + x * 0.001",
+    }
+    plain = {
+        "id": job_id, "job_id": job_id, "command": "'true'", "state": "'completed'",
+        "outcome": "'completed'", "attempts": "1", "attempt": "1", "max_retries": "3",
+        "priority": "0", "exit_code": "0", "worker": "'bench-host:' || (100000 + x % 4)",
+        "host": "'bench-host'", "hostname": "'bench-host'",
+    }
+    if name in epoch:
+        return f"to_timestamp({epoch[name]})" if "timestamp" in typ else epoch[name]
+    if name in plain:
+        return plain[name]
+    return None
+
+
+def _zero(typ: str) -> str:
+    """A neutral value of a type, for a NOT NULL column the bench does not know."""
+    if "timestamp" in typ:
+        return "now()"
+    if typ in ("bytea",):
+        return "''::bytea"
+    if typ == "boolean":
+        return "false"
+    if typ.startswith(("json",)):
+        return "'{}'"
+    if typ.startswith(("integer", "bigint", "smallint", "double", "real", "numeric")):
+        return "0"
+    return "''"
+
+
+def fill_finished(cluster: PgCluster, db: str, rows: int) -> dict[str, Any]:
+    """Insert `rows` completed jobs, and one finished attempt each in every table that has a
+    job_id column, with INSERT ... SELECT generate_series in one transaction; then ANALYZE
+    (autovacuum would have by the time a real queue got there)."""
+    cols = _columns(cluster, db)
+    if "jobs" not in cols:
+        raise RuntimeError(f"no {SCHEMA}.jobs table (tables: {', '.join(cols) or 'none'}): "
+                           "teach bench/pg.py the backend's schema")
+    t0 = time.time() - rows * 0.001 - 86_400
+    id_type = next(t for c, t, _n, _d in cols["jobs"] if c == "id") if any(
+        c == "id" for c, *_ in cols["jobs"]) else "text"
+    job_id = "x" if id_type.startswith(("integer", "bigint")) else "lpad(to_hex(x), 12, '0')"
+    tables = ["jobs"] + sorted(t for t, cs in cols.items()
+                               if t != "jobs" and any(c == "job_id" for c, *_ in cs))
+    guessed: dict[str, list[str]] = {}
+    statements = []
+    for table in tables:
+        names, exprs = [], []
+        for col, typ, notnull, hasdef in cols[table]:
+            expr = _value(col, typ, t0, job_id)
+            if expr is None and table != "jobs" and col == "output":
+                expr = _zero(typ)
+            if expr is None:
+                if not notnull or hasdef:
+                    continue
+                expr = _zero(typ)
+                guessed.setdefault(table, []).append(col)
+            names.append(col)
+            exprs.append(f"CAST(({expr}) AS {typ})")
+        statements.append(f"INSERT INTO {SCHEMA}.{table} ({', '.join(names)}) "
+                          f"SELECT {', '.join(exprs)} FROM generate_series(1, {rows}) AS x;")
+    t = time.perf_counter()
+    cluster.sql(db, "BEGIN; " + " ".join(statements) + " COMMIT;", timeout=3600)
+    fill_s = time.perf_counter() - t
+    cluster.sql(db, "ANALYZE", timeout=3600)
+    size = int(cluster.sql(db, f"SELECT pg_database_size('{db}')").strip())
+    return {"tables": tables, "guessed_not_null_columns": guessed,
+            "fill_seconds": round(fill_s, 2), "db_bytes": size}
+
+
+def claim_latencies(locator: str, samples: int) -> list[float]:
+    """ms per `claim_next()` through the public store API, in process."""
+    from queuectl.locator import open_store
+
+    store = open_store(locator, for_worker=True)
+    out = []
+    try:
+        for _ in range(samples):
+            t = time.perf_counter()
+            job = store.claim_next("bench-claimer")
+            out.append((time.perf_counter() - t) * 1000)
+            if job is None:
+                raise RuntimeError("claim_next found no job")
+    finally:
+        store.close()
+    return out
+
+
+def claim_part(cluster: PgCluster, sizes: Sizes, workdir: Path) -> dict[str, Any]:
+    """Claim latency with `scale_rows` finished jobs vs none: each run copies a filled
+    template database (CREATE DATABASE ... TEMPLATE) and makes an empty one, enqueues
+    `claim_samples` jobs into each with `enqueue --file`, then claims them all."""
+    template, tdb = pg_queue(cluster, "scale_template")
+    empty_bytes = int(cluster.sql(tdb, f"SELECT pg_database_size('{tdb}')").strip())
+    fill = fill_finished(cluster, tdb, sizes.scale_rows)
+    log(f"pg scale: {sizes.scale_rows} finished jobs inserted in {fill['fill_seconds']:.1f} s "
+        f"({fill['db_bytes'] / 1e6:.0f} MB)")
+    claim_file = write_jobs_file(workdir / f"pg-claim-{sizes.claim_samples}.jsonl",
+                                 sizes.claim_samples)
+    claims: dict[str, list[list[float]]] = {"empty": [], "full": []}
+    try:
+        for r in range(sizes.runs):
+            for kind in ("empty", "full"):
+                db = cluster.database(f"claim_{kind}", template=tdb if kind == "full" else None)
+                try:
+                    queue = StoreQueue(cluster.locator(db), env=pg_env())
+                    queue.create()
+                    queue.enqueue_file(claim_file)
+                    claims[kind].append(claim_latencies(str(queue.db), sizes.claim_samples))
+                finally:
+                    cluster.drop(db)
+            log(f"pg scale run {r + 1}/{sizes.runs}: claim p50 "
+                f"{percentile(claims['empty'][-1], 50):.2f} ms empty, "
+                f"{percentile(claims['full'][-1], 50):.2f} ms full")
+    finally:
+        cluster.drop(tdb)
+        del template
+    return {
+        "finished_rows": sizes.scale_rows,
+        "fill": fill,
+        "db_mb_per_100k_finished": round((fill["db_bytes"] - empty_bytes) / sizes.scale_rows
+                                         * 100_000 / 1e6, 2),
+        "claim_samples": sizes.claim_samples,
+        "claim_method": "open_store(locator, for_worker=True).claim_next() timed in process",
+        **{f"claim_{k}": {"p50_ms": summary((percentile(c, 50) for c in v), 4),
+                          "p99_ms": summary((percentile(c, 99) for c in v), 4)}
+           for k, v in claims.items()},
+        "claim_p50_full_vs_empty": paired([percentile(c, 50) for c in claims["full"]],
+                                          [percentile(c, 50) for c in claims["empty"]]),
+    }
+
+
+# -- the section -----------------------------------------------------------------------------
+def pg_section(sizes: Sizes, workdir: Path, rng: Any,
+               peers: dict[str, PgPeerDrain | str]) -> dict[str, Any]:
+    """All PostgreSQL rows, or {"skipped": reason}. A part that fails is recorded under
+    "errors" (lifted into the run's errors) and the others still run."""
+    cluster, reason = shared_cluster(None)
+    if cluster is None:
+        log(f"skipping pg: {reason}")
+        return {"skipped": reason}
+    reason = backend_unusable(cluster)
+    if reason:
+        log(f"skipping pg: {reason}")
+        return {"skipped": reason, "versions": versions(cluster)}
+    out: dict[str, Any] = {"versions": versions(cluster), "locator_kind": "Unix socket, trust",
+                           "errors": {}}
+
+    def pickup() -> dict[str, Any]:
+        def make(d: Path, r: int) -> Queue:
+            return StoreQueue(cluster.locator(cluster.database(f"pickup{r}")), env=pg_env())
+        return pickup_section(sizes, workdir, rng, make, "pg-pickup")
+
+    parts: list[tuple[str, Callable[[], dict[str, Any]]]] = [
+        ("drain", lambda: drain_part(cluster, sizes, workdir, peers)),
+        ("pickup", pickup),
+        ("cold_enqueue", lambda: cold_part(cluster, sizes, workdir)),
+        ("batch_enqueue", lambda: batch_part(cluster, sizes, workdir)),
+        ("scale", lambda: claim_part(cluster, sizes, workdir)),
+    ]
+    for name, fn in parts:
+        try:
+            out[name] = fn()
+        except (Exception, subprocess.TimeoutExpired) as exc:  # noqa: BLE001 - recorded
+            out["errors"][name] = f"{type(exc).__name__}: {exc}"
+            log(f"pg {name} failed: {out['errors'][name]}")
+    return out
