@@ -30,15 +30,23 @@ PgPeerDrain = Callable[[PgCluster, Path, int, float], dict[str, Any]]
 
 
 def backend_unusable(cluster: PgCluster) -> str | None:
-    """Why queuectl cannot use PostgreSQL here (driver, backend), or None."""
+    """Why queuectl cannot run the bench on PostgreSQL here (driver, backend), or None: one
+    job through `enqueue`, `worker run --drain` and the store API, as the bench uses them."""
     db = cluster.database("probe")
+    queue = StoreQueue(cluster.locator(db), env=pg_env())
     try:
-        res = run(StoreQueue(cluster.locator(db)).argv("status"), env=pg_env(), check=False,
-                  timeout=60)
-        if res.returncode != 0:
-            lines = (res.stderr.strip() or res.stdout.strip()).splitlines() or ["no output"]
-            return f"queuectl's PostgreSQL backend is not usable: {lines[-1][:300]}"
+        for args in (("list", "--limit", "1"), ("enqueue", "--cmd", "true"),
+                     ("worker", "run", "--drain", "--name", "probe")):
+            res = run(queue.argv(*args), env=queue.env, check=False, timeout=60)
+            if res.returncode != 0:
+                lines = (res.stderr.strip() or res.stdout.strip()).splitlines() or ["no output"]
+                return (f"queuectl's PostgreSQL backend is not usable: `{args[0]}` exited "
+                        f"{res.returncode}: {lines[-1][:300]}")
+        if queue.per_worker(["probe"]) != {"probe": 1}:
+            return "queuectl's PostgreSQL backend is not usable: a probe job did not complete"
         return None
+    except Exception as exc:  # noqa: BLE001 - the reason to skip
+        return f"queuectl's PostgreSQL backend is not usable: {type(exc).__name__}: {exc}"
     finally:
         cluster.drop(db)
 
@@ -284,9 +292,9 @@ def _zero(typ: str) -> str:
 
 
 def fill_finished(cluster: PgCluster, db: str, rows: int) -> dict[str, Any]:
-    """Insert `rows` completed jobs, and one finished attempt each in every table that has a
-    job_id column, with INSERT ... SELECT generate_series in one transaction; then ANALYZE
-    (autovacuum would have by the time a real queue got there)."""
+    """Insert `rows` completed jobs, and one finished attempt each in every table that has
+    job_id and attempt columns, with INSERT ... SELECT generate_series in one transaction; then
+    VACUUM (ANALYZE), as autovacuum would have done long before a real queue got there."""
     cols = _columns(cluster, db)
     if "jobs" not in cols:
         raise RuntimeError(f"no {SCHEMA}.jobs table (tables: {', '.join(cols) or 'none'}): "
@@ -295,8 +303,8 @@ def fill_finished(cluster: PgCluster, db: str, rows: int) -> dict[str, Any]:
     id_type = next(t for c, t, _n, _d in cols["jobs"] if c == "id") if any(
         c == "id" for c, *_ in cols["jobs"]) else "text"
     job_id = "x" if id_type.startswith(("integer", "bigint")) else "lpad(to_hex(x), 12, '0')"
-    tables = ["jobs"] + sorted(t for t, cs in cols.items()
-                               if t != "jobs" and any(c == "job_id" for c, *_ in cs))
+    tables = ["jobs"] + sorted(t for t, cs in cols.items() if t != "jobs" and {
+        "job_id", "attempt"} <= {c for c, *_ in cs})  # the attempt history
     guessed: dict[str, list[str]] = {}
     statements = []
     for table in tables:
@@ -317,7 +325,7 @@ def fill_finished(cluster: PgCluster, db: str, rows: int) -> dict[str, Any]:
     t = time.perf_counter()
     cluster.sql(db, "BEGIN; " + " ".join(statements) + " COMMIT;", timeout=3600)
     fill_s = time.perf_counter() - t
-    cluster.sql(db, "ANALYZE", timeout=3600)
+    cluster.sql(db, "VACUUM (ANALYZE)", timeout=3600)
     size = int(cluster.sql(db, f"SELECT pg_database_size('{db}')").strip())
     return {"tables": tables, "guessed_not_null_columns": guessed,
             "fill_seconds": round(fill_s, 2), "db_bytes": size}
@@ -343,8 +351,9 @@ def claim_latencies(locator: str, samples: int) -> list[float]:
 
 def claim_part(cluster: PgCluster, sizes: Sizes, workdir: Path) -> dict[str, Any]:
     """Claim latency with `scale_rows` finished jobs vs none: each run copies a filled
-    template database (CREATE DATABASE ... TEMPLATE) and makes an empty one, enqueues
-    `claim_samples` jobs into each with `enqueue --file`, then claims them all."""
+    template database (CREATE DATABASE ... TEMPLATE) and makes an empty one (in alternating
+    order), enqueues `claim_samples` jobs into each with `enqueue --file`, then claims them
+    all."""
     template, tdb = pg_queue(cluster, "scale_template")
     empty_bytes = int(cluster.sql(tdb, f"SELECT pg_database_size('{tdb}')").strip())
     fill = fill_finished(cluster, tdb, sizes.scale_rows)
@@ -355,7 +364,7 @@ def claim_part(cluster: PgCluster, sizes: Sizes, workdir: Path) -> dict[str, Any
     claims: dict[str, list[list[float]]] = {"empty": [], "full": []}
     try:
         for r in range(sizes.runs):
-            for kind in ("empty", "full"):
+            for kind in ("empty", "full") if r % 2 == 0 else ("full", "empty"):
                 db = cluster.database(f"claim_{kind}", template=tdb if kind == "full" else None)
                 try:
                     queue = StoreQueue(cluster.locator(db), env=pg_env())

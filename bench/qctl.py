@@ -109,6 +109,10 @@ class StoreQueue(Queue):
         if env is not None:
             self.env = env
 
+    def create(self) -> None:
+        """Let queuectl create the schema (any read does)."""
+        self.cli("list", "--limit", "1")
+
     def _store(self) -> Any:
         from queuectl.locator import open_store
 

@@ -210,7 +210,7 @@ def pg_targets(res: dict[str, Any]) -> list[dict[str, Any]]:
     def add(name: str, part: str, value: float | None, shown: str, goal: str,
             ok: bool) -> None:
         if value is None:
-            shown = f"skipped: {skipped}" if skipped else (
+            shown = "skipped (see PostgreSQL rows below)" if skipped else (
                 f"failed: {errors[part]}" if part in errors else "n/a")
         rows.append({"target": name, "value": value, "shown": shown, "goal": goal,
                      "met": _check(value, value is not None and ok)})
@@ -230,7 +230,7 @@ def pg_targets(res: dict[str, Any]) -> list[dict[str, Any]]:
         if why:
             shown = f"{peer} skipped: {why}"
         elif r is None:
-            shown = f"skipped: {skipped}" if skipped else "n/a"
+            shown = "skipped (see PostgreSQL rows below)" if skipped else "n/a"
         else:
             shown = (f"{fmt(_get(d, 'postgres', 'from_launch_jobs_per_s'))} vs "
                      f"{fmt(pd.get('from_launch_jobs_per_s'))} jobs/s from starting the "
