@@ -95,20 +95,11 @@ def test_reclaim_expired_turns_an_expired_lease_into_a_failed_attempt_with_a_los
     assert store.record_success(job, ok()) is False
 
 
-def test_reclaim_expired_makes_a_job_dead_when_its_retries_are_spent(store) -> None:
+def test_reclaim_expired_takes_every_expired_lease_in_one_call_dead_if_retries_are_spent(
+        store, open_another) -> None:
     short_leases(store)
-    add(store, id="j", max_retries=0)
-    claim(store)
-    [lost] = wait_reclaimed(store)
-    assert (lost.state, lost.attempts) == ("dead", 1)
-    stored = store.get("j", history=True)
-    assert stored.state == "dead" and stored.history[-1]["outcome"] == policy.LOST_ATTEMPT
-
-
-def test_reclaim_expired_takes_every_expired_lease_in_one_call(store, open_another) -> None:
-    short_leases(store)
-    store.enqueue([JobSpec("true", id=i)
-                   for i in ("a", "b", "c")])
+    store.enqueue([JobSpec("true", id="a"), JobSpec("true", id="b"),
+                   JobSpec("true", id="c", max_retries=0)])
     claim(store, "w1")
     claim(store, "w2")
     claim(store, "w3")
@@ -117,6 +108,9 @@ def test_reclaim_expired_takes_every_expired_lease_in_one_call(store, open_anoth
     lost = open_another().reclaim_expired()
     assert sorted(j.id for j in lost) == ["a", "b", "c"]
     assert {j.worker for j in lost} == {"w1", "w2", "w3"}
+    assert {j.id: j.state for j in lost} == {"a": "failed", "b": "failed", "c": "dead"}
+    dead = store.get("c", history=True)
+    assert dead.state == "dead" and dead.history[-1]["outcome"] == policy.LOST_ATTEMPT
 
 
 def test_reclaim_worker_takes_back_every_attempt_of_that_worker_at_once(store) -> None:
