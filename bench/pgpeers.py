@@ -25,47 +25,61 @@ APPS = BENCH_DIR / "peer_apps"
 
 @dataclass(frozen=True)
 class PgPeer:
-    """How to install, start and watch one peer."""
+    """How to install, start and watch one peer (or one configuration of it)."""
 
-    name: str
+    name: str  # as reported
+    package: str  # its venv is bench/.venv-PACKAGE
     requirements: tuple[str, ...]  # pip requirement specifiers (package names only)
     module: str  # in bench/peer_apps
     setup: str  # worker setup, as recorded in the results
     remaining_sql: str  # jobs not finished yet
+    processes: int = 2
+    env: tuple[tuple[str, str], ...] = ()
+    drain_only: bool = False  # a second configuration, measured on the drain only
 
     @property
     def venv(self) -> Path:
-        return BENCH_DIR / f".venv-{self.name}"
+        return BENCH_DIR / f".venv-{self.package}"
 
     @property
     def python(self) -> Path:
         return self.venv / "bin" / "python"
 
     def worker_argv(self, drain: bool) -> list[str]:
-        if self.name == "procrastinate":
+        if self.package == "procrastinate":
             return [str(self.venv / "bin" / "procrastinate"), f"--app={self.module}.app",
                     "worker", "--concurrency", "1", "--queues", "bench",
                     *(["--one-shot"] if drain else [])]
         return [str(self.python), "-c", f"import {self.module} as a; a.work({drain})"]
 
 
+PROCRASTINATE_REQS = ("procrastinate>=3,<4", "psycopg[binary]")
+PGQUEUER_REQS = ("pgqueuer>=1,<2", "asyncpg")
+PGQUEUER_LEFT = "SELECT count(*) FROM pgqueuer"
 PEERS = (
-    PgPeer("procrastinate", ("procrastinate>=3,<4", "psycopg[binary]"), "procrastinate_app",
+    PgPeer("procrastinate", "procrastinate", PROCRASTINATE_REQS, "procrastinate_app",
            "2 × `procrastinate worker --concurrency 1` (defaults otherwise: LISTEN/NOTIFY, "
            "5 s polling); a sync task running subprocess.run(cmd, shell=True)",
            "SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing')"),
-    PgPeer("pgqueuer", ("pgqueuer>=1,<2", "asyncpg"), "pgqueuer_app",
-           "2 × pgqueuer.run(factory) processes, as `pgq run` (defaults otherwise: batch "
-           "size 10, LISTEN/NOTIFY); the entrypoint (concurrency_limit=2) runs "
-           "subprocess.run(cmd, shell=True) in a thread",
-           "SELECT count(*) FROM pgqueuer"),
+    # Concurrency 2 in PgQueuer's own terms: one worker process capped at 2 running jobs
+    # (max_concurrent_tasks must be at least twice the batch size, hence batch size 1). A
+    # per-entrypoint concurrency_limit=2 across 2 processes ran at ~20 jobs/s here, and 2
+    # processes capped at 2 each run up to 4 commands at once.
+    PgPeer("pgqueuer", "pgqueuer", PGQUEUER_REQS, "pgqueuer_app",
+           "1 × pgqueuer.run(factory) process, as `pgq run`, with max_concurrent_tasks=2 "
+           "and batch_size=1 (defaults otherwise: LISTEN/NOTIFY); the entrypoint runs "
+           "subprocess.run(cmd, shell=True) in a thread", PGQUEUER_LEFT, processes=1,
+           env=(("BENCH_PGQ_MAX", "2"), ("BENCH_PGQ_BATCH", "1"))),
+    PgPeer("pgqueuer-defaults", "pgqueuer", PGQUEUER_REQS, "pgqueuer_app",
+           "2 × pgqueuer.run(factory) processes with PgQueuer's defaults (batch size 10, no "
+           "cap: up to 20 commands at once)", PGQUEUER_LEFT, drain_only=True),
 )
 
 
 def install(peer: PgPeer) -> tuple[str | None, str]:
     """(version, reason if unavailable): the peer's own venv, created on first use."""
     check = [str(peer.python), "-c",
-             f"import importlib.metadata as m; print(m.version({peer.name!r}))"]
+             f"import importlib.metadata as m; print(m.version({peer.package!r}))"]
 
     def version() -> str | None:
         if not peer.python.exists():
@@ -97,12 +111,12 @@ class PeerDb:
     def __init__(self, peer: PgPeer, cluster: PgCluster, d: Path) -> None:
         self.peer, self.cluster, self.dir = peer, cluster, d
         d.mkdir(parents=True, exist_ok=True)
-        self.db = cluster.database(peer.name)
+        self.db = cluster.database(peer.package)
         assert cluster.dir is not None
         self.env = pg_env([
             ("BENCH_PG_DSN", cluster.dsn(self.db)), ("BENCH_PG_HOST", str(cluster.dir)),
             ("BENCH_PG_PORT", str(cluster.port)), ("BENCH_PG_USER", "postgres"),
-            ("BENCH_PG_DB", self.db), ("PYTHONPATH", str(APPS)),
+            ("BENCH_PG_DB", self.db), ("PYTHONPATH", str(APPS)), *peer.env,
         ])
         self.workers: list[subprocess.Popen] = []
         self.py("setup()")
@@ -146,7 +160,7 @@ class PeerDb:
 
 def peer_drain(peer: PgPeer, cluster: PgCluster, d: Path, jobs: int,
                timeout: float) -> dict[str, Any]:
-    """All jobs enqueued first (one process, in batches), then 2 worker processes started;
+    """All jobs enqueued first (one process, in batches), then the workers started;
     timed from starting them to no job left (polled every 10 ms). Also their CPU per job
     (from /proc/PID/stat when they exit, or are stopped) and the server's."""
     pdb = PeerDb(peer, cluster, d)
@@ -155,7 +169,7 @@ def peer_drain(peer: PgPeer, cluster: PgCluster, d: Path, jobs: int,
                                       str(jobs)))["seconds"]
         before = cluster.cpu_seconds()
         t0 = time.perf_counter()
-        pdb.start_workers(2, drain=True)
+        pdb.start_workers(peer.processes, drain=True)
         every = 0.01 if pdb.conn is not None else 0.05
         wait_until(lambda: pdb.remaining() == 0 or pdb.all_exited(), timeout,
                    f"{peer.name} to drain", every)
@@ -179,7 +193,7 @@ def peer_drain(peer: PgPeer, cluster: PgCluster, d: Path, jobs: int,
 
 def peer_pickup(peer: PgPeer, cluster: PgCluster, d: Path, sizes: Sizes,
                 rng: random.Random) -> list[float]:
-    """2 idle workers; jobs enqueued one at a time from one warm process."""
+    """Idle workers; jobs enqueued one at a time from one warm process."""
     pdb = PeerDb(peer, cluster, d)
     marks = d / "marks"
     marks.mkdir()
@@ -198,7 +212,7 @@ def peer_pickup(peer: PgPeer, cluster: PgCluster, d: Path, sizes: Sizes,
         return float(line)
 
     try:
-        pdb.start_workers(2, drain=False)
+        pdb.start_workers(peer.processes, drain=False)
         warm_up(enqueue, marks, timeout)
         return pickup_series(enqueue, marks, sizes.pickup_jobs, sizes.pickup_gap, rng, timeout)
     finally:
@@ -227,10 +241,10 @@ _INSTALLED: dict[str, tuple[str | None, str]] = {}
 def prepare() -> dict[str, tuple[str | None, str]]:
     """Install each peer once per run: {name: (version, reason if skipped)}."""
     for peer in PEERS:
-        if peer.name not in _INSTALLED:
-            _INSTALLED[peer.name] = install(peer)
-            if _INSTALLED[peer.name][1]:
-                log(f"skipping {peer.name}: {_INSTALLED[peer.name][1]}")
+        if peer.package not in _INSTALLED:
+            _INSTALLED[peer.package] = install(peer)
+            if _INSTALLED[peer.package][1]:
+                log(f"skipping {peer.package}: {_INSTALLED[peer.package][1]}")
     return _INSTALLED
 
 
@@ -238,7 +252,7 @@ def pg_drains() -> dict[str, Any]:
     """Each peer's drain function (cluster, dir, jobs, timeout) -> figures, or why not."""
     out: dict[str, Any] = {}
     for peer in PEERS:
-        version, reason = prepare()[peer.name]
+        version, reason = prepare()[peer.package]
         out[peer.name] = (lambda c, d, n, t, p=peer: peer_drain(p, c, d, n, t)) if version \
             else reason
     return out
@@ -254,7 +268,9 @@ def pgpeers_section(sizes: Sizes, workdir: Path, rng: random.Random,
     out: dict[str, Any] = {}
     timeout = (60 + sizes.drain_jobs / 20) * sizes.timeout_scale
     for peer in PEERS:
-        version, reason = prepare()[peer.name]
+        if peer.drain_only and not with_drain:
+            continue
+        version, reason = prepare()[peer.package]
         if not version:
             out[peer.name] = {"skipped": reason}
             continue
@@ -267,27 +283,29 @@ def pgpeers_section(sizes: Sizes, workdir: Path, rng: random.Random,
                 if with_drain:
                     drains.append(peer_drain(peer, cluster, base / "drain", sizes.drain_jobs,
                                              timeout))
-                cold.append(percentile(peer_cold(peer, cluster, base / "cold",
-                                                 sizes.cold_calls), 50))
-                pickups.append(peer_pickup(peer, cluster, base / "pickup", sizes, rng))
-                log(f"{peer.name} run {r + 1}/{sizes.runs}: cold enqueue {cold[-1]:.1f} ms, "
-                    f"pickup p50 {percentile(pickups[-1], 50):.1f} ms")
+                if not peer.drain_only:
+                    cold.append(percentile(peer_cold(peer, cluster, base / "cold",
+                                                     sizes.cold_calls), 50))
+                    pickups.append(peer_pickup(peer, cluster, base / "pickup", sizes, rng))
+                    log(f"{peer.name} run {r + 1}/{sizes.runs}: cold enqueue {cold[-1]:.1f} "
+                        f"ms, pickup p50 {percentile(pickups[-1], 50):.1f} ms")
                 shutil.rmtree(base, ignore_errors=True)
         except (Exception, subprocess.TimeoutExpired) as exc:  # noqa: BLE001 - recorded
             out[peer.name] = {"skipped": f"could not run: {type(exc).__name__}: {exc}",
                               "version": version}
             log(f"{peer.name} failed: {out[peer.name]['skipped']}")
             continue
-        out[peer.name] = {
-            "version": version,
-            "setup": peer.setup,
-            "server": cluster.version,
-            "cold_enqueue_ms": summary(cold, 2),
-            "cold_enqueue_method": f"python -c 'import {peer.module}; defer_one(\"true\")' "
-                                   "in the peer's venv (connect, enqueue one job, exit)",
-            "pickup": latency_summary(pickups),
-            "pickup_enqueue": "from one warm process (enqueue cost does not enter the latency)",
-        }
+        out[peer.name] = {"version": version, "setup": peer.setup, "server": cluster.version}
+        if not peer.drain_only:
+            out[peer.name] |= {
+                "cold_enqueue_ms": summary(cold, 2),
+                "cold_enqueue_method": f"python -c 'import {peer.module}; "
+                                       "defer_one(\"true\")' in the peer's venv (connect, "
+                                       "enqueue one job, exit)",
+                "pickup": latency_summary(pickups),
+                "pickup_enqueue": "from one warm process (enqueue cost does not enter the "
+                                  "latency)",
+            }
         if drains:
             out[peer.name]["drain"] = {k: summary(x[k] for x in drains) for k in drains[0]}
     return out

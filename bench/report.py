@@ -414,11 +414,18 @@ def pg_figures(res: dict[str, Any]) -> list[tuple[str, str]]:
                     f"SQLite {fmt(_get(d, 'sqlite', 'worker_cpu_us_per_job'))} µs "
                     f"({fmt(_get(d, 'sqlite', 'worker_cpu_with_children_us_per_job'))}); "
                     f"PostgreSQL server {fmt(_get(d, 'postgres', 'server_cpu_us_per_job'))} µs"))
-        for peer, pd in (d.get("peers") or {}).items():
-            if pd.get("worker_cpu_us_per_job"):
-                out.append((f"{peer}: CPU per job over its drain (workers; server)",
-                            f"{fmt(pd['worker_cpu_us_per_job'])} µs; "
-                            f"{fmt(pd.get('server_cpu_us_per_job'))} µs"))
+    peers = {n: x for n, x in (d.get("peers") or {}).items()}
+    for name, pp in (res.get("pgpeers") or {}).items():
+        if name not in peers and pp.get("drain"):
+            peers[name] = pp["drain"]
+    for peer, pd in peers.items():
+        if pd.get("skipped"):
+            out.append((f"{peer} drain", f"skipped: {pd['skipped']}"))
+        elif pd.get("from_launch_jobs_per_s"):
+            out.append((f"{peer} drain from starting its workers; CPU per job (workers; "
+                        "server)", f"{fmt(pd['from_launch_jobs_per_s'])} jobs/s; "
+                        f"{fmt(pd.get('worker_cpu_us_per_job'))} µs; "
+                        f"{fmt(pd.get('server_cpu_us_per_job'))} µs"))
     s = pg.get("scale") or {}
     if s:
         out.append(("PostgreSQL: claim p99 empty / full; MB per 100k finished (fill)",
@@ -428,6 +435,8 @@ def pg_figures(res: dict[str, Any]) -> list[tuple[str, str]]:
     p50 = _med(pg, "pickup", "p50_ms")
     ce = _med(pg, "cold_enqueue", "postgres_ms")
     for peer, pr in (res.get("pgpeers") or {}).items():
+        if "pickup" not in pr and not pr.get("skipped"):
+            continue  # a drain-only configuration
         if pr.get("skipped"):
             out.append((peer, f"skipped: {pr['skipped']}"))
             continue

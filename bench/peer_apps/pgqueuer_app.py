@@ -4,8 +4,9 @@
 supervisor (`pgqueuer.run`, defaults kept); the `pgq run` command of 1.6.0 fails at start-up
 on its `--log-level` option (a string where an enum is expected). The entrypoint runs the job's payload as a
 shell command through `subprocess.run(cmd, shell=True)` in a thread (PgQueuer 1.x takes
-async entrypoints only). `concurrency_limit=2` caps running jobs at 2 across all workers,
-as 2 queuectl workers run at most 2 commands.
+async entrypoints only). The bench sets the worker's knobs through BENCH_PGQ_BATCH
+(batch_size), BENCH_PGQ_MAX (max_concurrent_tasks) and BENCH_PGQ_LIMIT (the entrypoint's
+concurrency_limit); unset, PgQueuer's defaults apply.
 """
 
 import asyncio
@@ -37,7 +38,9 @@ async def main() -> AsyncIterator[PgQueuer]:
     conn = await connect()
     pgq = PgQueuer(AsyncpgDriver(conn))
 
-    @pgq.entrypoint(ENTRYPOINT, concurrency_limit=2)
+    limit = int(os.environ.get("BENCH_PGQ_LIMIT", "0"))
+
+    @pgq.entrypoint(ENTRYPOINT, concurrency_limit=limit)
     async def run_command(job: Job) -> None:
         command = (job.payload or b"true").decode()
         await asyncio.to_thread(subprocess.run, command, shell=True)
@@ -59,7 +62,8 @@ def work(drain: bool) -> None:
     from pgqueuer.types import QueueExecutionMode
 
     mode = QueueExecutionMode.drain if drain else QueueExecutionMode.continuous
-    asyncio.run(run(main, mode=mode))
+    asyncio.run(run(main, mode=mode, batch_size=int(os.environ.get("BENCH_PGQ_BATCH", "10")),
+                    max_concurrent_tasks=int(os.environ.get("BENCH_PGQ_MAX", "0")) or None))
 
 
 def setup() -> None:
