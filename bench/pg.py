@@ -10,6 +10,7 @@ backend's tables directly (INSERT ... SELECT generate_series, shaped by the colu
 backend created), because a million enqueues and drains would take an hour.
 """
 
+import random
 import shutil
 import subprocess
 import time
@@ -395,7 +396,7 @@ def claim_part(cluster: PgCluster, sizes: Sizes, workdir: Path) -> dict[str, Any
 
 
 # -- the section -----------------------------------------------------------------------------
-def pg_section(sizes: Sizes, workdir: Path, rng: Any,
+def pg_section(sizes: Sizes, workdir: Path, rng: random.Random,
                peers: dict[str, PgPeerDrain | str]) -> dict[str, Any]:
     """All PostgreSQL rows, or {"skipped": reason}. A part that fails is recorded under
     "errors" (lifted into the run's errors) and the others still run."""
