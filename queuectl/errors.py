@@ -28,3 +28,9 @@ class DatabaseUnavailable(QueueError):
 
 class DatabaseBusy(DatabaseUnavailable):
     """Another process held the lock past the busy timeout: worth waiting for, not fatal."""
+
+
+class Unsupported(QueueError):
+    """The backend in use cannot do this (a backup of PostgreSQL: use pg_dump)."""
+
+    exit_code = EXIT_USAGE

@@ -11,7 +11,13 @@ from queuectl.errors import ValidationError
 from queuectl.record import Record
 
 PENDING, PROCESSING, COMPLETED, FAILED, DEAD = "pending", "processing", "completed", "failed", "dead"
-STATES = (PENDING, PROCESSING, COMPLETED, FAILED, DEAD)
+CANCELED = "canceled"  # stopped by an operator: terminal, neither success nor dead, never retried
+STATES = (PENDING, PROCESSING, COMPLETED, FAILED, DEAD, CANCELED)
+# A job in one of these states will never run again by itself: `wait` stops here, and only
+# these may be purged or expire.
+TERMINAL = (COMPLETED, DEAD, CANCELED)
+# States `cancel` acts on: waiting ones become canceled at once, a running one is stopped.
+CANCELLABLE = (PENDING, FAILED, PROCESSING)
 
 # execve() refuses a single argument longer than 128 KiB (MAX_ARG_STRLEN), and the command
 # is one argument of `/bin/sh -c`, so a longer one could never run.
@@ -63,6 +69,7 @@ class Job(Record):
     last_error: str | None = None
     lease_expires_at: float | None = None
     history: list[dict[str, Any]] | None = None  # attempts, when asked for
+    cancel_requested: bool = False  # processing, and an operator asked for it to stop
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -81,12 +88,14 @@ class Job(Record):
             "finished_at": iso_ms(self.finished_at),
             "exit_code": self.exit_code,
             "last_error": self.last_error,
+            **({"cancel_requested": True} if self.cancel_requested else {}),
         }
 
 
-def check_state(state: str) -> str:
-    if state not in STATES:
-        raise ValidationError(f"unknown state {state!r} (valid: {', '.join(STATES)})")
+def check_state(state: str, allowed: tuple[str, ...] = STATES) -> str:
+    if state not in allowed:
+        what = "unknown state" if state not in STATES else "not allowed here: state"
+        raise ValidationError(f"{what} {state!r} (valid: {', '.join(allowed)})")
     return state
 
 

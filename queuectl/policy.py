@@ -15,6 +15,49 @@ ACTIVE_WINDOW = 3 * HEARTBEAT_EVERY  # a worker silent this long no longer count
 # Outcomes of an attempt as its history row records them.
 COMPLETED_ATTEMPT, FAILED_ATTEMPT, LOST_ATTEMPT, INTERRUPTED_ATTEMPT = (
     "completed", "failed", "lost", "interrupted")
+CANCELED_ATTEMPT = "canceled"
+CANCELED_ERROR = "canceled by an operator"
+
+# Cancel of a running job: a worker re-reads the job's cancel flag this often while the job
+# runs (and sooner when the store's wakeup fires), but never in a job's first moments, so a
+# stream of short jobs pays no read per job.
+CANCEL_CHECK_EVERY = 0.5
+CANCEL_CHECK_AFTER = 0.2  # seconds into a job before its first check
+WAKEUP_CHECK_MIN_GAP = 0.1  # at most this often on wakeups (other workers write constantly)
+
+# Live output (`logs --follow`): a job running longer than LIVE_OUTPUT_AFTER seconds has what
+# it printed written every LIVE_OUTPUT_EVERY seconds; only the last OUTPUT_LIMIT bytes (plus
+# the newest chunk) are kept, so a chatty job cannot grow the database without bound.
+LIVE_OUTPUT_AFTER = 0.5
+LIVE_OUTPUT_EVERY = 0.1
+# At most this much is written per flush (the newest bytes; a follower is told how many it
+# missed): a job printing a gigabyte costs the database about 160 KiB/s, not the gigabyte.
+LIVE_CHUNK_MAX = 16_384
+
+# Bulk operators' verbs and retention work in batches this size: one short transaction each,
+# so workers and `enqueue` never wait long for the lock.
+BATCH_SIZE = 500
+RETENTION_EVERY = 30.0  # seconds between retention passes once nothing expired
+RETENTION_BUSY_EVERY = 1.0  # ... and while passes keep finding expired jobs
+RETENTION_LEASE = 60.0  # seconds one worker holds the retention duty without renewing it
+RETENTION_LEASE_NAME = "retention"
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_DURATION = 100 * 365 * 86400
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from `90s`, `15m`, `12h`, `7d` or a plain number of seconds; ValueError else."""
+    value = str(text).strip().lower()
+    factor = _DURATION_UNITS.get(value[-1:], None)
+    number = value[:-1] if factor else value
+    try:
+        seconds = float(number) * (factor or 1)
+    except ValueError:
+        raise ValueError("expected a duration such as 90s, 15m, 12h, 7d or 0") from None
+    if not 0 <= seconds <= MAX_DURATION or seconds != seconds:
+        raise ValueError("expected a duration from 0 to 100 years (90s, 15m, 12h, 7d)")
+    return seconds
 
 
 def new_job_id() -> str:

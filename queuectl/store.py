@@ -55,6 +55,29 @@ class Outcome(Record):
     error: str | None
     output: bytes
     duration: float
+    total: int | None = None  # bytes printed in all (output is the tail); None: len(output)
+    live: bool = False  # some of it was written with append_output
+
+
+class PauseInfo(Record):
+    """Who paused the queue, from where, and when (store clock)."""
+
+    by: str
+    since: float
+
+
+class OutputSlice(Record):
+    """Part of one attempt's output stream, as `read_output` returns it.
+
+    `data` starts at byte `offset` of everything the attempt printed (its stdout and stderr
+    together). `offset` may be past what the caller asked for: those bytes are no longer
+    kept (only the last `policy.OUTPUT_LIMIT` are). `running` is False once the attempt has
+    ended; then `data` reaches the end of its output."""
+
+    attempt: int
+    offset: int
+    data: bytes
+    running: bool
 
 
 class Wakeup(ABC):
@@ -224,6 +247,102 @@ class Store(ABC):
     def info(self) -> dict[str, Any]:
         """Backend-neutral keys (`database`: the locator without secrets, `backend`,
         `schema_version`, `config`) plus one section named after the backend."""
+
+
+    # -- issue 11: operators living with the queue ---------------------------------------------
+    # Not abstract, so a backend that predates them stays instantiable; each backend overrides
+    # every one of them, and the contract suite (tests/contract/test_operator_verbs.py) checks
+    # the promises. Amended promises of the verbs above, for every backend:
+    # - claim_next and complete_and_claim claim nothing while the queue is paused (the flag is
+    #   read inside the claiming transaction);
+    # - record_failure, release, reclaim_expired and reclaim_worker end an attempt whose job
+    #   has a cancel request as `canceled` (terminal, finished_at set, a history row with
+    #   outcome `policy.CANCELED_ATTEMPT`), never as failed, dead or pending;
+    # - record_success of such an attempt completes it as usual (it finished first);
+    # - every way an attempt ends drops its live output (`append_output`), and its history
+    #   row records `output_total`, the number of bytes the attempt printed in all;
+    # - `get` fills Job.cancel_requested; `counts` includes `canceled`.
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel one job, in one transaction. `pending` or `failed`: it becomes `canceled`
+        at once (finished_at = now, attempts unchanged, no history row) and never runs.
+        `processing`: its cancel request is recorded (Job.cancel_requested) and waiting
+        workers are woken; its worker stops it and records the attempt as canceled (see
+        record_failure); asking again is not an error. Returns the job as updated.
+        NotFound if absent; Conflict if it is completed, dead or canceled."""
+        raise NotImplementedError
+
+    def cancel_state(self, state: str, limit: int) -> int:
+        """Cancel up to `limit` jobs of `state` (pending, failed or processing) as `cancel`
+        does, in one transaction; returns how many. Processing jobs whose cancel was
+        already requested are not counted again, so calling until the result is below
+        `limit` ends. ValueError for any other state."""
+        raise NotImplementedError
+
+    def cancel_requested(self, job: Job) -> bool:
+        """True if an operator asked to cancel this attempt while the worker holds it; a
+        read, cheap enough to ask every half second of a running job."""
+        raise NotImplementedError
+
+    def pause(self, by: str) -> bool:
+        """Stop all claiming (stored, so every worker on every host obeys it) and record who
+        (`by`, e.g. user@host) and when. False (nothing changed) if already paused.
+        Running jobs are not touched; enqueue still works; run_at and backoff keep counting."""
+        raise NotImplementedError
+
+    def resume(self) -> bool:
+        """Allow claiming again and wake waiting workers. False if it was not paused."""
+        raise NotImplementedError
+
+    def paused(self) -> PauseInfo | None:
+        """Who paused the queue and since when, or None when it is not paused."""
+        raise NotImplementedError
+
+    def count_matching(self, state: str, older_than: float | None = None) -> int:
+        """Jobs in `state`; with older_than (seconds), only those that finished at least that
+        long ago by the store's clock (finished_at <= now - older_than). What the bulk
+        verbs would touch (their --dry-run)."""
+        raise NotImplementedError
+
+    def purge(self, state: str, older_than: float | None, limit: int) -> int:
+        """Delete up to `limit` jobs of `state` (completed, dead or canceled only: ValueError
+        otherwise) that finished at least `older_than` seconds ago (any, if None), with their
+        history and live output, in one transaction; returns how many. Oldest first.
+        Call again until the result is below `limit`."""
+        raise NotImplementedError
+
+    def retry_dead_many(self, older_than: float | None, limit: int) -> int:
+        """`retry_dead` for up to `limit` dead jobs that finished at least `older_than`
+        seconds ago (any, if None), oldest first, in one transaction; returns how many."""
+        raise NotImplementedError
+
+    def take_duty(self, name: str, holder: str, seconds: float) -> bool:
+        """A named lease for background duties only one worker should do at a time
+        (retention): True if `holder` now holds `name` for `seconds` from now (it was free,
+        expired or already its own, and is renewed); False if another holder's lease is
+        still running. One transaction."""
+        raise NotImplementedError
+
+    def append_output(self, job: Job, offset: int, data: bytes) -> bool:
+        """Add `data`, which starts at byte `offset` of the running attempt's output, to its
+        live output, if the attempt is still held (False otherwise, nothing written); then
+        drop stored live output that ends more than `policy.OUTPUT_LIMIT` bytes before the
+        new end, so a chatty job keeps a bounded amount. Waiting readers are woken."""
+        raise NotImplementedError
+
+    def read_output(self, job_id: str, attempt: int | None, offset: int) -> OutputSlice | None:
+        """Output of one attempt (the latest if None: the running one, else the last
+        finished) from byte `offset` on, from one snapshot: the live output while it runs,
+        the history tail once it ended. None if that attempt has not started (or the job
+        never ran). NotFound if the job does not exist."""
+        raise NotImplementedError
+
+    def backup(self, path: str) -> None:
+        """Write a consistent copy of the whole queue to the new file `path` while others keep
+        working (Conflict if it exists; DatabaseUnavailable if it cannot be written).
+        Backends whose database is copied with its own tools raise Unsupported naming them
+        (PostgreSQL: use pg_dump)."""
+        raise NotImplementedError
 
     @abstractmethod
     def close(self) -> None: ...

@@ -387,7 +387,7 @@ def _newer_schema(area: Path, seed_db: Path) -> Path:
     path = area / "queue.db"
     shutil.copyfile(seed_db, path)
     conn = sqlite3.connect(path)
-    conn.execute("PRAGMA user_version = 2")
+    conn.execute("PRAGMA user_version = 99")
     conn.close()
     return path
 

@@ -22,8 +22,18 @@ from queuectl import settings as cfg
 from queuectl.backends.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
 from queuectl.clock import now
 from queuectl.errors import Conflict, DatabaseBusy, DatabaseUnavailable, NotFound
-from queuectl.job import DEAD, FAILED, STATES, Job, JobSpec
-from queuectl.store import Outcome, Store, Wakeup, WorkerInfo
+from queuectl.job import (
+    CANCELED,
+    CANCELLABLE,
+    DEAD,
+    FAILED,
+    PROCESSING,
+    STATES,
+    TERMINAL,
+    Job,
+    JobSpec,
+)
+from queuectl.store import Outcome, OutputSlice, PauseInfo, Store, Wakeup, WorkerInfo
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs every `enqueue` a few ms of imports
@@ -31,17 +41,28 @@ if TYPE_CHECKING:  # typing costs every `enqueue` a few ms of imports
     from typing import Any
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
+_RETRY_DEAD = ("UPDATE jobs SET state = 'pending', attempts = 0, run_at = ?, updated_at = ?,"
+               " worker = NULL, finished_at = NULL, exit_code = NULL, cancel_requested = 0")
+_CANCEL_WAITING = ("UPDATE jobs SET state = 'canceled', finished_at = ?, updated_at = ?,"
+                   " last_error = ?, lease_expires_at = NULL")
 BUSY_TIMEOUT = float(os.environ.get("QUEUECTL_BUSY_TIMEOUT", "5"))
 
 
 _JOB_COLUMNS = (
     "id, command, state, attempts, max_retries, created_at, updated_at, priority, timeout, "
-    "run_at, worker, started_at, finished_at, exit_code, last_error, lease_expires_at"
+    "run_at, worker, started_at, finished_at, exit_code, last_error, lease_expires_at, "
+    "cancel_requested"
 )
+_NOT_PAUSED = "NOT EXISTS (SELECT 1 FROM flags WHERE name = 'paused')"
 
 
 def _job(row: tuple) -> Job:
-    return Job(*row, None)  # every column, and no history
+    return Job(*row[:16], None, bool(row[16]))  # every column, and no history
+
+
+def _cutoff(older_than: float | None) -> float:
+    """The finished_at at or before which a job is `older_than` seconds old."""
+    return float("inf") if older_than is None else now() - older_than
 
 
 def _describe(exc: sqlite3.Error, path: str) -> str:
@@ -159,6 +180,9 @@ class SQLiteStore(Store):
             "SELECT count(*) FROM workers",
             "SELECT count(*) FROM config",
             "SELECT max(seq) FROM attempts",
+            "SELECT count(*) FROM flags",
+            "SELECT count(*) FROM duties",
+            "SELECT count(*) FROM live_output",
         ):
             self._retry(lambda sql=sql: self._conn.execute(sql).fetchall())
 
@@ -324,7 +348,7 @@ class SQLiteStore(Store):
             f"""UPDATE jobs SET state = 'processing', attempts = attempts + 1, worker = ?,
                 lease_expires_at = ?, started_at = ?, finished_at = NULL, updated_at = ?
             WHERE id = (SELECT id FROM jobs INDEXED BY jobs_due
-                        WHERE state IN ('pending', 'failed') AND run_at <= ?
+                        WHERE state IN ('pending', 'failed') AND run_at <= ? AND {_NOT_PAUSED}
                         ORDER BY priority DESC, run_at LIMIT 1)
             RETURNING {_JOB_COLUMNS}""",
             (worker, t + lease, t, t, t),
@@ -352,15 +376,21 @@ class SQLiteStore(Store):
         self, c: sqlite3.Connection, job: Job, outcome: Outcome | None, result: str,
         error: str | None, t: float,
     ) -> None:
-        """An attempt's history row is written once, when it ends (one statement per job)."""
+        """An attempt's history row is written once, when it ends (one statement per job
+        that printed nothing live; its live output, if any, goes with it)."""
         output = policy.output_tail(outcome.output) if outcome else None
         exit_code = outcome.exit_code if outcome else None
+        total = None
+        if outcome is not None:
+            total = outcome.total if outcome.total is not None else len(outcome.output)
         c.execute(
             """INSERT INTO attempts (job_id, attempt, worker, started_at, finished_at, outcome,
-               exit_code, error, output) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+               exit_code, error, output, output_total) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
             (job.id, job.attempts, job.worker, job.started_at or t, t, result, exit_code, error,
-             output),
+             output, total),
         )
+        if outcome is None or outcome.live:
+            c.execute("DELETE FROM live_output WHERE job_id = ?", (job.id,))
 
     def _complete(self, c: sqlite3.Connection, job: Job, outcome: Outcome) -> bool:
         t = now()
@@ -387,10 +417,14 @@ class SQLiteStore(Store):
         self, c: sqlite3.Connection, job: Job, outcome: Outcome | None, error: str,
         result: str, conf: cfg.QueueConfig,
     ) -> Job:
-        """The one place that decides between a retry and the dead letter queue."""
+        """The one place that decides between a retry, the dead letter queue and, when an
+        operator asked for it, canceled."""
         t = now()
         exit_code = outcome.exit_code if outcome else None
-        if policy.retries_spent(job.attempts, job.max_retries):
+        if job.cancel_requested:
+            state, run_at, finished = CANCELED, job.run_at, t
+            result, error = policy.CANCELED_ATTEMPT, policy.CANCELED_ERROR
+        elif policy.retries_spent(job.attempts, job.max_retries):
             state, run_at, finished = DEAD, job.run_at, t
         else:
             state, run_at, finished = FAILED, t + conf.backoff_delay(job.attempts), t
@@ -422,12 +456,21 @@ class SQLiteStore(Store):
             held = c.execute(
                 """UPDATE jobs SET state = 'pending', attempts = attempts - 1, worker = NULL,
                    lease_expires_at = NULL, started_at = NULL, updated_at = ?
-                WHERE id = ? AND state = 'processing' AND worker = ? AND attempts = ?""",
+                WHERE id = ? AND state = 'processing' AND worker = ? AND attempts = ?
+                  AND cancel_requested = 0""",
                 (t, job.id, job.worker, job.attempts),
             ).rowcount
             if held:
                 self._finish_attempt(c, job, None, policy.INTERRUPTED_ATTEMPT, reason, t)
-        return held == 1
+                return True
+            row = c.execute(  # held, but canceled meanwhile: it ends canceled, not pending
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ? AND state = 'processing'"
+                " AND worker = ? AND attempts = ?", (job.id, job.worker, job.attempts),
+            ).fetchone()
+            if row is None:
+                return False
+            self._fail(c, _job(row), None, reason, policy.INTERRUPTED_ATTEMPT, self._config(c))
+        return True
 
     def _reclaim(self, where: str, params: tuple, why: str) -> list[Job]:
         with self._write() as c:
@@ -461,13 +504,187 @@ class SQLiteStore(Store):
             if row[0] != DEAD:
                 raise Conflict(f"job {job_id!r} is {row[0]}, not dead; only dead jobs can be retried")
             t = now()
-            c.execute(
-                """UPDATE jobs SET state = 'pending', attempts = 0, run_at = ?, updated_at = ?,
-                   worker = NULL, finished_at = NULL, exit_code = NULL WHERE id = ?""",
-                (t, t, job_id),
-            )
+            c.execute(f"{_RETRY_DEAD} WHERE id = ?", (t, t, job_id))
             return _job(c.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?",
                                   (job_id,)).fetchone())
+
+    # -- issue 11 ----------------------------------------------------------------------------
+    def cancel(self, job_id: str) -> Job:
+        with self._write() as c:
+            row = c.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no job with id {job_id!r}")
+            job = _job(row)
+            if job.state not in CANCELLABLE:
+                raise Conflict(f"job {job_id!r} is already {job.state}; only pending, failed or"
+                               " processing jobs can be canceled")
+            t = now()
+            if job.state == PROCESSING:
+                c.execute("UPDATE jobs SET cancel_requested = 1, updated_at = ? WHERE id = ?",
+                          (t, job_id))
+            else:
+                c.execute(f"{_CANCEL_WAITING} WHERE id = ?", (t, t, policy.CANCELED_ERROR, job_id))
+            return _job(c.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?",
+                                  (job_id,)).fetchone())
+
+    def cancel_state(self, state: str, limit: int) -> int:
+        if state not in CANCELLABLE:
+            raise ValueError(f"cannot cancel {state} jobs")
+        with self._write() as c:
+            t = now()
+            if state == PROCESSING:
+                return c.execute(
+                    """UPDATE jobs SET cancel_requested = 1, updated_at = ? WHERE id IN (
+                       SELECT id FROM jobs INDEXED BY jobs_by_state WHERE state = 'processing'
+                       AND cancel_requested = 0 ORDER BY created_at LIMIT ?)""", (t, limit),
+                ).rowcount
+            return c.execute(
+                f"""{_CANCEL_WAITING} WHERE id IN (SELECT id FROM jobs INDEXED BY jobs_by_state
+                    WHERE state = ? ORDER BY created_at LIMIT ?)""",
+                (t, t, policy.CANCELED_ERROR, state, limit),
+            ).rowcount
+
+    def cancel_requested(self, job: Job) -> bool:
+        rows = self._read(
+            "SELECT cancel_requested FROM jobs WHERE id = ? AND state = 'processing'"
+            " AND worker = ? AND attempts = ?", (job.id, job.worker, job.attempts))
+        return bool(rows and rows[0][0])
+
+    def pause(self, by: str) -> bool:
+        with self._write() as c:
+            return c.execute("INSERT OR IGNORE INTO flags (name, set_by, since)"
+                             " VALUES ('paused', ?, ?)", (by, now())).rowcount == 1
+
+    def resume(self) -> bool:
+        with self._write() as c:
+            return c.execute("DELETE FROM flags WHERE name = 'paused'").rowcount == 1
+
+    def paused(self) -> PauseInfo | None:
+        rows = self._read("SELECT set_by, since FROM flags WHERE name = 'paused'")
+        return PauseInfo(*rows[0]) if rows else None
+
+    def count_matching(self, state: str, older_than: float | None = None) -> int:
+        if older_than is None:
+            return self._read("SELECT count(*) FROM jobs WHERE state = ?", (state,))[0][0]
+        cutoff = _cutoff(older_than)
+        # finished_at >= created_at, so the index range on created_at bounds the scan
+        return self._read(
+            "SELECT count(*) FROM jobs INDEXED BY jobs_by_state WHERE state = ?"
+            " AND created_at <= ? AND finished_at <= ?", (state, cutoff, cutoff))[0][0]
+
+    def _finished_ids(self, c: sqlite3.Connection, state: str, older_than: float | None,
+                      limit: int) -> list[str]:
+        cutoff = _cutoff(older_than)
+        return [r[0] for r in c.execute(
+            "SELECT id FROM jobs INDEXED BY jobs_by_state WHERE state = ? AND created_at <= ?"
+            " AND finished_at <= ? ORDER BY created_at LIMIT ?",
+            (state, cutoff, cutoff, limit)).fetchall()]
+
+    def purge(self, state: str, older_than: float | None, limit: int) -> int:
+        if state not in TERMINAL:
+            raise ValueError(f"cannot purge {state} jobs")
+        with self._write() as c:
+            ids = [(i,) for i in self._finished_ids(c, state, older_than, limit)]
+            c.executemany("DELETE FROM attempts WHERE job_id = ?", ids)
+            c.executemany("DELETE FROM live_output WHERE job_id = ?", ids)
+            c.executemany("DELETE FROM jobs WHERE id = ?", ids)
+        return len(ids)
+
+    def retry_dead_many(self, older_than: float | None, limit: int) -> int:
+        with self._write() as c:
+            ids = [(i,) for i in self._finished_ids(c, DEAD, older_than, limit)]
+            t = now()
+            c.executemany(f"{_RETRY_DEAD} WHERE id = ?", [(t, t, i) for (i,) in ids])
+        return len(ids)
+
+    def take_duty(self, name: str, holder: str, seconds: float) -> bool:
+        with self._write() as c:
+            t = now()
+            return c.execute(
+                """INSERT INTO duties (name, holder, expires_at) VALUES (?, ?, ?)
+                   ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,
+                   expires_at = excluded.expires_at
+                   WHERE duties.holder = excluded.holder OR duties.expires_at < ?""",
+                (name, holder, t + seconds, t)).rowcount == 1
+
+    def append_output(self, job: Job, offset: int, data: bytes) -> bool:
+        with self._write() as c:
+            if not c.execute("SELECT 1 FROM jobs WHERE id = ? AND state = 'processing'"
+                             " AND worker = ? AND attempts = ?",
+                             (job.id, job.worker, job.attempts)).fetchone():
+                return False
+            c.execute("INSERT OR REPLACE INTO live_output (job_id, attempt, start, data)"
+                      " VALUES (?, ?, ?, ?)", (job.id, job.attempts, offset, data))
+            c.execute("DELETE FROM live_output WHERE job_id = ? AND attempt = ?"
+                      " AND start + length(data) <= ?",
+                      (job.id, job.attempts, offset + len(data) - policy.OUTPUT_LIMIT))
+        return True
+
+    def read_output(self, job_id: str, attempt: int | None, offset: int) -> OutputSlice | None:
+        conn = self._conn
+        try:  # one snapshot: the job's state, its live chunks or its history row
+            self._retry(lambda: conn.execute("BEGIN"))
+            try:
+                return self._read_output(conn, job_id, attempt, offset)
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise _unavailable(exc, self.path) from None
+
+    @staticmethod
+    def _read_output(c: sqlite3.Connection, job_id: str, attempt: int | None,
+                     offset: int) -> OutputSlice | None:
+        row = c.execute("SELECT state, attempts FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no job with id {job_id!r}")
+        state, current = row
+        if state == PROCESSING and attempt in (None, current):
+            chunks = c.execute(
+                "SELECT start, data FROM live_output WHERE job_id = ? AND attempt = ?"
+                " AND start + length(data) > ? ORDER BY start", (job_id, current, offset),
+            ).fetchall()
+            start, data = offset, bytearray()
+            for chunk_start, chunk in chunks:
+                if not data:
+                    start = max(offset, chunk_start)
+                elif chunk_start != start + len(data):
+                    break  # a gap: the next call reports it
+                data += chunk[start + len(data) - chunk_start:]
+            return OutputSlice(current, start, bytes(data), True)
+        sql = ("SELECT attempt, output, output_total FROM attempts WHERE job_id = ?"
+               + ("" if attempt is None else " AND attempt = ?") + " ORDER BY seq DESC LIMIT 1")
+        found = c.execute(sql, (job_id,) if attempt is None else (job_id, attempt)).fetchone()
+        if found is None:
+            return None
+        number, tail, total = found
+        tail = tail or b""
+        total = len(tail) if total is None else total
+        begins = total - len(tail)
+        start = max(offset, begins)
+        return OutputSlice(number, start, tail[start - begins:], False)
+
+    def backup(self, path: str) -> None:
+        if os.path.lexists(path):
+            raise Conflict(f"{path} already exists; choose a new file name")
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            raise DatabaseUnavailable(f"cannot write {path}: directory {parent} does not exist")
+        temp = os.path.join(parent, f".{os.path.basename(path)}.{os.getpid()}.partial")
+        try:
+            # VACUUM INTO copies one read snapshot: consistent while workers keep writing.
+            self._retry(lambda: self._conn.execute("VACUUM INTO ?", (temp,)))
+            os.link(temp, path)  # never replaces a file that appeared meanwhile
+        except FileExistsError:
+            raise Conflict(f"{path} already exists; choose a new file name") from None
+        except OSError as exc:
+            raise DatabaseUnavailable(f"cannot write {path}: {exc.strerror}") from None
+        except sqlite3.Error as exc:
+            raise DatabaseUnavailable(f"backup to {path} failed: {exc}") from None
+        finally:
+            try:
+                os.unlink(temp)
+            except OSError:
+                pass
 
     def get(self, job_id: str, history: bool = False) -> Job:
         rows = self._read(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))

@@ -5,7 +5,7 @@ migrations in order, in one transaction, so every process sees either the old sc
 new one. Add a change as the next number; never edit a released one.
 """
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -54,5 +54,32 @@ MIGRATIONS: dict[int, list[str]] = {
             state TEXT NOT NULL,
             job_id TEXT)""",
         "CREATE TABLE config (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL)",
+    ],
+    # Issue 11: cancel, pause, retention, live output. Only additions: a database of
+    # version 1 keeps every job, attempt, worker and setting.
+    2: [
+        # An operator asked a processing job to stop; its worker ends the attempt as canceled.
+        "ALTER TABLE jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0",
+        # Bytes the attempt printed in all (its `output` keeps only the tail), so that
+        # `logs --follow` can tell where that tail starts. NULL for older rows.
+        "ALTER TABLE attempts ADD COLUMN output_total INTEGER",
+        # Queue-wide flags: `paused`, with who set it and when.
+        """CREATE TABLE flags (
+            name TEXT PRIMARY KEY NOT NULL,
+            set_by TEXT,
+            since REAL NOT NULL)""",
+        # Background duties one worker at a time does (retention), held like a lease.
+        """CREATE TABLE duties (
+            name TEXT PRIMARY KEY NOT NULL,
+            holder TEXT NOT NULL,
+            expires_at REAL NOT NULL)""",
+        # The running attempt's recent output, in chunks by byte offset; dropped when the
+        # attempt ends (its history row keeps the tail).
+        """CREATE TABLE live_output (
+            job_id TEXT NOT NULL,
+            attempt INTEGER NOT NULL,
+            start INTEGER NOT NULL,
+            data BLOB NOT NULL,
+            PRIMARY KEY (job_id, attempt, start)) WITHOUT ROWID""",
     ],
 }
