@@ -9,8 +9,8 @@ import click
 from queuectl import __version__, locator
 from queuectl import settings as cfg
 from queuectl.clock import iso_ms
-from queuectl.errors import NotFound
-from queuectl.job import DEAD, Job, check_state
+from queuectl.errors import EXIT_FAILED, NotFound, ValidationError
+from queuectl.job import CANCELLABLE, DEAD, TERMINAL, Job, check_state
 from queuectl.store import Store
 
 LOG_FORMATS = click.Choice(["auto", "human", "json", "journal"])
@@ -40,6 +40,28 @@ def _store(ctx: click.Context) -> Store:
 
 def _print_json(value: Any, indent: int | None = 2) -> None:
     click.echo(json.dumps(value, indent=indent, ensure_ascii=False))
+
+
+def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float | None:
+    if value is None:
+        return None
+    from queuectl.policy import parse_duration
+
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise ValidationError(f"invalid duration {value!r}: {exc}") from None
+
+
+older_than_option = click.option(
+    "--older-than", metavar="DURATION", callback=_duration,
+    help="Only jobs that finished at least this long ago (90s, 15m, 12h, 7d).")
+dry_run_option = click.option("--dry-run", is_flag=True,
+                              help="Say how many jobs it would touch; change nothing.")
+
+
+def _plural(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
 
 
 def _print_jobs(jobs: Iterable[Job], jsonl: bool) -> None:
@@ -102,8 +124,11 @@ def enqueue(ctx: click.Context, job_json: str | None, file_: str | None, command
 @db_option
 @click.pass_context
 def status(ctx: click.Context) -> None:
-    """Jobs per state and active workers, as one JSON object."""
-    _print_json(_store(ctx).counts(), indent=None)
+    """Jobs per state, active workers and whether the queue is paused, as one JSON object."""
+    store = _store(ctx)
+    counts: dict[str, Any] = store.counts()
+    counts["paused"] = store.paused() is not None
+    _print_json(counts, indent=None)
 
 
 @cli.command(name="list")
@@ -163,13 +188,178 @@ def dlq_list(ctx: click.Context, limit: int | None, jsonl: bool) -> None:
 
 
 @dlq.command(name="retry")
-@click.argument("job_id", metavar="ID")
+@click.argument("job_id", metavar="ID", required=False)
+@click.option("--all", "all_", is_flag=True, help="Every dead job (in batches).")
+@older_than_option
+@dry_run_option
 @db_option
 @click.pass_context
-def dlq_retry(ctx: click.Context, job_id: str) -> None:
-    """Move a dead job back to pending with attempts reset to 0."""
-    job = _store(ctx).retry_dead(job_id)
-    click.echo(job.id)
+def dlq_retry(ctx: click.Context, job_id: str | None, all_: bool, older_than: float | None,
+              dry_run: bool) -> None:
+    """Move a dead job (or --all of them) back to pending with attempts reset to 0."""
+    if (job_id is None) == (not all_):
+        raise ValidationError("give either one job ID or --all")
+    if job_id is not None and (older_than is not None or dry_run):
+        raise ValidationError("--older-than and --dry-run go with --all")
+    store = _store(ctx)
+    if job_id is not None:
+        click.echo(store.retry_dead(job_id).id)
+        return
+    from queuectl.operate import in_batches
+
+    count = store.count_matching(DEAD, older_than)
+    if dry_run:
+        click.echo(f"Would retry {_plural(count, 'dead job')}.")
+        return
+    done = in_batches(lambda n: store.retry_dead_many(older_than, n), count)
+    click.echo(f"Retried {_plural(done, 'dead job')}.")
+
+
+# -- operators -------------------------------------------------------------------------------
+@cli.command()
+@click.argument("job_ids", metavar="ID...", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Every job of --state (in batches).")
+@click.option("--state", metavar="STATE", help="With --all: pending, failed or processing.")
+@dry_run_option
+@db_option
+@click.pass_context
+def cancel(ctx: click.Context, job_ids: tuple[str, ...], all_: bool, state: str | None,
+           dry_run: bool) -> int:
+    """Cancel jobs: waiting ones never run; a running one is stopped by its worker."""
+    if job_ids and (all_ or state or dry_run):
+        raise ValidationError("give job IDs, or --all --state STATE [--dry-run], not both")
+    if not job_ids and not (all_ and state):
+        raise ValidationError("give job IDs, or --all --state STATE to cancel every such job")
+    store = _store(ctx)
+    if all_:
+        assert state is not None
+        check_state(state, CANCELLABLE)
+        from queuectl.operate import in_batches
+
+        count = store.count_matching(state)
+        if dry_run:
+            click.echo(f"Would cancel {_plural(count, state + ' job')}.")
+            return 0
+        done = in_batches(lambda n: store.cancel_state(state, n), count)
+        click.echo(f"Canceled {_plural(done, state + ' job')}"
+                   + (" (their workers stop them within about a second)." if
+                      state == "processing" else "."))
+        return 0
+    from queuectl.operate import cancel_each
+
+    failed = 0
+    for result in cancel_each(store, list(dict.fromkeys(job_ids))):
+        if result.error is None:
+            click.echo(result.line)
+        else:
+            failed += 1
+            click.echo(f"queuectl: error: {result.line}", err=True)
+    return EXIT_FAILED if failed else 0
+
+
+@cli.command()
+@db_option
+@click.pass_context
+def pause(ctx: click.Context) -> None:
+    """Workers finish what they run and claim nothing until `resume`."""
+    from queuectl.clock import iso
+    from queuectl.operate import operator
+
+    store = _store(ctx)
+    if store.pause(operator()):
+        click.echo("Paused: workers finish their running jobs and claim nothing until "
+                   "'queuectl resume'.")
+    else:
+        info = store.paused()
+        by = f" by {info.by} since {iso(info.since)}" if info else ""
+        click.echo(f"Already paused{by}.")
+
+
+@cli.command()
+@db_option
+@click.pass_context
+def resume(ctx: click.Context) -> None:
+    """Let workers claim jobs again."""
+    click.echo("Resumed." if _store(ctx).resume() else "Not paused.")
+
+
+@cli.command(name="wait")
+@click.argument("job_ids", metavar="ID...", nargs=-1, required=True)
+@click.option("--timeout", type=click.FloatRange(min=0), metavar="S",
+              help="Give up after S seconds (exit 124).")
+@db_option
+@click.pass_context
+def wait_(ctx: click.Context, job_ids: tuple[str, ...], timeout: float | None) -> int:
+    """Block until every job is completed, dead or canceled; print each record (JSON Lines).
+    Exit 0 if all completed; for one dead job its exit code; 1 otherwise; 124 on timeout."""
+    from queuectl.operate import wait_exit_code, wait_for
+
+    jobs, timed_out = wait_for(_store(ctx), list(dict.fromkeys(job_ids)), timeout)
+    for job in jobs:
+        click.echo(json.dumps(job.to_dict(), ensure_ascii=False))
+    if timed_out:
+        left = sum(j.state not in TERMINAL for j in jobs)
+        click.echo(f"queuectl: error: timed out after {timeout:g} s with "
+                   f"{_plural(left, 'job')} not finished", err=True)
+    return wait_exit_code(jobs, timed_out)
+
+
+@cli.command()
+@click.argument("job_id", metavar="ID")
+@click.option("--attempt", type=click.IntRange(min=1), metavar="N",
+              help="That attempt (default: the running one, else the last).")
+@click.option("--follow", "-f", is_flag=True,
+              help="Keep printing as the running attempt prints, until it ends.")
+@db_option
+@click.pass_context
+def logs(ctx: click.Context, job_id: str, attempt: int | None, follow: bool) -> int:
+    """The output (stdout and stderr) of one attempt of a job."""
+    import sys
+
+    from queuectl.operate import stream_output
+
+    out = sys.stdout.buffer
+
+    def write(data: bytes) -> None:
+        out.write(data)
+        out.flush()
+
+    def note(text: str) -> None:
+        click.echo(f"queuectl: {text}", err=True)
+
+    return stream_output(_store(ctx), job_id, attempt, follow, write, note)
+
+
+@cli.command()
+@click.option("--state", required=True, type=click.Choice(TERMINAL),
+              help="Which finished jobs.")
+@older_than_option
+@dry_run_option
+@db_option
+@click.pass_context
+def purge(ctx: click.Context, state: str, older_than: float | None, dry_run: bool) -> None:
+    """Delete finished jobs with their history, in short batches."""
+    from queuectl.operate import in_batches
+
+    store = _store(ctx)
+    count = store.count_matching(state, older_than)
+    if dry_run:
+        click.echo(f"Would delete {_plural(count, state + ' job')}.")
+        return
+    done = in_batches(lambda n: store.purge(state, older_than, n), count)
+    click.echo(f"Deleted {_plural(done, state + ' job')}.")
+
+
+@cli.command()
+@click.argument("path", metavar="FILE")
+@db_option
+@click.pass_context
+def backup(ctx: click.Context, path: str) -> None:
+    """A consistent copy of the queue in a new FILE, while workers run (SQLite)."""
+    import os
+
+    _store(ctx).backup(path)
+    click.echo(f"Backup written to {path} ({os.path.getsize(path)} bytes).")
 
 
 # -- configuration ---------------------------------------------------------------------------

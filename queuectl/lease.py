@@ -13,7 +13,9 @@ from queuectl import procinfo
 from queuectl.clock import iso_ms
 from queuectl.job import DEAD, Job
 from queuectl.policy import HEARTBEAT_EVERY
-from queuectl.store import Store
+from queuectl.retention import Retention
+from queuectl.settings import QueueConfig
+from queuectl.store import PauseInfo, Store
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -27,6 +29,9 @@ class LeaseKeeper:
         self.log = log
         self.next_beat = 0.0  # monotonic
         self._config_seen: dict[str, Any] | None = None
+        self.paused: PauseInfo | None = None  # as of the last beat
+        self._pause_known = False
+        self.retention = Retention(store, name, log)
 
     def due(self) -> bool:
         return time.monotonic() >= self.next_beat
@@ -41,7 +46,28 @@ class LeaseKeeper:
         for reclaimed in self.store.reclaim_expired():
             self.end_reclaimed(reclaimed)
         self._watch_config()
+        self._watch_pause()
         return held
+
+    def housekeeping(self) -> None:
+        """Background duties between jobs (retention), when due. Raises DatabaseUnavailable."""
+        if self.retention.due() and self._config_seen is not None:
+            self.retention.run(QueueConfig.from_items(self._config_seen))
+
+    def _watch_pause(self) -> None:
+        """Log when the queue is paused or resumed (who and when: the journal keeps it)."""
+        info = self.store.paused()
+        was, self.paused = self.paused, info
+        if not self._pause_known:
+            self._pause_known = True
+            if info is None:
+                return
+        elif (was is None) == (info is None):
+            return
+        if info is not None:
+            self.log.warning("queue_paused", paused_by=info.by, paused_at=iso_ms(info.since))
+        else:
+            self.log.info("queue_resumed")
 
     def end_reclaimed(self, job: Job) -> None:
         """Log a reclaimed attempt, after ending what may still run of it on this host

@@ -32,6 +32,12 @@ MESSAGES = {
     "killed",
     "config_changed": "Config changed: {key} = {value}",
     "database_error": "Database problem: {error}; retrying",
+    "job_canceling": "Canceling {job_id}: an operator asked; stopping its process group",
+    "job_canceled": "Job {job_id} canceled on attempt {attempt}/{max_attempts}; no retry",
+    "queue_paused": "Queue paused by {paused_by} at {paused_at}: finishing running jobs, "
+    "claiming nothing",
+    "queue_resumed": "Queue resumed: claiming jobs again",
+    "retention_purged": "Retention deleted {deleted} finished job(s) with their history",
 }
 
 

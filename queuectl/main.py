@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
             return _fail(exc.format_message(), exc.exit_code)
         if isinstance(exc, click.Abort):
             return 130
+        if isinstance(exc, NotImplementedError):  # a backend that lacks a newer verb
+            return _fail("this database backend does not support that command yet", EXIT_USAGE)
         # a bug: still one line, with the traceback on request
         if os.environ.get("QUEUECTL_DEBUG"):
             raise

@@ -58,6 +58,7 @@ class JobProcess:
         self.start_error: str | None = None
         self.returncode: int | None = None
         self._tail = bytearray()
+        self.total = 0  # bytes the command printed so far; the tail is the last of them
         self._killed_for: str | None = None
         self._term_sent_at: float | None = None
         self.pid = 0
@@ -115,11 +116,16 @@ class JobProcess:
             for fd in extra_fds:
                 self._poll.unregister(fd)
         ready = {fd for fd, _ in events}
+        self._ready = ready
         if self._out in ready and self._out_open:
             self._read_output()
         if self._pidfd in ready:
             self._reap()
         return self.done
+
+    def last_ready(self, fd: int) -> bool:
+        """Was fd (one of wait()'s extra fds) readable when the last wait() returned?"""
+        return fd in getattr(self, "_ready", ())
 
     def _read_output(self) -> bool:
         """Append what is available to the bounded tail; False at end of file."""
@@ -133,9 +139,17 @@ class JobProcess:
                 self._out_open = False
             return False
         self._tail += chunk
+        self.total += len(chunk)
         if len(self._tail) > 2 * OUTPUT_LIMIT:
             del self._tail[:-OUTPUT_LIMIT]
         return True
+
+    def output_since(self, offset: int) -> tuple[int, bytes]:
+        """What the command printed from byte `offset` on, as far as the tail still holds it:
+        (where the returned bytes start, the bytes). For live output (`logs --follow`)."""
+        begins = self.total - len(self._tail)
+        start = max(offset, begins)
+        return start, bytes(self._tail[start - begins:])
 
     def _reap(self) -> None:
         # The shell is a zombie until waited for, so its process group id cannot be reused
@@ -176,17 +190,17 @@ class JobProcess:
     def outcome(self) -> Outcome:
         duration = time.monotonic() - self.started
         if self.start_error is not None:
-            return Outcome(None, self.start_error, b"", duration)
+            return Outcome(None, self.start_error, b"", duration, 0)
         output = bytes(self._tail[-OUTPUT_LIMIT:])
         code = self.returncode
         if self._killed_for:
             return Outcome(None if code is None or code < 0 else code, self._killed_for,
-                           output, duration)
+                           output, duration, self.total)
         if code is not None and code < 0:
-            return Outcome(None, f"killed by {signal_name(-code)}", output, duration)
+            return Outcome(None, f"killed by {signal_name(-code)}", output, duration, self.total)
         if code:
-            return Outcome(code, f"exit status {code}", output, duration)
-        return Outcome(0, None, output, duration)
+            return Outcome(code, f"exit status {code}", output, duration, self.total)
+        return Outcome(0, None, output, duration, self.total)
 
     @property
     def succeeded(self) -> bool:

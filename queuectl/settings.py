@@ -41,6 +41,12 @@ def _number_between(low: float, high: float, low_open: bool = False) -> Callable
     return parse
 
 
+def _duration(text: str) -> int:
+    from queuectl.policy import parse_duration
+
+    return round(parse_duration(text))
+
+
 class Setting(Record):
     default: float | int
     parse: Callable[[str], float | int]
@@ -52,6 +58,10 @@ SETTINGS: dict[str, Setting] = {
     "backoff-base": Setting(2.0, _number_between(1.0, 1000.0), "delay after k-th failure = base**k s"),
     "backoff-max": Setting(3600.0, _number_between(0.0, 31_536_000.0), "cap on one backoff delay, s"),
     "lease-seconds": Setting(30, _int_between(2, 86_400), "a silent worker loses its job after this"),
+    # Retention: seconds a finished job is kept (durations such as 12h, 7d); 0 keeps forever.
+    "keep-completed": Setting(7 * 86400, _duration, "keep completed jobs this long, s (0 = forever)"),
+    "keep-dead": Setting(30 * 86400, _duration, "keep dead jobs this long, s (0 = forever)"),
+    "keep-canceled": Setting(7 * 86400, _duration, "keep canceled jobs this long, s (0 = forever)"),
 }
 
 
@@ -92,6 +102,13 @@ class QueueConfig(Record):
     backoff_base: float = 2.0
     backoff_max: float = 3600.0
     lease_seconds: int = 30
+    keep_completed: int = 7 * 86400
+    keep_dead: int = 30 * 86400
+    keep_canceled: int = 7 * 86400
+
+    def keep_for(self, state: str) -> int:
+        """Seconds a finished job of this state is kept; 0 forever."""
+        return int(getattr(self, "keep_" + state))
 
     @classmethod
     def from_items(cls, items: dict[str, float | int]) -> QueueConfig:

@@ -17,7 +17,8 @@ from collections.abc import Callable
 from queuectl import procinfo
 from queuectl.clock import iso_ms
 from queuectl.errors import Conflict, DatabaseBusy, DatabaseUnavailable
-from queuectl.job import DEAD, Job
+from queuectl.job import CANCELED, DEAD, Job
+from queuectl.jobwatch import JobWatch
 from queuectl.lease import LeaseKeeper
 from queuectl.log import get_logger
 from queuectl.notify import Notifier
@@ -201,7 +202,8 @@ class Worker:
                 if job is None:
                     if idle_for is None:  # drained
                         break
-                    self.notifier.status("idle")
+                    self.notifier.status("paused: claiming nothing" if self.lease.paused
+                                         else "idle")
                     self._sleep(idle_for, for_jobs=True)
                     continue
             self._step("claimed")
@@ -216,6 +218,7 @@ class Worker:
         if self._wakeup is not None:
             self._wakeup.drain()  # changes before this claim are seen by it
         self.lease.beat("idle")
+        self.lease.housekeeping()
         job = self.store.claim_next(self.name)
         if job is not None:
             return job, 0.0
@@ -245,7 +248,9 @@ class Worker:
         us). False if the lease was lost."""
         try:
             self._check_parent()
-            return self.lease.beat("stopping" if self.stop.requested else "busy", job)
+            held = self.lease.beat("stopping" if self.stop.requested else "busy", job)
+            self.lease.housekeeping()
+            return held
         except DatabaseUnavailable as exc:
             self.log.warning("database_error", error=str(exc), retry_in=HEARTBEAT_EVERY)
             return True
@@ -260,10 +265,12 @@ class Worker:
         proc = JobProcess(job.command, job_environment(self._env, job.id, attempt),
                           self.opts.job_umask)
         self._step("spawned")
-        interrupted = lost = False
+        watch = JobWatch(self.store, job, proc, self._wakeup, self.log)
+        interrupted = lost = canceled = False
         while not proc.done:
             self.notifier.ping_if_due()
-            deadlines = [self.lease.next_beat, time.monotonic() + self.notifier.seconds_to_ping()]
+            deadlines = [self.lease.next_beat, time.monotonic() + self.notifier.seconds_to_ping(),
+                         watch.deadline()]
             if job.timeout:
                 deadlines.append(proc.started + job.timeout)
             grace_end = self.stop.grace_ends(self.opts.grace)
@@ -271,9 +278,14 @@ class Worker:
                 deadlines.append(grace_end)
             if proc.kill_deadline is not None:
                 deadlines.append(proc.kill_deadline)
-            if proc.wait(min(deadlines) - time.monotonic(), (self.stop.fd,)):
+            watch_fds = watch.fds()
+            if proc.wait(min(deadlines) - time.monotonic(), (self.stop.fd, *watch_fds)):
                 break
             self.stop.drain()
+            if watch.tick(bool(watch_fds) and proc.last_ready(watch_fds[0])) and not canceled:
+                canceled = True
+                self.log.info("job_canceling", job_id=job.id, attempt=attempt)
+                proc.kill("canceled by an operator")
             self._announce_stop(job)
             t = time.monotonic()
             if job.timeout and t - proc.started >= job.timeout and not interrupted:
@@ -287,11 +299,12 @@ class Worker:
                 lost = True
                 proc.kill("lease lost")
         self._step("exited")
-        return self._record(job, proc, interrupted, lost, max_attempts)
+        return self._record(job, proc, interrupted, lost, max_attempts, watch.live)
 
     def _record(self, job: Job, proc: JobProcess, interrupted: bool, lost: bool,
-                max_attempts: int) -> Job | None:
+                max_attempts: int, live: bool = False) -> Job | None:
         outcome = proc.outcome()
+        outcome.live = live
         fields = dict(job_id=job.id, attempt=job.attempts, max_attempts=max_attempts,
                       max_retries=job.max_retries, duration_ms=round(outcome.duration * 1000),
                       exit_code=outcome.exit_code)
@@ -319,7 +332,9 @@ class Worker:
             self.log.warning("job_lost", **fields)
             return None
         tail = outcome.output[-2000:].decode("utf-8", "replace")
-        if updated.state == DEAD:
+        if updated.state == CANCELED:
+            self.log.warning("job_canceled", error=updated.last_error, **fields)
+        elif updated.state == DEAD:
             self.log.error("job_dead", error=outcome.error, output_tail=tail, **fields)
         else:
             self.log.warning("job_failed", error=outcome.error, output_tail=tail,

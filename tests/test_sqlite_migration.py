@@ -1,0 +1,34 @@
+"""A database of schema 1 (before cancel, pause and retention) migrates forward on open and
+keeps every job, attempt, worker and setting."""
+
+import sqlite3
+from pathlib import Path
+
+from conftest import Queue
+
+from queuectl.backends.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
+
+
+def test_a_version_1_database_migrates_keeping_everything(tmp_path: Path) -> None:
+    db = tmp_path / "old.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+        for statement in MIGRATIONS[1]:
+            conn.execute(statement)
+        conn.execute("PRAGMA user_version = 1")
+        conn.execute("INSERT INTO jobs (id, command, state, attempts, max_retries, run_at,"
+                     " created_at, updated_at, finished_at, exit_code) VALUES"
+                     " ('done', 'echo hi', 'completed', 1, 3, 1, 1, 2, 2, 0),"
+                     " ('wait', 'true', 'pending', 0, 3, 1, 1, 1, NULL, NULL)")
+        conn.execute("INSERT INTO attempts (job_id, attempt, worker, started_at, finished_at,"
+                     " outcome, exit_code, output) VALUES"
+                     " ('done', 1, 'w', 1, 2, 'completed', 0, X'68690a')")
+        conn.execute("INSERT INTO config (key, value) VALUES ('max-retries', '7')")
+    q = Queue(db)
+    assert q.json("info")["schema_version"] == SCHEMA_VERSION
+    done = q.job("done")
+    assert done["state"] == "completed" and done["history"][0]["output"] == "hi\n"
+    assert q.run("logs", "done").stdout == "hi\n"
+    assert q.run("config", "get", "max-retries").stdout.strip() == "7"
+    assert q.status()["pending"] == 1
+    assert q.run("cancel", "wait").stdout.strip() == "wait: canceled"
