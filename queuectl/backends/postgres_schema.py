@@ -1,0 +1,67 @@
+"""The PostgreSQL schema, as numbered migrations inside the queue's own schema.
+
+The version lives in `<schema>.schema_version` (one row). Opening a store reads it; when it
+is behind, the migrations run in one transaction under an advisory lock keyed on the schema
+name, so many workers starting at once on several hosts migrate it exactly once. Add a
+change as the next number; never edit a released one. `{s}` stands for the quoted schema.
+"""
+
+SCHEMA_VERSION = 1
+
+MIGRATIONS: dict[int, list[str]] = {
+    1: [
+        # Times are epoch seconds (double precision) from the server's clock, as in SQLite;
+        # seq gives "insertion order" for the claim and for listings.
+        """CREATE TABLE {s}.jobs (
+            seq bigint GENERATED ALWAYS AS IDENTITY,
+            id text PRIMARY KEY,
+            command text NOT NULL,
+            state text NOT NULL,
+            attempts integer NOT NULL DEFAULT 0,
+            max_retries integer NOT NULL,
+            priority integer NOT NULL DEFAULT 0,
+            timeout double precision,
+            run_at double precision NOT NULL,
+            created_at double precision NOT NULL,
+            updated_at double precision NOT NULL,
+            worker text,
+            lease_expires_at double precision,
+            started_at double precision,
+            finished_at double precision,
+            exit_code integer,
+            last_error text)""",
+        # Only waiting jobs are in these partial indexes: a million finished jobs cost the
+        # claim nothing.
+        """CREATE INDEX jobs_due ON {s}.jobs (priority DESC, run_at, seq)
+            WHERE state IN ('pending', 'failed')""",
+        "CREATE INDEX jobs_next_due ON {s}.jobs (run_at) WHERE state IN ('pending', 'failed')",
+        "CREATE INDEX jobs_leases ON {s}.jobs (lease_expires_at) WHERE state = 'processing'",
+        "CREATE INDEX jobs_by_state ON {s}.jobs (state, created_at, seq)",
+        "CREATE INDEX jobs_by_age ON {s}.jobs (created_at, seq)",
+        """CREATE TABLE {s}.attempts (
+            seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            job_id text NOT NULL,
+            attempt integer NOT NULL,
+            worker text,
+            started_at double precision NOT NULL,
+            finished_at double precision,
+            outcome text,
+            exit_code integer,
+            error text,
+            output bytea)""",
+        "CREATE INDEX attempts_by_job ON {s}.attempts (job_id, seq)",
+        """CREATE TABLE {s}.workers (
+            name text PRIMARY KEY,
+            host text NOT NULL,
+            pid integer NOT NULL,
+            pid_start text,
+            started_at double precision NOT NULL,
+            heartbeat_at double precision NOT NULL,
+            state text NOT NULL,
+            job_id text)""",
+        "CREATE TABLE {s}.config (key text PRIMARY KEY, value text NOT NULL)",
+    ],
+}
+
+# The bookkeeping table itself, created with the schema before migration 1.
+VERSION_TABLE = "CREATE TABLE {s}.schema_version (version integer NOT NULL)"
