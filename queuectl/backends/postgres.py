@@ -305,14 +305,6 @@ class PostgresStore(Store):
         return self._run(read, idempotent=True)
 
     # -- schema ------------------------------------------------------------------------------
-    def _version(self, cur: Any) -> int | None:
-        """The stored schema version; None when there is no queue in this schema yet."""
-        cur.execute("SELECT to_regclass(%s)", (f"{self.s}.schema_version",))
-        if cur.fetchone()[0] is None:
-            return None
-        cur.execute(f"SELECT max(version) FROM {self.s}.schema_version")
-        return cur.fetchone()[0] or 0
-
     def _opening_read(self, cur: Any) -> int | None:
         """The schema version and the settings in one round trip (every `enqueue` pays
         for this); None when there is no queue in this schema yet."""
@@ -321,7 +313,7 @@ class PostgresStore(Store):
                         f" UNION ALL SELECT key, value FROM {self.s}.config")
         except psycopg2.Error as exc:
             if getattr(exc, "pgcode", None) in ("42P01", "3F000"):  # no table, no schema
-                return self._version(cur)
+                return None
             raise
         rows = cur.fetchall()
         version = int(rows[0][1] or 0)
@@ -330,41 +322,57 @@ class PostgresStore(Store):
         return version
 
     def _migrate(self) -> None:
-        version = self._run(self._opening_read, idempotent=True)
-        if version == SCHEMA_VERSION:
-            return
-        self._check_not_newer(version)
+        for _ in range(3):
+            version = self._run(self._opening_read, idempotent=True)
+            if version == SCHEMA_VERSION:
+                return
+            self._check_not_newer(version)
+            if self._run(lambda cur, seen=version: self._migrate_locked(cur, seen)):
+                return
+        raise DatabaseUnavailable(
+            f"PostgreSQL {self.target.display}: the queue schema {self.target.schema} "
+            "keeps changing under us; try again")
+
+    def _migrate_locked(self, cur: Any, seen: int | None) -> bool:
+        """Create or upgrade the schema under the advisory lock; False when another process
+        created it while we waited (read it again in a new transaction: this one's
+        catalog caches may still say it is missing)."""
         import hashlib
 
         key = int.from_bytes(hashlib.blake2b(f"queuectl:{self.target.schema}".encode(),
                                              digest_size=8).digest(), "big", signed=True)
-
-        def migrate(cur: Any) -> None:
-            cur.execute("BEGIN; SELECT pg_advisory_xact_lock(%s)", (key,))
-            current = self._version(cur)  # another process may have been first
-            self._check_not_newer(current)
-            if current is None:
-                cur.execute("SELECT count(*) FROM pg_tables WHERE schemaname = %s",
-                            (self.target.schema,))
-                if cur.fetchone()[0]:
-                    raise DatabaseUnavailable(
-                        f"PostgreSQL {self.target.display}: schema {self.target.schema} holds "
-                        "tables of another application; refusing to touch it (pick another "
-                        "with ?schema=NAME)")
-                cur.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s",
-                            (self.target.schema,))
-                if cur.fetchone() is None:
-                    cur.execute(f"CREATE SCHEMA {self.s}")
-                cur.execute(VERSION_TABLE.format(s=self.s))
-                cur.execute(f"INSERT INTO {self.s}.schema_version VALUES (0)")
-                current = 0
-            for v in range(current + 1, SCHEMA_VERSION + 1):
-                for statement in MIGRATIONS[v]:
-                    cur.execute(statement.format(s=self.s))
-            cur.execute(f"UPDATE {self.s}.schema_version SET version = %s", (SCHEMA_VERSION,))
+        schema = self.target.schema
+        cur.execute("BEGIN; SELECT pg_advisory_xact_lock(%s)", (key,))
+        cur.execute("SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n"
+                    " ON n.oid = c.relnamespace WHERE n.nspname = %s"
+                    " AND c.relname = 'schema_version')", (schema,))
+        exists = cur.fetchone()[0]
+        if seen is None and exists:
             cur.execute("COMMIT")
-
-        self._run(migrate)
+            return False
+        if exists:
+            cur.execute(f"SELECT max(version) FROM {self.s}.schema_version")
+            current = cur.fetchone()[0] or 0
+            self._check_not_newer(current)
+        else:
+            cur.execute("SELECT count(*) FROM pg_tables WHERE schemaname = %s", (schema,))
+            if cur.fetchone()[0]:
+                raise DatabaseUnavailable(
+                    f"PostgreSQL {self.target.display}: schema {schema} holds tables of "
+                    "another application; refusing to touch it (pick another with "
+                    "?schema=NAME)")
+            cur.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,))
+            if cur.fetchone() is None:  # a least-privilege role may use one made for it
+                cur.execute(f"CREATE SCHEMA {self.s}")
+            cur.execute(VERSION_TABLE.format(s=self.s))
+            cur.execute(f"INSERT INTO {self.s}.schema_version VALUES (0)")
+            current = 0
+        for v in range(current + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS[v]:
+                cur.execute(statement.format(s=self.s))
+        cur.execute(f"UPDATE {self.s}.schema_version SET version = %s", (SCHEMA_VERSION,))
+        cur.execute("COMMIT")
+        return True
 
     def _check_not_newer(self, version: int | None) -> None:
         if version is not None and version > SCHEMA_VERSION:
@@ -777,16 +785,17 @@ class PostgresStore(Store):
         needs = {"jobs": "SELECT,INSERT,UPDATE,DELETE", "attempts": "SELECT,INSERT,DELETE",
                  "workers": "SELECT,INSERT,UPDATE,DELETE", "config": "SELECT,INSERT,UPDATE",
                  "schema_version": "SELECT"}
+        # One check per right: has_table_privilege('a,b') is true if *any* is held.
         checks = " UNION ALL ".join(
-            f"SELECT '{table}', has_table_privilege('{self.s}.{table}', '{rights}')"
-            for table, rights in needs.items())
+            f"SELECT '{table}', has_table_privilege('{self.s}.{table}', '{right}')"
+            for table, rights in needs.items() for right in rights.split(","))
         rows = self._fetch(f"SELECT '', has_schema_privilege(%s, 'USAGE') UNION ALL {checks}",
                            (self.target.schema,))
         if not rows[0][1]:
             raise DatabaseUnavailable(
                 f"PostgreSQL {self.target.display}: permission denied for schema "
                 f"{self.target.schema} (the role needs USAGE on it; see the README)")
-        missing = [name for name, ok in rows[1:] if not ok]
+        missing = sorted({name for name, ok in rows[1:] if not ok})
         if missing:
             raise DatabaseUnavailable(
                 f"PostgreSQL {self.target.display}: the role lacks privileges on "
@@ -866,6 +875,8 @@ class ListenWakeup(Wakeup):
             pass
 
     def fileno(self) -> int | None:
+        if self._conn is None and time.monotonic() >= self._next_try:
+            self._reconnect()  # a missed notification only delays a job: the poll finds it
         return self._fd
 
     def drain(self) -> bool:

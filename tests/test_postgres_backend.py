@@ -1,0 +1,232 @@
+"""PostgreSQL-only promises: roles and passwords, one-line errors, concurrent first use,
+reconnecting after a restart, and the driver staying off the SQLite path.
+
+Everything runs against the throwaway server of tests/pgserver.py through the console
+script or the factory, as a user or a worker would."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import QUEUECTL, wait_for
+
+from queuectl.errors import DatabaseUnavailable
+from queuectl.job import JobSpec
+from queuectl.locator import open_store
+from queuectl.store import Outcome, WorkerInfo
+
+SECRET = "s3cr:t@pw%"  # characters a URL must escape, to catch half-masked passwords
+
+
+def run(db: str, *args: str, env: dict[str, str] | None = None,
+        input: str | None = None) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    return subprocess.run([QUEUECTL, "--db", db, *args], capture_output=True, text=True,
+                          timeout=60, env={**base, **(env or {})}, input=input)
+
+
+def one_line_error(result: subprocess.CompletedProcess, *says: str) -> str:
+    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("queuectl: error: "), result.stderr
+    for text in says:
+        assert text in lines[0], lines[0]
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def roles(pg_server: Any) -> Any:
+    """A database with an owner role that migrates and a least-privilege worker role (the
+    README's setup, verbatim in spirit), both with passwords, reached over TCP."""
+    n = pg_server.fresh_schema()
+    owner, worker, db = f"own_{n}", f"wrk_{n}", f"db_{n}"
+    pg_server.create_role(owner, SECRET.replace("'", "''"))
+    pg_server.create_role(worker, SECRET.replace("'", "''"))
+    pg_server.psql(f"CREATE DATABASE {db} OWNER {owner}")
+    pg_server.psql(
+        f"REVOKE ALL ON DATABASE {db} FROM PUBLIC;"
+        f" GRANT CONNECT ON DATABASE {db} TO {worker};"
+        f" CREATE SCHEMA queuectl AUTHORIZATION {owner};"
+        f" GRANT USAGE ON SCHEMA queuectl TO {worker};"
+        f" ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA queuectl"
+        f"   GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {worker};", dbname=db)
+    return {"owner": owner, "worker": worker, "db": db}
+
+
+def test_least_privilege_worker_role_with_a_passfile(pg_server: Any, roles: Any,
+                                                     tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    passfile = tmp_path / "pgpass"
+    escaped = SECRET.replace("\\", "\\\\").replace(":", "\\:")
+    passfile.write_text("".join(f"127.0.0.1:{pg_server.port}:{roles['db']}:{r}:{escaped}\n"
+                                for r in (roles["owner"], roles["worker"])))
+    passfile.chmod(0o600)
+    env = {"PGPASSFILE": str(passfile)}
+    owner = pg_server.tcp_locator(roles["owner"], dbname=roles["db"])
+    worker = pg_server.tcp_locator(roles["worker"], dbname=roles["db"])
+    info = json.loads(run(owner, "info", env=env).stdout)  # the owner creates the tables
+    assert info["backend"] == "postgresql" and info["postgresql"]["schema"] == "queuectl"
+    assert run(worker, "enqueue", '{"id": "a", "command": "echo hi"}', env=env).returncode == 0
+    # Every verb a worker uses, with the worker role's rights only.
+    monkeypatch.setenv("PGPASSFILE", str(passfile))
+    store = open_store(worker, for_worker=True)
+    try:
+        store.verify()
+        store.register_worker(WorkerInfo("w", "host", 1, None, 0.0, 0.0, "idle", None))
+        job = store.claim_next("w")
+        assert store.heartbeat("w", "busy", job)
+        assert store.reclaim_expired() == []
+        held, following = store.complete_and_claim(job, Outcome(0, None, b"hi\n", 0.1), "w")
+        assert held and following is None
+        store.unregister_worker("w")
+    finally:
+        store.close()
+    shown = json.loads(run(worker, "show", "a", env=env).stdout)
+    assert shown["state"] == "completed"
+    # A missing grant is one clear line before the worker is READY (verify), not mid-job.
+    pg_server.psql(f"REVOKE DELETE ON queuectl.workers FROM {roles['worker']}",
+                   dbname=roles["db"])
+    store = open_store(worker, for_worker=True)
+    try:
+        with pytest.raises(DatabaseUnavailable, match="queuectl.workers"):
+            store.verify()
+    finally:
+        store.close()
+
+
+def test_password_never_shown(pg_server: Any, roles: Any) -> None:
+    good = pg_server.tcp_locator(roles["owner"], SECRET, dbname=roles["db"])
+    result = run(good, "info")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["database"].count("***") == 1
+    bad = pg_server.tcp_locator(roles["owner"], SECRET + "x", dbname=roles["db"])
+    for db in (bad, bad.replace(f":{pg_server.port}/", ":1/")):
+        result = run(db, "enqueue", "--cmd", "true")
+        line = one_line_error(result)
+        for spelling in (SECRET, SECRET + "x", "s3cr", "pw%"):
+            assert spelling not in result.stderr + result.stdout, line
+    line = one_line_error(run(bad, "show", "x"), "password authentication failed")
+    assert "s3cr" not in line
+
+
+@pytest.mark.parametrize("case", ["unreachable", "missing-database", "newer-schema"])
+def test_unusable_server_is_one_line_and_exit_1(pg_server: Any, case: str) -> None:
+    if case == "unreachable":
+        db, says = pg_server.tcp_locator("nobody", dbname="x").replace(
+            f":{pg_server.port}/", ":1/"), "Connection refused"
+    elif case == "missing-database":
+        db, says = pg_server.locator(dbname="no_such_db"), 'database "no_such_db" does not exist'
+    else:
+        db = pg_server.fresh_locator()
+        assert run(db, "info").returncode == 0
+        schema = db.rsplit("schema=", 1)[1]
+        pg_server.psql(f"UPDATE {schema}.schema_version SET version = 999")
+        says = "upgrade queuectl"
+    one_line_error(run(db, "enqueue", "--cmd", "true"), says)
+
+
+def test_schema_parameter_is_validated_and_separates_queues(pg_server: Any) -> None:
+    bad = run(pg_server.locator(schema="Bad-Name"), "info")
+    assert bad.returncode == 2 and "schema=" in bad.stderr
+    a, b = pg_server.fresh_locator(), pg_server.fresh_locator()
+    run(a, "enqueue", "--cmd", "true")
+    assert len(json.loads(run(a, "list").stdout)) == 1
+    assert json.loads(run(b, "list").stdout) == []
+
+
+def test_many_processes_create_the_schema_at_once(pg_server: Any) -> None:
+    db = pg_server.fresh_locator()
+    procs = [subprocess.Popen([QUEUECTL, "--db", db, "enqueue", "--cmd", "true"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(8)]
+    results = [(p.wait(timeout=60), p.stderr.read()) for p in procs]
+    assert [r for r in results if r[0] != 0] == []
+    assert len(json.loads(run(db, "list").stdout)) == 8
+
+
+def test_a_store_and_its_wakeup_survive_a_server_restart(pg_server: Any) -> None:
+    db = pg_server.fresh_locator()
+    store = open_store(db, for_worker=True)
+    wakeup = store.wakeup()
+    try:
+        store.enqueue([JobSpec("true", id="before")])
+        wait_for(wakeup.drain, 10, "the enqueue's notification")
+        pg_server.restart()
+        pg_server.wait_ready()
+        # The dead connection is noticed and replaced: no error reaches the caller.
+        assert store.counts()["pending"] == 1
+        assert store.claim_next("w").id == "before"
+        assert wakeup.drain() is False  # the broken listener says nothing and never raises
+        other = open_store(db)
+        try:
+            # The listener comes back on its own within its retry period, then hears NOTIFY.
+            def heard() -> bool:
+                other.enqueue([JobSpec("true")])
+                import select
+                fd = wakeup.fileno()
+                return bool(select.select([fd], [], [], 0.2)[0]) and wakeup.drain()
+            wait_for(heard, 20, "the wakeup to hear an enqueue after the restart", every=0.3)
+        finally:
+            other.close()
+    finally:
+        wakeup.close()
+        store.close()
+
+
+def test_missing_driver_is_one_line_naming_the_package(pg_server: Any) -> None:
+    code = ("import sys; sys.modules['psycopg2'] = None; from queuectl.main import main; "
+            "sys.exit(main(sys.argv[1:]))")
+    result = subprocess.run([sys.executable, "-c", code, "--db", pg_server.fresh_locator(),
+                             "enqueue", "--cmd", "true"], capture_output=True, text=True,
+                            timeout=60)
+    one_line_error(result, "python3-psycopg2", "queuectl[postgres]")
+
+
+def test_sqlite_enqueue_never_imports_the_driver(tmp_path: Path) -> None:
+    code = ("import sys; from queuectl.main import main; rc = main(sys.argv[1:]); "
+            "print('psycopg2' in sys.modules, file=sys.stderr); sys.exit(rc)")
+    result = subprocess.run([sys.executable, "-c", code, "--db", str(tmp_path / "q.db"),
+                             "enqueue", "--cmd", "true"], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0 and result.stderr.strip() == "False", result.stderr
+
+
+def test_times_come_from_the_server_clock(pg_server: Any) -> None:
+    """created_at and a delay's run_at are the server's now (plus the delay), so hosts
+    with skewed clocks agree; compared with the server's own clock read alongside."""
+    db = pg_server.fresh_locator()
+    store = open_store(db)
+    try:
+        def server_now() -> float:
+            return float(pg_server.psql("SELECT extract(epoch FROM clock_timestamp())"))
+        before = server_now()
+        store.enqueue([JobSpec("true", id="d", delay=100.0)])
+        after = server_now()
+        job = store.get("d")
+        assert before <= job.created_at <= after
+        assert job.run_at == pytest.approx(job.created_at + 100.0)
+        assert 99 < store.seconds_until_due() <= 100
+    finally:
+        store.close()
+
+
+def test_many_notifications_while_busy_do_not_pile_up(pg_server: Any) -> None:
+    """A wakeup drained after a burst reports once and is quiet again."""
+    db = pg_server.fresh_locator()
+    store = open_store(db)
+    wakeup = store.wakeup()
+    try:
+        for _ in range(50):
+            store.enqueue([JobSpec("true")])
+        import select
+        wait_for(lambda: select.select([wakeup.fileno()], [], [], 0.1)[0], 10, "a notification")
+        assert wakeup.drain() is True
+        assert wakeup.drain() is False
+    finally:
+        wakeup.close()
+        store.close()
