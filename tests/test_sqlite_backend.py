@@ -2,6 +2,7 @@
 
 The promises every backend makes are in tests/contract/."""
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -86,8 +87,13 @@ def test_enqueue_commits_with_synchronous_full(tmp_path: Path, monkeypatch) -> N
         return conn
 
     monkeypatch.setattr(sqlite3, "connect", traced_connect)
+    monkeypatch.delenv("QUEUECTL_CALLER_UMASK", raising=False)
     db = tmp_path / "q.db"
-    assert main(["--db", str(db), "enqueue", "--cmd", "true", "--id", "d1"]) == 0
+    umask = os.umask(0o022)  # main() sets the process umask: restore it afterwards
+    try:
+        assert main(["--db", str(db), "enqueue", "--cmd", "true", "--id", "d1"]) == 0
+    finally:
+        os.umask(umask)
     committing = [t for t in traces if any(s.upper() == "COMMIT" for s in t)]
     assert committing, traces
     for statements in committing:
