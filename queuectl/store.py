@@ -16,7 +16,11 @@ Common to every method:
   in relative seconds (`seconds_until_due`).
 - An attempt is "still held" by the worker that claimed it while the job is `processing`
   with that worker's name and the same `attempts` count: a reclaimed attempt (lease expired,
-  worker restarted) is no longer held, and every write fenced on it changes nothing.
+  worker restarted) is no longer held, and every write fenced on it changes nothing. The
+  pair is unique because a worker runs one attempt at a time and a name is refused while a
+  live worker holds it (`Worker.start`); `retry_dead` resets `attempts`, so a late write of
+  a lost attempt is fenced off only while no worker of the same name holds the job again
+  (the same name can return only after the old process is gone).
 - Errors: `DatabaseBusy` when the database stayed locked or refused new connections past
   the wait budget (worth retrying); `DatabaseUnavailable` when it cannot be opened, read or
   written (gone, damaged, full, read-only, unreachable, schema newer than this code);
@@ -138,9 +142,10 @@ class Store(ABC):
 
     @abstractmethod
     def heartbeat(self, worker: str, state: str, job: Job | None) -> bool:
-        """Record that the worker lives (its registry row) and, given a job, extend that
-        attempt's lease by `lease-seconds` from now. False when the attempt is no longer
-        held: the worker must stop the command, someone else may run it."""
+        """Record that the worker lives (its registry row: heartbeat time, state, job id) and,
+        given a job, extend that attempt's lease by `lease-seconds` from now. False when the
+        attempt is no longer held: the worker must stop the command, someone else may run
+        it. Without a job, always True."""
 
     @abstractmethod
     def record_success(self, job: Job, outcome: Outcome) -> bool:
@@ -151,7 +156,8 @@ class Store(ABC):
     def complete_and_claim(self, job: Job, outcome: Outcome,
                            worker: str) -> tuple[bool, Job | None]:
         """record_success and claim_next in one transaction: one commit per job, not two.
-        Returns (whether the attempt was still held, the next job or None)."""
+        The claim happens whether or not the attempt was still held. Returns (whether it
+        was still held, the next job or None)."""
 
     @abstractmethod
     def record_failure(self, job: Job, outcome: Outcome) -> Job | None:
@@ -219,7 +225,8 @@ class Store(ABC):
 
     @abstractmethod
     def set_config(self, key: str, value: float | int) -> None:
-        """Store one validated setting; every process sees it within `settings.CACHE_TTL`."""
+        """Store one setting; the caller has validated it (`settings.parse_value`), the store
+        does not. Every process sees it within `settings.CACHE_TTL`."""
 
     # -- workers -----------------------------------------------------------------------------
     @abstractmethod
