@@ -4,6 +4,12 @@
 Everything runs through the real console script against a real SQLite file. Each case starts
 from a copy of one seeded database (a known job, a non-default config value) and, after the
 case, compares `queuectl list` + `queuectl config list` and the file's bytes with the seed.
+
+The main table runs on PostgreSQL too (the suite's throwaway server), seeded the same way
+through the CLI. There is no file to copy, so its cases share one seeded queue schema: each
+case proves it changed nothing (`list` + `config list`), which is exactly the next case's
+precondition; a case that did change it gets the seed rebuilt in a fresh schema, so one
+failure never cascades. Bytes on disk are a SQLite-only check.
 """
 
 import hashlib
@@ -119,6 +125,51 @@ def assert_unchanged(queue: Any, seed: Seed) -> None:
     assert db_files(queue.db) == ["queue.db"], "a -wal/-shm/-journal was left behind"
     assert sha256(queue.db) == seed.digest, "the database file's bytes changed"
     assert cli_snapshot(queue.db, queue.env) == seed.snapshot
+
+
+# -- the same seed on PostgreSQL ----------------------------------------------------------------
+def pg_snapshot(env: dict[str, str]) -> tuple[str, ...]:
+    """`queuectl list` and `queuectl config list` of a PostgreSQL queue, side by side."""
+    procs = [subprocess.Popen([QUEUECTL, *args], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+             for args in (("list",), ("config", "list"))]
+    outputs = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0 and err == "", f"snapshot failed: {err!r}"
+        outputs.append(out)
+    return tuple(outputs)
+
+
+class PgSeed:
+    """One seeded PostgreSQL queue shared by the table's cases; rebuilt if a case changed it."""
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+        self.env: dict[str, str] = {}
+        self.snapshot: tuple[str, ...] = ()
+        self.renew()
+
+    def renew(self) -> None:
+        self.env = {**os.environ, "QUEUECTL_DB": self.server.fresh_locator()}
+        self.env.pop("JOURNAL_STREAM", None)
+        for args in (("enqueue", j(KNOWN)), ("config", "set", "backoff-base", "3")):
+            subprocess.run([QUEUECTL, *args], env=self.env, check=True, capture_output=True,
+                           timeout=60)
+        self.snapshot = pg_snapshot(self.env)
+        assert json.loads(self.snapshot[0])[0]["command"] == KNOWN["command"]
+        assert json.loads(self.snapshot[1])["backoff-base"] == 3.0
+
+    def assert_unchanged(self) -> None:
+        now = pg_snapshot(self.env)
+        if now != self.snapshot:
+            self.renew()  # the next case starts from the seed again
+        assert now == self.snapshot, "the queue changed"
+
+
+@pytest.fixture(scope="module")
+def pg_seed(pg_server: Any) -> PgSeed:
+    return PgSeed(pg_server)
 
 
 # -- the table ------------------------------------------------------------------------------
@@ -301,17 +352,27 @@ OTHER_COMMANDS = [
 ]
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 @pytest.mark.parametrize("case", [*ENQUEUE_JSON, *ENQUEUE_FLAGS, *ENQUEUE_FILE, *OTHER_COMMANDS])
 def test_bad_input_is_refused_and_changes_nothing(
-    case: Bad, seeded: Any, seed: Seed, tmp_path: Path
+    case: Bad, backend: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
+    if backend == "sqlite":
+        seeded, seed = request.getfixturevalue("seeded"), request.getfixturevalue("seed")
+        env = seeded.env
+    else:
+        pg_seed = request.getfixturevalue("pg_seed")
+        env = pg_seed.env
     for name, content in case.files:
         (tmp_path / name).write_bytes(content)
     args = [a.replace("{tmp}", str(tmp_path)) for a in case.args]
-    result = subprocess.run([QUEUECTL, *args], env={**seeded.env, **dict(case.env)},
+    result = subprocess.run([QUEUECTL, *args], env={**env, **dict(case.env)},
                             input=case.stdin, capture_output=True, text=True, timeout=30)
     assert_one_error(result, case.code, *case.says)
-    assert_unchanged(seeded, seed)
+    if backend == "sqlite":
+        assert_unchanged(seeded, seed)
+    else:
+        pg_seed.assert_unchanged()
 
 
 # -- the positive counterparts ----------------------------------------------------------------
