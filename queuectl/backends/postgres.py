@@ -33,11 +33,22 @@ from queuectl.errors import (
     DatabaseBusy,
     DatabaseUnavailable,
     NotFound,
+    Unsupported,
     ValidationError,
 )
-from queuectl.job import DEAD, FAILED, STATES, Job, JobSpec
+from queuectl.job import (
+    CANCELED,
+    CANCELLABLE,
+    DEAD,
+    FAILED,
+    PROCESSING,
+    STATES,
+    TERMINAL,
+    Job,
+    JobSpec,
+)
 from queuectl.locator import redact
-from queuectl.store import Outcome, Store, Wakeup, WorkerInfo
+from queuectl.store import Outcome, OutputSlice, PauseInfo, Store, Wakeup, WorkerInfo
 
 try:
     import psycopg2
@@ -73,7 +84,10 @@ LOST_CODES = {"57P01", "57P02", "08000", "08003", "08006", "08001"}
 NOW = "extract(epoch FROM clock_timestamp())::float8"
 COLUMNS = ("id", "command", "state", "attempts", "max_retries", "created_at", "updated_at",
            "priority", "timeout", "run_at", "worker", "started_at", "finished_at", "exit_code",
-           "last_error", "lease_expires_at")
+           "last_error", "lease_expires_at", "cancel_requested")
+# NOTIFY payload of events that concern watchers (`wait`, `logs --follow`, a running job's
+# cancel check) but bring no new work: idle workers' drain() ignores them.
+EVENT = "e"
 
 
 def _cols(prefix: str) -> str:
@@ -81,7 +95,7 @@ def _cols(prefix: str) -> str:
 
 
 def _job(row: tuple) -> Job:
-    return Job(*row, None)
+    return Job(*row[:16], None, bool(row[16]))  # every column, and no history
 
 
 # -- the locator ---------------------------------------------------------------------------
@@ -190,6 +204,7 @@ class PostgresStore(Store):
         s = self.s = f'"{target.schema}"'
         self.channel = f"{target.schema}_jobs"
         self._notify = f"NOTIFY {self.channel}; "
+        self._event = f"NOTIFY {self.channel}, '{EVENT}'; "
         # Workers' commits skip waiting for the WAL flush (as SQLite's synchronous=NORMAL):
         # a server crash may undo their last few state changes, and those jobs run again.
         self._prefix = "SET LOCAL synchronous_commit TO off; " if for_worker else ""
@@ -392,6 +407,7 @@ class PostgresStore(Store):
         self.sql_claim_cte = f"""
             nxt AS (SELECT id FROM {s}.jobs
                     WHERE {waiting} AND run_at <= (SELECT now FROM t)
+                        AND NOT EXISTS (SELECT 1 FROM {s}.flags WHERE name = 'paused')
                     ORDER BY priority DESC, run_at, seq LIMIT 1 FOR UPDATE SKIP LOCKED),
             claimed AS (
                 UPDATE {s}.jobs j SET state = 'processing', attempts = j.attempts + 1,
@@ -409,17 +425,30 @@ class PostgresStore(Store):
                 RETURNING j.id, t.now),
             hist AS (
                 INSERT INTO {s}.attempts (job_id, attempt, worker, started_at, finished_at,
-                    outcome, exit_code, error, output)
+                    outcome, exit_code, error, output, output_total)
                 SELECT id, %(attempts)s, %(job_worker)s, coalesce(%(started_at)s, now), now,
-                    %(outcome)s, %(exit_code)s, NULL, %(output)s FROM done)"""
+                    %(outcome)s, %(exit_code)s, NULL, %(output)s, %(total)s FROM done),
+            {self._drop_live("done")}"""
         self.sql_t = f"t AS (SELECT {NOW} AS now)"
+
+    def _drop_live(self, ended: str) -> str:
+        """A CTE that deletes the live output of the attempts `ended` returns (their `id`).
+        %(live)s is a literal: the planner drops the DELETE when nothing was written live,
+        so the many short jobs pay nothing for it."""
+        return (f"gone AS (DELETE FROM {self.s}.live_output l USING {ended}"
+                f" WHERE %(live)s AND l.job_id = {ended}.id)")
 
     def _params(self, job: Job, outcome: Outcome | None, result: str) -> dict[str, Any]:
         output = policy.output_tail(outcome.output) if outcome else None
+        total = None
+        if outcome is not None:
+            total = outcome.total if outcome.total is not None else len(outcome.output)
         return {
             "id": job.id, "job_worker": job.worker, "attempts": job.attempts,
             "started_at": job.started_at, "exit_code": outcome.exit_code if outcome else None,
             "outcome": result, "output": None if output is None else psycopg2.Binary(output),
+            "total": total, "live": outcome is None or outcome.live,
+            "canceled_error": policy.CANCELED_ERROR, "canceled_outcome": policy.CANCELED_ATTEMPT,
         }
 
     def _config(self) -> cfg.QueueConfig:
@@ -520,7 +549,7 @@ class PostgresStore(Store):
         return self._run(beat_once, idempotent=True)
 
     def record_success(self, job: Job, outcome: Outcome) -> bool:
-        sql = (f"{self._prefix}WITH {self.sql_t}, {self.sql_complete_cte} "
+        sql = (f"{self._prefix}{self._event}WITH {self.sql_t}, {self.sql_complete_cte} "
                "SELECT count(*) FROM done")
         params = self._params(job, outcome, policy.COMPLETED_ATTEMPT)
 
@@ -532,7 +561,7 @@ class PostgresStore(Store):
 
     def complete_and_claim(self, job: Job, outcome: Outcome,
                            worker: str) -> tuple[bool, Job | None]:
-        sql = (f"{self._prefix}WITH {self.sql_t}, {self.sql_complete_cte}, "
+        sql = (f"{self._prefix}{self._event}WITH {self.sql_t}, {self.sql_complete_cte}, "
                f"{self.sql_claim_cte} SELECT (SELECT count(*) FROM done), claimed.* "
                "FROM (SELECT 1) AS one LEFT JOIN claimed ON true")
         params = self._params(job, outcome, policy.COMPLETED_ATTEMPT)
@@ -552,21 +581,9 @@ class PostgresStore(Store):
         params.update(state=DEAD if dead else FAILED, dead=dead,
                       delay=0.0 if dead else conf.backoff_delay(job.attempts),
                       error=outcome.error or "failed")
-        sql = f"""{self._prefix}{'' if dead else self._notify}WITH {self.sql_t},
-            upd AS (
-                UPDATE {self.s}.jobs j SET state = %(state)s,
-                    run_at = CASE WHEN %(dead)s THEN j.run_at ELSE t.now + %(delay)s END,
-                    finished_at = t.now, updated_at = t.now, exit_code = %(exit_code)s,
-                    last_error = %(error)s, lease_expires_at = NULL
-                FROM t WHERE j.id = %(id)s AND j.state = 'processing'
-                    AND j.worker = %(job_worker)s AND j.attempts = %(attempts)s
-                RETURNING {_cols('j')}, t.now),
-            hist AS (
-                INSERT INTO {self.s}.attempts (job_id, attempt, worker, started_at,
-                    finished_at, outcome, exit_code, error, output)
-                SELECT id, %(attempts)s, %(job_worker)s, coalesce(%(started_at)s, now), now,
-                    %(outcome)s, %(exit_code)s, %(error)s, %(output)s FROM upd)
-            SELECT * FROM upd"""
+        # A dead or canceled job brings no work, only news for `wait`.
+        sql = self._sql_fail("%(state)s", "%(dead)s", "t.now + %(delay)s",
+                             self._event if dead else self._notify)
 
         def fail(cur: Any) -> Job | None:
             cur.execute(sql, params)
@@ -575,22 +592,61 @@ class PostgresStore(Store):
 
         return self._run(fail)
 
+    def _sql_fail(self, state: str, dead: str, retry_at: str, notify: str) -> str:
+        """End the held attempt %(id)s/%(job_worker)s/%(attempts)s as `state`, or as
+        canceled when an operator asked for it (the job's flag decides, read in this very
+        statement), with its history row; the job as updated and the time."""
+        canceled = "j.cancel_requested"
+        return f"""{self._prefix}{notify}WITH {self.sql_t},
+            upd AS (
+                UPDATE {self.s}.jobs j SET
+                    state = CASE WHEN {canceled} THEN 'canceled' ELSE {state} END,
+                    run_at = CASE WHEN {canceled} OR {dead} THEN j.run_at ELSE {retry_at} END,
+                    finished_at = t.now, updated_at = t.now, exit_code = %(exit_code)s,
+                    last_error = CASE WHEN {canceled} THEN %(canceled_error)s
+                                      ELSE %(error)s END,
+                    lease_expires_at = NULL
+                FROM t WHERE j.id = %(id)s AND j.state = 'processing'
+                    AND j.worker = %(job_worker)s AND j.attempts = %(attempts)s
+                RETURNING {_cols('j')}, t.now),
+            hist AS (
+                INSERT INTO {self.s}.attempts (job_id, attempt, worker, started_at,
+                    finished_at, outcome, exit_code, error, output, output_total)
+                SELECT id, %(attempts)s, %(job_worker)s, coalesce(%(started_at)s, now), now,
+                    CASE WHEN state = 'canceled' THEN %(canceled_outcome)s
+                         ELSE %(outcome)s END,
+                    %(exit_code)s, last_error, %(output)s, %(total)s FROM upd),
+            {self._drop_live("upd")}
+            SELECT * FROM upd"""
+
     def release(self, job: Job, reason: str) -> bool:
         params = self._params(job, None, policy.INTERRUPTED_ATTEMPT)
         params["error"] = reason
+        # Back to pending without spending a retry; canceled instead if an operator asked.
+        c = "j.cancel_requested"
         sql = f"""{self._prefix}{self._notify}WITH {self.sql_t},
             upd AS (
-                UPDATE {self.s}.jobs j SET state = 'pending', attempts = j.attempts - 1,
-                    worker = NULL, lease_expires_at = NULL, started_at = NULL,
-                    updated_at = t.now
+                UPDATE {self.s}.jobs j SET
+                    state = CASE WHEN {c} THEN 'canceled' ELSE 'pending' END,
+                    attempts = CASE WHEN {c} THEN j.attempts ELSE j.attempts - 1 END,
+                    worker = CASE WHEN {c} THEN j.worker END,
+                    started_at = CASE WHEN {c} THEN j.started_at END,
+                    finished_at = CASE WHEN {c} THEN t.now ELSE j.finished_at END,
+                    exit_code = CASE WHEN {c} THEN NULL ELSE j.exit_code END,
+                    last_error = CASE WHEN {c} THEN %(canceled_error)s ELSE j.last_error END,
+                    lease_expires_at = NULL, updated_at = t.now
                 FROM t WHERE j.id = %(id)s AND j.state = 'processing'
                     AND j.worker = %(job_worker)s AND j.attempts = %(attempts)s
-                RETURNING j.id, t.now),
+                RETURNING j.id, j.state, t.now),
             hist AS (
                 INSERT INTO {self.s}.attempts (job_id, attempt, worker, started_at,
                     finished_at, outcome, exit_code, error, output)
                 SELECT id, %(attempts)s, %(job_worker)s, coalesce(%(started_at)s, now), now,
-                    %(outcome)s, NULL, %(error)s, NULL FROM upd)
+                    CASE WHEN state = 'canceled' THEN %(canceled_outcome)s
+                         ELSE %(outcome)s END,
+                    NULL, CASE WHEN state = 'canceled' THEN %(canceled_error)s
+                               ELSE %(error)s END, NULL FROM upd),
+            {self._drop_live("upd")}
             SELECT count(*) FROM upd"""
 
         def release_once(cur: Any) -> bool:
@@ -612,18 +668,22 @@ class PostgresStore(Store):
                 cur.execute("COMMIT")
                 return []
             t = rows[0][-1]
-            jobs = []
+            jobs, outcomes = [], []
             for row in rows:
                 job = _job(row[:-1])
                 error = policy.lost_error(job.worker, why)
-                if policy.retries_spent(job.attempts, job.max_retries):
-                    job.state, job.finished_at = DEAD, t
+                outcome = policy.LOST_ATTEMPT
+                if job.cancel_requested:
+                    job.state, error, outcome = CANCELED, policy.CANCELED_ERROR, \
+                        policy.CANCELED_ATTEMPT
+                elif policy.retries_spent(job.attempts, job.max_retries):
+                    job.state = DEAD
                 else:
                     job.state, job.run_at = FAILED, t + conf.backoff_delay(job.attempts)
-                    job.finished_at = t
-                job.updated_at, job.exit_code, job.last_error = t, None, error
+                job.finished_at, job.updated_at, job.exit_code, job.last_error = t, t, None, error
                 job.lease_expires_at = None
                 jobs.append(job)
+                outcomes.append(outcome)
             cur.execute(
                 f"""UPDATE {self.s}.jobs j SET state = u.state, run_at = u.run_at,
                     finished_at = %(t)s, updated_at = %(t)s, exit_code = NULL,
@@ -634,15 +694,16 @@ class PostgresStore(Store):
                 INSERT INTO {self.s}.attempts (job_id, attempt, worker, started_at,
                     finished_at, outcome, error)
                 SELECT u.id, u.attempt, u.worker, coalesce(u.started_at, %(t)s), %(t)s,
-                    %(outcome)s, u.error
+                    u.outcome, u.error
                 FROM unnest(%(ids)s::text[], %(attempts)s::int[], %(workers)s::text[],
-                            %(started)s::float8[], %(errors)s::text[])
-                     AS u(id, attempt, worker, started_at, error);
+                            %(started)s::float8[], %(errors)s::text[], %(outcomes)s::text[])
+                     AS u(id, attempt, worker, started_at, error, outcome);
+                DELETE FROM {self.s}.live_output WHERE job_id = ANY(%(ids)s::text[]);
                 {self._notify}COMMIT""",
                 {"t": t, "ids": [j.id for j in jobs], "states": [j.state for j in jobs],
                  "run_ats": [j.run_at for j in jobs], "errors": [j.last_error for j in jobs],
                  "attempts": [j.attempts for j in jobs], "workers": [j.worker for j in jobs],
-                 "started": [j.started_at for j in jobs], "outcome": policy.LOST_ATTEMPT})
+                 "started": [j.started_at for j in jobs], "outcomes": outcomes})
             return jobs
 
         return self._run(reclaim)
@@ -662,7 +723,8 @@ class PostgresStore(Store):
     def retry_dead(self, job_id: str) -> Job:
         sql = f"""{self._notify}WITH {self.sql_t}
             UPDATE {self.s}.jobs j SET state = 'pending', attempts = 0, run_at = t.now,
-                updated_at = t.now, worker = NULL, finished_at = NULL, exit_code = NULL
+                updated_at = t.now, worker = NULL, finished_at = NULL, exit_code = NULL,
+                cancel_requested = false
             FROM t WHERE j.id = %(id)s AND j.state = 'dead' RETURNING {_cols('j')}"""
 
         def retry(cur: Any) -> Job:
@@ -678,6 +740,220 @@ class PostgresStore(Store):
                 f"job {job_id!r} is {found[0]}, not dead; only dead jobs can be retried")
 
         return self._run(retry)
+
+    # -- issue 11: operators living with the queue -------------------------------------------
+    def cancel(self, job_id: str) -> Job:
+        # Waiting: canceled at once. Running: a request its worker acts on (woken by NOTIFY).
+        run = "j.state = 'processing'"
+        sql = f"""{self._event}WITH {self.sql_t}
+            UPDATE {self.s}.jobs j SET
+                state = CASE WHEN {run} THEN j.state ELSE 'canceled' END,
+                cancel_requested = {run},
+                finished_at = CASE WHEN {run} THEN j.finished_at ELSE t.now END,
+                last_error = CASE WHEN {run} THEN j.last_error ELSE %(error)s END,
+                lease_expires_at = CASE WHEN {run} THEN j.lease_expires_at END,
+                updated_at = t.now
+            FROM t WHERE j.id = %(id)s AND j.state IN ('pending', 'failed', 'processing')
+            RETURNING {_cols('j')}"""
+
+        def cancel_once(cur: Any) -> Job:
+            cur.execute(sql, {"id": job_id, "error": policy.CANCELED_ERROR})
+            row = cur.fetchone()
+            if row is not None:
+                return _job(row)
+            cur.execute(f"SELECT state FROM {self.s}.jobs WHERE id = %s", (job_id,))
+            found = cur.fetchone()
+            if found is None:
+                raise NotFound(f"no job with id {job_id!r}")
+            raise Conflict(f"job {job_id!r} is already {found[0]}; only pending, failed or"
+                           " processing jobs can be canceled")
+
+        return self._run(cancel_once)
+
+    def cancel_state(self, state: str, limit: int) -> int:
+        if state not in CANCELLABLE:
+            raise ValueError(f"cannot cancel {state} jobs")
+        # FOR UPDATE (not SKIP LOCKED): a job a worker is claiming right now is waited for
+        # and looked at again, so a batch is short only when nothing more is left.
+        if state == PROCESSING:
+            sql = f"""{self._event}WITH {self.sql_t},
+                pick AS (SELECT id FROM {self.s}.jobs WHERE state = 'processing'
+                         AND NOT cancel_requested ORDER BY created_at, seq LIMIT %(n)s
+                         FOR UPDATE)
+                UPDATE {self.s}.jobs j SET cancel_requested = true, updated_at = t.now
+                FROM t, pick WHERE j.id = pick.id"""
+        else:
+            sql = f"""{self._event}WITH {self.sql_t},
+                pick AS (SELECT id FROM {self.s}.jobs WHERE state = %(state)s
+                         ORDER BY created_at, seq LIMIT %(n)s FOR UPDATE)
+                UPDATE {self.s}.jobs j SET state = 'canceled', finished_at = t.now,
+                    updated_at = t.now, last_error = %(error)s, lease_expires_at = NULL
+                FROM t, pick WHERE j.id = pick.id AND j.state = %(state)s"""
+
+        def cancel_many(cur: Any) -> int:
+            cur.execute(sql, {"state": state, "n": limit, "error": policy.CANCELED_ERROR})
+            return cur.rowcount
+
+        return self._run(cancel_many)
+
+    def cancel_requested(self, job: Job) -> bool:
+        rows = self._fetch(
+            f"SELECT cancel_requested FROM {self.s}.jobs WHERE id = %s AND state = 'processing'"
+            " AND worker = %s AND attempts = %s", (job.id, job.worker, job.attempts))
+        return bool(rows and rows[0][0])
+
+    def pause(self, by: str) -> bool:
+        def pause_once(cur: Any) -> bool:
+            cur.execute(f"INSERT INTO {self.s}.flags (name, set_by, since)"
+                        f" VALUES ('paused', %s, {NOW}) ON CONFLICT (name) DO NOTHING", (by,))
+            return cur.rowcount == 1
+
+        return self._run(pause_once)
+
+    def resume(self) -> bool:
+        def resume_once(cur: Any) -> bool:
+            cur.execute(f"{self._notify}DELETE FROM {self.s}.flags WHERE name = 'paused'")
+            return cur.rowcount == 1
+
+        return self._run(resume_once)
+
+    def paused(self) -> PauseInfo | None:
+        rows = self._fetch(f"SELECT set_by, since FROM {self.s}.flags WHERE name = 'paused'")
+        return PauseInfo(*rows[0]) if rows else None
+
+    def _finished(self, older_than: float | None) -> tuple[str, dict[str, Any]]:
+        """The condition "finished at least older_than seconds ago" (server clock); the
+        bound on created_at (never after finished_at) lets the index range stop early."""
+        if older_than is None:
+            return "", {}
+        return (f" AND created_at <= {NOW} - %(older)s AND finished_at <= {NOW} - %(older)s",
+                {"older": float(older_than)})
+
+    def count_matching(self, state: str, older_than: float | None = None) -> int:
+        where, params = self._finished(older_than)
+        return self._fetch(f"SELECT count(*) FROM {self.s}.jobs WHERE state = %(state)s"
+                           f"{where}", {"state": state, **params})[0][0]
+
+    def purge(self, state: str, older_than: float | None, limit: int) -> int:
+        if state not in TERMINAL:
+            raise ValueError(f"cannot purge {state} jobs")
+        where, params = self._finished(older_than)
+        # SKIP LOCKED: a job someone is retrying right now is left for the next batch.
+        sql = f"""WITH pick AS (
+                SELECT id FROM {self.s}.jobs WHERE state = %(state)s{where}
+                ORDER BY created_at, seq LIMIT %(n)s FOR UPDATE SKIP LOCKED),
+            hist AS (DELETE FROM {self.s}.attempts WHERE job_id IN (SELECT id FROM pick)),
+            live AS (DELETE FROM {self.s}.live_output WHERE job_id IN (SELECT id FROM pick)),
+            gone AS (DELETE FROM {self.s}.jobs WHERE id IN (SELECT id FROM pick) RETURNING 1)
+            SELECT count(*) FROM gone"""
+
+        def purge_once(cur: Any) -> int:
+            cur.execute(sql, {"state": state, "n": limit, **params})
+            return cur.fetchone()[0]
+
+        return self._run(purge_once)
+
+    def retry_dead_many(self, older_than: float | None, limit: int) -> int:
+        where, params = self._finished(older_than)
+        sql = f"""{self._notify}WITH {self.sql_t},
+            pick AS (SELECT id FROM {self.s}.jobs WHERE state = 'dead'{where}
+                     ORDER BY created_at, seq LIMIT %(n)s FOR UPDATE SKIP LOCKED)
+            UPDATE {self.s}.jobs j SET state = 'pending', attempts = 0, run_at = t.now,
+                updated_at = t.now, worker = NULL, finished_at = NULL, exit_code = NULL,
+                cancel_requested = false
+            FROM t, pick WHERE j.id = pick.id"""
+
+        def retry_many(cur: Any) -> int:
+            cur.execute(sql, {"n": limit, **params})
+            return cur.rowcount
+
+        return self._run(retry_many)
+
+    def take_duty(self, name: str, holder: str, seconds: float) -> bool:
+        sql = f"""INSERT INTO {self.s}.duties AS d (name, holder, expires_at)
+            VALUES (%(name)s, %(holder)s, {NOW} + %(for)s)
+            ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,
+                expires_at = excluded.expires_at
+            WHERE d.holder = excluded.holder OR d.expires_at < {NOW}"""
+
+        def take(cur: Any) -> bool:
+            cur.execute(sql, {"name": name, "holder": holder, "for": float(seconds)})
+            return cur.rowcount == 1
+
+        # Repeating it after a lost commit is harmless: the holder renews its own duty.
+        return self._run(take, idempotent=True)
+
+    def append_output(self, job: Job, offset: int, data: bytes) -> bool:
+        # FOR SHARE on the job: an attempt that is ending (a reclaim) is waited for and
+        # looked at again, so no chunk outlives its attempt.
+        sql = f"""{self._event}WITH held AS (
+                SELECT id FROM {self.s}.jobs WHERE id = %(id)s AND state = 'processing'
+                    AND worker = %(worker)s AND attempts = %(attempt)s FOR SHARE),
+            chunk AS (
+                INSERT INTO {self.s}.live_output (job_id, attempt, start, data)
+                SELECT id, %(attempt)s, %(start)s, %(data)s FROM held
+                ON CONFLICT (job_id, attempt, start) DO UPDATE SET data = excluded.data),
+            old AS (
+                DELETE FROM {self.s}.live_output WHERE job_id = %(id)s
+                    AND attempt = %(attempt)s AND start + length(data) <= %(cut)s
+                    AND EXISTS (SELECT 1 FROM held))
+            SELECT count(*) FROM held"""
+        params = {"id": job.id, "worker": job.worker, "attempt": job.attempts,
+                  "start": offset, "data": psycopg2.Binary(data),
+                  "cut": offset + len(data) - policy.OUTPUT_LIMIT}
+
+        def append(cur: Any) -> bool:
+            cur.execute(sql, params)
+            return cur.fetchone()[0] == 1
+
+        # Idempotent: the same bytes at the same offset replace themselves.
+        return self._run(append, idempotent=True)
+
+    def read_output(self, job_id: str, attempt: int | None, offset: int) -> OutputSlice | None:
+        # One statement, so one snapshot: the job's state with its live chunks or the
+        # history row, never the chunks of an attempt that ended in between.
+        live = "j.state = 'processing' AND (%(attempt)s::int IS NULL OR %(attempt)s = j.attempts)"
+        sql = f"""WITH j AS (SELECT state, attempts FROM {self.s}.jobs WHERE id = %(id)s)
+            SELECT 'j', j.attempts, NULL::bigint, NULL::bytea, NULL::bigint,
+                ({live}) FROM j
+            UNION ALL
+            SELECT 'l', l.attempt, l.start, l.data, NULL, NULL FROM j, {self.s}.live_output l
+            WHERE {live} AND l.job_id = %(id)s AND l.attempt = j.attempts
+                AND l.start + length(l.data) > %(offset)s
+            UNION ALL
+            (SELECT 'h', a.attempt, NULL, a.output, a.output_total, NULL
+             FROM j, {self.s}.attempts a WHERE NOT ({live}) AND a.job_id = %(id)s
+                AND (%(attempt)s::int IS NULL OR a.attempt = %(attempt)s)
+             ORDER BY a.seq DESC LIMIT 1)"""
+        rows = self._fetch(sql, {"id": job_id, "attempt": attempt, "offset": offset})
+        head = [r for r in rows if r[0] == "j"]
+        if not head:
+            raise NotFound(f"no job with id {job_id!r}")
+        if head[0][5]:  # the running attempt: its live chunks, contiguous from offset
+            start, data = offset, bytearray()
+            for _, _, chunk_start, chunk, _, _ in sorted(
+                    (r for r in rows if r[0] == "l"), key=lambda r: r[2]):
+                chunk = bytes(chunk)
+                if not data:
+                    start = max(offset, chunk_start)
+                elif chunk_start > start + len(data):
+                    break  # a gap: the next call reports it
+                data += chunk[start + len(data) - chunk_start:]
+            return OutputSlice(head[0][1], start, bytes(data), True)
+        found = [r for r in rows if r[0] == "h"]
+        if not found:
+            return None
+        _, number, _, tail, total, _ = found[0]
+        tail = b"" if tail is None else bytes(tail)
+        total = len(tail) if total is None else total
+        begins = total - len(tail)
+        start = max(offset, begins)
+        return OutputSlice(number, start, tail[start - begins:], False)
+
+    def backup(self, path: str) -> None:
+        raise Unsupported(
+            "backup copies SQLite queues only: back up a PostgreSQL queue with pg_dump "
+            f"(e.g. pg_dump --schema={self.target.schema} DBNAME > FILE)")
 
     def get(self, job_id: str, history: bool = False) -> Job:
         rows = self._fetch(f"SELECT {', '.join(COLUMNS)} FROM {self.s}.jobs WHERE id = %s",
@@ -789,7 +1065,9 @@ class PostgresStore(Store):
         fails before READY, with one line, rather than on its first job."""
         needs = {"jobs": "SELECT,INSERT,UPDATE,DELETE", "attempts": "SELECT,INSERT,DELETE",
                  "workers": "SELECT,INSERT,UPDATE,DELETE", "config": "SELECT,INSERT,UPDATE",
-                 "schema_version": "SELECT"}
+                 "schema_version": "SELECT", "flags": "SELECT,INSERT,DELETE",
+                 "duties": "SELECT,INSERT,UPDATE",
+                 "live_output": "SELECT,INSERT,UPDATE,DELETE"}
         # One check per right: has_table_privilege('a,b') is true if *any* is held.
         checks = " UNION ALL ".join(
             f"SELECT '{table}', has_table_privilege('{self.s}.{table}', '{right}')"
@@ -890,7 +1168,8 @@ class ListenWakeup(Wakeup):
                 # Back after a gap: anything may have happened meanwhile.
                 return time.monotonic() >= self._next_try and self._reconnect()
             self._conn.poll()
-            got = bool(self._conn.notifies)
+            # Events (an attempt ended, output appended) wake watchers, not idle workers.
+            got = any(n.payload != EVENT for n in self._conn.notifies)
             del self._conn.notifies[:]
             return got
         except Exception:

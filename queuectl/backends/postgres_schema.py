@@ -6,7 +6,7 @@ name, so many workers starting at once on several hosts migrate it exactly once.
 change as the next number; never edit a released one. `{s}` stands for the quoted schema.
 """
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -60,6 +60,34 @@ MIGRATIONS: dict[int, list[str]] = {
             state text NOT NULL,
             job_id text)""",
         "CREATE TABLE {s}.config (key text PRIMARY KEY, value text NOT NULL)",
+    ],
+    # Issue 11: cancel, pause, retention, live output. Only additions (a column with a
+    # constant default is a catalog change, no table rewrite): a version-1 queue keeps every
+    # job, attempt, worker and setting.
+    2: [
+        # An operator asked a processing job to stop; its worker ends the attempt as canceled.
+        "ALTER TABLE {s}.jobs ADD COLUMN cancel_requested boolean NOT NULL DEFAULT false",
+        # Bytes the attempt printed in all (`output` keeps the tail), so `logs --follow` can
+        # tell where that tail starts. NULL for older rows.
+        "ALTER TABLE {s}.attempts ADD COLUMN output_total bigint",
+        # Queue-wide flags (`paused`), with who set it and when (server clock).
+        """CREATE TABLE {s}.flags (
+            name text PRIMARY KEY,
+            set_by text,
+            since double precision NOT NULL)""",
+        # Background duties one worker at a time does (retention), held like a lease.
+        """CREATE TABLE {s}.duties (
+            name text PRIMARY KEY,
+            holder text NOT NULL,
+            expires_at double precision NOT NULL)""",
+        # The running attempt's recent output, in chunks by byte offset; dropped when the
+        # attempt ends (its history row keeps the tail).
+        """CREATE TABLE {s}.live_output (
+            job_id text NOT NULL,
+            attempt integer NOT NULL,
+            start bigint NOT NULL,
+            data bytea NOT NULL,
+            PRIMARY KEY (job_id, attempt, start))""",
     ],
 }
 
