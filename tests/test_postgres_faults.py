@@ -1,0 +1,160 @@
+"""PostgreSQL faults, against the suite's real throwaway server: a restart mid-drain, a burst
+of 300 `enqueue` processes against the default `max_connections = 100`, and unusable
+servers for the read commands (`status`, `list`) and missing privileges for `enqueue`
+(tests/test_postgres_backend.py covers `enqueue`/`show` for the rest).
+
+Nothing is mocked: workers are the console script, the restart is `pg_ctl restart -m fast`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import QUEUECTL, Queue, wait_for
+
+SECRET = "Fault-s3cr:t@pw"  # needs URL escaping, so half-masked spellings would show
+
+
+def _run(db: str, *args: str) -> subprocess.CompletedProcess:
+    """The console script with no PG* variables of ours leaking in."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    return subprocess.run([QUEUECTL, "--db", db, *args], capture_output=True, text=True,
+                          timeout=90, env=env)
+
+
+def _log_events(log: Path) -> list[dict[str, Any]]:
+    """The JSON log lines of one worker (other lines, if any, are skipped)."""
+    events = []
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            continue
+    return events
+
+
+def _ran(out: Path) -> Counter[str]:
+    """How often each job id was appended to the shared output file."""
+    return Counter(out.read_text().split()) if out.exists() else Counter()
+
+
+# -- a server restart while workers drain --------------------------------------------------
+def test_server_restart_mid_drain_loses_nothing_and_workers_recover(
+        pg_server: Any, tmp_path: Path) -> None:
+    q = Queue(pg_server.fresh_locator())
+    try:
+        out = tmp_path / "ran.txt"
+        q.run("config", "set", "lease-seconds", "10")  # a rare unanswered commit: quick reclaim
+        n = 600
+        jobs = "\n".join(json.dumps({"id": f"r{i}", "command": f"echo r{i} >> {out}"})
+                         for i in range(n))
+        q.run("enqueue", "--file", "-", input=jobs)
+        logs = [tmp_path / f"w{i}.log" for i in range(2)]
+        workers = [q.worker("--name", f"restart-{i}", log=logs[i]) for i in range(2)]
+        wait_for(lambda: q.status()["completed"] >= n // 6, 60, "the drain to be under way")
+        pg_server.restart()
+        status = q.wait_counts(completed=n, timeout=120)
+        assert status["pending"] == status["processing"] == status["failed"] == 0
+        assert status["dead"] == 0
+        ran = _ran(out)
+        assert set(ran) == {f"r{i}" for i in range(n)}  # nothing lost
+        for job_id in (j for j, times in ran.items() if times > 1):
+            # Run twice only when a commit's answer was lost with the connection.
+            outcomes = [h["outcome"] for h in q.job(job_id)["history"]]
+            assert "lost" in outcomes, (job_id, outcomes)
+        # The same processes recovered by themselves, and are still serving.
+        assert all(w.poll() is None for w in workers)
+        assert q.status()["active_workers"] == 2
+        for log in logs:
+            events = _log_events(log)
+            names = [e.get("event") for e in events]
+            # One warning per outage, not one per retry; and it says it is over.
+            assert names.count("database_error") == 1, [
+                e for e in events if e.get("event") == "database_error"]
+            assert "database_recovered" in names
+            for e in events:
+                assert SECRET not in json.dumps(e)
+    finally:
+        q.stop_all()
+
+
+# -- a burst of enqueue processes ----------------------------------------------------------
+def test_300_enqueue_processes_at_once_all_succeed_and_each_job_runs_once(
+        pg_server: Any, tmp_path: Path) -> None:
+    assert pg_server.psql("SHOW max_connections") == "100"  # the default, as promised
+    db = pg_server.fresh_locator()
+    q = Queue(db)
+    try:
+        out = tmp_path / "ran.txt"
+        q.run("status")  # the schema exists before the workers start
+        for i in range(2):
+            q.worker("--name", f"burst-{i}", log=tmp_path / f"w{i}.log")
+        wait_for(lambda: q.status()["active_workers"] == 2, 60, "two idle workers")
+        n = 300
+        # As cron or a shell loop would: every enqueue its own process, all started at once.
+        script = (f'for i in $(seq 1 {n}); do ( "$QUEUECTL" enqueue --id b$i --cmd "echo b$i >> '
+                  f'{out}" >/dev/null 2>"$ERRS/$i"; echo $? > "$ERRS/$i.rc" ) & done; wait')
+        errs = tmp_path / "errs"
+        errs.mkdir()
+        env = {**q.env, "QUEUECTL": QUEUECTL, "ERRS": str(errs)}
+        subprocess.run(["bash", "-c", script], env=env, check=True, timeout=300)
+        codes = {i: (errs / f"{i}.rc").read_text().strip() for i in range(1, n + 1)}
+        failed = {i: (errs / str(i)).read_text() for i, rc in codes.items() if rc != "0"}
+        assert failed == {}, f"{len(failed)} of {n} enqueues failed, e.g. {next(iter(failed.items()))}"
+        q.wait_counts(completed=n, timeout=120)
+        ran = _ran(out)
+        assert ran == Counter({f"b{i}": 1 for i in range(1, n + 1)})  # each exactly once
+        assert all(j["attempts"] == 1 for j in json.loads(q.run("list").stdout))
+    finally:
+        q.stop_all()
+
+
+# -- unusable servers: one line, no password, exit 1 ---------------------------------------
+@pytest.fixture(scope="module")
+def faulty(pg_server: Any) -> dict[str, str]:
+    """Locators that each fail one way, every one carrying the password in its URL."""
+    n = pg_server.fresh_schema()
+    user, db, schema = f"flt_{n}", f"fltdb_{n}", "queuectl"
+    pg_server.create_role(user, SECRET)
+    pg_server.psql(f"CREATE DATABASE {db}")
+    pg_server.psql(f"GRANT CONNECT ON DATABASE {db} TO {user}")
+    owner = pg_server.locator(dbname=db, schema=schema)
+    assert _run(owner, "info").returncode == 0  # tables made by the superuser: no grants
+    good = pg_server.tcp_locator(user, SECRET, dbname=db)
+    return {
+        "unreachable": good.replace(f":{pg_server.port}/", ":1/"),
+        "wrong-password": pg_server.tcp_locator(user, SECRET + "x", dbname=db),
+        "missing-database": pg_server.tcp_locator(user, SECRET, dbname=f"{db}_nope"),
+        "missing-privileges": good,
+    }
+
+
+SAYS = {
+    "unreachable": "Connection refused",
+    "wrong-password": "password authentication failed",
+    "missing-database": "does not exist",
+    "missing-privileges": "permission denied",
+}
+CASES = [(fault, command) for command in ("status", "list") for fault in SAYS]
+CASES.append(("missing-privileges", "enqueue"))
+
+
+@pytest.mark.parametrize(("fault", "command"), CASES, ids=[f"{c}-{f}" for f, c in CASES])
+def test_unusable_server_is_one_line_without_the_password_and_exit_1(
+        faulty: dict[str, str], fault: str, command: str) -> None:
+    args = ("enqueue", "--cmd", "true") if command == "enqueue" else (command,)
+    result = _run(faulty[fault], *args)
+    shown = f"exit {result.returncode}, stdout {result.stdout!r}, stderr {result.stderr!r}"
+    assert result.returncode == 1, shown
+    assert result.stdout == "" and "Traceback" not in result.stderr, shown
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("queuectl: error: "), shown
+    assert SAYS[fault] in lines[0], shown
+    for spelling in (SECRET, "s3cr", "Fault-", "%3A", "t@pw"):
+        assert spelling not in result.stderr, shown
