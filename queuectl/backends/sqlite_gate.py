@@ -1,0 +1,133 @@
+"""A fair queue for SQLite's write lock: writers wait in the kernel, not in a retry loop.
+
+SQLite offers no queue for its lock: every waiter polls. With hundreds of `enqueue` processes
+started at once on a loaded host, the pollers take the CPU the lock holder needs, and the
+unlucky ones give up after the busy timeout although the queue was moving all along. Here
+every queuectl writer first takes an exclusive `flock` on `<database>-lock`: waiters sleep
+until the kernel hands them the lock, so the holder runs. Each holder bumps a counter in that
+file, and a waiter gives up only after `budget` seconds in which nobody got the lock: a long
+queue that moves is waited out, a stuck holder is reported as before.
+
+A process that cannot open the side file (a read-only directory) goes without the gate: the
+SQLite lock and the retry loop still keep it correct, only less fair.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import time
+
+from queuectl.errors import DatabaseBusy
+
+TICK = 0.25  # seconds between progress checks while waiting
+
+
+class _Tick(Exception):
+    pass
+
+
+class WriteGate:
+    def __init__(self, db_path: str, budget: float) -> None:
+        self.path = f"{db_path}-lock"
+        self.budget = budget
+        self.fd = self._open()
+        self._armed = False
+
+    def _open(self) -> int | None:
+        for flags in (os.O_RDWR | os.O_CREAT, os.O_RDONLY):
+            try:
+                return os.open(self.path, flags | os.O_CLOEXEC, 0o660)
+            except OSError:
+                continue
+        return None
+
+    def acquire(self) -> None:
+        """Take the gate, waiting in line; DatabaseBusy after `budget` s without progress."""
+        if self.fd is None:
+            return
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._wait()
+        self._bump()
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def _generation(self) -> bytes:
+        return os.pread(self.fd, 8, 0)
+
+    def _bump(self) -> None:
+        """Tell waiters the line moved (8 bytes to the page cache; no fsync needed)."""
+        value = int.from_bytes(self._generation().ljust(8, b"\0"), "little") + 1
+        try:
+            os.pwrite(self.fd, (value % 2**64).to_bytes(8, "little"), 0)
+        except OSError:
+            pass  # opened read-only: waiters only see progress from others
+
+    def _on_tick(self, _signum: int, _frame: object) -> None:
+        if self._armed:
+            raise _Tick
+
+    def _wait(self) -> None:
+        """Block in flock, woken every TICK by a timer to check that the line moves.
+
+        The timer's handler raises only while armed (inside the blocking call); a tick that
+        lands just after flock returned is caught below and settled by a non-blocking retry,
+        which succeeds because this descriptor already holds the lock."""
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return self._poll()  # timers and handlers belong to the main thread
+        last, since = self._generation(), time.monotonic()
+        previous = signal.signal(signal.SIGALRM, self._on_tick)
+        signal.setitimer(signal.ITIMER_REAL, TICK, TICK)
+        try:
+            while True:
+                try:
+                    self._armed = True
+                    fcntl.flock(self.fd, fcntl.LOCK_EX)
+                    self._armed = False
+                    return
+                except _Tick:
+                    self._armed = False
+                    try:
+                        fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        return
+                    except BlockingIOError:
+                        pass
+                    last, since = self._check_progress(last, since)
+        finally:
+            self._armed = False
+            signal.setitimer(signal.ITIMER_REAL, 0, 0)
+            signal.signal(signal.SIGALRM, previous)
+
+    def _poll(self) -> None:
+        """Outside the main thread: try again every millisecond or two."""
+        last, since = self._generation(), time.monotonic()
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                pass
+            time.sleep(0.001 + 0.001 * int.from_bytes(os.urandom(1), "little") / 256)
+            last, since = self._check_progress(last, since)
+
+    def _check_progress(self, last: bytes, since: float) -> tuple[bytes, float]:
+        """The line moved since the last look: wait on. Stuck for `budget` s: give up."""
+        current, t = self._generation(), time.monotonic()
+        if current != last:
+            return current, t
+        if t - since >= self.budget:
+            raise DatabaseBusy(f"database {self.path[:-5]} is locked by another process "
+                               f"(waited {self.budget:g} s)")
+        return last, since
