@@ -60,6 +60,36 @@ dry_run_option = click.option("--dry-run", is_flag=True,
                               help="Say how many jobs it would touch; change nothing.")
 
 
+def _queue_name(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    from queuectl.job import check_queue
+
+    return check_queue(value, f"--{param.name}")
+
+
+def _queue_option(what: str) -> Any:
+    return click.option("--queue", metavar="NAME", callback=_queue_name,
+                        help=f"{what} of this queue only (a name no job has matches nothing).")
+
+
+def _only(**kwargs: Any) -> dict[str, Any]:
+    """The queue arguments that were given: a backend that predates named queues keeps
+    working for commands that do not name one."""
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def _queue_list(_ctx: click.Context, _param: click.Parameter,
+                value: str | None) -> list[str] | None:
+    """`mail,default` -> ["mail", "default"]: preference order, duplicates dropped."""
+    if value is None:
+        return None
+    from queuectl.job import check_queue
+
+    names = [check_queue(n.strip(), "--queue") for n in value.split(",")]
+    return list(dict.fromkeys(names))
+
+
 def _plural(n: int, what: str) -> str:
     return f"{n} {what}{'' if n == 1 else 's'}"
 
@@ -106,28 +136,34 @@ def _cmd_options(func: Any) -> Any:
 @click.option("--file", "file_", metavar="PATH", help="JSON Lines file of jobs ('-' = stdin).")
 @click.option("--cmd", "command", metavar="COMMAND", help="The shell command (instead of JSON).")
 @_cmd_options
+@click.option("--queue", metavar="NAME",
+              help="Put every job in this queue (default: the job's \"queue\", else default).")
 @click.option("--if-absent", is_flag=True, help="An existing id is not an error: print it, exit 0.")
 @db_option
 @click.pass_context
 def enqueue(ctx: click.Context, job_json: str | None, file_: str | None, command: str | None,
-            if_absent: bool, **cmd_options: Any) -> None:
+            queue: str | None, if_absent: bool, **cmd_options: Any) -> None:
     """Add jobs: a JSON object, --file of JSON Lines, or --cmd 'shell command'."""
     from queuectl.submit import collect_specs, submit
 
-    specs = collect_specs(job_json, file_, command, cmd_options)
+    specs = collect_specs(job_json, file_, command, cmd_options, queue)
     for job_id in submit(ctx.ensure_object(dict).get("db"), specs, if_absent):
         click.echo(job_id)
 
 
 # -- inspecting ------------------------------------------------------------------------------
 @cli.command()
+@_queue_option("Jobs and workers")
 @db_option
 @click.pass_context
-def status(ctx: click.Context) -> None:
+def status(ctx: click.Context, queue: str | None) -> None:
     """Jobs per state, active workers and whether the queue is paused, as one JSON object."""
     store = _store(ctx)
-    counts: dict[str, Any] = store.counts()
+    counts: dict[str, Any] = store.counts(**_only(queue=queue))
     counts["paused"] = store.paused() is not None
+    if queue is not None:  # paused: no job of it can start, whichever pause holds it
+        counts["paused"] = counts["paused"] or store.paused(queue) is not None
+        counts["queue"] = queue
     _print_json(counts, indent=None)
 
 
@@ -135,13 +171,15 @@ def status(ctx: click.Context) -> None:
 @click.option("--state", metavar="STATE", help="Only jobs in this state.")
 @click.option("--limit", type=click.IntRange(min=1), metavar="N", help="At most N jobs.")
 @click.option("--jsonl", is_flag=True, help="One JSON object per line instead of an array.")
+@_queue_option("Jobs")
 @db_option
 @click.pass_context
-def list_(ctx: click.Context, state: str | None, limit: int | None, jsonl: bool) -> None:
+def list_(ctx: click.Context, state: str | None, limit: int | None, jsonl: bool,
+          queue: str | None) -> None:
     """Jobs as a JSON array, oldest first."""
     if state is not None:
         check_state(state)
-    _print_jobs(_store(ctx).iter_jobs(state, limit), jsonl)
+    _print_jobs(_store(ctx).iter_jobs(state, limit, **_only(queue=queue)), jsonl)
 
 
 @cli.command()
@@ -180,11 +218,12 @@ def dlq() -> None:
 @dlq.command(name="list")
 @click.option("--limit", type=click.IntRange(min=1), metavar="N", help="At most N jobs.")
 @click.option("--jsonl", is_flag=True, help="One JSON object per line instead of an array.")
+@_queue_option("Dead jobs")
 @db_option
 @click.pass_context
-def dlq_list(ctx: click.Context, limit: int | None, jsonl: bool) -> None:
+def dlq_list(ctx: click.Context, limit: int | None, jsonl: bool, queue: str | None) -> None:
     """Dead jobs as a JSON array, oldest first."""
-    _print_jobs(_store(ctx).iter_jobs(DEAD, limit), jsonl)
+    _print_jobs(_store(ctx).iter_jobs(DEAD, limit, **_only(queue=queue)), jsonl)
 
 
 @dlq.command(name="retry")
@@ -220,14 +259,16 @@ def dlq_retry(ctx: click.Context, job_id: str | None, all_: bool, older_than: fl
 @click.argument("job_ids", metavar="ID...", nargs=-1)
 @click.option("--all", "all_", is_flag=True, help="Every job of --state (in batches).")
 @click.option("--state", metavar="STATE", help="With --all: pending, failed or processing.")
+@_queue_option("With --all: jobs")
 @dry_run_option
 @db_option
 @click.pass_context
 def cancel(ctx: click.Context, job_ids: tuple[str, ...], all_: bool, state: str | None,
-           dry_run: bool) -> int:
+           queue: str | None, dry_run: bool) -> int:
     """Cancel jobs: waiting ones never run; a running one is stopped by its worker."""
-    if job_ids and (all_ or state or dry_run):
-        raise ValidationError("give job IDs, or --all --state STATE [--dry-run], not both")
+    if job_ids and (all_ or state or dry_run or queue):
+        raise ValidationError("give job IDs, or --all --state STATE [--queue NAME] [--dry-run],"
+                              " not both")
     if not job_ids and not (all_ and state):
         raise ValidationError("give job IDs, or --all --state STATE to cancel every such job")
     store = _store(ctx)
@@ -236,11 +277,12 @@ def cancel(ctx: click.Context, job_ids: tuple[str, ...], all_: bool, state: str 
         check_state(state, CANCELLABLE)
         from queuectl.operate import in_batches
 
-        count = store.count_matching(state)
+        scope = _only(queue=queue)
+        count = store.count_matching(state, **scope)
         if dry_run:
             click.echo(f"Would cancel {_plural(count, state + ' job')}.")
             return 0
-        done = in_batches(lambda n: store.cancel_state(state, n), count)
+        done = in_batches(lambda n: store.cancel_state(state, n, **scope), count)
         click.echo(f"Canceled {_plural(done, state + ' job')}"
                    + (" (their workers stop them within about a second)." if
                       state == "processing" else "."))
@@ -258,29 +300,36 @@ def cancel(ctx: click.Context, job_ids: tuple[str, ...], all_: bool, state: str 
 
 
 @cli.command()
+@_queue_option("Hold the jobs")
 @db_option
 @click.pass_context
-def pause(ctx: click.Context) -> None:
+def pause(ctx: click.Context, queue: str | None) -> None:
     """Workers finish what they run and claim nothing until `resume`."""
     from queuectl.clock import iso
     from queuectl.operate import operator
 
     store = _store(ctx)
-    if store.pause(operator()):
-        click.echo("Paused: workers finish their running jobs and claim nothing until "
-                   "'queuectl resume'.")
+    scope = _only(queue=queue)
+    if store.pause(operator(), **scope):
+        if queue is None:
+            click.echo("Paused: workers finish their running jobs and claim nothing until "
+                       "'queuectl resume'.")
+        else:
+            click.echo(f"Paused queue {queue}: its running jobs finish, none of its jobs start "
+                       f"until 'queuectl resume --queue {queue}'.")
     else:
-        info = store.paused()
+        info = store.paused(**scope)
         by = f" by {info.by} since {iso(info.since)}" if info else ""
         click.echo(f"Already paused{by}.")
 
 
 @cli.command()
+@_queue_option("Release the jobs")
 @db_option
 @click.pass_context
-def resume(ctx: click.Context) -> None:
+def resume(ctx: click.Context, queue: str | None) -> None:
     """Let workers claim jobs again."""
-    click.echo("Resumed." if _store(ctx).resume() else "Not paused.")
+    click.echo("Resumed." if _store(ctx).resume(**_only(queue=queue)) else "Not paused.")
 
 
 @cli.command(name="wait")
@@ -334,19 +383,22 @@ def logs(ctx: click.Context, job_id: str, attempt: int | None, follow: bool) -> 
 @click.option("--state", required=True, type=click.Choice(TERMINAL),
               help="Which finished jobs.")
 @older_than_option
+@_queue_option("Jobs")
 @dry_run_option
 @db_option
 @click.pass_context
-def purge(ctx: click.Context, state: str, older_than: float | None, dry_run: bool) -> None:
+def purge(ctx: click.Context, state: str, older_than: float | None, queue: str | None,
+          dry_run: bool) -> None:
     """Delete finished jobs with their history, in short batches."""
     from queuectl.operate import in_batches
 
     store = _store(ctx)
-    count = store.count_matching(state, older_than)
+    scope = _only(queue=queue)
+    count = store.count_matching(state, older_than, **scope)
     if dry_run:
         click.echo(f"Would delete {_plural(count, state + ' job')}.")
         return
-    done = in_batches(lambda n: store.purge(state, older_than, n), count)
+    done = in_batches(lambda n: store.purge(state, older_than, n, **scope), count)
     click.echo(f"Deleted {_plural(done, state + ' job')}.")
 
 
@@ -405,6 +457,45 @@ def config_list(ctx: click.Context) -> None:
     _print_json(_store(ctx).config_items())
 
 
+# -- named queues ----------------------------------------------------------------------------
+@cli.group(name="queue")
+def queue_group() -> None:
+    """Named queues: per-queue concurrency limits and an overview."""
+
+
+@queue_group.command(name="set")
+@click.argument("name")
+@click.option("--concurrency", type=click.IntRange(0, 1_000_000), required=True, metavar="N",
+              help="At most N of its jobs run at once, across every worker on every host "
+              "(0: no limit).")
+@db_option
+@click.pass_context
+def queue_set(ctx: click.Context, name: str, concurrency: int) -> None:
+    """Set a queue's limit (the queue need not have jobs yet)."""
+    from queuectl.job import check_queue
+
+    check_queue(name, "queue name")
+    _store(ctx).set_queue_concurrency(name, concurrency)
+    click.echo(f"{name}: concurrency = {concurrency or 'unlimited'}")
+
+
+@queue_group.command(name="list")
+@click.option("--jsonl", is_flag=True, help="One JSON object per line instead of an array.")
+@db_option
+@click.pass_context
+def queue_list(ctx: click.Context, jsonl: bool) -> None:
+    """Every queue: jobs per state, paused, limit, active workers serving it, and how long its
+    longest-due job has waited (seconds)."""
+    from queuectl.operate import queue_rows
+
+    rows = queue_rows(_store(ctx))
+    if jsonl:
+        for row in rows:
+            click.echo(json.dumps(row, ensure_ascii=False))
+    else:
+        _print_json(rows)
+
+
 # -- workers ---------------------------------------------------------------------------------
 @cli.group()
 def worker() -> None:
@@ -420,17 +511,28 @@ def worker() -> None:
               help="Seconds between looks at an idle queue, besides waking on every database "
               "change [default: 1, or 0.25 where inotify is unavailable].")
 @click.option("--drain", is_flag=True, help="Exit once no job is left to run.")
+@click.option("--queue", "queues", metavar="NAME[,NAME...]", callback=_queue_list,
+              help="Serve only these queues, the first preferred (default: every queue).")
+@click.option("--instance", hidden=True)
 @click.option("--supervised-by", type=int, hidden=True)
 @db_option
 @click.pass_context
 def worker_run(ctx: click.Context, name: str | None, label: str | None, grace: float,
-               poll_interval: float | None, drain: bool, supervised_by: int | None) -> int:
+               poll_interval: float | None, drain: bool, queues: list[str] | None,
+               instance: str | None, supervised_by: int | None) -> int:
     """Run one worker in the foreground (what the systemd unit runs)."""
     from queuectl.process import caller_umask
     from queuectl.worker import WorkerOptions, run_worker
 
+    if instance is not None:  # the unit's %i: `mail:1` serves mail, `1` every queue
+        from queuectl.units import lane_of
+
+        if queues is not None:
+            raise ValidationError("give --queue or --instance, not both")
+        queues = lane_of(instance)
     options = WorkerOptions(name=name, label=label, grace=grace, poll_interval=poll_interval,
-                            drain=drain, job_umask=caller_umask(), parent_pid=supervised_by)
+                            drain=drain, job_umask=caller_umask(), parent_pid=supervised_by,
+                            queues=queues)
     return run_worker(_locator(ctx), options, ctx.obj.get("log_format", "auto"))
 
 
@@ -442,16 +544,19 @@ def worker_run(ctx: click.Context, name: str | None, label: str | None, grace: f
 @click.option("--drain", is_flag=True, help="Exit once no job is left to run (foreground).")
 @click.option("--foreground", is_flag=True,
               help="Run the workers in this terminal even where systemd manages them.")
+@click.option("--queue", "queues", metavar="NAME[,NAME...]", callback=_queue_list,
+              help="Workers that serve only these queues (a lane: instances NAME:1..COUNT); "
+              "other lanes are left alone.")
 @db_option
 @click.pass_context
 def worker_start(ctx: click.Context, count: int, grace: float, drain: bool,
-                 foreground: bool) -> int:
+                 foreground: bool, queues: list[str] | None) -> int:
     """Run COUNT workers: systemd instances 1..COUNT where the unit is installed, otherwise
     in the foreground until Ctrl-C or SIGTERM."""
     from queuectl import units
 
     if not foreground and not drain and units.available():
-        for line in units.scale(count):
+        for line in units.scale(count, queues):
             click.echo(line)
         return 0
     from queuectl.supervisor import supervise
@@ -462,26 +567,29 @@ def worker_start(ctx: click.Context, count: int, grace: float, drain: bool,
         import os
 
         where = os.path.abspath(where)
-    return supervise(where, count, grace, drain, ctx.obj.get("log_format", "auto"))
+    return supervise(where, count, grace, drain, ctx.obj.get("log_format", "auto"), queues)
 
 
 @worker.command(name="stop")
 @click.option("--timeout", type=click.FloatRange(min=0), default=60.0, show_default=True,
               help="Seconds to wait for foreground workers to exit.")
 @click.option("--foreground", is_flag=True, help="Leave systemd instances alone.")
+@click.option("--queue", "queues", metavar="NAME[,NAME...]", callback=_queue_list,
+              help="Only the workers of this lane (exactly these queues, in this order).")
 @db_option
 @click.pass_context
-def worker_stop(ctx: click.Context, timeout: float, foreground: bool) -> int:
+def worker_stop(ctx: click.Context, timeout: float, foreground: bool,
+                queues: list[str] | None) -> int:
     """Gracefully stop the workers of this host: systemd instances (stopped and disabled),
     then foreground workers that use this database."""
     from queuectl import units
 
-    lines = units.stop_all() if not foreground and units.available() else []
+    lines = units.stop_all(queues) if not foreground and units.available() else []
     for line in lines:
         click.echo(line)
     from queuectl.supervisor import stop_local_workers
 
-    targets, left = stop_local_workers(_store(ctx), timeout)
+    targets, left = stop_local_workers(_store(ctx), timeout, queues)
     if not targets:
         if not lines:
             click.echo("No running workers.")

@@ -25,12 +25,18 @@ MAX_COMMAND_BYTES = 131_071
 MAX_ID_CHARS = 200
 MAX_TIMEOUT = 31_536_000  # one year
 
+# Named queues: the characters fit a systemd instance name (`queuectl-worker@mail:1`), a
+# shell word and a journal field without quoting.
+DEFAULT_QUEUE = "default"
+MAX_QUEUE_CHARS = 64
+_QUEUE_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")  # MAX_QUEUE_CHARS
+
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-USER_KEYS = ("command", "id", "max_retries", "timeout", "priority", "run_at", "delay")
+USER_KEYS = ("command", "id", "max_retries", "timeout", "priority", "run_at", "delay", "queue")
 MANAGED_KEYS = (
     "state", "attempts", "created_at", "updated_at", "worker", "started_at", "finished_at",
     "exit_code", "last_error", "lease_expires_at",
@@ -47,6 +53,7 @@ class JobSpec(Record):
     priority: int = 0
     run_at: float | None = None  # absolute, as the user meant it (wall clock)
     delay: float | None = None  # seconds from when the store accepts it (the store's clock)
+    queue: str | None = None  # None: DEFAULT_QUEUE
 
 
 class Job(Record):
@@ -70,11 +77,13 @@ class Job(Record):
     lease_expires_at: float | None = None
     history: list[dict[str, Any]] | None = None  # attempts, when asked for
     cancel_requested: bool = False  # processing, and an operator asked for it to stop
+    queue: str = DEFAULT_QUEUE
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "command": self.command,
+            "queue": self.queue,
             "state": self.state,
             "attempts": self.attempts,
             "max_retries": self.max_retries,
@@ -107,6 +116,16 @@ def check_id(value: Any) -> str:
     if _CONTROL.search(value):
         raise ValidationError('"id" must not contain control characters (newline, tab, NUL...)')
     _check_utf8(value, "id")
+    return value
+
+
+def check_queue(value: Any, what: str = '"queue"') -> str:
+    """A queue name: letters, digits, `-`, `_`, `.`, at most 64 (it becomes part of systemd
+    instance names and journal fields, so nothing else is allowed)."""
+    if not isinstance(value, str) or not _QUEUE_NAME.fullmatch(value):
+        shown = value if isinstance(value, str) else type(value).__name__
+        raise ValidationError(f"{what} must be 1-{MAX_QUEUE_CHARS} letters, digits, '-', '_' or"
+                              f" '.', got {shown!r}")
     return value
 
 
@@ -203,6 +222,8 @@ def spec_from_object(obj: Any) -> JobSpec:
         spec.run_at = check_run_at(fields["run_at"])
     if "delay" in fields:
         spec.delay = check_delay(fields["delay"])
+    if "queue" in fields:
+        spec.queue = check_queue(fields["queue"])
     return spec
 
 

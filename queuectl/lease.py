@@ -73,7 +73,7 @@ class LeaseKeeper:
         """Log a reclaimed attempt, after ending what may still run of it on this host
         (its worker was SIGKILLed or hung) before the job runs again."""
         leftovers = procinfo.kill_job_processes(job.id, job.attempts)
-        self.log.warning("lease_reclaimed", job_id=job.id, attempt=job.attempts,
+        self.log.warning("lease_reclaimed", job_id=job.id, queue=job.queue, attempt=job.attempts,
                          error=job.last_error, state=job.state, killed_processes=leftovers,
                          next_run_at=iso_ms(job.run_at) if job.state != DEAD else None)
 

@@ -14,7 +14,7 @@ import structlog
 
 # One human sentence per event; fields missing from an event render as "?".
 MESSAGES = {
-    "worker_started": "Worker {worker} starting (pid {pid}, database {db})",
+    "worker_started": "Worker {worker} starting (pid {pid}, database {db}, queues {queues})",
     "worker_ready": "Ready: waiting for jobs",
     "running_as_root": "Running as root: every job runs as root too (the systemd unit runs "
     "workers as user queuectl)",

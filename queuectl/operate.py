@@ -16,6 +16,10 @@ from queuectl.errors import EXIT_FAILED, Conflict, NotFound, QueueError
 from queuectl.job import COMPLETED, DEAD, TERMINAL, Job
 from queuectl.store import OutputSlice, Store
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 EXIT_TIMEOUT = 124  # `wait --timeout` ran out, as timeout(1) reports it
 WAKE_MIN_GAP = 0.05  # seconds between looks, however often the store's wakeup fires
 
@@ -135,6 +139,20 @@ def stream_output(store: Store, job_id: str, attempt: int | None, follow: bool,
     finally:
         if waiter is not None:
             waiter.close()
+
+
+def queue_rows(store: Store) -> list[dict[str, Any]]:
+    """`queue list`: one JSON-ready row per queue."""
+    rows = []
+    for q in store.queues():
+        wait = q.oldest_waiting
+        rows.append({
+            "queue": q.name, **q.counts, "paused": q.paused is not None,
+            "paused_by": q.paused.by if q.paused else None,
+            "concurrency": q.concurrency, "workers": q.workers,
+            "oldest_waiting_seconds": None if wait is None else round(wait, 3),
+        })
+    return rows
 
 
 class CancelResult:

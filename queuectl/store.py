@@ -50,6 +50,7 @@ class WorkerInfo(Record):
     heartbeat_at: float
     state: str
     job_id: str | None
+    queues: list[str] | None = None  # what it serves, in order of preference; None: all
 
 
 class Outcome(Record):
@@ -68,6 +69,17 @@ class PauseInfo(Record):
 
     by: str
     since: float
+
+
+class QueueInfo(Record):
+    """One named queue as `queues` reports it."""
+
+    name: str
+    counts: dict[str, int]  # jobs per state (every state of job.STATES, zeros included)
+    paused: PauseInfo | None  # this queue's own pause (the global one is `paused()`)
+    concurrency: int  # at most this many of its jobs processing at once; 0: no limit
+    workers: int  # active workers (policy.ACTIVE_WINDOW) that serve it, by name or as "all"
+    oldest_waiting: float | None  # seconds its longest-due eligible job has waited; None
 
 
 class OutputSlice(Record):
@@ -99,6 +111,40 @@ class Wakeup(ABC):
     @abstractmethod
     def drain(self) -> bool:
         """Consume what is pending; True if it may concern new work. Never raises."""
+
+    # -- issue 12: named queues ----------------------------------------------------------------
+    # A job belongs to one queue (JobSpec.queue / Job.queue, `job.DEFAULT_QUEUE` unless given;
+    # names checked by `job.check_queue` before they reach a store). A queue exists once a job
+    # names it; a name no job carries is not an error anywhere, it just matches nothing.
+    # Amended promises, for every backend:
+    # - enqueue stores each spec's queue; get, iter_jobs and every returned Job carry it.
+    # - claim_next(worker, queues) / complete_and_claim(..., queues): `queues` None means every
+    #   queue, ordered as before (priority, run_at, age) across all of them. A list is an order
+    #   of preference: the job comes from the first listed queue that has an eligible job
+    #   (priority, run_at, age order inside that queue), a later queue only when every earlier
+    #   one has none. Either way a queue is skipped while it is paused (`pause(by, queue)`) or
+    #   while `concurrency` of its jobs are processing; both are read inside the claiming
+    #   transaction, so no number of racing claimers on any number of hosts exceeds a limit.
+    # - iter_jobs(..., queue), counts(queue), count_matching(..., queue), purge(..., queue),
+    #   cancel_state(..., queue): with a queue, only that queue's jobs (counts' active_workers:
+    #   the active workers that serve it). remaining(queues), seconds_until_due(queues): only
+    #   jobs a worker serving `queues` could take (None: all).
+    # - pause(by, queue) / resume(queue) / paused(queue): with a queue, that queue's own flag,
+    #   independent of the global one (either stops claims from it); False/None as before.
+    # - register_worker stores WorkerInfo.queues (None: all); workers() returns it.
+    # Callers pass the new arguments only when they are set, so a backend that predates them
+    # keeps working for the default queue.
+
+    def set_queue_concurrency(self, queue: str, limit: int) -> None:
+        """At most `limit` jobs of `queue` processing at once, across every worker on every
+        host; 0 removes the limit. Jobs already running are not touched: a lower limit only
+        holds back new claims until enough of them finish."""
+        raise NotImplementedError
+
+    def queues(self) -> list[QueueInfo]:
+        """Every queue that has a job, a setting or a pause, or that an active worker names,
+        by name, from one snapshot."""
+        raise NotImplementedError
 
     @abstractmethod
     def close(self) -> None: ...
@@ -132,7 +178,7 @@ class Store(ABC):
 
     # -- the worker's verbs -----------------------------------------------------------------
     @abstractmethod
-    def claim_next(self, worker: str) -> Job | None:
+    def claim_next(self, worker: str, queues: list[str] | None = None) -> Job | None:
         """Take the most urgent eligible job, or None.
 
         Eligible: `pending` or `failed` with run_at <= now. Order: priority (higher first),
@@ -153,8 +199,8 @@ class Store(ABC):
         still held; False (and nothing written) otherwise."""
 
     @abstractmethod
-    def complete_and_claim(self, job: Job, outcome: Outcome,
-                           worker: str) -> tuple[bool, Job | None]:
+    def complete_and_claim(self, job: Job, outcome: Outcome, worker: str,
+                           queues: list[str] | None = None) -> tuple[bool, Job | None]:
         """record_success and claim_next in one transaction: one commit per job, not two.
         The claim happens whether or not the attempt was still held. Returns (whether it
         was still held, the next job or None)."""
@@ -195,22 +241,23 @@ class Store(ABC):
         output (bytes, the last `policy.OUTPUT_LIMIT`)."""
 
     @abstractmethod
-    def iter_jobs(self, state: str | None = None, limit: int | None = None) -> Iterator[Job]:
+    def iter_jobs(self, state: str | None = None, limit: int | None = None,
+                  queue: str | None = None) -> Iterator[Job]:
         """Jobs oldest first (created_at, then insertion order), optionally of one state,
         streamed: memory does not grow with the number of jobs."""
 
     @abstractmethod
-    def counts(self) -> dict[str, int]:
+    def counts(self, queue: str | None = None) -> dict[str, int]:
         """Jobs per state (every state of `job.STATES`, zeros included) plus
         `active_workers` (workers whose last heartbeat is within `policy.ACTIVE_WINDOW`),
         from one snapshot."""
 
     @abstractmethod
-    def remaining(self) -> int:
+    def remaining(self, queues: list[str] | None = None) -> int:
         """Jobs that may still run: pending, processing, or failed awaiting a retry."""
 
     @abstractmethod
-    def seconds_until_due(self) -> float | None:
+    def seconds_until_due(self, queues: list[str] | None = None) -> float | None:
         """Seconds until the earliest waiting job becomes eligible (0 if one is now), or
         None if nothing waits: how long an idle worker may sleep, in the store's clock."""
 
@@ -279,7 +326,7 @@ class Store(ABC):
         NotFound if absent; Conflict if it is completed, dead or canceled."""
         raise NotImplementedError
 
-    def cancel_state(self, state: str, limit: int) -> int:
+    def cancel_state(self, state: str, limit: int, queue: str | None = None) -> int:
         """Cancel up to `limit` jobs of `state` (pending, failed or processing) as `cancel`
         does, in one transaction; returns how many. Processing jobs whose cancel was
         already requested are not counted again, so calling until the result is below
@@ -291,27 +338,29 @@ class Store(ABC):
         read, cheap enough to ask every half second of a running job."""
         raise NotImplementedError
 
-    def pause(self, by: str) -> bool:
+    def pause(self, by: str, queue: str | None = None) -> bool:
         """Stop all claiming (stored, so every worker on every host obeys it) and record who
         (`by`, e.g. user@host) and when. False (nothing changed) if already paused.
         Running jobs are not touched; enqueue still works; run_at and backoff keep counting."""
         raise NotImplementedError
 
-    def resume(self) -> bool:
+    def resume(self, queue: str | None = None) -> bool:
         """Allow claiming again and wake waiting workers. False if it was not paused."""
         raise NotImplementedError
 
-    def paused(self) -> PauseInfo | None:
+    def paused(self, queue: str | None = None) -> PauseInfo | None:
         """Who paused the queue and since when, or None when it is not paused."""
         raise NotImplementedError
 
-    def count_matching(self, state: str, older_than: float | None = None) -> int:
+    def count_matching(self, state: str, older_than: float | None = None,
+                       queue: str | None = None) -> int:
         """Jobs in `state`; with older_than (seconds), only those that finished at least that
         long ago by the store's clock (finished_at <= now - older_than). What the bulk
         verbs would touch (their --dry-run)."""
         raise NotImplementedError
 
-    def purge(self, state: str, older_than: float | None, limit: int) -> int:
+    def purge(self, state: str, older_than: float | None, limit: int,
+              queue: str | None = None) -> int:
         """Delete up to `limit` jobs of `state` (completed, dead or canceled only: ValueError
         otherwise) that finished at least `older_than` seconds ago (any, if None), with their
         history and live output, in one transaction; returns how many. Oldest first.
@@ -349,6 +398,40 @@ class Store(ABC):
         working (Conflict if it exists; DatabaseUnavailable if it cannot be written).
         Backends whose database is copied with its own tools raise Unsupported naming them
         (PostgreSQL: use pg_dump)."""
+        raise NotImplementedError
+
+    # -- issue 12: named queues ----------------------------------------------------------------
+    # A job belongs to one queue (JobSpec.queue / Job.queue, `job.DEFAULT_QUEUE` unless given;
+    # names checked by `job.check_queue` before they reach a store). A queue exists once a job
+    # names it; a name no job carries is not an error anywhere, it just matches nothing.
+    # Amended promises, for every backend:
+    # - enqueue stores each spec's queue; get, iter_jobs and every returned Job carry it.
+    # - claim_next(worker, queues) / complete_and_claim(..., queues): `queues` None means every
+    #   queue, ordered as before (priority, run_at, age) across all of them. A list is an order
+    #   of preference: the job comes from the first listed queue that has an eligible job
+    #   (priority, run_at, age order inside that queue), a later queue only when every earlier
+    #   one has none. Either way a queue is skipped while it is paused (`pause(by, queue)`) or
+    #   while `concurrency` of its jobs are processing; both are read inside the claiming
+    #   transaction, so no number of racing claimers on any number of hosts exceeds a limit.
+    # - iter_jobs(..., queue), counts(queue), count_matching(..., queue), purge(..., queue),
+    #   cancel_state(..., queue): with a queue, only that queue's jobs (counts' active_workers:
+    #   the active workers that serve it). remaining(queues), seconds_until_due(queues): only
+    #   jobs a worker serving `queues` could take (None: all).
+    # - pause(by, queue) / resume(queue) / paused(queue): with a queue, that queue's own flag,
+    #   independent of the global one (either stops claims from it); False/None as before.
+    # - register_worker stores WorkerInfo.queues (None: all); workers() returns it.
+    # Callers pass the new arguments only when they are set, so a backend that predates them
+    # keeps working for the default queue.
+
+    def set_queue_concurrency(self, queue: str, limit: int) -> None:
+        """At most `limit` jobs of `queue` processing at once, across every worker on every
+        host; 0 removes the limit. Jobs already running are not touched: a lower limit only
+        holds back new claims until enough of them finish."""
+        raise NotImplementedError
+
+    def queues(self) -> list[QueueInfo]:
+        """Every queue that has a job, a setting or a pause, or that an active worker names,
+        by name, from one snapshot."""
         raise NotImplementedError
 
     @abstractmethod

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 
 from queuectl.errors import ValidationError
-from queuectl.job import JobSpec, spec_from_json, spec_from_object
+from queuectl.job import JobSpec, check_queue, spec_from_json, spec_from_object
 from queuectl.record import Record
 
 TYPE_CHECKING = False
@@ -65,9 +65,23 @@ def specs_from_file(source: str) -> list[JobSpec]:
     return specs
 
 
+def into_queue(specs: list[JobSpec], queue: str | None) -> list[JobSpec]:
+    """`--queue NAME` for every job; a job whose JSON names another queue is refused rather
+    than one of the two silently ignored."""
+    if queue is None:
+        return specs
+    check_queue(queue, "--queue")
+    for spec in specs:
+        if spec.queue is None:
+            spec.queue = queue
+        elif spec.queue != queue:
+            raise ValidationError(f'--queue {queue} but the job says "queue": "{spec.queue}"')
+    return specs
+
+
 def collect_specs(job_json: str | None, file_: str | None, command: str | None,
-                  cmd_options: dict[str, Any]) -> list[JobSpec]:
-    """Exactly one source of jobs; --cmd's options only with --cmd."""
+                  cmd_options: dict[str, Any], queue: str | None = None) -> list[JobSpec]:
+    """Exactly one source of jobs; --cmd's options only with --cmd; --queue with any."""
     if sum(x is not None for x in (job_json, file_, command)) != 1:
         raise ValidationError(
             "give exactly one of: a JSON argument, --file PATH or --cmd COMMAND "
@@ -77,10 +91,10 @@ def collect_specs(job_json: str | None, file_: str | None, command: str | None,
         flag = "--" + next(iter(given)).replace("_", "-")
         raise ValidationError(f"{flag} goes with --cmd; put it in the JSON instead")
     if command is not None:
-        return [spec_from_object({"command": command, **given})]
+        return into_queue([spec_from_object({"command": command, **given})], queue)
     if file_ is not None:
-        return specs_from_file(file_)
-    return [spec_from_json(job_json or "")]
+        return into_queue(specs_from_file(file_), queue)
+    return into_queue([spec_from_json(job_json or "")], queue)
 
 
 def submit(db: str | None, specs: list[JobSpec], if_absent: bool) -> list[str]:
@@ -112,7 +126,7 @@ def fast_enqueue(args: list[str]) -> int | None:
     rest = rest[1:]
     by_flag = {o.flag: o for o in CMD_OPTIONS}
     values: dict[str, Any] = {}
-    job_json = file_ = command = None
+    job_json = file_ = command = queue = None
     if_absent = False
     while rest:
         arg = rest.pop(0)
@@ -122,7 +136,7 @@ def fast_enqueue(args: list[str]) -> int | None:
         if arg.startswith("--") and "=" in arg:
             arg, value = arg.split("=", 1)
             rest.insert(0, value)
-        if arg in ("--file", "--cmd", "--db") or arg in by_flag:
+        if arg in ("--file", "--cmd", "--db", "--queue") or arg in by_flag:
             if not rest:
                 return None
             value = rest.pop(0)
@@ -132,6 +146,8 @@ def fast_enqueue(args: list[str]) -> int | None:
                 command = value
             elif arg == "--db":
                 db = value
+            elif arg == "--queue":
+                queue = value
             else:
                 try:
                     values[by_flag[arg].key] = by_flag[arg].kind(value)
@@ -141,7 +157,7 @@ def fast_enqueue(args: list[str]) -> int | None:
             return None
         else:
             job_json = arg
-    ids = submit(db, collect_specs(job_json, file_, command, values), if_absent)
+    ids = submit(db, collect_specs(job_json, file_, command, values, queue), if_absent)
     sys.stdout.write("".join(f"{job_id}\n" for job_id in ids))
     sys.stdout.flush()
     return 0

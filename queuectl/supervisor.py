@@ -36,7 +36,8 @@ def _say(text: str) -> None:
     print(f"[supervisor] {text}", file=sys.stderr, flush=True)
 
 
-def worker_argv(index: int, grace: float, drain: bool, log_format: str) -> list[str]:
+def worker_argv(index: int, grace: float, drain: bool, log_format: str,
+                queues: list[str] | None = None) -> list[str]:
     """The locator travels in the environment, never in argv, where `ps` shows it."""
     name = f"{procinfo.hostname()}-{os.getpid()}-{index}"
     argv = [sys.executable, "-m", "queuectl", "--log-format", log_format,
@@ -44,12 +45,15 @@ def worker_argv(index: int, grace: float, drain: bool, log_format: str) -> list[
             "--grace", f"{grace:g}", "--supervised-by", str(os.getpid())]
     if drain:
         argv.append("--drain")
+    if queues:
+        argv += ["--queue", ",".join(queues)]
     return argv
 
 
-def supervise(locator: str, count: int, grace: float, drain: bool, log_format: str) -> int:
+def supervise(locator: str, count: int, grace: float, drain: bool, log_format: str,
+              queues: list[str] | None = None) -> int:
     """Run count workers until they all stop; 0 if every worker ended cleanly."""
-    slots = [Slot(i, worker_argv(i, grace, drain, log_format)) for i in range(count)]
+    slots = [Slot(i, worker_argv(i, grace, drain, log_format, queues)) for i in range(count)]
     env = {**os.environ, ENV_VAR: locator}
     signals_seen: list[int] = []
 
@@ -103,14 +107,16 @@ def _reaped(slot: Slot, stopping: bool) -> None:
     slot.restart_at = t + RESTART_DELAY
 
 
-def stop_local_workers(store: Store, timeout: float) -> tuple[list[WorkerInfo], list[WorkerInfo]]:
+def stop_local_workers(store: Store, timeout: float, queues: list[str] | None = None,
+                       ) -> tuple[list[WorkerInfo], list[WorkerInfo]]:
     """SIGTERM every live worker of this host registered in store (checking each PID really
-    is that queuectl worker, not a reused one) and wait up to timeout for them to exit.
-    Returns (signalled, still running)."""
+    is that queuectl worker, not a reused one) and wait up to timeout for them to exit;
+    with queues, only the workers of exactly that lane. Returns (signalled, still running)."""
     host = procinfo.hostname()
     targets = [
         w for w in store.workers()
-        if w.host == host and procinfo.is_alive(w.pid, w.pid_start)
+        if w.host == host and (queues is None or w.queues == queues)
+        and procinfo.is_alive(w.pid, w.pid_start)
         and procinfo.is_queuectl_worker(w.pid)
     ]
     for w in targets:

@@ -2,6 +2,9 @@
 
 systemd already supervises, restarts and logs workers far better than a foreground process
 can, so where the unit is installed the CLI only enables/starts and disables/stops instances.
+A lane is the instance name's prefix: `queuectl-worker@mail:2` is worker 2 of the lane that
+serves `mail` (`mail:default:1` serves mail, then default), `queuectl-worker@2` serves every
+queue; the unit passes %i to `worker run --instance`, so one unit file serves every lane.
 """
 
 import os
@@ -65,17 +68,46 @@ def current() -> dict[str, tuple[bool, bool]]:
     return states
 
 
-def _number(unit: str) -> int | None:
+def lane_of(instance_name: str) -> list[str] | None:
+    """The queues an instance serves: `mail:1` -> [mail], `mail:default:1` -> [mail,
+    default]; a name without `:` (`1`, as before lanes existed) -> None, every queue. A name
+    with `:` not ending in a number is a usage error."""
+    from queuectl.errors import ValidationError
+    from queuectl.job import check_queue
+
+    *names, number = instance_name.split(":")
+    if names and not number.isdigit():
+        raise ValidationError(f"instance {instance_name!r}: expected N or QUEUE:N "
+                              "(queuectl-worker@mail:1)")
+    return [check_queue(n, f"instance {instance_name!r}: queue") for n in names] or None
+
+
+def _parts(unit: str) -> tuple[str | None, int | None]:
+    """(lane, number) of an instance: ('mail', 2) for @mail:2, (None, 2) for @2; number
+    None for instance names that are neither (left alone by scaling)."""
     name = _INSTANCE.match(unit).group(1)  # type: ignore[union-attr]
-    return int(name) if name.isdigit() else None
+    lane, _, number = name.rpartition(":")
+    return (lane or None), (int(number) if number.isdigit() else None)
 
 
-def scale(count: int) -> list[str]:
-    """Enable and start instances 1..count; stop and disable numbered instances above it."""
+def _number(unit: str) -> int | None:
+    return _parts(unit)[1]
+
+
+def _lane_name(queues: list[str] | None) -> str | None:
+    return ":".join(queues) if queues else None
+
+
+def scale(count: int, queues: list[str] | None = None) -> list[str]:
+    """Enable and start instances 1..count of the lane (`LANE:N`, or plain N without
+    queues); stop and disable that lane's numbered instances above it. Other lanes are
+    left alone."""
     _require_root()
+    lane = _lane_name(queues)
     before = current()
-    wanted = [instance(i) for i in range(1, count + 1)]
-    surplus = sorted((u for u in before if (_number(u) or 0) > count), key=_number)
+    wanted = [instance(f"{lane}:{i}" if lane else i) for i in range(1, count + 1)]
+    surplus = sorted((u for u in before if _parts(u)[0] == lane and (_number(u) or 0) > count),
+                     key=_number)
     report = []
     if surplus:
         _check(_systemctl("disable", "--now", *surplus), "disable --now")
@@ -93,9 +125,12 @@ def scale(count: int) -> list[str]:
     return report
 
 
-def stop_all() -> list[str]:
-    """Stop and disable every instance; an empty list if there was none."""
-    units = sorted(current(), key=lambda u: (_number(u) is None, _number(u) or 0, u))
+def stop_all(queues: list[str] | None = None) -> list[str]:
+    """Stop and disable every instance (with queues: that lane's only); an empty list if
+    there was none."""
+    lane = _lane_name(queues)
+    units = sorted((u for u in current() if lane is None or _parts(u)[0] == lane),
+                   key=lambda u: (_number(u) is None, _number(u) or 0, u))
     if not units:
         return []
     _require_root()

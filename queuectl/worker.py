@@ -52,6 +52,7 @@ class WorkerOptions(Record):
     drain: bool = False  # exit once nothing is left to run
     job_umask: int | None = None
     parent_pid: int | None = None  # a supervisor whose exit means stop
+    queues: list[str] | None = None  # served in this order of preference; None: all queues
 
 
 class Worker:
@@ -64,7 +65,13 @@ class Worker:
         self.locator = locator
         self.stable_name = options.name is not None
         self.name = options.name or f"{procinfo.hostname()}:{os.getpid()}"
-        self.log = get_logger(worker=self.name, label=options.label or self.name)
+        # Passed to the store only when set, so a backend that predates named queues
+        # still serves the default lane.
+        self._lane: tuple[list[str], ...] = (options.queues,) if options.queues else ()
+        lane = ",".join(options.queues) if options.queues else None
+        self.lane = lane or "all"
+        self.log = get_logger(worker=self.name, label=options.label or self.name,
+                              **({"queue": lane} if lane else {}))
         self.stop = StopRequest()
         self.lease = LeaseKeeper(store, self.name, self.log)
         self.notifier = Notifier()
@@ -158,7 +165,7 @@ class Worker:
         pid = os.getpid()
         self.store.register_worker(WorkerInfo(
             self.name, procinfo.hostname(), pid, procinfo.start_time(pid), 0.0, 0.0, "idle",
-            None))
+            None, self.opts.queues))
         if self.stable_name:
             for job in self.store.reclaim_worker(self.name):
                 self.lease.end_reclaimed(job)
@@ -168,7 +175,7 @@ class Worker:
         self._wakeup = self.store.wakeup()
         try:
             self.start()
-            self.log.info("worker_started", pid=os.getpid(), db=self.locator)
+            self.log.info("worker_started", pid=os.getpid(), db=self.locator, queues=self.lane)
             self.notifier.ready()
             self.log.info("worker_ready")
             if os.geteuid() == 0:
@@ -219,14 +226,16 @@ class Worker:
             self._wakeup.drain()  # changes before this claim are seen by it
         self.lease.beat("idle")
         self.lease.housekeeping()
-        job = self.store.claim_next(self.name)
+        job = self.store.claim_next(self.name, *self._lane)
         if job is not None:
             return job, 0.0
-        if self.opts.drain and self.store.remaining() == 0:
+        if self.opts.drain and self.store.remaining(*self._lane) == 0:
             return None, None
         wait = self.poll_interval
-        due = self.store.seconds_until_due()
-        if due is not None:
+        due = self.store.seconds_until_due(*self._lane)
+        # Due now, yet nothing was claimable: its queue is paused or at its concurrency limit.
+        # Wait for a change (a job ending, resume: the wakeup fires) or the poll, not a spin.
+        if due is not None and due > 0:
             wait = min(wait, due)
         return None, min(wait, max(0.0, self.lease.next_beat - time.monotonic()))
 
@@ -259,7 +268,7 @@ class Worker:
         """Run one job and record it; returns the next job if one was claimed with it."""
         attempt, max_attempts = job.attempts, job.max_retries + 1
         self.log.info("job_claimed", job_id=job.id, command=job.command, attempt=attempt,
-                      max_attempts=max_attempts, max_retries=job.max_retries)
+                      max_attempts=max_attempts, max_retries=job.max_retries, queue=job.queue)
         self.notifier.status(f"running {job.id} (attempt {attempt}/{max_attempts})")
         self._keep_lease(job)  # heartbeats also between a stream of short jobs
         proc = JobProcess(job.command, job_environment(self._env, job.id, attempt),
@@ -284,7 +293,7 @@ class Worker:
             self.stop.drain()
             if watch.tick(bool(watch_fds) and proc.last_ready(watch_fds[0])) and not canceled:
                 canceled = True
-                self.log.info("job_canceling", job_id=job.id, attempt=attempt)
+                self.log.info("job_canceling", job_id=job.id, attempt=attempt, queue=job.queue)
                 proc.kill("canceled by an operator")
             self._announce_stop(job)
             t = time.monotonic()
@@ -305,7 +314,8 @@ class Worker:
                 max_attempts: int, live: bool = False) -> Job | None:
         outcome = proc.outcome()
         outcome.live = live
-        fields = dict(job_id=job.id, attempt=job.attempts, max_attempts=max_attempts,
+        fields = dict(job_id=job.id, queue=job.queue, attempt=job.attempts,
+                      max_attempts=max_attempts,
                       max_retries=job.max_retries, duration_ms=round(outcome.duration * 1000),
                       exit_code=outcome.exit_code)
         if lost:
@@ -321,7 +331,8 @@ class Worker:
                     lambda: self.store.record_success(job, outcome)), None
             else:  # the next claim rides on the same commit
                 held, following = self._persist(
-                    lambda: self.store.complete_and_claim(job, outcome, self.name)) or (False, None)
+                    lambda: self.store.complete_and_claim(job, outcome, self.name, *self._lane)
+                ) or (False, None)
             if held:
                 self.log.info("job_succeeded", **fields)
             else:

@@ -32,3 +32,34 @@ def test_a_version_1_database_migrates_keeping_everything(tmp_path: Path) -> Non
     assert q.run("config", "get", "max-retries").stdout.strip() == "7"
     assert q.status()["pending"] == 1
     assert q.run("cancel", "wait").stdout.strip() == "wait: canceled"
+
+
+def test_a_version_2_database_migrates_to_named_queues_keeping_everything(tmp_path: Path) -> None:
+    db = tmp_path / "v2.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+        for version in (1, 2):
+            for statement in MIGRATIONS[version]:
+                conn.execute(statement)
+        conn.execute("PRAGMA user_version = 2")
+        conn.execute("INSERT INTO jobs (id, command, state, attempts, max_retries, run_at,"
+                     " created_at, updated_at, finished_at, exit_code) VALUES"
+                     " ('done', 'echo hi', 'completed', 1, 3, 1, 1, 2, 2, 0),"
+                     " ('wait', 'true', 'pending', 0, 3, 1, 1, 1, NULL, NULL)")
+        conn.execute("INSERT INTO attempts (job_id, attempt, worker, started_at, finished_at,"
+                     " outcome, exit_code, output, output_total) VALUES"
+                     " ('done', 1, 'w', 1, 2, 'completed', 0, X'68690a', 3)")
+        conn.execute("INSERT INTO flags (name, set_by, since) VALUES ('paused', 'alice@h', 5)")
+        conn.execute("INSERT INTO workers (name, host, pid, pid_start, started_at,"
+                     " heartbeat_at, state, job_id) VALUES ('old', 'h', 1, NULL, 1, 1, 'idle',"
+                     " NULL)")
+    q = Queue(db)
+    assert q.json("info")["schema_version"] == SCHEMA_VERSION == 3
+    done = q.job("done")
+    assert done["queue"] == "default" and done["history"][0]["output"] == "hi\n"
+    assert q.status()["paused"] is True  # the global pause survives
+    assert q.json("status", "--queue", "default")["pending"] == 1
+    assert [r["queue"] for r in q.json("queue", "list")] == ["default"]
+    q.run("resume")
+    assert q.run("worker", "run", "--drain", "--queue", "default").returncode == 0
+    assert q.job("wait")["state"] == "completed"

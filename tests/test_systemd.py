@@ -256,3 +256,37 @@ def test_unwritable_database_fails_the_unit_with_one_clear_line(host: Host) -> N
     assert not any("Traceback" in m for m in lines)
     assert host.prop(unit, "Result") in ("exit-code", "start-limit-hit")
     host.systemctl("stop", unit, check=False)
+
+
+def test_worker_start_and_stop_scale_one_lane_only(host: Host) -> None:
+    def run(*args: str) -> str:
+        result = host.sd.run(QUEUECTL, *args, timeout=120)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    out = run("worker", "start", "--count", "2", "--queue", "mail")
+    assert "queuectl-worker@mail:2.service: enabled and started" in out
+    lane = ("queuectl-worker@mail:1.service", "queuectl-worker@mail:2.service")
+    assert all(host.active(u) for u in lane)
+    q = host.queue
+    q.enqueue({"id": "o", "command": "true", "queue": "other"})
+    q.enqueue({"id": "m", "command": "true", "queue": "mail"})
+    q.wait_state("m", "completed")
+    assert q.job("m")["worker"].endswith(("@mail:1", "@mail:2"))
+    assert q.job("o")["state"] == "pending"  # the lane serves mail only
+    out = run("worker", "start", "--count", "1")  # every queue; the lane is left alone
+    assert "queuectl-worker@1.service: enabled and started" in out and "mail" not in out
+    q.wait_state("o", "completed")
+    assert q.job("o")["worker"].endswith("@1") and all(host.active(u) for u in lane)
+    [row] = [r for r in q.json("queue", "list") if r["queue"] == "mail"]
+    assert row["workers"] == 3  # two of the lane plus the one that serves every queue
+    claimed = host.sd.wait_for(lambda: host.events("job_claimed", JOB_ID="m"), 10,
+                               "job_claimed in the journal")
+    assert claimed[0]["QUEUE"] == "mail"
+    started = [e for e in host.events("worker_started") if e["WORKER"].endswith("@mail:1")]
+    assert started and started[0]["QUEUE"] == "mail" and started[0]["QUEUES"] == "mail"
+    out = run("worker", "stop", "--queue", "mail")
+    assert sorted(out.split("\n")[:2]) == [f"{u}: stopped and disabled" for u in lane]
+    assert not any(host.active(u) for u in lane)
+    assert host.active("queuectl-worker@1.service")
+    run("worker", "stop")

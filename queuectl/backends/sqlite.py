@@ -19,6 +19,7 @@ from contextlib import contextmanager
 
 from queuectl import policy
 from queuectl import settings as cfg
+from queuectl.backends.sqlite_gate import WriteGate
 from queuectl.backends.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
 from queuectl.clock import now
 from queuectl.errors import Conflict, DatabaseBusy, DatabaseUnavailable, NotFound
@@ -26,6 +27,7 @@ from queuectl.job import (
     CANCELED,
     CANCELLABLE,
     DEAD,
+    DEFAULT_QUEUE,
     FAILED,
     PROCESSING,
     STATES,
@@ -33,7 +35,15 @@ from queuectl.job import (
     Job,
     JobSpec,
 )
-from queuectl.store import Outcome, OutputSlice, PauseInfo, Store, Wakeup, WorkerInfo
+from queuectl.store import (
+    Outcome,
+    OutputSlice,
+    PauseInfo,
+    QueueInfo,
+    Store,
+    Wakeup,
+    WorkerInfo,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs every `enqueue` a few ms of imports
@@ -51,13 +61,35 @@ BUSY_TIMEOUT = float(os.environ.get("QUEUECTL_BUSY_TIMEOUT", "5"))
 _JOB_COLUMNS = (
     "id, command, state, attempts, max_retries, created_at, updated_at, priority, timeout, "
     "run_at, worker, started_at, finished_at, exit_code, last_error, lease_expires_at, "
-    "cancel_requested"
+    "cancel_requested, queue"
 )
-_NOT_PAUSED = "NOT EXISTS (SELECT 1 FROM flags WHERE name = 'paused')"
+_WAITING = "state IN ('pending', 'failed')"
+# The global pause and every queue that is paused or has a limit, read at each claim.
+_RESTRICTIONS = ("SELECT NULL, 0, 1 FROM flags WHERE name = 'paused' UNION ALL"
+                 " SELECT name, concurrency, paused_since IS NOT NULL FROM queues"
+                 " WHERE concurrency > 0 OR paused_since IS NOT NULL")
+# The best eligible job of one queue, off the partial index of waiting jobs.
+_BEST_OF_QUEUE = (f"SELECT id, priority, run_at FROM jobs INDEXED BY jobs_due_by_queue"
+                  f" WHERE queue = ? AND {_WAITING} AND run_at <= ?"
+                  " ORDER BY priority DESC, run_at LIMIT 1")
+# Active workers that serve a queue: by name, or all queues (NULL).
+_SERVES = "(queues IS NULL OR instr(',' || queues || ',', ',' || ? || ',') > 0)"
+
+
+def _in(names: list[str]) -> str:
+    return "(" + ", ".join("?" * len(names)) + ")"
 
 
 def _job(row: tuple) -> Job:
-    return Job(*row[:16], None, bool(row[16]))  # every column, and no history
+    return Job(*row[:16], None, bool(row[16]), row[17])  # every column, and no history
+
+
+def _by_state(state: str, queue: str | None) -> tuple[str, str, tuple]:
+    """Index, condition and parameters for the jobs of one state (of one queue), in
+    created_at order."""
+    if queue is None:
+        return "jobs_by_state", "state = ?", (state,)
+    return "jobs_by_queue", "queue = ? AND state = ?", (queue, state)
 
 
 def _cutoff(older_than: float | None) -> float:
@@ -156,6 +188,7 @@ class SQLiteStore(Store):
         except sqlite3.Error as exc:
             raise _unavailable(exc, path) from None
         self._conn = conn
+        self._gate = WriteGate(path, BUSY_TIMEOUT)
         try:
             self._retry(lambda: conn.execute(f"PRAGMA synchronous={self._synchronous}"))
             if self._synchronous == "NORMAL":  # a worker: its hot set is a few index pages
@@ -164,9 +197,11 @@ class SQLiteStore(Store):
             self._probe()
         except sqlite3.Error as exc:
             conn.close()
+            self._gate.close()
             raise _unavailable(exc, path) from None
         except DatabaseUnavailable:
             conn.close()
+            self._gate.close()
             raise
         return conn
 
@@ -176,6 +211,10 @@ class SQLiteStore(Store):
         for sql in (
             "SELECT id FROM jobs INDEXED BY jobs_due WHERE state IN ('pending', 'failed')"
             " ORDER BY priority DESC, run_at LIMIT 1",
+            "SELECT id FROM jobs INDEXED BY jobs_due_by_queue WHERE queue = 'default'"
+            " AND state IN ('pending', 'failed') ORDER BY priority DESC, run_at LIMIT 1",
+            "SELECT count(*) FROM jobs INDEXED BY jobs_by_queue WHERE queue = 'default'",
+            "SELECT count(*) FROM queues",
             "SELECT count(*) FROM jobs INDEXED BY jobs_by_state WHERE state = 'processing'",
             "SELECT count(*) FROM workers",
             "SELECT count(*) FROM config",
@@ -288,22 +327,26 @@ class SQLiteStore(Store):
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction; errors become DatabaseUnavailable with a readable line."""
         conn = self._conn
+        self._gate.acquire()  # in line behind other queuectl writers, asleep
         try:
-            self._retry(lambda: conn.execute("BEGIN IMMEDIATE"))
-        except sqlite3.Error as exc:
-            raise _unavailable(exc, self.path) from None
-        try:
-            yield conn
-            conn.execute("COMMIT")
-        except BaseException as exc:
-            if conn.in_transaction:
-                try:
-                    conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-            if isinstance(exc, sqlite3.Error):
+            try:
+                self._retry(lambda: conn.execute("BEGIN IMMEDIATE"))
+            except sqlite3.Error as exc:
                 raise _unavailable(exc, self.path) from None
-            raise
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                if conn.in_transaction:
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
+                if isinstance(exc, sqlite3.Error):
+                    raise _unavailable(exc, self.path) from None
+                raise
+        finally:
+            self._gate.release()
 
     def _read(self, sql: str, params: Any = ()) -> list[tuple]:
         try:
@@ -320,13 +363,15 @@ class SQLiteStore(Store):
             verb = "INSERT OR IGNORE" if if_absent else "INSERT"
             sql = (
                 f"{verb} INTO jobs (id, command, state, attempts, max_retries, priority, timeout,"
-                " run_at, created_at, updated_at) VALUES (?, ?, 'pending', 0, ?, ?, ?, ?, ?, ?)"
+                " run_at, created_at, updated_at, queue)"
+                " VALUES (?, ?, 'pending', 0, ?, ?, ?, ?, ?, ?, ?)"
             )
             for spec in specs:
                 job_id = spec.id or policy.new_job_id()
                 retries = default_retries if spec.max_retries is None else spec.max_retries
                 run_at = spec.run_at if spec.run_at is not None else t + (spec.delay or 0.0)
-                row = (job_id, spec.command, retries, spec.priority, spec.timeout, run_at, t, t)
+                row = (job_id, spec.command, retries, spec.priority, spec.timeout, run_at, t, t,
+                       spec.queue or DEFAULT_QUEUE)
                 try:
                     c.execute(sql, row)
                 except sqlite3.IntegrityError:
@@ -337,23 +382,84 @@ class SQLiteStore(Store):
         return ids
 
     # -- the worker's verbs ------------------------------------------------------------------
-    def claim_next(self, worker: str) -> Job | None:
+    def claim_next(self, worker: str, queues: list[str] | None = None) -> Job | None:
         with self._write() as c:
-            return self._claim(c, worker)
+            return self._claim(c, worker, queues)
 
-    def _claim(self, c: sqlite3.Connection, worker: str) -> Job | None:
+    def _blocked(self, c: sqlite3.Connection) -> set[str] | None:
+        """Queues no job may be claimed from right now (paused, or at their limit), read in
+        the claiming transaction, which holds the write lock: no claim can slip in between
+        this count and our own. None when the whole queue is paused."""
+        blocked: set[str] = set()
+        for name, limit, paused in c.execute(_RESTRICTIONS).fetchall():
+            if name is None:
+                return None
+            if paused or c.execute(
+                    "SELECT count(*) FROM jobs INDEXED BY jobs_leases"
+                    " WHERE state = 'processing' AND queue = ?", (name,)).fetchone()[0] >= limit:
+                blocked.add(name)
+        return blocked
+
+    def _pick(self, c: sqlite3.Connection, queues: list[str] | None, blocked: set[str],
+              t: float) -> str | None:
+        """The id of the job to claim: see Store.claim_next for the order."""
+        if queues is not None:  # preference order: the first queue with an eligible job
+            for name in queues:
+                if name not in blocked:
+                    row = c.execute(_BEST_OF_QUEUE, (name, t)).fetchone()
+                    if row is not None:
+                        return row[0]
+            return None
+        if not blocked:  # the common case: one look at the index of all waiting jobs
+            row = c.execute(
+                f"SELECT id FROM jobs INDEXED BY jobs_due WHERE {_WAITING} AND run_at <= ?"
+                " ORDER BY priority DESC, run_at LIMIT 1", (t,)).fetchone()
+            return None if row is None else row[0]
+        # Some queues are held back: the best job of each other queue that waits, found by
+        # skipping from queue to queue along the index (cheap however long a held queue is).
+        best: tuple | None = None
+        name = ""
+        while True:
+            name = c.execute(f"SELECT min(queue) FROM jobs INDEXED BY jobs_due_by_queue"
+                             f" WHERE {_WAITING} AND queue > ?", (name,)).fetchone()[0]
+            if name is None:
+                break
+            if name in blocked:
+                continue
+            row = c.execute(_BEST_OF_QUEUE, (name, t)).fetchone()
+            if row is not None and (best is None or (-row[1], row[2]) < (-best[1], best[2])):
+                best = row
+        return None if best is None else best[0]
+
+    def _claim(self, c: sqlite3.Connection, worker: str,
+               queues: list[str] | None = None) -> Job | None:
         t = now()
         lease = self._config(c).lease_seconds
+        if queues is None:  # the hot path of a drain: one statement while nothing is held
+            row = c.execute(
+                f"""UPDATE jobs SET state = 'processing', attempts = attempts + 1, worker = ?,
+                    lease_expires_at = ?, started_at = ?, finished_at = NULL, updated_at = ?
+                WHERE id = (SELECT id FROM jobs INDEXED BY jobs_due
+                            WHERE {_WAITING} AND run_at <= ? AND NOT EXISTS ({_RESTRICTIONS})
+                            ORDER BY priority DESC, run_at LIMIT 1)
+                RETURNING {_JOB_COLUMNS}""",
+                (worker, t + lease, t, t, t),
+            ).fetchone()
+            if row is not None:
+                return _job(row)
+        blocked = self._blocked(c)
+        if blocked is None:
+            return None
+        job_id = self._pick(c, queues, blocked, t)
+        if job_id is None:
+            return None
         row = c.execute(
             f"""UPDATE jobs SET state = 'processing', attempts = attempts + 1, worker = ?,
                 lease_expires_at = ?, started_at = ?, finished_at = NULL, updated_at = ?
-            WHERE id = (SELECT id FROM jobs INDEXED BY jobs_due
-                        WHERE state IN ('pending', 'failed') AND run_at <= ? AND {_NOT_PAUSED}
-                        ORDER BY priority DESC, run_at LIMIT 1)
-            RETURNING {_JOB_COLUMNS}""",
-            (worker, t + lease, t, t, t),
+            WHERE id = ? RETURNING {_JOB_COLUMNS}""",
+            (worker, t + lease, t, t, job_id),
         ).fetchone()
-        return None if row is None else _job(row)
+        return _job(row)
 
     def heartbeat(self, worker: str, state: str, job: Job | None) -> bool:
         with self._write() as c:
@@ -408,10 +514,10 @@ class SQLiteStore(Store):
         with self._write() as c:
             return self._complete(c, job, outcome)
 
-    def complete_and_claim(self, job: Job, outcome: Outcome,
-                           worker: str) -> tuple[bool, Job | None]:
+    def complete_and_claim(self, job: Job, outcome: Outcome, worker: str,
+                           queues: list[str] | None = None) -> tuple[bool, Job | None]:
         with self._write() as c:
-            return self._complete(c, job, outcome), self._claim(c, worker)
+            return self._complete(c, job, outcome), self._claim(c, worker, queues)
 
     def _fail(
         self, c: sqlite3.Connection, job: Job, outcome: Outcome | None, error: str,
@@ -527,21 +633,23 @@ class SQLiteStore(Store):
             return _job(c.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?",
                                   (job_id,)).fetchone())
 
-    def cancel_state(self, state: str, limit: int) -> int:
+    def cancel_state(self, state: str, limit: int, queue: str | None = None) -> int:
         if state not in CANCELLABLE:
             raise ValueError(f"cannot cancel {state} jobs")
+        index, where, params = _by_state(state, queue)
         with self._write() as c:
             t = now()
             if state == PROCESSING:
                 return c.execute(
-                    """UPDATE jobs SET cancel_requested = 1, updated_at = ? WHERE id IN (
-                       SELECT id FROM jobs INDEXED BY jobs_by_state WHERE state = 'processing'
-                       AND cancel_requested = 0 ORDER BY created_at LIMIT ?)""", (t, limit),
+                    f"""UPDATE jobs SET cancel_requested = 1, updated_at = ? WHERE id IN (
+                       SELECT id FROM jobs INDEXED BY {index} WHERE {where}
+                       AND cancel_requested = 0 ORDER BY created_at LIMIT ?)""",
+                    (t, *params, limit),
                 ).rowcount
             return c.execute(
-                f"""{_CANCEL_WAITING} WHERE id IN (SELECT id FROM jobs INDEXED BY jobs_by_state
-                    WHERE state = ? ORDER BY created_at LIMIT ?)""",
-                (t, t, policy.CANCELED_ERROR, state, limit),
+                f"""{_CANCEL_WAITING} WHERE id IN (SELECT id FROM jobs INDEXED BY {index}
+                    WHERE {where} ORDER BY created_at LIMIT ?)""",
+                (t, t, policy.CANCELED_ERROR, *params, limit),
             ).rowcount
 
     def cancel_requested(self, job: Job) -> bool:
@@ -550,41 +658,119 @@ class SQLiteStore(Store):
             " AND worker = ? AND attempts = ?", (job.id, job.worker, job.attempts))
         return bool(rows and rows[0][0])
 
-    def pause(self, by: str) -> bool:
+    def pause(self, by: str, queue: str | None = None) -> bool:
         with self._write() as c:
+            if queue is not None:
+                return c.execute(
+                    "INSERT INTO queues (name, paused_by, paused_since) VALUES (?, ?, ?)"
+                    " ON CONFLICT (name) DO UPDATE SET paused_by = excluded.paused_by,"
+                    " paused_since = excluded.paused_since WHERE queues.paused_since IS NULL",
+                    (queue, by, now())).rowcount == 1
             return c.execute("INSERT OR IGNORE INTO flags (name, set_by, since)"
                              " VALUES ('paused', ?, ?)", (by, now())).rowcount == 1
 
-    def resume(self) -> bool:
+    def resume(self, queue: str | None = None) -> bool:
         with self._write() as c:
+            if queue is not None:
+                done = c.execute("UPDATE queues SET paused_by = NULL, paused_since = NULL"
+                                 " WHERE name = ? AND paused_since IS NOT NULL",
+                                 (queue,)).rowcount == 1
+                self._drop_empty_setting(c, queue)
+                return done
             return c.execute("DELETE FROM flags WHERE name = 'paused'").rowcount == 1
 
-    def paused(self) -> PauseInfo | None:
-        rows = self._read("SELECT set_by, since FROM flags WHERE name = 'paused'")
+    def paused(self, queue: str | None = None) -> PauseInfo | None:
+        if queue is not None:
+            rows = self._read("SELECT paused_by, paused_since FROM queues WHERE name = ?"
+                              " AND paused_since IS NOT NULL", (queue,))
+        else:
+            rows = self._read("SELECT set_by, since FROM flags WHERE name = 'paused'")
         return PauseInfo(*rows[0]) if rows else None
 
-    def count_matching(self, state: str, older_than: float | None = None) -> int:
+    @staticmethod
+    def _drop_empty_setting(c: sqlite3.Connection, queue: str) -> None:
+        """A queue without a limit or a pause needs no row (`queue list` shows it while it
+        has jobs)."""
+        c.execute("DELETE FROM queues WHERE name = ? AND concurrency = 0"
+                  " AND paused_since IS NULL", (queue,))
+
+    def set_queue_concurrency(self, queue: str, limit: int) -> None:
+        with self._write() as c:
+            c.execute("INSERT INTO queues (name, concurrency) VALUES (?, ?)"
+                      " ON CONFLICT (name) DO UPDATE SET concurrency = excluded.concurrency",
+                      (queue, limit))
+            self._drop_empty_setting(c, queue)
+
+    def queues(self) -> list[QueueInfo]:
+        conn = self._conn
+        try:  # one snapshot
+            self._retry(lambda: conn.execute("BEGIN"))
+            try:
+                return self._queues(conn)
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise _unavailable(exc, self.path) from None
+
+    @staticmethod
+    def _queues(c: sqlite3.Connection) -> list[QueueInfo]:
+        t = now()
+        found: dict[str, QueueInfo] = {}
+
+        def entry(name: str) -> QueueInfo:
+            if name not in found:
+                found[name] = QueueInfo(name, dict.fromkeys(STATES, 0), None, 0, 0, None)
+            return found[name]
+
+        for name, state, n in c.execute("SELECT queue, state, count(*) FROM jobs INDEXED BY"
+                                        " jobs_by_queue GROUP BY queue, state"):
+            entry(name).counts[state] = n
+        for name, limit, by, since in c.execute(
+                "SELECT name, concurrency, paused_by, paused_since FROM queues"):
+            info = entry(name)
+            info.concurrency = limit
+            info.paused = None if since is None else PauseInfo(by, since)
+        for name, due in c.execute(
+                f"SELECT queue, min(run_at) FROM jobs INDEXED BY jobs_due_by_queue"
+                f" WHERE {_WAITING} AND run_at <= ? GROUP BY queue", (t,)):
+            entry(name).oldest_waiting = max(0.0, t - due)
+        serving = [r[0] for r in c.execute("SELECT queues FROM workers WHERE heartbeat_at >= ?",
+                                           (t - policy.ACTIVE_WINDOW,))]
+        for names in serving:
+            for name in names.split(",") if names else ():
+                entry(name)
+        for info in found.values():
+            info.workers = sum(names is None or info.name in names.split(",")
+                               for names in serving)
+        return [found[name] for name in sorted(found)]
+
+    def count_matching(self, state: str, older_than: float | None = None,
+                       queue: str | None = None) -> int:
+        index, where, params = _by_state(state, queue)
         if older_than is None:
-            return self._read("SELECT count(*) FROM jobs WHERE state = ?", (state,))[0][0]
+            return self._read(f"SELECT count(*) FROM jobs INDEXED BY {index} WHERE {where}",
+                              params)[0][0]
         cutoff = _cutoff(older_than)
         # finished_at >= created_at, so the index range on created_at bounds the scan
         return self._read(
-            "SELECT count(*) FROM jobs INDEXED BY jobs_by_state WHERE state = ?"
-            " AND created_at <= ? AND finished_at <= ?", (state, cutoff, cutoff))[0][0]
+            f"SELECT count(*) FROM jobs INDEXED BY {index} WHERE {where}"
+            " AND created_at <= ? AND finished_at <= ?", (*params, cutoff, cutoff))[0][0]
 
     def _finished_ids(self, c: sqlite3.Connection, state: str, older_than: float | None,
-                      limit: int) -> list[str]:
+                      limit: int, queue: str | None = None) -> list[str]:
         cutoff = _cutoff(older_than)
+        index, where, params = _by_state(state, queue)
         return [r[0] for r in c.execute(
-            "SELECT id FROM jobs INDEXED BY jobs_by_state WHERE state = ? AND created_at <= ?"
+            f"SELECT id FROM jobs INDEXED BY {index} WHERE {where} AND created_at <= ?"
             " AND finished_at <= ? ORDER BY created_at LIMIT ?",
-            (state, cutoff, cutoff, limit)).fetchall()]
+            (*params, cutoff, cutoff, limit)).fetchall()]
 
-    def purge(self, state: str, older_than: float | None, limit: int) -> int:
+    def purge(self, state: str, older_than: float | None, limit: int,
+              queue: str | None = None) -> int:
         if state not in TERMINAL:
             raise ValueError(f"cannot purge {state} jobs")
         with self._write() as c:
-            ids = [(i,) for i in self._finished_ids(c, state, older_than, limit)]
+            ids = [(i,) for i in self._finished_ids(c, state, older_than, limit, queue)]
             c.executemany("DELETE FROM attempts WHERE job_id = ?", ids)
             c.executemany("DELETE FROM live_output WHERE job_id = ?", ids)
             c.executemany("DELETE FROM jobs WHERE id = ?", ids)
@@ -705,11 +891,17 @@ class SQLiteStore(Store):
                 })
         return job
 
-    def iter_jobs(self, state: str | None = None,
-                  limit: int | None = None) -> _Iterator[Job]:
+    def iter_jobs(self, state: str | None = None, limit: int | None = None,
+                  queue: str | None = None) -> _Iterator[Job]:
         sql = f"SELECT {_JOB_COLUMNS} FROM jobs"
         params: list[Any] = []
-        if state:
+        if queue is not None and state:
+            sql += " INDEXED BY jobs_by_queue WHERE queue = ? AND state = ?"
+            params += [queue, state]
+        elif queue is not None:
+            sql += " WHERE queue = ?"
+            params.append(queue)
+        elif state:
             sql += " WHERE state = ?"
             params.append(state)
         sql += " ORDER BY created_at, rowid"
@@ -725,26 +917,36 @@ class SQLiteStore(Store):
         except sqlite3.Error as exc:
             raise _unavailable(exc, self.path) from None
 
-    def counts(self) -> dict[str, int]:
+    def counts(self, queue: str | None = None) -> dict[str, int]:
         result = dict.fromkeys(STATES, 0)
-        rows = self._read(
-            "SELECT state, count(*) FROM jobs GROUP BY state UNION ALL "
-            "SELECT 'active_workers', count(*) FROM workers WHERE heartbeat_at >= ?",
-            (now() - policy.ACTIVE_WINDOW,),
-        )
+        if queue is None:
+            rows = self._read(
+                "SELECT state, count(*) FROM jobs GROUP BY state UNION ALL "
+                "SELECT 'active_workers', count(*) FROM workers WHERE heartbeat_at >= ?",
+                (now() - policy.ACTIVE_WINDOW,),
+            )
+        else:
+            rows = self._read(
+                "SELECT state, count(*) FROM jobs INDEXED BY jobs_by_queue WHERE queue = ?"
+                " GROUP BY state UNION ALL SELECT 'active_workers', count(*) FROM workers"
+                f" WHERE heartbeat_at >= ? AND {_SERVES}",
+                (queue, now() - policy.ACTIVE_WINDOW, queue),
+            )
         for key, n in rows:
             result[key] = n
         return {k: result[k] for k in (*STATES, "active_workers")}
 
-    def remaining(self) -> int:
-        return self._read(
-            "SELECT count(*) FROM jobs WHERE state IN ('pending', 'failed', 'processing')"
-        )[0][0]
+    def remaining(self, queues: list[str] | None = None) -> int:
+        sql = "SELECT count(*) FROM jobs WHERE state IN ('pending', 'failed', 'processing')"
+        if queues is not None:
+            sql += f" AND queue IN {_in(queues)}"
+        return self._read(sql, queues or ())[0][0]
 
-    def seconds_until_due(self) -> float | None:
-        due = self._read(
-            "SELECT min(run_at) FROM jobs WHERE state IN ('pending', 'failed')"
-        )[0][0]
+    def seconds_until_due(self, queues: list[str] | None = None) -> float | None:
+        sql = f"SELECT min(run_at) FROM jobs WHERE {_WAITING}"
+        if queues is not None:
+            sql += f" AND queue IN {_in(queues)}"
+        due = self._read(sql, queues or ())[0][0]
         return None if due is None else max(0.0, due - now())
 
     def wakeup(self) -> Wakeup:
@@ -776,9 +978,10 @@ class SQLiteStore(Store):
         with self._write() as c:
             c.execute(
                 "INSERT OR REPLACE INTO workers (name, host, pid, pid_start, started_at,"
-                " heartbeat_at, state, job_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " heartbeat_at, state, job_id, queues) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (info.name, info.host, info.pid, info.pid_start, info.started_at,
-                 info.heartbeat_at, info.state, info.job_id),
+                 info.heartbeat_at, info.state, info.job_id,
+                 None if info.queues is None else ",".join(info.queues)),
             )
 
     def unregister_worker(self, name: str) -> None:
@@ -787,10 +990,10 @@ class SQLiteStore(Store):
 
     def workers(self) -> list[WorkerInfo]:
         return [
-            WorkerInfo(*r)
+            WorkerInfo(*r[:8], None if r[8] is None else r[8].split(","))
             for r in self._read(
-                "SELECT name, host, pid, pid_start, started_at, heartbeat_at, state, job_id"
-                " FROM workers ORDER BY name"
+                "SELECT name, host, pid, pid_start, started_at, heartbeat_at, state, job_id,"
+                " queues FROM workers ORDER BY name"
             )
         ]
 
@@ -825,6 +1028,7 @@ class SQLiteStore(Store):
 
     def close(self) -> None:
         self._conn.close()
+        self._gate.close()
 
 
 def open_store(path: str | os.PathLike[str], create_dirs: bool = False,

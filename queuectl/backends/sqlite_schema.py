@@ -5,7 +5,7 @@ migrations in order, in one transaction, so every process sees either the old sc
 new one. Add a change as the next number; never edit a released one.
 """
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -81,5 +81,22 @@ MIGRATIONS: dict[int, list[str]] = {
             start INTEGER NOT NULL,
             data BLOB NOT NULL,
             PRIMARY KEY (job_id, attempt, start)) WITHOUT ROWID""",
+    ],
+    # Issue 12: named queues. Only additions: every existing job lands in `default`.
+    3: [
+        "ALTER TABLE jobs ADD COLUMN queue TEXT NOT NULL DEFAULT 'default'",
+        # A lane worker's claim: the best waiting job of one queue, still only waiting jobs.
+        """CREATE INDEX jobs_due_by_queue ON jobs (queue, priority DESC, run_at)
+            WHERE state IN ('pending', 'failed')""",
+        # `list/status/purge/cancel --queue` and `queue list` without a scan of the table.
+        "CREATE INDEX jobs_by_queue ON jobs (queue, state, created_at)",
+        # Per-queue settings and pause; a row exists only once one was set.
+        """CREATE TABLE queues (
+            name TEXT PRIMARY KEY NOT NULL,
+            concurrency INTEGER NOT NULL DEFAULT 0,
+            paused_by TEXT,
+            paused_since REAL)""",
+        # What each worker serves: NULL all queues, else names joined by ',' in preference order.
+        "ALTER TABLE workers ADD COLUMN queues TEXT",
     ],
 }
