@@ -33,7 +33,8 @@ if [ -n "$uninstall" ]; then
     "$destdir$unitdir/queuectl-workers.target" "$destdir$prefix/lib/sysusers.d/queuectl.conf" \
     "$destdir$prefix/lib/tmpfiles.d/queuectl.conf" \
     "$destdir$prefix/share/bash-completion/completions/queuectl" \
-    "$destdir$prefix/share/man/man1/queuectl.1"
+    "$destdir$prefix/share/man/man1/queuectl.1" "$destdir$prefix/share/doc/queuectl/README.md"
+  rmdir "$destdir$prefix/share/doc/queuectl" 2>/dev/null || true
   rm -rf "$destdir$sitedir/queuectl"
   echo "removed queuectl from ${destdir:-/}$prefix (kept: /var/lib/queuectl, user queuectl)"
   exit 0
@@ -41,7 +42,7 @@ fi
 
 install -d "$destdir$prefix/bin" "$destdir$sitedir/queuectl/backends" "$destdir$unitdir" \
   "$destdir$prefix/lib/sysusers.d" "$destdir$prefix/lib/tmpfiles.d" \
-  "$destdir$prefix/share/bash-completion/completions"
+  "$destdir$prefix/share/bash-completion/completions" "$destdir$prefix/share/doc/queuectl"
 install -m 644 "$repo"/queuectl/*.py "$destdir$sitedir/queuectl/"
 install -m 644 "$repo"/queuectl/backends/*.py "$destdir$sitedir/queuectl/backends/"
 # The same entry point as the package's console script.
@@ -54,8 +55,12 @@ from queuectl.main import main
 sys.exit(main())
 SCRIPT
 chmod 755 "$destdir$prefix/bin/queuectl"
+# The README is the unit's Documentation= (with the man page).
+install -m 644 "$repo/README.md" "$destdir$prefix/share/doc/queuectl/"
 for unit in queuectl-worker@.service queuectl-workers.target; do
-  sed "s|/usr/bin/queuectl|$prefix/bin/queuectl|g" "$repo/systemd/$unit" > "$destdir$unitdir/$unit"
+  sed -e "s|/usr/bin/queuectl|$prefix/bin/queuectl|g" \
+      -e "s|file:/usr/share/doc/queuectl/|file:$prefix/share/doc/queuectl/|g" \
+      "$repo/systemd/$unit" > "$destdir$unitdir/$unit"
   chmod 644 "$destdir$unitdir/$unit"
 done
 install -m 644 "$repo/systemd/sysusers.d/queuectl.conf" "$destdir$prefix/lib/sysusers.d/"
