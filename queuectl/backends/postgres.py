@@ -208,6 +208,13 @@ class PostgresStore(Store):
         # Workers' commits skip waiting for the WAL flush (as SQLite's synchronous=NORMAL):
         # a server crash may undo their last few state changes, and those jobs run again.
         self._prefix = "SET LOCAL synchronous_commit TO off; " if for_worker else ""
+        # A claim must walk jobs_due in its order and stop at the first free job. With many
+        # finished jobs, ANALYZE's sample holds no waiting one, the planner expects a single
+        # waiting row, and it prefers reading every due job through jobs_next_due and
+        # sorting them: each claim then costs O(due jobs) (measured: 970 rows read and
+        # sorted, 0.48 ms against 0.08 ms). With sorting off for the claim's transaction the
+        # ordered scan of jobs_due is the only plan left, whatever the statistics say.
+        self._claiming = self._prefix + "SET LOCAL enable_sort TO off; "
         self._settings = cfg.SettingsCache()
         self._conn: Any = None
         self._reconnect_budget = BUSY_TIMEOUT if for_worker else CONNECT_BUDGET
@@ -519,7 +526,7 @@ class PostgresStore(Store):
     # -- the worker's verbs ------------------------------------------------------------------
     def claim_next(self, worker: str) -> Job | None:
         lease = self._config().lease_seconds
-        sql = (f"{self._prefix}WITH {self.sql_t}, {self.sql_claim_cte} "
+        sql = (f"{self._claiming}WITH {self.sql_t}, {self.sql_claim_cte} "
                f"SELECT * FROM claimed")
 
         def claim(cur: Any) -> Job | None:
@@ -561,7 +568,7 @@ class PostgresStore(Store):
 
     def complete_and_claim(self, job: Job, outcome: Outcome,
                            worker: str) -> tuple[bool, Job | None]:
-        sql = (f"{self._prefix}{self._event}WITH {self.sql_t}, {self.sql_complete_cte}, "
+        sql = (f"{self._claiming}{self._event}WITH {self.sql_t}, {self.sql_complete_cte}, "
                f"{self.sql_claim_cte} SELECT (SELECT count(*) FROM done), claimed.* "
                "FROM (SELECT 1) AS one LEFT JOIN claimed ON true")
         params = self._params(job, outcome, policy.COMPLETED_ATTEMPT)
