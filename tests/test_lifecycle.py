@@ -170,10 +170,14 @@ def test_supervisor_restarts_crashed_worker_and_stops_all_on_sigterm(
 
 
 def _worker_pids(queue: Queue) -> list[int]:
-    import sqlite3
+    """Live pids in the worker registry, read through the storage contract (any backend)."""
+    from queuectl.locator import open_store
 
-    with sqlite3.connect(queue.db) as conn:
-        pids = [r[0] for r in conn.execute("SELECT pid FROM workers ORDER BY name")]
+    store = open_store(str(queue.db))
+    try:
+        pids = [w.pid for w in store.workers()]
+    finally:
+        store.close()
     return [p for p in pids if process_alive(p)]
 
 

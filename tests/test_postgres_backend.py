@@ -8,11 +8,12 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import QUEUECTL, wait_for
+from conftest import QUEUECTL, Queue, wait_for
 
 from queuectl.errors import DatabaseUnavailable
 from queuectl.job import JobSpec
@@ -230,3 +231,109 @@ def test_many_notifications_while_busy_do_not_pile_up(pg_server: Any) -> None:
     finally:
         wakeup.close()
         store.close()
+
+
+# -- issue 11 on PostgreSQL ----------------------------------------------------------------
+def test_a_version_1_queue_migrates_to_2_keeping_everything(pg_server: Any) -> None:
+    """A queue made by the previous release (schema 1, built here from its own migration)
+    is migrated by the first processes that open it, all at once, and keeps every job,
+    attempt, worker and setting; the new verbs then work on the old jobs."""
+    from queuectl.backends.postgres_schema import MIGRATIONS, VERSION_TABLE
+
+    db = pg_server.fresh_locator()
+    schema = db.rsplit("schema=", 1)[1]
+    s = f'"{schema}"'
+    old = [f"CREATE SCHEMA {s}", VERSION_TABLE.format(s=s),
+           f"INSERT INTO {s}.schema_version VALUES (1)"]
+    old += [statement.format(s=s) for statement in MIGRATIONS[1]]
+    old += [
+        f"INSERT INTO {s}.jobs (id, command, state, attempts, max_retries, run_at, created_at,"
+        " updated_at, finished_at, exit_code) VALUES"
+        " ('waiting', 'true', 'pending', 0, 3, 1e9, 1e9, 1e9, NULL, NULL),"
+        " ('done', 'echo hi', 'completed', 1, 3, 1e9, 1e9, 1e9, 1e9 + 1, 0),"
+        " ('gone', 'false', 'dead', 1, 0, 1e9, 1e9, 1e9, 1e9 + 1, 1)",
+        f"INSERT INTO {s}.attempts (job_id, attempt, worker, started_at, finished_at, outcome,"
+        " exit_code, output) VALUES ('done', 1, 'w', 1e9, 1e9 + 1, 'completed', 0, '\\x68690a'),"
+        " ('gone', 1, 'w', 1e9, 1e9 + 1, 'failed', 1, '')",
+        f"INSERT INTO {s}.config VALUES ('max-retries', '7')",
+        f"INSERT INTO {s}.workers VALUES ('old', 'h', 1, NULL, 1e9, 1e9, 'idle', NULL)",
+    ]
+    pg_server.psql("; ".join(old))
+    procs = [subprocess.Popen([QUEUECTL, "--db", db, "status"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    for proc in procs:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert json.loads(out)["canceled"] == 0
+    assert pg_server.psql(f"SELECT version FROM {s}.schema_version") == "2"
+    store = open_store(db)
+    try:
+        assert store.info()["schema_version"] == 2
+        assert store.config_items()["max-retries"] == 7
+        assert [w.name for w in store.workers()] == ["old"]
+        done = store.get("done", history=True)
+        assert done.state == "completed" and done.history[0]["output"] == b"hi\n"
+        tail = store.read_output("done", None, 0)  # no output_total in an old row: its tail
+        assert (tail.offset, tail.data, tail.running) == (0, b"hi\n", False)
+        assert store.get("gone").state == "dead" and not store.get("gone").cancel_requested
+        assert store.counts() == {"pending": 1, "processing": 0, "completed": 1, "failed": 0,
+                                  "dead": 1, "canceled": 0, "active_workers": 0}
+        assert store.pause("me@here") and store.claim_next("w") is None
+        assert store.resume()
+        assert store.cancel("waiting").state == "canceled"
+        assert store.purge("completed", None, 10) == 1
+    finally:
+        store.close()
+
+
+def test_retention_keeps_the_tables_bounded(pg_server: Any) -> None:
+    """keep-completed 1s: 4,000 jobs drained by two workers, fed 500 at a time; the jobs
+    table never holds more than a fraction of them, history goes with its jobs."""
+    db = pg_server.fresh_locator()
+    schema = db.rsplit("schema=", 1)[1]
+    q = Queue(db)
+    try:
+        q.run("config", "set", "keep-completed", "1s")
+        batch = "".join(json.dumps({"command": "true"}) + "\n" for _ in range(500))
+
+        def rows(where: str = "") -> int:
+            return int(pg_server.psql(f"SELECT count(*) FROM {schema}.jobs {where}"))
+
+        def waiting() -> int:
+            return rows("WHERE state IN ('pending', 'processing')")
+
+        q.worker()
+        q.worker()
+        most = 0
+        for chunk in range(8):
+            q.run("enqueue", "--file", "-", input=batch)
+            wait_for(lambda: waiting() < 100, 120, f"chunk {chunk} to drain", every=0.1)
+            most = max(most, rows())
+        wait_for(lambda: waiting() == 0, 120, "the last jobs to finish")
+        assert most < 2500, f"{most} jobs in the table at once: retention did not keep up"
+        wait_for(lambda: rows() == 0, 60, "the last completed jobs to expire")
+        assert pg_server.psql(f"SELECT count(*) FROM {schema}.attempts") == "0"
+        assert pg_server.psql(f"SELECT count(*) FROM {schema}.live_output") == "0"
+    finally:
+        q.stop_all()
+
+
+def test_a_chatty_job_keeps_bounded_live_output(pg_server: Any) -> None:
+    db = pg_server.fresh_locator()
+    schema = db.rsplit("schema=", 1)[1]
+    q = Queue(db)
+    try:
+        q.enqueue({"id": "chatty",
+                   "command": "head -c 20000000 /dev/zero | tr '\\0' x; sleep 2"})
+        q.worker()
+        q.wait_state("chatty", "processing")
+        stored = f"SELECT coalesce(sum(length(data)), 0) FROM {schema}.live_output"
+        wait_for(lambda: int(pg_server.psql(stored)) > 0, 20, "live output to be written")
+        for _ in range(10):
+            assert int(pg_server.psql(stored)) <= 4 * 65_536
+            time.sleep(0.1)
+        q.wait_state("chatty", "completed")
+        assert pg_server.psql(f"SELECT count(*) FROM {schema}.live_output") == "0"
+        assert q.job("chatty")["state"] == "completed"
+    finally:
+        q.stop_all()
