@@ -35,6 +35,7 @@ class Sizes:
     pickup_gap: tuple[float, float] = (0.05, 0.2)
     idle_cpu_seconds: float = 10.0
     cold_calls: int = 20
+    burst_calls: int = 300  # concurrent cold enqueues (issue: cron at the top of the minute)
     batch_jobs: int = 50_000
     scale_rows: int = 1_000_000
     scale_drain_jobs: int = 5_000
@@ -60,7 +61,7 @@ class Sizes:
     def smoke(cls) -> "Sizes":
         return cls(runs=1, drain_jobs=20, worker_counts=(1, 2), pickup_jobs=4,
                    pickup_gap=(0.01, 0.03), idle_cpu_seconds=0.5, cold_calls=2, batch_jobs=200,
-                   scale_rows=2_000, scale_drain_jobs=20, claim_samples=20, memory_jobs=20,
+                   burst_calls=10, scale_rows=2_000, scale_drain_jobs=20, claim_samples=20, memory_jobs=20,
                    pg_batch_jobs=200, peers=False, settle_seconds=0.2)
 
 

@@ -1,7 +1,9 @@
 """What enqueueing costs: one call from a cold process (what cron pays) against a bare
 interpreter start, a batch through `--file`, and where the cold call's imports go."""
 
+import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -90,6 +92,34 @@ def transaction_ms(db: Path, count: int) -> dict[str, Any]:
     return {"p50_ms": round(percentile(times, 50), 3), "p99_ms": round(percentile(times, 99), 3)}
 
 
+def burst(queue: Queue, workdir: Path, count: int, hog: bool) -> dict[str, Any]:
+    """`count` cold `enqueue` processes started at once while 2 idle workers wait (cron at
+    the top of the minute), optionally beside a CPU hog on every core: each call's latency
+    from its spawn to its exit, and how many failed."""
+    workers = [queue.start_worker(f"burst-{i}", workdir / f"burst-w{i}.log") for i in range(2)]
+    hogs = [subprocess.Popen(["/bin/sh", "-c", "while :; do :; done"], start_new_session=True)
+            for _ in range(os.cpu_count() or 2 if hog else 0)]
+    try:
+        started: dict[int, float] = {}
+        procs = []
+        for _ in range(count):
+            proc = subprocess.Popen(queue.argv("enqueue", "--cmd", "true"), env=queue.env,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            started[proc.pid] = time.perf_counter()
+            procs.append(proc)
+        latency, failed = [], 0
+        for proc in procs:
+            failed += proc.wait(timeout=600) != 0
+            latency.append((time.perf_counter() - started[proc.pid]) * 1000)
+    finally:
+        for h in hogs:
+            os.killpg(h.pid, 9)
+            h.wait()
+        queue.stop_workers(workers)
+    return {"calls": count, "failed": failed, "p50_ms": round(percentile(latency, 50), 1),
+            "p99_ms": round(percentile(latency, 99), 1), "cpu_hog": hog}
+
+
 def enqueue_section(sizes: Sizes, workdir: Path) -> dict[str, Any]:
     jobs_file = write_jobs_file(workdir / f"jobs-batch-{sizes.batch_jobs}.jsonl",
                                 sizes.batch_jobs)
@@ -112,6 +142,14 @@ def enqueue_section(sizes: Sizes, workdir: Path) -> dict[str, Any]:
         batch.append(sizes.batch_jobs / bq.enqueue_file(jobs_file))
         log(f"enqueue run {r + 1}/{sizes.runs}: cold {cold[-1]:.1f} ms (bare python "
             f"{bare[-1]:.1f} ms), batch {batch[-1]:.0f} jobs/s")
+    bursts = []
+    for hog in (False, True):
+        bq = Queue(workdir / f"burst-{'hog' if hog else 'quiet'}.db")
+        bq.create()
+        bursts.append(burst(bq, workdir, sizes.burst_calls, hog))
+        log(f"enqueue burst of {sizes.burst_calls}{' beside a CPU hog' if hog else ''}: "
+            f"p50 {bursts[-1]['p50_ms']} ms, p99 {bursts[-1]['p99_ms']} ms, "
+            f"{bursts[-1]['failed']} failed")
     cold_s, bare_s = summary(cold, 2), summary(bare, 2)
     return {
         "cold_calls_per_run": sizes.cold_calls,
@@ -126,4 +164,5 @@ def enqueue_section(sizes: Sizes, workdir: Path) -> dict[str, Any]:
         "batch_jobs": sizes.batch_jobs,
         "batch_jobs_per_s": summary(batch, 0),
         "batch_method": "one `queuectl enqueue --file` call, wall time including start-up",
+        "burst": bursts,
     }

@@ -362,6 +362,10 @@ def other_figures(res: dict[str, Any]) -> list[tuple[str, str]]:
         top = ", ".join(f"{k} {v}" for k, v in list(prof.items())[:4])
         out.append(("Cold enqueue imports (ms; cumulative per top-level import)",
                     f"all imports {e['import_profile']['total_import_ms']}: {top}"))
+    for b in e.get("burst") or []:
+        out.append((f"Enqueue burst: {b['calls']} at once, 2 idle workers"
+                    + (", CPU hog on every core" if b.get("cpu_hog") else "") + ": p50 / p99; failed",
+                    f"{fmt(b.get('p50_ms'))} / {fmt(b.get('p99_ms'))} ms; {b.get('failed')} failed"))
     t = e.get("transaction_in_process_ms") or {}
     if t:
         out.append(("Enqueue transaction alone (in process, one job) p50 / p99",
