@@ -87,8 +87,10 @@ def sha256(path: Path) -> str:
 
 
 def db_files(db: Path) -> list[str]:
-    """The database and any -wal / -shm / -journal next to it."""
-    return sorted(p.name for p in db.parent.iterdir() if p.name.startswith(db.name))
+    """The database and any -wal / -shm / -journal next to it (not the `-lock` file of the
+    write gate, sqlite_gate.py: it holds no data and is meant to stay)."""
+    return sorted(p.name for p in db.parent.iterdir()
+                  if p.name.startswith(db.name) and p.name != f"{db.name}-lock")
 
 
 @dataclass(frozen=True)
