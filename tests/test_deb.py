@@ -7,7 +7,10 @@ the copy as the root filesystem); apt installs the package inside, so python3-cl
 python3-structlog and python3-sdnotify come from Debian 12, and every test below runs
 queuectl on Debian's versions of them. The tests then run in file order as one admin's
 session: look at the install, start four workers, enqueue as a member of group queuectl,
-refuse an outsider, upgrade, remove, reinstall, purge.
+refuse an outsider, reinstall, remove, reinstall, purge. Then the last release, 0.1.0, built
+from commit OLD_COMMIT of this repository's own history, is installed on the same (purged)
+root and upgraded to this version while four workers drain 1,000 jobs, and downgraded again
+to show that 0.1.0 refuses the migrated database without touching it.
 
 The pristine root is cached between runs in $QUEUECTL_TEST_ROOTFS (default
 /var/cache/queuectl-test/bookworm-root), built with debootstrap from the Debian mirror of
@@ -26,6 +29,7 @@ import shutil
 import subprocess
 import tempfile
 import tomllib
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -51,7 +55,12 @@ DEBIAN_VERSIONS = {"python3-click": "8.1.3", "python3-structlog": "22.3", "pytho
 CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "HOME": "/root",
              "DEBIAN_FRONTEND": "noninteractive", "TERM": "dumb"}
 WORKERS = "queuectl-worker@*"
-DEB_INSIDE = "/root/queuectl.deb"
+DEB_INSIDE = f"/root/queuectl_{VERSION}_all.deb"
+# The last release: its package is built from this commit of the repository's history.
+OLD_COMMIT = "4803595472b53bb6b556acc8a7390596e12ad85a"
+OLD_VERSION = "0.1.0"
+OLD_DEB_INSIDE = f"/root/queuectl_{OLD_VERSION}_all.deb"
+STATE_DIR = "/var/lib/queuectl"
 
 
 # -- can this run here? ----------------------------------------------------------------------
@@ -284,7 +293,35 @@ def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def admin(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Admin]:
+def old_deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The package of the last release, built by that release's own `make deb` from
+    OLD_COMMIT (git archive: the repository is left alone). The commit must be in this
+    clone's history: a shallow clone fails here rather than skipping the upgrade test."""
+    missing = _missing("dpkg-checkbuilddeps", "dpkg-buildpackage")
+    _require(os.geteuid() == 0 or not missing,
+             f"building the package needs {', '.join(missing)} (make deb as root installs them)")
+    present = subprocess.run(["git", "-C", str(REPO), "cat-file", "-e", f"{OLD_COMMIT}^{{commit}}"],
+                             capture_output=True, text=True)
+    if present.returncode != 0:
+        pytest.fail(f"commit {OLD_COMMIT} (queuectl {OLD_VERSION}, the release the upgrade test "
+                    f"starts from) is not in the history of {REPO}: fetch the full history "
+                    f"(git fetch --unshallow) ({present.stderr.strip()})")
+    src = tmp_path_factory.mktemp(f"queuectl-{OLD_VERSION}")
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", OLD_COMMIT],
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+    out = tmp_path_factory.mktemp("dist-old")
+    result = subprocess.run(["make", "-C", str(src), "deb", f"DIST={out}"], capture_output=True,
+                            stdin=subprocess.DEVNULL, text=True, errors="replace", timeout=900)
+    assert result.returncode == 0, \
+        f"make deb of {OLD_VERSION} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    built = out / f"queuectl_{OLD_VERSION}_all.deb"
+    assert built.is_file(), f"{OLD_COMMIT} did not build {built.name}: {list(out.iterdir())}"
+    return built
+
+
+@pytest.fixture(scope="module")
+def admin(deb: Path, old_deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Admin]:
     require_systemd_or_skip()
     missing = _missing("debootstrap", "unshare", "nsenter", "chroot")
     _require(not missing, f"missing tools: {', '.join(missing)} (apt-get install debootstrap)")
@@ -298,6 +335,7 @@ def admin(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Admin
         # /dev/console is /dev/null here: a getty on it would only fail and restart
         (root / "etc/systemd/system/console-getty.service").symlink_to("/dev/null")
         shutil.copy2(deb, root / DEB_INSIDE.lstrip("/"))
+        shutil.copy2(old_deb, root / OLD_DEB_INSIDE.lstrip("/"))
         host.start()
         admin = Admin(host)
         admin.apt("install", DEB_INSIDE)  # apt resolves its dependencies from Debian 12
@@ -356,8 +394,14 @@ def test_make_install_installs_the_same_files_as_the_package(deb: Path, tmp_path
                               check=True).stdout.decode().split()
     from_deb = {normal(p) for p in packaged if not p.endswith("/")
                 and "/share/doc/" not in p and ".dist-info/" not in p}
-    installed = {str(p.relative_to(dest)) for p in dest.rglob("*") if not p.is_dir()}
+    installed = {str(p.relative_to(dest)) for p in dest.rglob("*") if not p.is_dir()
+                 and not str(p.relative_to(dest)).startswith("usr/share/doc/")}
     assert installed == from_deb
+    # the unit's documentation is where this PREFIX put it
+    unit = (dest / "usr/lib/systemd/system/queuectl-worker@.service").read_text()
+    assert "Documentation=man:queuectl(1) file:/usr/share/doc/queuectl/README.md\n" in unit
+    assert (dest / "usr/share/doc/queuectl/README.md").read_text() == \
+        (REPO / "README.md").read_text()
     site = dest / "usr/lib/python3/dist-packages"
     version = subprocess.run([str(dest / "usr/bin/queuectl"), "--version"], capture_output=True,
                              text=True, env={**CLEAN_ENV, "PYTHONPATH": str(site)})
@@ -379,6 +423,10 @@ def test_install_creates_user_state_directory_and_enables_no_worker(admin: Admin
     assert admin.sh("queuectl --version").stdout.strip() == f"queuectl, version {VERSION}"
     assert admin.exists("/lib/systemd/system/queuectl-worker@.service")
     assert admin.exists("/usr/share/man/man1/queuectl.1.gz")
+    # the unit's Documentation= names only what the package installs
+    docs = shlex.split(admin.prop("queuectl-worker@1.service", "Documentation"))
+    assert docs == ["man:queuectl(1)", "file:/usr/share/doc/queuectl/README.md"]
+    assert admin.exists("/usr/share/doc/queuectl/README.md")
     # the admin chooses N: no instance enabled or running; the (empty) target is enabled
     assert admin.sh(f"systemctl list-units --all --plain --no-legend '{WORKERS}'").stdout == ""
     assert not admin.exists("/etc/systemd/system/queuectl-workers.target.wants")
@@ -437,14 +485,14 @@ def test_a_user_outside_the_group_is_refused_clearly(admin: Admin) -> None:
     assert admin.json("alice", "status") == before
 
 
-def test_upgrade_restarts_running_workers_only_and_loses_no_job(admin: Admin) -> None:
+def test_reinstall_restarts_running_workers_only_and_loses_no_job(admin: Admin) -> None:
     admin.systemctl("enable", "queuectl-worker@1.service", "queuectl-worker@2.service")
     admin.systemctl("stop", "queuectl-worker@2.service")  # enabled, but stopped on purpose
     before = {n: admin.prop(f"queuectl-worker@{n}.service", "MainPID") for n in (1, 3, 4)}
     admin.queuectl("alice", "enqueue", "--id", "long", "--cmd",
                    "sleep 3; echo survived > /var/lib/queuectl/long.txt")
     admin.wait_job("long", "processing")
-    admin.apt("install", "--reinstall", DEB_INSIDE)  # what an upgrade runs (prerm/postinst)
+    admin.apt("install", "--reinstall", DEB_INSIDE)  # the maintainer scripts of an upgrade
     for n, pid in before.items():
         assert admin.active(n) == "active"
         assert admin.prop(f"queuectl-worker@{n}.service", "MainPID") != pid, f"@{n} not restarted"
@@ -480,3 +528,235 @@ def test_purge_removes_the_queue_and_every_trace_of_the_workers(admin: Admin) ->
     leftovers = admin.sh("find /etc/systemd /lib/systemd/system -name 'queuectl*'").stdout
     assert leftovers == ""
     assert admin.sh(f"systemctl list-units --plain --no-legend '{WORKERS}'").stdout.strip() == ""
+
+
+# -- from the last release to this one, under a live queue ---------------------------------------
+# Every job writes a start and an end line, so the log shows how often each one ran and finished.
+RUNS_LOG = f"{STATE_DIR}/runs.log"
+SHORT_JOB = (f'echo "start $QUEUECTL_JOB_ID" >> {RUNS_LOG}; sleep 0.2; '
+             f'echo "end $QUEUECTL_JOB_ID" >> {RUNS_LOG}')
+# Runs until the test creates RELEASE (after the upgrade): certainly running when it starts.
+RELEASE = f"{STATE_DIR}/release"
+HOLD_JOB = (f'echo "start $QUEUECTL_JOB_ID" >> {RUNS_LOG}; '
+            f'while [ ! -e {RELEASE} ]; do sleep 0.1; done; echo "end $QUEUECTL_JOB_ID" >> {RUNS_LOG}')
+# Fails its first attempt, succeeds the retry: a history of two attempts.
+FLAKY_JOB = (f'if [ -e {STATE_DIR}/$QUEUECTL_JOB_ID.tried ]; then echo again; '
+             f'else touch {STATE_DIR}/$QUEUECTL_JOB_ID.tried; echo first; exit 3; fi')
+SHORT = [f"j{i:04d}" for i in range(1000)]
+HOLD = ["hold1", "hold2"]
+FLAKY = ["flaky1", "flaky2", "flaky3"]
+DOOMED = ["doomed1", "doomed2"]
+# The columns of schema 1 (0.1.0): a migration may add columns, never change these.
+JOB_COLUMNS_V1 = ("id", "command", "state", "attempts", "max_retries", "priority", "timeout",
+                  "run_at", "created_at", "updated_at", "worker", "lease_expires_at", "started_at",
+                  "finished_at", "exit_code", "last_error")
+ATTEMPT_COLUMNS_V1 = ("seq", "job_id", "attempt", "worker", "started_at", "finished_at", "outcome",
+                      "exit_code", "error", "output")
+# One read transaction on the live database (WAL: it never blocks the workers), as JSON.
+_SNAPSHOT = """
+import json, sqlite3, sys
+db = sqlite3.connect("file:" + sys.argv[1] + "?mode=ro", uri=True, timeout=30,
+                     isolation_level=None)
+db.row_factory = sqlite3.Row
+db.execute("BEGIN")
+def rows(sql):
+    return [{k: (r[k].hex() if isinstance(r[k], bytes) else r[k]) for k in r.keys()}
+            for r in db.execute(sql)]
+print(json.dumps({
+    "user_version": db.execute("PRAGMA user_version").fetchone()[0],
+    "jobs": {j["id"]: j for j in rows("SELECT * FROM jobs")},
+    "attempts": rows("SELECT * FROM attempts ORDER BY seq"),
+    "config": {c["key"]: c["value"] for c in rows("SELECT * FROM config")},
+}))
+db.execute("COMMIT")
+"""
+
+
+def db_snapshot(admin: Admin) -> dict[str, Any]:
+    result = admin.host.run("python3", "-c", _SNAPSHOT, f"{STATE_DIR}/queue.db", check=True)
+    return json.loads(result.stdout)
+
+
+def history(snap: dict[str, Any], job_id: str) -> list[dict[str, Any]]:
+    return [a for a in snap["attempts"] if a["job_id"] == job_id]
+
+
+def v1(row: dict[str, Any], columns: tuple[str, ...]) -> dict[str, Any]:
+    return {c: row[c] for c in columns}
+
+
+def test_upgrade_from_the_last_release_under_a_live_queue_loses_nothing(admin: Admin) -> None:
+    # 0.1.0 on the purged root, four workers. They are started through a drop-in giving them
+    # `--grace 2` (not 30 s) for the job they run when stopped, so that the upgrade interrupts
+    # the hold jobs quickly; the drop-in is gone before the upgrade, so the new workers start
+    # from the packaged unit as it is.
+    admin.apt("install", OLD_DEB_INSIDE)
+    assert admin.sh("queuectl --version").stdout.strip() == f"queuectl, version {OLD_VERSION}"
+    dropin = "/etc/systemd/system/queuectl-worker@.service.d"
+    admin.sh(f"mkdir -p {dropin} && printf '%s\\n' '[Service]' 'ExecStart=' "
+             "'ExecStart=/usr/bin/queuectl worker run --name %H@%i --grace 2' "
+             f"> {dropin}/grace.conf && systemctl daemon-reload && "
+             "systemctl start queuectl-worker@{1..4} && "
+             f"rm -r {dropin} && systemctl daemon-reload && "
+             "systemctl enable queuectl-worker@5",  # enabled, not running: must stay stopped
+             check=True)
+    for n in (1, 2, 3, 4):
+        pid = admin.prop(f"queuectl-worker@{n}.service", "MainPID")
+        argv = admin.host.run("cat", f"/proc/{pid}/cmdline", check=True).stdout.split("\0")
+        assert argv[-3:-1] == ["--grace", "2"], argv
+    admin.queuectl("alice", "config", "set", "max-retries", "5")
+    admin.queuectl("alice", "config", "set", "backoff-base", "1.5")
+    extras = ([{"id": i, "command": HOLD_JOB, "priority": 10} for i in HOLD]
+              + [{"id": i, "command": FLAKY_JOB, "priority": 5} for i in FLAKY]
+              + [{"id": i, "command": "echo doomed; exit 7", "priority": 5, "max_retries": 0}
+                 for i in DOOMED])
+    admin.queuectl("alice", "enqueue", "--file", "-",
+                   input="".join(json.dumps(j) + "\n" for j in extras))
+    admin.queuectl("alice", "enqueue", "--file", "-",
+                   input="".join(json.dumps({"id": i, "command": SHORT_JOB}) + "\n" for i in SHORT))
+
+    def mid_drain() -> dict[str, Any] | None:
+        snap = db_snapshot(admin)
+        states = {i: j["state"] for i, j in snap["jobs"].items()}
+        done = sum(states[i] == "completed" for i in SHORT)
+        ready = (all(states[i] == "processing" for i in HOLD) and done >= 150
+                 and all(states[i] == "completed" for i in FLAKY)
+                 and all(states[i] == "dead" for i in DOOMED))
+        return snap if ready else None
+
+    before = wait_for(mid_drain, 300, "0.1.0 to be mid-drain, the hold jobs running", every=0.5)
+    assert before["user_version"] == 1
+    pids = {n: admin.prop(f"queuectl-worker@{n}.service", "MainPID") for n in (1, 2, 3, 4)}
+
+    # the upgrade, as an admin types it
+    upgrade = admin.sh(f"cd /root && apt install -y ./{Path(DEB_INSIDE).name}", timeout=600)
+    assert upgrade.returncode == 0, upgrade.stdout + upgrade.stderr
+    admin.sh(f"touch {RELEASE}", check=True)
+    assert admin.sh("queuectl --version").stdout.strip() == f"queuectl, version {VERSION}"
+    left = sum(before["jobs"][i]["state"] != "completed" for i in SHORT)
+    assert left >= 100, f"only {left} jobs were left when the upgrade started: not mid-drain"
+
+    # the four workers run again, in new processes started after the new code was unpacked;
+    # the one the admin had not started is still stopped
+    new_pids = {n: admin.prop(f"queuectl-worker@{n}.service", "MainPID") for n in (1, 2, 3, 4)}
+    for n in (1, 2, 3, 4):
+        assert admin.active(n) == "active"
+        assert new_pids[n] not in ("0", pids[n]), f"@{n} was not restarted"
+    assert admin.active(5) == "inactive", "an upgrade started a worker the admin had not started"
+    unpacked_at = float(admin.host.run("python3", "-c", (
+        "import os, sys, time\n"
+        "age = time.time() - os.stat(sys.argv[1]).st_ctime\n"
+        "print(time.monotonic() - age)"),
+        "/usr/lib/python3/dist-packages/queuectl/__init__.py", check=True).stdout)
+    for n in (1, 2, 3, 4):
+        started = int(admin.prop(f"queuectl-worker@{n}.service",
+                                 "ExecMainStartTimestampMonotonic")) / 1e6
+        assert started > unpacked_at, f"@{n} started before {VERSION}'s files were unpacked"
+        argv = admin.host.run("cat", f"/proc/{new_pids[n]}/cmdline", check=True).stdout
+        assert "\0--grace\x0030\0" in argv, f"@{n} did not start from the packaged unit: {argv}"
+    code_version = admin.host.run("python3", "-c", "import queuectl; print(queuectl.__version__)",
+                                  check=True).stdout.strip()
+    assert code_version == VERSION
+
+    # the rest of the queue drains on the new code
+    wait_for(lambda: (s := admin.json("alice", "status"))["completed"] == len(SHORT + HOLD + FLAKY)
+             and s["dead"] == len(DOOMED), 600, "every job to finish after the upgrade", every=1)
+    for n, pid in new_pids.items():
+        ran = admin.events("EVENT=job_succeeded", f"_PID={pid}")
+        assert ran, f"the restarted @{n} (pid {pid}) ran no job"
+    after = db_snapshot(admin)
+    schema = admin.host.run("python3", "-c", "from queuectl.backends.sqlite_schema import "
+                            "SCHEMA_VERSION; print(SCHEMA_VERSION)", check=True).stdout.strip()
+    assert after["user_version"] == int(schema) > 1, "the schema was not migrated"
+
+    # every job, its history and the settings survived the migration
+    assert set(after["jobs"]) == set(before["jobs"]) == set(SHORT + HOLD + FLAKY + DOOMED)
+    for job_id, old in before["jobs"].items():
+        new = after["jobs"][job_id]
+        for column in ("command", "max_retries", "priority", "timeout", "created_at"):
+            assert new[column] == old[column], f"{job_id}: {column} changed"
+        if old["state"] in ("completed", "dead"):
+            assert v1(new, JOB_COLUMNS_V1) == v1(old, JOB_COLUMNS_V1), f"{job_id} changed"
+    old_rows = {a["seq"]: a for a in before["attempts"]}
+    new_rows = {a["seq"]: a for a in after["attempts"]}
+    for seq, old in old_rows.items():
+        assert seq in new_rows, f"history row {old} lost"
+        if old["finished_at"] is not None:
+            assert v1(new_rows[seq], ATTEMPT_COLUMNS_V1) == v1(old, ATTEMPT_COLUMNS_V1)
+        else:  # the attempt running then has ended since
+            assert v1(new_rows[seq], ATTEMPT_COLUMNS_V1[:5]) == v1(old, ATTEMPT_COLUMNS_V1[:5])
+    assert {k: after["config"].get(k) for k in before["config"]} == before["config"]
+    assert set(before["config"]) >= {"max-retries", "backoff-base"}
+    assert admin.queuectl("alice", "config", "get", "max-retries").stdout.strip() == "5"
+    assert admin.queuectl("alice", "config", "get", "backoff-base").stdout.strip() == "1.5"
+
+    # each job finished exactly once; one the upgrade interrupted ran again once, its history
+    # says so and the interrupted attempt cost no retry
+    runs = admin.host.run("cat", RUNS_LOG, check=True).stdout.split("\n")
+    starts: Counter[str] = Counter()
+    ends: Counter[str] = Counter()
+    for line in filter(None, runs):
+        what, job_id = line.split()
+        (starts if what == "start" else ends)[job_id] += 1
+    interrupted = []
+    for job_id in SHORT + HOLD:
+        job, rows = after["jobs"][job_id], history(after, job_id)
+        outcomes = [a["outcome"] for a in rows]
+        assert job["state"] == "completed", (job_id, job, outcomes)
+        assert outcomes in (["completed"], ["interrupted", "completed"]), (job_id, outcomes)
+        assert starts[job_id] == len(outcomes), (job_id, starts[job_id], outcomes)
+        # a job stopped between its last line and its exit may have finished its work twice;
+        # one that was not interrupted (and a hold job: it cannot end early) exactly once
+        assert ends[job_id] == 1 or (ends[job_id] == 2 and job_id not in HOLD
+                                     and outcomes[0] == "interrupted"), (job_id, ends[job_id])
+        assert job["attempts"] == 1, f"{job_id}: attempts {job['attempts']} after {outcomes}"
+        if outcomes[0] == "interrupted":
+            assert "shutdown" in (rows[0]["error"] or ""), rows[0]
+            interrupted.append(job_id)
+    assert set(HOLD) <= set(interrupted), "the jobs running at the upgrade were not interrupted"
+    for job_id in FLAKY:
+        assert [a["outcome"] for a in history(after, job_id)] == ["failed", "completed"]
+        assert after["jobs"][job_id]["attempts"] == 2 and after["jobs"][job_id]["max_retries"] == 5
+    for job_id in DOOMED:
+        assert [a["outcome"] for a in history(after, job_id)] == ["failed"]
+        assert after["jobs"][job_id]["attempts"] == 1 and after["jobs"][job_id]["exit_code"] == 7
+    print(f"upgrade: {left} of {len(SHORT)} jobs left when it started, "
+          f"{len(interrupted)} interrupted and run again: {sorted(interrupted)}")
+
+
+_HASHES = """
+import hashlib, os, sys
+for name in sorted(os.listdir(sys.argv[1])):
+    if name.startswith("queue.db") and not name.endswith("-shm"):
+        with open(os.path.join(sys.argv[1], name), "rb") as f:
+            print(name, hashlib.sha256(f.read()).hexdigest())
+"""
+
+
+def test_the_last_release_refuses_the_migrated_database_and_changes_nothing(admin: Admin) -> None:
+    # the admin stops the workers and downgrades; the queue's files (not the -shm index, which
+    # any reader rewrites) are compared byte for byte before and after 0.1.0 touches them
+    admin.sh(f"systemctl stop '{WORKERS}.service'", check=True)
+    before = admin.host.run("python3", "-c", _HASHES, STATE_DIR, check=True).stdout
+    assert "queue.db " in before
+    downgrade = admin.sh(f"cd /root && apt install -y --allow-downgrades ./{Path(OLD_DEB_INSIDE).name}",
+                         timeout=600)
+    assert downgrade.returncode == 0, downgrade.stdout + downgrade.stderr
+    assert admin.sh("queuectl --version").stdout.strip() == f"queuectl, version {OLD_VERSION}"
+    for args in (("status",), ("enqueue", "--cmd", "true"), ("list",)):
+        result = admin.queuectl("alice", *args, check=False)
+        assert result.returncode == 1 and result.stdout == "", (args, result)
+        assert result.stderr.count("\n") == 1 and result.stderr.startswith("queuectl: error:"), \
+            (args, result.stderr)
+        assert "newer than this queuectl understands" in result.stderr, result.stderr
+        assert "upgrade queuectl" in result.stderr
+    # a worker of 0.1.0 does not start on it either, and says why in one journal line
+    start = admin.systemctl("start", "queuectl-worker@1.service", check=False)
+    assert start.returncode != 0, "a 0.1.0 worker started on the migrated database"
+    admin.systemctl("stop", "queuectl-worker@1.service", check=False)
+    journal = admin.host.journalctl("-u", "queuectl-worker@1.service", "-o", "json",
+                                    check=True).stdout
+    said = [str(json.loads(line).get("MESSAGE", "")) for line in journal.splitlines() if line]
+    assert any("newer than this queuectl understands" in m for m in said), said[-10:]
+    after = admin.host.run("python3", "-c", _HASHES, STATE_DIR, check=True).stdout
+    assert after == before, f"0.1.0 changed the database:\n{before}\n{after}"
