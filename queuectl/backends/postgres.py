@@ -833,7 +833,10 @@ class PostgresStore(Store):
         bound on created_at (never after finished_at) lets the index range stop early."""
         if older_than is None:
             return "", {}
-        return (f" AND created_at <= {NOW} - %(older)s AND finished_at <= {NOW} - %(older)s",
+        # A scalar subquery is evaluated once (an InitPlan), so the cutoff bounds the index
+        # range; clock_timestamp() written in the condition would be a per-row filter.
+        cutoff = f"(SELECT {NOW} - %(older)s)"
+        return (f" AND created_at <= {cutoff} AND finished_at <= {cutoff}",
                 {"older": float(older_than)})
 
     def count_matching(self, state: str, older_than: float | None = None) -> int:
