@@ -587,15 +587,28 @@ def worker_stop(ctx: click.Context, timeout: float, foreground: bool,
     lines = units.stop_all(queues) if not foreground and units.available() else []
     for line in lines:
         click.echo(line)
+    from queuectl.errors import DatabaseUnavailable
     from queuectl.supervisor import stop_local_workers
 
-    targets, left = stop_local_workers(_store(ctx), timeout, queues)
+    where = _locator(ctx)
+    try:
+        store: Store | None = _store(ctx)
+    except DatabaseUnavailable as exc:  # its workers may still run: find them by process
+        click.echo(f"Cannot read the worker registry ({exc}); looking for worker processes.")
+        store = None
+    targets, left, unregistered = stop_local_workers(store, where, timeout, queues)
     if not targets:
         if not lines:
             click.echo("No running workers.")
         return 0
     stopped = len(targets) - len(left)
     click.echo(f"Stopped {stopped} worker{'s' if stopped != 1 else ''}.")
+    if unregistered:
+        pids = ", ".join(str(w.pid) for w in unregistered)
+        click.echo(f"Of these, {_plural(len(unregistered), 'worker')} (pid {pids}) "
+                   f"{'was' if len(unregistered) == 1 else 'were'} found by process, not in "
+                   f"the registry of {locator.redact(where)}: the database was deleted or "
+                   "replaced while they ran, or they had not registered yet.")
     if left:
         names = ", ".join(f"{w.name} (pid {w.pid})" for w in left)
         raise NotFound(f"{len(left)} worker(s) still running after {timeout:g} s: {names}")

@@ -2,7 +2,9 @@
 
 Every HEARTBEAT_EVERY seconds a worker says it lives, extends the lease of the job it runs
 and turns other workers' expired leases into failed attempts, ending what is left of those
-attempts on this host. Between beats it costs nothing, so short jobs do not pay per job.
+attempts on this host; it also asks the store whether the locator still names the database
+it opened (a deleted or replaced file). Between beats it costs nothing, so short jobs do not
+pay per job.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ class LeaseKeeper:
         self.paused: PauseInfo | None = None  # as of the last beat
         self._pause_known = False
         self.retention = Retention(store, name, log)
+        self.replaced = False  # the locator names another database now: stop, be restarted
+
 
     def due(self) -> bool:
         return time.monotonic() >= self.next_beat
@@ -42,6 +46,8 @@ class LeaseKeeper:
         if not self.due():
             return True
         self.next_beat = time.monotonic() + HEARTBEAT_EVERY
+        if not self.replaced and not self.store.still_current():
+            self.replaced = True  # the worker reacts; beats go on to the old file meanwhile
         held = self.store.heartbeat(self.name, state, job)
         for reclaimed in self.store.reclaim_expired():
             self.end_reclaimed(reclaimed)

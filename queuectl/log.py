@@ -38,6 +38,9 @@ MESSAGES = {
     "claiming nothing",
     "queue_resumed": "Queue resumed: claiming jobs again",
     "retention_purged": "Retention deleted {deleted} finished job(s) with their history",
+    "database_replaced": "Database {db} was deleted or replaced by another file: claiming "
+    "nothing more, finishing the running job into the old file, then exiting with status "
+    "{exit_code} to be restarted on the new one",
 }
 
 

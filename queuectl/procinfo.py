@@ -70,3 +70,77 @@ def kill_job_processes(job_id: str, attempt: int) -> int:
         except (ProcessLookupError, PermissionError):
             pass
     return killed
+
+
+class WorkerProcess:
+    """A `queuectl ... worker run` process of this host, as /proc shows it."""
+
+    def __init__(self, pid: int, start: str | None, argv: list[str], env: dict[str, str],
+                 cwd: str) -> None:
+        self.pid, self.start, self.argv, self.env, self.cwd = pid, start, argv, env, cwd
+
+    def option(self, name: str) -> str | None:
+        """The value of `--name VALUE` / `--name=VALUE` in its command line (the last one)."""
+        found = None
+        for i, arg in enumerate(self.argv):
+            if arg == name and i + 1 < len(self.argv):
+                found = self.argv[i + 1]
+            elif arg.startswith(name + "="):
+                found = arg[len(name) + 1:]
+        return found
+
+    def locator(self) -> str:
+        """The database it uses, resolved as the CLI resolved it at its start: `--db` >
+        its QUEUECTL_DB > the system directory > its XDG data home; a relative path
+        against its working directory."""
+        from queuectl import locator as loc
+
+        value = self.option("--db") or self.env.get(loc.ENV_VAR)
+        if not value:
+            if os.path.isdir(loc.SYSTEM_DIR):
+                value = os.path.join(loc.SYSTEM_DIR, loc.DB_NAME)
+            else:
+                home = self.env.get("XDG_DATA_HOME") or os.path.join(
+                    self.env.get("HOME", "/"), ".local", "share")
+                value = os.path.join(home, "queuectl", loc.DB_NAME)
+        if loc.is_url(value):
+            return value
+        return os.path.normpath(os.path.join(self.cwd, os.path.expanduser(value)))
+
+
+def worker_processes() -> list[WorkerProcess]:
+    """Every `queuectl ... worker run` process of this host that we may read (and so may
+    signal): found even when no registry lists it, e.g. after its database was deleted."""
+    found = []
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me or not is_queuectl_worker(int(entry)):
+            continue
+        pid = int(entry)
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                argv = [a.decode("utf-8", "surrogateescape") for a in fh.read().split(b"\0")]
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                pairs = [e.decode("utf-8", "surrogateescape").partition("=")
+                         for e in fh.read().split(b"\0") if b"=" in e]
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+        except OSError:
+            continue  # gone, or another user's
+        start = start_time(pid)
+        if start is not None:
+            found.append(WorkerProcess(pid, start, argv, {k: v for k, _, v in pairs}, cwd))
+    return found
+
+
+def same_database(a: str, b: str) -> bool:
+    """Two locators name one database: the same URL, the same path, or one file."""
+    if a == b:
+        return True
+    if "://" in a or "://" in b:
+        return False
+    if os.path.abspath(a) == os.path.abspath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False

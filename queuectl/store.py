@@ -14,6 +14,10 @@ Common to every method:
   SQLite (one host), the database server's clock for PostgreSQL (many hosts). Callers never
   compare these times with their own clock; where a caller needs a wait, the store answers
   in relative seconds (`seconds_until_due`).
+- Lease expiry, heartbeat age and "active" are measured on a clock that a step of a
+  worker's wall clock cannot move: SQLite uses the host's CLOCK_BOOTTIME with its boot id
+  (a reboot ends every lease), PostgreSQL the server's clock. The epoch times reported for
+  them (`heartbeat_at`, `lease_expires_at`) are for display only.
 - An attempt is "still held" by the worker that claimed it while the job is `processing`
   with that worker's name and the same `attempts` count: a reclaimed attempt (lease expired,
   worker restarted) is no longer held, and every write fenced on it changes nothing. The
@@ -301,6 +305,14 @@ class Store(ABC):
     def info(self) -> dict[str, Any]:
         """Backend-neutral keys (`database`: the locator without secrets, `backend`,
         `schema_version`, `config`) plus one section named after the backend."""
+
+    def still_current(self) -> bool:
+        """False once the locator no longer names the database this store opened (a file
+        deleted, or another file moved or restored in its place): whoever opens the
+        locator now gets another queue, so a worker must stop serving this one and be
+        restarted on the new one. Cheap (a stat at most); a worker asks at each heartbeat.
+        True wherever it does not apply (a database server outlives its clients)."""
+        return True
 
 
     # -- issue 11: operators living with the queue ---------------------------------------------

@@ -107,18 +107,61 @@ def _reaped(slot: Slot, stopping: bool) -> None:
     slot.restart_at = t + RESTART_DELAY
 
 
-def stop_local_workers(store: Store, timeout: float, queues: list[str] | None = None,
-                       ) -> tuple[list[WorkerInfo], list[WorkerInfo]]:
-    """SIGTERM every live worker of this host registered in store (checking each PID really
-    is that queuectl worker, not a reused one) and wait up to timeout for them to exit;
-    with queues, only the workers of exactly that lane. Returns (signalled, still running)."""
+def _lane(proc: procinfo.WorkerProcess) -> list[str] | None:
+    """The queues a worker process serves, from its command line (None: every queue)."""
+    value = proc.option("--queue")
+    if value:
+        return value.split(",")
+    instance = proc.option("--instance")
+    if instance:
+        from queuectl.errors import ValidationError
+        from queuectl.units import lane_of
+
+        try:
+            return lane_of(instance)
+        except ValidationError:
+            return None
+    return None
+
+
+def unregistered_workers(registered: list[WorkerInfo], locator: str,
+                         queues: list[str] | None = None) -> list[WorkerInfo]:
+    """This host's worker processes that use the database `locator` names (the same path,
+    or the same file) but that `registered` does not list: the registry they wrote to is
+    gone (the file was deleted or replaced) or they have not registered yet."""
+    known = {w.pid for w in registered}
     host = procinfo.hostname()
-    targets = [
-        w for w in store.workers()
+    found = []
+    for proc in procinfo.worker_processes():
+        if proc.pid in known or not procinfo.same_database(proc.locator(), locator):
+            continue
+        lane = _lane(proc)
+        if queues is not None and lane != queues:
+            continue
+        name = proc.option("--name") or f"{host}:{proc.pid}"
+        found.append(WorkerInfo(name, host, proc.pid, proc.start, 0.0, 0.0, "unregistered",
+                                None, lane))
+    return found
+
+
+def stop_local_workers(store: Store | None, locator: str, timeout: float,
+                       queues: list[str] | None = None,
+                       ) -> tuple[list[WorkerInfo], list[WorkerInfo], list[WorkerInfo]]:
+    """SIGTERM every live worker of this host that uses this database and wait up to
+    timeout for them to exit; with queues, only the workers of exactly that lane. Workers
+    come from the registry in store (each PID checked to really be that queuectl worker,
+    not a reused one) and from /proc (a worker whose registry was deleted with its file is
+    still found; store None: the database cannot be opened, /proc only). Returns
+    (signalled, still running, those of signalled found only by their process)."""
+    host = procinfo.hostname()
+    registered = [
+        w for w in (store.workers() if store is not None else [])
         if w.host == host and (queues is None or w.queues == queues)
         and procinfo.is_alive(w.pid, w.pid_start)
         and procinfo.is_queuectl_worker(w.pid)
     ]
+    extra = unregistered_workers(registered, locator, queues)
+    targets = registered + extra
     for w in targets:
         try:
             os.kill(w.pid, signal.SIGTERM)
@@ -129,4 +172,4 @@ def stop_local_workers(store: Store, timeout: float, queues: list[str] | None = 
     while left and time.monotonic() < deadline:
         time.sleep(0.05)
         left = [w for w in left if procinfo.is_alive(w.pid, w.pid_start)]
-    return targets, left
+    return targets, left, extra

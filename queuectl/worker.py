@@ -32,6 +32,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+REPLACED_EXIT = 75  # EX_TEMPFAIL: the database was replaced; restart me (Restart=on-failure)
 DB_RETRY_MAX = 5.0  # seconds between tries while the database is unavailable, at most
 START_WAIT = 60.0  # seconds a starting worker waits for a database locked by someone else
 
@@ -78,14 +79,30 @@ class Worker:
         self._on_step = on_step
         self._wakeup: Any = None
         self._stop_announced = False
+        self._outage_failures = 0  # failed database calls since the last success
         self._env = inheritable_environment(os.environ)
+        self.exit_code = 0
+
+    def _beat(self, state: str, job: Job | None = None) -> bool:
+        """A heartbeat when due (see LeaseKeeper.beat); if it found the database deleted or
+        replaced, stop claiming and exit non-zero once the running job is done, so that
+        systemd or the supervisor start a worker on the file the locator names now."""
+        held = self.lease.beat(state, job)
+        if self.lease.replaced and not self.exit_code:
+            self.exit_code = REPLACED_EXIT
+            self.log.error("database_replaced", db=self.locator, exit_code=REPLACED_EXIT,
+                           **({"job_id": job.id} if job else {}))
+            self.stop.request("database replaced")
+        return held
 
     # -- waiting -----------------------------------------------------------------------------
     def _announce_stop(self, job: Job | None = None) -> None:
         if self.stop.requested and not self._stop_announced:
             self._stop_announced = True
             self.notifier.stopping(f"stopping: waiting for {job.id}" if job else "stopping")
-            self.log.info("worker_stopping", reason=f"received {self.stop.reason}")
+            reason = self.stop.reason
+            self.log.info("worker_stopping",
+                          reason=f"received {reason}" if reason.startswith("SIG") else reason)
 
     def _sleep(self, seconds: float, for_jobs: bool = False) -> None:
         """Sleep, but wake at once for a signal (or, for_jobs, possible new work), and keep
@@ -110,8 +127,7 @@ class Worker:
     def _with_db(self, action: Callable[[], Any], give_up: Callable[[DatabaseUnavailable], bool],
                  ) -> Any:
         """The one database-retry loop: run action, retrying with a growing pause while
-        the database is unavailable, until give_up(error) says enough (then GaveUp).
-        One warning per outage, one line when it is over."""
+        the database is unavailable, until give_up(error) says enough (then GaveUp)."""
         failures = 0
         while True:
             try:
@@ -123,14 +139,24 @@ class Worker:
                         self.log.error("database_error", error=str(exc), retry_in=None)
                     raise GaveUp(exc) from None
                 pause = min(DB_RETRY_MAX, 0.5 * failures)
-                if failures == 1:
-                    self.log.warning("database_error", error=str(exc), retry_in=pause)
-                    self.notifier.status(f"database unavailable: {exc}")
+                self._db_failed(exc, pause)
                 self._sleep(pause)
                 continue
-            if failures:
-                self.log.info("database_recovered", failures=failures)
+            self._db_ok()
             return result
+
+    def _db_failed(self, exc: DatabaseUnavailable, retry_in: float) -> None:
+        """One warning per outage, however many tries (retries and heartbeats) it takes."""
+        self._outage_failures += 1
+        if self._outage_failures == 1:
+            self.log.warning("database_error", error=str(exc), retry_in=retry_in)
+            self.notifier.status(f"database unavailable: {exc}")
+
+    def _db_ok(self) -> None:
+        """One line when an outage is over."""
+        if self._outage_failures:
+            self.log.info("database_recovered", failures=self._outage_failures)
+            self._outage_failures = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -191,7 +217,7 @@ class Worker:
                 self.log.info("worker_stopped")
         finally:
             self._wakeup.close()
-        return 0
+        return self.exit_code
 
     def _step(self, name: str) -> None:
         if self._on_step is not None:
@@ -224,7 +250,9 @@ class Worker:
         self._check_parent()
         if self._wakeup is not None:
             self._wakeup.drain()  # changes before this claim are seen by it
-        self.lease.beat("idle")
+        self._beat("idle")
+        if self.stop.requested:
+            return None, 0.0  # the loop ends without a claim
         self.lease.housekeeping()
         job = self.store.claim_next(self.name, *self._lane)
         if job is not None:
@@ -257,12 +285,13 @@ class Worker:
         us). False if the lease was lost."""
         try:
             self._check_parent()
-            held = self.lease.beat("stopping" if self.stop.requested else "busy", job)
+            held = self._beat("stopping" if self.stop.requested else "busy", job)
             self.lease.housekeeping()
-            return held
         except DatabaseUnavailable as exc:
-            self.log.warning("database_error", error=str(exc), retry_in=HEARTBEAT_EVERY)
+            self._db_failed(exc, HEARTBEAT_EVERY)
             return True
+        self._db_ok()
+        return held
 
     def _execute(self, job: Job) -> Job | None:
         """Run one job and record it; returns the next job if one was claimed with it."""
@@ -274,7 +303,7 @@ class Worker:
         proc = JobProcess(job.command, job_environment(self._env, job.id, attempt),
                           self.opts.job_umask)
         self._step("spawned")
-        watch = JobWatch(self.store, job, proc, self._wakeup, self.log)
+        watch = JobWatch(self.store, job, proc, self._wakeup, self._db_failed, self._db_ok)
         interrupted = lost = canceled = False
         while not proc.done:
             self.notifier.ping_if_due()

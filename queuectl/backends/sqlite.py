@@ -122,6 +122,15 @@ def _exists(path: str) -> bool:
     return True
 
 
+def _identity(path: str) -> tuple[int, int] | None:
+    """(device, inode) of the file path names now, or None if there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def _disk_full(path: str) -> bool:
     """SQLite reports a failed write to a full disk as a plain I/O error at times."""
     try:
@@ -181,14 +190,22 @@ class SQLiteStore(Store):
             self._check_path(create_dirs)
         except PermissionError:
             raise DatabaseUnavailable(_permission_denied(path)) from None
+        before = _identity(path)
         try:
             conn = sqlite3.connect(
                 str(path), timeout=0, isolation_level=None, check_same_thread=False
             )
         except sqlite3.Error as exc:
             raise _unavailable(exc, path) from None
+        # The file SQLite opened: the same inode before and after connect, so no rename in
+        # between can leave us holding one file while believing we hold another.
+        self._identity = _identity(path)
+        self._replaced = False
+        if self._identity is None or self._identity != before:
+            conn.close()
+            raise DatabaseBusy(f"database {path} was replaced while it was being opened")
         self._conn = conn
-        self._gate = WriteGate(path, BUSY_TIMEOUT)
+        self._gate: WriteGate | None = None  # made on the first write: a refused file gets no side file
         try:
             self._retry(lambda: conn.execute(f"PRAGMA synchronous={self._synchronous}"))
             if self._synchronous == "NORMAL":  # a worker: its hot set is a few index pages
@@ -197,11 +214,9 @@ class SQLiteStore(Store):
             self._probe()
         except sqlite3.Error as exc:
             conn.close()
-            self._gate.close()
             raise _unavailable(exc, path) from None
         except DatabaseUnavailable:
             conn.close()
-            self._gate.close()
             raise
         return conn
 
@@ -327,7 +342,10 @@ class SQLiteStore(Store):
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction; errors become DatabaseUnavailable with a readable line."""
         conn = self._conn
-        self._gate.acquire()  # in line behind other queuectl writers, asleep
+        if self._gate is None:
+            self._gate = WriteGate(self.path, BUSY_TIMEOUT)
+        gate = self._gate
+        gate.acquire()  # in line behind other queuectl writers, asleep
         try:
             try:
                 self._retry(lambda: conn.execute("BEGIN IMMEDIATE"))
@@ -346,7 +364,7 @@ class SQLiteStore(Store):
                     raise _unavailable(exc, self.path) from None
                 raise
         finally:
-            self._gate.release()
+            gate.release()
 
     def _read(self, sql: str, params: Any = ()) -> list[tuple]:
         try:
@@ -1026,9 +1044,53 @@ class SQLiteStore(Store):
             },
         }
 
+    def still_current(self) -> bool:
+        """One stat. A file we may no longer stat (permissions changed) is not called
+        replaced: only a different or missing one is. The first time it is, the old file's
+        -wal and -shm, if still at the path, are unlinked (see _drop_stale_companions)."""
+        try:
+            st = os.stat(self.path)
+            current = (st.st_dev, st.st_ino) == self._identity
+        except (FileNotFoundError, NotADirectoryError):
+            current = False
+        except OSError:
+            return True
+        if not current and not self._replaced:
+            self._replaced = True
+            self._drop_stale_companions()
+        return current
+
+    def _drop_stale_companions(self) -> None:
+        """SQLite pairs a database with `<path>-wal` and `<path>-shm` by name. When the file
+        was moved away or replaced (`mv backup queue.db`) but the old file's -wal/-shm
+        stayed, the next process to open the new file would read the old database's pages
+        out of that WAL on top of it and find it malformed. So the old file's companions,
+        recognised as the very files this process has open, are unlinked: our connection
+        keeps using them (SQLite does not checkpoint or delete a moved database on close)
+        and every new opener starts the new file with fresh ones. A -wal or -shm that is
+        not ours (`rm queue.db*`, then a new file) is never touched."""
+        ours = set()
+        try:
+            fds = os.listdir("/proc/self/fd")
+        except OSError:
+            return
+        for fd in fds:
+            try:
+                st = os.stat(f"/proc/self/fd/{fd}")  # the open file itself, even if unlinked
+            except OSError:
+                continue
+            ours.add((st.st_dev, st.st_ino))
+        for companion in (self.path + "-wal", self.path + "-shm"):
+            try:
+                if _identity(companion) in ours:
+                    os.unlink(companion)
+            except OSError:
+                pass
+
     def close(self) -> None:
         self._conn.close()
-        self._gate.close()
+        if self._gate is not None:
+            self._gate.close()
 
 
 def open_store(path: str | os.PathLike[str], create_dirs: bool = False,
