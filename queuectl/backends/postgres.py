@@ -40,6 +40,7 @@ from queuectl.job import (
     CANCELED,
     CANCELLABLE,
     DEAD,
+    DEFAULT_QUEUE,
     FAILED,
     PROCESSING,
     STATES,
@@ -48,7 +49,15 @@ from queuectl.job import (
     JobSpec,
 )
 from queuectl.locator import redact
-from queuectl.store import Outcome, OutputSlice, PauseInfo, Store, Wakeup, WorkerInfo
+from queuectl.store import (
+    Outcome,
+    OutputSlice,
+    PauseInfo,
+    QueueInfo,
+    Store,
+    Wakeup,
+    WorkerInfo,
+)
 
 try:
     import psycopg2
@@ -84,7 +93,7 @@ LOST_CODES = {"57P01", "57P02", "08000", "08003", "08006", "08001"}
 NOW = "extract(epoch FROM clock_timestamp())::float8"
 COLUMNS = ("id", "command", "state", "attempts", "max_retries", "created_at", "updated_at",
            "priority", "timeout", "run_at", "worker", "started_at", "finished_at", "exit_code",
-           "last_error", "lease_expires_at", "cancel_requested")
+           "last_error", "lease_expires_at", "cancel_requested", "queue")
 # NOTIFY payload of events that concern watchers (`wait`, `logs --follow`, a running job's
 # cancel check) but bring no new work: idle workers' drain() ignores them.
 EVENT = "e"
@@ -95,7 +104,7 @@ def _cols(prefix: str) -> str:
 
 
 def _job(row: tuple) -> Job:
-    return Job(*row[:16], None, bool(row[16]))  # every column, and no history
+    return Job(*row[:16], None, bool(row[16]), row[17])  # every column, and no history
 
 
 # -- the locator ---------------------------------------------------------------------------
@@ -410,18 +419,8 @@ class PostgresStore(Store):
 
     # -- statements --------------------------------------------------------------------------
     def _build_sql(self, s: str) -> None:
-        waiting = "state IN ('pending', 'failed')"
-        self.sql_claim_cte = f"""
-            nxt AS (SELECT id FROM {s}.jobs
-                    WHERE {waiting} AND run_at <= (SELECT now FROM t)
-                        AND NOT EXISTS (SELECT 1 FROM {s}.flags WHERE name = 'paused')
-                    ORDER BY priority DESC, run_at, seq LIMIT 1 FOR UPDATE SKIP LOCKED),
-            claimed AS (
-                UPDATE {s}.jobs j SET state = 'processing', attempts = j.attempts + 1,
-                    worker = %(worker)s, lease_expires_at = t.now + %(lease)s,
-                    started_at = t.now, finished_at = NULL, updated_at = t.now
-                FROM nxt, t WHERE j.id = nxt.id
-                RETURNING {_cols('j')})"""
+        self.sql_claim_all = self._claim_ctes(s, lane=False)
+        self.sql_claim_lane = self._claim_ctes(s, lane=True)
         self.sql_complete_cte = f"""
             done AS (
                 UPDATE {s}.jobs j SET state = 'completed', finished_at = t.now,
@@ -437,6 +436,89 @@ class PostgresStore(Store):
                     %(outcome)s, %(exit_code)s, NULL, %(output)s, %(total)s FROM done),
             {self._drop_live("done")}"""
         self.sql_t = f"t AS (SELECT {NOW} AS now)"
+
+    @staticmethod
+    def _claim_ctes(s: str, lane: bool) -> str:
+        """The CTEs `held`, `nxt` and `claimed` of a claim (after `t`): the best eligible job
+        of the queues a worker serves (every queue, or `%(queues)s` in preference order),
+        skipping paused queues and those at their limit. A job of a limited queue is taken
+        only when that queue's row was locked before this statement (`%(locked)s`), so
+        its count of processing jobs is exact and no racing claimer can add to it; else
+        `nxt` names the queue and the caller locks it (`_claim_limited`). Unlimited queues
+        never lock anything but the job: with no limit, no pause and no list this is the
+        one statement it always was, an ordered scan of jobs_due."""
+        waiting = "state IN ('pending', 'failed')"
+        due = f"{waiting} AND run_at <= (SELECT now FROM t)"
+        # Counted in this statement's snapshot, taken after any lock the caller holds;
+        # `%(ending)s` is the job complete_and_claim ends in the same statement (a hint
+        # only: a limited queue's count that decides is taken under its lock).
+        held = f"""held AS (
+                SELECT q.name, q.paused_since IS NULL AND q.concurrency > 0 AS limited,
+                    q.paused_since IS NOT NULL OR (q.concurrency > 0 AND q.concurrency <=
+                        (SELECT count(*) FROM {s}.jobs r
+                         WHERE r.queue = q.name AND r.state = 'processing'
+                             AND r.id IS DISTINCT FROM %(ending)s)) AS blocked
+                FROM {s}.queues q WHERE q.concurrency > 0 OR q.paused_since IS NOT NULL)"""
+
+        def open_(col: str) -> str:
+            return (f"NOT EXISTS (SELECT 1 FROM {s}.flags WHERE name = 'paused')"
+                    f" AND {col} <> ALL(ARRAY(SELECT name FROM held WHERE blocked))"
+                    f" AND {col} <> ALL(%(skip)s::text[])")
+
+        if lane:
+            # The first listed queue with an eligible job: the nested loop walks the list in
+            # its order and stops at the first row (no sort, which would visit, and lock the
+            # best job of, every listed queue).
+            nxt = f"""nxt AS (
+                SELECT x.id, x.queue
+                FROM unnest(%(queues)s::text[]) WITH ORDINALITY AS p(name, n)
+                CROSS JOIN LATERAL (
+                    SELECT id, queue FROM {s}.jobs WHERE queue = p.name AND {due}
+                    ORDER BY priority DESC, run_at, seq LIMIT 1 FOR UPDATE SKIP LOCKED) x
+                WHERE {open_('p.name')} LIMIT 1)"""
+        else:
+            nxt = f"""nxt AS (
+                SELECT id, queue FROM {s}.jobs WHERE {due} AND {open_('queue')}
+                ORDER BY priority DESC, run_at, seq LIMIT 1 FOR UPDATE SKIP LOCKED)"""
+        return f"""{held}, {nxt},
+            claimed AS (
+                UPDATE {s}.jobs j SET state = 'processing', attempts = j.attempts + 1,
+                    worker = %(worker)s, lease_expires_at = t.now + %(lease)s,
+                    started_at = t.now, finished_at = NULL, updated_at = t.now
+                FROM nxt, t WHERE j.id = nxt.id
+                    AND (nxt.queue <> ALL(ARRAY(SELECT name FROM held WHERE limited))
+                         OR nxt.queue = %(locked)s)
+                RETURNING {_cols('j')})"""
+
+    def _claim_params(self, worker: str, queues: list[str] | None) -> dict[str, Any]:
+        return {"worker": worker, "lease": self._config().lease_seconds,
+                "queues": queues, "skip": [], "locked": None, "ending": None}
+
+    def _claim_limited(self, cur: Any, queue: str, params: dict[str, Any]) -> Job | None:
+        """The claim when the best job is in a limited queue: lock that queue's row, then
+        claim in a new statement (a fresh snapshot, which sees every claim committed by
+        whoever held the lock before us) only while fewer than its limit are processing.
+        Claims of one limited queue thus take turns on every host; a savepoint lets go of
+        a queue that turned out full before locking the next (one queue row at a time, so
+        claimers never deadlock)."""
+        lane = params["queues"] is not None
+        sql = (f"SELECT 1 FROM {self.s}.queues WHERE name = %(locked)s FOR UPDATE; "
+               f"WITH {self.sql_t}, {self.sql_claim_lane if lane else self.sql_claim_all} "
+               "SELECT (SELECT queue FROM nxt), claimed.* "
+               "FROM (SELECT 1) AS one LEFT JOIN claimed ON true")
+        skip: list[str] = []
+        cur.execute(f"BEGIN; {self._claiming}SAVEPOINT lane")
+        again = ""
+        for _ in range(64):  # each turn skips one more full queue; bounded anyway
+            cur.execute(again + sql, {**params, "locked": queue, "skip": skip})
+            candidate, *row = cur.fetchone()
+            if row[0] is not None or candidate is None:
+                cur.execute("COMMIT")
+                return None if row[0] is None else _job(row)
+            skip.append(queue)  # full now (or outranked): let go of it, try the next
+            queue, again = candidate, "ROLLBACK TO SAVEPOINT lane; "
+        cur.execute("COMMIT")
+        return None  # the worker polls again soon
 
     def _drop_live(self, ended: str) -> str:
         """A CTE that deletes the live output of the attempts `ended` returns (their `id`).
@@ -476,17 +558,18 @@ class PostgresStore(Store):
             "timeouts": [spec.timeout for spec in specs],
             "run_ats": [spec.run_at for spec in specs],
             "delays": [spec.delay or 0.0 for spec in specs],
+            "queues": [spec.queue or DEFAULT_QUEUE for spec in specs],
         }
         insert = f"""WITH {self.sql_t}
             INSERT INTO {self.s}.jobs (id, command, state, attempts, max_retries, priority,
-                timeout, run_at, created_at, updated_at)
+                timeout, run_at, created_at, updated_at, queue)
             SELECT u.id, u.command, 'pending', 0, u.max_retries, u.priority, u.timeout,
-                coalesce(u.run_at, t.now + u.delay), t.now, t.now
+                coalesce(u.run_at, t.now + u.delay), t.now, t.now, u.queue
             FROM unnest(%(ids)s::text[], %(commands)s::text[], %(retries)s::int[],
                         %(priorities)s::int[], %(timeouts)s::float8[], %(run_ats)s::float8[],
-                        %(delays)s::float8[])
+                        %(delays)s::float8[], %(queues)s::text[])
                  WITH ORDINALITY AS u(id, command, max_retries, priority, timeout, run_at,
-                                      delay, n), t
+                                      delay, queue, n), t
             ORDER BY u.n
             {"ON CONFLICT (id) DO NOTHING" if if_absent else ""}"""
         chunk = 5000
@@ -524,15 +607,21 @@ class PostgresStore(Store):
         return ids
 
     # -- the worker's verbs ------------------------------------------------------------------
-    def claim_next(self, worker: str) -> Job | None:
-        lease = self._config().lease_seconds
-        sql = (f"{self._claiming}WITH {self.sql_t}, {self.sql_claim_cte} "
-               f"SELECT * FROM claimed")
+    def claim_next(self, worker: str, queues: list[str] | None = None) -> Job | None:
+        params = self._claim_params(worker, queues)
+        ctes = self.sql_claim_all if queues is None else self.sql_claim_lane
+        sql = (f"{self._claiming}WITH {self.sql_t}, {ctes} "
+               "SELECT (SELECT queue FROM nxt), claimed.* "
+               "FROM (SELECT 1) AS one LEFT JOIN claimed ON true")
 
         def claim(cur: Any) -> Job | None:
-            cur.execute(sql, {"worker": worker, "lease": lease})
-            row = cur.fetchone()
-            return None if row is None else _job(row)
+            cur.execute(sql, params)
+            candidate, *row = cur.fetchone()
+            if row[0] is not None:
+                return _job(row)
+            if candidate is None:
+                return None
+            return self._claim_limited(cur, candidate, params)
 
         return self._run(claim)
 
@@ -566,20 +655,27 @@ class PostgresStore(Store):
 
         return self._run(complete)
 
-    def complete_and_claim(self, job: Job, outcome: Outcome,
-                           worker: str) -> tuple[bool, Job | None]:
+    def complete_and_claim(self, job: Job, outcome: Outcome, worker: str,
+                           queues: list[str] | None = None) -> tuple[bool, Job | None]:
+        ctes = self.sql_claim_all if queues is None else self.sql_claim_lane
         sql = (f"{self._claiming}{self._event}WITH {self.sql_t}, {self.sql_complete_cte}, "
-               f"{self.sql_claim_cte} SELECT (SELECT count(*) FROM done), claimed.* "
-               "FROM (SELECT 1) AS one LEFT JOIN claimed ON true")
-        params = self._params(job, outcome, policy.COMPLETED_ATTEMPT)
-        params.update(worker=worker, lease=self._config().lease_seconds)
+               f"{ctes} SELECT (SELECT count(*) FROM done), (SELECT queue FROM nxt), "
+               "claimed.* FROM (SELECT 1) AS one LEFT JOIN claimed ON true")
+        claim = self._claim_params(worker, queues)
+        params = {**self._params(job, outcome, policy.COMPLETED_ATTEMPT), **claim,
+                  "ending": job.id}
 
-        def both(cur: Any) -> tuple[bool, Job | None]:
+        def both(cur: Any) -> tuple[bool, Job | None, str | None]:
             cur.execute(sql, params)
-            row = cur.fetchone()
-            return row[0] == 1, None if row[1] is None else _job(row[1:])
+            done, candidate, *row = cur.fetchone()
+            return done == 1, None if row[0] is None else _job(row), candidate
 
-        return self._run(both)
+        held, got, candidate = self._run(both)
+        if got is None and candidate is not None:
+            # A limited queue's turn: the completion is committed (so it no longer counts),
+            # the claim takes that queue's lock in a transaction of its own.
+            got = self._run(lambda cur: self._claim_limited(cur, candidate, claim))
+        return held, got
 
     def record_failure(self, job: Job, outcome: Outcome) -> Job | None:
         conf = self._config()
@@ -777,28 +873,30 @@ class PostgresStore(Store):
 
         return self._run(cancel_once)
 
-    def cancel_state(self, state: str, limit: int) -> int:
+    def cancel_state(self, state: str, limit: int, queue: str | None = None) -> int:
         if state not in CANCELLABLE:
             raise ValueError(f"cannot cancel {state} jobs")
+        lane = "" if queue is None else " AND queue = %(queue)s"
         # FOR UPDATE (not SKIP LOCKED): a job a worker is claiming right now is waited for
         # and looked at again, so a batch is short only when nothing more is left.
         if state == PROCESSING:
             sql = f"""{self._event}WITH {self.sql_t},
-                pick AS (SELECT id FROM {self.s}.jobs WHERE state = 'processing'
+                pick AS (SELECT id FROM {self.s}.jobs WHERE state = 'processing'{lane}
                          AND NOT cancel_requested ORDER BY created_at, seq LIMIT %(n)s
                          FOR UPDATE)
                 UPDATE {self.s}.jobs j SET cancel_requested = true, updated_at = t.now
                 FROM t, pick WHERE j.id = pick.id"""
         else:
             sql = f"""{self._event}WITH {self.sql_t},
-                pick AS (SELECT id FROM {self.s}.jobs WHERE state = %(state)s
+                pick AS (SELECT id FROM {self.s}.jobs WHERE state = %(state)s{lane}
                          ORDER BY created_at, seq LIMIT %(n)s FOR UPDATE)
                 UPDATE {self.s}.jobs j SET state = 'canceled', finished_at = t.now,
                     updated_at = t.now, last_error = %(error)s, lease_expires_at = NULL
                 FROM t, pick WHERE j.id = pick.id AND j.state = %(state)s"""
 
         def cancel_many(cur: Any) -> int:
-            cur.execute(sql, {"state": state, "n": limit, "error": policy.CANCELED_ERROR})
+            cur.execute(sql, {"state": state, "n": limit, "error": policy.CANCELED_ERROR,
+                              "queue": queue})
             return cur.rowcount
 
         return self._run(cancel_many)
@@ -809,24 +907,100 @@ class PostgresStore(Store):
             " AND worker = %s AND attempts = %s", (job.id, job.worker, job.attempts))
         return bool(rows and rows[0][0])
 
-    def pause(self, by: str) -> bool:
+    def pause(self, by: str, queue: str | None = None) -> bool:
+        if queue is None:
+            sql = (f"INSERT INTO {self.s}.flags (name, set_by, since)"
+                   f" VALUES ('paused', %(by)s, {NOW}) ON CONFLICT (name) DO NOTHING")
+        else:  # the queue's own flag, beside its limit; already paused: nothing changes
+            sql = (f"INSERT INTO {self.s}.queues AS q (name, paused_by, paused_since)"
+                   f" VALUES (%(queue)s, %(by)s, {NOW}) ON CONFLICT (name) DO UPDATE"
+                   " SET paused_by = excluded.paused_by, paused_since = excluded.paused_since"
+                   " WHERE q.paused_since IS NULL")
+
         def pause_once(cur: Any) -> bool:
-            cur.execute(f"INSERT INTO {self.s}.flags (name, set_by, since)"
-                        f" VALUES ('paused', %s, {NOW}) ON CONFLICT (name) DO NOTHING", (by,))
+            cur.execute(sql, {"by": by, "queue": queue})
             return cur.rowcount == 1
 
         return self._run(pause_once)
 
-    def resume(self) -> bool:
+    def resume(self, queue: str | None = None) -> bool:
+        if queue is None:
+            sql = (f"{self._notify}WITH gone AS (DELETE FROM {self.s}.flags"
+                   " WHERE name = 'paused' RETURNING 1) SELECT count(*) FROM gone")
+        else:  # a row without a limit left has nothing more to say: it goes
+            sql = f"""{self._notify}WITH
+                gone AS (DELETE FROM {self.s}.queues WHERE name = %(queue)s
+                         AND paused_since IS NOT NULL AND concurrency = 0 RETURNING 1),
+                kept AS (UPDATE {self.s}.queues SET paused_by = NULL, paused_since = NULL
+                         WHERE name = %(queue)s AND paused_since IS NOT NULL
+                             AND concurrency <> 0 RETURNING 1)
+                SELECT (SELECT count(*) FROM gone) + (SELECT count(*) FROM kept)"""
+
         def resume_once(cur: Any) -> bool:
-            cur.execute(f"{self._notify}DELETE FROM {self.s}.flags WHERE name = 'paused'")
-            return cur.rowcount == 1
+            cur.execute(sql, {"queue": queue})
+            return cur.fetchone()[0] == 1
 
         return self._run(resume_once)
 
-    def paused(self) -> PauseInfo | None:
-        rows = self._fetch(f"SELECT set_by, since FROM {self.s}.flags WHERE name = 'paused'")
+    def paused(self, queue: str | None = None) -> PauseInfo | None:
+        if queue is None:
+            rows = self._fetch(f"SELECT set_by, since FROM {self.s}.flags WHERE name = 'paused'")
+        else:
+            rows = self._fetch(f"SELECT paused_by, paused_since FROM {self.s}.queues"
+                               " WHERE name = %s AND paused_since IS NOT NULL", (queue,))
         return PauseInfo(*rows[0]) if rows else None
+
+    def set_queue_concurrency(self, queue: str, limit: int) -> None:
+        # 0 with no pause: the row goes (a queue needs no row to exist). Waiting workers
+        # are woken: a raised or removed limit may have freed work.
+        sql = f"""{self._notify}WITH
+            gone AS (DELETE FROM {self.s}.queues WHERE name = %(queue)s AND %(limit)s = 0
+                     AND paused_since IS NULL)
+            INSERT INTO {self.s}.queues AS q (name, concurrency)
+            SELECT %(queue)s, %(limit)s WHERE %(limit)s <> 0
+                OR EXISTS (SELECT 1 FROM {self.s}.queues WHERE name = %(queue)s
+                           AND paused_since IS NOT NULL)
+            ON CONFLICT (name) DO UPDATE SET concurrency = excluded.concurrency"""
+        self._run(lambda cur: cur.execute(sql, {"queue": queue, "limit": int(limit)}),
+                  idempotent=True)
+
+    def queues(self) -> list[QueueInfo]:
+        # One statement, so one snapshot: counts, settings, waits and lanes together.
+        rows = self._fetch(f"""WITH {self.sql_t}
+            SELECT 'c', queue, state, count(*)::float8, NULL::float8, NULL::text[]
+                FROM {self.s}.jobs GROUP BY queue, state
+            UNION ALL
+            SELECT 's', name, paused_by, concurrency, paused_since, NULL FROM {self.s}.queues
+            UNION ALL
+            SELECT 'o', queue, NULL, NULL, max(t.now - run_at), NULL FROM {self.s}.jobs, t
+                WHERE state IN ('pending', 'failed') AND run_at <= t.now GROUP BY queue
+            UNION ALL
+            SELECT 'w', NULL, NULL, NULL, NULL, queues FROM {self.s}.workers, t
+                WHERE heartbeat_at >= t.now - %(window)s""", {"window": policy.ACTIVE_WINDOW})
+        found: dict[str, QueueInfo] = {}
+
+        def entry(name: str) -> QueueInfo:
+            if name not in found:
+                found[name] = QueueInfo(name, dict.fromkeys(STATES, 0), None, 0, 0, None)
+            return found[name]
+
+        serving = []
+        for kind, name, text, number, seconds, lanes in rows:
+            if kind == "c":
+                entry(name).counts[text] = int(number)
+            elif kind == "s":
+                info = entry(name)
+                info.concurrency = int(number)
+                info.paused = None if seconds is None else PauseInfo(text, seconds)
+            elif kind == "o":
+                entry(name).oldest_waiting = max(0.0, seconds)
+            else:
+                serving.append(lanes)
+                for lane in lanes or ():
+                    entry(lane)
+        for info in found.values():
+            info.workers = sum(lanes is None or info.name in lanes for lanes in serving)
+        return [found[name] for name in sorted(found)]
 
     def _finished(self, older_than: float | None) -> tuple[str, dict[str, Any]]:
         """The condition "finished at least older_than seconds ago" (server clock); the
@@ -839,15 +1013,21 @@ class PostgresStore(Store):
         return (f" AND created_at <= {cutoff} AND finished_at <= {cutoff}",
                 {"older": float(older_than)})
 
-    def count_matching(self, state: str, older_than: float | None = None) -> int:
+    def count_matching(self, state: str, older_than: float | None = None,
+                       queue: str | None = None) -> int:
         where, params = self._finished(older_than)
+        if queue is not None:
+            where += " AND queue = %(queue)s"
         return self._fetch(f"SELECT count(*) FROM {self.s}.jobs WHERE state = %(state)s"
-                           f"{where}", {"state": state, **params})[0][0]
+                           f"{where}", {"state": state, "queue": queue, **params})[0][0]
 
-    def purge(self, state: str, older_than: float | None, limit: int) -> int:
+    def purge(self, state: str, older_than: float | None, limit: int,
+              queue: str | None = None) -> int:
         if state not in TERMINAL:
             raise ValueError(f"cannot purge {state} jobs")
         where, params = self._finished(older_than)
+        if queue is not None:
+            where += " AND queue = %(queue)s"
         # SKIP LOCKED: a job someone is retrying right now is left for the next batch.
         sql = f"""WITH pick AS (
                 SELECT id FROM {self.s}.jobs WHERE state = %(state)s{where}
@@ -858,7 +1038,7 @@ class PostgresStore(Store):
             SELECT count(*) FROM gone"""
 
         def purge_once(cur: Any) -> int:
-            cur.execute(sql, {"state": state, "n": limit, **params})
+            cur.execute(sql, {"state": state, "n": limit, "queue": queue, **params})
             return cur.fetchone()[0]
 
         return self._run(purge_once)
@@ -984,18 +1164,21 @@ class PostgresStore(Store):
             ]
         return job
 
-    def iter_jobs(self, state: str | None = None,
-                  limit: int | None = None) -> Iterator[Job]:
+    def iter_jobs(self, state: str | None = None, limit: int | None = None,
+                  queue: str | None = None) -> Iterator[Job]:
         # Pages by (created_at, seq), which never change: memory stays flat, no transaction
         # stays open between pages (a pooler may hand the connection on), each job once.
         page = 500
         where = "state = %(state)s AND " if state else ""
+        if queue is not None:
+            where = "queue = %(queue)s AND " + where
         sql = (f"SELECT {', '.join(COLUMNS)}, seq FROM {self.s}.jobs WHERE {where}"
                "(created_at, seq) > (%(at)s, %(seq)s) ORDER BY created_at, seq LIMIT %(n)s")
         at, seq, left = float("-inf"), -1, limit
         while left is None or left > 0:
             n = page if left is None else min(page, left)
-            rows = self._fetch(sql, {"state": state, "at": at, "seq": seq, "n": n})
+            rows = self._fetch(sql, {"state": state, "queue": queue, "at": at, "seq": seq,
+                                     "n": n})
             for row in rows:
                 yield _job(row[:-1])
             if len(rows) < n:
@@ -1004,23 +1187,30 @@ class PostgresStore(Store):
             if left is not None:
                 left -= len(rows)
 
-    def counts(self) -> dict[str, int]:
+    def counts(self, queue: str | None = None) -> dict[str, int]:
         result = dict.fromkeys(STATES, 0)
+        # With a queue: its jobs, and the active workers that serve it (by name or all).
+        jobs, workers = ("", "") if queue is None else (
+            "WHERE queue = %(queue)s", "AND (queues IS NULL OR %(queue)s = ANY(queues))")
         rows = self._fetch(
-            f"SELECT state, count(*) FROM {self.s}.jobs GROUP BY state UNION ALL "
+            f"SELECT state, count(*) FROM {self.s}.jobs {jobs} GROUP BY state UNION ALL "
             f"SELECT 'active_workers', count(*) FROM {self.s}.workers "
-            f"WHERE heartbeat_at >= {NOW} - %s", (policy.ACTIVE_WINDOW,))
+            f"WHERE heartbeat_at >= {NOW} - %(window)s {workers}",
+            {"queue": queue, "window": policy.ACTIVE_WINDOW})
         for key, n in rows:
             result[key] = n
         return {k: result[k] for k in (*STATES, "active_workers")}
 
-    def remaining(self) -> int:
+    def remaining(self, queues: list[str] | None = None) -> int:
+        lane = "" if queues is None else " AND queue = ANY(%(queues)s::text[])"
         return self._fetch(f"SELECT count(*) FROM {self.s}.jobs"
-                           " WHERE state IN ('pending', 'failed', 'processing')")[0][0]
+                           f" WHERE state IN ('pending', 'failed', 'processing'){lane}",
+                           {"queues": queues})[0][0]
 
-    def seconds_until_due(self) -> float | None:
+    def seconds_until_due(self, queues: list[str] | None = None) -> float | None:
+        lane = "" if queues is None else " AND queue = ANY(%(queues)s::text[])"
         due = self._fetch(f"SELECT (SELECT min(run_at) FROM {self.s}.jobs WHERE state IN"
-                          f" ('pending', 'failed')) - {NOW}")[0][0]
+                          f" ('pending', 'failed'){lane}) - {NOW}", {"queues": queues})[0][0]
         return None if due is None else max(0.0, due)
 
     def wakeup(self) -> Wakeup:
@@ -1041,17 +1231,17 @@ class PostgresStore(Store):
     def register_worker(self, info: WorkerInfo) -> None:
         sql = f"""WITH {self.sql_t}
             INSERT INTO {self.s}.workers (name, host, pid, pid_start, started_at,
-                heartbeat_at, state, job_id)
-            SELECT %s, %s, %s, %s, t.now, t.now, %s, %s FROM t
+                heartbeat_at, state, job_id, queues)
+            SELECT %s, %s, %s, %s, t.now, t.now, %s, %s, %s::text[] FROM t
             ON CONFLICT (name) DO UPDATE SET host = excluded.host, pid = excluded.pid,
                 pid_start = excluded.pid_start, started_at = excluded.started_at,
                 heartbeat_at = excluded.heartbeat_at, state = excluded.state,
-                job_id = excluded.job_id
+                job_id = excluded.job_id, queues = excluded.queues
             RETURNING started_at"""
 
         def register(cur: Any) -> float:
             cur.execute(sql, (info.name, info.host, info.pid, info.pid_start, info.state,
-                              info.job_id))
+                              info.job_id, None if info.queues is None else list(info.queues)))
             return cur.fetchone()[0]
 
         info.started_at = info.heartbeat_at = self._run(register, idempotent=True)
@@ -1062,8 +1252,8 @@ class PostgresStore(Store):
 
     def workers(self) -> list[WorkerInfo]:
         return [WorkerInfo(*r) for r in self._fetch(
-            "SELECT name, host, pid, pid_start, started_at, heartbeat_at, state, job_id"
-            f" FROM {self.s}.workers ORDER BY name")]
+            "SELECT name, host, pid, pid_start, started_at, heartbeat_at, state, job_id,"
+            f" queues FROM {self.s}.workers ORDER BY name")]
 
     def seconds_since_heartbeat(self, name: str) -> float | None:
         rows = self._fetch(f"SELECT {NOW} - heartbeat_at FROM {self.s}.workers WHERE name = %s",
@@ -1077,7 +1267,8 @@ class PostgresStore(Store):
                  "workers": "SELECT,INSERT,UPDATE,DELETE", "config": "SELECT,INSERT,UPDATE",
                  "schema_version": "SELECT", "flags": "SELECT,INSERT,DELETE",
                  "duties": "SELECT,INSERT,UPDATE",
-                 "live_output": "SELECT,INSERT,UPDATE,DELETE"}
+                 "live_output": "SELECT,INSERT,UPDATE,DELETE",
+                 "queues": "SELECT,INSERT,UPDATE,DELETE"}
         # One check per right: has_table_privilege('a,b') is true if *any* is held.
         checks = " UNION ALL ".join(
             f"SELECT '{table}', has_table_privilege('{self.s}.{table}', '{right}')"

@@ -6,7 +6,7 @@ name, so many workers starting at once on several hosts migrate it exactly once.
 change as the next number; never edit a released one. `{s}` stands for the quoted schema.
 """
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -88,6 +88,26 @@ MIGRATIONS: dict[int, list[str]] = {
             start bigint NOT NULL,
             data bytea NOT NULL,
             PRIMARY KEY (job_id, attempt, start))""",
+    ],
+    # Issue 12: named queues. Only additions (constant defaults, no rewrite): every existing
+    # job lands in `default`, every registered worker serves all queues.
+    3: [
+        "ALTER TABLE {s}.jobs ADD COLUMN queue text NOT NULL DEFAULT 'default'",
+        # A lane worker's claim: the best waiting job of one queue, still only waiting jobs.
+        """CREATE INDEX jobs_due_by_queue ON {s}.jobs (queue, priority DESC, run_at, seq)
+            WHERE state IN ('pending', 'failed')""",
+        # `list/status/purge/cancel --queue`, `queue list`, and the count of a limited
+        # queue's processing jobs inside its claim.
+        "CREATE INDEX jobs_by_queue ON {s}.jobs (queue, state, created_at, seq)",
+        # Per-queue limit and pause; a row exists only while one is set. A claim from a
+        # limited queue locks its row (FOR UPDATE), so such claims take turns.
+        """CREATE TABLE {s}.queues (
+            name text PRIMARY KEY,
+            concurrency integer NOT NULL DEFAULT 0,
+            paused_by text,
+            paused_since double precision)""",
+        # What each worker serves, in preference order; NULL: all queues.
+        "ALTER TABLE {s}.workers ADD COLUMN queues text[]",
     ],
 }
 
