@@ -6,7 +6,8 @@ Both cost nothing in a job's first moments (`policy.CANCEL_CHECK_AFTER`,
 After that the cancel flag is read every `CANCEL_CHECK_EVERY` seconds, and sooner when the
 store's wakeup fires (another process wrote: perhaps the cancel), at most every
 `WAKEUP_CHECK_MIN_GAP`; whatever the job printed is written every `LIVE_OUTPUT_EVERY` seconds.
-A database outage here is only logged: the lease and the final record are what count.
+A database outage here is only reported to the worker (which logs one line per outage): the
+lease and the final record are what count.
 """
 
 from __future__ import annotations
@@ -21,13 +22,16 @@ from queuectl.store import Store, Wakeup
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
+    from collections.abc import Callable
 
 
 class JobWatch:
     def __init__(self, store: Store, job: Job, proc: JobProcess, wakeup: Wakeup | None,
-                 log: Any) -> None:
-        self.store, self.job, self.proc, self.log = store, job, proc, log
+                 db_failed: Callable[[DatabaseUnavailable, float], None],
+                 db_ok: Callable[[], None]) -> None:
+        """db_failed(error, retry_in) and db_ok() tell the worker how the database fares."""
+        self.store, self.job, self.proc = store, job, proc
+        self._db_failed, self._db_ok = db_failed, db_ok
         self._wakeup_fd = wakeup.fileno() if wakeup is not None else None
         self._wakeup = wakeup
         self.next_check = proc.started + policy.CANCEL_CHECK_AFTER
@@ -35,7 +39,6 @@ class JobWatch:
         self.next_flush = proc.started + policy.LIVE_OUTPUT_AFTER
         self.flushed = 0  # bytes of output already written live
         self.live = False  # something was written live
-        self._warned = False
 
     def deadline(self) -> float:
         """When tick() must run next at the latest (monotonic)."""
@@ -61,9 +64,12 @@ class JobWatch:
             self._last_check = t
             self.next_check = t + policy.CANCEL_CHECK_EVERY
             try:
-                return self.store.cancel_requested(self.job)
+                requested = self.store.cancel_requested(self.job)
             except DatabaseUnavailable as exc:
-                self._warn(exc)
+                self._db_failed(exc, policy.CANCEL_CHECK_EVERY)
+                return False
+            self._db_ok()
+            return requested
         return False
 
     def flush(self) -> None:
@@ -76,12 +82,8 @@ class JobWatch:
         try:
             self.store.append_output(self.job, start, data)
         except DatabaseUnavailable as exc:
-            self._warn(exc)
+            self._db_failed(exc, policy.LIVE_OUTPUT_EVERY)
             return
+        self._db_ok()
         self.live = True
         self.flushed = start + len(data)
-
-    def _warn(self, exc: DatabaseUnavailable) -> None:
-        if not self._warned:
-            self._warned = True
-            self.log.warning("database_error", error=str(exc), retry_in=policy.CANCEL_CHECK_EVERY)

@@ -285,12 +285,14 @@ class Worker:
         us). False if the lease was lost."""
         try:
             self._check_parent()
+            went_to_db = self.lease.due()  # between beats nothing is asked of the database
             held = self._beat("stopping" if self.stop.requested else "busy", job)
             self.lease.housekeeping()
         except DatabaseUnavailable as exc:
             self._db_failed(exc, HEARTBEAT_EVERY)
             return True
-        self._db_ok()
+        if went_to_db:
+            self._db_ok()
         return held
 
     def _execute(self, job: Job) -> Job | None:

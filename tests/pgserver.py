@@ -120,6 +120,18 @@ class PgServer:
         self._tool("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-m", "fast", "-w",
                    "-t", "60", "restart")
 
+    def outage(self, seconds: float) -> None:
+        """Stop the server for `seconds` (the length of the fault is the point, so this
+        sleeps), then start it again on the same port, so locators stay valid."""
+        import time
+
+        self._tool("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop")
+        time.sleep(seconds)
+        opts = (f"-k {self.base} -p {self.port} -c listen_addresses=127.0.0.1"
+                " -c fsync=off -c full_page_writes=off")
+        self._tool("pg_ctl", "-D", str(self.data), "-o", opts, "-l", str(self.log), "-w",
+                   "-t", "60", "start")
+
     def stop(self) -> None:
         if self.data.exists():
             self._tool("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop",

@@ -84,6 +84,28 @@ def test_server_restart_mid_drain_loses_nothing_and_workers_recover(
         q.stop_all()
 
 
+def test_an_outage_during_a_running_job_is_one_warning_and_the_job_completes(
+        pg_server: Any, tmp_path: Path) -> None:
+    """The server is down for 6 s (three missed heartbeats) while a job runs: the worker
+    keeps the job running, logs one warning for the outage and one line when it is over,
+    and records the result once the server is back."""
+    q = Queue(pg_server.fresh_locator())
+    try:
+        started = tmp_path / "started"
+        q.enqueue({"id": "long", "command": f"touch {started}; sleep 10"})
+        log = tmp_path / "w.log"
+        q.worker("--name", "outage", log=log)
+        wait_for(started.exists, 60, "the job to start")
+        pg_server.outage(6)
+        job = q.wait_state("long", "completed", timeout=60)
+        assert job["attempts"] == 1 and [h["outcome"] for h in job["history"]] == ["completed"]
+        names = [e.get("event") for e in _log_events(log)]
+        assert names.count("database_error") == 1, names
+        assert names.count("database_recovered") == 1, names
+    finally:
+        q.stop_all()
+
+
 # -- a burst of enqueue processes ----------------------------------------------------------
 def _fill_connection_slots(dsn: str) -> list[Any]:
     """Open connections (superuser: the reserved slots too) until the server refuses one."""
