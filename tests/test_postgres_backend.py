@@ -337,3 +337,122 @@ def test_a_chatty_job_keeps_bounded_live_output(pg_server: Any) -> None:
         assert q.job("chatty")["state"] == "completed"
     finally:
         q.stop_all()
+
+
+# -- issue 12 on PostgreSQL ----------------------------------------------------------------
+def test_a_version_2_queue_migrates_to_3_keeping_everything(pg_server: Any) -> None:
+    """A queue of the previous release (schema 2, built here from its own migrations) is
+    migrated by the first processes that open it, all at once, and keeps every job, attempt,
+    setting, worker and the global pause; old jobs are in `default`, old workers serve every
+    queue, and the queue verbs work on them."""
+    from queuectl.backends.postgres_schema import MIGRATIONS, VERSION_TABLE
+
+    db = pg_server.fresh_locator()
+    schema = db.rsplit("schema=", 1)[1]
+    s = f'"{schema}"'
+    old = [f"CREATE SCHEMA {s}", VERSION_TABLE.format(s=s),
+           f"INSERT INTO {s}.schema_version VALUES (2)"]
+    old += [statement.format(s=s) for v in (1, 2) for statement in MIGRATIONS[v]]
+    old += [
+        f"INSERT INTO {s}.jobs (id, command, state, attempts, max_retries, run_at, created_at,"
+        " updated_at, finished_at, exit_code) VALUES"
+        " ('waiting', 'true', 'pending', 0, 3, 1e9, 1e9, 1e9, NULL, NULL),"
+        " ('done', 'echo hi', 'completed', 1, 3, 1e9, 1e9, 1e9, 1e9 + 1, 0),"
+        " ('gone', 'false', 'dead', 1, 0, 1e9, 1e9, 1e9, 1e9 + 1, 1)",
+        f"INSERT INTO {s}.attempts (job_id, attempt, worker, started_at, finished_at, outcome,"
+        " exit_code, output, output_total) VALUES"
+        " ('done', 1, 'w', 1e9, 1e9 + 1, 'completed', 0, '\\x68690a', 3),"
+        " ('gone', 1, 'w', 1e9, 1e9 + 1, 'failed', 1, '', 0)",
+        f"INSERT INTO {s}.config VALUES ('max-retries', '7')",
+        f"INSERT INTO {s}.workers VALUES ('old', 'h', 1, NULL, 1e9, 1e9, 'idle', NULL)",
+        f"INSERT INTO {s}.flags VALUES ('paused', 'alice@h', 1e9)",
+    ]
+    pg_server.psql("; ".join(old))
+    procs = [subprocess.Popen([QUEUECTL, "--db", db, "status"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    for proc in procs:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert json.loads(out)["paused"] is True
+    assert pg_server.psql(f"SELECT version FROM {s}.schema_version") == "3"
+    store = open_store(db)
+    try:
+        assert store.info()["schema_version"] == 3
+        assert store.config_items()["max-retries"] == 7
+        [old_worker] = store.workers()
+        assert old_worker.name == "old" and old_worker.queues is None
+        done = store.get("done", history=True)
+        assert done.queue == "default" and done.history[0]["output"] == b"hi\n"
+        assert store.paused().by == "alice@h"
+        assert store.counts("default") == {"pending": 1, "processing": 0, "completed": 1,
+                                           "failed": 0, "dead": 1, "canceled": 0,
+                                           "active_workers": 0}
+        assert [q.name for q in store.queues()] == ["default"]
+        assert store.claim_next("w", ["default"]) is None  # still paused
+        assert store.resume()
+        store.set_queue_concurrency("default", 1)
+        job = store.claim_next("w", ["default"])
+        assert job.id == "waiting" and job.queue == "default"
+        assert store.purge("completed", None, 10, queue="default") == 1
+    finally:
+        store.close()
+
+
+def test_a_limited_queue_on_many_connections_never_exceeds_its_limit(pg_server: Any) -> None:
+    """Twelve claimers on their own connections, lanes mixed, drain a queue limited to 3
+    beside an unlimited one: every snapshot taken right after a claim shows at most 3 of
+    its jobs processing, and every job of both queues runs exactly once."""
+    import threading
+
+    db = pg_server.fresh_locator()
+    store = open_store(db)
+    stores = [open_store(db, for_worker=True) for _ in range(12)]
+    try:
+        store.enqueue([JobSpec("true", id=f"t{i}", queue="tight", priority=5)
+                       for i in range(40)]
+                      + [JobSpec("true", id=f"f{i}", queue="free") for i in range(40)])
+        store.set_queue_concurrency("tight", 3)
+        start = threading.Barrier(len(stores))
+        lock = threading.Lock()
+        seen: list[int] = []
+        ran: list[str] = []
+        errors: list[BaseException] = []
+        done_ok = Outcome(exit_code=0, error=None, output=b"", duration=0.0)
+        deadline = time.monotonic() + 90
+
+        def drain(s: Any, name: str, lane: list[str] | None) -> None:
+            try:
+                start.wait()
+                job = s.claim_next(name, lane)
+                while time.monotonic() < deadline:
+                    if job is None:
+                        if s.remaining(lane) == 0:
+                            return
+                        time.sleep(0.01)
+                        job = s.claim_next(name, lane)
+                        continue
+                    processing = s.counts("tight")["processing"]
+                    with lock:
+                        seen.append(processing)
+                        ran.append(job.id)
+                    time.sleep(0.005)
+                    _, job = s.complete_and_claim(job, done_ok, name, lane)
+            except BaseException as exc:  # reported by the main thread
+                errors.append(exc)
+
+        lanes = [None, ["tight", "free"], ["free", "tight"], ["tight"]]
+        threads = [threading.Thread(target=drain, args=(s, f"w{i}", lanes[i % 4]))
+                   for i, s in enumerate(stores)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not errors, errors
+        assert sorted(ran) == sorted([f"t{i}" for i in range(40)] + [f"f{i}" for i in range(40)])
+        assert max(seen) <= 3, f"{max(seen)} jobs of a queue limited to 3 ran at once"
+        assert 3 in seen  # the limit was reached, not just never approached
+        assert store.counts()["completed"] == 80
+    finally:
+        for s in stores:
+            s.close()
+        store.close()
