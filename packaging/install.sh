@@ -33,7 +33,8 @@ if [ -n "$uninstall" ]; then
     "$destdir$unitdir/queuectl-workers.target" "$destdir$prefix/lib/sysusers.d/queuectl.conf" \
     "$destdir$prefix/lib/tmpfiles.d/queuectl.conf" \
     "$destdir$prefix/share/bash-completion/completions/queuectl" \
-    "$destdir$prefix/share/man/man1/queuectl.1" "$destdir$prefix/share/doc/queuectl/README.md"
+    "$destdir$prefix/share/man/man1/queuectl.1" "$destdir$prefix/share/doc/queuectl/README.md" \
+    "$destdir$prefix/lib/systemd/catalog/queuectl.catalog"
   rmdir "$destdir$prefix/share/doc/queuectl" 2>/dev/null || true
   rm -rf "$destdir$sitedir/queuectl"
   echo "removed queuectl from ${destdir:-/}$prefix (kept: /var/lib/queuectl, user queuectl)"
@@ -65,6 +66,9 @@ for unit in queuectl-worker@.service queuectl-workers.target; do
 done
 install -m 644 "$repo/systemd/sysusers.d/queuectl.conf" "$destdir$prefix/lib/sysusers.d/"
 install -m 644 "$repo/systemd/tmpfiles.d/queuectl.conf" "$destdir$prefix/lib/tmpfiles.d/"
+# journalctl -x explains queuectl's key events (journalctl reads /usr/lib and /usr/local/lib).
+install -D -m 644 "$repo/systemd/queuectl.catalog" \
+  "$destdir$prefix/lib/systemd/catalog/queuectl.catalog"
 
 extras=$(mktemp -d)
 trap 'rm -rf "$extras"' EXIT
@@ -76,5 +80,6 @@ if [ -f "$extras/queuectl.1" ]; then
 fi
 echo "installed queuectl into ${destdir:-/}: $prefix/bin/queuectl, $sitedir/queuectl, $unitdir"
 if [ -z "$destdir" ]; then
+  journalctl --update-catalog 2>/dev/null || true
   echo "next: systemd-sysusers; systemd-tmpfiles --create queuectl.conf; systemctl daemon-reload"
 fi

@@ -38,10 +38,36 @@ MESSAGES = {
     "claiming nothing",
     "queue_resumed": "Queue resumed: claiming jobs again",
     "retention_purged": "Retention deleted {deleted} finished job(s) with their history",
+    "database_unavailable": "Cannot use database {db}: {error}; the worker exits",
     "database_replaced": "Database {db} was deleted or replaced by another file: claiming "
     "nothing more, finishing the running job into the old file, then exiting with status "
     "{exit_code} to be restarted on the new one",
 }
+
+
+# journald MESSAGE_IDs of the events an admin may need explained (`journalctl -x` shows the
+# text of systemd/queuectl.catalog for them; `journalctl MESSAGE_ID=...` finds every one).
+# Fixed forever: scripts and alerts match on them. README "Logging" lists them.
+MESSAGE_IDS = {
+    "job_dead": "8d7a16b3312e42daac02372ee97167c7",
+    "lease_reclaimed": "4991e95ee9db49bf8d2c098475bb4d4a",
+    "database_unavailable": "f301137f9c3e48669e985f6cc8456b72",
+    "disk_full": "7db2a241c45940f1836137ede423f394",
+    "database_replaced": "deb954a71390427c832dcb63366d4b97",
+}
+# How the backends word a full disk (SQLite: our own "the disk is full"; PostgreSQL: the
+# server's "No space left on device" / "could not extend file").
+_DISK_FULL_TEXT = ("disk is full", "no space left on device", "could not extend file")
+
+
+def message_id(event: str, fields: dict[str, Any]) -> str | None:
+    """The catalog id for this event, if it has one: a database error caused by a full disk
+    gets the disk-full id, whatever the event that reported it."""
+    if event in ("database_error", "database_unavailable"):
+        error = str(fields.get("error") or "").lower()
+        if any(text in error for text in _DISK_FULL_TEXT):
+            return MESSAGE_IDS["disk_full"]
+    return MESSAGE_IDS.get(event)
 
 
 class _Missing(dict):
@@ -84,6 +110,9 @@ def _journal_fields(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, An
         "PRIORITY": PRIORITIES.get(event_dict.get("level", "info"), 6),
         "SYSLOG_IDENTIFIER": "queuectl",
     }
+    catalog_id = message_id(event, event_dict)
+    if catalog_id is not None:
+        fields["MESSAGE_ID"] = catalog_id
     for key, value in event_dict.items():
         if key not in ("level", "label") and value is not None:
             fields[key.upper()] = value
@@ -127,8 +156,9 @@ def choose_format(fmt: str, out: TextIO) -> str:
     return "human" if out.isatty() else "json"
 
 
-def setup_logging(fmt: str = "auto", stream: TextIO | None = None) -> None:
-    """Configure structlog once per process: fmt is auto, human, json or journal."""
+def setup_logging(fmt: str = "auto", stream: TextIO | None = None) -> str:
+    """Configure structlog once per process: fmt is auto, human, json or journal; returns
+    the format chosen."""
     out = stream or sys.stderr
     fmt = choose_format(fmt, out)
     if fmt == "journal":
@@ -143,6 +173,7 @@ def setup_logging(fmt: str = "auto", stream: TextIO | None = None) -> None:
         wrapper_class=structlog.make_filtering_bound_logger(0),
         cache_logger_on_first_use=False,
     )
+    return fmt
 
 
 def get_logger(**context: Any) -> Any:

@@ -400,19 +400,26 @@ def run_worker(locator: str, options: WorkerOptions, log_format: str = "auto",
     from queuectl.locator import open_store, redact
     from queuectl.log import setup_logging
 
-    setup_logging(log_format)
-    # Workers commit without an fsync each: see the backends and "Durability" in README.
-    deadline = time.monotonic() + START_WAIT
-    while True:  # a database that is busy or restarting is waited for, not a crash loop
-        try:
-            store = open_store(locator, for_worker=True)
-            break
-        except DatabaseBusy as exc:
-            if time.monotonic() >= deadline:
-                raise
-            get_logger().warning("database_error", error=str(exc), retry_in=1.0)
-            time.sleep(1.0)
+    fmt = setup_logging(log_format)
     try:
-        return Worker(store, options, redact(locator), on_step).run()
-    finally:
-        store.close()
+        # Workers commit without an fsync each: see the backends and "Durability" in README.
+        deadline = time.monotonic() + START_WAIT
+        while True:  # a database that is busy or restarting is waited for, not a crash loop
+            try:
+                store = open_store(locator, for_worker=True)
+                break
+            except DatabaseBusy as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                get_logger().warning("database_error", error=str(exc), retry_in=1.0)
+                time.sleep(1.0)
+        try:
+            return Worker(store, options, redact(locator), on_step).run()
+        finally:
+            store.close()
+    except DatabaseUnavailable as exc:
+        # In the journal, an entry with its MESSAGE_ID (explained by the catalog); elsewhere
+        # main's one error line says it all.
+        if fmt == "journal":
+            get_logger().error("database_unavailable", db=redact(locator), error=str(exc))
+        raise
