@@ -234,11 +234,11 @@ def test_many_notifications_while_busy_do_not_pile_up(pg_server: Any) -> None:
 
 
 # -- issue 11 on PostgreSQL ----------------------------------------------------------------
-def test_a_version_1_queue_migrates_to_2_keeping_everything(pg_server: Any) -> None:
-    """A queue made by the previous release (schema 1, built here from its own migration)
+def test_a_version_1_queue_migrates_forward_keeping_everything(pg_server: Any) -> None:
+    """A queue made by an older release (schema 1, built here from its own migration)
     is migrated by the first processes that open it, all at once, and keeps every job,
     attempt, worker and setting; the new verbs then work on the old jobs."""
-    from queuectl.backends.postgres_schema import MIGRATIONS, VERSION_TABLE
+    from queuectl.backends.postgres_schema import MIGRATIONS, SCHEMA_VERSION, VERSION_TABLE
 
     db = pg_server.fresh_locator()
     schema = db.rsplit("schema=", 1)[1]
@@ -265,10 +265,10 @@ def test_a_version_1_queue_migrates_to_2_keeping_everything(pg_server: Any) -> N
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
         assert json.loads(out)["canceled"] == 0
-    assert pg_server.psql(f"SELECT version FROM {s}.schema_version") == "2"
+    assert pg_server.psql(f"SELECT version FROM {s}.schema_version") == str(SCHEMA_VERSION)
     store = open_store(db)
     try:
-        assert store.info()["schema_version"] == 2
+        assert store.info()["schema_version"] == SCHEMA_VERSION
         assert store.config_items()["max-retries"] == 7
         assert [w.name for w in store.workers()] == ["old"]
         done = store.get("done", history=True)
