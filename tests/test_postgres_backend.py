@@ -345,7 +345,7 @@ def test_a_version_2_queue_migrates_to_3_keeping_everything(pg_server: Any) -> N
     migrated by the first processes that open it, all at once, and keeps every job, attempt,
     setting, worker and the global pause; old jobs are in `default`, old workers serve every
     queue, and the queue verbs work on them."""
-    from queuectl.backends.postgres_schema import MIGRATIONS, VERSION_TABLE
+    from queuectl.backends.postgres_schema import MIGRATIONS, SCHEMA_VERSION, VERSION_TABLE
 
     db = pg_server.fresh_locator()
     schema = db.rsplit("schema=", 1)[1]
@@ -374,10 +374,10 @@ def test_a_version_2_queue_migrates_to_3_keeping_everything(pg_server: Any) -> N
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
         assert json.loads(out)["paused"] is True
-    assert pg_server.psql(f"SELECT version FROM {s}.schema_version") == "3"
+    assert pg_server.psql(f"SELECT version FROM {s}.schema_version") == str(SCHEMA_VERSION)
     store = open_store(db)
     try:
-        assert store.info()["schema_version"] == 3
+        assert store.info()["schema_version"] == SCHEMA_VERSION
         assert store.config_items()["max-retries"] == 7
         [old_worker] = store.workers()
         assert old_worker.name == "old" and old_worker.queues is None
