@@ -116,40 +116,6 @@ class Wakeup(ABC):
     def drain(self) -> bool:
         """Consume what is pending; True if it may concern new work. Never raises."""
 
-    # -- issue 12: named queues ----------------------------------------------------------------
-    # A job belongs to one queue (JobSpec.queue / Job.queue, `job.DEFAULT_QUEUE` unless given;
-    # names checked by `job.check_queue` before they reach a store). A queue exists once a job
-    # names it; a name no job carries is not an error anywhere, it just matches nothing.
-    # Amended promises, for every backend:
-    # - enqueue stores each spec's queue; get, iter_jobs and every returned Job carry it.
-    # - claim_next(worker, queues) / complete_and_claim(..., queues): `queues` None means every
-    #   queue, ordered as before (priority, run_at, age) across all of them. A list is an order
-    #   of preference: the job comes from the first listed queue that has an eligible job
-    #   (priority, run_at, age order inside that queue), a later queue only when every earlier
-    #   one has none. Either way a queue is skipped while it is paused (`pause(by, queue)`) or
-    #   while `concurrency` of its jobs are processing; both are read inside the claiming
-    #   transaction, so no number of racing claimers on any number of hosts exceeds a limit.
-    # - iter_jobs(..., queue), counts(queue), count_matching(..., queue), purge(..., queue),
-    #   cancel_state(..., queue): with a queue, only that queue's jobs (counts' active_workers:
-    #   the active workers that serve it). remaining(queues), seconds_until_due(queues): only
-    #   jobs a worker serving `queues` could take (None: all).
-    # - pause(by, queue) / resume(queue) / paused(queue): with a queue, that queue's own flag,
-    #   independent of the global one (either stops claims from it); False/None as before.
-    # - register_worker stores WorkerInfo.queues (None: all); workers() returns it.
-    # Callers pass the new arguments only when they are set, so a backend that predates them
-    # keeps working for the default queue.
-
-    def set_queue_concurrency(self, queue: str, limit: int) -> None:
-        """At most `limit` jobs of `queue` processing at once, across every worker on every
-        host; 0 removes the limit. Jobs already running are not touched: a lower limit only
-        holds back new claims until enough of them finish."""
-        raise NotImplementedError
-
-    def queues(self) -> list[QueueInfo]:
-        """Every queue that has a job, a setting or a pause, or that an active worker names,
-        by name, from one snapshot."""
-        raise NotImplementedError
-
     @abstractmethod
     def close(self) -> None: ...
 
