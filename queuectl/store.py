@@ -272,6 +272,30 @@ class Store(ABC):
         """Backend-neutral keys (`database`: the locator without secrets, `backend`,
         `schema_version`, `config`) plus one section named after the backend."""
 
+    # -- issue 13: reads for `queuectl top` ----------------------------------------------------
+    # Reads only: none takes the write lock (SQLite: autocommit SELECTs in WAL mode, which
+    # never wait for a writer), so a screen refreshing every second costs workers nothing.
+    # Not abstract, so a backend that predates them stays instantiable; the contract suite
+    # (tests/contract/test_top_reads.py) checks them on every backend.
+
+    def now(self) -> float:
+        """The store's clock now (epoch seconds): what a display subtracts the store's times
+        from (a running job's started_at), since the caller's clock may differ (PostgreSQL:
+        the server's)."""
+        raise NotImplementedError
+
+    def recent_jobs(self, state: str, limit: int, queue: str | None = None) -> list[Job]:
+        """Up to `limit` jobs of `state` (of one queue, if given), the most recently changed
+        first (updated_at, newest first; ties: the later enqueued first): the latest
+        failures or dead jobs without streaming the whole state."""
+        raise NotImplementedError
+
+    def completed_since(self, seconds: float) -> dict[str, int]:
+        """Per queue, how many jobs completed in the last `seconds` by the store's clock
+        (finished_at >= now - seconds); queues with none are left out. Only jobs still kept
+        count: with a retention shorter than `seconds` it is a lower bound."""
+        raise NotImplementedError
+
     def still_current(self) -> bool:
         """False once the locator no longer names the database this store opened (a file
         deleted, or another file moved or restored in its place): whoever opens the

@@ -1201,6 +1201,22 @@ class PostgresStore(Store):
             result[key] = n
         return {k: result[k] for k in (*STATES, "active_workers")}
 
+    # -- issue 13: reads for `queuectl top` (plain SELECTs: no row or advisory locks) ---------
+    def now(self) -> float:
+        return self._fetch(f"SELECT {NOW}")[0][0]
+
+    def recent_jobs(self, state: str, limit: int, queue: str | None = None) -> list[Job]:
+        where = "state = %(state)s" + ("" if queue is None else " AND queue = %(queue)s")
+        rows = self._fetch(f"SELECT {', '.join(COLUMNS)} FROM {self.s}.jobs WHERE {where}"
+                           " ORDER BY updated_at DESC, seq DESC LIMIT %(n)s",
+                           {"state": state, "queue": queue, "n": limit})
+        return [_job(row) for row in rows]
+
+    def completed_since(self, seconds: float) -> dict[str, int]:
+        rows = self._fetch(f"SELECT queue, count(*) FROM {self.s}.jobs WHERE state = 'completed'"
+                           f" AND finished_at >= {NOW} - %(s)s GROUP BY queue", {"s": seconds})
+        return dict(rows)
+
     def remaining(self, queues: list[str] | None = None) -> int:
         lane = "" if queues is None else " AND queue = ANY(%(queues)s::text[])"
         return self._fetch(f"SELECT count(*) FROM {self.s}.jobs"

@@ -954,6 +954,22 @@ class SQLiteStore(Store):
             result[key] = n
         return {k: result[k] for k in (*STATES, "active_workers")}
 
+    # -- issue 13: reads for `queuectl top` (autocommit SELECTs: never the write lock) ---------
+    def now(self) -> float:
+        return now()
+
+    def recent_jobs(self, state: str, limit: int, queue: str | None = None) -> list[Job]:
+        index, where, params = _by_state(state, queue)
+        rows = self._read(f"SELECT {_JOB_COLUMNS} FROM jobs INDEXED BY {index} WHERE {where}"
+                          " ORDER BY updated_at DESC, rowid DESC LIMIT ?", (*params, limit))
+        return [_job(row) for row in rows]
+
+    def completed_since(self, seconds: float) -> dict[str, int]:
+        rows = self._read("SELECT queue, count(*) FROM jobs INDEXED BY jobs_by_state"
+                          " WHERE state = 'completed' AND finished_at >= ? GROUP BY queue",
+                          (now() - seconds,))
+        return dict(rows)
+
     def remaining(self, queues: list[str] | None = None) -> int:
         sql = "SELECT count(*) FROM jobs WHERE state IN ('pending', 'failed', 'processing')"
         if queues is not None:
