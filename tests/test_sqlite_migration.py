@@ -2,6 +2,7 @@
 keeps every job, attempt, worker and setting."""
 
 import sqlite3
+import time
 from pathlib import Path
 
 from conftest import Queue
@@ -54,7 +55,7 @@ def test_a_version_2_database_migrates_to_named_queues_keeping_everything(tmp_pa
                      " heartbeat_at, state, job_id) VALUES ('old', 'h', 1, NULL, 1, 1, 'idle',"
                      " NULL)")
     q = Queue(db)
-    assert q.json("info")["schema_version"] == SCHEMA_VERSION == 3
+    assert q.json("info")["schema_version"] == SCHEMA_VERSION
     done = q.job("done")
     assert done["queue"] == "default" and done["history"][0]["output"] == "hi\n"
     assert q.status()["paused"] is True  # the global pause survives
@@ -63,3 +64,46 @@ def test_a_version_2_database_migrates_to_named_queues_keeping_everything(tmp_pa
     q.run("resume")
     assert q.run("worker", "run", "--drain", "--queue", "default").returncode == 0
     assert q.job("wait")["state"] == "completed"
+
+
+def test_a_version_3_database_moves_its_leases_to_the_boot_clock(tmp_path: Path) -> None:
+    """Schema 4: running jobs keep what was left of their wall-clock lease (at most
+    lease-seconds, so a lease written before a clock step back is not stretched), now on
+    CLOCK_BOOTTIME with this boot's id; everything else stays."""
+    db = tmp_path / "v3.db"
+    wall = time.time()
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+        for version in (1, 2, 3):
+            for statement in MIGRATIONS[version]:
+                conn.execute(statement)
+        conn.execute("PRAGMA user_version = 3")
+        conn.execute("INSERT INTO config (key, value) VALUES ('lease-seconds', '20')")
+        for job_id, state, lease in (("live", "processing", wall + 10),
+                                     ("expired", "processing", wall - 5),
+                                     ("stretched", "processing", wall + 86400),
+                                     ("waiting", "pending", None)):
+            conn.execute("INSERT INTO jobs (id, command, state, attempts, max_retries, run_at,"
+                         " created_at, updated_at, worker, lease_expires_at, queue) VALUES"
+                         " (?, 'true', ?, 1, 3, 1, 1, 1, 'w', ?, 'mail')", (job_id, state, lease))
+        conn.execute("INSERT INTO attempts (job_id, attempt, worker, started_at, finished_at,"
+                     " outcome, exit_code, output, output_total) VALUES"
+                     " ('waiting', 1, 'w', 1, 2, 'failed', 1, X'6f6f7073', 4)")
+        conn.execute("INSERT INTO workers (name, host, pid, pid_start, started_at,"
+                     " heartbeat_at, state, job_id, queues) VALUES ('w', 'h', 1, NULL, 1, ?,"
+                     " 'busy', 'live', 'mail')", (wall - 1,))
+    q = Queue(db)
+    assert q.json("info")["schema_version"] == SCHEMA_VERSION >= 4
+    uptime = time.clock_gettime(time.CLOCK_BOOTTIME)
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    with sqlite3.connect(db) as conn:
+        leases = {r[0]: (r[1], r[2] - uptime) for r in conn.execute(
+            "SELECT id, lease_boot, lease_until FROM jobs WHERE state = 'processing'")}
+        beat = conn.execute("SELECT beat_boot, beat_clock FROM workers").fetchone()
+    assert {b for b, _ in leases.values()} == {boot}
+    assert 0 < leases["live"][1] <= 10 and leases["expired"][1] < 0
+    assert 10 < leases["stretched"][1] <= 20  # capped at lease-seconds
+    assert beat[0] == boot and -30 < beat[1] - uptime < 0
+    assert q.run("config", "get", "lease-seconds").stdout.strip() == "20"
+    assert q.job("waiting")["history"][0]["output"] == "oops"
+    assert q.json("status", "--queue", "mail")["processing"] == 3

@@ -57,6 +57,39 @@ _CANCEL_WAITING = ("UPDATE jobs SET state = 'canceled', finished_at = ?, updated
                    " last_error = ?, lease_expires_at = NULL")
 BUSY_TIMEOUT = float(os.environ.get("QUEUECTL_BUSY_TIMEOUT", "5"))
 
+# Leases and heartbeats: seconds on CLOCK_BOOTTIME, which no wall-clock step moves (date -s,
+# chrony's makestep, a resumed VM) and which counts suspended time, valid within one boot.
+_BOOTTIME = time.CLOCK_BOOTTIME
+_boot_id_cache: list[str] = []
+
+
+def _uptime() -> float:
+    return time.clock_gettime(_BOOTTIME)
+
+
+def _boot_id() -> str:
+    """This boot's id: a lease of another boot has expired, whatever its number says."""
+    if not _boot_id_cache:
+        try:
+            with open("/proc/sys/kernel/random/boot_id") as fh:
+                _boot_id_cache.append(fh.read().strip())
+        except OSError:  # no /proc: the boot's wall-clock start, to the minute, will do
+            _boot_id_cache.append(f"booted-{round((now() - _uptime()) / 60)}")
+    return _boot_id_cache[0]
+
+
+# A lease has expired: by the boot clock, or by the wall clock for a lease written by a
+# queuectl older than schema 4 still running beside this one (lease_boot NULL).
+_EXPIRED = ("CASE WHEN lease_boot IS NULL THEN lease_expires_at < ?"
+            " ELSE lease_boot <> ? OR lease_until < ? END")
+# A worker heard from within policy.ACTIVE_WINDOW, on the same clocks.
+_ACTIVE = ("CASE WHEN beat_boot IS NULL THEN heartbeat_at >= ?"
+           " ELSE beat_boot = ? AND beat_clock >= ? END")
+
+
+def _active_params() -> tuple[float, str, float]:
+    return now() - policy.ACTIVE_WINDOW, _boot_id(), _uptime() - policy.ACTIVE_WINDOW
+
 
 _JOB_COLUMNS = (
     "id, command, state, attempts, max_retries, created_at, updated_at, priority, timeout, "
@@ -201,6 +234,7 @@ class SQLiteStore(Store):
         # between can leave us holding one file while believing we hold another.
         self._identity = _identity(path)
         self._replaced = False
+        self._boot = _boot_id()
         if self._identity is None or self._identity != before:
             conn.close()
             raise DatabaseBusy(f"database {path} was replaced while it was being opened")
@@ -317,6 +351,10 @@ class SQLiteStore(Store):
         mode = self._retry(lambda: self._conn.execute("PRAGMA journal_mode").fetchone()[0])
         if mode.lower() != "wal":
             self._retry(lambda: self._conn.execute("PRAGMA journal_mode=WAL").fetchone())
+        conn = self._conn
+        conn.create_function("queuectl_boot_id", 0, _boot_id)
+        conn.create_function("queuectl_uptime", 0, _uptime)
+        conn.create_function("queuectl_wall", 0, now)
         with self._write() as c:
             current = c.execute("PRAGMA user_version").fetchone()[0]
             for v in range(current + 1, SCHEMA_VERSION + 1):
@@ -451,17 +489,18 @@ class SQLiteStore(Store):
 
     def _claim(self, c: sqlite3.Connection, worker: str,
                queues: list[str] | None = None) -> Job | None:
-        t = now()
+        t, up = now(), _uptime()
         lease = self._config(c).lease_seconds
         if queues is None:  # the hot path of a drain: one statement while nothing is held
             row = c.execute(
                 f"""UPDATE jobs SET state = 'processing', attempts = attempts + 1, worker = ?,
-                    lease_expires_at = ?, started_at = ?, finished_at = NULL, updated_at = ?
+                    lease_expires_at = ?, lease_boot = ?, lease_until = ?, started_at = ?,
+                    finished_at = NULL, updated_at = ?
                 WHERE id = (SELECT id FROM jobs INDEXED BY jobs_due
                             WHERE {_WAITING} AND run_at <= ? AND NOT EXISTS ({_RESTRICTIONS})
                             ORDER BY priority DESC, run_at LIMIT 1)
                 RETURNING {_JOB_COLUMNS}""",
-                (worker, t + lease, t, t, t),
+                (worker, t + lease, self._boot, up + lease, t, t, t),
             ).fetchone()
             if row is not None:
                 return _job(row)
@@ -473,26 +512,28 @@ class SQLiteStore(Store):
             return None
         row = c.execute(
             f"""UPDATE jobs SET state = 'processing', attempts = attempts + 1, worker = ?,
-                lease_expires_at = ?, started_at = ?, finished_at = NULL, updated_at = ?
+                lease_expires_at = ?, lease_boot = ?, lease_until = ?, started_at = ?,
+                finished_at = NULL, updated_at = ?
             WHERE id = ? RETURNING {_JOB_COLUMNS}""",
-            (worker, t + lease, t, t, job_id),
+            (worker, t + lease, self._boot, up + lease, t, t, job_id),
         ).fetchone()
         return _job(row)
 
     def heartbeat(self, worker: str, state: str, job: Job | None) -> bool:
         with self._write() as c:
-            t = now()
+            t, up = now(), _uptime()
             c.execute(
-                "UPDATE workers SET heartbeat_at = ?, state = ?, job_id = ? WHERE name = ?",
-                (t, state, job.id if job else None, worker),
+                "UPDATE workers SET heartbeat_at = ?, beat_boot = ?, beat_clock = ?, state = ?,"
+                " job_id = ? WHERE name = ?",
+                (t, self._boot, up, state, job.id if job else None, worker),
             )
             if job is None:
                 return True
             lease = self._config(c).lease_seconds
             held = c.execute(
-                "UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND state = 'processing'"
-                " AND worker = ? AND attempts = ?",
-                (t + lease, job.id, worker, job.attempts),
+                "UPDATE jobs SET lease_expires_at = ?, lease_boot = ?, lease_until = ?"
+                " WHERE id = ? AND state = 'processing' AND worker = ? AND attempts = ?",
+                (t + lease, self._boot, up + lease, job.id, worker, job.attempts),
             ).rowcount
         return held == 1
 
@@ -611,10 +652,12 @@ class SQLiteStore(Store):
 
     def reclaim_expired(self) -> list[Job]:
         # A read first: almost always nothing has expired, and a read costs no write lock.
+        # It looks at every processing job (a partial index: as many rows as running jobs).
         if not self._read("SELECT 1 FROM jobs INDEXED BY jobs_leases WHERE state = 'processing'"
-                          " AND lease_expires_at < ? LIMIT 1", (now(),)):
+                          f" AND ({_EXPIRED}) LIMIT 1", (now(), self._boot, _uptime())):
             return []
-        return self._reclaim("lease_expires_at < ?", (now(),), policy.LEASE_EXPIRED)
+        return self._reclaim(f"({_EXPIRED})", (now(), self._boot, _uptime()),
+                             policy.LEASE_EXPIRED)
 
     def reclaim_worker(self, worker: str) -> list[Job]:
         return self._reclaim("worker = ?", (worker,), policy.WORKER_RESTARTED)
@@ -752,8 +795,8 @@ class SQLiteStore(Store):
                 f"SELECT queue, min(run_at) FROM jobs INDEXED BY jobs_due_by_queue"
                 f" WHERE {_WAITING} AND run_at <= ? GROUP BY queue", (t,)):
             entry(name).oldest_waiting = max(0.0, t - due)
-        serving = [r[0] for r in c.execute("SELECT queues FROM workers WHERE heartbeat_at >= ?",
-                                           (t - policy.ACTIVE_WINDOW,))]
+        serving = [r[0] for r in c.execute(f"SELECT queues FROM workers WHERE {_ACTIVE}",
+                                           _active_params())]
         for names in serving:
             for name in names.split(",") if names else ():
                 entry(name)
@@ -940,15 +983,15 @@ class SQLiteStore(Store):
         if queue is None:
             rows = self._read(
                 "SELECT state, count(*) FROM jobs GROUP BY state UNION ALL "
-                "SELECT 'active_workers', count(*) FROM workers WHERE heartbeat_at >= ?",
-                (now() - policy.ACTIVE_WINDOW,),
+                f"SELECT 'active_workers', count(*) FROM workers WHERE {_ACTIVE}",
+                _active_params(),
             )
         else:
             rows = self._read(
                 "SELECT state, count(*) FROM jobs INDEXED BY jobs_by_queue WHERE queue = ?"
                 " GROUP BY state UNION ALL SELECT 'active_workers', count(*) FROM workers"
-                f" WHERE heartbeat_at >= ? AND {_SERVES}",
-                (queue, now() - policy.ACTIVE_WINDOW, queue),
+                f" WHERE ({_ACTIVE}) AND {_SERVES}",
+                (queue, *_active_params(), queue),
             )
         for key, n in rows:
             result[key] = n
@@ -1012,9 +1055,10 @@ class SQLiteStore(Store):
         with self._write() as c:
             c.execute(
                 "INSERT OR REPLACE INTO workers (name, host, pid, pid_start, started_at,"
-                " heartbeat_at, state, job_id, queues) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " heartbeat_at, beat_boot, beat_clock, state, job_id, queues)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (info.name, info.host, info.pid, info.pid_start, info.started_at,
-                 info.heartbeat_at, info.state, info.job_id,
+                 info.heartbeat_at, self._boot, _uptime(), info.state, info.job_id,
                  None if info.queues is None else ",".join(info.queues)),
             )
 
@@ -1032,8 +1076,16 @@ class SQLiteStore(Store):
         ]
 
     def seconds_since_heartbeat(self, name: str) -> float | None:
-        rows = self._read("SELECT heartbeat_at FROM workers WHERE name = ?", (name,))
-        return now() - rows[0][0] if rows else None
+        rows = self._read("SELECT heartbeat_at, beat_boot, beat_clock FROM workers"
+                          " WHERE name = ?", (name,))
+        if not rows:
+            return None
+        wall, boot, clock = rows[0]
+        if boot is None or clock is None:  # written by a queuectl older than schema 4
+            return now() - wall
+        if boot != self._boot:  # before this boot: at least as long ago as the boot
+            return max(now() - wall, _uptime())
+        return _uptime() - clock
 
     def verify(self) -> None:
         try:

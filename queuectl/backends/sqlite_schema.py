@@ -5,7 +5,7 @@ migrations in order, in one transaction, so every process sees either the old sc
 new one. Add a change as the next number; never edit a released one.
 """
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -98,5 +98,24 @@ MIGRATIONS: dict[int, list[str]] = {
             paused_since REAL)""",
         # What each worker serves: NULL all queues, else names joined by ',' in preference order.
         "ALTER TABLE workers ADD COLUMN queues TEXT",
+    ],
+    # Issue 14: leases and heartbeats on a clock that never steps, CLOCK_BOOTTIME (seconds
+    # since boot, counting suspend) with the boot it belongs to: a wall-clock step can no
+    # longer expire a live lease or stretch a dead one, and a reboot expires every lease.
+    # lease_expires_at / heartbeat_at stay, as wall-clock times to display. Only additions;
+    # the migrating process supplies queuectl_boot_id(), queuectl_uptime(), queuectl_wall().
+    4: [
+        "ALTER TABLE jobs ADD COLUMN lease_boot TEXT",
+        "ALTER TABLE jobs ADD COLUMN lease_until REAL",
+        "ALTER TABLE workers ADD COLUMN beat_boot TEXT",
+        "ALTER TABLE workers ADD COLUMN beat_clock REAL",
+        # A running job keeps what was left of its lease, at most lease-seconds (its worker
+        # renews it within 2 s; an expired one stays expired).
+        """UPDATE jobs SET lease_boot = queuectl_boot_id(), lease_until = queuectl_uptime()
+            + min(coalesce(lease_expires_at - queuectl_wall(), 0), coalesce(
+                (SELECT CAST(value AS REAL) FROM config WHERE key = 'lease-seconds'), 30))
+            WHERE state = 'processing'""",
+        """UPDATE workers SET beat_boot = queuectl_boot_id(),
+            beat_clock = queuectl_uptime() - max(queuectl_wall() - heartbeat_at, 0)""",
     ],
 }
