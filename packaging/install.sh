@@ -34,6 +34,7 @@ if [ -n "$uninstall" ]; then
     "$destdir$prefix/lib/tmpfiles.d/queuectl.conf" \
     "$destdir$prefix/share/bash-completion/completions/queuectl" \
     "$destdir$prefix/share/man/man1/queuectl.1" "$destdir$prefix/share/doc/queuectl/README.md" \
+    "$destdir$unitdir/queuectl-metrics.service" "$destdir$unitdir/queuectl-metrics.timer" \
     "$destdir$prefix/lib/systemd/catalog/queuectl.catalog"
   rmdir "$destdir$prefix/share/doc/queuectl" 2>/dev/null || true
   rm -rf "$destdir$sitedir/queuectl"
@@ -58,7 +59,8 @@ SCRIPT
 chmod 755 "$destdir$prefix/bin/queuectl"
 # The README is the unit's Documentation= (with the man page).
 install -m 644 "$repo/README.md" "$destdir$prefix/share/doc/queuectl/"
-for unit in queuectl-worker@.service queuectl-workers.target; do
+for unit in queuectl-worker@.service queuectl-workers.target queuectl-metrics.service \
+    queuectl-metrics.timer; do
   sed -e "s|/usr/bin/queuectl|$prefix/bin/queuectl|g" \
       -e "s|file:/usr/share/doc/queuectl/|file:$prefix/share/doc/queuectl/|g" \
       "$repo/systemd/$unit" > "$destdir$unitdir/$unit"

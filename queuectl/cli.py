@@ -209,6 +209,29 @@ def info(ctx: click.Context) -> None:
     _print_json(data)
 
 
+@cli.command()
+@click.option("--textfile", metavar="PATH",
+              help="Replace PATH atomically (node_exporter's textfile collector reads "
+              "*.prom files, e.g. /var/lib/prometheus/node-exporter/queuectl.prom) "
+              "instead of printing.")
+@db_option
+@click.pass_context
+def metrics(ctx: click.Context, textfile: str | None) -> None:
+    """The queue in the Prometheus text format: jobs per queue and state, oldest waiting
+    job, active workers per host, pauses, and counters that survive purge and retention."""
+    from queuectl.errors import QueueError
+    from queuectl.metrics import render, write_textfile
+
+    text = render(_store(ctx).metrics())
+    if textfile is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        write_textfile(textfile, text)
+    except OSError as exc:
+        raise QueueError(f"cannot write {textfile}: {exc.strerror or exc}") from None
+
+
 # -- dead letter queue -----------------------------------------------------------------------
 @cli.group()
 def dlq() -> None:

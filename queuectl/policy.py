@@ -92,3 +92,16 @@ def lost_error(worker: str | None, why: str) -> str:
 
 LEASE_EXPIRED = "stopped renewing its lease"
 WORKER_RESTARTED = "died while running it and restarted"
+
+# Issue 13: how `queuectl metrics` counts attempts. Each ended attempt counts under exactly one
+# outcome: `dead` is a failed or lost attempt that left its job dead (so `failed` and `lost`
+# are the ones that will be retried). Durations (store clock, claim to end) are counted in
+# buckets with these upper bounds in seconds, and above the last one in +Inf: shell jobs
+# run from milliseconds to hours. The schemas' counting triggers bake this list in: changing
+# it needs a new migration; rows counted under an older list are folded into the next bound
+# of the current one.
+DEAD_ATTEMPT = "dead"
+ATTEMPT_OUTCOMES = (COMPLETED_ATTEMPT, FAILED_ATTEMPT, DEAD_ATTEMPT, CANCELED_ATTEMPT,
+                    LOST_ATTEMPT, INTERRUPTED_ATTEMPT)
+DURATION_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0,
+                    10800.0, 21600.0)

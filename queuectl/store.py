@@ -100,6 +100,19 @@ class OutputSlice(Record):
     running: bool
 
 
+class Metrics(Record):
+    """What `queuectl metrics` exports, read from one snapshot (see `Store.metrics`)."""
+
+    queues: list[QueueInfo]  # as `queues()` returns them: counts, pause, oldest waiting
+    paused: bool  # the global pause
+    workers: dict[str, int]  # active workers (policy.ACTIVE_WINDOW) per host
+    # The stored counters, summed over whatever rows a backend keeps them in: one tuple
+    # (queue, event, le, count, seconds) per kind. event `enqueued` (le 0, seconds 0), or
+    # how an attempt ended (`policy.ATTEMPT_OUTCOMES`), then le is the upper bound of its
+    # duration bucket (`policy.DURATION_BUCKETS`, or inf) and seconds the durations' sum.
+    counters: list[tuple[str, str, float, int, float]]
+
+
 class Wakeup(ABC):
     """What an idle worker waits on: readable when work may have arrived.
 
@@ -434,6 +447,21 @@ class Store(ABC):
     def queues(self) -> list[QueueInfo]:
         """Every queue that has a job, a setting or a pause, or that an active worker names,
         by name, from one snapshot."""
+        raise NotImplementedError
+
+    # -- issue 13: metrics ---------------------------------------------------------------------
+    # Counters live in the database and only ever grow: purge, retention, restarts and
+    # `dlq retry` never take anything back. Every backend keeps them with triggers of its own
+    # schema, in the very transaction that changes state, so no verb above and no future
+    # path can forget them: each job inserted counts as `enqueued` for its queue, each
+    # attempt history row (written once, when the attempt ends, by every way one ends)
+    # counts under its outcome, with `dead` for a failed or lost attempt that left its job
+    # dead. Attempts started are not stored: they are the ended attempts plus the jobs
+    # processing now (each holds exactly one running attempt), which grows by one at every
+    # claim and stays put when an attempt ends.
+
+    def metrics(self) -> Metrics:
+        """Everything `queuectl metrics` reports, from one snapshot; a read only."""
         raise NotImplementedError
 
     @abstractmethod

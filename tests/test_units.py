@@ -10,6 +10,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 MAX_EXPOSURE = 4.5
+UNITS = ("queuectl-worker@.service", "queuectl-workers.target", "queuectl-metrics.service",
+         "queuectl-metrics.timer")
 
 
 def _need_systemd_analyze() -> None:
@@ -29,7 +31,7 @@ def _image(tmp_path: Path) -> Path:
     (root / "lib").symlink_to("usr/lib")
     etc = root / "etc/systemd/system"
     etc.mkdir(parents=True)
-    for name in ("queuectl-worker@.service", "queuectl-workers.target"):
+    for name in UNITS:
         shutil.copy(REPO / "systemd" / name, etc / name)
     exe = root / "usr/bin/queuectl"
     exe.parent.mkdir(parents=True)
@@ -43,17 +45,19 @@ def test_units_pass_systemd_analyze_verify_without_warnings(tmp_path: Path) -> N
     root = _image(tmp_path)
     result = subprocess.run(
         ["systemd-analyze", "verify", "--man=no", f"--root={root}",
-         "queuectl-worker@1.service", "queuectl-workers.target"],
+         "queuectl-worker@1.service", "queuectl-workers.target", "queuectl-metrics.service",
+         "queuectl-metrics.timer"],
         capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stderr == "", result.stderr  # verify exits 0 on unknown keys: read stderr
 
 
-def test_worker_unit_exposure_score_is_at_most_4_5() -> None:
+@pytest.mark.parametrize("unit", ["queuectl-worker@.service", "queuectl-metrics.service"])
+def test_service_exposure_score_is_at_most_4_5(unit: str) -> None:
     _need_systemd_analyze()
     result = subprocess.run(
         ["systemd-analyze", "security", "--offline=yes", "--no-pager",
-         str(REPO / "systemd/queuectl-worker@.service")],
+         str(REPO / "systemd" / unit)],
         capture_output=True, text=True, timeout=60)
     match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", result.stdout)
     assert match, result.stdout + result.stderr

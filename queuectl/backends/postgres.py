@@ -50,6 +50,7 @@ from queuectl.job import (
 )
 from queuectl.locator import redact
 from queuectl.store import (
+    Metrics,
     Outcome,
     OutputSlice,
     PauseInfo,
@@ -965,8 +966,11 @@ class PostgresStore(Store):
                   idempotent=True)
 
     def queues(self) -> list[QueueInfo]:
+        return self._run(self._queues, idempotent=True)
+
+    def _queues(self, cur: Any) -> list[QueueInfo]:
         # One statement, so one snapshot: counts, settings, waits and lanes together.
-        rows = self._fetch(f"""WITH {self.sql_t}
+        cur.execute(f"""WITH {self.sql_t}
             SELECT 'c', queue, state, count(*)::float8, NULL::float8, NULL::text[]
                 FROM {self.s}.jobs GROUP BY queue, state
             UNION ALL
@@ -977,6 +981,7 @@ class PostgresStore(Store):
             UNION ALL
             SELECT 'w', NULL, NULL, NULL, NULL, queues FROM {self.s}.workers, t
                 WHERE heartbeat_at >= t.now - %(window)s""", {"window": policy.ACTIVE_WINDOW})
+        rows = cur.fetchall()
         found: dict[str, QueueInfo] = {}
 
         def entry(name: str) -> QueueInfo:
@@ -1001,6 +1006,26 @@ class PostgresStore(Store):
         for info in found.values():
             info.workers = sum(lanes is None or info.name in lanes for lanes in serving)
         return [found[name] for name in sorted(found)]
+
+    def metrics(self) -> Metrics:
+        def read(cur: Any) -> Metrics:
+            # One snapshot for the several statements; read-only, so it never blocks writers.
+            cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            queues = self._queues(cur)
+            cur.execute(f"SELECT host, count(*) FROM {self.s}.workers"
+                        f" WHERE heartbeat_at >= {NOW} - %(window)s GROUP BY host",
+                        {"window": policy.ACTIVE_WINDOW})
+            workers = dict(cur.fetchall())
+            cur.execute(f"SELECT EXISTS (SELECT 1 FROM {self.s}.flags WHERE name = 'paused')")
+            paused = cur.fetchone()[0]
+            cur.execute(f"SELECT queue, event, le, sum(n)::bigint, sum(seconds)"
+                        f" FROM {self.s}.counters GROUP BY queue, event, le"
+                        " ORDER BY queue, event, le")
+            counters = cur.fetchall()
+            cur.execute("COMMIT")
+            return Metrics(queues, paused, workers, counters)
+
+        return self._run(read, idempotent=True)
 
     def _finished(self, older_than: float | None) -> tuple[str, dict[str, Any]]:
         """The condition "finished at least older_than seconds ago" (server clock); the

@@ -6,7 +6,25 @@ name, so many workers starting at once on several hosts migrate it exactly once.
 change as the next number; never edit a released one. `{s}` stands for the quoted schema.
 """
 
-SCHEMA_VERSION = 3
+from queuectl.policy import DURATION_BUCKETS
+
+SCHEMA_VERSION = 4
+
+
+def _bucket(seconds: str) -> str:
+    """The upper bound of the duration bucket `seconds` falls in."""
+    arms = " ".join(f"WHEN {seconds} <= {le!r} THEN {le!r}" for le in DURATION_BUCKETS)
+    return f"CASE {arms} ELSE 'Infinity'::float8 END"
+
+
+# How an ended attempt counts: its outcome, `dead` for a failed or lost one that left its
+# job dead (policy.ATTEMPT_OUTCOMES).
+_EVENT = ("CASE WHEN {a}.outcome IN ('failed', 'lost') AND j.state = 'dead' THEN 'dead'"
+          " ELSE coalesce({a}.outcome, 'failed') END")
+_SECONDS = "greatest(coalesce({a}.finished_at - {a}.started_at, 0), 0)"
+# Counter rows are spread over this many shards (by server process id, summed at read
+# time), so workers completing jobs of one queue at once rarely wait on each other's row.
+SHARDS = 16
 
 MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -108,6 +126,58 @@ MIGRATIONS: dict[int, list[str]] = {
             paused_since double precision)""",
         # What each worker serves, in preference order; NULL: all queues.
         "ALTER TABLE {s}.workers ADD COLUMN queues text[]",
+    ],
+    # Issue 13: counters for `queuectl metrics`, which only ever grow: purge and retention
+    # delete jobs and history, never these rows. Triggers count in the transaction that
+    # inserts jobs (once per statement, from its transition table) or an attempt's history
+    # row (every way an attempt ends writes one): one small upsert each, into the shard of
+    # the connection's server process, so concurrent workers do not queue on one hot row.
+    # Seeded from what the database holds when it migrates: its jobs and attempt history.
+    4: [
+        """CREATE TABLE {s}.counters (
+            shard smallint NOT NULL,
+            queue text NOT NULL,
+            event text NOT NULL,
+            le double precision NOT NULL,
+            n bigint NOT NULL,
+            seconds double precision NOT NULL,
+            PRIMARY KEY (shard, queue, event, le))""",
+        """INSERT INTO {s}.counters (shard, queue, event, le, n, seconds)
+            SELECT 0, queue, 'enqueued', 0, count(*), 0 FROM {s}.jobs GROUP BY queue""",
+        # The last attempt of a dead job is the one that made it dead.
+        f"""INSERT INTO {{s}}.counters (shard, queue, event, le, n, seconds)
+            SELECT 0, queue, event, le, count(*), sum(d) FROM (
+                SELECT j.queue AS queue, CASE WHEN a.seq = (SELECT max(seq)
+                        FROM {{s}}.attempts WHERE job_id = j.id) THEN {_EVENT.format(a="a")}
+                    ELSE coalesce(a.outcome, 'failed') END AS event,
+                    {_bucket(_SECONDS.format(a="a"))} AS le, {_SECONDS.format(a="a")} AS d
+                FROM {{s}}.attempts a JOIN {{s}}.jobs j ON j.id = a.job_id
+                WHERE a.finished_at IS NOT NULL) x
+            GROUP BY queue, event, le""",
+        f"""CREATE FUNCTION {{s}}.count_enqueued() RETURNS trigger LANGUAGE plpgsql AS $f$
+        BEGIN
+            INSERT INTO {{s}}.counters AS c (shard, queue, event, le, n, seconds)
+            SELECT pg_backend_pid() % {SHARDS}, queue, 'enqueued', 0, count(*), 0
+            FROM added GROUP BY queue ORDER BY queue
+            ON CONFLICT (shard, queue, event, le) DO UPDATE SET n = c.n + excluded.n;
+            RETURN NULL;
+        END $f$""",
+        """CREATE TRIGGER count_enqueued AFTER INSERT ON {s}.jobs
+            REFERENCING NEW TABLE AS added FOR EACH STATEMENT
+            EXECUTE FUNCTION {s}.count_enqueued()""",
+        f"""CREATE FUNCTION {{s}}.count_attempt() RETURNS trigger LANGUAGE plpgsql AS $f$
+        BEGIN
+            INSERT INTO {{s}}.counters AS c (shard, queue, event, le, n, seconds)
+            SELECT pg_backend_pid() % {SHARDS}, j.queue, {_EVENT.format(a="NEW")},
+                {_bucket("d.d")}, 1, d.d
+            FROM {{s}}.jobs j, (SELECT {_SECONDS.format(a="NEW")} AS d) d
+            WHERE j.id = NEW.job_id
+            ON CONFLICT (shard, queue, event, le) DO UPDATE SET n = c.n + 1,
+                seconds = c.seconds + excluded.seconds;
+            RETURN NULL;
+        END $f$""",
+        """CREATE TRIGGER count_attempt AFTER INSERT ON {s}.attempts
+            FOR EACH ROW EXECUTE FUNCTION {s}.count_attempt()""",
     ],
 }
 

@@ -36,6 +36,7 @@ from queuectl.job import (
     JobSpec,
 )
 from queuectl.store import (
+    Metrics,
     Outcome,
     OutputSlice,
     PauseInfo,
@@ -804,6 +805,23 @@ class SQLiteStore(Store):
             info.workers = sum(names is None or info.name in names.split(",")
                                for names in serving)
         return [found[name] for name in sorted(found)]
+
+    def metrics(self) -> Metrics:
+        conn = self._conn
+        try:  # one snapshot
+            self._retry(lambda: conn.execute("BEGIN"))
+            try:
+                queues = self._queues(conn)
+                paused = conn.execute("SELECT 1 FROM flags WHERE name = 'paused'").fetchone()
+                workers = dict(conn.execute(f"SELECT host, count(*) FROM workers WHERE {_ACTIVE}"
+                                            " GROUP BY host", _active_params()).fetchall())
+                counters = conn.execute("SELECT queue, event, le, n, seconds FROM counters"
+                                        " ORDER BY queue, event, le").fetchall()
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise _unavailable(exc, self.path) from None
+        return Metrics(queues, paused is not None, workers, counters)
 
     def count_matching(self, state: str, older_than: float | None = None,
                        queue: str | None = None) -> int:

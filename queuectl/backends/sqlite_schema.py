@@ -5,7 +5,22 @@ migrations in order, in one transaction, so every process sees either the old sc
 new one. Add a change as the next number; never edit a released one.
 """
 
-SCHEMA_VERSION = 4
+from queuectl.policy import DURATION_BUCKETS
+
+SCHEMA_VERSION = 5
+
+
+def _bucket(seconds: str) -> str:
+    """The upper bound of the duration bucket `seconds` falls in (9e999 is +Inf)."""
+    arms = " ".join(f"WHEN {seconds} <= {le!r} THEN {le!r}" for le in DURATION_BUCKETS)
+    return f"CASE {arms} ELSE 9e999 END"
+
+
+# How an ended attempt counts: its outcome, `dead` for a failed or lost one that left its
+# job dead (policy.ATTEMPT_OUTCOMES).
+_EVENT = ("CASE WHEN {a}.outcome IN ('failed', 'lost') AND j.state = 'dead' THEN 'dead'"
+          " ELSE coalesce({a}.outcome, 'failed') END")
+_SECONDS = "max(coalesce({a}.finished_at - {a}.started_at, 0), 0)"
 
 MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -117,5 +132,42 @@ MIGRATIONS: dict[int, list[str]] = {
             WHERE state = 'processing'""",
         """UPDATE workers SET beat_boot = queuectl_boot_id(),
             beat_clock = queuectl_uptime() - max(queuectl_wall() - heartbeat_at, 0)""",
+    ],
+    # Issue 13: counters for `queuectl metrics`, which only ever grow: purge and retention
+    # delete jobs and history, never these rows. Triggers count in the transaction that
+    # inserts the job or the attempt's history row (every way an attempt ends writes one),
+    # one small upsert each, so no code path can forget them. Seeded from what the database
+    # holds when it migrates: its jobs (purged ones are gone) and its attempt history.
+    5: [
+        """CREATE TABLE counters (
+            queue TEXT NOT NULL,
+            event TEXT NOT NULL,
+            le REAL NOT NULL,
+            n INTEGER NOT NULL,
+            seconds REAL NOT NULL,
+            PRIMARY KEY (queue, event, le)) WITHOUT ROWID""",
+        """INSERT INTO counters (queue, event, le, n, seconds)
+            SELECT queue, 'enqueued', 0, count(*), 0 FROM jobs GROUP BY queue""",
+        # The last attempt of a dead job is the one that made it dead.
+        f"""INSERT INTO counters (queue, event, le, n, seconds)
+            SELECT queue, event, le, count(*), sum(d) FROM (
+                SELECT j.queue AS queue, CASE WHEN a.seq = (SELECT max(seq) FROM attempts
+                        WHERE job_id = j.id) THEN {_EVENT.format(a="a")}
+                    ELSE coalesce(a.outcome, 'failed') END AS event,
+                    {_bucket(_SECONDS.format(a="a"))} AS le, {_SECONDS.format(a="a")} AS d
+                FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE a.finished_at IS NOT NULL)
+            WHERE true GROUP BY queue, event, le""",
+        """CREATE TRIGGER count_enqueued AFTER INSERT ON jobs BEGIN
+            INSERT INTO counters (queue, event, le, n, seconds)
+            VALUES (new.queue, 'enqueued', 0, 1, 0)
+            ON CONFLICT (queue, event, le) DO UPDATE SET n = n + 1;
+        END""",
+        f"""CREATE TRIGGER count_attempt AFTER INSERT ON attempts BEGIN
+            INSERT INTO counters (queue, event, le, n, seconds)
+            SELECT j.queue, {_EVENT.format(a="new")}, {_bucket("d.d")}, 1, d.d
+            FROM jobs j, (SELECT {_SECONDS.format(a="new")} AS d) d WHERE j.id = new.job_id
+            ON CONFLICT (queue, event, le) DO UPDATE SET n = n + 1,
+                seconds = seconds + excluded.seconds;
+        END""",
     ],
 }
