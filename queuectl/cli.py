@@ -519,6 +519,33 @@ def queue_list(ctx: click.Context, jsonl: bool) -> None:
         _print_json(rows)
 
 
+# -- watching --------------------------------------------------------------------------------
+@cli.command()
+@click.option("--once", is_flag=True, help="Print one snapshot as plain text and exit.")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
+              metavar="S", help="Seconds between refreshes.")
+@db_option
+@click.pass_context
+def top(ctx: click.Context, once: bool, interval: float) -> int:
+    """A live view of the queue (q quits): jobs per queue and completions in the last minute,
+    each active worker with its host, job, command and elapsed time, the latest failed and
+    dead jobs, pauses. Reads only."""
+    import shutil
+    import sys
+
+    from queuectl import topview  # curses too, only here: no other command pays for them
+
+    store = _store(ctx)
+    label = locator.redact(_locator(ctx))
+    if once:
+        width = shutil.get_terminal_size((80, 24)).columns if sys.stdout.isatty() else 80
+        click.echo(topview.snapshot_text(store, label, width))
+        return 0
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise ValidationError("top needs a terminal; use 'queuectl top --once' in scripts")
+    return topview.run_live(store, label, interval)
+
+
 # -- workers ---------------------------------------------------------------------------------
 @cli.group()
 def worker() -> None:
