@@ -36,7 +36,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-USER_KEYS = ("command", "id", "max_retries", "timeout", "priority", "run_at", "delay", "queue")
+USER_KEYS = ("command", "id", "max_retries", "timeout", "priority", "run_at", "delay", "queue",
+             "memory_max", "cpu_max", "tasks_max")
 MANAGED_KEYS = (
     "state", "attempts", "created_at", "updated_at", "worker", "started_at", "finished_at",
     "exit_code", "last_error", "lease_expires_at",
@@ -54,6 +55,17 @@ class JobSpec(Record):
     run_at: float | None = None  # absolute, as the user meant it (wall clock)
     delay: float | None = None  # seconds from when the store accepts it (the store's clock)
     queue: str | None = None  # None: DEFAULT_QUEUE
+    # Issue 15: limits of each attempt's cgroup; None: the queue-wide default, 0: none.
+    memory_max: int | None = None  # bytes
+    cpu_max: float | None = None  # cores
+    tasks_max: int | None = None
+
+    def limits_with(self, defaults: Any) -> tuple[int, float, int]:
+        """(memory_max, cpu_max, tasks_max) to store: this job's own, else the queue-wide
+        defaults (a settings.QueueConfig) as they are at enqueue; 0 means none."""
+        return (defaults.memory_max if self.memory_max is None else self.memory_max,
+                defaults.cpu_max if self.cpu_max is None else self.cpu_max,
+                defaults.tasks_max if self.tasks_max is None else self.tasks_max)
 
 
 class Job(Record):
@@ -78,6 +90,9 @@ class Job(Record):
     history: list[dict[str, Any]] | None = None  # attempts, when asked for
     cancel_requested: bool = False  # processing, and an operator asked for it to stop
     queue: str = DEFAULT_QUEUE
+    memory_max: int | None = None  # as stored at enqueue (its default applied); 0/None: none
+    cpu_max: float | None = None
+    tasks_max: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -98,6 +113,7 @@ class Job(Record):
             "exit_code": self.exit_code,
             "last_error": self.last_error,
             **({"cancel_requested": True} if self.cancel_requested else {}),
+            **{k: v for k in LIMIT_KEYS if (v := getattr(self, k))},
         }
 
 
@@ -190,6 +206,54 @@ def check_delay(value: Any) -> float:
     return float(value)
 
 
+LIMIT_KEYS = ("memory_max", "cpu_max", "tasks_max")
+MAX_CPUS = 4096.0
+MAX_TASKS = 4_194_304  # the kernel's pid_max ceiling
+_SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(?:I?B)?", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from a whole number or text such as `512M`, `1.5G` (binary units); ValueError."""
+    if isinstance(value, bool):
+        raise ValueError("not a size")
+    if isinstance(value, int):
+        return value
+    match = _SIZE.fullmatch(value.strip()) if isinstance(value, str) else None
+    if not match:
+        raise ValueError("not a size")
+    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+
+
+def check_memory_max(value: Any) -> int:
+    """Bytes or `512M`; 0 means no limit (overrides a queue-wide default)."""
+    try:
+        size = parse_size(value)
+    except ValueError:
+        size = -1
+    if size != 0 and not 1 << 20 <= size <= 1 << 50:
+        raise ValidationError('"memory_max" must be bytes or a size such as 512M or 2G, at '
+                              'least 1M (0: no limit)')
+    return size
+
+
+def check_cpu_max(value: Any) -> float:
+    """Cores, e.g. 1.5; 0 means no limit."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or not (value == 0 or 0.01 <= value <= MAX_CPUS):
+        raise ValidationError(f'"cpu_max" must be a number of cores from 0.01 to {MAX_CPUS:g}'
+                              ' (0: no limit)')
+    return float(value)
+
+
+def check_tasks_max(value: Any) -> int:
+    """Processes and threads at once; 0 means no limit."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TASKS:
+        raise ValidationError(f'"tasks_max" must be a whole number from 1 to {MAX_TASKS}'
+                              ' (0: no limit)')
+    return value
+
+
 def spec_from_object(obj: Any) -> JobSpec:
     """Validate one decoded JSON value; every rejection names the offending key."""
     if not isinstance(obj, dict):
@@ -224,6 +288,12 @@ def spec_from_object(obj: Any) -> JobSpec:
         spec.delay = check_delay(fields["delay"])
     if "queue" in fields:
         spec.queue = check_queue(fields["queue"])
+    if "memory_max" in fields:
+        spec.memory_max = check_memory_max(fields["memory_max"])
+    if "cpu_max" in fields:
+        spec.cpu_max = check_cpu_max(fields["cpu_max"])
+    if "tasks_max" in fields:
+        spec.tasks_max = check_tasks_max(fields["tasks_max"])
     return spec
 
 

@@ -10,6 +10,7 @@ import signal
 import time
 from collections.abc import Mapping
 
+from queuectl.cgroup import AttemptCgroup, Delegation, Limits, Usage
 from queuectl.policy import OUTPUT_LIMIT
 from queuectl.store import Outcome
 
@@ -43,6 +44,16 @@ def job_environment(inherited: Mapping[str, str], job_id: str, attempt: int) -> 
     return env
 
 
+# Under a delegated cgroup the shell is first this wrapper: it blocks reading fd 3 until the
+# worker has moved it into the attempt's cgroup (the go byte), then execs the command's own
+# shell in place, keeping its pid. Until the byte arrives it runs nothing and never forks,
+# so no process of the job can start outside the cgroup; if the worker dies first, the read
+# sees end of file and the command never runs.
+_WRAPPER = 'read -r _ <&3 || exit 125; exec /bin/sh -c "$1" 3<&-'
+NO_CGROUP = ("this worker has no delegated cgroup to enforce it in (run it under systemd:"
+             " queuectl-worker@.service)")
+
+
 def signal_name(num: int) -> str:
     try:
         return signal.Signals(num).name
@@ -53,7 +64,10 @@ def signal_name(num: int) -> str:
 class JobProcess:
     """One running command. `wait()` returns when it exits or the timeout elapses."""
 
-    def __init__(self, command: str, env: dict[str, str], umask: int | None = None) -> None:
+    def __init__(self, command: str, env: dict[str, str], umask: int | None = None,
+                 cgroups: Delegation | None = None, limits: Limits | None = None) -> None:
+        """With cgroups (a delegated subtree) the attempt runs in a cgroup of its own;
+        limits that cannot be enforced fail the attempt before anything runs."""
         self.started = time.monotonic()
         self.start_error: str | None = None
         self.returncode: int | None = None
@@ -62,10 +76,28 @@ class JobProcess:
         self._killed_for: str | None = None
         self._term_sent_at: float | None = None
         self.pid = 0
+        self.limits = limits or Limits()
+        self.cgroup: AttemptCgroup | None = None
+        self.usage = Usage()
+        wanted = self.limits.wanted()
+        if wanted and cgroups is None:
+            self.start_error = f"cannot enforce {self.limits.show(wanted[0][1])}: {NO_CGROUP}"
+            return
+        if cgroups is not None:
+            self.start_error = cgroups.unenforceable(self.limits)
+            if self.start_error:
+                return
+            try:
+                self.cgroup = cgroups.new_attempt(self.limits)
+            except OSError as exc:
+                self.start_error = f"cannot create the job's cgroup: {exc.strerror or exc}"
+                return
         try:
             self._out = self._spawn(command, env, umask)
         except OSError as exc:
             self.start_error = f"cannot start /bin/sh: {exc.strerror or exc}"
+            if self.cgroup is not None:
+                self.cgroup.finish()
             return
         self._pidfd = os.pidfd_open(self.pid)
         os.set_blocking(self._out, False)
@@ -83,14 +115,24 @@ class JobProcess:
             (os.POSIX_SPAWN_DUP2, out_w, 1),
             (os.POSIX_SPAWN_DUP2, out_w, 2),
         ]
+        argv = ["/bin/sh", "-c", command]
+        go_r = go_w = -1
+        if self.cgroup is not None:
+            go_r, go_w = os.pipe()
+            actions.append((os.POSIX_SPAWN_DUP2, go_r, 3))
+            argv = ["/bin/sh", "-c", _WRAPPER, "/bin/sh", command]
         # The worker is single-threaded, so its umask can stand in for the job's meanwhile.
         previous = None if umask is None else os.umask(umask)
         try:
             self.pid = os.posix_spawn(
-                "/bin/sh", ["/bin/sh", "-c", command], env, file_actions=actions,
+                "/bin/sh", argv, env, file_actions=actions,
                 setsid=True,  # its own session and process group, away from our terminal
                 setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),  # Python ignores these
             )
+            if self.cgroup is not None:
+                os.close(go_r)
+                go_r = -1
+                self._enter_cgroup(go_w)
         except BaseException:
             os.close(out_r)
             raise
@@ -98,7 +140,23 @@ class JobProcess:
             if previous is not None:
                 os.umask(previous)
             os.close(out_w)
+            for fd in (go_r, go_w):
+                if fd >= 0:
+                    os.close(fd)
         return out_r
+
+    def _enter_cgroup(self, go: int) -> None:
+        """Move the waiting wrapper into the attempt's cgroup, then let it run. If the move
+        fails the wrapper is killed and reaped: the command never ran."""
+        assert self.cgroup is not None
+        try:
+            self.cgroup.add(self.pid)
+        except OSError:
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+            self.pid = 0
+            raise
+        os.write(go, b"\n")
 
     @property
     def done(self) -> bool:
@@ -153,8 +211,9 @@ class JobProcess:
 
     def _reap(self) -> None:
         # The shell is a zombie until waited for, so its process group id cannot be reused
-        # yet: kill whatever it left behind in the group, then collect the last output.
-        self._killpg(signal.SIGKILL)
+        # yet: kill whatever it left behind in the group (in its cgroup: all of it, however
+        # it detached), then collect the last output.
+        self._kill_all()
         deadline = time.monotonic() + 1.0
         os.set_blocking(self._out, True)
         while self._out_open and time.monotonic() < deadline:
@@ -165,6 +224,13 @@ class JobProcess:
         self.returncode = os.waitstatus_to_exitcode(status)
         os.close(self._pidfd)
         os.close(self._out)
+        if self.cgroup is not None:
+            self.usage = self.cgroup.finish()
+
+    def _kill_all(self) -> None:
+        if self.cgroup is not None:
+            self.cgroup.kill()
+        self._killpg(signal.SIGKILL)
 
     def _killpg(self, sig: int) -> None:
         try:
@@ -181,13 +247,21 @@ class JobProcess:
             self._term_sent_at = time.monotonic()
             self._killpg(signal.SIGTERM)
         elif time.monotonic() - self._term_sent_at >= KILL_GRACE:
-            self._killpg(signal.SIGKILL)
+            self._kill_all()
 
     @property
     def kill_deadline(self) -> float | None:
         return None if self._term_sent_at is None else self._term_sent_at + KILL_GRACE
 
     def outcome(self) -> Outcome:
+        outcome = self._outcome()
+        used = self.usage
+        outcome.cpu_user_usec = used.cpu_user_usec
+        outcome.cpu_system_usec = used.cpu_system_usec
+        outcome.memory_peak_bytes = used.memory_peak_bytes
+        return outcome
+
+    def _outcome(self) -> Outcome:
         duration = time.monotonic() - self.started
         if self.start_error is not None:
             return Outcome(None, self.start_error, b"", duration, 0)
@@ -196,6 +270,10 @@ class JobProcess:
         if self._killed_for:
             return Outcome(None if code is None or code < 0 else code, self._killed_for,
                            output, duration, self.total)
+        if code and self.usage.oom_kills:  # the kernel's OOM killer, inside our cgroup
+            limit = f" ({self.limits.show('memory_max')})" if self.limits.memory_max else ""
+            return Outcome(None if code < 0 else code, f"out of memory{limit}", output,
+                           duration, self.total)
         if code is not None and code < 0:
             return Outcome(None, f"killed by {signal_name(-code)}", output, duration, self.total)
         if code:

@@ -47,6 +47,24 @@ def _duration(text: str) -> int:
     return round(parse_duration(text))
 
 
+def _size(text: str) -> int:
+    from queuectl.job import check_memory_max
+
+    try:
+        return check_memory_max(text)
+    except ValidationError:
+        raise ValueError("expected bytes or a size such as 512M, at least 1M (0: none)") from None
+
+
+def _cores(text: str) -> float:
+    from queuectl.job import check_cpu_max
+
+    try:
+        return check_cpu_max(float(text.strip()))
+    except (ValueError, ValidationError):
+        raise ValueError("expected a number of cores from 0.01 to 4096 (0: none)") from None
+
+
 class Setting(Record):
     default: float | int
     parse: Callable[[str], float | int]
@@ -62,6 +80,10 @@ SETTINGS: dict[str, Setting] = {
     "keep-completed": Setting(7 * 86400, _duration, "keep completed jobs this long, s (0 = forever)"),
     "keep-dead": Setting(30 * 86400, _duration, "keep dead jobs this long, s (0 = forever)"),
     "keep-canceled": Setting(7 * 86400, _duration, "keep canceled jobs this long, s (0 = forever)"),
+    # Issue 15: each attempt's cgroup limits for jobs that do not set their own (0 = none).
+    "memory-max": Setting(0, _size, "memory limit of a job's cgroup, bytes or 512M (0 = none)"),
+    "cpu-max": Setting(0.0, _cores, "CPU limit of a job's cgroup, cores (0 = none)"),
+    "tasks-max": Setting(0, _int_between(0, 4_194_304), "process limit of a job (0 = none)"),
 }
 
 
@@ -105,6 +127,9 @@ class QueueConfig(Record):
     keep_completed: int = 7 * 86400
     keep_dead: int = 30 * 86400
     keep_canceled: int = 7 * 86400
+    memory_max: int = 0
+    cpu_max: float = 0.0
+    tasks_max: int = 0
 
     def keep_for(self, state: str) -> int:
         """Seconds a finished job of this state is kept; 0 forever."""

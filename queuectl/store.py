@@ -66,6 +66,24 @@ class Outcome(Record):
     duration: float
     total: int | None = None  # bytes printed in all (output is the tail); None: len(output)
     live: bool = False  # some of it was written with append_output
+    # Issue 15: what the attempt used, from its own cgroup (workers under systemd with a
+    # delegated subtree only; None elsewhere, and for attempts that never started). CPU
+    # time counts every process that ran in the attempt, detached ones included; peak
+    # memory needs the memory controller in the worker's subtree. Backends store them in
+    # the attempt's history row (`get(..., history=True)` returns them under these names).
+    cpu_user_usec: int | None = None
+    cpu_system_usec: int | None = None
+    memory_peak_bytes: int | None = None
+
+
+USAGE = ("cpu_user_usec", "cpu_system_usec", "memory_peak_bytes")  # history keys, in order
+
+
+def usage_of(outcome: Outcome | None) -> tuple[int | None, int | None, int | None]:
+    """An attempt's usage figures in USAGE order, for its history row (None: not measured)."""
+    if outcome is None:
+        return None, None, None
+    return outcome.cpu_user_usec, outcome.cpu_system_usec, outcome.memory_peak_bytes
 
 
 class PauseInfo(Record):
@@ -221,7 +239,8 @@ class Store(ABC):
     def get(self, job_id: str, history: bool = False) -> Job:
         """One job (NotFound if absent); with history, its finished attempts oldest first,
         each a dict: attempt, worker, started_at, finished_at, outcome, exit_code, error,
-        output (bytes, the last `policy.OUTPUT_LIMIT`)."""
+        output (bytes, the last `policy.OUTPUT_LIMIT`), cpu_user_usec, cpu_system_usec,
+        memory_peak_bytes (Outcome's figures; None where not measured)."""
 
     @abstractmethod
     def iter_jobs(self, state: str | None = None, limit: int | None = None,

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 
 from queuectl import procinfo
+from queuectl.cgroup import Delegation, Limits
 from queuectl.clock import iso_ms
 from queuectl.errors import Conflict, DatabaseBusy, DatabaseUnavailable
 from queuectl.job import CANCELED, DEAD, Job
@@ -26,7 +27,7 @@ from queuectl.policy import ACTIVE_WINDOW, HEARTBEAT_EVERY
 from queuectl.process import JobProcess, inheritable_environment, job_environment
 from queuectl.record import Record
 from queuectl.stopping import StopRequest
-from queuectl.store import Store, WorkerInfo
+from queuectl.store import USAGE, Store, WorkerInfo
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -82,6 +83,7 @@ class Worker:
         self._outage_failures = 0  # failed database calls since the last success
         self._env = inheritable_environment(os.environ)
         self.exit_code = 0
+        self.cgroups: Delegation | None = None  # set by run() where systemd delegated one
 
     def _beat(self, state: str, job: Job | None = None) -> bool:
         """A heartbeat when due (see LeaseKeeper.beat); if it found the database deleted or
@@ -201,7 +203,9 @@ class Worker:
         self._wakeup = self.store.wakeup()
         try:
             self.start()
-            self.log.info("worker_started", pid=os.getpid(), db=self.locator, queues=self.lane)
+            self._take_cgroup()
+            self.log.info("worker_started", pid=os.getpid(), db=self.locator, queues=self.lane,
+                          **({"cgroup": self.cgroups.base} if self.cgroups else {}))
             self.notifier.ready()
             self.log.info("worker_ready")
             if os.geteuid() == 0:
@@ -218,6 +222,22 @@ class Worker:
         finally:
             self._wakeup.close()
         return self.exit_code
+
+    def _take_cgroup(self) -> None:
+        """Under systemd with Delegate=yes: each attempt gets a cgroup of its own (see
+        cgroup.py); elsewhere process groups, as before. Stale attempt cgroups of an earlier
+        life of this unit are killed and removed here."""
+        found = Delegation.detect()
+        if found is None:
+            return
+        try:
+            removed = found.setup()
+        except OSError as exc:
+            self.log.warning("cgroup_unavailable", cgroup=found.base, error=str(exc))
+            return
+        self.cgroups = found
+        if removed:
+            self.log.info("cgroups_removed", cgroup=found.base, removed=",".join(removed))
 
     def _step(self, name: str) -> None:
         if self._on_step is not None:
@@ -303,7 +323,9 @@ class Worker:
         self.notifier.status(f"running {job.id} (attempt {attempt}/{max_attempts})")
         self._keep_lease(job)  # heartbeats also between a stream of short jobs
         proc = JobProcess(job.command, job_environment(self._env, job.id, attempt),
-                          self.opts.job_umask)
+                          self.opts.job_umask, self.cgroups,
+                          Limits(job.memory_max or None, job.cpu_max or None,
+                                 job.tasks_max or None))
         self._step("spawned")
         watch = JobWatch(self.store, job, proc, self._wakeup, self._db_failed, self._db_ok)
         interrupted = lost = canceled = False
@@ -349,6 +371,9 @@ class Worker:
                       max_attempts=max_attempts,
                       max_retries=job.max_retries, duration_ms=round(outcome.duration * 1000),
                       exit_code=outcome.exit_code)
+        for key in USAGE:  # measured in the attempt's cgroup (journal: CPU_USER_USEC...)
+            if getattr(outcome, key) is not None:
+                fields[key] = getattr(outcome, key)
         if lost:
             self.log.warning("job_lost", **fields)
             return None

@@ -50,6 +50,7 @@ from queuectl.job import (
 )
 from queuectl.locator import redact
 from queuectl.store import (
+    USAGE,
     Metrics,
     Outcome,
     OutputSlice,
@@ -58,6 +59,7 @@ from queuectl.store import (
     Store,
     Wakeup,
     WorkerInfo,
+    usage_of,
 )
 
 try:
@@ -94,7 +96,8 @@ LOST_CODES = {"57P01", "57P02", "08000", "08003", "08006", "08001"}
 NOW = "extract(epoch FROM clock_timestamp())::float8"
 COLUMNS = ("id", "command", "state", "attempts", "max_retries", "created_at", "updated_at",
            "priority", "timeout", "run_at", "worker", "started_at", "finished_at", "exit_code",
-           "last_error", "lease_expires_at", "cancel_requested", "queue")
+           "last_error", "lease_expires_at", "cancel_requested", "queue", "memory_max",
+           "cpu_max", "tasks_max")
 # NOTIFY payload of events that concern watchers (`wait`, `logs --follow`, a running job's
 # cancel check) but bring no new work: idle workers' drain() ignores them.
 EVENT = "e"
@@ -105,7 +108,7 @@ def _cols(prefix: str) -> str:
 
 
 def _job(row: tuple) -> Job:
-    return Job(*row[:16], None, bool(row[16]), row[17])  # every column, and no history
+    return Job(*row[:16], None, bool(row[16]), *row[17:21])  # every column, and no history
 
 
 # -- the locator ---------------------------------------------------------------------------
@@ -432,9 +435,11 @@ class PostgresStore(Store):
                 RETURNING j.id, t.now),
             hist AS (
                 INSERT INTO {s}.attempts (job_id, attempt, worker, started_at, finished_at,
-                    outcome, exit_code, error, output, output_total)
+                    outcome, exit_code, error, output, output_total, cpu_user_usec,
+                    cpu_system_usec, memory_peak_bytes)
                 SELECT id, %(attempts)s, %(job_worker)s, coalesce(%(started_at)s, now), now,
-                    %(outcome)s, %(exit_code)s, NULL, %(output)s, %(total)s FROM done),
+                    %(outcome)s, %(exit_code)s, NULL, %(output)s, %(total)s, %(cpu_user)s,
+                    %(cpu_system)s, %(memory_peak)s FROM done),
             {self._drop_live("done")}"""
         self.sql_t = f"t AS (SELECT {NOW} AS now)"
 
@@ -539,6 +544,7 @@ class PostgresStore(Store):
             "outcome": result, "output": None if output is None else psycopg2.Binary(output),
             "total": total, "live": outcome is None or outcome.live,
             "canceled_error": policy.CANCELED_ERROR, "canceled_outcome": policy.CANCELED_ATTEMPT,
+            **dict(zip(("cpu_user", "cpu_system", "memory_peak"), usage_of(outcome), strict=True)),
         }
 
     def _config(self) -> cfg.QueueConfig:
@@ -547,8 +553,8 @@ class PostgresStore(Store):
 
     # -- submitting --------------------------------------------------------------------------
     def enqueue(self, specs: list[JobSpec], if_absent: bool = False) -> list[str]:
-        default_retries = (self._config().max_retries
-                           if any(spec.max_retries is None for spec in specs) else 0)
+        conf = self._config()
+        default_retries = conf.max_retries
         ids = [spec.id or policy.new_job_id() for spec in specs]
         rows = {
             "ids": ids,
@@ -560,17 +566,22 @@ class PostgresStore(Store):
             "run_ats": [spec.run_at for spec in specs],
             "delays": [spec.delay or 0.0 for spec in specs],
             "queues": [spec.queue or DEFAULT_QUEUE for spec in specs],
+            "memory_maxes": [spec.limits_with(conf)[0] for spec in specs],
+            "cpu_maxes": [spec.limits_with(conf)[1] for spec in specs],
+            "tasks_maxes": [spec.limits_with(conf)[2] for spec in specs],
         }
         insert = f"""WITH {self.sql_t}
             INSERT INTO {self.s}.jobs (id, command, state, attempts, max_retries, priority,
-                timeout, run_at, created_at, updated_at, queue)
+                timeout, run_at, created_at, updated_at, queue, memory_max, cpu_max, tasks_max)
             SELECT u.id, u.command, 'pending', 0, u.max_retries, u.priority, u.timeout,
-                coalesce(u.run_at, t.now + u.delay), t.now, t.now, u.queue
+                coalesce(u.run_at, t.now + u.delay), t.now, t.now, u.queue, u.memory_max,
+                u.cpu_max, u.tasks_max
             FROM unnest(%(ids)s::text[], %(commands)s::text[], %(retries)s::int[],
                         %(priorities)s::int[], %(timeouts)s::float8[], %(run_ats)s::float8[],
-                        %(delays)s::float8[], %(queues)s::text[])
+                        %(delays)s::float8[], %(queues)s::text[], %(memory_maxes)s::int8[],
+                        %(cpu_maxes)s::float8[], %(tasks_maxes)s::int[])
                  WITH ORDINALITY AS u(id, command, max_retries, priority, timeout, run_at,
-                                      delay, queue, n), t
+                                      delay, queue, memory_max, cpu_max, tasks_max, n), t
             ORDER BY u.n
             {"ON CONFLICT (id) DO NOTHING" if if_absent else ""}"""
         chunk = 5000
@@ -715,11 +726,13 @@ class PostgresStore(Store):
                 RETURNING {_cols('j')}, t.now),
             hist AS (
                 INSERT INTO {self.s}.attempts (job_id, attempt, worker, started_at,
-                    finished_at, outcome, exit_code, error, output, output_total)
+                    finished_at, outcome, exit_code, error, output, output_total,
+                    cpu_user_usec, cpu_system_usec, memory_peak_bytes)
                 SELECT id, %(attempts)s, %(job_worker)s, coalesce(%(started_at)s, now), now,
                     CASE WHEN state = 'canceled' THEN %(canceled_outcome)s
                          ELSE %(outcome)s END,
-                    %(exit_code)s, last_error, %(output)s, %(total)s FROM upd),
+                    %(exit_code)s, last_error, %(output)s, %(total)s, %(cpu_user)s,
+                    %(cpu_system)s, %(memory_peak)s FROM upd),
             {self._drop_live("upd")}
             SELECT * FROM upd"""
 
@@ -1180,11 +1193,13 @@ class PostgresStore(Store):
             job.history = [
                 {"attempt": attempt, "worker": worker, "started_at": started,
                  "finished_at": finished, "outcome": result, "exit_code": code,
-                 "error": error, "output": None if output is None else bytes(output)}
-                for attempt, worker, started, finished, result, code, error, output
+                 "error": error, "output": None if output is None else bytes(output),
+                 **dict(zip(USAGE, used, strict=True))}
+                for attempt, worker, started, finished, result, code, error, output, *used
                 in self._fetch(
                     "SELECT attempt, worker, started_at, finished_at, outcome, exit_code,"
-                    f" error, output FROM {self.s}.attempts WHERE job_id = %s ORDER BY seq",
+                    " error, output, cpu_user_usec, cpu_system_usec, memory_peak_bytes"
+                    f" FROM {self.s}.attempts WHERE job_id = %s ORDER BY seq",
                     (job_id,))
             ]
         return job

@@ -8,7 +8,7 @@ change as the next number; never edit a released one. `{s}` stands for the quote
 
 from queuectl.policy import DURATION_BUCKETS
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 def _bucket(seconds: str) -> str:
@@ -178,6 +178,17 @@ MIGRATIONS: dict[int, list[str]] = {
         END $f$""",
         """CREATE TRIGGER count_attempt AFTER INSERT ON {s}.attempts
             FOR EACH ROW EXECUTE FUNCTION {s}.count_attempt()""",
+    ],
+    # Issue 15: each attempt in a cgroup of its own. Only additions (no default, no
+    # rewrite): a job's limits (NULL or 0: none) and what each attempt used (NULL where it
+    # was not measured: older rows, workers without a delegated cgroup).
+    5: [
+        "ALTER TABLE {s}.jobs ADD COLUMN memory_max bigint",
+        "ALTER TABLE {s}.jobs ADD COLUMN cpu_max double precision",
+        "ALTER TABLE {s}.jobs ADD COLUMN tasks_max integer",
+        "ALTER TABLE {s}.attempts ADD COLUMN cpu_user_usec bigint",
+        "ALTER TABLE {s}.attempts ADD COLUMN cpu_system_usec bigint",
+        "ALTER TABLE {s}.attempts ADD COLUMN memory_peak_bytes bigint",
     ],
 }
 

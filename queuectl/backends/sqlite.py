@@ -36,6 +36,7 @@ from queuectl.job import (
     JobSpec,
 )
 from queuectl.store import (
+    USAGE,
     Metrics,
     Outcome,
     OutputSlice,
@@ -44,6 +45,7 @@ from queuectl.store import (
     Store,
     Wakeup,
     WorkerInfo,
+    usage_of,
 )
 
 TYPE_CHECKING = False
@@ -95,7 +97,7 @@ def _active_params() -> tuple[float, str, float]:
 _JOB_COLUMNS = (
     "id, command, state, attempts, max_retries, created_at, updated_at, priority, timeout, "
     "run_at, worker, started_at, finished_at, exit_code, last_error, lease_expires_at, "
-    "cancel_requested, queue"
+    "cancel_requested, queue, memory_max, cpu_max, tasks_max"
 )
 _WAITING = "state IN ('pending', 'failed')"
 # The global pause and every queue that is paused or has a limit, read at each claim.
@@ -115,7 +117,7 @@ def _in(names: list[str]) -> str:
 
 
 def _job(row: tuple) -> Job:
-    return Job(*row[:16], None, bool(row[16]), row[17])  # every column, and no history
+    return Job(*row[:16], None, bool(row[16]), *row[17:21])  # every column, and no history
 
 
 def _by_state(state: str, queue: str | None) -> tuple[str, str, tuple]:
@@ -415,20 +417,21 @@ class SQLiteStore(Store):
     def enqueue(self, specs: list[JobSpec], if_absent: bool = False) -> list[str]:
         ids: list[str] = []
         with self._write() as c:
-            default_retries = self._config(c).max_retries
+            conf = self._config(c)
+            default_retries = conf.max_retries
             t = now()
             verb = "INSERT OR IGNORE" if if_absent else "INSERT"
             sql = (
                 f"{verb} INTO jobs (id, command, state, attempts, max_retries, priority, timeout,"
-                " run_at, created_at, updated_at, queue)"
-                " VALUES (?, ?, 'pending', 0, ?, ?, ?, ?, ?, ?, ?)"
+                " run_at, created_at, updated_at, queue, memory_max, cpu_max, tasks_max)"
+                " VALUES (?, ?, 'pending', 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             )
             for spec in specs:
                 job_id = spec.id or policy.new_job_id()
                 retries = default_retries if spec.max_retries is None else spec.max_retries
                 run_at = spec.run_at if spec.run_at is not None else t + (spec.delay or 0.0)
                 row = (job_id, spec.command, retries, spec.priority, spec.timeout, run_at, t, t,
-                       spec.queue or DEFAULT_QUEUE)
+                       spec.queue or DEFAULT_QUEUE, *spec.limits_with(conf))
                 try:
                     c.execute(sql, row)
                 except sqlite3.IntegrityError:
@@ -551,9 +554,10 @@ class SQLiteStore(Store):
             total = outcome.total if outcome.total is not None else len(outcome.output)
         c.execute(
             """INSERT INTO attempts (job_id, attempt, worker, started_at, finished_at, outcome,
-               exit_code, error, output, output_total) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+               exit_code, error, output, output_total, cpu_user_usec, cpu_system_usec,
+               memory_peak_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
             (job.id, job.attempts, job.worker, job.started_at or t, t, result, exit_code, error,
-             output, total),
+             output, total, *usage_of(outcome)),
         )
         if outcome is None or outcome.live:
             c.execute("DELETE FROM live_output WHERE job_id = ?", (job.id,))
@@ -958,15 +962,17 @@ class SQLiteStore(Store):
         job = _job(rows[0])
         if history:
             job.history = []
-            for attempt, worker, started, finished, result, code, error, output in self._read(
+            for (attempt, worker, started, finished, result, code, error, output,
+                 *used) in self._read(
                 "SELECT attempt, worker, started_at, finished_at, outcome, exit_code, error,"
-                " output FROM attempts WHERE job_id = ? ORDER BY seq",
+                " output, cpu_user_usec, cpu_system_usec, memory_peak_bytes FROM attempts"
+                " WHERE job_id = ? ORDER BY seq",
                 (job_id,),
             ):
                 job.history.append({
                     "attempt": attempt, "worker": worker, "started_at": started,
                     "finished_at": finished, "outcome": result, "exit_code": code,
-                    "error": error, "output": output,
+                    "error": error, "output": output, **dict(zip(USAGE, used, strict=True)),
                 })
         return job
 

@@ -7,7 +7,7 @@ new one. Add a change as the next number; never edit a released one.
 
 from queuectl.policy import DURATION_BUCKETS
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 def _bucket(seconds: str) -> str:
@@ -169,5 +169,16 @@ MIGRATIONS: dict[int, list[str]] = {
             ON CONFLICT (queue, event, le) DO UPDATE SET n = n + 1,
                 seconds = seconds + excluded.seconds;
         END""",
+    ],
+    # Issue 15: each attempt in a cgroup of its own. Only additions: a job's limits (NULL
+    # or 0: none) and what each attempt used (NULL where it was not measured: older rows,
+    # workers without a delegated cgroup).
+    6: [
+        "ALTER TABLE jobs ADD COLUMN memory_max INTEGER",
+        "ALTER TABLE jobs ADD COLUMN cpu_max REAL",
+        "ALTER TABLE jobs ADD COLUMN tasks_max INTEGER",
+        "ALTER TABLE attempts ADD COLUMN cpu_user_usec INTEGER",
+        "ALTER TABLE attempts ADD COLUMN cpu_system_usec INTEGER",
+        "ALTER TABLE attempts ADD COLUMN memory_peak_bytes INTEGER",
     ],
 }
