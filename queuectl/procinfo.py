@@ -108,15 +108,27 @@ class WorkerProcess:
         return os.path.normpath(os.path.join(self.cwd, os.path.expanduser(value)))
 
 
+def _uts_namespace(pid: int | str) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}/ns/uts").st_ino
+    except OSError:
+        return None
+
+
 def worker_processes() -> list[WorkerProcess]:
     """Every `queuectl ... worker run` process of this host that we may read (and so may
-    signal): found even when no registry lists it, e.g. after its database was deleted."""
+    signal): found even when no registry lists it, e.g. after its database was deleted.
+    "This host" is this UTS namespace: a container or namespace with a host name of its own
+    is another host, as the registry's host column says, even on the same kernel."""
     found = []
     me = os.getpid()
+    mine = _uts_namespace("self")
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == me or not is_queuectl_worker(int(entry)):
             continue
         pid = int(entry)
+        if _uts_namespace(pid) != mine:
+            continue
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as fh:
                 argv = [a.decode("utf-8", "surrogateescape") for a in fh.read().split(b"\0")]

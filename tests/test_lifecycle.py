@@ -161,7 +161,7 @@ def test_supervisor_restarts_crashed_worker_and_stops_all_on_sigterm(
     os.kill(victim, signal.SIGKILL)
     wait_for(lambda: len(_worker_pids(queue)) == 2 and victim not in _worker_pids(queue),
              15, "the crashed worker to be restarted")
-    assert "restarting it" in log.read_text()
+    wait_for(lambda: "restarting it" in log.read_text(), 15, "the supervisor to report the restart")
     queue.enqueue({"id": "after", "command": "true"})
     queue.wait_state("after", "completed")
     sup.send_signal(signal.SIGTERM)

@@ -60,7 +60,7 @@ def test_late_result_of_a_reclaimed_attempt_is_ignored(tmp_path: Path) -> None:
     store.set_config("lease-seconds", 2)
     store.enqueue([JobSpec("true", id="x")])
     first = store.claim_next("w1")
-    store._conn.execute("UPDATE jobs SET lease_expires_at = 0")  # the lease ran out
+    store._conn.execute("UPDATE jobs SET lease_expires_at = 0, lease_until = 0")  # lease ran out
     assert [j.id for j in store.reclaim_expired()] == ["x"]
     store._conn.execute("UPDATE jobs SET run_at = 0")
     second = store.claim_next("w2")
