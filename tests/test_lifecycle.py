@@ -159,8 +159,11 @@ def test_supervisor_restarts_crashed_worker_and_stops_all_on_sigterm(
     queue.wait_counts(active_workers=2, timeout=15)
     victim = _worker_pids(queue)[0]
     os.kill(victim, signal.SIGKILL)
-    wait_for(lambda: len(_worker_pids(queue)) == 2 and victim not in _worker_pids(queue),
-             15, "the crashed worker to be restarted")
+    def restarted() -> bool:
+        pids = _worker_pids(queue)  # one snapshot: two could straddle the victim's death
+        return len(pids) == 2 and victim not in pids
+
+    wait_for(restarted, 15, "the crashed worker to be restarted")
     wait_for(lambda: "restarting it" in log.read_text(), 15, "the supervisor to report the restart")
     queue.enqueue({"id": "after", "command": "true"})
     queue.wait_state("after", "completed")
