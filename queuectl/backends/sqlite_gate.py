@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import signal
 import time
 
 from queuectl.errors import DatabaseBusy
@@ -83,6 +82,7 @@ class WriteGate:
         The timer's handler raises only while armed (inside the blocking call); a tick that
         lands just after flock returned is caught below and settled by a non-blocking retry,
         which succeeds because this descriptor already holds the lock."""
+        import signal  # only a writer that has to wait pays for these imports
         import threading
 
         if threading.current_thread() is not threading.main_thread():
