@@ -426,19 +426,26 @@ class SQLiteStore(Store):
                 " run_at, created_at, updated_at, queue, memory_max, cpu_max, tasks_max)"
                 " VALUES (?, ?, 'pending', 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             )
+            added: dict[str, int] = {}  # jobs inserted per queue, for the counters
             for spec in specs:
                 job_id = spec.id or policy.new_job_id()
                 retries = default_retries if spec.max_retries is None else spec.max_retries
                 run_at = spec.run_at if spec.run_at is not None else t + (spec.delay or 0.0)
+                queue = spec.queue or DEFAULT_QUEUE
                 row = (job_id, spec.command, retries, spec.priority, spec.timeout, run_at, t, t,
-                       spec.queue or DEFAULT_QUEUE, *spec.limits_with(conf))
+                       queue, *spec.limits_with(conf))
                 try:
-                    c.execute(sql, row)
+                    inserted = c.execute(sql, row).rowcount
                 except sqlite3.IntegrityError:
                     raise Conflict(
                         f"job {job_id!r} already exists (use --if-absent to skip it)"
                     ) from None
+                added[queue] = added.get(queue, 0) + inserted
                 ids.append(job_id)
+            c.executemany(
+                "INSERT INTO counters (queue, event, le, n, seconds) VALUES (?, 'enqueued', 0, ?, 0)"
+                " ON CONFLICT (queue, event, le) DO UPDATE SET n = n + excluded.n",
+                [(q, n) for q, n in added.items() if n])
         return ids
 
     # -- the worker's verbs ------------------------------------------------------------------

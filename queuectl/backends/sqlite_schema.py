@@ -7,7 +7,7 @@ new one. Add a change as the next number; never edit a released one.
 
 from queuectl.policy import DURATION_BUCKETS
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 def _bucket(seconds: str) -> str:
@@ -180,5 +180,10 @@ MIGRATIONS: dict[int, list[str]] = {
         "ALTER TABLE attempts ADD COLUMN cpu_user_usec INTEGER",
         "ALTER TABLE attempts ADD COLUMN cpu_system_usec INTEGER",
         "ALTER TABLE attempts ADD COLUMN memory_peak_bytes INTEGER",
+    ],
+    # A row trigger per inserted job made `enqueue --file` 2.6x slower: `enqueue` now adds
+    # its count to `counters` itself, once per queue, in the same transaction.
+    7: [
+        "DROP TRIGGER IF EXISTS count_enqueued",
     ],
 }
