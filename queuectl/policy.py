@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 
+from queuectl.errors import Conflict, NotFound
+
 OUTPUT_LIMIT = 65_536  # bytes of output kept per attempt: the tail
 HEARTBEAT_EVERY = 2.0  # seconds between a worker's heartbeats (and lease renewals)
 ACTIVE_WINDOW = 3 * HEARTBEAT_EVERY  # a worker silent this long no longer counts as active
@@ -105,3 +107,18 @@ ATTEMPT_OUTCOMES = (COMPLETED_ATTEMPT, FAILED_ATTEMPT, DEAD_ATTEMPT, CANCELED_AT
                     LOST_ATTEMPT, INTERRUPTED_ATTEMPT)
 DURATION_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0,
                     10800.0, 21600.0)
+
+
+# The refusals every backend words the same way: what a user reads does not depend on where
+# the queue lives.
+def no_such_job(job_id: str) -> NotFound:
+    return NotFound(f"no job with id {job_id!r}")
+
+
+def not_dead(job_id: str, state: str) -> Conflict:
+    return Conflict(f"job {job_id!r} is {state}, not dead; only dead jobs can be retried")
+
+
+def not_cancellable(job_id: str, state: str) -> Conflict:
+    return Conflict(f"job {job_id!r} is already {state}; only pending, failed or processing"
+                    " jobs can be canceled")

@@ -32,7 +32,6 @@ from queuectl.errors import (
     Conflict,
     DatabaseBusy,
     DatabaseUnavailable,
-    NotFound,
     Unsupported,
     ValidationError,
 )
@@ -837,6 +836,13 @@ class PostgresStore(Store):
         return self._reclaim("worker = %(worker)s", {"worker": worker}, policy.WORKER_RESTARTED)
 
     # -- operators ---------------------------------------------------------------------------
+    def _refusal(self, cur: Any, job_id: str,
+                 conflict: Callable[[str, str], Conflict]) -> Exception:
+        """Why a guarded UPDATE matched nothing: no such job, or the job's state forbids it."""
+        cur.execute(f"SELECT state FROM {self.s}.jobs WHERE id = %s", (job_id,))
+        found = cur.fetchone()
+        return policy.no_such_job(job_id) if found is None else conflict(job_id, found[0])
+
     def retry_dead(self, job_id: str) -> Job:
         sql = f"""{self._notify}WITH {self.sql_t}
             UPDATE {self.s}.jobs j SET state = 'pending', attempts = 0, run_at = t.now,
@@ -849,12 +855,7 @@ class PostgresStore(Store):
             row = cur.fetchone()
             if row is not None:
                 return _job(row)
-            cur.execute(f"SELECT state FROM {self.s}.jobs WHERE id = %s", (job_id,))
-            found = cur.fetchone()
-            if found is None:
-                raise NotFound(f"no job with id {job_id!r}")
-            raise Conflict(
-                f"job {job_id!r} is {found[0]}, not dead; only dead jobs can be retried")
+            raise self._refusal(cur, job_id, policy.not_dead)
 
         return self._run(retry)
 
@@ -878,12 +879,7 @@ class PostgresStore(Store):
             row = cur.fetchone()
             if row is not None:
                 return _job(row)
-            cur.execute(f"SELECT state FROM {self.s}.jobs WHERE id = %s", (job_id,))
-            found = cur.fetchone()
-            if found is None:
-                raise NotFound(f"no job with id {job_id!r}")
-            raise Conflict(f"job {job_id!r} is already {found[0]}; only pending, failed or"
-                           " processing jobs can be canceled")
+            raise self._refusal(cur, job_id, policy.not_cancellable)
 
         return self._run(cancel_once)
 
@@ -1156,7 +1152,7 @@ class PostgresStore(Store):
         rows = self._fetch(sql, {"id": job_id, "attempt": attempt, "offset": offset})
         head = [r for r in rows if r[0] == "j"]
         if not head:
-            raise NotFound(f"no job with id {job_id!r}")
+            raise policy.no_such_job(job_id)
         if head[0][5]:  # the running attempt: its live chunks, contiguous from offset
             start, data = offset, bytearray()
             for _, _, chunk_start, chunk, _, _ in sorted(
@@ -1187,7 +1183,7 @@ class PostgresStore(Store):
         rows = self._fetch(f"SELECT {', '.join(COLUMNS)} FROM {self.s}.jobs WHERE id = %s",
                            (job_id,))
         if not rows:
-            raise NotFound(f"no job with id {job_id!r}")
+            raise policy.no_such_job(job_id)
         job = _job(rows[0])
         if history:
             job.history = [

@@ -22,7 +22,7 @@ from queuectl import settings as cfg
 from queuectl.backends.sqlite_gate import WriteGate
 from queuectl.backends.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
 from queuectl.clock import now
-from queuectl.errors import Conflict, DatabaseBusy, DatabaseUnavailable, NotFound
+from queuectl.errors import Conflict, DatabaseBusy, DatabaseUnavailable
 from queuectl.job import (
     CANCELED,
     CANCELLABLE,
@@ -679,9 +679,9 @@ class SQLiteStore(Store):
         with self._write() as c:
             row = c.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
-                raise NotFound(f"no job with id {job_id!r}")
+                raise policy.no_such_job(job_id)
             if row[0] != DEAD:
-                raise Conflict(f"job {job_id!r} is {row[0]}, not dead; only dead jobs can be retried")
+                raise policy.not_dead(job_id, row[0])
             t = now()
             c.execute(f"{_RETRY_DEAD} WHERE id = ?", (t, t, job_id))
             return _job(c.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?",
@@ -692,11 +692,10 @@ class SQLiteStore(Store):
         with self._write() as c:
             row = c.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
-                raise NotFound(f"no job with id {job_id!r}")
+                raise policy.no_such_job(job_id)
             job = _job(row)
             if job.state not in CANCELLABLE:
-                raise Conflict(f"job {job_id!r} is already {job.state}; only pending, failed or"
-                               " processing jobs can be canceled")
+                raise policy.not_cancellable(job_id, job.state)
             t = now()
             if job.state == PROCESSING:
                 c.execute("UPDATE jobs SET cancel_requested = 1, updated_at = ? WHERE id = ?",
@@ -912,7 +911,7 @@ class SQLiteStore(Store):
                      offset: int) -> OutputSlice | None:
         row = c.execute("SELECT state, attempts FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
-            raise NotFound(f"no job with id {job_id!r}")
+            raise policy.no_such_job(job_id)
         state, current = row
         if state == PROCESSING and attempt in (None, current):
             chunks = c.execute(
@@ -965,7 +964,7 @@ class SQLiteStore(Store):
     def get(self, job_id: str, history: bool = False) -> Job:
         rows = self._read(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
         if not rows:
-            raise NotFound(f"no job with id {job_id!r}")
+            raise policy.no_such_job(job_id)
         job = _job(rows[0])
         if history:
             job.history = []
