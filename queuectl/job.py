@@ -274,27 +274,19 @@ def spec_from_object(obj: Any) -> JobSpec:
     if "run_at" in fields and "delay" in fields:
         raise ValidationError('give either "run_at" or "delay", not both')
     spec = JobSpec(command=check_command(fields["command"]))
-    if "id" in fields:
-        spec.id = check_id(fields["id"])
-    if "max_retries" in fields:
-        spec.max_retries = check_max_retries(fields["max_retries"])
-    if "timeout" in fields:
-        spec.timeout = check_timeout(fields["timeout"])
-    if "priority" in fields:
-        spec.priority = check_priority(fields["priority"])
-    if "run_at" in fields:
-        spec.run_at = check_run_at(fields["run_at"])
-    if "delay" in fields:
-        spec.delay = check_delay(fields["delay"])
-    if "queue" in fields:
-        spec.queue = check_queue(fields["queue"])
-    if "memory_max" in fields:
-        spec.memory_max = check_memory_max(fields["memory_max"])
-    if "cpu_max" in fields:
-        spec.cpu_max = check_cpu_max(fields["cpu_max"])
-    if "tasks_max" in fields:
-        spec.tasks_max = check_tasks_max(fields["tasks_max"])
+    for key, check in _CHECKS.items():  # a fixed order: the same key is reported first
+        if key in fields:
+            setattr(spec, key, check(fields[key]))
     return spec
+
+
+# The optional keys of a job, each with its check; each key is also the JobSpec field it sets.
+_CHECKS = {
+    "id": check_id, "max_retries": check_max_retries, "timeout": check_timeout,
+    "priority": check_priority, "run_at": check_run_at, "delay": check_delay,
+    "queue": check_queue, "memory_max": check_memory_max, "cpu_max": check_cpu_max,
+    "tasks_max": check_tasks_max,
+}
 
 
 def _reject_constant(name: str) -> Any:
