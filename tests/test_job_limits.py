@@ -4,11 +4,11 @@ older databases migrate forward keeping everything. Under systemd see test_syste
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
 from conftest import Queue
+from test_sqlite_migration import old_schema
 
 from queuectl.backends import sqlite_schema
 
@@ -71,17 +71,7 @@ def test_a_foreground_worker_fails_a_limited_attempt_with_one_clear_error(
 
 def test_the_previous_sqlite_schema_migrates_keeping_everything(tmp_path: Path) -> None:
     db = tmp_path / "prev.db"
-    before = sqlite_schema.SCHEMA_VERSION - 1
-    functions = {"queuectl_boot_id": lambda: "b", "queuectl_uptime": lambda: 1.0,
-                 "queuectl_wall": lambda: 1.0}
-    with sqlite3.connect(db) as conn:
-        for name, fn in functions.items():
-            conn.create_function(name, 0, fn)
-        conn.execute("PRAGMA journal_mode=WAL")
-        for version in range(1, before + 1):
-            for statement in sqlite_schema.MIGRATIONS[version]:
-                conn.execute(statement)
-        conn.execute(f"PRAGMA user_version = {before}")
+    with old_schema(db, 5) as conn:  # 5: the schema before job limits (6)
         conn.execute("INSERT INTO jobs (id, command, state, attempts, max_retries, run_at,"
                      " created_at, updated_at, finished_at, exit_code) VALUES"
                      " ('done', 'echo hi', 'completed', 1, 3, 1, 1, 2, 2, 0),"

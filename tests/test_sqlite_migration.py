@@ -3,20 +3,37 @@ keeps every job, attempt, worker and setting."""
 
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from conftest import Queue
 
 from queuectl.backends.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
 
+# SQL functions the backend registers on its connections, which migrations from 4 on call.
+_MIGRATION_FUNCTIONS = {"queuectl_boot_id": lambda: "b", "queuectl_uptime": lambda: 1.0,
+                        "queuectl_wall": lambda: 1.0}
+
+
+@contextmanager
+def old_schema(db: Path, version: int) -> Iterator[sqlite3.Connection]:
+    """A database file as queuectl left it at schema `version`, open for the test's rows
+    (committed when the block ends)."""
+    with sqlite3.connect(db) as conn:
+        for name, fn in _MIGRATION_FUNCTIONS.items():
+            conn.create_function(name, 0, fn)
+        conn.execute("PRAGMA journal_mode=WAL")
+        for v in range(1, version + 1):
+            for statement in MIGRATIONS[v]:
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {version}")
+        yield conn
+
 
 def test_a_version_1_database_migrates_keeping_everything(tmp_path: Path) -> None:
     db = tmp_path / "old.db"
-    with sqlite3.connect(db) as conn:
-        conn.execute("PRAGMA journal_mode=WAL")
-        for statement in MIGRATIONS[1]:
-            conn.execute(statement)
-        conn.execute("PRAGMA user_version = 1")
+    with old_schema(db, 1) as conn:
         conn.execute("INSERT INTO jobs (id, command, state, attempts, max_retries, run_at,"
                      " created_at, updated_at, finished_at, exit_code) VALUES"
                      " ('done', 'echo hi', 'completed', 1, 3, 1, 1, 2, 2, 0),"
@@ -37,12 +54,7 @@ def test_a_version_1_database_migrates_keeping_everything(tmp_path: Path) -> Non
 
 def test_a_version_2_database_migrates_to_named_queues_keeping_everything(tmp_path: Path) -> None:
     db = tmp_path / "v2.db"
-    with sqlite3.connect(db) as conn:
-        conn.execute("PRAGMA journal_mode=WAL")
-        for version in (1, 2):
-            for statement in MIGRATIONS[version]:
-                conn.execute(statement)
-        conn.execute("PRAGMA user_version = 2")
+    with old_schema(db, 2) as conn:
         conn.execute("INSERT INTO jobs (id, command, state, attempts, max_retries, run_at,"
                      " created_at, updated_at, finished_at, exit_code) VALUES"
                      " ('done', 'echo hi', 'completed', 1, 3, 1, 1, 2, 2, 0),"
@@ -72,12 +84,7 @@ def test_a_version_3_database_moves_its_leases_to_the_boot_clock(tmp_path: Path)
     CLOCK_BOOTTIME with this boot's id; everything else stays."""
     db = tmp_path / "v3.db"
     wall = time.time()
-    with sqlite3.connect(db) as conn:
-        conn.execute("PRAGMA journal_mode=WAL")
-        for version in (1, 2, 3):
-            for statement in MIGRATIONS[version]:
-                conn.execute(statement)
-        conn.execute("PRAGMA user_version = 3")
+    with old_schema(db, 3) as conn:
         conn.execute("INSERT INTO config (key, value) VALUES ('lease-seconds', '20')")
         for job_id, state, lease in (("live", "processing", wall + 10),
                                      ("expired", "processing", wall - 5),
