@@ -8,7 +8,6 @@ slow poll as the safety net, so a missed event delays a job, never strands it.
 """
 
 import ctypes
-import ctypes.util
 import os
 import struct
 
@@ -21,6 +20,7 @@ IN_CREATE = 0x100
 IN_NONBLOCK = 0o4000
 IN_CLOEXEC = 0o2000000
 _EVENT = struct.Struct("iIII")
+DRAIN_READS = 16  # at most 1 MiB of events per drain
 
 
 class DatabaseWatcher(Wakeup):
@@ -29,7 +29,9 @@ class DatabaseWatcher(Wakeup):
     poll_interval = 1.0
 
     def __init__(self, db_path: str) -> None:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        # The C library Python itself runs on: find_library("c") would start `ldconfig -p`
+        # in a subprocess, which costs every worker's start-up more than all the rest.
+        libc = ctypes.CDLL(None, use_errno=True)
         fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
         if fd < 0:
             raise OSError(ctypes.get_errno(), "inotify_init1 failed")
@@ -47,9 +49,11 @@ class DatabaseWatcher(Wakeup):
         return self.fd
 
     def drain(self) -> bool:
-        """Consume pending events; True if one concerned the database."""
+        """Consume pending events; True if one concerned the database. Reads a bounded
+        amount: a process that keeps writing in the directory must not keep us here (what
+        is left makes the fd readable again, and counts as a change)."""
         relevant = False
-        while True:
+        for _ in range(DRAIN_READS):
             try:
                 data = os.read(self.fd, 65536)
             except BlockingIOError:
@@ -60,6 +64,7 @@ class DatabaseWatcher(Wakeup):
                 name = data[offset + _EVENT.size: offset + _EVENT.size + length].rstrip(b"\0")
                 relevant = relevant or name in self._names or not name
                 offset += _EVENT.size + length
+        return True
 
     def close(self) -> None:
         os.close(self.fd)

@@ -5,8 +5,9 @@ started at once on a loaded host, the pollers take the CPU the lock holder needs
 unlucky ones give up after the busy timeout although the queue was moving all along. Here
 every queuectl writer first takes an exclusive `flock` on `<database>-lock`: waiters sleep
 until the kernel hands them the lock, so the holder runs. Each holder bumps a counter in that
-file, and a waiter gives up only after `budget` seconds in which nobody got the lock: a long
-queue that moves is waited out, a stuck holder is reported as before.
+file (at most every BUMP_EVERY seconds per process, so that a busy worker does not pay a
+write per transaction), and a waiter gives up only after `budget` seconds in which nobody
+got the lock: a long queue that moves is waited out, a stuck holder is reported as before.
 
 A process that cannot open the side file (a read-only directory) goes without the gate: the
 SQLite lock and the retry loop still keep it correct, only less fair.
@@ -21,6 +22,7 @@ import time
 from queuectl.errors import DatabaseBusy
 
 TICK = 0.25  # seconds between progress checks while waiting
+BUMP_EVERY = 0.05  # seconds: how stale the progress counter may get while the line moves
 
 
 class _Tick(Exception):
@@ -33,6 +35,8 @@ class WriteGate:
         self.budget = budget
         self.fd = self._open()
         self._armed = False
+        self._bumped_at = -BUMP_EVERY  # monotonic
+        self._bumps = 0
 
     def _open(self) -> int | None:
         for flags in (os.O_RDWR | os.O_CREAT, os.O_RDONLY):
@@ -65,10 +69,17 @@ class WriteGate:
         return os.pread(self.fd, 8, 0)
 
     def _bump(self) -> None:
-        """Tell waiters the line moved (8 bytes to the page cache; no fsync needed)."""
-        value = int.from_bytes(self._generation().ljust(8, b"\0"), "little") + 1
+        """Tell waiters the line moved (8 bytes to the page cache; no fsync needed). Waiters
+        only look for a change, so the value need not count: our pid and a count of our own
+        bumps differ from whatever anyone wrote before, without reading it first."""
+        t = time.monotonic()
+        if t - self._bumped_at < BUMP_EVERY:
+            return
+        self._bumped_at = t
+        self._bumps += 1
+        value = (os.getpid() << 40 | self._bumps % 2**40) % 2**64
         try:
-            os.pwrite(self.fd, (value % 2**64).to_bytes(8, "little"), 0)
+            os.pwrite(self.fd, value.to_bytes(8, "little"), 0)
         except OSError:
             pass  # opened read-only: waiters only see progress from others
 
