@@ -14,8 +14,6 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from queuectl import policy
 from queuectl import settings as cfg
@@ -211,12 +209,63 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
     return "locked" in low or "busy" in low
 
 
+class _Transaction:
+    """The write transaction of one store, as a plain context manager: a worker opens one
+    per job, and a generator-based one costs several times as much to enter and leave."""
+
+    def __init__(self, store: SQLiteStore, gate: WriteGate) -> None:
+        self._store = store
+        self._gate = gate
+        self._conn = store._conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        conn = self._conn
+        self._gate.acquire()  # in line behind other queuectl writers, asleep
+        try:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+                self._store._retry(lambda: conn.execute("BEGIN IMMEDIATE"))
+        except sqlite3.Error as exc:
+            self._gate.release()
+            raise _unavailable(exc, self._store.path) from None
+        except BaseException:
+            self._gate.release()
+            raise
+        return conn
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 _tb: object) -> None:
+        conn = self._conn
+        try:
+            if kind is None:
+                try:
+                    conn.execute("COMMIT")
+                    return
+                except BaseException as failed:
+                    exc = failed
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            if isinstance(exc, sqlite3.Error):
+                raise _unavailable(exc, self._store.path) from None
+            if kind is None:
+                raise exc  # COMMIT failed with something other than a database error
+        finally:
+            self._gate.release()
+
+
 class SQLiteStore(Store):
     def __init__(self, path: str | os.PathLike[str], create_dirs: bool = False,
                  durable: bool = True) -> None:
         self.path = os.fspath(path)
         self._synchronous = "FULL" if durable else "NORMAL"
         self._settings = cfg.SettingsCache()
+        self._short = False  # shorter than its header says (see _check_header)
         self._conn = self._open(create_dirs)
 
     # -- opening -----------------------------------------------------------------------------
@@ -237,7 +286,6 @@ class SQLiteStore(Store):
         # between can leave us holding one file while believing we hold another.
         self._identity = _identity(path)
         self._replaced = False
-        self._boot = _boot_id()
         if self._identity is None or self._identity != before:
             conn.close()
             raise DatabaseBusy(f"database {path} was replaced while it was being opened")
@@ -248,7 +296,10 @@ class SQLiteStore(Store):
             if self._synchronous == "NORMAL":  # a worker: its hot set is a few index pages
                 conn.execute("PRAGMA cache_size=-512")
             self._migrate()
-            self._probe()
+            # A worker, or a file shorter than its header says; a command otherwise finds
+            # damage in what it reads.
+            if self._synchronous == "NORMAL" or self._short:
+                self._probe()
         except sqlite3.Error as exc:
             conn.close()
             raise _unavailable(exc, path) from None
@@ -259,7 +310,9 @@ class SQLiteStore(Store):
 
     def _probe(self) -> None:
         """Touch every table and index the hot paths use, so a damaged file is refused at
-        open (a worker must fail before READY) rather than on its first claim."""
+        open (a worker must fail before READY) rather than on its first claim. Commands
+        skip it: `enqueue` from cron pays for every statement, and a command meets damage
+        in what it reads anyway, unless the file is shorter than its header says."""
         for sql in (
             "SELECT id FROM jobs INDEXED BY jobs_due WHERE state IN ('pending', 'failed')"
             " ORDER BY priority DESC, run_at LIMIT 1",
@@ -294,7 +347,7 @@ class SQLiteStore(Store):
         if os.path.isdir(path):
             raise DatabaseUnavailable(f"cannot open database {path}: it is a directory")
         if _exists(path):
-            self._check_header(path)
+            self._short = self._check_header(path)
             if not os.access(path, os.R_OK | os.W_OK):
                 if not os.access(path, os.R_OK):
                     raise PermissionError
@@ -319,19 +372,30 @@ class SQLiteStore(Store):
             raise DatabaseUnavailable(f"cannot create database {path}: {exc.strerror}") from None
 
     @staticmethod
-    def _check_header(path: str) -> None:
-        """Refuse a file that is not SQLite before SQLite gets a chance to write to it."""
+    def _check_header(path: str) -> bool:
+        """Refuse a file that is not SQLite before SQLite gets a chance to write to it.
+        True if the file is shorter than its header says: truncated, or caught in the
+        middle of a checkpoint (which writes the header before the pages after it); the
+        probe at open tells the two apart."""
         try:
             with open(path, "rb") as fh:
-                head = fh.read(16)
+                head = fh.read(100)
+                size = os.fstat(fh.fileno()).st_size
         except PermissionError:
             raise
         except OSError as exc:
             raise DatabaseUnavailable(f"cannot open database {path}: {exc.strerror}") from None
-        if head and head != SQLITE_MAGIC:
+        if head and head[:16] != SQLITE_MAGIC:
             raise DatabaseUnavailable(
                 f"{path} is not a SQLite database; refusing to touch it"
             )
+        # The header's page count, when valid (its change counter matches the one stamped
+        # beside it), says how long the file should be.
+        if len(head) == 100 and head[24:28] == head[92:96]:
+            page_size = int.from_bytes(head[16:18], "big")
+            pages = int.from_bytes(head[28:32], "big")
+            return size < (65536 if page_size == 1 else page_size) * pages
+        return False
 
     def _migrate(self) -> None:
         version = self._retry(lambda: self._conn.execute("PRAGMA user_version").fetchone()[0])
@@ -379,33 +443,13 @@ class SQLiteStore(Store):
             time.sleep(pause * int.from_bytes(os.urandom(2), "little") / 65536)  # jitter
             pause = min(pause * 2, 0.002)
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction; errors become DatabaseUnavailable with a readable line."""
-        conn = self._conn
+    def _write(self) -> _Transaction:
+        """One write transaction (`with self._write() as c:`); errors become
+        DatabaseUnavailable with a readable line."""
         if self._gate is None:
             self._gate = WriteGate(self.path, BUSY_TIMEOUT)
-        gate = self._gate
-        gate.acquire()  # in line behind other queuectl writers, asleep
-        try:
-            try:
-                self._retry(lambda: conn.execute("BEGIN IMMEDIATE"))
-            except sqlite3.Error as exc:
-                raise _unavailable(exc, self.path) from None
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException as exc:
-                if conn.in_transaction:
-                    try:
-                        conn.execute("ROLLBACK")
-                    except sqlite3.Error:
-                        pass
-                if isinstance(exc, sqlite3.Error):
-                    raise _unavailable(exc, self.path) from None
-                raise
-        finally:
-            gate.release()
+            self._transaction = _Transaction(self, self._gate)
+        return self._transaction
 
     def _read(self, sql: str, params: Any = ()) -> list[tuple]:
         try:
@@ -511,7 +555,7 @@ class SQLiteStore(Store):
                             WHERE {_WAITING} AND run_at <= ? AND NOT EXISTS ({_RESTRICTIONS})
                             ORDER BY priority DESC, run_at LIMIT 1)
                 RETURNING {_JOB_COLUMNS}""",
-                (worker, t + lease, self._boot, up + lease, t, t, t),
+                (worker, t + lease, _boot_id(), up + lease, t, t, t),
             ).fetchone()
             if row is not None:
                 return _job(row)
@@ -526,7 +570,7 @@ class SQLiteStore(Store):
                 lease_expires_at = ?, lease_boot = ?, lease_until = ?, started_at = ?,
                 finished_at = NULL, updated_at = ?
             WHERE id = ? RETURNING {_JOB_COLUMNS}""",
-            (worker, t + lease, self._boot, up + lease, t, t, job_id),
+            (worker, t + lease, _boot_id(), up + lease, t, t, job_id),
         ).fetchone()
         return _job(row)
 
@@ -536,7 +580,7 @@ class SQLiteStore(Store):
             c.execute(
                 "UPDATE workers SET heartbeat_at = ?, beat_boot = ?, beat_clock = ?, state = ?,"
                 " job_id = ? WHERE name = ?",
-                (t, self._boot, up, state, job.id if job else None, worker),
+                (t, _boot_id(), up, state, job.id if job else None, worker),
             )
             if job is None:
                 return True
@@ -544,7 +588,7 @@ class SQLiteStore(Store):
             held = c.execute(
                 "UPDATE jobs SET lease_expires_at = ?, lease_boot = ?, lease_until = ?"
                 " WHERE id = ? AND state = 'processing' AND worker = ? AND attempts = ?",
-                (t + lease, self._boot, up + lease, job.id, worker, job.attempts),
+                (t + lease, _boot_id(), up + lease, job.id, worker, job.attempts),
             ).rowcount
         return held == 1
 
@@ -666,9 +710,9 @@ class SQLiteStore(Store):
         # A read first: almost always nothing has expired, and a read costs no write lock.
         # It looks at every processing job (a partial index: as many rows as running jobs).
         if not self._read("SELECT 1 FROM jobs INDEXED BY jobs_leases WHERE state = 'processing'"
-                          f" AND ({_EXPIRED}) LIMIT 1", (now(), self._boot, _uptime())):
+                          f" AND ({_EXPIRED}) LIMIT 1", (now(), _boot_id(), _uptime())):
             return []
-        return self._reclaim(f"({_EXPIRED})", (now(), self._boot, _uptime()),
+        return self._reclaim(f"({_EXPIRED})", (now(), _boot_id(), _uptime()),
                              policy.LEASE_EXPIRED)
 
     def reclaim_worker(self, worker: str) -> list[Job]:
@@ -1088,7 +1132,7 @@ class SQLiteStore(Store):
                 " heartbeat_at, beat_boot, beat_clock, state, job_id, queues)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (info.name, info.host, info.pid, info.pid_start, info.started_at,
-                 info.heartbeat_at, self._boot, _uptime(), info.state, info.job_id,
+                 info.heartbeat_at, _boot_id(), _uptime(), info.state, info.job_id,
                  None if info.queues is None else ",".join(info.queues)),
             )
 
@@ -1113,7 +1157,7 @@ class SQLiteStore(Store):
         wall, boot, clock = rows[0]
         if boot is None or clock is None:  # written by a queuectl older than schema 4
             return now() - wall
-        if boot != self._boot:  # before this boot: at least as long ago as the boot
+        if boot != _boot_id():  # before this boot: at least as long ago as the boot
             return max(now() - wall, _uptime())
         return _uptime() - clock
 
