@@ -41,11 +41,18 @@ def _field_name(name: object) -> str:
     return cleaned.lstrip("_0123456789")[:_NAME_MAX]
 
 
+_NAMES: dict[object, bytes] = {}  # key -> its field name, encoded: the same few keys recur
+
+
 def _encode(fields: Mapping[str, object]) -> bytes:
     """Serialize fields; values with a newline use the length-prefixed binary form."""
     parts: list[bytes] = []
     for key, value in fields.items():
-        name = _field_name(key).encode("ascii")
+        name = _NAMES.get(key)
+        if name is None:
+            name = _field_name(key).encode("ascii")
+            if len(_NAMES) < 1024:
+                _NAMES[key] = name
         if not name:
             continue
         if isinstance(value, bytes | bytearray | memoryview):

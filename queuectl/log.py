@@ -79,7 +79,10 @@ def message_for(event: str, fields: dict[str, Any]) -> str:
     template = MESSAGES.get(event)
     if template is None:
         return event
-    return template.format_map(_Missing(fields))
+    try:
+        return template.format_map(fields)  # the usual case: no copy of the fields
+    except KeyError:
+        return template.format_map(_Missing(fields))
 
 
 def _human(_: Any, __: str, event_dict: dict[str, Any]) -> str:
@@ -91,12 +94,16 @@ def _human(_: Any, __: str, event_dict: dict[str, Any]) -> str:
     return f"[{label}] {text}"
 
 
+# One encoder for every event: json.dumps with options builds a new one per call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)
+
+
 def _json(_: Any, __: str, event_dict: dict[str, Any]) -> str:
     event = event_dict["event"]
     record = {"ts": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")}
     record.update(event_dict)
     record["message"] = message_for(event, event_dict)
-    return json.dumps(record, ensure_ascii=False, default=str)
+    return _ENCODER.encode(record)
 
 
 PRIORITIES = {"critical": 2, "error": 3, "warning": 4, "info": 6, "debug": 7}
@@ -141,6 +148,20 @@ class _JournalLogger:
         return lambda fields: self._emit(fields)
 
 
+class _LineLogger:
+    """Each event as one line in one write: print() would make two system calls of it
+    (the text, then the newline), on every event of every job."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+
+    def msg(self, message: str) -> None:
+        self._out.write(message + "\n")
+        self._out.flush()
+
+    info = warning = warn = error = critical = fatal = debug = exception = log = msg
+
+
 def choose_format(fmt: str, out: TextIO) -> str:
     """auto: journald when systemd connected our stream to it, human on a terminal, else json."""
     if fmt != "auto":
@@ -166,7 +187,7 @@ def setup_logging(fmt: str = "auto", stream: TextIO | None = None) -> str:
         factory: Any = lambda *_: _JournalLogger(out)  # noqa: E731
     else:
         renderer = _human if fmt == "human" else _json
-        factory = structlog.PrintLoggerFactory(file=out)
+        factory = lambda *_: _LineLogger(out)  # noqa: E731
     structlog.configure(
         processors=[structlog.processors.add_log_level, renderer],
         logger_factory=factory,

@@ -214,12 +214,14 @@ class JobProcess:
         # yet: kill whatever it left behind in the group (in its cgroup: all of it, however
         # it detached), then collect the last output.
         self._kill_all()
-        deadline = time.monotonic() + 1.0
-        os.set_blocking(self._out, True)
-        while self._out_open and time.monotonic() < deadline:
-            ready, _, _ = select.select([self._out], [], [], max(0, deadline - time.monotonic()))
-            if not ready or not self._read_output():
-                break
+        if self._out_open and self._read_output():  # the usual end: the pipe is at its end
+            deadline = time.monotonic() + 1.0
+            os.set_blocking(self._out, True)
+            while self._out_open and time.monotonic() < deadline:
+                ready, _, _ = select.select([self._out], [], [],
+                                            max(0, deadline - time.monotonic()))
+                if not ready or not self._read_output():
+                    break
         _, status = os.waitpid(self.pid, 0)
         self.returncode = os.waitstatus_to_exitcode(status)
         os.close(self._pidfd)

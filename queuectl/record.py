@@ -7,6 +7,8 @@ enqueue` from cron would pay; this covers what the store's records need.
 from __future__ import annotations
 
 _FIELDS: dict[type, tuple[str, ...]] = {}
+_DEFAULTS: dict[type, dict[str, object]] = {}  # class -> every field's default, if all have one
+_MISSING = object()
 
 
 class Record:
@@ -22,11 +24,25 @@ class Record:
             names = _FIELDS[cls] = tuple(found)
         return names
 
+    @classmethod
+    def _defaults(cls) -> dict[str, object]:
+        """Each field's default, or _MISSING for one without."""
+        found = _DEFAULTS.get(cls)
+        if found is None:
+            found = _DEFAULTS[cls] = {n: getattr(cls, n, _MISSING) for n in cls.fields()}
+        return found
+
     def __init__(self, *args: object, **kwargs: object) -> None:
         names = self.fields()
         if len(args) == len(names) and not kwargs:  # the hot path: a whole database row
             self.__dict__.update(zip(names, args, strict=True))
             return
+        if not kwargs and len(args) < len(names):  # leading fields; the rest take defaults
+            values = dict(self._defaults())
+            values.update(zip(names, args, strict=False))
+            if _MISSING not in values.values():
+                self.__dict__.update(values)
+                return
         if len(args) > len(names):
             raise TypeError(f"{type(self).__name__} takes at most {len(names)} fields")
         for name, value in zip(names, args, strict=False):
