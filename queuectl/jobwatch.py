@@ -45,11 +45,15 @@ class JobWatch:
         return min(self.next_check, self.next_flush)
 
     def fds(self) -> tuple[int, ...]:
-        """The wakeup fd, once a wakeup may trigger a cancel check (rate-limited)."""
+        """The wakeup fd, once a wakeup may trigger a cancel check (rate-limited). The
+        worker disarms the wakeup while busy; a job that runs this long arms it again
+        (the cancel check due at CANCEL_CHECK_AFTER sees what came before)."""
         t = time.monotonic()
         if (self._wakeup_fd is None or t < self.proc.started + policy.CANCEL_CHECK_AFTER
                 or t - self._last_check < policy.WAKEUP_CHECK_MIN_GAP):
             return ()
+        if self._wakeup is not None:
+            self._wakeup.arm()
         return (self._wakeup_fd,)
 
     def tick(self, woken: bool) -> bool:

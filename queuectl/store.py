@@ -150,6 +150,16 @@ class Wakeup(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
+    def arm(self) -> None:
+        """Watch for changes again (after disarm). The caller looks at the queue after
+        arming, so nothing committed before is missed. Never raises."""
+        return None  # nothing to do where watching costs nobody anything
+
+    def disarm(self) -> None:
+        """Stop watching while busy: a backend whose watch costs every writer something
+        (inotify: each write to the database, for each watcher) spares them meanwhile."""
+        return None
+
 
 class PollOnly(Wakeup):
     """For backends or hosts without change notification: poll briskly instead."""

@@ -269,7 +269,8 @@ class Worker:
         """A job, or how long to wait for one (None: drained, stop)."""
         self._check_parent()
         if self._wakeup is not None:
-            self._wakeup.drain()  # changes before this claim are seen by it
+            self._wakeup.arm()  # watching again before this claim, so if it finds nothing
+            self._wakeup.drain()  # any later change wakes us; earlier ones it sees
         self._beat("idle")
         if self.stop.requested:
             return None, 0.0  # the loop ends without a claim
@@ -320,7 +321,10 @@ class Worker:
         attempt, max_attempts = job.attempts, job.max_retries + 1
         self.log.info("job_claimed", job_id=job.id, command=job.command, attempt=attempt,
                       max_attempts=max_attempts, max_retries=job.max_retries, queue=job.queue)
-        self.notifier.status(f"running {job.id} (attempt {attempt}/{max_attempts})")
+        if self.notifier.active:
+            self.notifier.status(f"running {job.id} (attempt {attempt}/{max_attempts})")
+        if self._wakeup is not None:
+            self._wakeup.disarm()  # busy: the watch would only cost every writer (JobWatch)
         self._keep_lease(job)  # heartbeats also between a stream of short jobs
         proc = JobProcess(job.command, job_environment(self._env, job.id, attempt),
                           self.opts.job_umask, self.cgroups,

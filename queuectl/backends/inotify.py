@@ -21,6 +21,7 @@ IN_NONBLOCK = 0o4000
 IN_CLOEXEC = 0o2000000
 _EVENT = struct.Struct("iIII")
 DRAIN_READS = 16  # at most 1 MiB of events per drain
+_MASK = IN_MODIFY | IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE
 
 
 class DatabaseWatcher(Wakeup):
@@ -35,15 +36,35 @@ class DatabaseWatcher(Wakeup):
         fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
         if fd < 0:
             raise OSError(ctypes.get_errno(), "inotify_init1 failed")
-        mask = IN_MODIFY | IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE
-        directory = os.path.dirname(os.path.abspath(db_path)).encode()
-        if libc.inotify_add_watch(fd, directory, mask) < 0:
+        self._libc = libc
+        self._directory = os.path.dirname(os.path.abspath(db_path)).encode()
+        self.fd = fd
+        self._wd = -1
+        if not self._add():
             err = ctypes.get_errno()
             os.close(fd)
-            raise OSError(err, f"inotify_add_watch {directory!r} failed")
-        self.fd = fd
+            raise OSError(err, f"inotify_add_watch {self._directory!r} failed")
         name = os.path.basename(db_path)
         self._names = {name.encode(), f"{name}-wal".encode()}
+
+    def _add(self) -> bool:
+        wd = self._libc.inotify_add_watch(self.fd, self._directory, _MASK)
+        if wd < 0:
+            return False
+        self._wd = wd
+        return True
+
+    def arm(self) -> None:
+        if self._wd < 0:
+            self._add()  # on failure the worker's poll is the safety net
+
+    def disarm(self) -> None:
+        """Every write into the directory costs the writer an event per watch: a worker
+        busy with a stream of jobs (it claims the next with each result) needs none."""
+        if self._wd >= 0:
+            self._libc.inotify_rm_watch(self.fd, self._wd)
+            self._wd = -1
+            self.drain()
 
     def fileno(self) -> int | None:
         return self.fd

@@ -86,3 +86,21 @@ def test_each_idle_worker_gets_its_own_wakeup(store, open_another) -> None:
     finally:
         one.close()
         two.close()
+
+
+def test_a_disarmed_wakeup_armed_again_wakes_for_later_work(store, open_another) -> None:
+    """A busy worker disarms its wakeup; armed again (when it goes idle) it fires for what
+    is submitted after, as before."""
+    wakeup, fd = _settled(open_another(for_worker=True))
+    try:
+        wakeup.disarm()
+        wakeup.disarm()  # twice is harmless
+        add(store, "echo while busy")  # seen by the claim that follows arming, not the fd
+        wakeup.arm()
+        wakeup.arm()
+        wakeup.drain()
+        add(store, "echo after")
+        assert _readable(wakeup, fd, DEADLINE), "no wakeup after arming again"
+        assert wakeup.drain() is True
+    finally:
+        wakeup.close()
