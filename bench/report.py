@@ -129,8 +129,17 @@ def evaluate(res: dict[str, Any]) -> list[dict[str, Any]]:
     lim = _med(w2, "ratio_to_limit")
     add("Drain, 2 workers, vs physical limit", lim,
         f"{fmt(w2.get('jobs_per_s'))} jobs/s vs limit {fmt(w2.get('limit_jobs_per_s'))}/s: "
-        f"{pcts(w2.get('ratio_to_limit'))}", ">= 60% of limit",
-        _check(lim, lim is not None and lim >= 0.6))
+        f"{pcts(w2.get('ratio_to_limit'))}", ">= 65% of limit",
+        _check(lim, lim is not None and lim >= 0.65))
+    w4 = _get(res, "drain", "workers", "4") or {}
+    r42 = (_med(w4, "jobs_per_s") / _med(w2, "jobs_per_s")
+           if _med(w4, "jobs_per_s") and _med(w2, "jobs_per_s") else None)
+    add("Drain, 4 workers vs 2 workers (medians)", r42,
+        f"{fmt(w4.get('jobs_per_s'))} vs {fmt(w2.get('jobs_per_s'))} jobs/s: {times(r42)}",
+        ">= 1", _check(r42, r42 is not None and r42 >= 1))
+    cpu2 = _med(w2, "worker_cpu_us_per_job")
+    add("Worker CPU per job, 2 workers (own, start-up included)", cpu2,
+        f"{fmt(w2.get('worker_cpu_us_per_job'))} µs", "reported", _check(cpu2, True))
     for peer in ("tsp", "huey"):
         pd = _get(res, "drain", "peers", peer) or {}
         r = _med(pd, "queuectl_2_workers_ratio")
@@ -140,7 +149,7 @@ def evaluate(res: dict[str, Any]) -> list[dict[str, Any]]:
         add(f"Drain, 2 workers, ahead of {peer} (queuectl ÷ {peer})", r, shown, "> 1",
             _check(r, r is not None and r > 1))
     p = res.get("pickup") or {}
-    for q, goal in (("p50", 10), ("p99", 50)):
+    for q, goal in (("p50", 5), ("p99", 50)):
         # Judged as the issue defines it: from `enqueue` returning (below zero when the job
         # starts before the enqueue process has exited). Also shown: from the job's
         # created_at, taken inside enqueue's transaction, so it includes that commit.
@@ -157,7 +166,13 @@ def evaluate(res: dict[str, Any]) -> list[dict[str, Any]]:
     cr = _med(e, "cold_vs_baseline")
     add("Cold enqueue vs bare `python -c 'import sqlite3, json'`", cr,
         f"{fmt(e.get('cold_enqueue_ms'))} ms vs {fmt(e.get('python_baseline_ms'))} ms: "
-        f"{timess(e.get('cold_vs_baseline'))}", "<= 2×", _check(cr, cr is not None and cr <= 2))
+        f"{timess(e.get('cold_vs_baseline'))}", "<= 1.3×",
+        _check(cr, cr is not None and cr <= 1.3))
+    for b in e.get("burst") or []:
+        add(f"Enqueue burst p99: {b['calls']} at once, 2 idle workers"
+            + (", CPU hog on every core" if b.get("cpu_hog") else ""), b.get("p99_ms"),
+            f"{fmt(b.get('p99_ms'))} ms; {b.get('failed')} failed", "reported, 0 failed",
+            _check(b.get("p99_ms"), not b.get("failed")))
     b = _med(e, "batch_jobs_per_s")
     add(f"Batch enqueue (--file, {e.get('batch_jobs', 0):,} jobs)", b,
         f"{fmt(e.get('batch_jobs_per_s'))} jobs/s", ">= 50,000 jobs/s",
@@ -222,6 +237,11 @@ def pg_targets(res: dict[str, Any]) -> list[dict[str, Any]]:
         f"{fmt(d.get('limit_jobs_per_s'))}/s: {pcts(d.get('ratio_to_limit'))} (SQLite "
         f"{fmt(_get(d, 'sqlite', 'jobs_per_s'))} jobs/s; PostgreSQL ÷ SQLite "
         f"{timess(d.get('vs_sqlite'))})", ">= 40% of limit", lim is not None and lim >= 0.4)
+    pcpu = _med(d, "postgres", "worker_cpu_us_per_job")
+    add("PostgreSQL: worker CPU per job, 2 workers (own, start-up included)", "drain", pcpu,
+        f"{fmt(_get(d, 'postgres', 'worker_cpu_us_per_job'))} µs (SQLite in the same pairs "
+        f"{fmt(_get(d, 'sqlite', 'worker_cpu_us_per_job'))} µs; the server "
+        f"{fmt(_get(d, 'postgres', 'server_cpu_us_per_job'))} µs)", "reported", True)
     for peer in ("procrastinate", "pgqueuer"):
         pd, why = _peer_drain(res, peer)
         paired_r = pd.get("queuectl_ratio")
