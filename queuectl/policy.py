@@ -109,6 +109,21 @@ DURATION_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 180
                     10800.0, 21600.0)
 
 
+def counted_outcome(result: str | None, state: str) -> str:
+    """The outcome an ended attempt counts under, given its job's state after it."""
+    if result in (FAILED_ATTEMPT, LOST_ATTEMPT) and state == "dead":
+        return DEAD_ATTEMPT
+    return result or FAILED_ATTEMPT
+
+
+def duration_bucket(seconds: float) -> float:
+    """The upper bound of the bucket `seconds` falls in (inf above the last)."""
+    for bound in DURATION_BUCKETS:
+        if seconds <= bound:
+            return bound
+    return float("inf")
+
+
 # The refusals every backend words the same way: what a user reads does not depend on where
 # the queue lives.
 def no_such_job(job_id: str) -> NotFound:

@@ -24,9 +24,11 @@ from queuectl.errors import Conflict, DatabaseBusy, DatabaseUnavailable
 from queuectl.job import (
     CANCELED,
     CANCELLABLE,
+    COMPLETED,
     DEAD,
     DEFAULT_QUEUE,
     FAILED,
+    PENDING,
     PROCESSING,
     STATES,
     TERMINAL,
@@ -98,6 +100,7 @@ _JOB_COLUMNS = (
     "cancel_requested, queue, memory_max, cpu_max, tasks_max"
 )
 _WAITING = "state IN ('pending', 'failed')"
+_NAMED = "queue <> 'default'"  # the condition of the partial index jobs_by_queue
 # The global pause and every queue that is paused or has a limit, read at each claim.
 _RESTRICTIONS = ("SELECT NULL, 0, 1 FROM flags WHERE name = 'paused' UNION ALL"
                  " SELECT name, concurrency, paused_since IS NOT NULL FROM queues"
@@ -114,16 +117,25 @@ def _in(names: list[str]) -> str:
     return "(" + ", ".join("?" * len(names)) + ")"
 
 
+# One ended attempt, counted (see policy.counted_outcome and duration_bucket).
+_COUNT_ATTEMPT = ("INSERT INTO counters (queue, event, le, n, seconds) VALUES (?, ?, ?, 1, ?)"
+                  " ON CONFLICT (queue, event, le) DO UPDATE SET n = n + 1,"
+                  " seconds = seconds + excluded.seconds")
+
+
 def _job(row: tuple) -> Job:
     return Job(*row[:16], None, bool(row[16]), *row[17:21])  # every column, and no history
 
 
 def _by_state(state: str, queue: str | None) -> tuple[str, str, tuple]:
     """Index, condition and parameters for the jobs of one state (of one queue), in
-    created_at order."""
+    created_at order. jobs_by_queue holds the named queues only (schema 8): the default
+    queue's jobs are found through jobs_by_state."""
     if queue is None:
         return "jobs_by_state", "state = ?", (state,)
-    return "jobs_by_queue", "queue = ? AND state = ?", (queue, state)
+    if queue == DEFAULT_QUEUE:
+        return "jobs_by_state", "state = ? AND queue = ?", (state, queue)
+    return "jobs_by_queue", f"queue = ? AND {_NAMED} AND state = ?", (queue, state)
 
 
 def _cutoff(older_than: float | None) -> float:
@@ -318,7 +330,7 @@ class SQLiteStore(Store):
             " ORDER BY priority DESC, run_at LIMIT 1",
             "SELECT id FROM jobs INDEXED BY jobs_due_by_queue WHERE queue = 'default'"
             " AND state IN ('pending', 'failed') ORDER BY priority DESC, run_at LIMIT 1",
-            "SELECT count(*) FROM jobs INDEXED BY jobs_by_queue WHERE queue = 'default'",
+            f"SELECT count(*) FROM jobs INDEXED BY jobs_by_queue WHERE {_NAMED}",
             "SELECT count(*) FROM queues",
             "SELECT count(*) FROM jobs INDEXED BY jobs_by_state WHERE state = 'processing'",
             "SELECT count(*) FROM workers",
@@ -594,22 +606,27 @@ class SQLiteStore(Store):
 
     def _finish_attempt(
         self, c: sqlite3.Connection, job: Job, outcome: Outcome | None, result: str,
-        error: str | None, t: float,
+        error: str | None, t: float, state: str,
     ) -> None:
         """An attempt's history row is written once, when it ends (one statement per job
-        that printed nothing live; its live output, if any, goes with it)."""
+        that printed nothing live; its live output, if any, goes with it), and counted for
+        `queuectl metrics` in the same transaction; state is the job's state after it."""
         output = policy.output_tail(outcome.output) if outcome else None
         exit_code = outcome.exit_code if outcome else None
         total = None
         if outcome is not None:
             total = outcome.total if outcome.total is not None else len(outcome.output)
+        started = job.started_at or t
         c.execute(
             """INSERT INTO attempts (job_id, attempt, worker, started_at, finished_at, outcome,
                exit_code, error, output, output_total, cpu_user_usec, cpu_system_usec,
                memory_peak_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-            (job.id, job.attempts, job.worker, job.started_at or t, t, result, exit_code, error,
+            (job.id, job.attempts, job.worker, started, t, result, exit_code, error,
              output, total, *usage_of(outcome)),
         )
+        seconds = max(t - started, 0.0)
+        c.execute(_COUNT_ATTEMPT, (job.queue, policy.counted_outcome(result, state),
+                                   policy.duration_bucket(seconds), seconds))
         if outcome is None or outcome.live:
             c.execute("DELETE FROM live_output WHERE job_id = ?", (job.id,))
 
@@ -622,7 +639,7 @@ class SQLiteStore(Store):
             (t, t, outcome.exit_code, job.id, job.worker, job.attempts),
         ).rowcount
         if held:
-            self._finish_attempt(c, job, outcome, policy.COMPLETED_ATTEMPT, None, t)
+            self._finish_attempt(c, job, outcome, policy.COMPLETED_ATTEMPT, None, t, COMPLETED)
         return held == 1
 
     def record_success(self, job: Job, outcome: Outcome) -> bool:
@@ -654,7 +671,7 @@ class SQLiteStore(Store):
                exit_code = ?, last_error = ?, lease_expires_at = NULL WHERE id = ?""",
             (state, run_at, finished, t, exit_code, error, job.id),
         )
-        self._finish_attempt(c, job, outcome, result, error, t)
+        self._finish_attempt(c, job, outcome, result, error, t, state)
         job.state, job.run_at, job.finished_at, job.updated_at = state, run_at, finished, t
         job.exit_code, job.last_error, job.lease_expires_at = exit_code, error, None
         return job
@@ -682,7 +699,8 @@ class SQLiteStore(Store):
                 (t, job.id, job.worker, job.attempts),
             ).rowcount
             if held:
-                self._finish_attempt(c, job, None, policy.INTERRUPTED_ATTEMPT, reason, t)
+                self._finish_attempt(c, job, None, policy.INTERRUPTED_ATTEMPT, reason, t,
+                                     PENDING)
                 return True
             row = c.execute(  # held, but canceled meanwhile: it ends canceled, not pending
                 f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ? AND state = 'processing'"
@@ -838,8 +856,8 @@ class SQLiteStore(Store):
                 found[name] = QueueInfo(name, dict.fromkeys(STATES, 0), None, 0, 0, None)
             return found[name]
 
-        for name, state, n in c.execute("SELECT queue, state, count(*) FROM jobs INDEXED BY"
-                                        " jobs_by_queue GROUP BY queue, state"):
+        for name, state, n in c.execute("SELECT queue, state, count(*) FROM jobs"
+                                        " GROUP BY queue, state"):
             entry(name).counts[state] = n
         for name, limit, by, since in c.execute(
                 "SELECT name, concurrency, paused_by, paused_since FROM queues"):
@@ -1031,8 +1049,9 @@ class SQLiteStore(Store):
         sql = f"SELECT {_JOB_COLUMNS} FROM jobs"
         params: list[Any] = []
         if queue is not None and state:
-            sql += " INDEXED BY jobs_by_queue WHERE queue = ? AND state = ?"
-            params += [queue, state]
+            index, where, found = _by_state(state, queue)
+            sql += f" INDEXED BY {index} WHERE {where}"
+            params += found
         elif queue is not None:
             sql += " WHERE queue = ?"
             params.append(queue)
@@ -1062,7 +1081,8 @@ class SQLiteStore(Store):
             )
         else:
             rows = self._read(
-                "SELECT state, count(*) FROM jobs INDEXED BY jobs_by_queue WHERE queue = ?"
+                "SELECT state, count(*) FROM jobs WHERE queue = ?"
+                + ("" if queue == DEFAULT_QUEUE else f" AND {_NAMED}") +
                 " GROUP BY state UNION ALL SELECT 'active_workers', count(*) FROM workers"
                 f" WHERE ({_ACTIVE}) AND {_SERVES}",
                 (queue, *_active_params(), queue),

@@ -7,7 +7,7 @@ new one. Add a change as the next number; never edit a released one.
 
 from queuectl.policy import DURATION_BUCKETS
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 
 def _bucket(seconds: str) -> str:
@@ -185,5 +185,15 @@ MIGRATIONS: dict[int, list[str]] = {
     # its count to `counters` itself, once per queue, in the same transaction.
     7: [
         "DROP TRIGGER IF EXISTS count_enqueued",
+    ],
+    # Issue 16, measured with two workers: each ended attempt's trigger looked its job up
+    # again, and every state change moved a job in two full indexes. The store now counts
+    # an ended attempt in the statement that records it (it knows queue, outcome and state),
+    # and jobs_by_queue leaves out the default queue, whose jobs jobs_by_state finds.
+    8: [
+        "DROP TRIGGER IF EXISTS count_attempt",
+        "DROP INDEX IF EXISTS jobs_by_queue",
+        "CREATE INDEX jobs_by_queue ON jobs (queue, state, created_at)"
+        " WHERE queue <> 'default'",
     ],
 }
