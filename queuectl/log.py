@@ -148,20 +148,6 @@ class _JournalLogger:
         return lambda fields: self._emit(fields)
 
 
-class _LineLogger:
-    """Each event as one line in one write: print() would make two system calls of it
-    (the text, then the newline), on every event of every job."""
-
-    def __init__(self, out: TextIO) -> None:
-        self._out = out
-
-    def msg(self, message: str) -> None:
-        self._out.write(message + "\n")
-        self._out.flush()
-
-    info = warning = warn = error = critical = fatal = debug = exception = log = msg
-
-
 def choose_format(fmt: str, out: TextIO) -> str:
     """auto: journald when systemd connected our stream to it, human on a terminal, else json."""
     if fmt != "auto":
@@ -187,7 +173,7 @@ def setup_logging(fmt: str = "auto", stream: TextIO | None = None) -> str:
         factory: Any = lambda *_: _JournalLogger(out)  # noqa: E731
     else:
         renderer = _human if fmt == "human" else _json
-        factory = lambda *_: _LineLogger(out)  # noqa: E731
+        factory = structlog.WriteLoggerFactory(file=out)  # one write per line; print() made two
     structlog.configure(
         processors=[structlog.processors.add_log_level, renderer],
         logger_factory=factory,
