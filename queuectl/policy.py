@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 from queuectl.errors import Conflict, NotFound
+from queuectl.job import DEAD
 
 OUTPUT_LIMIT = 65_536  # bytes of output kept per attempt: the tail
 HEARTBEAT_EVERY = 2.0  # seconds between a worker's heartbeats (and lease renewals)
@@ -111,7 +112,7 @@ DURATION_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 180
 
 def counted_outcome(result: str | None, state: str) -> str:
     """The outcome an ended attempt counts under, given its job's state after it."""
-    if result in (FAILED_ATTEMPT, LOST_ATTEMPT) and state == "dead":
+    if result in (FAILED_ATTEMPT, LOST_ATTEMPT) and state == DEAD:
         return DEAD_ATTEMPT
     return result or FAILED_ATTEMPT
 
