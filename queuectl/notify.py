@@ -32,11 +32,6 @@ class Notifier:
             self._next_ping = time.monotonic()
         self._status = ""
 
-    @property
-    def active(self) -> bool:
-        """Under systemd (NOTIFY_SOCKET): what is sent reaches someone."""
-        return self._notifier is not None
-
     def _send(self, message: str) -> None:
         if self._notifier is not None:
             self._notifier.notify(_latin1_safe(message))

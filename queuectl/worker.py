@@ -321,8 +321,7 @@ class Worker:
         attempt, max_attempts = job.attempts, job.max_retries + 1
         self.log.info("job_claimed", job_id=job.id, command=job.command, attempt=attempt,
                       max_attempts=max_attempts, max_retries=job.max_retries, queue=job.queue)
-        if self.notifier.active:
-            self.notifier.status(f"running {job.id} (attempt {attempt}/{max_attempts})")
+        self.notifier.status(f"running {job.id} (attempt {attempt}/{max_attempts})")
         if self._wakeup is not None:
             self._wakeup.disarm()  # busy: the watch would only cost every writer (JobWatch)
         self._keep_lease(job)  # heartbeats also between a stream of short jobs
