@@ -70,6 +70,33 @@ def test_late_result_of_a_reclaimed_attempt_is_ignored(tmp_path: Path) -> None:
     assert store.get("x").state == "completed"
 
 
+def test_a_result_is_recorded_on_its_own_row_even_after_the_rowids_moved(tmp_path: Path) -> None:
+    """The worker's result goes to the row its claim returned, found by rowid without a
+    lookup of the id; if that row was renumbered (VACUUM may) and another job now sits at
+    the old rowid, the result still lands on the claimed job, and only there."""
+    from queuectl.store import Outcome
+
+    store = SQLiteStore(tmp_path / "q.db")
+    store.enqueue([JobSpec("true", id="a"), JobSpec("true", id="b")])
+    job = store.claim_next("w")
+    plans = _plans(store, lambda: store.record_success(job, Outcome(0, None, b"", 0.1)))
+    assert "SEARCH jobs USING INTEGER PRIMARY KEY (rowid=?)" in plans[0]
+    assert store.get(job.id).state == "completed"
+
+    other = store.claim_next("w")
+    with sqlite3.connect(tmp_path / "q.db") as conn:
+        old = conn.execute("SELECT rowid FROM jobs WHERE id = ?", (other.id,)).fetchone()[0]
+        conn.execute("UPDATE jobs SET rowid = rowid + 1000 WHERE id = ?", (other.id,))
+        conn.execute(  # an impostor at the old rowid, as held by the same worker and attempt
+            "INSERT INTO jobs (rowid, id, command, state, attempts, max_retries, run_at,"
+            " created_at, updated_at, worker) VALUES (?, 'c', 'true', 'processing', 1, 3, 0, 0,"
+            " 0, 'w')", (old,))
+    assert store.record_success(other, Outcome(0, None, b"", 0.1)) is True
+    assert store.get(other.id).state == "completed"
+    assert store.get("c").state == "processing"
+    assert [a["outcome"] for a in store.get(other.id, history=True).history] == ["completed"]
+
+
 def test_enqueue_commits_with_synchronous_full(tmp_path: Path, monkeypatch) -> None:
     """`queuectl enqueue` runs in this process with every SQLite connection traced: the
     connection that commits the job has synchronous=FULL in force (fsync on commit, so the

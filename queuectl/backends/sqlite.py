@@ -129,6 +129,11 @@ _COUNT_ATTEMPT = ("INSERT INTO counters (queue, event, le, n, seconds) VALUES (?
                   " seconds = seconds + excluded.seconds")
 
 
+_COMPLETE = ("UPDATE jobs SET state = 'completed', finished_at = ?, updated_at = ?,"
+             " exit_code = ?, last_error = NULL, lease_expires_at = NULL")
+_HELD = "id = ? AND state = 'processing' AND worker = ? AND attempts = ?"  # still our attempt
+
+
 def _job(row: tuple) -> Job:
     return Job(*row[:16], None, bool(row[16]), *row[17:21])  # every column, and no history
 
@@ -284,6 +289,7 @@ class SQLiteStore(Store):
         self._synchronous = "FULL" if durable else "NORMAL"
         self._settings = cfg.SettingsCache()
         self._short = False  # shorter than its header says (see _check_header)
+        self._claimed: tuple[str, int] = ("", 0)  # the job id and rowid of our last claim
         self._conn = self._open(create_dirs)
 
     # -- opening -----------------------------------------------------------------------------
@@ -570,14 +576,15 @@ class SQLiteStore(Store):
                 f"""UPDATE jobs SET state = 'processing', attempts = attempts + 1, worker = ?,
                     lease_expires_at = ?, lease_boot = ?, lease_until = ?, started_at = ?,
                     finished_at = NULL, updated_at = ?
-                WHERE id = (SELECT id FROM jobs INDEXED BY jobs_due
-                            WHERE {_WAITING} AND run_at <= ? AND NOT EXISTS ({_RESTRICTIONS})
-                            ORDER BY priority DESC, run_at LIMIT 1)
-                RETURNING {_JOB_COLUMNS}""",
+                WHERE rowid = (SELECT rowid FROM jobs INDEXED BY jobs_due
+                               WHERE {_WAITING} AND run_at <= ? AND NOT EXISTS ({_RESTRICTIONS})
+                               ORDER BY priority DESC, run_at LIMIT 1)
+                RETURNING rowid, {_JOB_COLUMNS}""",
                 (worker, t + lease, _boot_id(), up + lease, t, t, t),
             ).fetchone()
             if row is not None:
-                return _job(row)
+                self._claimed = (row[1], row[0])
+                return _job(row[1:])
         blocked = self._blocked(c)
         if blocked is None:
             return None
@@ -639,12 +646,15 @@ class SQLiteStore(Store):
 
     def _complete(self, c: sqlite3.Connection, job: Job, outcome: Outcome) -> bool:
         t = now()
-        held = c.execute(
-            """UPDATE jobs SET state = 'completed', finished_at = ?, updated_at = ?,
-               exit_code = ?, last_error = NULL, lease_expires_at = NULL
-            WHERE id = ? AND state = 'processing' AND worker = ? AND attempts = ?""",
-            (t, t, outcome.exit_code, job.id, job.worker, job.attempts),
-        ).rowcount
+        held = 0
+        held_by = (job.id, job.worker, job.attempts)
+        claimed_id, rowid = self._claimed
+        if claimed_id == job.id:  # the row our claim returned: no lookup of the id
+            held = c.execute(f"{_COMPLETE} WHERE rowid = ? AND {_HELD}",
+                             (t, t, outcome.exit_code, rowid, *held_by)).rowcount
+        if not held:  # claimed elsewhere, or the row moved (VACUUM renumbers rowids)
+            held = c.execute(f"{_COMPLETE} WHERE {_HELD}",
+                             (t, t, outcome.exit_code, *held_by)).rowcount
         if held:
             self._finish_attempt(c, job, outcome, policy.COMPLETED_ATTEMPT, None, t, COMPLETED)
         return held == 1
