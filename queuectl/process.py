@@ -163,22 +163,30 @@ class JobProcess:
         return self.start_error is not None or self.returncode is not None
 
     def wait(self, timeout: float, extra_fds: tuple[int, ...] = ()) -> bool:
-        """Block up to timeout seconds (or until an extra fd is readable); True once exited."""
+        """Block up to timeout seconds (or until an extra fd is readable); True once exited.
+        Output is collected meanwhile without returning: the caller's loop runs once per
+        deadline or event of its own, not once per chunk of output (nor for the end of
+        the output, which usually comes just before the exit)."""
         if self.done:
             return True
         for fd in extra_fds:
             self._poll.register(fd, select.POLLIN)
+        end = time.monotonic() + timeout
         try:
-            events = self._poll.poll(max(0, int(timeout * 1000)))
+            while True:
+                events = self._poll.poll(max(0, int((end - time.monotonic()) * 1000)))
+                ready = {fd for fd, _ in events}
+                if self._out in ready and self._out_open:
+                    self._read_output()
+                if self._pidfd in ready:
+                    self._reap()
+                    break
+                if not events or len(ready - {self._out}) or time.monotonic() >= end:
+                    break
         finally:
             for fd in extra_fds:
                 self._poll.unregister(fd)
-        ready = {fd for fd, _ in events}
         self._ready = ready
-        if self._out in ready and self._out_open:
-            self._read_output()
-        if self._pidfd in ready:
-            self._reap()
         return self.done
 
     def last_ready(self, fd: int) -> bool:
