@@ -181,7 +181,7 @@ class JobProcess:
                 if self._pidfd in ready:
                     self._reap()
                     break
-                if not events or len(ready - {self._out}) or time.monotonic() >= end:
+                if not events or ready - {self._out} or time.monotonic() >= end:
                     break
         finally:
             for fd in extra_fds:
