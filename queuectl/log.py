@@ -86,16 +86,7 @@ def message_for(event: str, fields: dict[str, Any]) -> str:
         return template.format_map(_Missing(fields))
 
 
-# structlog's add_log_level, done by each renderer: one processor less per event.
-_LEVELS = {"warn": "warning", "exception": "error"}
-
-
-def _add_level(method: str, event_dict: dict[str, Any]) -> None:
-    event_dict["level"] = _LEVELS.get(method, method)
-
-
-def _human(_: Any, method: str, event_dict: dict[str, Any]) -> str:
-    _add_level(method, event_dict)
+def _human(_: Any, __: str, event_dict: dict[str, Any]) -> str:
     event = event_dict.pop("event")
     label = event_dict.get("label") or event_dict.get("worker") or "queuectl"
     text = message_for(event, event_dict)
@@ -131,8 +122,7 @@ def timestamp() -> str:
     return f"{_second[1]}.{ns // 1_000_000:03d}Z"
 
 
-def _json(_: Any, method: str, event_dict: dict[str, Any]) -> str:
-    _add_level(method, event_dict)
+def _json(_: Any, __: str, event_dict: dict[str, Any]) -> str:
     record = {"ts": timestamp(), **event_dict}
     record["message"] = message_for(event_dict["event"], event_dict)
     return _encode(record)
@@ -141,9 +131,8 @@ def _json(_: Any, method: str, event_dict: dict[str, Any]) -> str:
 PRIORITIES = {"critical": 2, "error": 3, "warning": 4, "info": 6, "debug": 7}
 
 
-def _journal_fields(_: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def _journal_fields(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     """journald's native form: MESSAGE for people, every key as an upper-case field."""
-    _add_level(method, event_dict)
     event = event_dict["event"]
     fields: dict[str, Any] = {
         "MESSAGE": message_for(event, event_dict),
@@ -239,7 +228,7 @@ def setup_logging(fmt: str = "auto", stream: TextIO | None = None) -> str:
         renderer = _human if fmt == "human" else _json
         factory = structlog.WriteLoggerFactory(file=out)  # one write per line; print() made two
     structlog.configure(
-        processors=[renderer],
+        processors=[structlog.processors.add_log_level, renderer],
         logger_factory=factory,
         wrapper_class=_EventLogger,
         cache_logger_on_first_use=False,
