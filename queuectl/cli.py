@@ -144,11 +144,10 @@ def _cmd_options(func: Any) -> Any:
 def enqueue(ctx: click.Context, job_json: str | None, file_: str | None, command: str | None,
             queue: str | None, if_absent: bool, **cmd_options: Any) -> None:
     """Add jobs: a JSON object, --file of JSON Lines, or --cmd 'shell command'."""
-    from queuectl.submit import collect_specs, submit
+    from queuectl.submit import collect_specs, print_ids, submit
 
     specs = collect_specs(job_json, file_, command, cmd_options, queue)
-    for job_id in submit(ctx.ensure_object(dict).get("db"), specs, if_absent):
-        click.echo(job_id)
+    print_ids(submit(ctx.ensure_object(dict).get("db"), specs, if_absent))
 
 
 # -- inspecting ------------------------------------------------------------------------------

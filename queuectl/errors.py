@@ -30,6 +30,11 @@ class DatabaseBusy(DatabaseUnavailable):
     """Another process held the lock past the busy timeout: worth waiting for, not fatal."""
 
 
+class OutputError(QueueError):
+    """Standard output cannot be written (a full disk, an I/O error): the command's own work
+    may be done, so the message says what was done."""
+
+
 class Unsupported(QueueError):
     """The backend in use cannot do this (a backup of PostgreSQL: use pg_dump)."""
 

@@ -3,7 +3,7 @@
 import os
 import sys
 
-from queuectl.errors import EXIT_USAGE, QueueError
+from queuectl.errors import EXIT_FAILED, EXIT_USAGE, QueueError
 
 
 def _fail(message: str, code: int) -> int:
@@ -17,6 +17,23 @@ def _shared_umask() -> None:
     or other members could not enqueue; jobs get the caller's own umask back."""
     previous = os.umask(0o007)
     os.environ.setdefault("QUEUECTL_CALLER_UMASK", f"{previous:04o}")
+
+
+def _stdout_failed(exc: OSError) -> bool:
+    """Did exc come from writing our output (`status >/dev/full`)? Told by the frame that
+    raised it holding our stdout; then the rest of the output is dropped."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return False
+    streams = (sys.stdout, getattr(sys.stdout, "buffer", None))
+    if not any(value is stream for value in tb.tb_frame.f_locals.values() for stream in streams):
+        return False
+    from queuectl.submit import discard_stdout
+
+    discard_stdout()
+    return True
 
 
 def _exit_now(code: int) -> None:
@@ -57,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except Exception as exc:
+        if isinstance(exc, OSError) and _stdout_failed(exc):
+            return _fail(f"cannot write to standard output: {exc.strerror or exc}", EXIT_FAILED)
         import click
 
         if isinstance(exc, click.UsageError):

@@ -7,9 +7,10 @@ command (for --help and unusual spellings) calls the same functions.
 
 from __future__ import annotations
 
+import os
 import sys
 
-from queuectl.errors import ValidationError
+from queuectl.errors import OutputError, ValidationError
 from queuectl.job import JobSpec, check_queue, spec_from_json, spec_from_object
 from queuectl.record import Record
 
@@ -158,6 +159,27 @@ def fast_enqueue(args: list[str]) -> int | None:
         else:
             job_json = arg
     ids = submit(db, collect_specs(job_json, file_, command, values, queue), if_absent)
-    sys.stdout.write("".join(f"{job_id}\n" for job_id in ids))
-    sys.stdout.flush()
+    print_ids(ids)
     return 0
+
+
+def discard_stdout() -> None:
+    """Point fd 1 at /dev/null, so that what is still buffered for it is dropped at exit
+    instead of failing again there (a second message, after ours)."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def print_ids(ids: list[str]) -> None:
+    """The ids on stdout, one per line. The jobs are already stored, so a stdout that
+    cannot take them (a full disk) must not read like a failed enqueue."""
+    try:
+        sys.stdout.write("".join(f"{job_id}\n" for job_id in ids))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        discard_stdout()
+        which = (f"job {ids[0]} was" if len(ids) == 1 else
+                 f"{len(ids)} jobs ({ids[0]} to {ids[-1]}) were")
+        raise OutputError(f"{which} enqueued, but cannot write to standard output: "
+                          f"{exc.strerror or exc}") from None

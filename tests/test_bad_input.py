@@ -559,3 +559,36 @@ def test_database_locked_longer_than_busy_timeout(seeded: Any, seed: Seed) -> No
     assert_unchanged(seeded, seed)
     assert seeded.run("enqueue", j({"id": "late", "command": "echo late"})).stdout == "late\n"
     assert seeded.job("late")["state"] == "pending"
+
+
+# -- output that cannot be written ------------------------------------------------------------
+def _to_full_disk(queue: Any, *args: str) -> subprocess.CompletedProcess:
+    """Run queuectl with stdout on /dev/full: every write fails with ENOSPC, as on a full
+    file system."""
+    with open("/dev/full", "w") as full:
+        return subprocess.run([QUEUECTL, *args], env=queue.env, stdout=full,
+                              stderr=subprocess.PIPE, text=True, timeout=30)
+
+
+@pytest.mark.parametrize("args", [
+    pytest.param(("--cmd", "echo stored"), id="cmd"),
+    pytest.param((j({"command": "echo stored"}),), id="json"),
+    pytest.param(("--cmd", "echo stored", "--priority", "3", "--max-retries=1"), id="click-path"),
+])
+def test_enqueue_to_a_full_stdout_says_the_job_was_stored(args: tuple[str, ...],
+                                                          queue: Any) -> None:
+    result = _to_full_disk(queue, "enqueue", *args)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+    stored = [job["id"] for job in queue.json("list")]
+    assert len(stored) == 1
+    assert result.stderr == (f"queuectl: error: job {stored[0]} was enqueued, but cannot write"
+                             " to standard output: No space left on device\n")
+
+
+def test_a_full_stdout_is_one_clear_line(queue: Any) -> None:
+    queue.enqueue({"command": "true"})
+    for args in (("status",), ("list",), ("config", "list")):
+        result = _to_full_disk(queue, *args)
+        assert (result.returncode, result.stderr) == (
+            1, "queuectl: error: cannot write to standard output: No space left on device\n"), args
