@@ -36,6 +36,26 @@ def _stdout_failed(exc: OSError) -> bool:
     return True
 
 
+def _command_path(args: list[str]) -> str:
+    """The (sub)command that args name, for the help hint of an error click raised before
+    it had a context (`enqueue --cmd` with no command)."""
+    from queuectl.cli import cli
+
+    path, group, skip = ["queuectl"], cli, False
+    for arg in args:
+        if skip or arg.startswith("-"):
+            skip = arg in ("--db", "--log-format")  # their value is not a command
+            continue
+        found = getattr(group, "commands", {}).get(arg)
+        if found is None:
+            if path[-1] != "queuectl":
+                break
+            continue  # a global option's value (--db PATH)
+        path.append(arg)
+        group = found
+    return " ".join(path)
+
+
 def _exit_now(code: int) -> None:
     """Leave without the interpreter's teardown (about a millisecond of freeing modules,
     on every call cron makes). Only after the database is closed and the output flushed;
@@ -79,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         import click
 
         if isinstance(exc, click.UsageError):
-            hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
-            return _fail(exc.format_message() + hint, EXIT_USAGE)
+            path = exc.ctx.command_path if exc.ctx else _command_path(args)
+            return _fail(f"{exc.format_message()} (see '{path} --help')", EXIT_USAGE)
         if isinstance(exc, click.ClickException):
             return _fail(exc.format_message(), exc.exit_code)
         if isinstance(exc, click.Abort):
