@@ -208,3 +208,37 @@ def test_delayed_job_starts_at_its_time_not_before(queue: Queue) -> None:
     job_id = queue.enqueue({"command": "true", "delay": 1.5})
     job = queue.wait_state(job_id, "completed", timeout=15)
     assert parse_iso(job["started_at"]) >= parse_iso(job["run_at"])
+
+
+def test_status_to_systemd_is_rate_limited_but_ends_on_the_latest_text(
+    queue: Queue, tmp_path: Path
+) -> None:
+    """Under systemd every STATUS= is a datagram PID 1 must parse: a stream of short jobs
+    sends a few, not one per job, and what systemd is left with is the current state."""
+    import socket
+
+    sock_path = str(tmp_path / "notify")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(sock_path)
+    sock.settimeout(0.2)
+    lines = "".join(f'{{"command": "true", "priority": 1, "id": "short-{i}"}}\n'
+                    for i in range(300))
+    queue.run("enqueue", "--file", "-", input=lines + '{"command": "sleep 1", "id": "slow"}\n')
+    started = time.monotonic()
+    queue.worker(env={"NOTIFY_SOCKET": sock_path})
+    statuses: list[str] = []
+    deadline = started + 60
+    slow = "running slow (attempt 1/4)"
+    while time.monotonic() < deadline and not (slow in statuses and statuses[-1] == "idle"):
+        try:
+            message = sock.recv(4096).decode()
+        except TimeoutError:
+            continue
+        statuses += [f[7:] for f in message.split("\n") if f.startswith("STATUS=")]
+    elapsed = time.monotonic() - started
+    sock.close()
+    assert statuses[-1:] == ["idle"], statuses[-5:]
+    assert slow in statuses  # the one that lasts is shown
+    assert queue.status()["completed"] == 301
+    # At most one per 0.25 s (READY's own STATUS=idle included); one per job before.
+    assert len(statuses) <= elapsed / 0.25 + 2, (len(statuses), elapsed)
