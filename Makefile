@@ -18,7 +18,10 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,postgres]' --config-settings editable_mode=compat
+	# compat: a plain path entry, no import-hook finder for every cold `enqueue` to load;
+	# setuptools calls the mode transitional, and says so at length on every install.
+	PYTHONWARNINGS="ignore:Compat editable installs" \
+	    $(BIN)/pip install --quiet -e '.[test,postgres]' --config-settings editable_mode=compat
 	touch $(STAMP)
 
 test: $(STAMP)
