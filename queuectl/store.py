@@ -176,6 +176,17 @@ class PollOnly(Wakeup):
         pass
 
 
+class _EachReadAlone:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *_exc: object) -> None:
+        return None
+
+
+_EACH_READ_ALONE = _EachReadAlone()
+
+
 class Store(ABC):
     # -- submitting -------------------------------------------------------------------------
     @abstractmethod
@@ -319,6 +330,14 @@ class Store(ABC):
     # never wait for a writer), so a screen refreshing every second costs workers nothing.
     # Not abstract, so a backend that predates them stays instantiable; the contract suite
     # (tests/contract/test_top_reads.py) checks them on every backend.
+
+    def reading(self) -> Any:
+        """A context manager: the reads made inside `with store.reading():` all see one
+        state of the queue, none of them a commit that landed between two others. For a
+        screen built from several reads (`top`); held only for those reads, since it holds
+        back SQLite's checkpoint and PostgreSQL's vacuum meanwhile. Nested: the outer one
+        counts. The default gives each read its own state."""
+        return _EACH_READ_ALONE
 
     def now(self) -> float:
         """The store's clock now (epoch seconds): what a display subtracts the store's times

@@ -3,7 +3,8 @@
 Only `top` imports this module, and curses is imported only for the live view, so no other
 command pays for either. It only reads the store (counts per queue, the worker registry, the
 running, latest failed and dead jobs, completions in the last minute), through the storage
-contract: none of those reads takes the write lock, so watching the queue never slows it.
+contract, in one read snapshot (`Store.reading`): none of those reads takes the write lock,
+so watching the queue never slows it.
 The screen is built as plain lines with a style each (`render`), which `--once` prints and
 the live view paints, so both show the same thing and tests can read either.
 """
@@ -43,17 +44,21 @@ class Snapshot(Record):
 
 
 def collect(store: Store) -> Snapshot:
-    """Read everything one screen shows (a handful of plain reads)."""
-    now = store.now()
-    running = {job.worker: job for job in store.iter_jobs(PROCESSING)}
-    workers = []
-    for info in store.workers():
-        age = store.seconds_since_heartbeat(info.name)
-        if age is not None and age < ACTIVE_WINDOW:
-            workers.append((info, running.get(info.name)))
+    """Read everything one screen shows: a handful of plain reads in one snapshot, so that
+    the counts, the running jobs and the latest failures agree with each other."""
+    with store.reading():
+        now = store.now()
+        running = {job.worker: job for job in store.iter_jobs(PROCESSING)}
+        workers = []
+        for info in store.workers():
+            age = store.seconds_since_heartbeat(info.name)
+            if age is not None and age < ACTIVE_WINDOW:
+                workers.append((info, running.get(info.name)))
+        paused, queues = store.paused(), store.queues()
+        done = store.completed_since(WINDOW)
+        failed, dead = store.recent_jobs(FAILED, RECENT), store.recent_jobs(DEAD, RECENT)
     workers.sort(key=lambda pair: (pair[0].host, pair[0].name))
-    return Snapshot(now, store.paused(), store.queues(), store.completed_since(WINDOW), workers,
-                    store.recent_jobs(FAILED, RECENT), store.recent_jobs(DEAD, RECENT))
+    return Snapshot(now, paused, queues, done, workers, failed, dead)
 
 
 # -- rendering -------------------------------------------------------------------------------

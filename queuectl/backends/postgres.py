@@ -208,6 +208,33 @@ def _jitter(pause: float) -> float:
     return pause * (0.5 + int.from_bytes(os.urandom(2), "little") / 131072)
 
 
+READ_SNAPSHOT = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+
+
+class _Reading:
+    """`with store.reading():` one read-only REPEATABLE READ transaction on one connection,
+    so that every read inside it sees the same snapshot. A lost connection ends it with an
+    error (reconnecting would read outside the snapshot). Inside another one it is that one."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        self._store = store
+        self._began = False
+
+    def __enter__(self) -> None:
+        store = self._store
+        if not store._pinned:
+            store._run(lambda cur: cur.execute(READ_SNAPSHOT), idempotent=True)
+            store._pinned = self._began = True
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._began:
+            store = self._store
+            store._pinned = self._began = False
+            conn = store._conn
+            if conn is not None:
+                store._rollback(conn)  # read only: ending it any way releases the snapshot
+
+
 # -- the store -----------------------------------------------------------------------------
 class PostgresStore(Store):
     def __init__(self, target: Target, for_worker: bool = False) -> None:
@@ -229,6 +256,7 @@ class PostgresStore(Store):
         self._claiming = self._prefix + "SET LOCAL enable_sort TO off; "
         self._settings = cfg.SettingsCache()
         self._conn: Any = None
+        self._pinned = False  # inside reading(): one transaction, one connection, no retry
         self._reconnect_budget = BUSY_TIMEOUT if for_worker else CONNECT_BUDGET
         self._build_sql(s)
         self._conn = self._connect(CONNECT_BUDGET)
@@ -270,6 +298,8 @@ class PostgresStore(Store):
         sends a FATAL message and closes: the socket turns readable)."""
         conn = self._conn
         if conn is not None and not conn.closed:
+            if self._pinned:
+                return conn  # a new connection would not be in the snapshot: let it fail
             try:
                 if select.select([conn], [], [], 0)[0]:
                     conn.poll()
@@ -296,7 +326,7 @@ class PostgresStore(Store):
         commit in flight may have happened)."""
         deadline = time.monotonic() + BUSY_TIMEOUT
         pause = 0.002
-        retry_lost = idempotent
+        retry_lost = idempotent and not self._pinned
         while True:
             conn = self._live()
             try:
@@ -1018,8 +1048,11 @@ class PostgresStore(Store):
 
     def metrics(self) -> Metrics:
         def read(cur: Any) -> Metrics:
-            # One snapshot for the several statements; read-only, so it never blocks writers.
-            cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            # One snapshot for the several statements (inside reading(), that one's);
+            # read-only, so it never blocks writers.
+            own = not self._pinned
+            if own:
+                cur.execute(READ_SNAPSHOT)
             queues = self._queues(cur)
             cur.execute(f"SELECT host, count(*) FROM {self.s}.workers"
                         f" WHERE heartbeat_at >= {NOW} - %(window)s GROUP BY host",
@@ -1031,7 +1064,8 @@ class PostgresStore(Store):
                         f" FROM {self.s}.counters GROUP BY queue, event, le"
                         " ORDER BY queue, event, le")
             counters = cur.fetchall()
-            cur.execute("COMMIT")
+            if own:
+                cur.execute("COMMIT")
             return Metrics(queues, paused, workers, counters)
 
         return self._run(read, idempotent=True)
@@ -1238,6 +1272,9 @@ class PostgresStore(Store):
         return {k: result[k] for k in (*STATES, "active_workers")}
 
     # -- issue 13: reads for `queuectl top` (plain SELECTs: no row or advisory locks) ---------
+    def reading(self) -> _Reading:
+        return _Reading(self)
+
     def now(self) -> float:
         return self._fetch(f"SELECT {NOW}")[0][0]
 

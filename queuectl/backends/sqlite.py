@@ -282,6 +282,33 @@ class _Transaction:
             self._gate.release()
 
 
+class _Reading:
+    """One read transaction (`with store.reading() as c:`): in WAL mode every read inside
+    it sees the snapshot its first read took. Inside another one it is that one."""
+
+    def __init__(self, store: SQLiteStore) -> None:
+        self._store = store
+        self._began = False
+
+    def __enter__(self) -> sqlite3.Connection:
+        conn = self._store._conn
+        if not conn.in_transaction:
+            try:
+                self._store._retry(lambda: conn.execute("BEGIN"))
+            except sqlite3.Error as exc:
+                raise _unavailable(exc, self._store.path) from None
+            self._began = True
+        return conn
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._began:
+            self._began = False
+            try:
+                self._store._conn.execute("COMMIT")  # a read: nothing to write, ends at once
+            except sqlite3.Error:
+                self._store._conn.execute("ROLLBACK")
+
+
 class SQLiteStore(Store):
     def __init__(self, path: str | os.PathLike[str], create_dirs: bool = False,
                  durable: bool = True) -> None:
@@ -853,13 +880,9 @@ class SQLiteStore(Store):
             self._drop_empty_setting(c, queue)
 
     def queues(self) -> list[QueueInfo]:
-        conn = self._conn
-        try:  # one snapshot
-            self._retry(lambda: conn.execute("BEGIN"))
-            try:
+        try:
+            with self.reading() as conn:
                 return self._queues(conn)
-            finally:
-                conn.execute("COMMIT")
         except sqlite3.Error as exc:
             raise _unavailable(exc, self.path) from None
 
@@ -896,18 +919,14 @@ class SQLiteStore(Store):
         return [found[name] for name in sorted(found)]
 
     def metrics(self) -> Metrics:
-        conn = self._conn
-        try:  # one snapshot
-            self._retry(lambda: conn.execute("BEGIN"))
-            try:
+        try:
+            with self.reading() as conn:
                 queues = self._queues(conn)
                 paused = conn.execute("SELECT 1 FROM flags WHERE name = 'paused'").fetchone()
                 workers = dict(conn.execute(f"SELECT host, count(*) FROM workers WHERE {_ACTIVE}"
                                             " GROUP BY host", _active_params()).fetchall())
                 counters = conn.execute("SELECT queue, event, le, n, seconds FROM counters"
                                         " ORDER BY queue, event, le").fetchall()
-            finally:
-                conn.execute("COMMIT")
         except sqlite3.Error as exc:
             raise _unavailable(exc, self.path) from None
         return Metrics(queues, paused is not None, workers, counters)
@@ -1109,6 +1128,9 @@ class SQLiteStore(Store):
         return {k: result[k] for k in (*STATES, "active_workers")}
 
     # -- issue 13: reads for `queuectl top` (autocommit SELECTs: never the write lock) ---------
+    def reading(self) -> _Reading:
+        return _Reading(self)
+
     def now(self) -> float:
         return now()
 

@@ -86,3 +86,26 @@ def test_now_is_the_clock_the_store_stamps_jobs_with(store, open_another) -> Non
     assert before <= job.started_at <= after
     assert after - before < DEADLINE
     assert store.get("j").created_at <= after
+
+
+def test_reads_inside_reading_see_one_state_of_the_queue(store, open_another) -> None:
+    """`top` builds a screen from several reads: inside `reading()` none of them sees a
+    commit that another process made between two of them; after it, the next reads do."""
+    other = open_another()
+    add(store, id="first")
+
+    def look() -> tuple:
+        return (store.counts(), ids(store.iter_jobs()), store.queues()[0].counts,
+                ids(store.recent_jobs("pending", 10)), store.metrics().queues[0].counts)
+
+    with store.reading():
+        before = look()
+        add(other, id="second")  # committed by another process meanwhile
+        claim(other)
+        with store.reading():  # nested: still the outer snapshot
+            assert look() == before
+        assert look() == before
+    after = look()
+    assert after != before
+    assert after[0]["pending"] == 1 and after[0]["processing"] == 1
+    assert after[1] == ["first", "second"]
