@@ -91,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         # The reader went away (`queuectl list | head`): not an error worth a traceback.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        from queuectl.submit import discard_stdout
+
+        discard_stdout()
         return 141
     except Exception as exc:
         if isinstance(exc, OSError) and _stdout_failed(exc):

@@ -303,10 +303,13 @@ class _Reading:
     def __exit__(self, *_exc: object) -> None:
         if self._began:
             self._began = False
-            try:
-                self._store._conn.execute("COMMIT")  # a read: nothing to write, ends at once
-            except sqlite3.Error:
-                self._store._conn.execute("ROLLBACK")
+            conn = self._store._conn
+            for end in ("COMMIT", "ROLLBACK"):  # a read: nothing to write, ends at once
+                try:
+                    conn.execute(end)
+                    return
+                except sqlite3.Error:
+                    continue
 
 
 class SQLiteStore(Store):
