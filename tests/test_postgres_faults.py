@@ -205,3 +205,101 @@ def test_unusable_server_is_one_line_without_the_password_and_exit_1(
     assert SAYS[fault] in lines[0], shown
     for spelling in (SECRET, "s3cr", "Fault-", "%3A", "t@pw"):
         assert spelling not in result.stderr, shown
+
+
+# -- a connection cut with an enqueue's commit in flight ------------------------------------
+class _CuttingProxy:
+    """TCP between queuectl and the server that cuts the first connection whose client sends
+    a query containing `marker`: before the server sees it (nothing committed), or once the
+    server has answered it (committed, but the answer never arrives). Everything else is
+    passed through byte for byte, later connections untouched."""
+
+    def __init__(self, server_port: int, marker: bytes, after_answer: bool) -> None:
+        import socket
+        import threading
+
+        self.server_port, self.marker, self.after_answer = server_port, marker, after_answer
+        self.cut: list[bytes] = []  # the server's withheld answer (b"" when cut before it)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import threading
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._pump, args=(client,), daemon=True).start()
+
+    def _pump(self, client: Any) -> None:
+        import select
+        import socket
+
+        upstream = socket.create_connection(("127.0.0.1", self.server_port))
+        try:
+            while True:
+                ready, _, _ = select.select([client, upstream], [], [], 60)
+                if not ready:
+                    return
+                if client in ready:
+                    data = client.recv(65536)
+                    if not data:
+                        return
+                    if not self.cut and self.marker in data:
+                        self.cut.append(self._withhold(upstream, data))
+                        return
+                    upstream.sendall(data)
+                if upstream in ready:
+                    data = upstream.recv(65536)
+                    if not data:
+                        return
+                    client.sendall(data)
+        finally:
+            client.close()
+            upstream.close()
+
+    def _withhold(self, upstream: Any, data: bytes) -> bytes:
+        if not self.after_answer:
+            return b""
+        upstream.sendall(data)
+        answer = b""
+        while b"Z\x00\x00\x00\x05" not in answer:  # ReadyForQuery: the statement is done
+            chunk = upstream.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+        return answer
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.mark.parametrize("extra", [(), ("--if-absent", "--id", "given")],
+                         ids=["generated-id", "if-absent"])
+@pytest.mark.parametrize("after_answer", [True, False], ids=["committed", "not-committed"])
+def test_enqueue_whose_connection_breaks_mid_commit_stores_the_job_exactly_once(
+        pg_server: Any, after_answer: bool, extra: tuple[str, ...]) -> None:
+    """The answer to an enqueue's INSERT is lost with the connection: queuectl reconnects,
+    looks for the ids it chose, and reports the job stored (or stores it now), so a retry
+    by the caller never makes a duplicate and a stored job is never reported as failed."""
+    schema = pg_server.fresh_schema()
+    assert _run(pg_server.locator(schema=schema), "status").returncode == 0  # create it
+    pg_server.create_role("lostcommit", "pw")
+    pg_server.psql("ALTER ROLE lostcommit SUPERUSER")
+    proxy = _CuttingProxy(pg_server.port, b"INSERT INTO", after_answer)
+    try:
+        locator = (f"postgresql://lostcommit:pw@127.0.0.1:{proxy.port}/postgres"
+                   f"?sslmode=disable&schema={schema}")
+        result = _run(locator, "enqueue", "--cmd", "echo once", *extra)
+    finally:
+        proxy.close()
+    assert len(proxy.cut) == 1  # the fault happened
+    assert (b"INSERT 0 1" in proxy.cut[0]) == after_answer
+    assert (result.returncode, result.stderr) == (0, ""), result.stderr
+    job_id = result.stdout.strip()
+    assert job_id == "given" or not extra
+    listed = json.loads(_run(pg_server.locator(schema=schema), "list").stdout)
+    assert [(j["id"], j["command"]) for j in listed] == [(job_id, "echo once")]

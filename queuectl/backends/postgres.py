@@ -320,10 +320,13 @@ class PostgresStore(Store):
             except psycopg2.Error:
                 pass
 
-    def _run(self, fn: Callable[[Any], Any], idempotent: bool = False) -> Any:
+    def _run(self, fn: Callable[[Any], Any], idempotent: bool = False,
+             settle: Callable[[Any], Any] | None = None) -> Any:
         """Run fn(cursor) as one unit: retry transient refusals within the wait budget;
         after a lost connection reconnect, and repeat fn only if it is idempotent (a
-        commit in flight may have happened)."""
+        commit in flight may have happened). Otherwise settle(cursor), if given, runs on
+        the new connection instead: it finds out whether that commit happened and
+        finishes the work (or raises)."""
         deadline = time.monotonic() + BUSY_TIMEOUT
         pause = 0.002
         retry_lost = idempotent and not self._pinned
@@ -337,6 +340,9 @@ class PostgresStore(Store):
                     self._drop()
                     if retry_lost:
                         retry_lost = False
+                        continue
+                    if settle is not None and not self._pinned:
+                        fn, settle = settle, None
                         continue
                     raise DatabaseUnavailable(
                         self._describe(exc, "lost the connection: ")) from None
@@ -644,7 +650,22 @@ class PostgresStore(Store):
                 self._rollback(cur.connection)
                 raise conflict(cur) from None
 
-        self._run(run)
+        def settle(cur: Any) -> None:
+            """The connection broke with the insert in flight: it committed whole or not
+            at all, and the ids (ours, chosen before it) say which. Never twice, never
+            reported lost when it is stored."""
+            cur.execute(f"SELECT id, command FROM {self.s}.jobs WHERE id = ANY(%s)", (ids,))
+            found = dict(cur.fetchall())
+            if not found:
+                run(cur)  # it did not commit: insert now
+            elif not all(found.get(job_id) == spec.command
+                         for job_id, spec in zip(ids, specs, strict=True)):
+                raise DatabaseUnavailable(
+                    "lost the connection while enqueueing, and cannot tell whether the jobs"
+                    f" were stored (some of their ids exist): check with queuectl show {ids[0]}")
+
+        # With --if-absent the insert is idempotent: after a lost connection just repeat it.
+        self._run(run, idempotent=if_absent, settle=None if if_absent else settle)
         return ids
 
     # -- the worker's verbs ------------------------------------------------------------------
