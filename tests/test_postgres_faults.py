@@ -303,3 +303,68 @@ def test_enqueue_whose_connection_breaks_mid_commit_stores_the_job_exactly_once(
     assert job_id == "given" or not extra
     listed = json.loads(_run(pg_server.locator(schema=schema), "list").stdout)
     assert [(j["id"], j["command"]) for j in listed] == [(job_id, "echo once")]
+
+
+COMPLETE_AND_CLAIM = b"(SELECT count(*) FROM done), (SELECT queue FROM nxt)"
+
+
+@pytest.mark.parametrize("after_answer", [True, False], ids=["committed", "not-committed"])
+def test_worker_whose_connection_breaks_mid_commit_neither_loses_nor_orphans_a_job(
+        pg_server: Any, tmp_path: Path, after_answer: bool) -> None:
+    """The connection breaks while a worker commits a result together with its next claim.
+    Committed: the worker must not log the finished job lost, and must run the job it just
+    claimed instead of leaving it held until its lease (300 s here) runs out. Not
+    committed: both happen again on the new connection."""
+    schema = pg_server.fresh_schema()
+    q = Queue(pg_server.locator(schema=schema))
+    q.run("config", "set", "lease-seconds", "300")
+    out, log = tmp_path / "ran.txt", tmp_path / "worker.log"
+    q.run("enqueue", "--file", "-", input="".join(
+        json.dumps({"id": f"j{i}", "command": f"echo j{i} >> {out}", "priority": 10 - i}) + "\n"
+        for i in range(4)))
+    pg_server.create_role("lostcommit", "pw")
+    pg_server.psql("ALTER ROLE lostcommit SUPERUSER")
+    proxy = _CuttingProxy(pg_server.port, COMPLETE_AND_CLAIM, after_answer)
+    via_proxy = Queue(f"postgresql://lostcommit:pw@127.0.0.1:{proxy.port}/postgres"
+                      f"?sslmode=disable&schema={schema}")
+    try:
+        via_proxy.worker("--name", "cut", log=log)
+        status = q.wait_counts(completed=4, timeout=60)
+    finally:
+        via_proxy.stop_all()
+        proxy.close()
+    assert len(proxy.cut) == 1  # the fault happened
+    assert (b"SELECT 1" in proxy.cut[0]) == after_answer
+    assert status["processing"] == status["failed"] == 0
+    assert _ran(out) == Counter({f"j{i}": 1 for i in range(4)})
+    for i in range(4):
+        assert [h["outcome"] for h in q.job(f"j{i}")["history"]] == ["completed"]
+    names = [e.get("event") for e in _log_events(log)]
+    assert "job_lost" not in names
+    assert names.count("job_succeeded") == 4
+
+
+def test_worker_whose_connection_breaks_as_it_records_a_failure_does_not_log_it_lost(
+        pg_server: Any, tmp_path: Path) -> None:
+    """The same for a failed attempt: recorded before the connection broke, it is logged
+    as what it was (here: dead, its only try spent), not as lost."""
+    schema = pg_server.fresh_schema()
+    q = Queue(pg_server.locator(schema=schema))
+    log = tmp_path / "worker.log"
+    q.run("enqueue", json.dumps({"id": "fails", "command": "exit 3", "max_retries": 0}))
+    pg_server.create_role("lostcommit", "pw")
+    pg_server.psql("ALTER ROLE lostcommit SUPERUSER")
+    proxy = _CuttingProxy(pg_server.port, b"CASE WHEN state = 'canceled' THEN", True)
+    via_proxy = Queue(f"postgresql://lostcommit:pw@127.0.0.1:{proxy.port}/postgres"
+                      f"?sslmode=disable&schema={schema}")
+    try:
+        via_proxy.worker("--name", "cut", log=log)
+        q.wait_state("fails", "dead", timeout=60)
+        wait_for(lambda: "job_dead" in [e.get("event") for e in _log_events(log)], 30,
+                 "the worker to log the dead job")
+    finally:
+        via_proxy.stop_all()
+        proxy.close()
+    assert len(proxy.cut) == 1 and b"SELECT 1" in proxy.cut[0]
+    assert [h["outcome"] for h in q.job("fails")["history"]] == ["failed"]
+    assert "job_lost" not in [e.get("event") for e in _log_events(log)]

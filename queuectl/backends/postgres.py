@@ -669,6 +669,27 @@ class PostgresStore(Store):
         return ids
 
     # -- the worker's verbs ------------------------------------------------------------------
+    # A connection that breaks while a worker's statement commits leaves the worker not
+    # knowing whether it happened. Its settle step (see _run) asks the database: a
+    # completion wrote its attempt's history row; a claim left a job held by this worker
+    # that the worker does not know of (a worker runs one job at a time). So a result is
+    # not logged lost when it was recorded, and a claimed job is not orphaned until its
+    # lease runs out.
+    def _held_by(self, cur: Any, worker: str, besides: str | None) -> Job | None:
+        cur.execute(f"SELECT {', '.join(COLUMNS)} FROM {self.s}.jobs WHERE state = 'processing'"
+                    " AND worker = %s AND id IS DISTINCT FROM %s ORDER BY started_at DESC"
+                    " LIMIT 1", (worker, besides))
+        row = cur.fetchone()
+        return None if row is None else _job(row)
+
+    def _recorded(self, cur: Any, params: dict[str, Any], *outcomes: str) -> bool:
+        """Did the attempt get the history row that only its own ending writes?"""
+        cur.execute(f"SELECT EXISTS (SELECT 1 FROM {self.s}.attempts WHERE job_id = %(id)s"
+                    " AND attempt = %(attempts)s AND worker = %(job_worker)s"
+                    " AND outcome = ANY(%(outcomes)s))",
+                    {**params, "outcomes": list(outcomes or (params["outcome"],))})
+        return bool(cur.fetchone()[0])
+
     def claim_next(self, worker: str, queues: list[str] | None = None) -> Job | None:
         params = self._claim_params(worker, queues)
         ctes = self.sql_claim_all if queues is None else self.sql_claim_lane
@@ -685,7 +706,11 @@ class PostgresStore(Store):
                 return None
             return self._claim_limited(cur, candidate, params)
 
-        return self._run(claim)
+        def settle(cur: Any) -> Job | None:
+            held = self._held_by(cur, worker, None)
+            return held if held is not None else claim(cur)
+
+        return self._run(claim, settle=settle)
 
     def heartbeat(self, worker: str, state: str, job: Job | None) -> bool:
         beat = (f"UPDATE {self.s}.workers SET heartbeat_at = t.now, state = %(state)s,"
@@ -715,7 +740,7 @@ class PostgresStore(Store):
             cur.execute(sql, params)
             return cur.fetchone()[0] == 1
 
-        return self._run(complete)
+        return self._run(complete, settle=lambda cur: self._recorded(cur, params) or complete(cur))
 
     def complete_and_claim(self, job: Job, outcome: Outcome, worker: str,
                            queues: list[str] | None = None) -> tuple[bool, Job | None]:
@@ -732,11 +757,18 @@ class PostgresStore(Store):
             done, candidate, *row = cur.fetchone()
             return done == 1, None if row[0] is None else _job(row), candidate
 
-        held, got, candidate = self._run(both)
+        def settle(cur: Any) -> tuple[bool, Job | None, str | None]:
+            if self._recorded(cur, params):  # it committed, with whatever it claimed
+                return True, self._held_by(cur, worker, job.id), None
+            return both(cur)
+
+        held, got, candidate = self._run(both, settle=settle)
         if got is None and candidate is not None:
             # A limited queue's turn: the completion is committed (so it no longer counts),
             # the claim takes that queue's lock in a transaction of its own.
-            got = self._run(lambda cur: self._claim_limited(cur, candidate, claim))
+            got = self._run(lambda cur: self._claim_limited(cur, candidate, claim),
+                            settle=lambda cur: (self._held_by(cur, worker, job.id)
+                                                or self._claim_limited(cur, candidate, claim)))
         return held, got
 
     def record_failure(self, job: Job, outcome: Outcome) -> Job | None:
@@ -755,7 +787,15 @@ class PostgresStore(Store):
             row = cur.fetchone()
             return None if row is None else _job(row[:-1])
 
-        return self._run(fail)
+        def settle(cur: Any) -> Job | None:
+            if not self._recorded(cur, params, policy.FAILED_ATTEMPT, policy.CANCELED_ATTEMPT):
+                return fail(cur)
+            cur.execute(f"SELECT {', '.join(COLUMNS)} FROM {self.s}.jobs WHERE id = %(id)s",
+                        params)
+            row = cur.fetchone()
+            return None if row is None else _job(row)
+
+        return self._run(fail, settle=settle)
 
     def _sql_fail(self, state: str, dead: str, retry_at: str, notify: str) -> str:
         """End the held attempt %(id)s/%(job_worker)s/%(attempts)s as `state`, or as
