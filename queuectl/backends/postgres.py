@@ -687,7 +687,7 @@ class PostgresStore(Store):
         cur.execute(f"SELECT EXISTS (SELECT 1 FROM {self.s}.attempts WHERE job_id = %(id)s"
                     " AND attempt = %(attempts)s AND worker = %(job_worker)s"
                     " AND outcome = ANY(%(outcomes)s))",
-                    {**params, "outcomes": list(outcomes or (params["outcome"],))})
+                    {**params, "outcomes": list(outcomes)})
         return bool(cur.fetchone()[0])
 
     def claim_next(self, worker: str, queues: list[str] | None = None) -> Job | None:
@@ -740,7 +740,8 @@ class PostgresStore(Store):
             cur.execute(sql, params)
             return cur.fetchone()[0] == 1
 
-        return self._run(complete, settle=lambda cur: self._recorded(cur, params) or complete(cur))
+        return self._run(complete, settle=lambda cur: self._recorded(cur, params, policy.COMPLETED_ATTEMPT)
+                         or complete(cur))
 
     def complete_and_claim(self, job: Job, outcome: Outcome, worker: str,
                            queues: list[str] | None = None) -> tuple[bool, Job | None]:
@@ -758,7 +759,8 @@ class PostgresStore(Store):
             return done == 1, None if row[0] is None else _job(row), candidate
 
         def settle(cur: Any) -> tuple[bool, Job | None, str | None]:
-            if self._recorded(cur, params):  # it committed, with whatever it claimed
+            # it committed, with whatever it claimed
+            if self._recorded(cur, params, policy.COMPLETED_ATTEMPT):
                 return True, self._held_by(cur, worker, job.id), None
             return both(cur)
 
