@@ -138,8 +138,12 @@ def evaluate(res: dict[str, Any]) -> list[dict[str, Any]]:
         f"{fmt(w4.get('jobs_per_s'))} vs {fmt(w2.get('jobs_per_s'))} jobs/s: {times(r42)}",
         ">= 1", _check(r42, r42 is not None and r42 >= 1))
     cpu2 = _med(w2, "worker_cpu_us_per_job")
+    boot = _med(res, "drain", "worker_startup_cpu_ms")
+    jobs = _get(res, "drain", "jobs")
+    share = (f" (start-up {fmt(_get(res, 'drain', 'worker_startup_cpu_ms'))} ms a worker: "
+             f"about {1000 * boot * 2 / jobs:.0f} µs of each job's figure)" if boot and jobs else "")
     add("Worker CPU per job, 2 workers (own, start-up included)", cpu2,
-        f"{fmt(w2.get('worker_cpu_us_per_job'))} µs", "reported", _check(cpu2, True))
+        f"{fmt(w2.get('worker_cpu_us_per_job'))} µs{share}", "reported", _check(cpu2, True))
     for peer in ("tsp", "huey"):
         pd = _get(res, "drain", "peers", peer) or {}
         r = _med(pd, "queuectl_2_workers_ratio")
@@ -367,6 +371,13 @@ def other_figures(res: dict[str, Any]) -> list[tuple[str, str]]:
                     f"{fmt(w['cycle_mean_ms'])} ms"
                     + (f"; worker CPU {fmt(w['worker_cpu_us_per_job'])} µs/job"
                        if w.get("worker_cpu_us_per_job") else "")))
+    bare = _get(res, "drain", "bare_loop")
+    if bare:
+        out.append(("Bare loop ×2, the floor (bench/bareloop.py: the same transaction and "
+                    "spawn per job, nothing else; limit: 2 spawners)",
+                    f"{fmt(bare['jobs_per_s'])} jobs/s: {pcts(bare['ratio_to_limit'])} of the "
+                    f"limit; own CPU {fmt(bare['cpu_us_per_job'])} µs/job; queuectl with 2 "
+                    f"workers: {pcts(bare['queuectl_2_workers_ratio'])} of it"))
     for k, f in (res.get("fairness") or {}).items():
         out.append((f"Fairness, {k} workers: jobs per worker (each run)",
                     f"{f['jobs_per_worker']}; max/min {fmt(f['max_min_ratio'])}, busiest "

@@ -118,6 +118,48 @@ def exit_cpu(proc: subprocess.Popen, deadline: float) -> tuple[float, float]:
     return own, kids
 
 
+def bare_drain(queue: Queue, jobs: int, loops: int, d: Path, timeout: float
+               ) -> dict[str, float]:
+    """`loops` × bench/bareloop.py on an already filled queue, started together: jobs/s
+    from the first start to the last end, and their own CPU per job (start-up included,
+    as for the workers)."""
+    outs = [d / f"bare{i}.out" for i in range(loops)]
+    procs = []
+    for i, out in enumerate(outs):
+        with open(out, "w") as fh:
+            procs.append(PROCS.spawn([sys.executable, BENCH_DIR / "bareloop.py", str(queue.db),
+                                      f"bare{i}"], env=queue.env, stdin=subprocess.PIPE, stdout=fh,
+                                     text=True))
+    deadline = time.monotonic() + timeout
+    try:
+        for out in outs:
+            while out.read_text().strip() != "ready":
+                if time.monotonic() > deadline:
+                    raise RuntimeError("bareloop.py did not start")
+                time.sleep(0.01)
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        cpu = [exit_cpu(p, deadline)[0] for p in procs]
+    finally:
+        for p in procs:
+            PROCS.stop(p, timeout=1)
+    marks = [json.loads(out.read_text().splitlines()[-1]) for out in outs]
+    done = sum(m["jobs"] for m in marks)
+    if done != jobs:
+        raise RuntimeError(f"the bare loop completed {done} of {jobs} jobs")
+    elapsed = max(m["end"] for m in marks) - min(m["start"] for m in marks)
+    return {"jobs_per_s": jobs / elapsed, "cpu_us_per_job": 1e6 * sum(cpu) / jobs}
+
+
+def startup_cpu_ms(queue: Queue, d: Path, timeout: float) -> float:
+    """Own CPU of one `worker run --drain` on an empty queue: start-up and exit, which the
+    per-job figures of a drain include."""
+    proc = queue.start_worker("empty", d / "empty.log", drain=True)
+    return 1e3 * exit_cpu(proc, time.monotonic() + timeout)[0]
+
+
 JOB_STEPS = ("claim_to_finish_p50_ms", "claim_to_finish_p95_ms", "finish_to_next_claim_p50_ms",
              "finish_to_next_claim_p95_ms", "cycle_mean_ms", "worker_cpu_us_per_job",
              "worker_cpu_with_children_us_per_job")
@@ -144,6 +186,8 @@ def drain_section(sizes: Sizes, workdir: Path, peers: dict[str, PeerDrain | str]
     peer_rates: dict[str, list[tuple[float, float]]] = {n: [] for n, f in peers.items()
                                                         if callable(f)}
     db_per_100k: list[float] = []
+    bare: list[dict[str, float]] = []
+    startup: list[float] = []
     for r in range(sizes.runs):
         for k in sizes.worker_counts:
             limits[k].append(spawn_limit(sizes.drain_jobs, k, timeout))
@@ -155,9 +199,24 @@ def drain_section(sizes: Sizes, workdir: Path, peers: dict[str, PeerDrain | str]
             per[k].append(result)
             if k == 1:
                 db_per_100k.append((file_size(queue.db) - empty) / sizes.drain_jobs * 100_000)
+                startup.append(startup_cpu_ms(queue, d, timeout))
             log(f"drain run {r + 1}/{sizes.runs}, {k} worker(s): "
                 f"{result['jobs_per_s']:.0f} jobs/s (limit {limits[k][-1]:.0f}/s)")
             shutil.rmtree(d, ignore_errors=True)
+            if k == 2:  # the floor, right after the same drain by queuectl
+                queue, d = fresh_queue(workdir, f"drain-bare-run{r}")
+                queue.create()
+                queue.enqueue_file(jobs_file)
+                try:
+                    floor = bare_drain(queue, sizes.drain_jobs, 2, d, timeout)
+                except (RuntimeError, OSError, ValueError) as exc:
+                    log(f"drain run {r + 1}/{sizes.runs}, bare loop: failed: {exc}")
+                else:
+                    bare.append({**floor, "limit": limits[2][-1],
+                                 "queuectl": per[2][-1]["jobs_per_s"]})
+                    log(f"drain run {r + 1}/{sizes.runs}, bare loop ×2: "
+                        f"{floor['jobs_per_s']:.0f} jobs/s")
+                shutil.rmtree(d, ignore_errors=True)
         for name in peer_rates:
             fn = peers[name]
             assert callable(fn)
@@ -180,6 +239,17 @@ def drain_section(sizes: Sizes, workdir: Path, peers: dict[str, PeerDrain | str]
             **{key: summary(x[key] for x in per[k]) for key in JOB_STEPS},
         }
     drain_out["db_mb_per_100k_jobs"] = summary(b / 1e6 for b in db_per_100k)
+    if startup:
+        drain_out["worker_startup_cpu_ms"] = summary(startup)
+    if bare:
+        rates = [b["jobs_per_s"] for b in bare]
+        drain_out["bare_loop"] = {
+            "loops": 2,
+            "jobs_per_s": summary(rates),
+            "ratio_to_limit": paired(rates, [b["limit"] for b in bare]),
+            "queuectl_2_workers_ratio": paired([b["queuectl"] for b in bare], rates),
+            "cpu_us_per_job": summary(b["cpu_us_per_job"] for b in bare),
+        }
     drain_out["peers"] = {}
     for name, fn in peers.items():
         if not callable(fn):
