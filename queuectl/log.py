@@ -86,12 +86,14 @@ def message_for(event: str, fields: dict[str, Any]) -> str:
         return template.format_map(_Missing(fields))
 
 
-def _human(_: Any, __: str, event_dict: dict[str, Any]) -> str:
+# The renderers take the level from the method name (info, warning...): the same as
+# structlog's add_log_level for the methods _EventLogger has, without a processor per event.
+def _human(_: Any, level: str, event_dict: dict[str, Any]) -> str:
     event = event_dict.pop("event")
     label = event_dict.get("label") or event_dict.get("worker") or "queuectl"
     text = message_for(event, event_dict)
-    if event_dict.get("level") in ("warning", "error", "critical") and event != "job_failed":
-        text = f"{event_dict['level'].upper()}: {text}"
+    if level in ("warning", "error", "critical") and event != "job_failed":
+        text = f"{level.upper()}: {text}"
     return f"[{label}] {text}"
 
 
@@ -122,8 +124,8 @@ def timestamp() -> str:
     return f"{_second[1]}.{ns // 1_000_000:03d}Z"
 
 
-def _json(_: Any, __: str, event_dict: dict[str, Any]) -> str:
-    record = {"ts": timestamp(), **event_dict}
+def _json(_: Any, level: str, event_dict: dict[str, Any]) -> str:
+    record = {"ts": timestamp(), **event_dict, "level": level}
     record["message"] = message_for(event_dict["event"], event_dict)
     return _encode(record)
 
@@ -131,12 +133,12 @@ def _json(_: Any, __: str, event_dict: dict[str, Any]) -> str:
 PRIORITIES = {"critical": 2, "error": 3, "warning": 4, "info": 6, "debug": 7}
 
 
-def _journal_fields(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def _journal_fields(_: Any, level: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     """journald's native form: MESSAGE for people, every key as an upper-case field."""
     event = event_dict["event"]
     fields: dict[str, Any] = {
         "MESSAGE": message_for(event, event_dict),
-        "PRIORITY": PRIORITIES.get(event_dict.get("level", "info"), 6),
+        "PRIORITY": PRIORITIES.get(level, 6),
         "SYSLOG_IDENTIFIER": "queuectl",
     }
     catalog_id = message_id(event, event_dict)
@@ -168,6 +170,19 @@ class _JournalLogger:
 
     def __getattr__(self, name: str) -> Any:
         return lambda fields: self._emit(fields)
+
+
+class _LineWriter:
+    """One event, one line, one write. structlog's WriteLogger does the same under a lock
+    per event; a queuectl process logs from one thread."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._write = out.write
+        self._flush = out.flush
+
+    def msg(self, line: str) -> None:
+        self._write(line + "\n")
+        self._flush()
 
 
 class _EventLogger(structlog.BoundLoggerBase):
@@ -226,9 +241,9 @@ def setup_logging(fmt: str = "auto", stream: TextIO | None = None) -> str:
         factory: Any = lambda *_: _JournalLogger(out)  # noqa: E731
     else:
         renderer = _human if fmt == "human" else _json
-        factory = structlog.WriteLoggerFactory(file=out)  # one write per line; print() made two
+        factory = lambda *_: _LineWriter(out)  # noqa: E731
     structlog.configure(
-        processors=[structlog.processors.add_log_level, renderer],
+        processors=[renderer],
         logger_factory=factory,
         wrapper_class=_EventLogger,
         cache_logger_on_first_use=False,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 _FIELDS: dict[type, tuple[str, ...]] = {}
 _DEFAULTS: dict[type, dict[str, object]] = {}  # class -> every field's default, if all have one
+_TAILS: dict[type, tuple[int, tuple[object, ...]]] = {}  # see Record._tail
 _MISSING = object()
 
 
@@ -32,16 +33,26 @@ class Record:
             found = _DEFAULTS[cls] = {n: getattr(cls, n, _MISSING) for n in cls.fields()}
         return found
 
+    @classmethod
+    def _tail(cls) -> tuple[int, tuple[object, ...]]:
+        """(how many leading fields have no default, every field's default in order)."""
+        found = _TAILS.get(cls)
+        if found is None:
+            defaults = tuple(cls._defaults().values())
+            required = max((i + 1 for i, d in enumerate(defaults) if d is _MISSING), default=0)
+            found = _TAILS[cls] = (required, defaults)
+        return found
+
     def __init__(self, *args: object, **kwargs: object) -> None:
         names = self.fields()
-        if len(args) == len(names) and not kwargs:  # the hot path: a whole database row
-            self.__dict__.update(zip(names, args, strict=True))
-            return
-        if not kwargs and len(args) < len(names):  # leading fields; the rest take defaults
-            values = dict(self._defaults())
-            values.update(zip(names, args, strict=False))
-            if _MISSING not in values.values():
-                self.__dict__.update(values)
+        if not kwargs:
+            given = len(args)
+            if given == len(names):  # the hot path: a whole database row
+                self.__dict__.update(zip(names, args, strict=True))
+                return
+            required, defaults = self._tail()
+            if required <= given < len(names):  # leading fields; the rest take defaults
+                self.__dict__.update(zip(names, args + defaults[given:], strict=True))
                 return
         if len(args) > len(names):
             raise TypeError(f"{type(self).__name__} takes at most {len(names)} fields")

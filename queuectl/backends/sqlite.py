@@ -132,6 +132,16 @@ _COUNT_ATTEMPT = ("INSERT INTO counters (queue, event, le, n, seconds) VALUES (?
 _COMPLETE = ("UPDATE jobs SET state = 'completed', finished_at = ?, updated_at = ?,"
              " exit_code = ?, last_error = NULL, lease_expires_at = NULL")
 _HELD = "id = ? AND state = 'processing' AND worker = ? AND attempts = ?"  # still our attempt
+_COMPLETE_ROW = f"{_COMPLETE} WHERE rowid = ? AND {_HELD}"
+# A drain's claim while no queue is held back: one statement. Built once, like the one above:
+# a worker runs them once per job.
+_CLAIM_ANY = f"""UPDATE jobs SET state = 'processing', attempts = attempts + 1, worker = ?,
+        lease_expires_at = ?, lease_boot = ?, lease_until = ?, started_at = ?,
+        finished_at = NULL, updated_at = ?
+    WHERE rowid = (SELECT rowid FROM jobs INDEXED BY jobs_due
+                   WHERE {_WAITING} AND run_at <= ? AND NOT EXISTS ({_RESTRICTIONS})
+                   ORDER BY priority DESC, run_at LIMIT 1)
+    RETURNING rowid, {_JOB_COLUMNS}"""
 
 
 def _job(row: tuple) -> Job:
@@ -602,16 +612,8 @@ class SQLiteStore(Store):
         t, up = now(), _uptime()
         lease = self._config(c).lease_seconds
         if queues is None:  # the hot path of a drain: one statement while nothing is held
-            row = c.execute(
-                f"""UPDATE jobs SET state = 'processing', attempts = attempts + 1, worker = ?,
-                    lease_expires_at = ?, lease_boot = ?, lease_until = ?, started_at = ?,
-                    finished_at = NULL, updated_at = ?
-                WHERE rowid = (SELECT rowid FROM jobs INDEXED BY jobs_due
-                               WHERE {_WAITING} AND run_at <= ? AND NOT EXISTS ({_RESTRICTIONS})
-                               ORDER BY priority DESC, run_at LIMIT 1)
-                RETURNING rowid, {_JOB_COLUMNS}""",
-                (worker, t + lease, _boot_id(), up + lease, t, t, t),
-            ).fetchone()
+            row = c.execute(_CLAIM_ANY, (worker, t + lease, _boot_id(), up + lease, t, t, t),
+                            ).fetchone()
             if row is not None:
                 self._claimed = (row[1], row[0])
                 return _job(row[1:])
@@ -680,8 +682,7 @@ class SQLiteStore(Store):
         held_by = (job.id, job.worker, job.attempts)
         claimed_id, rowid = self._claimed
         if claimed_id == job.id:  # the row our claim returned: no lookup of the id
-            held = c.execute(f"{_COMPLETE} WHERE rowid = ? AND {_HELD}",
-                             (t, t, outcome.exit_code, rowid, *held_by)).rowcount
+            held = c.execute(_COMPLETE_ROW, (t, t, outcome.exit_code, rowid, *held_by)).rowcount
         if not held:  # claimed elsewhere, or the row moved (VACUUM renumbers rowids)
             held = c.execute(f"{_COMPLETE} WHERE {_HELD}",
                              (t, t, outcome.exit_code, *held_by)).rowcount
