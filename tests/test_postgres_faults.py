@@ -235,31 +235,37 @@ class _CuttingProxy:
             threading.Thread(target=self._pump, args=(client,), daemon=True).start()
 
     def _pump(self, client: Any) -> None:
-        import select
         import socket
 
         upstream = socket.create_connection(("127.0.0.1", self.server_port))
         try:
-            while True:
-                ready, _, _ = select.select([client, upstream], [], [], 60)
-                if not ready:
-                    return
-                if client in ready:
-                    data = client.recv(65536)
-                    if not data:
-                        return
-                    if not self.cut and self.marker in data:
-                        self.cut.append(self._withhold(upstream, data))
-                        return
-                    upstream.sendall(data)
-                if upstream in ready:
-                    data = upstream.recv(65536)
-                    if not data:
-                        return
-                    client.sendall(data)
+            self._pass(client, upstream)
+        except OSError:
+            pass  # either side went away (a worker that exits resets its connection)
         finally:
             client.close()
             upstream.close()
+
+    def _pass(self, client: Any, upstream: Any) -> None:
+        import select
+
+        while True:
+            ready, _, _ = select.select([client, upstream], [], [], 60)
+            if not ready:
+                return
+            if client in ready:
+                data = client.recv(65536)
+                if not data:
+                    return
+                if not self.cut and self.marker in data:
+                    self.cut.append(self._withhold(upstream, data))
+                    return
+                upstream.sendall(data)
+            if upstream in ready:
+                data = upstream.recv(65536)
+                if not data:
+                    return
+                client.sendall(data)
 
     def _withhold(self, upstream: Any, data: bytes) -> bytes:
         if not self.after_answer:
@@ -368,3 +374,85 @@ def test_worker_whose_connection_breaks_as_it_records_a_failure_does_not_log_it_
     assert len(proxy.cut) == 1 and b"SELECT 1" in proxy.cut[0]
     assert [h["outcome"] for h in q.job("fails")["history"]] == ["failed"]
     assert "job_lost" not in [e.get("event") for e in _log_events(log)]
+
+
+# -- operator verbs and a worker's release, with their commit in flight ---------------------
+def _through_proxy(pg_server: Any, schema: str, marker: bytes, after_answer: bool,
+                   ) -> tuple[_CuttingProxy, str]:
+    pg_server.create_role("lostcommit", "pw")
+    pg_server.psql("ALTER ROLE lostcommit SUPERUSER")
+    proxy = _CuttingProxy(pg_server.port, marker, after_answer)
+    return proxy, (f"postgresql://lostcommit:pw@127.0.0.1:{proxy.port}/postgres"
+                   f"?sslmode=disable&schema={schema}")
+
+
+@pytest.mark.parametrize("after_answer", [True, False], ids=["committed", "not-committed"])
+def test_cancel_whose_connection_breaks_mid_commit_reports_the_job_canceled(
+        pg_server: Any, after_answer: bool) -> None:
+    """`cancel` loses its connection with the commit in flight: queuectl reconnects, finds
+    the job canceled (or cancels it now) and says so, exit 0; not `lost the connection`."""
+    schema = pg_server.fresh_schema()
+    q = Queue(pg_server.locator(schema=schema))
+    q.enqueue({"id": "waits", "command": "true", "run_at": "2099-01-01T00:00:00Z"})
+    proxy, locator = _through_proxy(pg_server, schema,
+                                    b"cancel_requested = j.state = 'processing'", after_answer)
+    try:
+        result = _run(locator, "cancel", "waits")
+    finally:
+        proxy.close()
+    assert len(proxy.cut) == 1 and (b"UPDATE 1" in proxy.cut[0]) == after_answer
+    assert (result.returncode, result.stderr) == (0, ""), result.stderr
+    assert "waits" in result.stdout
+    assert q.job("waits")["state"] == "canceled"
+
+
+@pytest.mark.parametrize("after_answer", [True, False], ids=["committed", "not-committed"])
+def test_dlq_retry_whose_connection_breaks_mid_commit_reports_the_job_retried(
+        pg_server: Any, tmp_path: Path, after_answer: bool) -> None:
+    """The same for `dlq retry`: a dead job is back to pending once, and the command says
+    so instead of failing (or, repeated, refusing a job that is no longer dead)."""
+    schema = pg_server.fresh_schema()
+    q = Queue(pg_server.locator(schema=schema))
+    q.enqueue({"id": "dies", "command": "exit 3", "max_retries": 1})
+    q.worker("--name", "w", log=tmp_path / "w.log")
+    try:
+        q.wait_state("dies", "dead", timeout=60)
+    finally:
+        q.stop_all()
+    q.run("pause")  # nothing claims it again before we look
+    proxy, locator = _through_proxy(pg_server, schema, b"j.state = 'dead' RETURNING",
+                                    after_answer)
+    try:
+        result = _run(locator, "dlq", "retry", "dies")
+    finally:
+        proxy.close()
+    assert len(proxy.cut) == 1 and (b"UPDATE 1" in proxy.cut[0]) == after_answer
+    assert (result.returncode, result.stderr) == (0, ""), result.stderr
+    job = q.job("dies")
+    assert (job["state"], job["attempts"]) == ("pending", 0)
+    assert [h["outcome"] for h in job["history"]] == ["failed", "failed"]
+
+
+@pytest.mark.parametrize("after_answer", [True, False], ids=["committed", "not-committed"])
+def test_release_at_shutdown_whose_connection_breaks_still_puts_the_job_back_once(
+        pg_server: Any, tmp_path: Path, after_answer: bool) -> None:
+    """A stopping worker puts its interrupted job back to pending; the connection breaks
+    with that commit in flight. The job is pending with no retry spent either way, its
+    history has one interrupted attempt, and the worker logs `job_released`."""
+    schema = pg_server.fresh_schema()
+    q = Queue(pg_server.locator(schema=schema))
+    q.enqueue({"id": "long", "command": "sleep 60"})
+    proxy, locator = _through_proxy(pg_server, schema, b"ELSE 'pending' END", after_answer)
+    log = tmp_path / "worker.log"
+    via_proxy = Queue(locator)
+    try:
+        via_proxy.worker("--name", "cut", "--grace", "0", log=log)
+        q.wait_state("long", "processing", timeout=60)
+        via_proxy.stop_all()
+    finally:
+        proxy.close()
+    assert len(proxy.cut) == 1 and (b"SELECT 1" in proxy.cut[0]) == after_answer
+    job = q.job("long")
+    assert (job["state"], job["attempts"]) == ("pending", 0)
+    assert [h["outcome"] for h in job["history"]] == ["interrupted"]
+    assert [e["event"] for e in _log_events(log)].count("job_released") == 1

@@ -41,6 +41,7 @@ from queuectl.job import (
     DEAD,
     DEFAULT_QUEUE,
     FAILED,
+    PENDING,
     PROCESSING,
     STATES,
     TERMINAL,
@@ -862,7 +863,8 @@ class PostgresStore(Store):
             cur.execute(sql, params)
             return cur.fetchone()[0] == 1
 
-        return self._run(release_once)
+        return self._run(release_once, settle=lambda cur: self._recorded(
+            cur, params, policy.INTERRUPTED_ATTEMPT, policy.CANCELED_ATTEMPT) or release_once(cur))
 
     def _reclaim(self, where: str, params: dict[str, Any], why: str) -> list[Job]:
         """Lost attempts become failed (or dead) ones; the queue's rules decide which."""
@@ -950,7 +952,22 @@ class PostgresStore(Store):
                 return _job(row)
             raise self._refusal(cur, job_id, policy.not_dead)
 
-        return self._run(retry)
+        def settle(cur: Any) -> Job:
+            """A retried job counts its attempts from 0 again, below those in its history
+            (a job retried and claimed before we look, with one attempt in all, is the one
+            case this cannot tell: it is refused as not dead)."""
+            cur.execute(f"SELECT {_cols('j')}, (SELECT max(attempt) FROM {self.s}.attempts"
+                        f" WHERE job_id = j.id) FROM {self.s}.jobs j WHERE j.id = %s",
+                        (job_id,))
+            row = cur.fetchone()
+            if row is not None:
+                job, tried = _job(row[:-1]), row[-1] or 0
+                if job.state != DEAD and (job.attempts < tried
+                                          or (job.state == PENDING and job.attempts == 0)):
+                    return job
+            return retry(cur)
+
+        return self._run(retry, settle=settle)
 
     # -- issue 11: operators living with the queue -------------------------------------------
     def cancel(self, job_id: str) -> Job:
@@ -974,7 +991,18 @@ class PostgresStore(Store):
                 return _job(row)
             raise self._refusal(cur, job_id, policy.not_cancellable)
 
-        return self._run(cancel_once)
+        def settle(cur: Any) -> Job:
+            """Canceled, or asked to stop: what the lost commit did (or another operator's
+            cancel; the job ends the same way)."""
+            cur.execute(f"SELECT {_cols('j')} FROM {self.s}.jobs j WHERE j.id = %s", (job_id,))
+            row = cur.fetchone()
+            if row is not None:
+                job = _job(row)
+                if job.state == CANCELED or (job.state == PROCESSING and job.cancel_requested):
+                    return job
+            return cancel_once(cur)
+
+        return self._run(cancel_once, settle=settle)
 
     def cancel_state(self, state: str, limit: int, queue: str | None = None) -> int:
         if state not in CANCELLABLE:
