@@ -632,8 +632,7 @@ class PostgresStore(Store):
             cur.execute(self._notify + "COMMIT")
 
         def conflict(cur: Any) -> Conflict:
-            cur.execute(f"SELECT id FROM {self.s}.jobs WHERE id = ANY(%s)", (ids,))
-            taken = {row[0] for row in cur.fetchall()}
+            taken = self._commands_of(cur, ids)
             seen: set[str] = set()
             for job_id in ids:
                 if job_id in taken or job_id in seen:
@@ -655,8 +654,7 @@ class PostgresStore(Store):
             """The connection broke with the insert in flight: it committed whole or not
             at all, and the ids (ours, chosen before it) say which. Never twice, never
             reported lost when it is stored."""
-            cur.execute(f"SELECT id, command FROM {self.s}.jobs WHERE id = ANY(%s)", (ids,))
-            found = dict(cur.fetchall())
+            found = self._commands_of(cur, ids)
             if not found:
                 run(cur)  # it did not commit: insert now
             elif not all(found.get(job_id) == spec.command
@@ -668,6 +666,16 @@ class PostgresStore(Store):
         # With --if-absent the insert is idempotent: after a lost connection just repeat it.
         self._run(run, idempotent=if_absent, settle=None if if_absent else settle)
         return ids
+
+    def _commands_of(self, cur: Any, ids: list[str]) -> dict[str, str]:
+        """The command of each of these ids that is taken."""
+        cur.execute(f"SELECT id, command FROM {self.s}.jobs WHERE id = ANY(%s)", (ids,))
+        return dict(cur.fetchall())
+
+    def _find(self, cur: Any, job_id: str) -> Job | None:
+        cur.execute(f"SELECT {', '.join(COLUMNS)} FROM {self.s}.jobs WHERE id = %s", (job_id,))
+        row = cur.fetchone()
+        return None if row is None else _job(row)
 
     # -- the worker's verbs ------------------------------------------------------------------
     # A connection that breaks while a worker's statement commits leaves the worker not
@@ -793,10 +801,7 @@ class PostgresStore(Store):
         def settle(cur: Any) -> Job | None:
             if not self._recorded(cur, params, policy.FAILED_ATTEMPT, policy.CANCELED_ATTEMPT):
                 return fail(cur)
-            cur.execute(f"SELECT {', '.join(COLUMNS)} FROM {self.s}.jobs WHERE id = %(id)s",
-                        params)
-            row = cur.fetchone()
-            return None if row is None else _job(row)
+            return self._find(cur, job.id)
 
         return self._run(fail, settle=settle)
 
@@ -956,14 +961,12 @@ class PostgresStore(Store):
             """A retried job counts its attempts from 0 again, below those in its history
             (a job retried and claimed before we look, with one attempt in all, is the one
             case this cannot tell: it is refused as not dead)."""
-            cur.execute(f"SELECT {_cols('j')}, (SELECT max(attempt) FROM {self.s}.attempts"
-                        f" WHERE job_id = j.id) FROM {self.s}.jobs j WHERE j.id = %s",
-                        (job_id,))
-            row = cur.fetchone()
-            if row is not None:
-                job, tried = _job(row[:-1]), row[-1] or 0
-                if job.state != DEAD and (job.attempts < tried
-                                          or (job.state == PENDING and job.attempts == 0)):
+            job = self._find(cur, job_id)
+            if job is not None and job.state != DEAD:
+                cur.execute(f"SELECT max(attempt) FROM {self.s}.attempts WHERE job_id = %s",
+                            (job_id,))
+                tried = cur.fetchone()[0] or 0
+                if job.attempts < tried or (job.state == PENDING and job.attempts == 0):
                     return job
             return retry(cur)
 
@@ -994,12 +997,10 @@ class PostgresStore(Store):
         def settle(cur: Any) -> Job:
             """Canceled, or asked to stop: what the lost commit did (or another operator's
             cancel; the job ends the same way)."""
-            cur.execute(f"SELECT {_cols('j')} FROM {self.s}.jobs j WHERE j.id = %s", (job_id,))
-            row = cur.fetchone()
-            if row is not None:
-                job = _job(row)
-                if job.state == CANCELED or (job.state == PROCESSING and job.cancel_requested):
-                    return job
+            job = self._find(cur, job_id)
+            if job is not None and (job.state == CANCELED
+                                    or (job.state == PROCESSING and job.cancel_requested)):
+                return job
             return cancel_once(cur)
 
         return self._run(cancel_once, settle=settle)
@@ -1305,11 +1306,9 @@ class PostgresStore(Store):
             f"(e.g. pg_dump --schema={self.target.schema} DBNAME > FILE)")
 
     def get(self, job_id: str, history: bool = False) -> Job:
-        rows = self._fetch(f"SELECT {', '.join(COLUMNS)} FROM {self.s}.jobs WHERE id = %s",
-                           (job_id,))
-        if not rows:
+        job = self._run(lambda cur: self._find(cur, job_id), idempotent=True)
+        if job is None:
             raise policy.no_such_job(job_id)
-        job = _job(rows[0])
         if history:
             job.history = [
                 {"attempt": attempt, "worker": worker, "started_at": started,
