@@ -7,7 +7,6 @@ enqueue` from cron would pay; this covers what the store's records need.
 from __future__ import annotations
 
 _FIELDS: dict[type, tuple[str, ...]] = {}
-_DEFAULTS: dict[type, dict[str, object]] = {}  # class -> every field's default, if all have one
 _TAILS: dict[type, tuple[int, tuple[object, ...]]] = {}  # see Record._tail
 _MISSING = object()
 
@@ -26,19 +25,12 @@ class Record:
         return names
 
     @classmethod
-    def _defaults(cls) -> dict[str, object]:
-        """Each field's default, or _MISSING for one without."""
-        found = _DEFAULTS.get(cls)
-        if found is None:
-            found = _DEFAULTS[cls] = {n: getattr(cls, n, _MISSING) for n in cls.fields()}
-        return found
-
-    @classmethod
     def _tail(cls) -> tuple[int, tuple[object, ...]]:
-        """(how many leading fields have no default, every field's default in order)."""
+        """(how many leading fields have no default, every field's default in order, or
+        _MISSING for one without)."""
         found = _TAILS.get(cls)
         if found is None:
-            defaults = tuple(cls._defaults().values())
+            defaults = tuple(getattr(cls, n, _MISSING) for n in cls.fields())
             required = max((i + 1 for i, d in enumerate(defaults) if d is _MISSING), default=0)
             found = _TAILS[cls] = (required, defaults)
         return found
