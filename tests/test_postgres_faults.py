@@ -283,6 +283,17 @@ class _CuttingProxy:
         self.listener.close()
 
 
+def _through_proxy(pg_server: Any, schema: str, marker: bytes, after_answer: bool,
+                   ) -> tuple[_CuttingProxy, str]:
+    """A proxy that cuts on `marker`, and the locator of schema through it (over TCP, as a
+    password role: the suite's own locator is a Unix socket)."""
+    pg_server.create_role("lostcommit", "pw")
+    pg_server.psql("ALTER ROLE lostcommit SUPERUSER")
+    proxy = _CuttingProxy(pg_server.port, marker, after_answer)
+    return proxy, (f"postgresql://lostcommit:pw@127.0.0.1:{proxy.port}/postgres"
+                   f"?sslmode=disable&schema={schema}")
+
+
 @pytest.mark.parametrize("extra", [(), ("--if-absent", "--id", "given")],
                          ids=["generated-id", "if-absent"])
 @pytest.mark.parametrize("after_answer", [True, False], ids=["committed", "not-committed"])
@@ -293,12 +304,8 @@ def test_enqueue_whose_connection_breaks_mid_commit_stores_the_job_exactly_once(
     by the caller never makes a duplicate and a stored job is never reported as failed."""
     schema = pg_server.fresh_schema()
     assert _run(pg_server.locator(schema=schema), "status").returncode == 0  # create it
-    pg_server.create_role("lostcommit", "pw")
-    pg_server.psql("ALTER ROLE lostcommit SUPERUSER")
-    proxy = _CuttingProxy(pg_server.port, b"INSERT INTO", after_answer)
+    proxy, locator = _through_proxy(pg_server, schema, b"INSERT INTO", after_answer)
     try:
-        locator = (f"postgresql://lostcommit:pw@127.0.0.1:{proxy.port}/postgres"
-                   f"?sslmode=disable&schema={schema}")
         result = _run(locator, "enqueue", "--cmd", "echo once", *extra)
     finally:
         proxy.close()
@@ -328,11 +335,8 @@ def test_worker_whose_connection_breaks_mid_commit_neither_loses_nor_orphans_a_j
     q.run("enqueue", "--file", "-", input="".join(
         json.dumps({"id": f"j{i}", "command": f"echo j{i} >> {out}", "priority": 10 - i}) + "\n"
         for i in range(4)))
-    pg_server.create_role("lostcommit", "pw")
-    pg_server.psql("ALTER ROLE lostcommit SUPERUSER")
-    proxy = _CuttingProxy(pg_server.port, COMPLETE_AND_CLAIM, after_answer)
-    via_proxy = Queue(f"postgresql://lostcommit:pw@127.0.0.1:{proxy.port}/postgres"
-                      f"?sslmode=disable&schema={schema}")
+    proxy, locator = _through_proxy(pg_server, schema, COMPLETE_AND_CLAIM, after_answer)
+    via_proxy = Queue(locator)
     try:
         via_proxy.worker("--name", "cut", log=log)
         status = q.wait_counts(completed=4, timeout=60)
@@ -358,11 +362,9 @@ def test_worker_whose_connection_breaks_as_it_records_a_failure_does_not_log_it_
     q = Queue(pg_server.locator(schema=schema))
     log = tmp_path / "worker.log"
     q.run("enqueue", json.dumps({"id": "fails", "command": "exit 3", "max_retries": 0}))
-    pg_server.create_role("lostcommit", "pw")
-    pg_server.psql("ALTER ROLE lostcommit SUPERUSER")
-    proxy = _CuttingProxy(pg_server.port, b"CASE WHEN state = 'canceled' THEN", True)
-    via_proxy = Queue(f"postgresql://lostcommit:pw@127.0.0.1:{proxy.port}/postgres"
-                      f"?sslmode=disable&schema={schema}")
+    proxy, locator = _through_proxy(pg_server, schema, b"CASE WHEN state = 'canceled' THEN",
+                                    True)
+    via_proxy = Queue(locator)
     try:
         via_proxy.worker("--name", "cut", log=log)
         q.wait_state("fails", "dead", timeout=60)
@@ -377,15 +379,6 @@ def test_worker_whose_connection_breaks_as_it_records_a_failure_does_not_log_it_
 
 
 # -- operator verbs and a worker's release, with their commit in flight ---------------------
-def _through_proxy(pg_server: Any, schema: str, marker: bytes, after_answer: bool,
-                   ) -> tuple[_CuttingProxy, str]:
-    pg_server.create_role("lostcommit", "pw")
-    pg_server.psql("ALTER ROLE lostcommit SUPERUSER")
-    proxy = _CuttingProxy(pg_server.port, marker, after_answer)
-    return proxy, (f"postgresql://lostcommit:pw@127.0.0.1:{proxy.port}/postgres"
-                   f"?sslmode=disable&schema={schema}")
-
-
 @pytest.mark.parametrize("after_answer", [True, False], ids=["committed", "not-committed"])
 def test_cancel_whose_connection_breaks_mid_commit_reports_the_job_canceled(
         pg_server: Any, after_answer: bool) -> None:
