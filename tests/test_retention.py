@@ -32,8 +32,8 @@ def _waiting(db: Path) -> int:
 def test_retention_keeps_the_file_bounded_over_50000_jobs(queue: Queue) -> None:
     """keep-completed 1s: the first 5,000 jobs arrive at once, then 45,000 more a thousand at a
     time as the queue drains (two workers). The file ends no bigger than after the first
-    5,000 (within 5%), the table stays small and no attempt row outlives its job.
-    40-90 s on 2 cores."""
+    5,000 (within a quarter; without retention it would be ten times), the table stays small
+    and no attempt row outlives its job. 40-90 s on 2 cores."""
     q = queue
     q.run("config", "set", "keep-completed", "1s")
     q.run("enqueue", "--file", "-", input=_batch(5000))
@@ -57,10 +57,11 @@ def test_retention_keeps_the_file_bounded_over_50000_jobs(queue: Queue) -> None:
         ).fetchone()
     assert orphans == 0 and attempts == jobs  # history goes with its jobs
     assert most < 5000, f"{most} jobs in the table at once: retention did not keep up"
-    # Bounded: without retention 50,000 jobs need about ten times the space. Freed pages
-    # are reused, but the indexes split a little differently each run, so a few pages more
-    # than after the first 5,000 are not growth (one CI run: 1,400,832 vs 1,380,352 bytes).
-    assert final <= size_after_5000 * 1.05, (final, size_after_5000)
+    # Bounded: without retention 50,000 jobs need about ten times the space, and leaking even
+    # one job in twenty would add half again. Freed pages are reused, but the mark after the
+    # first 5,000 depends on how many had already expired when it was read, and the indexes
+    # split a little differently each run: CI runs have ended 1.5% and 5.2% above it.
+    assert final <= size_after_5000 * 1.25, (final, size_after_5000)
     # and once the queue is quiet, everything past its keep time goes
     wait_for(lambda: q.status()["completed"] == 0, 30, "the last completed jobs to expire")
 
