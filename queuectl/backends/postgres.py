@@ -749,8 +749,10 @@ class PostgresStore(Store):
             cur.execute(sql, params)
             return cur.fetchone()[0] == 1
 
-        return self._run(complete, settle=lambda cur: self._recorded(cur, params, policy.COMPLETED_ATTEMPT)
-                         or complete(cur))
+        def settle(cur: Any) -> bool:
+            return self._recorded(cur, params, policy.COMPLETED_ATTEMPT) or complete(cur)
+
+        return self._run(complete, settle=settle)
 
     def complete_and_claim(self, job: Job, outcome: Outcome, worker: str,
                            queues: list[str] | None = None) -> tuple[bool, Job | None]:

@@ -133,6 +133,7 @@ _COMPLETE = ("UPDATE jobs SET state = 'completed', finished_at = ?, updated_at =
              " exit_code = ?, last_error = NULL, lease_expires_at = NULL")
 _HELD = "id = ? AND state = 'processing' AND worker = ? AND attempts = ?"  # still our attempt
 _COMPLETE_ROW = f"{_COMPLETE} WHERE rowid = ? AND {_HELD}"
+_COMPLETE_ID = f"{_COMPLETE} WHERE {_HELD}"  # the fallback when the row moved
 # A drain's claim while no queue is held back: one statement. Built once, like the one above:
 # a worker runs them once per job.
 _CLAIM_ANY = f"""UPDATE jobs SET state = 'processing', attempts = attempts + 1, worker = ?,
@@ -684,8 +685,7 @@ class SQLiteStore(Store):
         if claimed_id == job.id:  # the row our claim returned: no lookup of the id
             held = c.execute(_COMPLETE_ROW, (t, t, outcome.exit_code, rowid, *held_by)).rowcount
         if not held:  # claimed elsewhere, or the row moved (VACUUM renumbers rowids)
-            held = c.execute(f"{_COMPLETE} WHERE {_HELD}",
-                             (t, t, outcome.exit_code, *held_by)).rowcount
+            held = c.execute(_COMPLETE_ID, (t, t, outcome.exit_code, *held_by)).rowcount
         if held:
             self._finish_attempt(c, job, outcome, policy.COMPLETED_ATTEMPT, None, t, COMPLETED)
         return held == 1
