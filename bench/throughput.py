@@ -27,33 +27,44 @@ from bench.qctl import Queue, write_jobs_file
 
 
 # -- the physical limit ----------------------------------------------------------------------
-def spawn_limit(total: int, spawners: int, timeout: float) -> float:
-    """Processes per second that `spawners` parallel processes can spawn and reap."""
-    shares = [total // spawners + (1 if i < total % spawners else 0) for i in range(spawners)]
-    procs = [
-        PROCS.spawn([sys.executable, BENCH_DIR / "spawner.py", str(n)], stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE, text=True)
-        for n in shares
-    ]
+def start_together(argvs: list[list[Any]], env: dict[str, str] | None = None
+                   ) -> list[subprocess.Popen]:
+    """Start processes that speak the protocol of bench/spawner.py and bench/bareloop.py
+    (print `ready`, wait for a line on stdin, then work and print one JSON line) and
+    release them at once; they are running when this returns."""
+    procs = [PROCS.spawn(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+             for argv in argvs]
     try:
         for p in procs:
             assert p.stdout is not None
             if p.stdout.readline().strip() != "ready":
-                raise RuntimeError("spawner did not start")
+                raise RuntimeError(f"{Path(argvs[0][1]).name} did not start")
         for p in procs:
             assert p.stdin is not None
             p.stdin.write("go\n")
             p.stdin.flush()
-        marks = []
+    except BaseException:
         for p in procs:
-            out, _ = p.communicate(timeout=timeout)
-            marks.append(json.loads(out))
+            PROCS.stop(p, timeout=1)
+        raise
+    return procs
+
+
+def span(marks: list[dict[str, Any]]) -> float:
+    """Seconds from the first start to the last end."""
+    return max(m["end"] for m in marks) - min(m["start"] for m in marks)
+
+
+def spawn_limit(total: int, spawners: int, timeout: float) -> float:
+    """Processes per second that `spawners` parallel processes can spawn and reap."""
+    shares = [total // spawners + (1 if i < total % spawners else 0) for i in range(spawners)]
+    procs = start_together([[sys.executable, BENCH_DIR / "spawner.py", str(n)] for n in shares])
+    try:
+        marks = [json.loads(p.communicate(timeout=timeout)[0]) for p in procs]
     finally:
         for p in procs:
             PROCS.stop(p, timeout=1)
-    start = min(m["start"] for m in marks)
-    end = max(m["end"] for m in marks)
-    return total / (end - start)
+    return total / span(marks)
 
 
 # -- draining --------------------------------------------------------------------------------
@@ -118,39 +129,23 @@ def exit_cpu(proc: subprocess.Popen, deadline: float) -> tuple[float, float]:
     return own, kids
 
 
-def bare_drain(queue: Queue, jobs: int, loops: int, d: Path, timeout: float
-               ) -> dict[str, float]:
+def bare_drain(queue: Queue, jobs: int, loops: int, timeout: float) -> dict[str, float]:
     """`loops` × bench/bareloop.py on an already filled queue, started together: jobs/s
     from the first start to the last end, and their own CPU per job (start-up included,
     as for the workers)."""
-    outs = [d / f"bare{i}.out" for i in range(loops)]
-    procs = []
-    for i, out in enumerate(outs):
-        with open(out, "w") as fh:
-            procs.append(PROCS.spawn([sys.executable, BENCH_DIR / "bareloop.py", str(queue.db),
-                                      f"bare{i}"], env=queue.env, stdin=subprocess.PIPE, stdout=fh,
-                                     text=True))
-    deadline = time.monotonic() + timeout
+    procs = start_together([[sys.executable, BENCH_DIR / "bareloop.py", str(queue.db),
+                             f"bare{i}"] for i in range(loops)], env=queue.env)
     try:
-        for out in outs:
-            while out.read_text().strip() != "ready":
-                if time.monotonic() > deadline:
-                    raise RuntimeError("bareloop.py did not start")
-                time.sleep(0.01)
-        for p in procs:
-            assert p.stdin is not None
-            p.stdin.write("go\n")
-            p.stdin.flush()
+        deadline = time.monotonic() + timeout
         cpu = [exit_cpu(p, deadline)[0] for p in procs]
+        marks = [json.loads(p.communicate()[0]) for p in procs]  # the mark waited in the pipe
     finally:
         for p in procs:
             PROCS.stop(p, timeout=1)
-    marks = [json.loads(out.read_text().splitlines()[-1]) for out in outs]
     done = sum(m["jobs"] for m in marks)
     if done != jobs:
         raise RuntimeError(f"the bare loop completed {done} of {jobs} jobs")
-    elapsed = max(m["end"] for m in marks) - min(m["start"] for m in marks)
-    return {"jobs_per_s": jobs / elapsed, "cpu_us_per_job": 1e6 * sum(cpu) / jobs}
+    return {"jobs_per_s": jobs / span(marks), "cpu_us_per_job": 1e6 * sum(cpu) / jobs}
 
 
 def startup_cpu_ms(queue: Queue, d: Path, timeout: float) -> float:
@@ -208,7 +203,7 @@ def drain_section(sizes: Sizes, workdir: Path, peers: dict[str, PeerDrain | str]
                 queue.create()
                 queue.enqueue_file(jobs_file)
                 try:
-                    floor = bare_drain(queue, sizes.drain_jobs, 2, d, timeout)
+                    floor = bare_drain(queue, sizes.drain_jobs, 2, timeout)
                 except (RuntimeError, OSError, ValueError) as exc:
                     log(f"drain run {r + 1}/{sizes.runs}, bare loop: failed: {exc}")
                 else:

@@ -24,6 +24,9 @@ def test_bench_smoke_writes_results(tmp_path: Path) -> None:
     for k in ("1", "2"):
         assert {"jobs_per_s", "limit_jobs_per_s", "ratio_to_limit"} <= res["drain"]["workers"][k].keys()
     assert {"median", "min", "max", "runs"} <= res["drain"]["workers"]["1"]["jobs_per_s"].keys()
+    # the floor ran beside the 2-worker drain (its failure is only logged, not an error)
+    assert {"jobs_per_s", "ratio_to_limit", "cpu_us_per_job"} <= res["drain"]["bare_loop"].keys()
+    assert res["drain"]["worker_startup_cpu_ms"]["median"] > 0
     assert {"p50_ms", "p95_ms", "p99_ms", "idle_cpu_pct", "idle_rss_mb"} <= res["pickup"].keys()
     assert {"cold_enqueue_ms", "python_baseline_ms", "batch_jobs_per_s"} <= res["enqueue"].keys()
     assert {"drain_full_vs_empty", "claim_p50_full_vs_empty", "db_mb_per_100k_finished"} \
