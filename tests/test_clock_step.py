@@ -1,14 +1,14 @@
 """A wall-clock step does not move leases on SQLite: they live on CLOCK_BOOTTIME.
 
-A second worker started under libfaketime sees the wall clock 2 minutes away from the first
-one's (only CLOCK_REALTIME is shifted: FAKETIME_DONT_FAKE_MONOTONIC=1 leaves CLOCK_MONOTONIC
+A second worker started with libfaketime preloaded sees the wall clock 2 minutes away from the
+first one's (only CLOCK_REALTIME is shifted: FAKETIME_DONT_FAKE_MONOTONIC=1 leaves CLOCK_MONOTONIC
 and CLOCK_BOOTTIME alone, which the fixture checks first), as if the clock had stepped between
 the first worker's heartbeat and the second one's housekeeping.
 """
 
+import glob
 import json
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -29,8 +29,8 @@ _PROBE = ("import json, time; print(json.dumps([time.time(), "
           "time.clock_gettime(time.CLOCK_BOOTTIME), time.monotonic()]))")
 
 
-def _clocks(prefix: list[str], env: dict[str, str]) -> tuple[float, float, float]:
-    out = subprocess.run([*prefix, sys.executable, "-c", _PROBE], env=env, check=True,
+def _clocks(env: dict[str, str]) -> tuple[float, float, float]:
+    out = subprocess.run([sys.executable, "-c", _PROBE], env=env, check=True,
                          capture_output=True, text=True, timeout=60).stdout
     return tuple(json.loads(out))  # type: ignore[return-value]
 
@@ -44,20 +44,22 @@ def _skip_or_fail(reason: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def shifted() -> Callable[[int], tuple[list[str], dict[str, str]]]:
-    """shifted(seconds) -> (command prefix, extra env) running a program whose wall clock is
-    that far off, its boot clock untouched; checked here before any test relies on it."""
-    tool = shutil.which("faketime")
-    if tool is None:
-        _skip_or_fail("faketime (Debian package faketime, libfaketime) is not installed")
+def shifted() -> Callable[[int], dict[str, str]]:
+    """shifted(seconds) -> the environment under which a program's wall clock is that far
+    off, its boot clock untouched; checked here before any test relies on it. The library
+    is preloaded directly, not through the `faketime` command: that one forks and does not
+    pass on SIGTERM, so stopping it would leave the worker running after the test."""
+    libs = sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))
+    if not libs:
+        _skip_or_fail("libfaketime (Debian package faketime) is not installed")
 
-    def make(seconds: int) -> tuple[list[str], dict[str, str]]:
-        return [tool, "-f", f"{seconds:+d}s"], {"FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+    def make(seconds: int) -> dict[str, str]:
+        return {"LD_PRELOAD": libs[0], "FAKETIME": f"{seconds:+d}s",
+                "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
 
-    prefix, extra = make(STEP)
-    before = _clocks([], dict(os.environ))
-    faked = _clocks(prefix, {**os.environ, **extra})
-    after = _clocks([], dict(os.environ))
+    before = _clocks(dict(os.environ))
+    faked = _clocks({**os.environ, **make(STEP)})
+    after = _clocks(dict(os.environ))
     if not before[0] + STEP - 5 < faked[0] < after[0] + STEP + 5:
         _skip_or_fail(f"faketime did not shift the wall clock by {STEP} s ({faked[0] - before[0]:+.1f})")
     if not before[1] <= faked[1] <= after[1]:
@@ -65,10 +67,9 @@ def shifted() -> Callable[[int], tuple[list[str], dict[str, str]]]:
     return make
 
 
-def _start(queue: Queue, prefix: list[str], extra: dict[str, str], log: Path,
-           *args: str) -> subprocess.Popen:
+def _start(queue: Queue, extra: dict[str, str], log: Path, *args: str) -> subprocess.Popen:
     out = open(log, "ab")
-    proc = subprocess.Popen([*prefix, QUEUECTL, "--log-format", "json", "worker", "run",
+    proc = subprocess.Popen([QUEUECTL, "--log-format", "json", "worker", "run",
                              "--poll-interval", "0.05", *args],
                             env={**queue.env, **extra}, stdout=out, stderr=out)
     queue.procs.append(proc)
@@ -96,8 +97,7 @@ def test_a_worker_two_minutes_ahead_does_not_reclaim_a_live_lease(
     a_log, b_log = tmp_path / "a.log", tmp_path / "b.log"
     queue.worker("--name", "a", log=a_log)
     queue.wait_state("live", "processing")
-    prefix, extra = shifted(STEP)
-    _start(queue, prefix, extra, b_log, "--name", "b")
+    _start(queue, shifted(STEP), b_log, "--name", "b")
     # b does its housekeeping (reclaim_expired) at every heartbeat: watch three of them,
     # which spans more than a whole lease, while a's job runs on
     first = wait_for(lambda: _beats(queue.db, "b"), 60, "worker b to register")
@@ -121,9 +121,8 @@ def test_a_killed_workers_job_is_reclaimed_within_the_lease_whatever_the_wall_cl
                    "max_retries": 0})
     a = queue.worker("--name", "a")
     queue.wait_state("orphan", "processing")
-    prefix, extra = shifted(step)
     b_log = tmp_path / "b.log"
-    _start(queue, prefix, extra, b_log, "--name", "b", "--grace", "1")
+    _start(queue, shifted(step), b_log, "--name", "b", "--grace", "1")
     first = wait_for(lambda: _beats(queue.db, "b"), 60, "worker b to register")
     wait_for(lambda: (_beats(queue.db, "b") or 0) > first, 60, "a heartbeat of worker b")
     job_pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 30,
