@@ -11,6 +11,7 @@ from queuectl import settings as cfg
 from queuectl.clock import iso_ms
 from queuectl.errors import EXIT_FAILED, NotFound, ValidationError
 from queuectl.job import CANCELLABLE, DEAD, TERMINAL, Job, check_state
+from queuectl.redaction import redact
 from queuectl.store import Store
 
 LOG_FORMATS = click.Choice(["auto", "human", "json", "journal"])
@@ -535,7 +536,7 @@ def top(ctx: click.Context, once: bool, interval: float) -> int:
     from queuectl import topview  # curses too, only here: no other command pays for them
 
     store = _store(ctx)
-    label = locator.redact(_locator(ctx))
+    label = redact(_locator(ctx))
     if once:
         width = shutil.get_terminal_size((80, 24)).columns if sys.stdout.isatty() else 80
         click.echo(topview.snapshot_text(store, label, width))
@@ -656,7 +657,7 @@ def worker_stop(ctx: click.Context, timeout: float, foreground: bool,
         pids = ", ".join(str(w.pid) for w in unregistered)
         click.echo(f"Of these, {_plural(len(unregistered), 'worker')} (pid {pids}) "
                    f"{'was' if len(unregistered) == 1 else 'were'} found by process, not in "
-                   f"the registry of {locator.redact(where)}: the database was deleted or "
+                   f"the registry of {redact(where)}: the database was deleted or "
                    "replaced while they ran, or they had not registered yet.")
     if left:
         names = ", ".join(f"{w.name} (pid {w.pid})" for w in left)

@@ -68,6 +68,15 @@ class JobSpec(Record):
                 defaults.tasks_max if self.tasks_max is None else self.tasks_max)
 
 
+# The stored job's columns, in Job's field order less `history`: every backend selects these
+# and maps the row with `Job.from_row`.
+ROW_COLUMNS = (
+    "id", "command", "state", "attempts", "max_retries", "created_at", "updated_at", "priority",
+    "timeout", "run_at", "worker", "started_at", "finished_at", "exit_code", "last_error",
+    "lease_expires_at", "cancel_requested", "queue", "memory_max", "cpu_max", "tasks_max",
+)
+
+
 class Job(Record):
     """One row of the queue as the worker and the CLI see it."""
 
@@ -93,6 +102,11 @@ class Job(Record):
     memory_max: int | None = None  # as stored at enqueue (its default applied); 0/None: none
     cpu_max: float | None = None
     tasks_max: int | None = None
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...] | list[Any]) -> Job:
+        """The job of a row selected as ROW_COLUMNS (without its history)."""
+        return cls(*row[:16], None, bool(row[16]), *row[17:21])
 
     def to_dict(self) -> dict[str, Any]:
         return {

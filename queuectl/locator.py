@@ -42,16 +42,6 @@ def is_url(locator: str) -> bool:
     return locator.startswith(URL_SCHEMES)
 
 
-def redact(locator: str) -> str:
-    """The locator fit to print: a URL's password (and any password= parameter) masked."""
-    if not is_url(locator) and "password" not in locator:
-        return locator
-    import re
-
-    text = re.sub(r"(://[^/@:?#]*):[^/@?#]*@", r"\1:***@", locator)
-    return re.sub(r"(?i)(password=)[^&\s]*", r"\1***", text)
-
-
 def open_store(locator: str, for_worker: bool = False) -> Store:
     """Open (creating and migrating if needed) the store the locator names.
 

@@ -425,8 +425,9 @@ class Worker:
 def run_worker(locator: str, options: WorkerOptions, log_format: str = "auto",
                on_step: Callable[[str], None] | None = None) -> int:
     """`queuectl worker run`: logging, the store, the worker."""
-    from queuectl.locator import open_store, redact
+    from queuectl.locator import open_store
     from queuectl.log import setup_logging
+    from queuectl.redaction import redact
 
     fmt = setup_logging(log_format)
     try:

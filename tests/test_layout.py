@@ -37,3 +37,23 @@ def test_the_factory_imports_backends_only_lazily() -> None:
     top = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
     names = {getattr(n, "module", None) or n.names[0].name for n in top}
     assert not any(str(n).startswith(("queuectl.backends", "sqlite3", "psycopg")) for n in names)
+
+
+ABOVE_THE_CONTRACT = ("queuectl.locator", "queuectl.cli", "queuectl.worker", "queuectl.main")
+
+
+def test_no_backend_reaches_up_to_the_factory_the_cli_or_the_worker() -> None:
+    """The reverse rule: a backend depends on the contract and the leaves below it, never on
+    what chooses or drives it, so the module graph has no cycle through a backend."""
+    offenders = {}
+    for path in sorted((PACKAGE / "backends").glob("*.py")):
+        bad = sorted(n for n in _imports(path)
+                     if any(n == a or n.startswith(a + ".") for a in ABOVE_THE_CONTRACT))
+        if bad:
+            offenders[path.name] = bad
+    assert offenders == {}
+
+
+def test_redaction_is_a_leaf() -> None:
+    """Everyone who prints a locator imports redaction; it imports nothing of queuectl."""
+    assert not [n for n in _imports(PACKAGE / "redaction.py") if n.startswith("queuectl")]

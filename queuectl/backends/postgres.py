@@ -27,6 +27,7 @@ import time
 
 from queuectl import policy
 from queuectl import settings as cfg
+from queuectl.backends import BUSY_TIMEOUT
 from queuectl.backends.postgres_schema import MIGRATIONS, SCHEMA_VERSION, VERSION_TABLE
 from queuectl.errors import (
     Conflict,
@@ -43,12 +44,13 @@ from queuectl.job import (
     FAILED,
     PENDING,
     PROCESSING,
+    ROW_COLUMNS,
     STATES,
     TERMINAL,
     Job,
     JobSpec,
 )
-from queuectl.locator import redact
+from queuectl.redaction import redact, scrub, secrets_in, unquote
 from queuectl.store import (
     USAGE,
     Metrics,
@@ -73,7 +75,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from typing import Any
 
-BUSY_TIMEOUT = float(os.environ.get("QUEUECTL_BUSY_TIMEOUT", "5"))
 # A burst of commands can meet "too many clients" for a while: connecting waits longer.
 CONNECT_BUDGET = max(BUSY_TIMEOUT, 30.0)
 DEFAULT_SCHEMA = "queuectl"
@@ -94,10 +95,7 @@ TRANSIENT_TEXT = (
 LOST_CODES = {"57P01", "57P02", "08000", "08003", "08006", "08001"}
 
 NOW = "extract(epoch FROM clock_timestamp())::float8"
-COLUMNS = ("id", "command", "state", "attempts", "max_retries", "created_at", "updated_at",
-           "priority", "timeout", "run_at", "worker", "started_at", "finished_at", "exit_code",
-           "last_error", "lease_expires_at", "cancel_requested", "queue", "memory_max",
-           "cpu_max", "tasks_max")
+COLUMNS = ROW_COLUMNS
 # NOTIFY payload of events that concern watchers (`wait`, `logs --follow`, a running job's
 # cancel check) but bring no new work: idle workers' drain() ignores them.
 EVENT = "e"
@@ -105,10 +103,6 @@ EVENT = "e"
 
 def _cols(prefix: str) -> str:
     return ", ".join(f"{prefix}.{c}" for c in COLUMNS)
-
-
-def _job(row: tuple) -> Job:
-    return Job(*row[:16], None, bool(row[16]), *row[17:21])  # every column, and no history
 
 
 # -- the locator ---------------------------------------------------------------------------
@@ -122,7 +116,7 @@ class Target:
         for part in query.split("&") if query else []:
             key, _, value = part.partition("=")
             if key == "schema":
-                schema = _unquote(value)
+                schema = unquote(value)
             elif part:
                 params.append(part)
         if not SCHEMA_RE.match(schema):
@@ -131,7 +125,7 @@ class Target:
                 "letters, digits and _, not starting with a digit")
         self.schema = schema
         self.dsn = base + ("?" + "&".join(params) if params else "")
-        self._secrets = _secrets(locator)
+        self._secrets = secrets_in(locator)
         try:
             given = psycopg2.extensions.parse_dsn(self.dsn)
         except psycopg2.Error as exc:
@@ -151,33 +145,12 @@ class Target:
                        if key not in given and not (env and os.environ.get(env))}
 
     def scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        return scrub(text, self._secrets)
 
     def connect(self) -> Any:
         conn = psycopg2.connect(self.dsn, **self.kwargs)
         conn.autocommit = True
         return conn
-
-
-def _secrets(locator: str) -> list[str]:
-    """Every spelling of a password the locator carries, to keep it out of messages."""
-    found = re.findall(r"://[^/@:?#]*:([^/@?#]*)@", locator)
-    found += re.findall(r"(?i)password=([^&\s]*)", locator)
-    out = []
-    for item in found:
-        out += [item, _unquote(item)]
-    return sorted({s for s in out if s}, key=len, reverse=True)
-
-
-def _unquote(text: str) -> str:
-    """Percent-decoding, importing urllib (a few ms of every `enqueue`) only when needed."""
-    if "%" not in text:
-        return text
-    from urllib.parse import unquote
-
-    return unquote(text)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -556,7 +529,7 @@ class PostgresStore(Store):
             candidate, *row = cur.fetchone()
             if row[0] is not None or candidate is None:
                 cur.execute("COMMIT")
-                return None if row[0] is None else _job(row)
+                return None if row[0] is None else Job.from_row(row)
             skip.append(queue)  # full now (or outranked): let go of it, try the next
             queue, again = candidate, "ROLLBACK TO SAVEPOINT lane; "
         cur.execute("COMMIT")
@@ -675,7 +648,7 @@ class PostgresStore(Store):
     def _find(self, cur: Any, job_id: str) -> Job | None:
         cur.execute(f"SELECT {', '.join(COLUMNS)} FROM {self.s}.jobs WHERE id = %s", (job_id,))
         row = cur.fetchone()
-        return None if row is None else _job(row)
+        return None if row is None else Job.from_row(row)
 
     # -- the worker's verbs ------------------------------------------------------------------
     # A connection that breaks while a worker's statement commits leaves the worker not
@@ -689,7 +662,7 @@ class PostgresStore(Store):
                     " AND worker = %s AND id IS DISTINCT FROM %s ORDER BY started_at DESC"
                     " LIMIT 1", (worker, besides))
         row = cur.fetchone()
-        return None if row is None else _job(row)
+        return None if row is None else Job.from_row(row)
 
     def _recorded(self, cur: Any, params: dict[str, Any], *outcomes: str) -> bool:
         """Did the attempt get the history row that only its own ending writes?"""
@@ -710,7 +683,7 @@ class PostgresStore(Store):
             cur.execute(sql, params)
             candidate, *row = cur.fetchone()
             if row[0] is not None:
-                return _job(row)
+                return Job.from_row(row)
             if candidate is None:
                 return None
             return self._claim_limited(cur, candidate, params)
@@ -767,7 +740,7 @@ class PostgresStore(Store):
         def both(cur: Any) -> tuple[bool, Job | None, str | None]:
             cur.execute(sql, params)
             done, candidate, *row = cur.fetchone()
-            return done == 1, None if row[0] is None else _job(row), candidate
+            return done == 1, None if row[0] is None else Job.from_row(row), candidate
 
         def settle(cur: Any) -> tuple[bool, Job | None, str | None]:
             # it committed, with whatever it claimed
@@ -798,7 +771,7 @@ class PostgresStore(Store):
         def fail(cur: Any) -> Job | None:
             cur.execute(sql, params)
             row = cur.fetchone()
-            return None if row is None else _job(row[:-1])
+            return None if row is None else Job.from_row(row[:-1])
 
         def settle(cur: Any) -> Job | None:
             if not self._recorded(cur, params, policy.FAILED_ATTEMPT, policy.CANCELED_ATTEMPT):
@@ -888,7 +861,7 @@ class PostgresStore(Store):
             t = rows[0][-1]
             jobs, outcomes = [], []
             for row in rows:
-                job = _job(row[:-1])
+                job = Job.from_row(row[:-1])
                 error = policy.lost_error(job.worker, why)
                 outcome = policy.LOST_ATTEMPT
                 if job.cancel_requested:
@@ -943,7 +916,7 @@ class PostgresStore(Store):
         """Why a guarded UPDATE matched nothing: no such job, or the job's state forbids it."""
         cur.execute(f"SELECT state FROM {self.s}.jobs WHERE id = %s", (job_id,))
         found = cur.fetchone()
-        return policy.no_such_job(job_id) if found is None else conflict(job_id, found[0])
+        return policy.no_suchJob.from_row(job_id) if found is None else conflict(job_id, found[0])
 
     def retry_dead(self, job_id: str) -> Job:
         sql = f"""{self._notify}WITH {self.sql_t}
@@ -956,7 +929,7 @@ class PostgresStore(Store):
             cur.execute(sql, {"id": job_id})
             row = cur.fetchone()
             if row is not None:
-                return _job(row)
+                return Job.from_row(row)
             raise self._refusal(cur, job_id, policy.not_dead)
 
         def settle(cur: Any) -> Job:
@@ -993,7 +966,7 @@ class PostgresStore(Store):
             cur.execute(sql, {"id": job_id, "error": policy.CANCELED_ERROR})
             row = cur.fetchone()
             if row is not None:
-                return _job(row)
+                return Job.from_row(row)
             raise self._refusal(cur, job_id, policy.not_cancellable)
 
         def settle(cur: Any) -> Job:
@@ -1280,7 +1253,7 @@ class PostgresStore(Store):
         rows = self._fetch(sql, {"id": job_id, "attempt": attempt, "offset": offset})
         head = [r for r in rows if r[0] == "j"]
         if not head:
-            raise policy.no_such_job(job_id)
+            raise policy.no_suchJob.from_row(job_id)
         if head[0][5]:  # the running attempt: its live chunks, contiguous from offset
             start, data = offset, bytearray()
             for _, _, chunk_start, chunk, _, _ in sorted(
@@ -1310,7 +1283,7 @@ class PostgresStore(Store):
     def get(self, job_id: str, history: bool = False) -> Job:
         job = self._run(lambda cur: self._find(cur, job_id), idempotent=True)
         if job is None:
-            raise policy.no_such_job(job_id)
+            raise policy.no_suchJob.from_row(job_id)
         if history:
             job.history = [
                 {"attempt": attempt, "worker": worker, "started_at": started,
@@ -1342,7 +1315,7 @@ class PostgresStore(Store):
             rows = self._fetch(sql, {"state": state, "queue": queue, "at": at, "seq": seq,
                                      "n": n})
             for row in rows:
-                yield _job(row[:-1])
+                yield Job.from_row(row[:-1])
             if len(rows) < n:
                 return
             at, seq = rows[-1][5], rows[-1][-1]
@@ -1375,7 +1348,7 @@ class PostgresStore(Store):
         rows = self._fetch(f"SELECT {', '.join(COLUMNS)} FROM {self.s}.jobs WHERE {where}"
                            " ORDER BY updated_at DESC, seq DESC LIMIT %(n)s",
                            {"state": state, "queue": queue, "n": limit})
-        return [_job(row) for row in rows]
+        return [Job.from_row(row) for row in rows]
 
     def completed_since(self, seconds: float) -> dict[str, int]:
         rows = self._fetch(f"SELECT queue, count(*) FROM {self.s}.jobs WHERE state = 'completed'"

@@ -17,6 +17,7 @@ import time
 
 from queuectl import policy
 from queuectl import settings as cfg
+from queuectl.backends import BUSY_TIMEOUT
 from queuectl.backends.sqlite_gate import WriteGate
 from queuectl.backends.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
 from queuectl.clock import now
@@ -30,6 +31,7 @@ from queuectl.job import (
     FAILED,
     PENDING,
     PROCESSING,
+    ROW_COLUMNS,
     STATES,
     TERMINAL,
     Job,
@@ -58,7 +60,6 @@ _RETRY_DEAD = ("UPDATE jobs SET state = 'pending', attempts = 0, run_at = ?, upd
                " worker = NULL, finished_at = NULL, exit_code = NULL, cancel_requested = 0")
 _CANCEL_WAITING = ("UPDATE jobs SET state = 'canceled', finished_at = ?, updated_at = ?,"
                    " last_error = ?, lease_expires_at = NULL")
-BUSY_TIMEOUT = float(os.environ.get("QUEUECTL_BUSY_TIMEOUT", "5"))
 # The write-ahead log is copied into the database (two fsyncs) once it holds this many pages,
 # by whichever writer's commit crosses it, inside that commit: while it lasts every other
 # writer waits in line. SQLite's default, 1,000 pages, kept each of two draining workers
@@ -100,11 +101,7 @@ def _active_params() -> tuple[float, str, float]:
     return now() - policy.ACTIVE_WINDOW, _boot_id(), _uptime() - policy.ACTIVE_WINDOW
 
 
-_JOB_COLUMNS = (
-    "id, command, state, attempts, max_retries, created_at, updated_at, priority, timeout, "
-    "run_at, worker, started_at, finished_at, exit_code, last_error, lease_expires_at, "
-    "cancel_requested, queue, memory_max, cpu_max, tasks_max"
-)
+_JOB_COLUMNS = ", ".join(ROW_COLUMNS)
 _WAITING = "state IN ('pending', 'failed')"
 _NAMED = "queue <> 'default'"  # the condition of the partial index jobs_by_queue
 # The global pause and every queue that is paused or has a limit, read at each claim.
@@ -143,10 +140,6 @@ _CLAIM_ANY = f"""UPDATE jobs SET state = 'processing', attempts = attempts + 1, 
                    WHERE {_WAITING} AND run_at <= ? AND NOT EXISTS ({_RESTRICTIONS})
                    ORDER BY priority DESC, run_at LIMIT 1)
     RETURNING rowid, {_JOB_COLUMNS}"""
-
-
-def _job(row: tuple) -> Job:
-    return Job(*row[:16], None, bool(row[16]), *row[17:21])  # every column, and no history
 
 
 def _by_state(state: str, queue: str | None) -> tuple[str, str, tuple]:
@@ -617,7 +610,7 @@ class SQLiteStore(Store):
                             ).fetchone()
             if row is not None:
                 self._claimed = (row[1], row[0])
-                return _job(row[1:])
+                return Job.from_row(row[1:])
         blocked = self._blocked(c)
         if blocked is None:
             return None
@@ -631,7 +624,7 @@ class SQLiteStore(Store):
             WHERE id = ? RETURNING {_JOB_COLUMNS}""",
             (worker, t + lease, _boot_id(), up + lease, t, t, job_id),
         ).fetchone()
-        return _job(row)
+        return Job.from_row(row)
 
     def heartbeat(self, worker: str, state: str, job: Job | None) -> bool:
         with self._write() as c:
@@ -733,7 +726,7 @@ class SQLiteStore(Store):
             ).fetchone()
             if row is None:
                 return None
-            return self._fail(c, _job(row), outcome, outcome.error or "failed",
+            return self._fail(c, Job.from_row(row), outcome, outcome.error or "failed",
                               policy.FAILED_ATTEMPT, self._config(c))
 
     def release(self, job: Job, reason: str) -> bool:
@@ -756,7 +749,7 @@ class SQLiteStore(Store):
             ).fetchone()
             if row is None:
                 return False
-            self._fail(c, _job(row), None, reason, policy.INTERRUPTED_ATTEMPT, self._config(c))
+            self._fail(c, Job.from_row(row), None, reason, policy.INTERRUPTED_ATTEMPT, self._config(c))
         return True
 
     def _reclaim(self, where: str, params: tuple, why: str) -> list[Job]:
@@ -767,7 +760,7 @@ class SQLiteStore(Store):
             ).fetchall()
             jobs = []
             for row in rows:
-                job = _job(row)
+                job = Job.from_row(row)
                 jobs.append(self._fail(c, job, None, policy.lost_error(job.worker, why),
                                        policy.LOST_ATTEMPT, conf))
         return jobs
@@ -789,12 +782,12 @@ class SQLiteStore(Store):
         with self._write() as c:
             row = c.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
-                raise policy.no_such_job(job_id)
+                raise policy.no_suchJob.from_row(job_id)
             if row[0] != DEAD:
                 raise policy.not_dead(job_id, row[0])
             t = now()
             c.execute(f"{_RETRY_DEAD} WHERE id = ?", (t, t, job_id))
-            return _job(c.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?",
+            return Job.from_row(c.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?",
                                   (job_id,)).fetchone())
 
     # -- issue 11 ----------------------------------------------------------------------------
@@ -802,8 +795,8 @@ class SQLiteStore(Store):
         with self._write() as c:
             row = c.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
-                raise policy.no_such_job(job_id)
-            job = _job(row)
+                raise policy.no_suchJob.from_row(job_id)
+            job = Job.from_row(row)
             if job.state not in CANCELLABLE:
                 raise policy.not_cancellable(job_id, job.state)
             t = now()
@@ -812,7 +805,7 @@ class SQLiteStore(Store):
                           (t, job_id))
             else:
                 c.execute(f"{_CANCEL_WAITING} WHERE id = ?", (t, t, policy.CANCELED_ERROR, job_id))
-            return _job(c.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?",
+            return Job.from_row(c.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?",
                                   (job_id,)).fetchone())
 
     def cancel_state(self, state: str, limit: int, queue: str | None = None) -> int:
@@ -1013,7 +1006,7 @@ class SQLiteStore(Store):
                      offset: int) -> OutputSlice | None:
         row = c.execute("SELECT state, attempts FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
-            raise policy.no_such_job(job_id)
+            raise policy.no_suchJob.from_row(job_id)
         state, current = row
         if state == PROCESSING and attempt in (None, current):
             chunks = c.execute(
@@ -1066,8 +1059,8 @@ class SQLiteStore(Store):
     def get(self, job_id: str, history: bool = False) -> Job:
         rows = self._read(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
         if not rows:
-            raise policy.no_such_job(job_id)
-        job = _job(rows[0])
+            raise policy.no_suchJob.from_row(job_id)
+        job = Job.from_row(rows[0])
         if history:
             job.history = []
             for (attempt, worker, started, finished, result, code, error, output,
@@ -1107,7 +1100,7 @@ class SQLiteStore(Store):
             cursor = self._retry(lambda: self._conn.execute(sql, params))
             while rows := cursor.fetchmany(500):
                 for row in rows:
-                    yield _job(row)
+                    yield Job.from_row(row)
         except sqlite3.Error as exc:
             raise _unavailable(exc, self.path) from None
 
@@ -1142,7 +1135,7 @@ class SQLiteStore(Store):
         index, where, params = _by_state(state, queue)
         rows = self._read(f"SELECT {_JOB_COLUMNS} FROM jobs INDEXED BY {index} WHERE {where}"
                           " ORDER BY updated_at DESC, rowid DESC LIMIT ?", (*params, limit))
-        return [_job(row) for row in rows]
+        return [Job.from_row(row) for row in rows]
 
     def completed_since(self, seconds: float) -> dict[str, int]:
         rows = self._read("SELECT queue, count(*) FROM jobs INDEXED BY jobs_by_state"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from contract_helpers import add, claim
 
-from queuectl.locator import redact
+from queuectl.redaction import redact
 
 
 def test_verify_of_a_healthy_store_passes(store) -> None:
