@@ -916,7 +916,7 @@ class PostgresStore(Store):
         """Why a guarded UPDATE matched nothing: no such job, or the job's state forbids it."""
         cur.execute(f"SELECT state FROM {self.s}.jobs WHERE id = %s", (job_id,))
         found = cur.fetchone()
-        return policy.no_suchJob.from_row(job_id) if found is None else conflict(job_id, found[0])
+        return policy.no_such_job(job_id) if found is None else conflict(job_id, found[0])
 
     def retry_dead(self, job_id: str) -> Job:
         sql = f"""{self._notify}WITH {self.sql_t}
@@ -1253,7 +1253,7 @@ class PostgresStore(Store):
         rows = self._fetch(sql, {"id": job_id, "attempt": attempt, "offset": offset})
         head = [r for r in rows if r[0] == "j"]
         if not head:
-            raise policy.no_suchJob.from_row(job_id)
+            raise policy.no_such_job(job_id)
         if head[0][5]:  # the running attempt: its live chunks, contiguous from offset
             start, data = offset, bytearray()
             for _, _, chunk_start, chunk, _, _ in sorted(
@@ -1283,7 +1283,7 @@ class PostgresStore(Store):
     def get(self, job_id: str, history: bool = False) -> Job:
         job = self._run(lambda cur: self._find(cur, job_id), idempotent=True)
         if job is None:
-            raise policy.no_suchJob.from_row(job_id)
+            raise policy.no_such_job(job_id)
         if history:
             job.history = [
                 {"attempt": attempt, "worker": worker, "started_at": started,

@@ -782,7 +782,7 @@ class SQLiteStore(Store):
         with self._write() as c:
             row = c.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
-                raise policy.no_suchJob.from_row(job_id)
+                raise policy.no_such_job(job_id)
             if row[0] != DEAD:
                 raise policy.not_dead(job_id, row[0])
             t = now()
@@ -795,7 +795,7 @@ class SQLiteStore(Store):
         with self._write() as c:
             row = c.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
-                raise policy.no_suchJob.from_row(job_id)
+                raise policy.no_such_job(job_id)
             job = Job.from_row(row)
             if job.state not in CANCELLABLE:
                 raise policy.not_cancellable(job_id, job.state)
@@ -1006,7 +1006,7 @@ class SQLiteStore(Store):
                      offset: int) -> OutputSlice | None:
         row = c.execute("SELECT state, attempts FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
-            raise policy.no_suchJob.from_row(job_id)
+            raise policy.no_such_job(job_id)
         state, current = row
         if state == PROCESSING and attempt in (None, current):
             chunks = c.execute(
@@ -1059,7 +1059,7 @@ class SQLiteStore(Store):
     def get(self, job_id: str, history: bool = False) -> Job:
         rows = self._read(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
         if not rows:
-            raise policy.no_suchJob.from_row(job_id)
+            raise policy.no_such_job(job_id)
         job = Job.from_row(rows[0])
         if history:
             job.history = []
