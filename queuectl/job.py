@@ -106,7 +106,8 @@ class Job(Record):
     @classmethod
     def from_row(cls, row: tuple[Any, ...] | list[Any]) -> Job:
         """The job of a row selected as ROW_COLUMNS (without its history)."""
-        return cls(*row[:16], None, bool(row[16]), *row[17:21])
+        # The ignore: mypy cannot count the values of a row slice to match them to fields.
+        return cls(*row[:16], None, bool(row[16]), *row[17:21])  # type: ignore[call-arg]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -271,7 +272,8 @@ def check_tasks_max(value: Any) -> int:
 def spec_from_object(obj: Any) -> JobSpec:
     """Validate one decoded JSON value; every rejection names the offending key."""
     if not isinstance(obj, dict):
-        kind = {list: "an array", str: "a string"}.get(type(obj), "not an object")
+        kinds: dict[type, str] = {list: "an array", str: "a string"}
+        kind = kinds.get(type(obj), "not an object")
         raise ValidationError(f"a job must be a JSON object, got {kind}")
     fields: dict[str, Any] = {}
     for raw_key, value in obj.items():

@@ -1,16 +1,27 @@
 """Plain record classes, declared like dataclasses.
 
 `dataclasses` (with `inspect`) costs about 10 ms of import time, which every `queuectl
-enqueue` from cron would pay; this covers what the store's records need.
+enqueue` from cron would pay; this covers what the store's records need. Type checkers see
+`Record` as a dataclass_transform base, so they check every record's construction against
+its fields (required ones first, in order) as they would a dataclass's.
 """
 
 from __future__ import annotations
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import dataclass_transform
+else:
+    # Only type checkers read the marker, and importing typing would cost every `enqueue`.
+    def dataclass_transform():
+        return lambda cls: cls
 
 _FIELDS: dict[type, tuple[str, ...]] = {}
 _TAILS: dict[type, tuple[int, tuple[object, ...]]] = {}  # see Record._tail
 _MISSING = object()
 
 
+@dataclass_transform()
 class Record:
     """Fields are the class's annotations, in order; a class attribute is a field's default."""
 
@@ -66,4 +77,5 @@ class Record:
         return type(other) is type(self) and all(
             getattr(self, n) == getattr(other, n) for n in self.fields())
 
+    # Unhashable, like any class that defines __eq__; typeshed declares __hash__ a method.
     __hash__ = None  # type: ignore[assignment]

@@ -12,6 +12,10 @@ from collections.abc import Callable
 from queuectl.errors import ValidationError
 from queuectl.record import Record
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 
 def _int_between(low: int, high: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
@@ -137,7 +141,9 @@ class QueueConfig(Record):
 
     @classmethod
     def from_items(cls, items: dict[str, float | int]) -> QueueConfig:
-        return cls(**{k.replace("-", "_"): v for k, v in items.items()})
+        # Each value has the type its setting's parser gives, which the field declares.
+        fields: dict[str, Any] = {k.replace("-", "_"): v for k, v in items.items()}
+        return cls(**fields)
 
     def backoff_delay(self, attempts: int) -> float:
         from queuectl.policy import backoff_delay
