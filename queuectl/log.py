@@ -8,6 +8,7 @@ terminal, one JSON object per line elsewhere.
 import json
 import sys
 import time
+from collections.abc import Callable
 from json import encoder as json_encoder
 from typing import Any, TextIO
 
@@ -71,7 +72,7 @@ def message_id(event: str, fields: dict[str, Any]) -> str | None:
     return MESSAGE_IDS.get(event)
 
 
-class _Missing(dict):
+class _Missing(dict[str, Any]):
     def __missing__(self, key: str) -> str:
         return "?"
 
@@ -97,12 +98,12 @@ def _human(_: Any, level: str, event_dict: dict[str, Any]) -> str:
     return f"[{label}] {text}"
 
 
-def _make_encode() -> Any:
+def _make_encode() -> Callable[[dict[str, Any]], str]:
     """One JSON encoder for every event. JSONEncoder.encode builds its C encoder anew on each
     call; this builds it once, unless this Python's C encoder differs from what we expect."""
     slow = json.JSONEncoder(ensure_ascii=False, default=str).encode
     try:
-        fast = json_encoder.c_make_encoder(  # type: ignore[misc]
+        fast = json_encoder.c_make_encoder(  # type: ignore[attr-defined]  # private, not in typeshed
             None, str, json_encoder.encode_basestring, None, ": ", ", ", False, False, True)
         sample = {"a": "é\n\"", "b": 1.5, "c": None, "d": [True, 2], "e": object}
         if "".join(fast(sample, 0)) != slow(sample):

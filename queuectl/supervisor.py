@@ -26,7 +26,7 @@ RESTART_WINDOW = 60.0
 class Slot:
     index: int
     argv: list[str]
-    proc: subprocess.Popen | None = None
+    proc: subprocess.Popen[bytes] | None = None
     restarts: list[float] = field(default_factory=list)
     restart_at: float | None = None
     exit_code: int | None = None

@@ -22,6 +22,7 @@ from queuectl.store import PauseInfo, QueueInfo, Store, WorkerInfo
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from typing import Any
 
     from queuectl.job import Job
@@ -68,7 +69,7 @@ def _fit(text: object, width: int) -> str:
     return flat if len(flat) <= width else flat[: max(0, width - 1)] + "…"
 
 
-def _row(cells: list[tuple[object, int]], width: int, right: frozenset[int] | set[int] = frozenset(),
+def _row(cells: Sequence[tuple[object, int]], width: int, right: frozenset[int] | set[int] = frozenset(),
          ) -> str:
     """Cells of fixed widths (the last takes what is left), joined by one space."""
     parts = []

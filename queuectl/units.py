@@ -23,7 +23,7 @@ def instance(name: str | int) -> str:
     return f"queuectl-worker@{name}.service"
 
 
-def _systemctl(*args: str) -> subprocess.CompletedProcess:
+def _systemctl(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["systemctl", *args], capture_output=True, text=True, timeout=120)
 
 
@@ -48,7 +48,7 @@ def _require_root() -> None:
         )
 
 
-def _check(result: subprocess.CompletedProcess, what: str) -> None:
+def _check(result: subprocess.CompletedProcess[str], what: str) -> None:
     if result.returncode != 0:
         first = (result.stderr.strip().splitlines() or ["(no message)"])[0]
         raise QueueError(f"systemctl {what} failed: {first}")
@@ -85,7 +85,7 @@ def lane_of(instance_name: str) -> list[str] | None:
 def _parts(unit: str) -> tuple[str | None, int | None]:
     """(lane, number) of an instance: ('mail', 2) for @mail:2, (None, 2) for @2; number
     None for instance names that are neither (left alone by scaling)."""
-    name = _INSTANCE.match(unit).group(1)  # type: ignore[union-attr]
+    name = _INSTANCE.match(unit).group(1)  # type: ignore[union-attr]  # units come from current()
     lane, _, number = name.rpartition(":")
     return (lane or None), (int(number) if number.isdigit() else None)
 
@@ -107,7 +107,7 @@ def scale(count: int, queues: list[str] | None = None) -> list[str]:
     before = current()
     wanted = [instance(f"{lane}:{i}" if lane else i) for i in range(1, count + 1)]
     surplus = sorted((u for u in before if _parts(u)[0] == lane and (_number(u) or 0) > count),
-                     key=_number)
+                     key=lambda u: _number(u) or 0)  # each has a number above count
     report = []
     if surplus:
         _check(_systemctl("disable", "--now", *surplus), "disable --now")
