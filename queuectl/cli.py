@@ -1,8 +1,8 @@
 """The click commands: parse, call the store or the worker, print. No queue logic here."""
 
 import json
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 import click
 
@@ -13,6 +13,9 @@ from queuectl.errors import EXIT_FAILED, NotFound, ValidationError
 from queuectl.job import CANCELLABLE, DEAD, TERMINAL, Job, check_state
 from queuectl.redaction import redact
 from queuectl.store import Store
+
+# A click command's callback, on its way through the decorators that build the command.
+F = TypeVar("F", bound=Callable[..., Any])
 
 LOG_FORMATS = click.Choice(["auto", "human", "json", "journal"])
 
@@ -69,7 +72,7 @@ def _queue_name(_ctx: click.Context, param: click.Parameter, value: str | None) 
     return check_queue(value, f"--{param.name}")
 
 
-def _queue_option(what: str) -> Any:
+def _queue_option(what: str) -> Callable[[F], F]:
     return click.option("--queue", metavar="NAME", callback=_queue_name,
                         help=f"{what} of this queue only (a name no job has matches nothing).")
 
@@ -123,7 +126,7 @@ def cli(ctx: click.Context, log_format: str) -> None:
 
 
 # -- enqueue ---------------------------------------------------------------------------------
-def _cmd_options(func: Any) -> Any:
+def _cmd_options(func: F) -> F:
     from queuectl.submit import CMD_OPTIONS
 
     for option in reversed(CMD_OPTIONS):
@@ -142,7 +145,7 @@ def _cmd_options(func: Any) -> Any:
 @click.option("--if-absent", is_flag=True, help="An existing id is not an error: print it, exit 0.")
 @db_option
 @click.pass_context
-def enqueue(ctx: click.Context, job_json: str | None, file_: str | None, command: str | None,
+def enqueue(ctx: click.Context, /, job_json: str | None, file_: str | None, command: str | None,
             queue: str | None, if_absent: bool, **cmd_options: Any) -> None:
     """Add jobs: a JSON object, --file of JSON Lines, or --cmd 'shell command'."""
     from queuectl.submit import collect_specs, print_ids, submit
