@@ -55,7 +55,7 @@ class JobSpec(Record):
     run_at: float | None = None  # absolute, as the user meant it (wall clock)
     delay: float | None = None  # seconds from when the store accepts it (the store's clock)
     queue: str | None = None  # None: DEFAULT_QUEUE
-    # Issue 15: limits of each attempt's cgroup; None: the queue-wide default, 0: none.
+    # Job limits: what each attempt's cgroup may use; None: the queue-wide default, 0: none.
     memory_max: int | None = None  # bytes
     cpu_max: float | None = None  # cores
     tasks_max: int | None = None

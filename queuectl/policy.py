@@ -96,7 +96,7 @@ def lost_error(worker: str | None, why: str) -> str:
 LEASE_EXPIRED = "stopped renewing its lease"
 WORKER_RESTARTED = "died while running it and restarted"
 
-# Issue 13: how `queuectl metrics` counts attempts. Each ended attempt counts under exactly one
+# Metrics: how `queuectl metrics` counts attempts. Each ended attempt counts under exactly one
 # outcome: `dead` is a failed or lost attempt that left its job dead (so `failed` and `lost`
 # are the ones that will be retried). Durations (store clock, claim to end) are counted in
 # buckets with these upper bounds in seconds, and above the last one in +Inf: shell jobs

@@ -66,7 +66,7 @@ class Outcome(Record):
     duration: float
     total: int | None = None  # bytes printed in all (output is the tail); None: len(output)
     live: bool = False  # some of it was written with append_output
-    # Issue 15: what the attempt used, from its own cgroup (workers under systemd with a
+    # Resource usage: what the attempt used, from its own cgroup (workers under systemd with a
     # delegated subtree only; None elsewhere, and for attempts that never started). CPU
     # time counts every process that ran in the attempt, detached ones included; peak
     # memory needs the memory controller in the worker's subtree. Backends store them in
@@ -325,7 +325,7 @@ class Store(ABC):
         """Backend-neutral keys (`database`: the locator without secrets, `backend`,
         `schema_version`, `config`) plus one section named after the backend."""
 
-    # -- issue 13: reads for `queuectl top` ----------------------------------------------------
+    # -- reads for `queuectl top` --------------------------------------------------------------
     # Reads only: none takes the write lock (SQLite: autocommit SELECTs in WAL mode, which
     # never wait for a writer), so a screen refreshing every second costs workers nothing.
     # Not abstract, so a backend that predates them stays instantiable; the contract suite
@@ -366,7 +366,7 @@ class Store(ABC):
         return True
 
 
-    # -- issue 11: operators living with the queue ---------------------------------------------
+    # -- operator verbs: cancel, pause, purge, retry, live output, backup ----------------------
     # Not abstract, so a backend that predates them stays instantiable; each backend overrides
     # every one of them, and the contract suite (tests/contract/test_operator_verbs.py) checks
     # the promises. Amended promises of the verbs above, for every backend:
@@ -463,7 +463,7 @@ class Store(ABC):
         (PostgreSQL: use pg_dump)."""
         raise NotImplementedError
 
-    # -- issue 12: named queues ----------------------------------------------------------------
+    # -- named queues --------------------------------------------------------------------------
     # A job belongs to one queue (JobSpec.queue / Job.queue, `job.DEFAULT_QUEUE` unless given;
     # names checked by `job.check_queue` before they reach a store). A queue exists once a job
     # names it; a name no job carries is not an error anywhere, it just matches nothing.
@@ -497,7 +497,7 @@ class Store(ABC):
         by name, from one snapshot."""
         raise NotImplementedError
 
-    # -- issue 13: metrics ---------------------------------------------------------------------
+    # -- counters for `queuectl metrics` -------------------------------------------------------
     # Counters live in the database and only ever grow: purge, retention, restarts and
     # `dlq retry` never take anything back. Every backend keeps them with triggers of its own
     # schema, in the very transaction that changes state, so no verb above and no future
