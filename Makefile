@@ -32,6 +32,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 deb:
 	packaging/build-deb.sh $(DIST)
