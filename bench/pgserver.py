@@ -21,7 +21,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from bench.common import CLK_TCK, REPO, clean_env, log
+from bench.common import REPO, clean_env, cpu_of, log, stat_cpu
+from queuectl.procinfo import stat_fields
 
 SUPERUSER = "postgres"
 
@@ -121,26 +122,16 @@ class PgCluster:
         pid = self.postmaster_pid()
         if pid is None:
             return 0.0
-        total = _stat_cpu(pid, children=True)
+        total = sum(stat_cpu(pid))
         for entry in os.scandir("/proc"):
             if entry.name.isdigit():
                 try:
-                    with open(f"/proc/{entry.name}/stat", "rb") as fh:
-                        stat = fh.read().decode("ascii", "replace")
+                    fields = stat_fields(int(entry.name))
                 except OSError:
                     continue
-                fields = stat[stat.rfind(")") + 2:].split()
                 if int(fields[1]) == pid:
-                    total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+                    total += cpu_of(fields)[0]
         return total
-
-
-def _stat_cpu(pid: int, children: bool = False) -> float:
-    with open(f"/proc/{pid}/stat", "rb") as fh:
-        stat = fh.read().decode("ascii", "replace")
-    f = stat[stat.rfind(")") + 2:].split()
-    ticks = int(f[11]) + int(f[12]) + ((int(f[13]) + int(f[14])) if children else 0)
-    return ticks / CLK_TCK
 
 
 def pg_env(extra: Sequence[tuple[str, str]] = ()) -> dict[str, str]:
