@@ -160,6 +160,20 @@ def pickup_section(sizes: Sizes, workdir: Path, rng: random.Random,
     }
 
 
+def rss_while_running(queue: Queue, pid: int, jobs: int,
+                      timeout: float) -> list[tuple[int, float]]:
+    """(jobs completed, RSS of pid in MiB) every 0.5 s until `jobs` are completed."""
+    samples: list[tuple[int, float]] = []
+
+    def all_done() -> bool:
+        done = queue.count("completed")
+        samples.append((done, round(rss_mb(pid), 2)))
+        return done >= jobs
+
+    wait_until(all_done, timeout, f"the memory run's {jobs} jobs", 0.5)
+    return samples
+
+
 def memory_section(sizes: Sizes, workdir: Path) -> dict[str, Any]:
     """RSS of one worker idle, then after it ran `memory_jobs` jobs (sampled on the way)."""
     timeout = (60 + sizes.memory_jobs / 20) * sizes.timeout_scale
@@ -177,16 +191,7 @@ def memory_section(sizes: Sizes, workdir: Path) -> dict[str, Any]:
         try:
             idle.append(rss_mb(pid))
             queue.enqueue_file(jobs_file)
-            samples: list[tuple[int, float]] = []
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                done = queue.count("completed")
-                samples.append((done, round(rss_mb(pid), 2)))
-                if done >= sizes.memory_jobs:
-                    break
-                time.sleep(0.5)
-            else:
-                raise RuntimeError(f"memory run: jobs not done in {timeout:.0f} s")
+            samples = rss_while_running(queue, pid, sizes.memory_jobs, timeout)
             time.sleep(sizes.settle_seconds)
             after.append(rss_mb(pid))
             series.append(samples)

@@ -22,6 +22,7 @@ from bench.common import (
     percentile,
     stat_cpu,
     summary,
+    wait_until,
 )
 from bench.qctl import Queue, write_jobs_file
 
@@ -113,14 +114,17 @@ def exit_cpu(proc: subprocess.Popen, deadline: float) -> tuple[float, float]:
     """Wait for proc to exit (killing its group at the deadline) and return its CPU seconds
     (own, reaped children's) from /proc/PID/stat, read while it is a zombie: the last
     reading before it is reaped, so the whole life of the process is in it."""
-    own = kids = 0.0
-    while time.monotonic() < deadline:
+    def exited() -> bool:
         try:
-            if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT):
-                break
+            return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
         except ChildProcessError:
-            break
-        time.sleep(0.005)
+            return True
+
+    try:
+        wait_until(exited, deadline - time.monotonic(), f"pid {proc.pid} to exit", 0.005)
+    except RuntimeError:
+        pass  # late: its group is killed below
+    own = kids = 0.0
     try:
         own, kids = stat_cpu(proc.pid)
     except (OSError, ValueError, IndexError):
