@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import Sizes, log, paired, percentile, run, summary
-from bench.enqueue import import_profile, timed_call
+from bench.enqueue import alternating, import_profile
 from bench.fill import PgFill, claim_latencies, fill_finished
 from bench.latency import pickup_section
 from bench.pgserver import PgCluster, pg_env, shared_cluster
@@ -185,14 +185,9 @@ def cold_part(cluster: PgCluster, sizes: Sizes, workdir: Path) -> dict[str, Any]
         lite, d = fresh_queue(workdir, f"pg-cmp-sqlite-cold-run{r}")
         try:
             lite.create()
-            pg_argv = queue.argv("enqueue", "--cmd", "true")
-            lite_argv = lite.argv("enqueue", "--cmd", "true")
-            timed_call(pg_argv, queue.env)  # not counted: first touch
-            timed_call(lite_argv, lite.env)
-            ours, theirs = [], []
-            for _ in range(sizes.cold_calls):
-                ours.append(timed_call(pg_argv, queue.env))
-                theirs.append(timed_call(lite_argv, lite.env))
+            ours, theirs = alternating(queue.argv("enqueue", "--cmd", "true"), queue.env,
+                                       lite.argv("enqueue", "--cmd", "true"), lite.env,
+                                       sizes.cold_calls)
             pg_ms.append(percentile(ours, 50))
             lite_ms.append(percentile(theirs, 50))
             if r == 0:
