@@ -196,6 +196,23 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def make_venv(venv: Path, requirements: Sequence[str], pip_timeout: float) -> str:
+    """Create `venv` afresh (a peer's own) and pip install `requirements` into it: "" or
+    why that failed."""
+    log(f"creating {venv} and installing {', '.join(requirements)}")
+    res = subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)],
+                         capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    if res.returncode != 0:
+        return f"cannot create {venv}: {res.stderr.strip()[-300:]}"
+    res = subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet",
+                          "--disable-pip-version-check", *requirements],
+                         capture_output=True, text=True, timeout=pip_timeout,
+                         stdin=subprocess.DEVNULL)
+    if res.returncode != 0:
+        return f"pip install {' '.join(requirements)} failed: {res.stderr.strip()[-300:]}"
+    return ""
+
+
 # -- /proc -----------------------------------------------------------------------------------
 def stat_cpu(pid: int) -> tuple[float, float]:
     """(utime + stime, cutime + cstime) of pid in seconds, from /proc/PID/stat: its own CPU,
