@@ -26,7 +26,7 @@ from bench.common import (
     wait_until,
 )
 from bench.latency import latency_summary, pickup_series, warm_enqueuer, warm_up
-from bench.pgserver import PgCluster, pg_env, shared_cluster
+from bench.pgserver import SUPERUSER, PgCluster, pg_env, shared_cluster
 from bench.throughput import exit_cpu
 
 APPS = BENCH_DIR / "peer_apps"
@@ -116,7 +116,7 @@ class PeerDb:
         assert cluster.dir is not None
         self.env = pg_env([
             ("BENCH_PG_DSN", cluster.dsn(self.db)), ("BENCH_PG_HOST", str(cluster.dir)),
-            ("BENCH_PG_PORT", str(cluster.port)), ("BENCH_PG_USER", "postgres"),
+            ("BENCH_PG_PORT", str(cluster.port)), ("BENCH_PG_USER", SUPERUSER),
             ("BENCH_PG_DB", self.db), ("PYTHONPATH", str(APPS)), *peer.env,
         ])
         self.workers: list[subprocess.Popen] = []

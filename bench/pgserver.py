@@ -24,8 +24,6 @@ from typing import Any
 from bench.common import REPO, clean_env, cpu_of, log, stat_cpu
 from queuectl.procinfo import stat_fields
 
-SUPERUSER = "postgres"
-
 
 def _load_starter() -> ModuleType:
     """tests/pgserver.py, imported by its path (tests/ is no package)."""
@@ -39,6 +37,7 @@ def _load_starter() -> ModuleType:
 
 
 starter = _load_starter()
+SUPERUSER = starter.SUPERUSER
 
 
 class PgCluster:
