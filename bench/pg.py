@@ -7,7 +7,7 @@ Every measurement gets a fresh database on the run's one throwaway cluster
 (`bench/pgserver.py`). queuectl is driven through its console script with a `postgresql://`
 locator and read back through its public store API; only the million-row fill writes the
 backend's tables directly (INSERT ... SELECT generate_series, shaped by the columns the
-backend created), because a million enqueues and drains would take an hour.
+backend created; bench/fill.py), because a million enqueues and drains would take an hour.
 """
 
 import random

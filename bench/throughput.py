@@ -1,5 +1,6 @@
 """Drain throughput against the machine's spawn limit, fairness, and the same with a
-million finished jobs in the table (plus claim latency and database size)."""
+million finished jobs in the table (plus claim latency and database size; the fill and
+the claim timing are bench/fill.py's)."""
 
 import json
 import os
