@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from queuectl.procinfo import stat_fields
+
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 VENV_BIN = Path(sys.executable).parent  # the venv the Makefile built: `$(BIN)/python bench/run.py`
@@ -194,22 +196,39 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def make_venv(venv: Path, requirements: Sequence[str], pip_timeout: float) -> str:
+    """Create `venv` afresh (a peer's own) and pip install `requirements` into it: "" or
+    why that failed."""
+    log(f"creating {venv} and installing {', '.join(requirements)}")
+    res = subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)],
+                         capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    if res.returncode != 0:
+        return f"cannot create {venv}: {res.stderr.strip()[-300:]}"
+    res = subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet",
+                          "--disable-pip-version-check", *requirements],
+                         capture_output=True, text=True, timeout=pip_timeout,
+                         stdin=subprocess.DEVNULL)
+    if res.returncode != 0:
+        return f"pip install {' '.join(requirements)} failed: {res.stderr.strip()[-300:]}"
+    return ""
+
+
 # -- /proc -----------------------------------------------------------------------------------
+def stat_cpu(pid: int) -> tuple[float, float]:
+    """(utime + stime, cutime + cstime) of pid in seconds, from /proc/PID/stat: its own CPU,
+    and that of the children it has reaped (the commands a worker ran)."""
+    return cpu_of(stat_fields(pid))
+
+
+def cpu_of(fields: list[str]) -> tuple[float, float]:
+    """stat_cpu() of fields read with queuectl.procinfo.stat_fields."""
+    return ((int(fields[11]) + int(fields[12])) / CLK_TCK,
+            (int(fields[13]) + int(fields[14])) / CLK_TCK)
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of pid, in seconds."""
-    with open(f"/proc/{pid}/stat", "rb") as fh:
-        stat = fh.read().decode("ascii", "replace")
-    fields = stat[stat.rfind(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def stat_cpu(pid: int) -> tuple[float, float]:
-    """(utime + stime, cutime + cstime) of pid in seconds: its own CPU, and that of the
-    children it has reaped (the commands a worker ran)."""
-    with open(f"/proc/{pid}/stat", "rb") as fh:
-        stat = fh.read().decode("ascii", "replace")
-    f = stat[stat.rfind(")") + 2:].split()
-    return (int(f[11]) + int(f[12])) / CLK_TCK, (int(f[13]) + int(f[14])) / CLK_TCK
+    return stat_cpu(pid)[0]
 
 
 def rss_mb(pid: int) -> float:

@@ -22,17 +22,23 @@ def timed_call(argv: list[str], env: dict[str, str]) -> float:
     return (time.perf_counter() - t) * 1000
 
 
+def alternating(a: list[str], a_env: dict[str, str], b: list[str], b_env: dict[str, str],
+                calls: int) -> tuple[list[float], list[float]]:
+    """ms of `calls` runs each of a and b, alternating, after one of each not counted (the
+    first touch of a new database)."""
+    timed_call(a, a_env)
+    timed_call(b, b_env)
+    a_ms, b_ms = [], []
+    for _ in range(calls):
+        a_ms.append(timed_call(a, a_env))
+        b_ms.append(timed_call(b, b_env))
+    return a_ms, b_ms
+
+
 def cold_calls(queue: Queue, calls: int) -> tuple[list[float], list[float]]:
     """Alternate one cold enqueue and one bare interpreter start; ms each."""
     env = clean_env()
-    enqueue = queue.argv("enqueue", "--cmd", "true")
-    timed_call(enqueue, env)  # not counted: first touch of the new database
-    timed_call(BASELINE, env)
-    ours, bare = [], []
-    for _ in range(calls):
-        ours.append(timed_call(enqueue, env))
-        bare.append(timed_call(BASELINE, env))
-    return ours, bare
+    return alternating(queue.argv("enqueue", "--cmd", "true"), env, BASELINE, env, calls)
 
 
 def import_profile(queue: Queue, repeats: int = 3) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.common import Sizes, cpu_seconds, log, percentile, rss_mb, summary, wait_until
+from bench.common import PROCS, Sizes, cpu_seconds, log, percentile, rss_mb, summary, wait_until
 from bench.qctl import Queue, RecordingEnqueue, write_jobs_file
 
 Enqueue = Callable[[str], float]  # enqueue this command; return time.time() when it returned
@@ -36,6 +36,26 @@ def warm_up(enqueue: Enqueue, marks: Path, timeout: float) -> None:
     mark = marks / "warm-up"
     enqueue(mark_command(mark))
     wait_until(lambda: read_mark(mark) is not None, timeout, "the warm-up job to run", 0.01)
+
+
+def warm_enqueuer(argv: list[str | Path], env: dict[str, str], cwd: Path,
+                  name: str) -> tuple[subprocess.Popen, Enqueue]:
+    """A peer's warm process that enqueues each command it reads (a line on stdin) and
+    answers with time.time() when its enqueue returned (`serve()` of bench/peer_apps): the
+    process, and its Enqueue."""
+    server = PROCS.spawn(argv, env=env, cwd=cwd, stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+
+    def enqueue(command: str) -> float:
+        assert server.stdin is not None and server.stdout is not None
+        server.stdin.write(command + "\n")
+        server.stdin.flush()
+        line = server.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{name} enqueuer exited")
+        return float(line)
+
+    return server, enqueue
 
 
 def pickup_series(enqueue: Enqueue, marks: Path, count: int, gap: tuple[float, float],
@@ -160,6 +180,20 @@ def pickup_section(sizes: Sizes, workdir: Path, rng: random.Random,
     }
 
 
+def rss_while_running(queue: Queue, pid: int, jobs: int,
+                      timeout: float) -> list[tuple[int, float]]:
+    """(jobs completed, RSS of pid in MiB) every 0.5 s until `jobs` are completed."""
+    samples: list[tuple[int, float]] = []
+
+    def all_done() -> bool:
+        done = queue.count("completed")
+        samples.append((done, round(rss_mb(pid), 2)))
+        return done >= jobs
+
+    wait_until(all_done, timeout, f"the memory run's {jobs} jobs", 0.5)
+    return samples
+
+
 def memory_section(sizes: Sizes, workdir: Path) -> dict[str, Any]:
     """RSS of one worker idle, then after it ran `memory_jobs` jobs (sampled on the way)."""
     timeout = (60 + sizes.memory_jobs / 20) * sizes.timeout_scale
@@ -177,16 +211,7 @@ def memory_section(sizes: Sizes, workdir: Path) -> dict[str, Any]:
         try:
             idle.append(rss_mb(pid))
             queue.enqueue_file(jobs_file)
-            samples: list[tuple[int, float]] = []
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                done = queue.count("completed")
-                samples.append((done, round(rss_mb(pid), 2)))
-                if done >= sizes.memory_jobs:
-                    break
-                time.sleep(0.5)
-            else:
-                raise RuntimeError(f"memory run: jobs not done in {timeout:.0f} s")
+            samples = rss_while_running(queue, pid, sizes.memory_jobs, timeout)
             time.sleep(sizes.settle_seconds)
             after.append(rss_mb(pid))
             series.append(samples)

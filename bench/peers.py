@@ -8,7 +8,6 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,13 +20,14 @@ from bench.common import (
     Sizes,
     clean_env,
     log,
+    make_venv,
     percentile,
     run,
     sql_rows,
     summary,
     wait_until,
 )
-from bench.latency import latency_summary, pickup_series, warm_up
+from bench.latency import latency_summary, pickup_series, warm_enqueuer, warm_up
 
 PEERS_VENV = BENCH_DIR / ".venv-peers"
 HUEY_APP_DIR = BENCH_DIR / "peer_apps"
@@ -217,17 +217,9 @@ def install_huey() -> tuple[Path | None, str]:
     check = [str(python), "-c", "import huey"]
     if python.exists() and subprocess.run(check, capture_output=True, timeout=60).returncode == 0:
         return python, ""
-    log(f"creating {PEERS_VENV} and installing huey")
-    res = subprocess.run([sys.executable, "-m", "venv", "--clear", str(PEERS_VENV)],
-                         capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
-    if res.returncode != 0:
-        return None, f"cannot create {PEERS_VENV}: {res.stderr.strip()[-300:]}"
-    res = subprocess.run([str(PEERS_VENV / "bin" / "pip"), "install", "--quiet",
-                          "--disable-pip-version-check", "huey"],
-                         capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
-    if res.returncode != 0 or subprocess.run(check, capture_output=True,
-                                             timeout=60).returncode != 0:
-        return None, f"pip install huey failed: {res.stderr.strip()[-300:]}"
+    reason = make_venv(PEERS_VENV, ["huey"], 600)
+    if reason or subprocess.run(check, capture_output=True, timeout=60).returncode != 0:
+        return None, reason or "huey is not importable after pip install"
     return python, ""
 
 
@@ -294,15 +286,8 @@ def huey_pickup(python: Path, d: Path, sizes: Sizes, rng: random.Random) -> list
     marks = d / "marks"
     marks.mkdir()
     timeout = 60 * sizes.timeout_scale
-    server = PROCS.spawn([python, "-c", "import huey_app; huey_app.serve()"], env=h.env,
-                         cwd=d, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-
-    def enqueue(command: str) -> float:
-        assert server.stdin is not None and server.stdout is not None
-        server.stdin.write(command + "\n")
-        server.stdin.flush()
-        return float(server.stdout.readline())
-
+    server, enqueue = warm_enqueuer([python, "-c", "import huey_app; huey_app.serve()"],
+                                    h.env, d, "huey")
     try:
         h.start()
         warm_up(enqueue, marks, timeout)

@@ -7,19 +7,19 @@ Every measurement gets a fresh database on the run's one throwaway cluster
 (`bench/pgserver.py`). queuectl is driven through its console script with a `postgresql://`
 locator and read back through its public store API; only the million-row fill writes the
 backend's tables directly (INSERT ... SELECT generate_series, shaped by the columns the
-backend created), because a million enqueues and drains would take an hour.
+backend created; bench/fill.py), because a million enqueues and drains would take an hour.
 """
 
 import random
 import shutil
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from bench.common import Sizes, log, paired, percentile, run, summary
-from bench.enqueue import import_profile, timed_call
+from bench.enqueue import alternating, import_profile
+from bench.fill import PgFill, claim_latencies, fill_finished
 from bench.latency import pickup_section
 from bench.pgserver import PgCluster, pg_env, shared_cluster
 from bench.qctl import Queue, StoreQueue, write_jobs_file
@@ -185,14 +185,9 @@ def cold_part(cluster: PgCluster, sizes: Sizes, workdir: Path) -> dict[str, Any]
         lite, d = fresh_queue(workdir, f"pg-cmp-sqlite-cold-run{r}")
         try:
             lite.create()
-            pg_argv = queue.argv("enqueue", "--cmd", "true")
-            lite_argv = lite.argv("enqueue", "--cmd", "true")
-            timed_call(pg_argv, queue.env)  # not counted: first touch
-            timed_call(lite_argv, lite.env)
-            ours, theirs = [], []
-            for _ in range(sizes.cold_calls):
-                ours.append(timed_call(pg_argv, queue.env))
-                theirs.append(timed_call(lite_argv, lite.env))
+            ours, theirs = alternating(queue.argv("enqueue", "--cmd", "true"), queue.env,
+                                       lite.argv("enqueue", "--cmd", "true"), lite.env,
+                                       sizes.cold_calls)
             pg_ms.append(percentile(ours, 50))
             lite_ms.append(percentile(theirs, 50))
             if r == 0:
@@ -240,120 +235,6 @@ def batch_part(cluster: PgCluster, sizes: Sizes, workdir: Path) -> dict[str, Any
 
 
 # -- a million finished jobs -----------------------------------------------------------------
-def _columns(cluster: PgCluster, db: str) -> dict[str, list[tuple[str, str, bool, bool]]]:
-    """{table: [(column, type, not null, has default or identity)]} of the backend's schema."""
-    out: dict[str, list[tuple[str, str, bool, bool]]] = {}
-    rows = cluster.sql(db, f"""
-        SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
-               a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> ''
-        FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
-        JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE n.nspname = '{SCHEMA}' AND c.relkind IN ('r', 'p') AND a.attnum > 0
-          AND NOT a.attisdropped
-        ORDER BY c.relname, a.attnum""")
-    for line in rows.splitlines():
-        table, col, typ, notnull, hasdef = line.split("|")
-        out.setdefault(table, []).append((col, typ, notnull == "t", hasdef == "t"))
-    return out
-
-
-def _value(name: str, typ: str, t0: float, job_id: str) -> str | None:
-    """SQL for column `name` of a finished job number x (None: leave it to its default)."""
-    epoch = {
-        "run_at": f"{t0} + x * 0.001", "created_at": f"{t0} + x * 0.001",
-        "updated_at": f"{t0} + x * 0.001 + 0.004", "started_at": f"{t0} + x * 0.001 + 0.001",
-        "finished_at": f"{t0} + x * 0.001 + 0.004", "heartbeat_at": f"{t0} + x * 0.001",
-    }
-    plain = {
-        "id": job_id, "job_id": job_id, "command": "'true'", "state": "'completed'",
-        "outcome": "'completed'", "attempts": "1", "attempt": "1", "max_retries": "3",
-        "priority": "0", "exit_code": "0", "worker": "'bench-host:' || (100000 + x % 4)",
-        "host": "'bench-host'", "hostname": "'bench-host'",
-    }
-    if name in epoch:
-        return f"to_timestamp({epoch[name]})" if "timestamp" in typ else epoch[name]
-    if name in plain:
-        return plain[name]
-    return None
-
-
-def _zero(typ: str) -> str:
-    """A neutral value of a type, for a NOT NULL column the bench does not know."""
-    if "timestamp" in typ:
-        return "now()"
-    if typ in ("bytea",):
-        return "''::bytea"
-    if typ == "boolean":
-        return "false"
-    if typ.startswith(("json",)):
-        return "'{}'"
-    if typ.startswith(("integer", "bigint", "smallint", "double", "real", "numeric")):
-        return "0"
-    return "''"
-
-
-def fill_finished(cluster: PgCluster, db: str, rows: int) -> dict[str, Any]:
-    """Insert `rows` completed jobs, and one finished attempt each in every table that has
-    job_id and attempt columns, with INSERT ... SELECT generate_series in one transaction; then
-    VACUUM (ANALYZE), as autovacuum would have done long before a real queue got there."""
-    cols = _columns(cluster, db)
-    if "jobs" not in cols:
-        raise RuntimeError(f"no {SCHEMA}.jobs table (tables: {', '.join(cols) or 'none'}): "
-                           "teach bench/pg.py the backend's schema")
-    t0 = time.time() - rows * 0.001 - 86_400
-    id_type = next(t for c, t, _n, _d in cols["jobs"] if c == "id") if any(
-        c == "id" for c, *_ in cols["jobs"]) else "text"
-    job_id = "x" if id_type.startswith(("integer", "bigint")) else "lpad(to_hex(x), 12, '0')"
-    tables = ["jobs"] + sorted(t for t, cs in cols.items() if t != "jobs" and {
-        "job_id", "attempt"} <= {c for c, *_ in cs})  # the attempt history
-    guessed: dict[str, list[str]] = {}
-    statements = []
-    for table in tables:
-        names, exprs = [], []
-        for col, typ, notnull, hasdef in cols[table]:
-            expr = _value(col, typ, t0, job_id)
-            if expr is None and table != "jobs" and col == "output":
-                expr = _zero(typ)
-            if expr is None:
-                if not notnull or hasdef:
-                    continue
-                expr = _zero(typ)
-                guessed.setdefault(table, []).append(col)
-            names.append(col)
-            exprs.append(f"CAST(({expr}) AS {typ})")
-        statements.append(f"INSERT INTO {SCHEMA}.{table} ({', '.join(names)}) "
-                          f"SELECT {', '.join(exprs)} FROM generate_series(1, {rows}) AS x;")
-    t = time.perf_counter()
-    # A synthetic history, not a real one: the backend's triggers (metrics counters) stay
-    # off for the fill, as for a restore; a row trigger over a million rows in one
-    # transaction would update one counter row a million times.
-    cluster.sql(db, "BEGIN; SET LOCAL session_replication_role = replica; "
-                + " ".join(statements) + " COMMIT;", timeout=3600)
-    fill_s = time.perf_counter() - t
-    cluster.sql(db, "VACUUM (ANALYZE)", timeout=3600)
-    size = int(cluster.sql(db, f"SELECT pg_database_size('{db}')").strip())
-    return {"tables": tables, "guessed_not_null_columns": guessed,
-            "fill_seconds": round(fill_s, 2), "db_bytes": size}
-
-
-def claim_latencies(locator: str, samples: int) -> list[float]:
-    """ms per `claim_next()` through the public store API, in process."""
-    from queuectl.locator import open_store
-
-    store = open_store(locator, for_worker=True)
-    out = []
-    try:
-        for _ in range(samples):
-            t = time.perf_counter()
-            job = store.claim_next("bench-claimer")
-            out.append((time.perf_counter() - t) * 1000)
-            if job is None:
-                raise RuntimeError("claim_next found no job")
-    finally:
-        store.close()
-    return out
-
-
 def claim_part(cluster: PgCluster, sizes: Sizes, workdir: Path) -> dict[str, Any]:
     """Claim latency with `scale_rows` finished jobs vs none: each run copies a filled
     template database (CREATE DATABASE ... TEMPLATE) and makes an empty one (in alternating
@@ -361,7 +242,10 @@ def claim_part(cluster: PgCluster, sizes: Sizes, workdir: Path) -> dict[str, Any
     all."""
     template, tdb = pg_queue(cluster, "scale_template")
     empty_bytes = int(cluster.sql(tdb, f"SELECT pg_database_size('{tdb}')").strip())
-    fill = fill_finished(cluster, tdb, sizes.scale_rows)
+    fill = fill_finished(PgFill(cluster, tdb, SCHEMA), sizes.scale_rows)
+    # As autovacuum would have done long before a real queue got there.
+    cluster.sql(tdb, "VACUUM (ANALYZE)", timeout=3600)
+    fill["db_bytes"] = int(cluster.sql(tdb, f"SELECT pg_database_size('{tdb}')"))
     log(f"pg scale: {sizes.scale_rows} finished jobs inserted in {fill['fill_seconds']:.1f} s "
         f"({fill['db_bytes'] / 1e6:.0f} MB)")
     claim_file = write_jobs_file(workdir / f"pg-claim-{sizes.claim_samples}.jsonl",
@@ -375,7 +259,8 @@ def claim_part(cluster: PgCluster, sizes: Sizes, workdir: Path) -> dict[str, Any
                     queue = StoreQueue(cluster.locator(db), env=pg_env())
                     queue.create()
                     queue.enqueue_file(claim_file)
-                    claims[kind].append(claim_latencies(str(queue.db), sizes.claim_samples))
+                    claims[kind].append(claim_latencies(str(queue.db), sizes.claim_samples,
+                                                        for_worker=True))
                 finally:
                     cluster.drop(db)
             log(f"pg scale run {r + 1}/{sizes.runs}: claim p50 "

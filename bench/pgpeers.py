@@ -9,15 +9,24 @@ import json
 import random
 import shutil
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import BENCH_DIR, PROCS, Sizes, log, percentile, run, summary, wait_until
-from bench.latency import latency_summary, pickup_series, warm_up
-from bench.pgserver import PgCluster, pg_env, shared_cluster
+from bench.common import (
+    BENCH_DIR,
+    PROCS,
+    Sizes,
+    log,
+    make_venv,
+    percentile,
+    run,
+    summary,
+    wait_until,
+)
+from bench.latency import latency_summary, pickup_series, warm_enqueuer, warm_up
+from bench.pgserver import SUPERUSER, PgCluster, pg_env, shared_cluster
 from bench.throughput import exit_cpu
 
 APPS = BENCH_DIR / "peer_apps"
@@ -90,18 +99,10 @@ def install(peer: PgPeer) -> tuple[str | None, str]:
     found = version()
     if found:
         return found, ""
-    log(f"creating {peer.venv} and installing {', '.join(peer.requirements)}")
-    res = subprocess.run([sys.executable, "-m", "venv", "--clear", str(peer.venv)],
-                         capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
-    if res.returncode != 0:
-        return None, f"cannot create {peer.venv}: {res.stderr.strip()[-300:]}"
-    res = subprocess.run([str(peer.venv / "bin" / "pip"), "install", "--quiet",
-                          "--disable-pip-version-check", *peer.requirements],
-                         capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL)
+    reason = make_venv(peer.venv, peer.requirements, 900)
     found = version()
-    if res.returncode != 0 or not found:
-        return None, f"pip install {' '.join(peer.requirements)} failed: " \
-                     f"{res.stderr.strip()[-300:]}"
+    if reason or not found:
+        return None, reason or f"{peer.package} is not importable after pip install"
     return found, ""
 
 
@@ -115,7 +116,7 @@ class PeerDb:
         assert cluster.dir is not None
         self.env = pg_env([
             ("BENCH_PG_DSN", cluster.dsn(self.db)), ("BENCH_PG_HOST", str(cluster.dir)),
-            ("BENCH_PG_PORT", str(cluster.port)), ("BENCH_PG_USER", "postgres"),
+            ("BENCH_PG_PORT", str(cluster.port)), ("BENCH_PG_USER", SUPERUSER),
             ("BENCH_PG_DB", self.db), ("PYTHONPATH", str(APPS)), *peer.env,
         ])
         self.workers: list[subprocess.Popen] = []
@@ -198,19 +199,8 @@ def peer_pickup(peer: PgPeer, cluster: PgCluster, d: Path, sizes: Sizes,
     marks = d / "marks"
     marks.mkdir()
     timeout = 60 * sizes.timeout_scale
-    server = PROCS.spawn([peer.python, "-c", f"import {peer.module} as a; a.serve()"],
-                         env=pdb.env, cwd=d, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         text=True)
-
-    def enqueue(command: str) -> float:
-        assert server.stdin is not None and server.stdout is not None
-        server.stdin.write(command + "\n")
-        server.stdin.flush()
-        line = server.stdout.readline()
-        if not line:
-            raise RuntimeError(f"{peer.name} enqueuer exited")
-        return float(line)
-
+    server, enqueue = warm_enqueuer([peer.python, "-c", f"import {peer.module} as a; a.serve()"],
+                                    pdb.env, d, peer.name)
     try:
         pdb.start_workers(peer.processes, drain=False)
         warm_up(enqueue, marks, timeout)

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -119,26 +120,17 @@ class StoreQueue(Queue):
         return open_store(str(self.db))
 
     def _completed(self, names: list[str]) -> list[Any]:
-        store = self._store()
-        try:
-            wanted = set(names)
+        wanted = set(names)
+        with closing(self._store()) as store:
             return [j for j in store.iter_jobs(state="completed") if j.worker in wanted]
-        finally:
-            store.close()
 
     def count(self, state: str) -> int:
-        store = self._store()
-        try:
+        with closing(self._store()) as store:
             return int(store.counts()[state])
-        finally:
-            store.close()
 
     def registered_workers(self) -> int:
-        store = self._store()
-        try:
+        with closing(self._store()) as store:
             return len(store.workers())
-        finally:
-            store.close()
 
     def per_worker(self, names: list[str]) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -155,11 +147,8 @@ class StoreQueue(Queue):
         return out
 
     def created_at(self, ids: list[str]) -> list[float]:
-        store = self._store()
-        try:
+        with closing(self._store()) as store:
             return [store.get(i).created_at for i in ids]
-        finally:
-            store.close()
 
 
 class RecordingEnqueue:

@@ -1,10 +1,10 @@
 """Drain throughput against the machine's spawn limit, fairness, and the same with a
-million finished jobs in the table (plus claim latency and database size)."""
+million finished jobs in the table (plus claim latency and database size; the fill and
+the claim timing are bench/fill.py's)."""
 
 import json
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 import time
@@ -22,7 +22,9 @@ from bench.common import (
     percentile,
     stat_cpu,
     summary,
+    wait_until,
 )
+from bench.fill import SqliteFill, claim_latencies, fill_finished
 from bench.qctl import Queue, write_jobs_file
 
 
@@ -113,14 +115,17 @@ def exit_cpu(proc: subprocess.Popen, deadline: float) -> tuple[float, float]:
     """Wait for proc to exit (killing its group at the deadline) and return its CPU seconds
     (own, reaped children's) from /proc/PID/stat, read while it is a zombie: the last
     reading before it is reaped, so the whole life of the process is in it."""
-    own = kids = 0.0
-    while time.monotonic() < deadline:
+    def exited() -> bool:
         try:
-            if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT):
-                break
+            return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
         except ChildProcessError:
-            break
-        time.sleep(0.005)
+            return True
+
+    try:
+        wait_until(exited, deadline - time.monotonic(), f"pid {proc.pid} to exit", 0.005)
+    except RuntimeError:
+        pass  # late: its group is killed below
+    own = kids = 0.0
     try:
         own, kids = stat_cpu(proc.pid)
     except (OSError, ValueError, IndexError):
@@ -278,97 +283,13 @@ def drain_section(sizes: Sizes, workdir: Path, peers: dict[str, PeerDrain | str]
 
 
 # -- a million finished jobs -----------------------------------------------------------------
-def _fill_expressions(t0: float) -> dict[str, str]:
-    """How each known column of a finished job is filled (x = 1..rows)."""
-    return {
-        "id": "printf('%012x', x)",
-        "command": "'true'",
-        "state": "'completed'",
-        "attempts": "1",
-        "max_retries": "3",
-        "priority": "0",
-        "timeout": "NULL",
-        "run_at": f"{t0} + x * 0.001",
-        "created_at": f"{t0} + x * 0.001",
-        "updated_at": f"{t0} + x * 0.001 + 0.004",
-        "worker": "'bench-host:' || (100000 + x % 4)",
-        "lease_expires_at": "NULL",
-        "started_at": f"{t0} + x * 0.001 + 0.001",
-        "finished_at": f"{t0} + x * 0.001 + 0.004",
-        "exit_code": "0",
-        "last_error": "NULL",
-    }
-
-
-def _attempt_expressions(t0: float) -> dict[str, str]:
-    return {
-        "job_id": "printf('%012x', x)",
-        "attempt": "1",
-        "worker": "'bench-host:' || (100000 + x % 4)",
-        "started_at": f"{t0} + x * 0.001 + 0.001",
-        "finished_at": f"{t0} + x * 0.001 + 0.004",
-        "outcome": "'completed'",
-        "exit_code": "0",
-        "error": "NULL",
-        "output": "X''",
-    }
-
-
-def _insert_sql(conn: sqlite3.Connection, table: str, known: dict[str, str]) -> str:
-    """INSERT ... SELECT over a counter, for the columns the current schema has."""
-    cols = []
-    for _cid, name, _type, notnull, default, pk in conn.execute(f"PRAGMA table_info({table})"):
-        if name in known:
-            cols.append(name)
-        elif notnull and default is None and not pk:
-            raise RuntimeError(f"{table}.{name} is new and NOT NULL: teach bench/throughput.py "
-                               "how to fill it")
-    exprs = ", ".join(known[c] for c in cols)
-    return (f"WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ?) "
-            f"INSERT INTO {table} ({', '.join(cols)}) SELECT {exprs} FROM c")
-
-
-def fill_finished(db: Path, rows: int) -> float:
-    """Insert `rows` completed jobs (and their attempt rows) in one transaction; seconds."""
-    t = time.perf_counter()
-    t0 = time.time() - rows * 0.001 - 86_400
-    conn = sqlite3.connect(str(db), isolation_level=None)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute(_insert_sql(conn, "jobs", _fill_expressions(t0)), (rows,))
-        conn.execute(_insert_sql(conn, "attempts", _attempt_expressions(t0)), (rows,))
-        conn.execute("COMMIT")
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    finally:
-        conn.close()
-    return time.perf_counter() - t
-
-
-def claim_latencies(db: Path, samples: int) -> list[float]:
-    """Milliseconds per claim_next(), in process, with `samples` pending jobs to take."""
-    from queuectl.backends.sqlite import SQLiteStore
-
-    store = SQLiteStore(db)
-    out = []
-    try:
-        for _ in range(samples):
-            t = time.perf_counter()
-            job = store.claim_next("bench-claimer")
-            out.append((time.perf_counter() - t) * 1000)
-            if job is None:
-                raise RuntimeError("claim_next found no job")
-    finally:
-        store.close()
-    return out
-
-
 def scale_section(sizes: Sizes, workdir: Path) -> dict[str, Any]:
     template = workdir / "scale-template" / "queue.db"
     template.parent.mkdir()
     base = Queue(template)
     base.create()
     empty_size = file_size(template)
-    fill_s = fill_finished(template, sizes.scale_rows)
+    fill_s = fill_finished(SqliteFill(template), sizes.scale_rows)["fill_seconds"]
     full_size = file_size(template)
     log(f"scale: {sizes.scale_rows} finished jobs inserted in {fill_s:.1f} s, "
         f"{full_size / 1e6:.0f} MB")
@@ -392,7 +313,8 @@ def scale_section(sizes: Sizes, workdir: Path) -> dict[str, Any]:
                     res = drain(queue, sizes.scale_drain_jobs, 2, d, timeout)
                     rates[kind].append(res["jobs_per_s"])
                 else:
-                    claims[kind].append(claim_latencies(queue.db, sizes.claim_samples))
+                    claims[kind].append(claim_latencies(str(queue.db), sizes.claim_samples,
+                                                            for_worker=False))
                 shutil.rmtree(d, ignore_errors=True)
             log(f"scale run {r + 1}/{sizes.runs}, {kind}: drain {rates[kind][-1]:.0f} jobs/s, "
                 f"claim p50 {percentile(claims[kind][-1], 50):.2f} ms")

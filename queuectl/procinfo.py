@@ -3,15 +3,22 @@
 import os
 
 
+def stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat after the command name: [0] is field 3 (state), [1] the parent's pid,
+    [11] and [12] utime and stime, [13] and [14] those of reaped children, [19] the start
+    time. OSError if pid is gone."""
+    with open(f"/proc/{pid}/stat", "rb") as fh:
+        stat = fh.read().decode("ascii", "replace")
+    # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
+    return stat[stat.rfind(")") + 2 :].split()
+
+
 def start_time(pid: int) -> str | None:
     """The kernel's start time of pid (clock ticks since boot), or None if it is gone."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            stat = fh.read().decode("ascii", "replace")
+        fields = stat_fields(pid)
     except OSError:
         return None
-    # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
-    fields = stat[stat.rfind(")") + 2 :].split()
     if len(fields) <= 19 or fields[0] in ("Z", "X"):
         return None  # gone, or a zombie: it has exited and waits only to be reaped
     return fields[19]

@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from queuectl.procinfo import stat_fields
+
 QUEUECTL = str(Path(sys.executable).with_name("queuectl"))
 
 
@@ -41,8 +43,7 @@ def _no_stray_workers() -> Iterator[None]:
 def process_alive(pid: int) -> bool:
     """A process that exists and has not exited (a zombie awaiting its parent counts as gone)."""
     try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(") ", 1)[-1][0] not in "ZX"
+        return stat_fields(pid)[0] not in "ZX"
     except FileNotFoundError:
         return False
 

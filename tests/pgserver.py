@@ -1,62 +1,85 @@
-"""A throwaway PostgreSQL server for the test session: real, private, and never the system's.
+"""A throwaway PostgreSQL server: real, private, and never the system's. The one starter of
+the test session (`start_or_skip`) and of the benchmark (bench/pgserver.py loads this file by
+path and keeps what is its own on top: the peers' databases, the server's CPU).
 
 Debian's server binaries run as the unprivileged `postgres` user (`runuser`; the server
 refuses to run as root) with data and Unix socket in a temporary directory and TCP on a
 free high port of 127.0.0.1 — never port 5432, never the system cluster. Unix-socket
 connections are trusted; TCP ones need a password (scram-sha-256), so tests can check
-passwords, passfiles and errors without touching anyone else's server.
+passwords, passfiles and errors without touching anyone else's server. Stopping it signals
+only the postmaster this server started.
+
+No pytest at import time: the bench imports this file too.
 """
 
 from __future__ import annotations
 
-import glob
 import itertools
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
-import time
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import quote
 
-import pytest
-
 REQUIRE_ENV = "QUEUECTL_REQUIRE_POSTGRES"
 SUPERUSER = "postgres"
+TOOLS = ("initdb", "pg_ctl", "psql")
+# The tests' server: nothing to keep across a power loss. The bench keeps the defaults
+# (fsync on): they are part of what it measures.
+TEST_SETTINGS = ("fsync=off", "full_page_writes=off")
+
+
+class Unavailable(RuntimeError):
+    """No throwaway server can be started here; the message says why."""
 
 
 def _unavailable(reason: str) -> None:
     """Skip, or fail where CI says a server must be there."""
+    import pytest
+
     if os.environ.get(REQUIRE_ENV) == "1":
         pytest.fail(f"PostgreSQL is required ({REQUIRE_ENV}=1) but {reason}", pytrace=False)
     pytest.skip(f"no throwaway PostgreSQL: {reason}")
 
 
 def find_bindir() -> str | None:
-    """The newest Debian server install, else initdb on PATH."""
-    def version(path: str) -> float:
-        try:
-            return float(Path(path).parent.parent.name)
-        except ValueError:
-            return 0.0
+    """The newest Debian server install with initdb, pg_ctl and psql, else initdb's
+    directory on PATH if those are there."""
+    def complete(d: str | Path) -> bool:
+        return all(os.access(os.path.join(d, tool), os.X_OK) for tool in TOOLS)
 
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=version)
+    found = []
+    for d in Path("/usr/lib/postgresql").glob("*/bin"):
+        try:
+            if complete(d):
+                found.append((float(d.parent.name), str(d)))
+        except ValueError:
+            continue
     if found:
-        return os.path.dirname(found[-1])
+        return max(found)[1]
     initdb = shutil.which("initdb")
-    return os.path.dirname(initdb) if initdb else None
+    return os.path.dirname(initdb) if initdb and complete(os.path.dirname(initdb)) else None
 
 
 def free_port() -> int:
-    """A free high TCP port on 127.0.0.1 (never 5432)."""
-    while True:
+    """A port nobody listens on now on 127.0.0.1, well away from 5432."""
+    for _ in range(50):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        if port != 5432 and port > 1024:
+        if port != 5432 and port > 20000:
             return port
+    raise RuntimeError("no free high port found")
+
+
+def _no_pg_env() -> dict[str, str]:
+    """The environment without the caller's libpq variables (PGHOST, PGPASSWORD ...)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("PG")}
 
 
 class PgServer:
@@ -71,6 +94,7 @@ class PgServer:
         self.log = base / "log"
         self.run_as = run_as  # None: this user runs the server (not root)
         self.port = 0
+        self.settings: tuple[str, ...] = ()
 
     # -- running the server's own tools ------------------------------------------------------
     def _tool(self, name: str, *args: str, check: bool = True,
@@ -79,7 +103,7 @@ class PgServer:
         if self.run_as:
             argv = ["runuser", "-u", self.run_as, "--", *argv]
         result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                                cwd=str(self.base))
+                                cwd=str(self.base), stdin=subprocess.DEVNULL)
         if check and result.returncode != 0:
             raise RuntimeError(f"{name} {' '.join(args)} failed ({result.returncode}): "
                                f"{result.stderr.strip() or result.stdout.strip()}\n"
@@ -92,24 +116,29 @@ class PgServer:
         except OSError:
             return ""
 
-    def init(self) -> None:
+    def init(self, locale: str | None = "C") -> None:
+        """initdb; locale None: the environment's (the bench's, as it always measured)."""
         self._tool("initdb", "-D", str(self.data), "-A", "trust", "-U", SUPERUSER, "--no-sync",
-                   "-E", "UTF8", "--locale=C")
-        # Unix sockets are trusted (setup, peer-like tests); TCP needs a password.
+                   "-E", "UTF8", *([f"--locale={locale}"] if locale else []))
+        # Unix sockets are trusted (setup, peer-like tests, the bench); TCP needs a password.
         (self.data / "pg_hba.conf").write_text(
             "local all all trust\n"
             "host all all 127.0.0.1/32 scram-sha-256\n"
         )
 
-    def start(self) -> None:
-        """Start on a free port, trying another if someone takes it first."""
+    def _options(self) -> str:
+        return " ".join([f"-k {self.base} -p {self.port} -c listen_addresses=127.0.0.1",
+                         *(f"-c {s}" for s in self.settings)])
+
+    def start(self, settings: Sequence[str] = TEST_SETTINGS) -> None:
+        """Start on a free port, trying another if someone takes it first. `settings`:
+        `name=value` server settings on top of the defaults."""
+        self.settings = tuple(settings)
         last = ""
         for _ in range(5):
             self.port = free_port()
-            opts = (f"-k {self.base} -p {self.port} -c listen_addresses=127.0.0.1"
-                    " -c fsync=off -c full_page_writes=off")
-            result = self._tool("pg_ctl", "-D", str(self.data), "-o", opts, "-l", str(self.log),
-                                "-w", "-t", "60", "start", check=False)
+            result = self._tool("pg_ctl", "-D", str(self.data), "-o", self._options(), "-l",
+                                str(self.log), "-w", "-t", "60", "start", check=False)
             if result.returncode == 0:
                 return
             last = result.stderr.strip() + "\n" + self.log_tail()
@@ -127,26 +156,45 @@ class PgServer:
 
         self._tool("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop")
         time.sleep(seconds)
-        opts = (f"-k {self.base} -p {self.port} -c listen_addresses=127.0.0.1"
-                " -c fsync=off -c full_page_writes=off")
-        self._tool("pg_ctl", "-D", str(self.data), "-o", opts, "-l", str(self.log), "-w",
-                   "-t", "60", "start")
+        self._tool("pg_ctl", "-D", str(self.data), "-o", self._options(), "-l", str(self.log),
+                   "-w", "-t", "60", "start")
+
+    def postmaster_pid(self) -> int | None:
+        try:
+            return int((self.data / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
 
     def stop(self) -> None:
-        if self.data.exists():
-            self._tool("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop",
-                       check=False)
+        """pg_ctl stop -m fast; SIGKILL our own postmaster if that fails; rm -rf. Again: no-op."""
+        if not self.base.exists():
+            return
+        pid = self.postmaster_pid()
+        if pid is not None:
+            try:
+                self._tool("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", "30",
+                           "stop", check=False, timeout=60)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+            if _is_postmaster_of(pid, self.data):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
         shutil.rmtree(self.base, ignore_errors=True)
 
     # -- talking to it -----------------------------------------------------------------------
-    def psql(self, sql: str, dbname: str = "postgres", user: str = SUPERUSER) -> str:
-        """Run SQL as the superuser over the Unix socket; the unaligned output."""
+    def psql(self, sql: str, dbname: str = "postgres", user: str = SUPERUSER,
+             timeout: float = 60) -> str:
+        """Run SQL over the Unix socket (no libpq variables of the caller's); the unaligned
+        output, stripped."""
         result = subprocess.run(
-            ["psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", str(self.base),
-             "-p", str(self.port), "-U", user, "-d", dbname, "-c", sql],
-            capture_output=True, text=True, timeout=60, env={**os.environ, "PGPASSWORD": ""})
+            [os.path.join(self.bindir, "psql"), "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1",
+             "-h", str(self.base), "-p", str(self.port), "-U", user, "-d", dbname, "-c", sql],
+            capture_output=True, text=True, timeout=timeout, env=_no_pg_env(),
+            stdin=subprocess.DEVNULL)
         if result.returncode != 0:
-            raise RuntimeError(f"psql failed: {result.stderr.strip()}")
+            raise RuntimeError(f"psql failed: {result.stderr.strip()[-400:]}")
         return result.stdout.strip()
 
     def locator(self, schema: str | None = None, dbname: str = "postgres",
@@ -179,50 +227,68 @@ class PgServer:
         self.psql(f"DROP ROLE IF EXISTS {name}; CREATE ROLE {name} {'LOGIN' if login else ''}{pw}")
 
     def wait_ready(self, timeout: float = 30) -> None:
-        """Until the server accepts connections (after a restart)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            result = subprocess.run(
-                [os.path.join(self.bindir, "pg_isready"), "-h", str(self.base), "-p",
-                 str(self.port)], capture_output=True, timeout=30)
-            if result.returncode == 0:
-                return
-            if time.monotonic() >= deadline:
-                raise AssertionError(f"server not ready after {timeout} s")
-            time.sleep(0.1)
+        """Until the server accepts connections (after a restart). Tests only."""
+        from conftest import wait_for
+
+        wait_for(lambda: subprocess.run(
+            [os.path.join(self.bindir, "pg_isready"), "-h", str(self.base), "-p",
+             str(self.port)], capture_output=True, timeout=30).returncode == 0,
+            timeout, "the server to accept connections", every=0.1)
 
 
-def start_or_skip() -> PgServer:
-    """Start a private server, or skip (fail under QUEUECTL_REQUIRE_POSTGRES=1) saying why."""
+def _is_postmaster_of(pid: int, data: Path) -> bool:
+    """pid is still a postgres server whose data directory is ours (never anyone else's)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return bool(cmdline) and cmdline[0].endswith(b"postgres") and str(data).encode() in cmdline
+
+
+def start_server(prefix: str = "queuectl-pg-", parent: Path | None = None,
+                 locale: str | None = "C",
+                 settings: Sequence[str] = TEST_SETTINGS) -> PgServer:
+    """initdb and start a private server in a new temporary directory (`prefix`, under
+    `parent`); Unavailable saying why if there can be none here."""
     bindir = find_bindir()
     if bindir is None:
-        _unavailable("the PostgreSQL server binaries are not installed "
-                     "(Debian: apt install postgresql)")
-    if shutil.which("psql") is None:
-        _unavailable("psql is not installed (Debian: apt install postgresql-client)")
-    try:
-        import psycopg2  # noqa: F401
-    except ImportError:
-        _unavailable("the driver psycopg2 is not installed (pip install 'queuectl[postgres]')")
+        raise Unavailable("the PostgreSQL server binaries (initdb, pg_ctl, psql) are not "
+                          "installed (Debian: apt install postgresql)")
     run_as: str | None = None
     if os.geteuid() == 0:
         try:
-            pwd.getpwnam("postgres")
+            pwd.getpwnam(SUPERUSER)
         except KeyError:
-            _unavailable("there is no user 'postgres' to run the server as")
+            raise Unavailable(f"there is no user '{SUPERUSER}' to run the server as") from None
         if shutil.which("runuser") is None:
-            _unavailable("runuser is not installed")
-        run_as = "postgres"
-    base = Path(tempfile.mkdtemp(prefix="queuectl-pg-"))
+            raise Unavailable("runuser is not installed")
+        run_as = SUPERUSER
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
     if run_as:
         pw = pwd.getpwnam(run_as)
         os.chown(base, pw.pw_uid, pw.pw_gid)
     base.chmod(0o755)  # other users' clients reach the socket; data/ stays 0700
     server = PgServer(bindir, base, run_as)
     try:
-        server.init()
-        server.start()
+        server.init(locale)
+        server.start(settings)
     except (RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
         server.stop()
-        _unavailable(f"it could not be started: {exc}")
+        raise Unavailable(f"it could not be started: {exc}") from exc
+    except BaseException:
+        server.stop()
+        raise
     return server
+
+
+def start_or_skip() -> PgServer:
+    """Start a private server, or skip (fail under QUEUECTL_REQUIRE_POSTGRES=1) saying why."""
+    try:
+        import psycopg2  # noqa: F401
+    except ImportError:
+        _unavailable("the driver psycopg2 is not installed (pip install 'queuectl[postgres]')")
+    try:
+        return start_server()
+    except Unavailable as exc:
+        _unavailable(str(exc))
+        raise  # not reached: _unavailable skips or fails

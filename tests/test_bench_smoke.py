@@ -1,6 +1,7 @@
 """The benchmark code runs end to end at tiny sizes and writes its JSON (no timing asserts)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -34,4 +35,13 @@ def test_bench_smoke_writes_results(tmp_path: Path) -> None:
     assert {"idle_rss_mb", "after_rss_mb", "growth_mb"} <= res["memory"].keys()
     assert all({"target", "goal", "met"} <= row.keys() for row in res["targets"])
     assert "| target | measured | goal | met |" in proc.stdout
+    # The PostgreSQL rows run too where a throwaway server can be started (tests/pgserver.py,
+    # the starter the bench shares with the tests); QUEUECTL_REQUIRE_POSTGRES=1 insists.
+    pg = res["pg"]
+    if os.environ.get("QUEUECTL_REQUIRE_POSTGRES") == "1":
+        assert not pg.get("skipped"), pg.get("skipped")
+    if not pg.get("skipped"):
+        assert {"drain", "pickup", "cold_enqueue", "batch_enqueue", "scale"} <= pg.keys()
+        assert pg["drain"]["postgres"]["server_cpu_us_per_job"]["median"] > 0
+        assert pg["scale"]["fill"]["tables"][:2] == ["jobs", "attempts"]
     assert not list(tmp_path.glob("queuectl-bench-*")), "the scratch dir was left behind"
