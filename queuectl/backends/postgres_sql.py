@@ -42,11 +42,15 @@ WORKER_COMMIT = "SET LOCAL synchronous_commit TO off; "
 # What `verify` checks, table by table: the rights the verbs need. One check per right:
 # has_table_privilege('a,b') is true if *any* is held.
 PRIVILEGES = {
-    "jobs": "SELECT,INSERT,UPDATE,DELETE", "attempts": "SELECT,INSERT,DELETE",
-    "workers": "SELECT,INSERT,UPDATE,DELETE", "config": "SELECT,INSERT,UPDATE",
-    "schema_version": "SELECT", "flags": "SELECT,INSERT,DELETE",
-    "duties": "SELECT,INSERT,UPDATE", "live_output": "SELECT,INSERT,UPDATE,DELETE",
-    "queues": "SELECT,INSERT,UPDATE,DELETE",
+    "jobs":           "SELECT,INSERT,UPDATE,DELETE",
+    "attempts":       "SELECT,INSERT,DELETE",
+    "workers":        "SELECT,INSERT,UPDATE,DELETE",
+    "config":         "SELECT,INSERT,UPDATE",
+    "schema_version": "SELECT",
+    "flags":          "SELECT,INSERT,DELETE",
+    "duties":         "SELECT,INSERT,UPDATE",
+    "live_output":    "SELECT,INSERT,UPDATE,DELETE",
+    "queues":         "SELECT,INSERT,UPDATE,DELETE",
 }
 
 # -- shared pieces ---------------------------------------------------------------------------
@@ -120,6 +124,28 @@ _CLAIM_RESULT = "(SELECT queue FROM nxt), claimed.* FROM (SELECT 1) AS one LEFT 
 # A limited queue's turn: its row locked first, then the claim in a new statement (a fresh
 # snapshot, which sees every claim committed by whoever held the lock before).
 _LOCK_QUEUE = "SELECT 1 FROM {s}.queues WHERE name = %(locked)s FOR UPDATE;"
+
+
+def _claim(first: str, nxt: str) -> str:
+    """A claim of the job `nxt` (_NEXT_ANY or _NEXT_LISTED) finds, after `first`."""
+    return f"""{first}
+WITH {_T},
+{_HELD},
+{nxt},
+{_CLAIMED}
+SELECT {_CLAIM_RESULT}"""
+
+
+def _complete_and_claim(nxt: str) -> str:
+    """Completing the held attempt and a claim of the job `nxt` finds, in one statement."""
+    return f"""{_CLAIM_PLAN}
+NOTIFY {{channel}}, '{{event}}';
+WITH {_T},
+{_COMPLETE},
+{_HELD},
+{nxt},
+{_CLAIMED}
+SELECT (SELECT count(*) FROM done), {_CLAIM_RESULT}"""
 
 
 def _drop_live(ended: str) -> str:
@@ -303,36 +329,16 @@ ORDER BY u.n"""
 
     # == the worker's verbs: claiming ========================================================
     # -- claim_next --
-    claim_any = f"""{_CLAIM_PLAN}
-WITH {_T},
-{_HELD},
-{_NEXT_ANY},
-{_CLAIMED}
-SELECT {_CLAIM_RESULT}"""
-    claim_listed = f"""{_CLAIM_PLAN}
-WITH {_T},
-{_HELD},
-{_NEXT_LISTED},
-{_CLAIMED}
-SELECT {_CLAIM_RESULT}"""
+    claim_any = _claim(_CLAIM_PLAN, _NEXT_ANY)
+    claim_listed = _claim(_CLAIM_PLAN, _NEXT_LISTED)
     # The claim when the best job is in a limited queue: claim_limited_begin, then
     # claim_limited_* (which locks the queue's row first) while fewer than its limit are
     # processing; a queue that turned out full is let go of (the savepoint) before the next
     # is locked (claim_limited_next_*), so claimers hold one queue row at a time and never
     # deadlock. Claims of one limited queue thus take turns on every host.
     claim_limited_begin = f"BEGIN; {_CLAIM_PLAN} SAVEPOINT lane"
-    claim_limited_any = f"""{_LOCK_QUEUE}
-WITH {_T},
-{_HELD},
-{_NEXT_ANY},
-{_CLAIMED}
-SELECT {_CLAIM_RESULT}"""
-    claim_limited_listed = f"""{_LOCK_QUEUE}
-WITH {_T},
-{_HELD},
-{_NEXT_LISTED},
-{_CLAIMED}
-SELECT {_CLAIM_RESULT}"""
+    claim_limited_any = _claim(_LOCK_QUEUE, _NEXT_ANY)
+    claim_limited_listed = _claim(_LOCK_QUEUE, _NEXT_LISTED)
     claim_limited_next_any = f"ROLLBACK TO SAVEPOINT lane; {claim_limited_any}"
     claim_limited_next_listed = f"ROLLBACK TO SAVEPOINT lane; {claim_limited_listed}"
     # After a lost commit: the job this worker holds and does not know of (a worker runs
@@ -342,22 +348,8 @@ SELECT {_CLAIM_RESULT}"""
 
     # -- complete_and_claim --
     # record_success and claim_* in one statement: one commit per job.
-    complete_and_claim_any = f"""{_CLAIM_PLAN}
-NOTIFY {{channel}}, '{{event}}';
-WITH {_T},
-{_COMPLETE},
-{_HELD},
-{_NEXT_ANY},
-{_CLAIMED}
-SELECT (SELECT count(*) FROM done), {_CLAIM_RESULT}"""
-    complete_and_claim_listed = f"""{_CLAIM_PLAN}
-NOTIFY {{channel}}, '{{event}}';
-WITH {_T},
-{_COMPLETE},
-{_HELD},
-{_NEXT_LISTED},
-{_CLAIMED}
-SELECT (SELECT count(*) FROM done), {_CLAIM_RESULT}"""
+    complete_and_claim_any = _complete_and_claim(_NEXT_ANY)
+    complete_and_claim_listed = _complete_and_claim(_NEXT_LISTED)
 
     # -- heartbeat --
     heartbeat_idle = """{worker_commit}WITH t AS (SELECT {now} AS now)
