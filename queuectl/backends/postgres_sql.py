@@ -258,18 +258,32 @@ UPDATE {{s}}.jobs j SET state = 'canceled', finished_at = t.now,
 FROM t, pick WHERE j.id = pick.id AND j.state = %(state)s"""
 
 
-# Pages by (created_at, seq), which never change.
-_ITER_JOBS = ("SELECT {columns}, seq FROM {s}.jobs WHERE %s(created_at, seq) > (%%(at)s, %%(seq)s)"
-              " ORDER BY created_at, seq LIMIT %%(n)s")
-_RECENT_JOBS = ("SELECT {columns} FROM {s}.jobs WHERE state = %%(state)s%s"
-                " ORDER BY updated_at DESC, seq DESC LIMIT %%(n)s")
-_COUNTS = ("SELECT state, count(*) FROM {s}.jobs %s GROUP BY state UNION ALL"
-           " SELECT 'active_workers', count(*) FROM {s}.workers"
-           " WHERE heartbeat_at >= {now} - %%(window)s %s")
+def _iter_jobs(where: str) -> str:
+    """A page of jobs after (%(at)s, %(seq)s): pages by (created_at, seq), which never
+    change."""
+    return (f"SELECT {{columns}}, seq FROM {{s}}.jobs WHERE {where}(created_at, seq)"
+            " > (%(at)s, %(seq)s) ORDER BY created_at, seq LIMIT %(n)s")
+
+
+def _recent_jobs(where: str) -> str:
+    return (f"SELECT {{columns}} FROM {{s}}.jobs WHERE state = %(state)s{where}"
+            " ORDER BY updated_at DESC, seq DESC LIMIT %(n)s")
+
+
+def _counts(jobs: str, workers: str) -> str:
+    return (f"SELECT state, count(*) FROM {{s}}.jobs {jobs} GROUP BY state UNION ALL"
+            " SELECT 'active_workers', count(*) FROM {s}.workers"
+            f" WHERE heartbeat_at >= {{now}} - %(window)s {workers}")
+
+
+# Only the jobs a worker serving %(queues)s could take.
 _LANE = " AND queue = ANY(%(queues)s::text[])"
 _REMAINING = "SELECT count(*) FROM {s}.jobs WHERE state IN ('pending', 'failed', 'processing')"
-_SECONDS_UNTIL_DUE = ("SELECT (SELECT min(run_at) FROM {s}.jobs WHERE state IN ('pending', 'failed')%s)"
-                      " - {now}")
+
+
+def _seconds_until_due(lane: str) -> str:
+    return ("SELECT (SELECT min(run_at) FROM {s}.jobs WHERE state IN ('pending', 'failed')"
+            f"{lane}) - {{now}}")
 
 
 class Statements:
@@ -601,15 +615,15 @@ UNION ALL
 
     # -- iter_jobs --
     # No transaction stays open between pages (a pooler may hand the connection on).
-    iter_jobs = _ITER_JOBS % ""
-    iter_jobs_of_state = _ITER_JOBS % "state = %(state)s AND "
-    iter_jobs_in_queue = _ITER_JOBS % "queue = %(queue)s AND "
-    iter_jobs_in_queue_of_state = _ITER_JOBS % "queue = %(queue)s AND state = %(state)s AND "
+    iter_jobs = _iter_jobs("")
+    iter_jobs_of_state = _iter_jobs("state = %(state)s AND ")
+    iter_jobs_in_queue = _iter_jobs("queue = %(queue)s AND ")
+    iter_jobs_in_queue_of_state = _iter_jobs("queue = %(queue)s AND state = %(state)s AND ")
 
     # -- counts --
-    counts = _COUNTS % ("", "")
+    counts = _counts("", "")
     # Its jobs, and the active workers that serve it (by name or all).
-    counts_in_queue = _COUNTS % ("WHERE queue = %(queue)s",
+    counts_in_queue = _counts("WHERE queue = %(queue)s",
                                  "AND (queues IS NULL OR %(queue)s = ANY(queues))")
 
     # -- remaining --
@@ -617,15 +631,15 @@ UNION ALL
     remaining_listed = _REMAINING + _LANE
 
     # -- seconds_until_due --
-    seconds_until_due = _SECONDS_UNTIL_DUE % ""
-    seconds_until_due_listed = _SECONDS_UNTIL_DUE % _LANE
+    seconds_until_due = _seconds_until_due("")
+    seconds_until_due_listed = _seconds_until_due(_LANE)
 
     # -- now --
     now = "SELECT {now}"
 
     # -- recent_jobs --
-    recent_jobs = _RECENT_JOBS % ""
-    recent_jobs_in_queue = _RECENT_JOBS % _IN_QUEUE
+    recent_jobs = _recent_jobs("")
+    recent_jobs_in_queue = _recent_jobs(_IN_QUEUE)
 
     # -- completed_since --
     completed_since = ("SELECT queue, count(*) FROM {s}.jobs WHERE state = 'completed'"
