@@ -586,6 +586,11 @@ class PostgresStore(Connected, Store):
             rows = self._fetch(self.sql.paused_queue, (queue,))
         return PauseInfo(*rows[0]) if rows else None
 
+    def backup(self, path: str) -> None:
+        raise Unsupported(
+            "backup copies SQLite queues only: back up a PostgreSQL queue with pg_dump "
+            f"(e.g. pg_dump --schema={self.target.schema} DBNAME > FILE)")
+
     # -- queues ------------------------------------------------------------------------------
     def set_queue_concurrency(self, queue: str, limit: int) -> None:
         self._run(lambda cur: cur.execute(self.sql.set_queue_concurrency,
@@ -720,11 +725,6 @@ class PostgresStore(Connected, Store):
         begins = total - len(tail)
         start = max(offset, begins)
         return OutputSlice(number, start, tail[start - begins:], False)
-
-    def backup(self, path: str) -> None:
-        raise Unsupported(
-            "backup copies SQLite queues only: back up a PostgreSQL queue with pg_dump "
-            f"(e.g. pg_dump --schema={self.target.schema} DBNAME > FILE)")
 
     # -- reads -------------------------------------------------------------------------------
     def get(self, job_id: str, history: bool = False) -> Job:
