@@ -79,9 +79,9 @@ MIGRATIONS: dict[int, list[str]] = {
             job_id text)""",
         "CREATE TABLE {s}.config (key text PRIMARY KEY, value text NOT NULL)",
     ],
-    # Issue 11: cancel, pause, retention, live output. Only additions (a column with a
-    # constant default is a catalog change, no table rewrite): a version-1 queue keeps every
-    # job, attempt, worker and setting.
+    # Operators living with the queue: cancel, pause, retention, live output. Only
+    # additions (a column with a constant default is a catalog change, no table rewrite):
+    # a version-1 queue keeps every job, attempt, worker and setting.
     2: [
         # An operator asked a processing job to stop; its worker ends the attempt as canceled.
         "ALTER TABLE {s}.jobs ADD COLUMN cancel_requested boolean NOT NULL DEFAULT false",
@@ -107,7 +107,7 @@ MIGRATIONS: dict[int, list[str]] = {
             data bytea NOT NULL,
             PRIMARY KEY (job_id, attempt, start))""",
     ],
-    # Issue 12: named queues. Only additions (constant defaults, no rewrite): every existing
+    # Named queues. Only additions (constant defaults, no rewrite): every existing
     # job lands in `default`, every registered worker serves all queues.
     3: [
         "ALTER TABLE {s}.jobs ADD COLUMN queue text NOT NULL DEFAULT 'default'",
@@ -127,7 +127,7 @@ MIGRATIONS: dict[int, list[str]] = {
         # What each worker serves, in preference order; NULL: all queues.
         "ALTER TABLE {s}.workers ADD COLUMN queues text[]",
     ],
-    # Issue 13: counters for `queuectl metrics`, which only ever grow: purge and retention
+    # Metrics: counters for `queuectl metrics`, which only ever grow: purge and retention
     # delete jobs and history, never these rows. Triggers count in the transaction that
     # inserts jobs (once per statement, from its transition table) or an attempt's history
     # row (every way an attempt ends writes one): one small upsert each, into the shard of
@@ -179,9 +179,9 @@ MIGRATIONS: dict[int, list[str]] = {
         """CREATE TRIGGER count_attempt AFTER INSERT ON {s}.attempts
             FOR EACH ROW EXECUTE FUNCTION {s}.count_attempt()""",
     ],
-    # Issue 15: each attempt in a cgroup of its own. Only additions (no default, no
-    # rewrite): a job's limits (NULL or 0: none) and what each attempt used (NULL where it
-    # was not measured: older rows, workers without a delegated cgroup).
+    # Resource limits and usage: each attempt in a cgroup of its own. Only additions (no
+    # default, no rewrite): a job's limits (NULL or 0: none) and what each attempt used
+    # (NULL where it was not measured: older rows, workers without a delegated cgroup).
     5: [
         "ALTER TABLE {s}.jobs ADD COLUMN memory_max bigint",
         "ALTER TABLE {s}.jobs ADD COLUMN cpu_max double precision",

@@ -1,0 +1,813 @@
+"""Every SQL statement the PostgreSQL store runs, by name: one block per verb of the storage
+contract, in the order `queuectl/store.py` gives its sections.
+
+Each statement is a template over the queue's schema, written as the server runs it but for
+these fields, which `statements()` fills in once per store (cached per schema):
+
+    {s}              the quoted schema, e.g. "queuectl" (`?schema=` in the URL)
+    {channel}        the NOTIFY channel of that schema, e.g. queuectl_jobs
+    {event}          the NOTIFY payload of news that brings no work (EVENT)
+    {now}            the server's clock in epoch seconds (NOW)
+    {columns}        the job columns Job.from_row reads, in its order (job.ROW_COLUMNS)
+    {j_columns}      the same, of the table aliased j
+    {worker_commit}  `SET LOCAL synchronous_commit TO off; ` in a worker's store, else empty:
+                     workers' commits skip waiting for the WAL flush (as SQLite's
+                     synchronous=NORMAL): a server crash may undo their last few state
+                     changes, and those jobs run again.
+
+Placeholders `%(name)s` and `%s` are psycopg2's, bound per call. A statement that is several
+statements separated by `;` is sent as one simple query: PostgreSQL runs it as one implicit
+transaction, in one round trip. The CTEs that several statements share (a claim's `held`,
+`nxt` and `claimed`; a completion's `done`, `hist` and `gone`) are written once below and
+composed when this module is imported; `python -m queuectl.backends.postgres_sql NAME`
+prints a verb's or a statement's complete text, as the server receives it.
+
+The schema's own DDL (tables, indexes, triggers) is in `postgres_schema`, as migrations.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+from queuectl.job import ROW_COLUMNS
+
+DEFAULT_SCHEMA = "queuectl"
+NOW = "extract(epoch FROM clock_timestamp())::float8"
+# NOTIFY payload of events that concern watchers (`wait`, `logs --follow`, a running job's
+# cancel check) but bring no new work: idle workers' drain() ignores them.
+EVENT = "e"
+WORKER_COMMIT = "SET LOCAL synchronous_commit TO off; "
+
+# What `verify` checks, table by table: the rights the verbs need. One check per right:
+# has_table_privilege('a,b') is true if *any* is held.
+PRIVILEGES = {
+    "jobs":           "SELECT,INSERT,UPDATE,DELETE",
+    "attempts":       "SELECT,INSERT,DELETE",
+    "workers":        "SELECT,INSERT,UPDATE,DELETE",
+    "config":         "SELECT,INSERT,UPDATE",
+    "schema_version": "SELECT",
+    "flags":          "SELECT,INSERT,DELETE",
+    "duties":         "SELECT,INSERT,UPDATE",
+    "live_output":    "SELECT,INSERT,UPDATE,DELETE",
+    "queues":         "SELECT,INSERT,UPDATE,DELETE",
+}
+
+# -- shared pieces ---------------------------------------------------------------------------
+_T = "t AS (SELECT {now} AS now)"  # one reading of the server's clock per statement
+
+# A claim must walk jobs_due in its order and stop at the first free job. With many
+# finished jobs, ANALYZE's sample holds no waiting one, the planner expects a single waiting
+# row, and it prefers reading every due job through jobs_next_due and sorting them: each
+# claim then costs O(due jobs) (measured: 970 rows read and sorted, 0.48 ms against
+# 0.08 ms). With sorting off for the claim's transaction the ordered scan of jobs_due is the
+# only plan left, whatever the statistics say.
+_CLAIM_PLAN = "{worker_commit}SET LOCAL enable_sort TO off;"
+
+# The claim's CTEs (after `t`): `held` lists the queues with a limit or a pause, `nxt` is the
+# best eligible job of the queues a worker serves (every queue, or `%(queues)s` in
+# preference order), skipping paused queues, those at their limit and `%(skip)s`, and
+# `claimed` takes it. A job of a limited queue is taken only when that queue's row was
+# locked before this statement (`%(locked)s`), so its count of processing jobs is exact and
+# no racing claimer can add to it; else `nxt` names the queue and the store locks it (the
+# claim_limited statements). Unlimited queues never lock anything but the job: with no
+# limit, no pause and no list a claim is an ordered scan of jobs_due.
+#
+# `held` counts in this statement's snapshot, taken after any lock the caller holds;
+# `%(ending)s` is the job complete_and_claim ends in the same statement (a hint only: a
+# limited queue's count that decides is taken under its lock).
+_HELD = """held AS (
+    SELECT q.name, q.paused_since IS NULL AND q.concurrency > 0 AS limited,
+        q.paused_since IS NOT NULL OR (q.concurrency > 0 AND q.concurrency <=
+            (SELECT count(*) FROM {s}.jobs r
+             WHERE r.queue = q.name AND r.state = 'processing'
+                 AND r.id IS DISTINCT FROM %(ending)s)) AS blocked
+    FROM {s}.queues q WHERE q.concurrency > 0 OR q.paused_since IS NOT NULL)"""
+
+_NEXT_ANY = """nxt AS (
+    SELECT id, queue FROM {s}.jobs
+    WHERE state IN ('pending', 'failed') AND run_at <= (SELECT now FROM t)
+        AND NOT EXISTS (SELECT 1 FROM {s}.flags WHERE name = 'paused')
+        AND queue <> ALL(ARRAY(SELECT name FROM held WHERE blocked))
+        AND queue <> ALL(%(skip)s::text[])
+    ORDER BY priority DESC, run_at, seq LIMIT 1 FOR UPDATE SKIP LOCKED)"""
+
+# The first listed queue with an eligible job: the nested loop walks the list in its order
+# and stops at the first row (no sort, which would visit, and lock the best job of, every
+# listed queue).
+_NEXT_LISTED = """nxt AS (
+    SELECT x.id, x.queue
+    FROM unnest(%(queues)s::text[]) WITH ORDINALITY AS p(name, n)
+    CROSS JOIN LATERAL (
+        SELECT id, queue FROM {s}.jobs
+        WHERE queue = p.name AND state IN ('pending', 'failed')
+            AND run_at <= (SELECT now FROM t)
+        ORDER BY priority DESC, run_at, seq LIMIT 1 FOR UPDATE SKIP LOCKED) x
+    WHERE NOT EXISTS (SELECT 1 FROM {s}.flags WHERE name = 'paused')
+        AND p.name <> ALL(ARRAY(SELECT name FROM held WHERE blocked))
+        AND p.name <> ALL(%(skip)s::text[])
+    LIMIT 1)"""
+
+_CLAIMED = """claimed AS (
+    UPDATE {s}.jobs j SET state = 'processing', attempts = j.attempts + 1,
+        worker = %(worker)s, lease_expires_at = t.now + %(lease)s,
+        started_at = t.now, finished_at = NULL, updated_at = t.now
+    FROM nxt, t WHERE j.id = nxt.id
+        AND (nxt.queue <> ALL(ARRAY(SELECT name FROM held WHERE limited))
+             OR nxt.queue = %(locked)s)
+    RETURNING {j_columns})"""
+
+# One row, always: the queue of the job `nxt` found (NULL: nothing eligible), then the
+# claimed job's columns (NULL: not taken, because its queue is limited and was not locked).
+_CLAIM_RESULT = "(SELECT queue FROM nxt), claimed.* FROM (SELECT 1) AS one LEFT JOIN claimed ON true"
+
+# A limited queue's turn: its row locked first, then the claim in a new statement (a fresh
+# snapshot, which sees every claim committed by whoever held the lock before).
+_LOCK_QUEUE = "SELECT 1 FROM {s}.queues WHERE name = %(locked)s FOR UPDATE;"
+
+
+def _claim(first: str, nxt: str) -> str:
+    """A claim of the job `nxt` (_NEXT_ANY or _NEXT_LISTED) finds, after `first`."""
+    return f"""{first}
+WITH {_T},
+{_HELD},
+{nxt},
+{_CLAIMED}
+SELECT {_CLAIM_RESULT}"""
+
+
+def _complete_and_claim(nxt: str) -> str:
+    """Completing the held attempt and a claim of the job `nxt` finds, in one statement."""
+    return f"""{_CLAIM_PLAN}
+NOTIFY {{channel}}, '{{event}}';
+WITH {_T},
+{_COMPLETE},
+{_HELD},
+{nxt},
+{_CLAIMED}
+SELECT (SELECT count(*) FROM done), {_CLAIM_RESULT}"""
+
+
+def _drop_live(ended: str) -> str:
+    """The CTE that deletes the live output of the attempts `ended` returns (their `id`).
+    %(live)s is a literal: the planner drops the DELETE when nothing was written live, so
+    the many short jobs pay nothing for it."""
+    return (f"gone AS (DELETE FROM {{s}}.live_output l USING {ended}"
+            f" WHERE %(live)s AND l.job_id = {ended}.id)")
+
+
+# Completing the held attempt %(id)s/%(job_worker)s/%(attempts)s with its history row.
+_COMPLETE = f"""done AS (
+    UPDATE {{s}}.jobs j SET state = 'completed', finished_at = t.now,
+        updated_at = t.now, exit_code = %(exit_code)s, last_error = NULL,
+        lease_expires_at = NULL
+    FROM t WHERE j.id = %(id)s AND j.state = 'processing'
+        AND j.worker = %(job_worker)s AND j.attempts = %(attempts)s
+    RETURNING j.id, t.now),
+hist AS (
+    INSERT INTO {{s}}.attempts (job_id, attempt, worker, started_at, finished_at,
+        outcome, exit_code, error, output, output_total, cpu_user_usec,
+        cpu_system_usec, memory_peak_bytes)
+    SELECT id, %(attempts)s, %(job_worker)s, coalesce(%(started_at)s, now), now,
+        %(outcome)s, %(exit_code)s, NULL, %(output)s, %(total)s, %(cpu_user)s,
+        %(cpu_system)s, %(memory_peak)s FROM done),
+{_drop_live("done")}"""
+
+# Ending the held attempt as failed (%(state)s: failed or dead, retried at
+# t.now + %(delay)s unless %(dead)s), or as canceled when an operator asked for it (the
+# job's flag decides, read in this very statement), with its history row; returns the job
+# as updated and the time.
+_FAIL = f"""WITH {_T},
+upd AS (
+    UPDATE {{s}}.jobs j SET
+        state = CASE WHEN j.cancel_requested THEN 'canceled' ELSE %(state)s END,
+        run_at = CASE WHEN j.cancel_requested OR %(dead)s THEN j.run_at
+                      ELSE t.now + %(delay)s END,
+        finished_at = t.now, updated_at = t.now, exit_code = %(exit_code)s,
+        last_error = CASE WHEN j.cancel_requested THEN %(canceled_error)s
+                          ELSE %(error)s END,
+        lease_expires_at = NULL
+    FROM t WHERE j.id = %(id)s AND j.state = 'processing'
+        AND j.worker = %(job_worker)s AND j.attempts = %(attempts)s
+    RETURNING {{j_columns}}, t.now),
+hist AS (
+    INSERT INTO {{s}}.attempts (job_id, attempt, worker, started_at,
+        finished_at, outcome, exit_code, error, output, output_total,
+        cpu_user_usec, cpu_system_usec, memory_peak_bytes)
+    SELECT id, %(attempts)s, %(job_worker)s, coalesce(%(started_at)s, now), now,
+        CASE WHEN state = 'canceled' THEN %(canceled_outcome)s
+             ELSE %(outcome)s END,
+        %(exit_code)s, last_error, %(output)s, %(total)s, %(cpu_user)s,
+        %(cpu_system)s, %(memory_peak)s FROM upd),
+{_drop_live("upd")}
+SELECT * FROM upd"""
+
+# Lost attempts (the jobs the reclaim_*_lock statement locked) as the store decided them.
+_RECLAIM_LOCK = "BEGIN; {worker_commit}SELECT {columns}, {now} FROM {s}.jobs WHERE state = 'processing'"
+
+# "Finished at least %(older)s seconds ago" (server clock). A scalar subquery is evaluated
+# once (an InitPlan), so the cutoff bounds the index range; clock_timestamp() written in
+# the condition would be a per-row filter. The bound on created_at (never after
+# finished_at) lets the index range stop early.
+_OLDER = (" AND created_at <= (SELECT {now} - %(older)s)"
+          " AND finished_at <= (SELECT {now} - %(older)s)")
+_IN_QUEUE = " AND queue = %(queue)s"
+
+_REVIVE = """state = 'pending', attempts = 0, run_at = t.now,
+    updated_at = t.now, worker = NULL, finished_at = NULL, exit_code = NULL,
+    cancel_requested = false"""
+
+_COUNT_MATCHING = "SELECT count(*) FROM {s}.jobs WHERE state = %(state)s"
+
+
+def _purge(where: str) -> str:
+    # SKIP LOCKED: a job someone is retrying right now is left for the next batch.
+    return f"""WITH pick AS (
+    SELECT id FROM {{s}}.jobs WHERE state = %(state)s{where}
+    ORDER BY created_at, seq LIMIT %(n)s FOR UPDATE SKIP LOCKED),
+hist AS (DELETE FROM {{s}}.attempts WHERE job_id IN (SELECT id FROM pick)),
+live AS (DELETE FROM {{s}}.live_output WHERE job_id IN (SELECT id FROM pick)),
+gone AS (DELETE FROM {{s}}.jobs WHERE id IN (SELECT id FROM pick) RETURNING 1)
+SELECT count(*) FROM gone"""
+
+
+def _retry_dead_many(where: str) -> str:
+    return f"""NOTIFY {{channel}}; WITH {_T},
+pick AS (SELECT id FROM {{s}}.jobs WHERE state = 'dead'{where}
+         ORDER BY created_at, seq LIMIT %(n)s FOR UPDATE SKIP LOCKED)
+UPDATE {{s}}.jobs j SET {_REVIVE}
+FROM t, pick WHERE j.id = pick.id"""
+
+
+# FOR UPDATE (not SKIP LOCKED): a job a worker is claiming right now is waited for and
+# looked at again, so a batch is short only when nothing more is left.
+def _cancel_processing(where: str) -> str:
+    return f"""NOTIFY {{channel}}, '{{event}}'; WITH {_T},
+pick AS (SELECT id FROM {{s}}.jobs WHERE state = 'processing'{where}
+         AND NOT cancel_requested ORDER BY created_at, seq LIMIT %(n)s FOR UPDATE)
+UPDATE {{s}}.jobs j SET cancel_requested = true, updated_at = t.now
+FROM t, pick WHERE j.id = pick.id"""
+
+
+def _cancel_waiting(where: str) -> str:
+    return f"""NOTIFY {{channel}}, '{{event}}'; WITH {_T},
+pick AS (SELECT id FROM {{s}}.jobs WHERE state = %(state)s{where}
+         ORDER BY created_at, seq LIMIT %(n)s FOR UPDATE)
+UPDATE {{s}}.jobs j SET state = 'canceled', finished_at = t.now,
+    updated_at = t.now, last_error = %(error)s, lease_expires_at = NULL
+FROM t, pick WHERE j.id = pick.id AND j.state = %(state)s"""
+
+
+def _iter_jobs(where: str) -> str:
+    """A page of jobs after (%(at)s, %(seq)s): pages by (created_at, seq), which never
+    change."""
+    return (f"SELECT {{columns}}, seq FROM {{s}}.jobs WHERE {where}(created_at, seq)"
+            " > (%(at)s, %(seq)s) ORDER BY created_at, seq LIMIT %(n)s")
+
+
+def _recent_jobs(where: str) -> str:
+    return (f"SELECT {{columns}} FROM {{s}}.jobs WHERE state = %(state)s{where}"
+            " ORDER BY updated_at DESC, seq DESC LIMIT %(n)s")
+
+
+def _counts(jobs: str, workers: str) -> str:
+    return (f"SELECT state, count(*) FROM {{s}}.jobs {jobs} GROUP BY state UNION ALL"
+            " SELECT 'active_workers', count(*) FROM {s}.workers"
+            f" WHERE heartbeat_at >= {{now}} - %(window)s {workers}")
+
+
+# Only the jobs a worker serving %(queues)s could take.
+_LANE = " AND queue = ANY(%(queues)s::text[])"
+_REMAINING = "SELECT count(*) FROM {s}.jobs WHERE state IN ('pending', 'failed', 'processing')"
+
+
+def _seconds_until_due(lane: str) -> str:
+    return ("SELECT (SELECT min(run_at) FROM {s}.jobs WHERE state IN ('pending', 'failed')"
+            f"{lane}) - {{now}}")
+
+
+class Statements:
+    """The statements of one store, by name: the class holds the templates, an instance
+    (from `statements()`) the text for one schema."""
+
+    # == connections =========================================================================
+    # -- (any verb) --
+    begin = "BEGIN"
+    commit = "COMMIT"
+    rollback = "ROLLBACK"  # leaves no transaction open on a connection (an error cut it short)
+    # One snapshot for several reads (`reading()`, `metrics`); read-only, so it never
+    # blocks writers.
+    read_snapshot = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+
+    # == opening the store ===================================================================
+    # -- open --
+    # The schema version and the settings in one round trip (every `enqueue` pays for it).
+    opening_read = ("SELECT '', max(version)::text FROM {s}.schema_version"
+                    " UNION ALL SELECT key, value FROM {s}.config")
+    # Creating or upgrading the schema: one transaction under an advisory lock keyed on
+    # the schema name (postgres_schema holds the migrations themselves).
+    migrate_lock = "BEGIN; SELECT pg_advisory_xact_lock(%s)"
+    migrate_exists = ("SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n"
+                      " ON n.oid = c.relnamespace WHERE n.nspname = %s"
+                      " AND c.relname = 'schema_version')")
+    migrate_version = "SELECT max(version) FROM {s}.schema_version"
+    migrate_foreign_tables = "SELECT count(*) FROM pg_tables WHERE schemaname = %s"
+    migrate_schema_present = "SELECT 1 FROM pg_namespace WHERE nspname = %s"
+    migrate_create_schema = "CREATE SCHEMA {s}"
+    migrate_first_version = "INSERT INTO {s}.schema_version VALUES (0)"
+    migrate_set_version = "UPDATE {s}.schema_version SET version = %s"
+
+    # == submitting ==========================================================================
+    # -- enqueue --
+    # The rows in input order, in one statement; NOTIFY wakes idle workers on commit.
+    enqueue_rows = f"""WITH {_T}
+INSERT INTO {{s}}.jobs (id, command, state, attempts, max_retries, priority,
+    timeout, run_at, created_at, updated_at, queue, memory_max, cpu_max, tasks_max)
+SELECT u.id, u.command, 'pending', 0, u.max_retries, u.priority, u.timeout,
+    coalesce(u.run_at, t.now + u.delay), t.now, t.now, u.queue, u.memory_max,
+    u.cpu_max, u.tasks_max
+FROM unnest(%(ids)s::text[], %(commands)s::text[], %(retries)s::int[],
+            %(priorities)s::int[], %(timeouts)s::float8[], %(run_ats)s::float8[],
+            %(delays)s::float8[], %(queues)s::text[], %(memory_maxes)s::int8[],
+            %(cpu_maxes)s::float8[], %(tasks_maxes)s::int[])
+     WITH ORDINALITY AS u(id, command, max_retries, priority, timeout, run_at,
+                          delay, queue, memory_max, cpu_max, tasks_max, n), t
+ORDER BY u.n"""
+    enqueue_rows_if_absent = f"{enqueue_rows}\nON CONFLICT (id) DO NOTHING"
+    enqueue = f"NOTIFY {{channel}}; {enqueue_rows}"  # up to a chunk of rows: one round trip
+    enqueue_if_absent = f"NOTIFY {{channel}}; {enqueue_rows_if_absent}"
+    # More rows: begin, enqueue_rows per chunk, then this.
+    enqueue_commit = "NOTIFY {channel}; COMMIT"
+    # Which of these ids are taken, and by what command (a conflict, a lost commit).
+    enqueue_taken = "SELECT id, command FROM {s}.jobs WHERE id = ANY(%s)"
+
+    # == the worker's verbs: claiming ========================================================
+    # -- claim_next --
+    claim_any = _claim(_CLAIM_PLAN, _NEXT_ANY)
+    claim_listed = _claim(_CLAIM_PLAN, _NEXT_LISTED)
+    # The claim when the best job is in a limited queue: claim_limited_begin, then
+    # claim_limited_* (which locks the queue's row first) while fewer than its limit are
+    # processing; a queue that turned out full is let go of (the savepoint) before the next
+    # is locked (claim_limited_next_*), so claimers hold one queue row at a time and never
+    # deadlock. Claims of one limited queue thus take turns on every host.
+    claim_limited_begin = f"BEGIN; {_CLAIM_PLAN} SAVEPOINT lane"
+    claim_limited_any = _claim(_LOCK_QUEUE, _NEXT_ANY)
+    claim_limited_listed = _claim(_LOCK_QUEUE, _NEXT_LISTED)
+    claim_limited_next_any = f"ROLLBACK TO SAVEPOINT lane; {claim_limited_any}"
+    claim_limited_next_listed = f"ROLLBACK TO SAVEPOINT lane; {claim_limited_listed}"
+    # After a lost commit: the job this worker holds and does not know of (a worker runs
+    # one job at a time), besides the one it is ending.
+    held_by = ("SELECT {columns} FROM {s}.jobs WHERE state = 'processing'"
+               " AND worker = %s AND id IS DISTINCT FROM %s ORDER BY started_at DESC LIMIT 1")
+
+    # -- complete_and_claim --
+    # record_success and claim_* in one statement: one commit per job.
+    complete_and_claim_any = _complete_and_claim(_NEXT_ANY)
+    complete_and_claim_listed = _complete_and_claim(_NEXT_LISTED)
+
+    # -- heartbeat --
+    heartbeat_idle = """{worker_commit}WITH t AS (SELECT {now} AS now)
+UPDATE {s}.workers SET heartbeat_at = t.now, state = %(state)s, job_id = %(job_id)s
+FROM t WHERE name = %(worker)s"""
+    heartbeat = """{worker_commit}WITH t AS (SELECT {now} AS now),
+beat AS (
+    UPDATE {s}.workers SET heartbeat_at = t.now, state = %(state)s, job_id = %(job_id)s
+    FROM t WHERE name = %(worker)s)
+UPDATE {s}.jobs j SET lease_expires_at = t.now + %(lease)s FROM t
+WHERE j.id = %(id)s AND j.state = 'processing' AND j.worker = %(worker)s
+    AND j.attempts = %(attempts)s"""
+
+    # == the worker's verbs: recording =======================================================
+    # -- record_success --
+    record_success = f"""{{worker_commit}}NOTIFY {{channel}}, '{{event}}';
+WITH {_T},
+{_COMPLETE}
+SELECT count(*) FROM done"""
+    # After a lost commit: did the attempt get the history row only its own ending writes?
+    recorded = ("SELECT EXISTS (SELECT 1 FROM {s}.attempts WHERE job_id = %(id)s"
+                " AND attempt = %(attempts)s AND worker = %(job_worker)s"
+                " AND outcome = ANY(%(outcomes)s))")
+
+    # -- record_failure --
+    # A retry brings work: NOTIFY wakes idle workers. A dead (or canceled) job brings only
+    # news for `wait`.
+    record_failure = f"{{worker_commit}}NOTIFY {{channel}};\n{_FAIL}"
+    record_failure_dead = f"{{worker_commit}}NOTIFY {{channel}}, '{{event}}';\n{_FAIL}"
+
+    # -- release --
+    # Back to pending without spending a retry; canceled instead if an operator asked.
+    release = f"""{{worker_commit}}NOTIFY {{channel}}; WITH {_T},
+upd AS (
+    UPDATE {{s}}.jobs j SET
+        state = CASE WHEN j.cancel_requested THEN 'canceled' ELSE 'pending' END,
+        attempts = CASE WHEN j.cancel_requested THEN j.attempts ELSE j.attempts - 1 END,
+        worker = CASE WHEN j.cancel_requested THEN j.worker END,
+        started_at = CASE WHEN j.cancel_requested THEN j.started_at END,
+        finished_at = CASE WHEN j.cancel_requested THEN t.now ELSE j.finished_at END,
+        exit_code = CASE WHEN j.cancel_requested THEN NULL ELSE j.exit_code END,
+        last_error = CASE WHEN j.cancel_requested THEN %(canceled_error)s
+                          ELSE j.last_error END,
+        lease_expires_at = NULL, updated_at = t.now
+    FROM t WHERE j.id = %(id)s AND j.state = 'processing'
+        AND j.worker = %(job_worker)s AND j.attempts = %(attempts)s
+    RETURNING j.id, j.state, t.now),
+hist AS (
+    INSERT INTO {{s}}.attempts (job_id, attempt, worker, started_at,
+        finished_at, outcome, exit_code, error, output)
+    SELECT id, %(attempts)s, %(job_worker)s, coalesce(%(started_at)s, now), now,
+        CASE WHEN state = 'canceled' THEN %(canceled_outcome)s
+             ELSE %(outcome)s END,
+        NULL, CASE WHEN state = 'canceled' THEN %(canceled_error)s
+                   ELSE %(error)s END, NULL FROM upd),
+{_drop_live("upd")}
+SELECT count(*) FROM upd"""
+
+    # -- reclaim_expired --
+    # A read first: almost always nothing has expired, and a read locks nothing.
+    reclaim_expired_probe = ("SELECT 1 FROM {s}.jobs WHERE state = 'processing'"
+                             " AND lease_expires_at < {now} LIMIT 1")
+    # Lock the lost attempts (with the server's time); the store decides each one's end by
+    # the queue's rules (failed, dead or canceled), and reclaim_end writes them.
+    reclaim_expired_lock = f"{_RECLAIM_LOCK} AND lease_expires_at < {{now}} FOR UPDATE SKIP LOCKED"
+    reclaim_end = """UPDATE {s}.jobs j SET state = u.state, run_at = u.run_at,
+    finished_at = %(t)s, updated_at = %(t)s, exit_code = NULL,
+    last_error = u.error, lease_expires_at = NULL
+FROM unnest(%(ids)s::text[], %(states)s::text[], %(run_ats)s::float8[],
+            %(errors)s::text[]) AS u(id, state, run_at, error)
+WHERE j.id = u.id;
+INSERT INTO {s}.attempts (job_id, attempt, worker, started_at,
+    finished_at, outcome, error)
+SELECT u.id, u.attempt, u.worker, coalesce(u.started_at, %(t)s), %(t)s,
+    u.outcome, u.error
+FROM unnest(%(ids)s::text[], %(attempts)s::int[], %(workers)s::text[],
+            %(started)s::float8[], %(errors)s::text[], %(outcomes)s::text[])
+     AS u(id, attempt, worker, started_at, error, outcome);
+DELETE FROM {s}.live_output WHERE job_id = ANY(%(ids)s::text[]);
+NOTIFY {channel}; COMMIT"""
+
+    # -- reclaim_worker --
+    reclaim_worker_lock = f"{_RECLAIM_LOCK} AND worker = %(worker)s FOR UPDATE SKIP LOCKED"
+
+    # == operators ===========================================================================
+    # -- retry_dead --
+    retry_dead = f"""NOTIFY {{channel}}; WITH {_T}
+UPDATE {{s}}.jobs j SET {_REVIVE}
+FROM t WHERE j.id = %(id)s AND j.state = 'dead' RETURNING {{j_columns}}"""
+    # Why a guarded UPDATE matched nothing: no such job, or its state forbids it.
+    job_state = "SELECT state FROM {s}.jobs WHERE id = %s"
+    # After a lost commit: the attempts the job made before (a retried job counts from 0).
+    retry_dead_tried = "SELECT max(attempt) FROM {s}.attempts WHERE job_id = %s"
+
+    # -- retry_dead_many --
+    retry_dead_many = _retry_dead_many("")
+    retry_dead_many_older = _retry_dead_many(_OLDER)
+
+    # -- cancel --
+    # Waiting: canceled at once. Running: a request its worker acts on (woken by NOTIFY).
+    cancel = f"""NOTIFY {{channel}}, '{{event}}'; WITH {_T}
+UPDATE {{s}}.jobs j SET
+    state = CASE WHEN j.state = 'processing' THEN j.state ELSE 'canceled' END,
+    cancel_requested = j.state = 'processing',
+    finished_at = CASE WHEN j.state = 'processing' THEN j.finished_at ELSE t.now END,
+    last_error = CASE WHEN j.state = 'processing' THEN j.last_error ELSE %(error)s END,
+    lease_expires_at = CASE WHEN j.state = 'processing' THEN j.lease_expires_at END,
+    updated_at = t.now
+FROM t WHERE j.id = %(id)s AND j.state IN ('pending', 'failed', 'processing')
+RETURNING {{j_columns}}"""
+
+    # -- cancel_state --
+    cancel_state_processing = _cancel_processing("")
+    cancel_state_processing_in_queue = _cancel_processing(_IN_QUEUE)
+    cancel_state_waiting = _cancel_waiting("")
+    cancel_state_waiting_in_queue = _cancel_waiting(_IN_QUEUE)
+
+    # -- cancel_requested --
+    cancel_requested = ("SELECT cancel_requested FROM {s}.jobs WHERE id = %s"
+                        " AND state = 'processing' AND worker = %s AND attempts = %s")
+
+    # -- pause --
+    pause = ("INSERT INTO {s}.flags (name, set_by, since)"
+             " VALUES ('paused', %(by)s, {now}) ON CONFLICT (name) DO NOTHING")
+    # The queue's own flag, beside its limit; already paused: nothing changes.
+    pause_queue = """INSERT INTO {s}.queues AS q (name, paused_by, paused_since)
+VALUES (%(queue)s, %(by)s, {now})
+ON CONFLICT (name) DO UPDATE
+SET paused_by = excluded.paused_by, paused_since = excluded.paused_since
+WHERE q.paused_since IS NULL"""
+
+    # -- resume --
+    resume = """NOTIFY {channel}; WITH gone AS (
+    DELETE FROM {s}.flags WHERE name = 'paused' RETURNING 1)
+SELECT count(*) FROM gone"""
+    # A row without a limit left has nothing more to say: it goes.
+    resume_queue = """NOTIFY {channel}; WITH
+gone AS (DELETE FROM {s}.queues WHERE name = %(queue)s
+         AND paused_since IS NOT NULL AND concurrency = 0 RETURNING 1),
+kept AS (UPDATE {s}.queues SET paused_by = NULL, paused_since = NULL
+         WHERE name = %(queue)s AND paused_since IS NOT NULL
+             AND concurrency <> 0 RETURNING 1)
+SELECT (SELECT count(*) FROM gone) + (SELECT count(*) FROM kept)"""
+
+    # -- paused --
+    paused = "SELECT set_by, since FROM {s}.flags WHERE name = 'paused'"
+    paused_queue = ("SELECT paused_by, paused_since FROM {s}.queues"
+                    " WHERE name = %s AND paused_since IS NOT NULL")
+
+    # == queues ==============================================================================
+    # -- set_queue_concurrency --
+    # 0 with no pause: the row goes (a queue needs no row to exist). Waiting workers are
+    # woken: a raised or removed limit may have freed work.
+    set_queue_concurrency = """NOTIFY {channel}; WITH
+gone AS (DELETE FROM {s}.queues WHERE name = %(queue)s AND %(limit)s = 0
+         AND paused_since IS NULL)
+INSERT INTO {s}.queues AS q (name, concurrency)
+SELECT %(queue)s, %(limit)s WHERE %(limit)s <> 0
+    OR EXISTS (SELECT 1 FROM {s}.queues WHERE name = %(queue)s
+               AND paused_since IS NOT NULL)
+ON CONFLICT (name) DO UPDATE SET concurrency = excluded.concurrency"""
+
+    # -- queues --
+    # One statement, so one snapshot: counts, settings, waits and lanes together.
+    queues = f"""WITH {_T}
+SELECT 'c', queue, state, count(*)::float8, NULL::float8, NULL::text[]
+    FROM {{s}}.jobs GROUP BY queue, state
+UNION ALL
+SELECT 's', name, paused_by, concurrency, paused_since, NULL FROM {{s}}.queues
+UNION ALL
+SELECT 'o', queue, NULL, NULL, max(t.now - run_at), NULL FROM {{s}}.jobs, t
+    WHERE state IN ('pending', 'failed') AND run_at <= t.now GROUP BY queue
+UNION ALL
+SELECT 'w', NULL, NULL, NULL, NULL, queues FROM {{s}}.workers, t
+    WHERE heartbeat_at >= t.now - %(window)s"""
+
+    # == metrics =============================================================================
+    # -- metrics --
+    # read_snapshot, queues, these three, commit.
+    metrics_workers = ("SELECT host, count(*) FROM {s}.workers"
+                       " WHERE heartbeat_at >= {now} - %(window)s GROUP BY host")
+    metrics_paused = "SELECT EXISTS (SELECT 1 FROM {s}.flags WHERE name = 'paused')"
+    metrics_counters = ("SELECT queue, event, le, sum(n)::bigint, sum(seconds)"
+                        " FROM {s}.counters GROUP BY queue, event, le ORDER BY queue, event, le")
+
+    # == retention and purge =================================================================
+    # -- count_matching --
+    count_matching = _COUNT_MATCHING
+    count_matching_in_queue = _COUNT_MATCHING + _IN_QUEUE
+    count_matching_older = _COUNT_MATCHING + _OLDER
+    count_matching_in_queue_older = _COUNT_MATCHING + _OLDER + _IN_QUEUE
+
+    # -- purge --
+    purge = _purge("")
+    purge_in_queue = _purge(_IN_QUEUE)
+    purge_older = _purge(_OLDER)
+    purge_in_queue_older = _purge(_OLDER + _IN_QUEUE)
+
+    # -- take_duty --
+    take_duty = """INSERT INTO {s}.duties AS d (name, holder, expires_at)
+VALUES (%(name)s, %(holder)s, {now} + %(for)s)
+ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,
+    expires_at = excluded.expires_at
+WHERE d.holder = excluded.holder OR d.expires_at < {now}"""
+
+    # == output ==============================================================================
+    # -- append_output --
+    # FOR SHARE on the job: an attempt that is ending (a reclaim) is waited for and looked
+    # at again, so no chunk outlives its attempt.
+    append_output = """NOTIFY {channel}, '{event}'; WITH held AS (
+    SELECT id FROM {s}.jobs WHERE id = %(id)s AND state = 'processing'
+        AND worker = %(worker)s AND attempts = %(attempt)s FOR SHARE),
+chunk AS (
+    INSERT INTO {s}.live_output (job_id, attempt, start, data)
+    SELECT id, %(attempt)s, %(start)s, %(data)s FROM held
+    ON CONFLICT (job_id, attempt, start) DO UPDATE SET data = excluded.data),
+old AS (
+    DELETE FROM {s}.live_output WHERE job_id = %(id)s
+        AND attempt = %(attempt)s AND start + length(data) <= %(cut)s
+        AND EXISTS (SELECT 1 FROM held))
+SELECT count(*) FROM held"""
+
+    # -- read_output --
+    # One statement, so one snapshot: the job's state with its live chunks or the history
+    # row, never the chunks of an attempt that ended in between.
+    read_output = """WITH j AS (SELECT state, attempts FROM {s}.jobs WHERE id = %(id)s)
+SELECT 'j', j.attempts, NULL::bigint, NULL::bytea, NULL::bigint,
+    (j.state = 'processing' AND (%(attempt)s::int IS NULL OR %(attempt)s = j.attempts))
+FROM j
+UNION ALL
+SELECT 'l', l.attempt, l.start, l.data, NULL, NULL FROM j, {s}.live_output l
+WHERE j.state = 'processing' AND (%(attempt)s::int IS NULL OR %(attempt)s = j.attempts)
+    AND l.job_id = %(id)s AND l.attempt = j.attempts
+    AND l.start + length(l.data) > %(offset)s
+UNION ALL
+(SELECT 'h', a.attempt, NULL, a.output, a.output_total, NULL
+ FROM j, {s}.attempts a
+ WHERE NOT (j.state = 'processing' AND (%(attempt)s::int IS NULL OR %(attempt)s = j.attempts))
+     AND a.job_id = %(id)s AND (%(attempt)s::int IS NULL OR a.attempt = %(attempt)s)
+ ORDER BY a.seq DESC LIMIT 1)"""
+
+    # == reads ===============================================================================
+    # Plain SELECTs: no row or advisory locks (`reading()` wraps several in read_snapshot).
+    # -- get --
+    get = "SELECT {columns} FROM {s}.jobs WHERE id = %s"
+    get_history = ("SELECT attempt, worker, started_at, finished_at, outcome, exit_code,"
+                   " error, output, cpu_user_usec, cpu_system_usec, memory_peak_bytes"
+                   " FROM {s}.attempts WHERE job_id = %s ORDER BY seq")
+
+    # -- iter_jobs --
+    # No transaction stays open between pages (a pooler may hand the connection on).
+    iter_jobs = _iter_jobs("")
+    iter_jobs_of_state = _iter_jobs("state = %(state)s AND ")
+    iter_jobs_in_queue = _iter_jobs("queue = %(queue)s AND ")
+    iter_jobs_in_queue_of_state = _iter_jobs("queue = %(queue)s AND state = %(state)s AND ")
+
+    # -- counts --
+    counts = _counts("", "")
+    # Its jobs, and the active workers that serve it (by name or all).
+    counts_in_queue = _counts("WHERE queue = %(queue)s",
+                                 "AND (queues IS NULL OR %(queue)s = ANY(queues))")
+
+    # -- remaining --
+    remaining = _REMAINING
+    remaining_listed = _REMAINING + _LANE
+
+    # -- seconds_until_due --
+    seconds_until_due = _seconds_until_due("")
+    seconds_until_due_listed = _seconds_until_due(_LANE)
+
+    # -- now --
+    now = "SELECT {now}"
+
+    # -- recent_jobs --
+    recent_jobs = _recent_jobs("")
+    recent_jobs_in_queue = _recent_jobs(_IN_QUEUE)
+
+    # -- completed_since --
+    completed_since = ("SELECT queue, count(*) FROM {s}.jobs WHERE state = 'completed'"
+                       " AND finished_at >= {now} - %(s)s GROUP BY queue")
+
+    # == configuration =======================================================================
+    # -- config_items --
+    config_items = "SELECT key, value FROM {s}.config"
+
+    # -- set_config --
+    set_config = ("INSERT INTO {s}.config (key, value) VALUES (%s, %s)"
+                  " ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+
+    # == workers =============================================================================
+    # -- register_worker --
+    register_worker = f"""WITH {_T}
+INSERT INTO {{s}}.workers (name, host, pid, pid_start, started_at,
+    heartbeat_at, state, job_id, queues)
+SELECT %s, %s, %s, %s, t.now, t.now, %s, %s, %s::text[] FROM t
+ON CONFLICT (name) DO UPDATE SET host = excluded.host, pid = excluded.pid,
+    pid_start = excluded.pid_start, started_at = excluded.started_at,
+    heartbeat_at = excluded.heartbeat_at, state = excluded.state,
+    job_id = excluded.job_id, queues = excluded.queues
+RETURNING started_at"""
+
+    # -- unregister_worker --
+    unregister_worker = "DELETE FROM {s}.workers WHERE name = %s"
+
+    # -- workers --
+    workers = ("SELECT name, host, pid, pid_start, started_at, heartbeat_at, state, job_id,"
+               " queues FROM {s}.workers ORDER BY name")
+
+    # -- seconds_since_heartbeat --
+    seconds_since_heartbeat = "SELECT {now} - heartbeat_at FROM {s}.workers WHERE name = %s"
+
+    # -- verify --
+    # Every table reachable with the rights the verbs need (PRIVILEGES): the schema first,
+    # then one row per table and right.
+    verify_privileges = "SELECT '', has_schema_privilege(%s, 'USAGE')" + "".join(
+        f"\nUNION ALL SELECT '{table}', has_table_privilege('{{s}}.{table}', '{right}')"
+        for table, rights in PRIVILEGES.items() for right in rights.split(","))
+    # Then a read of each, sent together.
+    verify_reads = "; ".join(f"SELECT 1 FROM {{s}}.{table} LIMIT 1" for table in PRIVILEGES)
+
+    # -- info --
+    info = ("SELECT (SELECT max(version) FROM {s}.schema_version),"
+            " current_setting('server_version'), current_database(), current_user")
+
+    # == waking ==============================================================================
+    # -- wakeup --
+    # On a connection of its own, for each idle worker.
+    listen = "LISTEN {channel}"
+
+    def __init__(self, schema: str, for_worker: bool) -> None:
+        fields = {"s": f'"{schema}"', "channel": f"{schema}_jobs", "event": EVENT, "now": NOW,
+                  "columns": ", ".join(ROW_COLUMNS),
+                  "j_columns": ", ".join(f"j.{c}" for c in ROW_COLUMNS),
+                  "worker_commit": WORKER_COMMIT if for_worker else ""}
+        for name, template in TEMPLATES.items():
+            setattr(self, name, template.format_map(fields))
+
+
+# Name -> template, in the order above.
+TEMPLATES: dict[str, str] = {name: value for name, value in vars(Statements).items()
+                             if isinstance(value, str) and not name.startswith("_")}
+
+# The statements of each verb (a statement several verbs run is listed under each), verbs in
+# the order above: what `python -m queuectl.backends.postgres_sql` prints.
+VERBS: dict[str, tuple[str, ...]] = {
+    "(any verb)": ("begin", "commit", "rollback", "read_snapshot"),
+    "open": ("opening_read", "migrate_lock", "migrate_exists", "migrate_version",
+             "migrate_foreign_tables", "migrate_schema_present", "migrate_create_schema",
+             "migrate_first_version", "migrate_set_version", "commit"),
+    "enqueue": ("enqueue", "enqueue_if_absent", "begin", "enqueue_rows",
+                "enqueue_rows_if_absent", "enqueue_commit", "enqueue_taken"),
+    "claim_next": ("claim_any", "claim_listed", "claim_limited_begin", "claim_limited_any",
+                   "claim_limited_listed", "claim_limited_next_any",
+                   "claim_limited_next_listed", "commit", "held_by"),
+    "complete_and_claim": ("complete_and_claim_any", "complete_and_claim_listed",
+                           "claim_limited_begin", "claim_limited_any", "claim_limited_listed",
+                           "claim_limited_next_any", "claim_limited_next_listed", "commit",
+                           "recorded", "held_by"),
+    "heartbeat": ("heartbeat_idle", "heartbeat"),
+    "record_success": ("record_success", "recorded"),
+    "record_failure": ("record_failure", "record_failure_dead", "recorded", "get"),
+    "release": ("release", "recorded"),
+    "reclaim_expired": ("reclaim_expired_probe", "reclaim_expired_lock", "reclaim_end",
+                        "commit"),
+    "reclaim_worker": ("reclaim_worker_lock", "reclaim_end", "commit"),
+    "retry_dead": ("retry_dead", "job_state", "get", "retry_dead_tried"),
+    "retry_dead_many": ("retry_dead_many", "retry_dead_many_older"),
+    "cancel": ("cancel", "job_state", "get"),
+    "cancel_state": ("cancel_state_processing", "cancel_state_processing_in_queue",
+                     "cancel_state_waiting", "cancel_state_waiting_in_queue"),
+    "cancel_requested": ("cancel_requested",),
+    "pause": ("pause", "pause_queue"),
+    "resume": ("resume", "resume_queue"),
+    "paused": ("paused", "paused_queue"),
+    "set_queue_concurrency": ("set_queue_concurrency",),
+    "queues": ("queues",),
+    "metrics": ("read_snapshot", "queues", "metrics_workers", "metrics_paused",
+                "metrics_counters", "commit"),
+    "count_matching": ("count_matching", "count_matching_in_queue", "count_matching_older",
+                       "count_matching_in_queue_older"),
+    "purge": ("purge", "purge_in_queue", "purge_older", "purge_in_queue_older"),
+    "take_duty": ("take_duty",),
+    "append_output": ("append_output",),
+    "read_output": ("read_output",),
+    "get": ("get", "get_history"),
+    "iter_jobs": ("iter_jobs", "iter_jobs_of_state", "iter_jobs_in_queue",
+                  "iter_jobs_in_queue_of_state"),
+    "counts": ("counts", "counts_in_queue"),
+    "remaining": ("remaining", "remaining_listed"),
+    "seconds_until_due": ("seconds_until_due", "seconds_until_due_listed"),
+    "reading": ("read_snapshot", "rollback"),
+    "now": ("now",),
+    "recent_jobs": ("recent_jobs", "recent_jobs_in_queue"),
+    "completed_since": ("completed_since",),
+    "config_items": ("config_items",),
+    "set_config": ("set_config",),
+    "register_worker": ("register_worker",),
+    "unregister_worker": ("unregister_worker",),
+    "workers": ("workers",),
+    "seconds_since_heartbeat": ("seconds_since_heartbeat",),
+    "verify": ("verify_privileges", "verify_reads"),
+    "info": ("info", "config_items"),
+    "wakeup": ("listen",),
+}
+
+
+@functools.cache
+def statements(schema: str, for_worker: bool = False) -> Statements:
+    """The statements for the queue in `schema` (a checked name), built once per process."""
+    return Statements(schema, for_worker)
+
+
+# -- printing ------------------------------------------------------------------------------
+def _matches(pattern: str) -> list[str]:
+    """The statements a verb, a statement name, or a prefix of them (`claim`) names, in
+    the order above."""
+    names: list[str] = []
+    for verb, members in VERBS.items():
+        if verb == pattern or verb.startswith(pattern + "_"):
+            names.extend(members)
+    names.extend(name for name in TEMPLATES
+                 if name == pattern or name.startswith(pattern + "_"))
+    return [name for name in TEMPLATES if name in names]
+
+
+def main(argv: list[str]) -> int:
+    """No argument: every verb with its statements' names. A verb or statement name (or a
+    prefix such as `claim`): their full text, for the default schema, as a worker's store
+    sends them."""
+    if not argv:
+        for verb, members in VERBS.items():
+            print(f"{verb}: {', '.join(members)}")
+        return 0
+    sql = statements(DEFAULT_SCHEMA, for_worker=True)
+    status = 0
+    for pattern in argv:
+        names = _matches(pattern)
+        if not names:
+            print(f"no verb or statement named {pattern!r}", file=sys.stderr)
+            status = 2
+        for name in names:
+            print(f"-- {name} --\n{getattr(sql, name)};\n")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
