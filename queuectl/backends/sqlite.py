@@ -665,7 +665,216 @@ class SQLiteStore(Store):
             c.execute(sql.RETRY_DEAD, (t, t, job_id))
             return Job.from_row(c.execute(sql.JOB, (job_id,)).fetchone())
 
-    # -- operators living with the queue: cancel, pause, retention, live output, backup ----
+    def get(self, job_id: str, history: bool = False) -> Job:
+        rows = self._read(sql.JOB, (job_id,))
+        if not rows:
+            raise policy.no_such_job(job_id)
+        job = Job.from_row(rows[0])
+        if history:
+            job.history = []
+            for (attempt, worker, started, finished, result, code, error, output,
+                 *used) in self._read(sql.HISTORY, (job_id,)):
+                job.history.append({
+                    "attempt": attempt, "worker": worker, "started_at": started,
+                    "finished_at": finished, "outcome": result, "exit_code": code,
+                    "error": error, "output": output, **dict(zip(USAGE, used, strict=True)),
+                })
+        return job
+
+    def iter_jobs(self, state: str | None = None, limit: int | None = None,
+                  queue: str | None = None) -> _Iterator[Job]:
+        limited = limit is not None
+        params: tuple[Any, ...]
+        if queue is not None and state:
+            select, params = sql.by_state(
+                sql.LIST_JOBS_BY_STATE_LIMITED if limited else sql.LIST_JOBS_BY_STATE,
+                state, queue)
+        elif queue is not None:
+            select = sql.LIST_JOBS_OF_QUEUE_LIMITED if limited else sql.LIST_JOBS_OF_QUEUE
+            params = (queue,)
+        elif state:
+            select = sql.LIST_JOBS_OF_STATE_LIMITED if limited else sql.LIST_JOBS_OF_STATE
+            params = (state,)
+        else:
+            select = sql.LIST_JOBS_LIMITED if limited else sql.LIST_JOBS
+            params = ()
+        if limited:
+            params += (limit,)
+        # A cursor of its own, read in batches: a million jobs stream in flat memory.
+        try:
+            cursor = self._retry(lambda: self._conn.execute(select, params))
+            while rows := cursor.fetchmany(500):
+                for row in rows:
+                    yield Job.from_row(row)
+        except sqlite3.Error as exc:
+            raise _unavailable(exc, self.path) from None
+
+    def counts(self, queue: str | None = None) -> dict[str, int]:
+        result = dict.fromkeys(STATES, 0)
+        if queue is None:
+            rows = self._read(sql.COUNTS, _active_params())
+        else:
+            rows = self._read(
+                sql.COUNTS_OF_DEFAULT_QUEUE if queue == DEFAULT_QUEUE else sql.COUNTS_OF_NAMED_QUEUE,
+                (queue, *_active_params(), queue),
+            )
+        for key, n in rows:
+            result[key] = n
+        return {k: result[k] for k in (*STATES, "active_workers")}
+
+    def remaining(self, queues: list[str] | None = None) -> int:
+        if queues is None:
+            n: int = self._read(sql.REMAINING)[0][0]
+        else:
+            n = self._read(sql.in_queues(sql.REMAINING_IN_QUEUES, queues), queues)[0][0]
+        return n
+
+    def seconds_until_due(self, queues: list[str] | None = None) -> float | None:
+        if queues is None:
+            due = self._read(sql.FIRST_DUE)[0][0]
+        else:
+            due = self._read(sql.in_queues(sql.FIRST_DUE_IN_QUEUES, queues), queues)[0][0]
+        return None if due is None else max(0.0, due - now())
+
+    def wakeup(self) -> Wakeup:
+        from queuectl.backends.inotify import watch
+
+        return watch(self.path)
+
+    # -- configuration -----------------------------------------------------------------------
+    def _config(self, c: sqlite3.Connection) -> cfg.QueueConfig:
+        return self._settings.get(
+            lambda: dict(c.execute(sql.CONFIG).fetchall()))
+
+    def config_items(self) -> dict[str, float | int]:
+        return cfg.merge(dict(self._read(sql.CONFIG)))
+
+    def set_config(self, key: str, value: float | int) -> None:
+        self._settings.forget()
+        with self._write() as c:
+            c.execute(sql.SET_CONFIG, (key, str(value)))
+
+    # -- workers -----------------------------------------------------------------------------
+    def register_worker(self, info: WorkerInfo) -> None:
+        t = now()
+        info.started_at = info.heartbeat_at = t
+        with self._write() as c:
+            c.execute(
+                sql.REGISTER_WORKER,
+                (info.name, info.host, info.pid, info.pid_start, info.started_at,
+                 info.heartbeat_at, _boot_id(), _uptime(), info.state, info.job_id,
+                 None if info.queues is None else ",".join(info.queues)),
+            )
+
+    def unregister_worker(self, name: str) -> None:
+        with self._write() as c:
+            c.execute(sql.UNREGISTER_WORKER, (name,))
+
+    def workers(self) -> list[WorkerInfo]:
+        return [
+            WorkerInfo(*r[:8], None if r[8] is None else r[8].split(","))
+            for r in self._read(sql.WORKERS)
+        ]
+
+    def seconds_since_heartbeat(self, name: str) -> float | None:
+        rows = self._read(sql.LAST_BEAT, (name,))
+        if not rows:
+            return None
+        wall: float
+        boot: str | None
+        clock: float | None
+        wall, boot, clock = rows[0]
+        if boot is None or clock is None:  # written by a queuectl older than schema 4
+            return now() - wall
+        if boot != _boot_id():  # before this boot: at least as long ago as the boot
+            return max(now() - wall, _uptime())
+        return _uptime() - clock
+
+    def verify(self) -> None:
+        try:
+            problems = self._retry(lambda: self._conn.execute(sql.QUICK_CHECK).fetchall())
+        except sqlite3.Error as exc:
+            raise _unavailable(exc, self.path) from None
+        if [row[0] for row in problems] != ["ok"]:
+            raise DatabaseUnavailable(
+                f"{self.path} is not a usable SQLite database (damaged: {problems[0][0]}); "
+                "it was left untouched")
+
+    def info(self) -> dict[str, Any]:
+        rows = self._read(sql.JOURNAL_MODE)
+        return {
+            "database": self.path,
+            "backend": "sqlite",
+            "schema_version": self._read(sql.SCHEMA_VERSION_OF)[0][0],
+            "config": self.config_items(),
+            "sqlite": {
+                "version": sqlite3.sqlite_version,
+                "journal_mode": rows[0][0],
+                "synchronous": {0: "off", 1: "normal", 2: "full", 3: "extra"}.get(
+                    self._read(sql.SYNCHRONOUS)[0][0], "?"),
+            },
+        }
+
+    # -- reads for `queuectl top` (autocommit SELECTs: never the write lock) -----------------
+    def reading(self) -> _Reading:
+        return _Reading(self)
+
+    def now(self) -> float:
+        return now()
+
+    def recent_jobs(self, state: str, limit: int, queue: str | None = None) -> list[Job]:
+        select, params = sql.by_state(sql.RECENT_JOBS, state, queue)
+        rows = self._read(select, (*params, limit))
+        return [Job.from_row(row) for row in rows]
+
+    def completed_since(self, seconds: float) -> dict[str, int]:
+        rows = self._read(sql.COMPLETED_SINCE, (now() - seconds,))
+        return dict(rows)
+
+    def still_current(self) -> bool:
+        """One stat. A file we may no longer stat (permissions changed) is not called
+        replaced: only a different or missing one is. The first time it is, the old file's
+        -wal and -shm, if still at the path, are unlinked (see _drop_stale_companions)."""
+        try:
+            st = os.stat(self.path)
+            current = (st.st_dev, st.st_ino) == self._identity
+        except (FileNotFoundError, NotADirectoryError):
+            current = False
+        except OSError:
+            return True
+        if not current and not self._replaced:
+            self._replaced = True
+            self._drop_stale_companions()
+        return current
+
+    def _drop_stale_companions(self) -> None:
+        """SQLite pairs a database with `<path>-wal` and `<path>-shm` by name. When the file
+        was moved away or replaced (`mv backup queue.db`) but the old file's -wal/-shm
+        stayed, the next process to open the new file would read the old database's pages
+        out of that WAL on top of it and find it malformed. So the old file's companions,
+        recognised as the very files this process has open, are unlinked: our connection
+        keeps using them (SQLite does not checkpoint or delete a moved database on close)
+        and every new opener starts the new file with fresh ones. A -wal or -shm that is
+        not ours (`rm queue.db*`, then a new file) is never touched."""
+        ours = set()
+        try:
+            fds = os.listdir("/proc/self/fd")
+        except OSError:
+            return
+        for fd in fds:
+            try:
+                st = os.stat(f"/proc/self/fd/{fd}")  # the open file itself, even if unlinked
+            except OSError:
+                continue
+            ours.add((st.st_dev, st.st_ino))
+        for companion in (self.path + "-wal", self.path + "-shm"):
+            try:
+                if _identity(companion) in ours:
+                    os.unlink(companion)
+            except OSError:
+                pass
+
+    # -- operators living with the queue: cancel, pause, retention, live output, backup ------
     def cancel(self, job_id: str) -> Job:
         with self._write() as c:
             row = c.execute(sql.JOB, (job_id,)).fetchone()
@@ -724,56 +933,6 @@ class SQLiteStore(Store):
         """A queue without a limit or a pause needs no row (`queue list` shows it while it
         has jobs)."""
         c.execute(sql.DROP_EMPTY_QUEUE_ROW, (queue,))
-
-    def set_queue_concurrency(self, queue: str, limit: int) -> None:
-        with self._write() as c:
-            c.execute(sql.SET_CONCURRENCY, (queue, limit))
-            self._drop_empty_setting(c, queue)
-
-    def queues(self) -> list[QueueInfo]:
-        try:
-            with self.reading() as conn:
-                return self._queues(conn)
-        except sqlite3.Error as exc:
-            raise _unavailable(exc, self.path) from None
-
-    @staticmethod
-    def _queues(c: sqlite3.Connection) -> list[QueueInfo]:
-        t = now()
-        found: dict[str, QueueInfo] = {}
-
-        def entry(name: str) -> QueueInfo:
-            if name not in found:
-                found[name] = QueueInfo(name, dict.fromkeys(STATES, 0), None, 0, 0, None)
-            return found[name]
-
-        for name, state, n in c.execute(sql.QUEUE_COUNTS):
-            entry(name).counts[state] = n
-        for name, limit, by, since in c.execute(sql.QUEUE_SETTINGS):
-            info = entry(name)
-            info.concurrency = limit
-            info.paused = None if since is None else PauseInfo(by, since)
-        for name, due in c.execute(sql.OLDEST_DUE_BY_QUEUE, (t,)):
-            entry(name).oldest_waiting = max(0.0, t - due)
-        serving = [r[0] for r in c.execute(sql.ACTIVE_WORKER_QUEUES, _active_params())]
-        for names in serving:
-            for name in names.split(",") if names else ():
-                entry(name)
-        for info in found.values():
-            info.workers = sum(names is None or info.name in names.split(",")
-                               for names in serving)
-        return [found[name] for name in sorted(found)]
-
-    def metrics(self) -> Metrics:
-        try:
-            with self.reading() as conn:
-                queues = self._queues(conn)
-                paused = conn.execute(sql.GLOBAL_PAUSE).fetchone()
-                workers = dict(conn.execute(sql.ACTIVE_WORKERS_BY_HOST, _active_params()).fetchall())
-                counters = conn.execute(sql.COUNTERS).fetchall()
-        except sqlite3.Error as exc:
-            raise _unavailable(exc, self.path) from None
-        return Metrics(queues, paused is not None, workers, counters)
 
     def count_matching(self, state: str, older_than: float | None = None,
                        queue: str | None = None) -> int:
@@ -888,214 +1047,57 @@ class SQLiteStore(Store):
             except OSError:
                 pass
 
-    def get(self, job_id: str, history: bool = False) -> Job:
-        rows = self._read(sql.JOB, (job_id,))
-        if not rows:
-            raise policy.no_such_job(job_id)
-        job = Job.from_row(rows[0])
-        if history:
-            job.history = []
-            for (attempt, worker, started, finished, result, code, error, output,
-                 *used) in self._read(sql.HISTORY, (job_id,)):
-                job.history.append({
-                    "attempt": attempt, "worker": worker, "started_at": started,
-                    "finished_at": finished, "outcome": result, "exit_code": code,
-                    "error": error, "output": output, **dict(zip(USAGE, used, strict=True)),
-                })
-        return job
+    # -- named queues ------------------------------------------------------------------------
+    def set_queue_concurrency(self, queue: str, limit: int) -> None:
+        with self._write() as c:
+            c.execute(sql.SET_CONCURRENCY, (queue, limit))
+            self._drop_empty_setting(c, queue)
 
-    def iter_jobs(self, state: str | None = None, limit: int | None = None,
-                  queue: str | None = None) -> _Iterator[Job]:
-        limited = limit is not None
-        params: tuple[Any, ...]
-        if queue is not None and state:
-            select, params = sql.by_state(
-                sql.LIST_JOBS_BY_STATE_LIMITED if limited else sql.LIST_JOBS_BY_STATE,
-                state, queue)
-        elif queue is not None:
-            select = sql.LIST_JOBS_OF_QUEUE_LIMITED if limited else sql.LIST_JOBS_OF_QUEUE
-            params = (queue,)
-        elif state:
-            select = sql.LIST_JOBS_OF_STATE_LIMITED if limited else sql.LIST_JOBS_OF_STATE
-            params = (state,)
-        else:
-            select = sql.LIST_JOBS_LIMITED if limited else sql.LIST_JOBS
-            params = ()
-        if limited:
-            params += (limit,)
-        # A cursor of its own, read in batches: a million jobs stream in flat memory.
+    def queues(self) -> list[QueueInfo]:
         try:
-            cursor = self._retry(lambda: self._conn.execute(select, params))
-            while rows := cursor.fetchmany(500):
-                for row in rows:
-                    yield Job.from_row(row)
+            with self.reading() as conn:
+                return self._queues(conn)
         except sqlite3.Error as exc:
             raise _unavailable(exc, self.path) from None
 
-    def counts(self, queue: str | None = None) -> dict[str, int]:
-        result = dict.fromkeys(STATES, 0)
-        if queue is None:
-            rows = self._read(sql.COUNTS, _active_params())
-        else:
-            rows = self._read(
-                sql.COUNTS_OF_DEFAULT_QUEUE if queue == DEFAULT_QUEUE else sql.COUNTS_OF_NAMED_QUEUE,
-                (queue, *_active_params(), queue),
-            )
-        for key, n in rows:
-            result[key] = n
-        return {k: result[k] for k in (*STATES, "active_workers")}
-
-    # -- reads for `queuectl top` (autocommit SELECTs: never the write lock) ------------------
-    def reading(self) -> _Reading:
-        return _Reading(self)
-
-    def now(self) -> float:
-        return now()
-
-    def recent_jobs(self, state: str, limit: int, queue: str | None = None) -> list[Job]:
-        select, params = sql.by_state(sql.RECENT_JOBS, state, queue)
-        rows = self._read(select, (*params, limit))
-        return [Job.from_row(row) for row in rows]
-
-    def completed_since(self, seconds: float) -> dict[str, int]:
-        rows = self._read(sql.COMPLETED_SINCE, (now() - seconds,))
-        return dict(rows)
-
-    def remaining(self, queues: list[str] | None = None) -> int:
-        if queues is None:
-            n: int = self._read(sql.REMAINING)[0][0]
-        else:
-            n = self._read(sql.in_queues(sql.REMAINING_IN_QUEUES, queues), queues)[0][0]
-        return n
-
-    def seconds_until_due(self, queues: list[str] | None = None) -> float | None:
-        if queues is None:
-            due = self._read(sql.FIRST_DUE)[0][0]
-        else:
-            due = self._read(sql.in_queues(sql.FIRST_DUE_IN_QUEUES, queues), queues)[0][0]
-        return None if due is None else max(0.0, due - now())
-
-    def wakeup(self) -> Wakeup:
-        from queuectl.backends.inotify import watch
-
-        return watch(self.path)
-
-    # -- configuration -----------------------------------------------------------------------
-    def _config(self, c: sqlite3.Connection) -> cfg.QueueConfig:
-        return self._settings.get(
-            lambda: dict(c.execute(sql.CONFIG).fetchall()))
-
-    def config_items(self) -> dict[str, float | int]:
-        return cfg.merge(dict(self._read(sql.CONFIG)))
-
-    def set_config(self, key: str, value: float | int) -> None:
-        self._settings.forget()
-        with self._write() as c:
-            c.execute(sql.SET_CONFIG, (key, str(value)))
-
-    # -- workers -----------------------------------------------------------------------------
-    def register_worker(self, info: WorkerInfo) -> None:
+    @staticmethod
+    def _queues(c: sqlite3.Connection) -> list[QueueInfo]:
         t = now()
-        info.started_at = info.heartbeat_at = t
-        with self._write() as c:
-            c.execute(
-                sql.REGISTER_WORKER,
-                (info.name, info.host, info.pid, info.pid_start, info.started_at,
-                 info.heartbeat_at, _boot_id(), _uptime(), info.state, info.job_id,
-                 None if info.queues is None else ",".join(info.queues)),
-            )
+        found: dict[str, QueueInfo] = {}
 
-    def unregister_worker(self, name: str) -> None:
-        with self._write() as c:
-            c.execute(sql.UNREGISTER_WORKER, (name,))
+        def entry(name: str) -> QueueInfo:
+            if name not in found:
+                found[name] = QueueInfo(name, dict.fromkeys(STATES, 0), None, 0, 0, None)
+            return found[name]
 
-    def workers(self) -> list[WorkerInfo]:
-        return [
-            WorkerInfo(*r[:8], None if r[8] is None else r[8].split(","))
-            for r in self._read(sql.WORKERS)
-        ]
+        for name, state, n in c.execute(sql.QUEUE_COUNTS):
+            entry(name).counts[state] = n
+        for name, limit, by, since in c.execute(sql.QUEUE_SETTINGS):
+            info = entry(name)
+            info.concurrency = limit
+            info.paused = None if since is None else PauseInfo(by, since)
+        for name, due in c.execute(sql.OLDEST_DUE_BY_QUEUE, (t,)):
+            entry(name).oldest_waiting = max(0.0, t - due)
+        serving = [r[0] for r in c.execute(sql.ACTIVE_WORKER_QUEUES, _active_params())]
+        for names in serving:
+            for name in names.split(",") if names else ():
+                entry(name)
+        for info in found.values():
+            info.workers = sum(names is None or info.name in names.split(",")
+                               for names in serving)
+        return [found[name] for name in sorted(found)]
 
-    def seconds_since_heartbeat(self, name: str) -> float | None:
-        rows = self._read(sql.LAST_BEAT, (name,))
-        if not rows:
-            return None
-        wall: float
-        boot: str | None
-        clock: float | None
-        wall, boot, clock = rows[0]
-        if boot is None or clock is None:  # written by a queuectl older than schema 4
-            return now() - wall
-        if boot != _boot_id():  # before this boot: at least as long ago as the boot
-            return max(now() - wall, _uptime())
-        return _uptime() - clock
-
-    def verify(self) -> None:
+    # -- metrics -----------------------------------------------------------------------------
+    def metrics(self) -> Metrics:
         try:
-            problems = self._retry(lambda: self._conn.execute(sql.QUICK_CHECK).fetchall())
+            with self.reading() as conn:
+                queues = self._queues(conn)
+                paused = conn.execute(sql.GLOBAL_PAUSE).fetchone()
+                workers = dict(conn.execute(sql.ACTIVE_WORKERS_BY_HOST, _active_params()).fetchall())
+                counters = conn.execute(sql.COUNTERS).fetchall()
         except sqlite3.Error as exc:
             raise _unavailable(exc, self.path) from None
-        if [row[0] for row in problems] != ["ok"]:
-            raise DatabaseUnavailable(
-                f"{self.path} is not a usable SQLite database (damaged: {problems[0][0]}); "
-                "it was left untouched")
-
-    def info(self) -> dict[str, Any]:
-        rows = self._read(sql.JOURNAL_MODE)
-        return {
-            "database": self.path,
-            "backend": "sqlite",
-            "schema_version": self._read(sql.SCHEMA_VERSION_OF)[0][0],
-            "config": self.config_items(),
-            "sqlite": {
-                "version": sqlite3.sqlite_version,
-                "journal_mode": rows[0][0],
-                "synchronous": {0: "off", 1: "normal", 2: "full", 3: "extra"}.get(
-                    self._read(sql.SYNCHRONOUS)[0][0], "?"),
-            },
-        }
-
-    def still_current(self) -> bool:
-        """One stat. A file we may no longer stat (permissions changed) is not called
-        replaced: only a different or missing one is. The first time it is, the old file's
-        -wal and -shm, if still at the path, are unlinked (see _drop_stale_companions)."""
-        try:
-            st = os.stat(self.path)
-            current = (st.st_dev, st.st_ino) == self._identity
-        except (FileNotFoundError, NotADirectoryError):
-            current = False
-        except OSError:
-            return True
-        if not current and not self._replaced:
-            self._replaced = True
-            self._drop_stale_companions()
-        return current
-
-    def _drop_stale_companions(self) -> None:
-        """SQLite pairs a database with `<path>-wal` and `<path>-shm` by name. When the file
-        was moved away or replaced (`mv backup queue.db`) but the old file's -wal/-shm
-        stayed, the next process to open the new file would read the old database's pages
-        out of that WAL on top of it and find it malformed. So the old file's companions,
-        recognised as the very files this process has open, are unlinked: our connection
-        keeps using them (SQLite does not checkpoint or delete a moved database on close)
-        and every new opener starts the new file with fresh ones. A -wal or -shm that is
-        not ours (`rm queue.db*`, then a new file) is never touched."""
-        ours = set()
-        try:
-            fds = os.listdir("/proc/self/fd")
-        except OSError:
-            return
-        for fd in fds:
-            try:
-                st = os.stat(f"/proc/self/fd/{fd}")  # the open file itself, even if unlinked
-            except OSError:
-                continue
-            ours.add((st.st_dev, st.st_ino))
-        for companion in (self.path + "-wal", self.path + "-shm"):
-            try:
-                if _identity(companion) in ours:
-                    os.unlink(companion)
-            except OSError:
-                pass
+        return Metrics(queues, paused is not None, workers, counters)
 
     def close(self) -> None:
         self._conn.close()
