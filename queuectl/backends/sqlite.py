@@ -7,6 +7,9 @@ process starve the others; `synchronous=FULL` so a job whose enqueue returned su
 power loss. Workers may open with `durable=False` (`synchronous=NORMAL`, still crash-safe and
 consistent in WAL mode): a power loss can then undo their last few state changes, and those
 jobs run again — what at-least-once delivery allows — while every commit skips an fsync.
+
+Every statement it runs is named in `sqlite_sql.py` (`python -m queuectl.backends.sqlite_sql`
+lists them by verb); the schema and its migrations are in `sqlite_schema.py`.
 """
 
 from __future__ import annotations
@@ -511,11 +514,15 @@ class SQLiteStore(Store):
 
     def _claim(self, c: sqlite3.Connection, worker: str,
                queues: list[str] | None = None) -> Job | None:
+        """Claim in the caller's write transaction (the statements: sqlite_sql's claim block).
+        A worker of every queue tries CLAIM_ANY first, which claims nothing while a queue is
+        held back; otherwise the restrictions are read (_blocked), the job picked (_pick)
+        and claimed by id."""
         t, up = now(), _uptime()
         lease = self._config(c).lease_seconds
         if queues is None:  # the hot path of a drain: one statement while nothing is held
-            row = c.execute(sql.CLAIM_ANY, (worker, t + lease, _boot_id(), up + lease, t, t, t),
-                            ).fetchone()
+            row = c.execute(sql.CLAIM_ANY,
+                            (worker, t + lease, _boot_id(), up + lease, t, t, t)).fetchone()
             if row is not None:
                 self._claimed = (row[1], row[0])
                 return Job.from_row(row[1:])
@@ -525,8 +532,8 @@ class SQLiteStore(Store):
         job_id = self._pick(c, queues, blocked, t)
         if job_id is None:
             return None
-        row = c.execute(sql.CLAIM_BY_ID, (worker, t + lease, _boot_id(), up + lease, t, t, job_id),
-                        ).fetchone()
+        row = c.execute(sql.CLAIM_BY_ID,
+                        (worker, t + lease, _boot_id(), up + lease, t, t, job_id)).fetchone()
         return Job.from_row(row)
 
     def heartbeat(self, worker: str, state: str, job: Job | None) -> bool:
@@ -536,8 +543,8 @@ class SQLiteStore(Store):
             if job is None:
                 return True
             lease = self._config(c).lease_seconds
-            held = c.execute(sql.RENEW_LEASE, (t + lease, _boot_id(), up + lease, job.id, worker,
-                                               job.attempts)).rowcount
+            held = c.execute(sql.RENEW_LEASE, (t + lease, _boot_id(), up + lease,
+                                               job.id, worker, job.attempts)).rowcount
         return held == 1
 
     def _finish_attempt(
