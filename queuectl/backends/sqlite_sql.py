@@ -1,4 +1,5 @@
-"""Every SQL statement the SQLite store runs, by name, one block per `Store` verb.
+"""Every SQL statement the SQLite store runs, by name, one block per `Store` verb (or per
+few verbs that share their statements).
 
 The blocks follow `queuectl/store.py`'s order (after the two the store needs before any
 verb: opening the file and its transactions); `SECTIONS` at the end lists them. Each
@@ -35,7 +36,7 @@ _HELD = "id = ? AND state = 'processing' AND worker = ? AND attempts = ?"  # sti
 _EXPIRED = ("CASE WHEN lease_boot IS NULL THEN lease_expires_at < ?"
             " ELSE lease_boot <> ? OR lease_until < ? END")
 # A worker heard from within policy.ACTIVE_WINDOW, on the same clocks.
-# Parameters: the wall-clock and the uptime at which the window starts, around this boot's id.
+# Parameters: the window's start on the wall clock, this boot's id, its start in uptime.
 _ACTIVE = ("CASE WHEN beat_boot IS NULL THEN heartbeat_at >= ?"
            " ELSE beat_boot = ? AND beat_clock >= ? END")
 # A worker that serves the queue named by the parameter: by name, or all queues (NULL).
@@ -156,7 +157,8 @@ PROCESSING_IN_QUEUE = ("SELECT count(*) FROM jobs INDEXED BY jobs_leases"
 BEST_OF_QUEUE = (f"SELECT id, priority, run_at FROM jobs INDEXED BY jobs_due_by_queue"
                  f" WHERE queue = ? AND {_WAITING} AND run_at <= ?"
                  " ORDER BY priority DESC, run_at LIMIT 1")
-# The best eligible job of every queue, when RESTRICTIONS named no queue.
+# The best eligible job of every queue, for a worker of every queue while no queue is held
+# back (a queue below its limit is not).
 BEST_OF_ANY_QUEUE = (f"SELECT id FROM jobs INDEXED BY jobs_due WHERE {_WAITING} AND run_at <= ?"
                      " ORDER BY priority DESC, run_at LIMIT 1")
 # Some queues are held back: the next queue after the parameter that has waiting jobs,
@@ -198,10 +200,9 @@ END_ATTEMPT = """UPDATE jobs SET state = ?, run_at = ?, finished_at = ?, updated
 
 # == release ================================================================================
 # Back to pending without spending a retry, unless an operator asked to cancel it meanwhile.
-RELEASE = """UPDATE jobs SET state = 'pending', attempts = attempts - 1, worker = NULL,
+RELEASE = f"""UPDATE jobs SET state = 'pending', attempts = attempts - 1, worker = NULL,
         lease_expires_at = NULL, started_at = NULL, updated_at = ?
-    WHERE id = ? AND state = 'processing' AND worker = ? AND attempts = ?
-        AND cancel_requested = 0"""
+    WHERE {_HELD} AND cancel_requested = 0"""
 
 # == reclaim_expired, reclaim_worker ========================================================
 # A read first, without the write lock: almost always nothing has expired. It looks at every
