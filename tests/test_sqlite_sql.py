@@ -144,6 +144,7 @@ def test_module_lists_and_prints_statements():
     assert "-- COMPLETE_ROW [complete] --" in by_verb.stdout
     one = _run("recent_jobs")
     assert one.stdout.count("-- RECENT_JOBS (") == 3
+    assert "-- RECENT_JOBS (a named queue) [top] --" in one.stdout
     named = _run("claim_by_id")
     assert named.returncode == 0 and named.stdout.startswith("-- CLAIM_BY_ID [claim] --")
     missing = _run("no_such_thing")

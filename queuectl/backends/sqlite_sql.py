@@ -6,7 +6,7 @@ verb: opening the file and its transactions); `SECTIONS` at the end lists them. 
 statement is a plain constant, complete as SQLite receives it, so a reviewer reads what
 runs. A statement with variants is a tuple of complete statements, built here at import:
 
-- the statements over the jobs of one state (`_by_state`, picked by `by_state`): every
+- the statements over the jobs of one state (a `ByState`, picked by `by_state`): every
   queue, the default queue (jobs_by_state), or one named queue (jobs_by_queue, which holds
   the named queues only);
 - `PROBE`, the reads a worker makes at open to meet damage before READY.
@@ -43,22 +43,27 @@ _ACTIVE = ("CASE WHEN beat_boot IS NULL THEN heartbeat_at >= ?"
 _SERVES = "(queues IS NULL OR instr(',' || queues || ',', ',' || ? || ',') > 0)"
 
 
-def _by_state(template: str) -> tuple[str, str, str]:
+class ByState(tuple[str, str, str]):
     """The three complete variants of a statement over the jobs of one state, in created_at
-    order: `{by_state}` (an index and a WHERE clause) becomes each of
-    [0] every queue (parameter: the state), [1] the default queue (the state, the queue),
-    [2] a named queue (the queue, the state): jobs_by_queue holds the named queues only
-    (schema 8), the default queue's jobs are found through jobs_by_state."""
-    return (
+    order, in the order of LABELS: jobs_by_queue holds the named queues only (schema 8), the
+    default queue's jobs are found through jobs_by_state."""
+
+    LABELS = ("every queue", "the default queue", "a named queue")
+
+
+def _by_state(template: str) -> ByState:
+    """`{by_state}` (an index and a WHERE clause) becomes each of: every queue (parameter:
+    the state), the default queue (the state, the queue), a named queue (the queue, the
+    state)."""
+    return ByState((
         template.replace("{by_state}", "INDEXED BY jobs_by_state WHERE state = ?"),
         template.replace("{by_state}", "INDEXED BY jobs_by_state WHERE state = ? AND queue = ?"),
         template.replace("{by_state}",
                          f"INDEXED BY jobs_by_queue WHERE queue = ? AND {_NAMED} AND state = ?"),
-    )
+    ))
 
 
-def by_state(variants: tuple[str, str, str], state: str,
-             queue: str | None) -> tuple[str, tuple[str, ...]]:
+def by_state(variants: ByState, state: str, queue: str | None) -> tuple[str, tuple[str, ...]]:
     """The variant of a `_by_state` statement for `state` (of `queue`, if given) and the
     parameters its by-state condition takes, in their place's order."""
     if queue is None:
@@ -233,7 +238,7 @@ LIST_JOBS_OF_STATE = _LIST.replace("{filter}", " WHERE state = ?")
 LIST_JOBS_OF_STATE_LIMITED = LIST_JOBS_OF_STATE + " LIMIT ?"
 LIST_JOBS_OF_QUEUE = _LIST.replace("{filter}", " WHERE queue = ?")
 LIST_JOBS_OF_QUEUE_LIMITED = LIST_JOBS_OF_QUEUE + " LIMIT ?"
-# One state of one queue (iter_jobs uses variants 1 and 2 only).
+# One state of one queue (iter_jobs runs the default and the named queue's variants only).
 LIST_JOBS_BY_STATE = _by_state(_LIST.replace("{filter}", " {by_state}"))
 LIST_JOBS_BY_STATE_LIMITED = _by_state(_LIST.replace("{filter}", " {by_state}") + " LIMIT ?")
 
@@ -439,6 +444,8 @@ def _main(argv: list[str]) -> int:
             variants = statements(name)
             for i, text in enumerate(variants):
                 label = f" ({i + 1} of {len(variants)})" if len(variants) > 1 else ""
+                if isinstance(variants, ByState):
+                    label = f" ({ByState.LABELS[i]})"
                 print(f"-- {name}{label} [{section}] --\n{text};\n")
     if not found:
         print(f"no block, verb or statement named {wanted!r}; "
