@@ -904,11 +904,9 @@ class SQLiteStore(Store):
             t = now()
             if state == PROCESSING:
                 request, params = sql.by_state(sql.REQUEST_CANCEL_IN_STATE, state, queue)
-                rowcount: int = c.execute(request, (t, *params, limit)).rowcount
-                return rowcount
+                return c.execute(request, (t, *params, limit)).rowcount
             cancel, params = sql.by_state(sql.CANCEL_WAITING_IN_STATE, state, queue)
-            rowcount = c.execute(cancel, (t, t, policy.CANCELED_ERROR, *params, limit)).rowcount
-            return rowcount
+            return c.execute(cancel, (t, t, policy.CANCELED_ERROR, *params, limit)).rowcount
 
     def cancel_requested(self, job: Job) -> bool:
         rows = self._read(sql.CANCEL_REQUESTED, (job.id, job.worker, job.attempts))
