@@ -58,6 +58,18 @@ def _cases() -> list[tuple[str, int, str]]:
             for text in _complete(variant)]
 
 
+def _params() -> list[object]:
+    """One test per complete statement, named after it: NAME, NAME-2 for its 2nd variant or
+    completion."""
+    seen: dict[str, int] = {}
+    params = []
+    for name, variant, text in _cases():
+        seen[name] = seen.get(name, 0) + 1
+        label = name if seen[name] == 1 else f"{name}-{seen[name]}"
+        params.append(pytest.param(name, variant, text, id=label))
+    return params
+
+
 @pytest.fixture(scope="module")
 def conn(tmp_path_factory):
     store = SQLiteStore(tmp_path_factory.mktemp("sql") / "q.db")  # created and migrated
@@ -74,9 +86,7 @@ def test_every_statement_is_listed_once():
     assert defined == set(names), "SECTIONS and the module's statements differ"
 
 
-@pytest.mark.parametrize(("name", "variant", "text"), _cases(),
-                         ids=lambda value: value if isinstance(value, str) and value.isupper()
-                         else None)
+@pytest.mark.parametrize(("name", "variant", "text"), _params())
 def test_statement_prepares(conn, name, variant, text):
     """EXPLAIN compiles the statement against the schema without running it."""
     assert "{" not in text, f"{name}: an unfilled template"
