@@ -38,7 +38,7 @@ class DatabaseWatcher(Wakeup):
             raise OSError(ctypes.get_errno(), "inotify_init1 failed")
         self._libc = libc
         self._directory = os.path.dirname(os.path.abspath(db_path)).encode()
-        self.fd = fd
+        self.fd: int = fd
         self._wd = -1
         if not self._add():
             err = ctypes.get_errno()

@@ -7,6 +7,9 @@ process starve the others; `synchronous=FULL` so a job whose enqueue returned su
 power loss. Workers may open with `durable=False` (`synchronous=NORMAL`, still crash-safe and
 consistent in WAL mode): a power loss can then undo their last few state changes, and those
 jobs run again — what at-least-once delivery allows — while every commit skips an fsync.
+
+Every statement it runs is named in `sqlite_sql.py` (`python -m queuectl.backends.sqlite_sql`
+lists them by verb); the schema and its migrations are in `sqlite_schema.py`.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import time
 from queuectl import policy
 from queuectl import settings as cfg
 from queuectl.backends import BUSY_TIMEOUT
+from queuectl.backends import sqlite_sql as sql
 from queuectl.backends.sqlite_gate import WriteGate
 from queuectl.backends.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
 from queuectl.clock import now
@@ -31,7 +35,6 @@ from queuectl.job import (
     FAILED,
     PENDING,
     PROCESSING,
-    ROW_COLUMNS,
     STATES,
     TERMINAL,
     Job,
@@ -52,20 +55,13 @@ from queuectl.store import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs every `enqueue` a few ms of imports
+    from collections.abc import Callable
     from collections.abc import Iterator as _Iterator
-    from typing import Any
+    from typing import Any, TypeVar
+
+    _T = TypeVar("_T")
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
-_RETRY_DEAD = ("UPDATE jobs SET state = 'pending', attempts = 0, run_at = ?, updated_at = ?,"
-               " worker = NULL, finished_at = NULL, exit_code = NULL, cancel_requested = 0")
-_CANCEL_WAITING = ("UPDATE jobs SET state = 'canceled', finished_at = ?, updated_at = ?,"
-                   " last_error = ?, lease_expires_at = NULL")
-# The write-ahead log is copied into the database (two fsyncs) once it holds this many pages,
-# by whichever writer's commit crosses it, inside that commit: while it lasts every other
-# writer waits in line. SQLite's default, 1,000 pages, kept each of two draining workers
-# about 6% of the time in checkpoints, the other often waiting; 4,000 pages (16 MiB) make
-# them a quarter as frequent.
-WAL_CHECKPOINT_PAGES = 4000
 
 # Leases and heartbeats: seconds on CLOCK_BOOTTIME, which no wall-clock step moves (date -s,
 # chrony's makestep, a resumed VM) and which counts suspended time, valid within one boot.
@@ -88,69 +84,9 @@ def _boot_id() -> str:
     return _boot_id_cache[0]
 
 
-# A lease has expired: by the boot clock, or by the wall clock for a lease written by a
-# queuectl older than schema 4 still running beside this one (lease_boot NULL).
-_EXPIRED = ("CASE WHEN lease_boot IS NULL THEN lease_expires_at < ?"
-            " ELSE lease_boot <> ? OR lease_until < ? END")
-# A worker heard from within policy.ACTIVE_WINDOW, on the same clocks.
-_ACTIVE = ("CASE WHEN beat_boot IS NULL THEN heartbeat_at >= ?"
-           " ELSE beat_boot = ? AND beat_clock >= ? END")
-
-
 def _active_params() -> tuple[float, str, float]:
+    """The parameters of a check that a worker is active (policy.ACTIVE_WINDOW)."""
     return now() - policy.ACTIVE_WINDOW, _boot_id(), _uptime() - policy.ACTIVE_WINDOW
-
-
-_JOB_COLUMNS = ", ".join(ROW_COLUMNS)
-_WAITING = "state IN ('pending', 'failed')"
-_NAMED = "queue <> 'default'"  # the condition of the partial index jobs_by_queue
-# The global pause and every queue that is paused or has a limit, read at each claim.
-_RESTRICTIONS = ("SELECT NULL, 0, 1 FROM flags WHERE name = 'paused' UNION ALL"
-                 " SELECT name, concurrency, paused_since IS NOT NULL FROM queues"
-                 " WHERE concurrency > 0 OR paused_since IS NOT NULL")
-# The best eligible job of one queue, off the partial index of waiting jobs.
-_BEST_OF_QUEUE = (f"SELECT id, priority, run_at FROM jobs INDEXED BY jobs_due_by_queue"
-                  f" WHERE queue = ? AND {_WAITING} AND run_at <= ?"
-                  " ORDER BY priority DESC, run_at LIMIT 1")
-# Active workers that serve a queue: by name, or all queues (NULL).
-_SERVES = "(queues IS NULL OR instr(',' || queues || ',', ',' || ? || ',') > 0)"
-
-
-def _in(names: list[str]) -> str:
-    return "(" + ", ".join("?" * len(names)) + ")"
-
-
-# One ended attempt, counted (see policy.counted_outcome and duration_bucket).
-_COUNT_ATTEMPT = ("INSERT INTO counters (queue, event, le, n, seconds) VALUES (?, ?, ?, 1, ?)"
-                  " ON CONFLICT (queue, event, le) DO UPDATE SET n = n + 1,"
-                  " seconds = seconds + excluded.seconds")
-
-
-_COMPLETE = ("UPDATE jobs SET state = 'completed', finished_at = ?, updated_at = ?,"
-             " exit_code = ?, last_error = NULL, lease_expires_at = NULL")
-_HELD = "id = ? AND state = 'processing' AND worker = ? AND attempts = ?"  # still our attempt
-_COMPLETE_ROW = f"{_COMPLETE} WHERE rowid = ? AND {_HELD}"
-_COMPLETE_ID = f"{_COMPLETE} WHERE {_HELD}"  # the fallback when the row moved
-# A drain's claim while no queue is held back: one statement. Built once, like the one above:
-# a worker runs them once per job.
-_CLAIM_ANY = f"""UPDATE jobs SET state = 'processing', attempts = attempts + 1, worker = ?,
-        lease_expires_at = ?, lease_boot = ?, lease_until = ?, started_at = ?,
-        finished_at = NULL, updated_at = ?
-    WHERE rowid = (SELECT rowid FROM jobs INDEXED BY jobs_due
-                   WHERE {_WAITING} AND run_at <= ? AND NOT EXISTS ({_RESTRICTIONS})
-                   ORDER BY priority DESC, run_at LIMIT 1)
-    RETURNING rowid, {_JOB_COLUMNS}"""
-
-
-def _by_state(state: str, queue: str | None) -> tuple[str, str, tuple]:
-    """Index, condition and parameters for the jobs of one state (of one queue), in
-    created_at order. jobs_by_queue holds the named queues only (schema 8): the default
-    queue's jobs are found through jobs_by_state."""
-    if queue is None:
-        return "jobs_by_state", "state = ?", (state,)
-    if queue == DEFAULT_QUEUE:
-        return "jobs_by_state", "state = ? AND queue = ?", (state, queue)
-    return "jobs_by_queue", f"queue = ? AND {_NAMED} AND state = ?", (queue, state)
 
 
 def _cutoff(older_than: float | None) -> float:
@@ -250,11 +186,11 @@ class _Transaction:
         self._gate.acquire()  # in line behind other queuectl writers, asleep
         try:
             try:
-                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(sql.BEGIN_WRITE)
             except sqlite3.OperationalError as exc:
                 if not _is_busy(exc):
                     raise
-                self._store._retry(lambda: conn.execute("BEGIN IMMEDIATE"))
+                self._store._retry(lambda: conn.execute(sql.BEGIN_WRITE))
         except sqlite3.Error as exc:
             self._gate.release()
             raise _unavailable(exc, self._store.path) from None
@@ -269,18 +205,18 @@ class _Transaction:
         try:
             if kind is None:
                 try:
-                    conn.execute("COMMIT")
+                    conn.execute(sql.COMMIT)
                     return
                 except BaseException as failed:
                     exc = failed
             if conn.in_transaction:
                 try:
-                    conn.execute("ROLLBACK")
+                    conn.execute(sql.ROLLBACK)
                 except sqlite3.Error:
                     pass
             if isinstance(exc, sqlite3.Error):
                 raise _unavailable(exc, self._store.path) from None
-            if kind is None:
+            if kind is None and exc is not None:
                 raise exc  # COMMIT failed with something other than a database error
         finally:
             self._gate.release()
@@ -298,7 +234,7 @@ class _Reading:
         conn = self._store._conn
         if not conn.in_transaction:
             try:
-                self._store._retry(lambda: conn.execute("BEGIN"))
+                self._store._retry(lambda: conn.execute(sql.BEGIN_READ))
             except sqlite3.Error as exc:
                 raise _unavailable(exc, self._store.path) from None
             self._began = True
@@ -308,7 +244,7 @@ class _Reading:
         if self._began:
             self._began = False
             conn = self._store._conn
-            for end in ("COMMIT", "ROLLBACK"):  # a read: nothing to write, ends at once
+            for end in (sql.COMMIT, sql.ROLLBACK):  # a read: nothing to write, ends at once
                 try:
                     conn.execute(end)
                     return
@@ -350,10 +286,12 @@ class SQLiteStore(Store):
         self._conn = conn
         self._gate: WriteGate | None = None  # made on the first write: a refused file gets no side file
         try:
-            self._retry(lambda: conn.execute(f"PRAGMA synchronous={self._synchronous}"))
-            conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
+            synchronous = (sql.SYNCHRONOUS_NORMAL if self._synchronous == "NORMAL"
+                           else sql.SYNCHRONOUS_FULL)
+            self._retry(lambda: conn.execute(synchronous))
+            conn.execute(sql.WAL_AUTOCHECKPOINT)
             if self._synchronous == "NORMAL":  # a worker: its hot set is a few index pages
-                conn.execute("PRAGMA cache_size=-512")
+                conn.execute(sql.SMALL_CACHE)
             self._migrate()
             # A worker, or a file shorter than its header says; a command otherwise finds
             # damage in what it reads.
@@ -372,22 +310,8 @@ class SQLiteStore(Store):
         open (a worker must fail before READY) rather than on its first claim. Commands
         skip it: `enqueue` from cron pays for every statement, and a command meets damage
         in what it reads anyway, unless the file is shorter than its header says."""
-        for sql in (
-            "SELECT id FROM jobs INDEXED BY jobs_due WHERE state IN ('pending', 'failed')"
-            " ORDER BY priority DESC, run_at LIMIT 1",
-            "SELECT id FROM jobs INDEXED BY jobs_due_by_queue WHERE queue = 'default'"
-            " AND state IN ('pending', 'failed') ORDER BY priority DESC, run_at LIMIT 1",
-            f"SELECT count(*) FROM jobs INDEXED BY jobs_by_queue WHERE {_NAMED}",
-            "SELECT count(*) FROM queues",
-            "SELECT count(*) FROM jobs INDEXED BY jobs_by_state WHERE state = 'processing'",
-            "SELECT count(*) FROM workers",
-            "SELECT count(*) FROM config",
-            "SELECT max(seq) FROM attempts",
-            "SELECT count(*) FROM flags",
-            "SELECT count(*) FROM duties",
-            "SELECT count(*) FROM live_output",
-        ):
-            self._retry(lambda sql=sql: self._conn.execute(sql).fetchall())
+        for statement in sql.PROBE:
+            self._read(statement)  # a damaged page raises DatabaseUnavailable, as in _open
 
     def _check_path(self, create_dirs: bool) -> None:
         path = self.path
@@ -457,7 +381,7 @@ class SQLiteStore(Store):
         return False
 
     def _migrate(self) -> None:
-        version = self._retry(lambda: self._conn.execute("PRAGMA user_version").fetchone()[0])
+        version = self._retry(lambda: self._conn.execute(sql.SCHEMA_VERSION_OF).fetchone()[0])
         if version == SCHEMA_VERSION:
             return
         if version > SCHEMA_VERSION:
@@ -468,28 +392,27 @@ class SQLiteStore(Store):
         # Several workers may open a new file at once: every step retries while another
         # holds the lock (switching to WAL takes an exclusive one).
         if version == 0:
-            tables = self._retry(lambda: self._conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table'").fetchall())
+            tables = self._retry(lambda: self._conn.execute(sql.TABLES).fetchall())
             if tables and "jobs" not in {t[0] for t in tables}:
                 raise DatabaseUnavailable(
                     f"{self.path} is a SQLite database of another application; refusing to touch it"
                 )
-        mode = self._retry(lambda: self._conn.execute("PRAGMA journal_mode").fetchone()[0])
+        mode = self._retry(lambda: self._conn.execute(sql.JOURNAL_MODE).fetchone()[0])
         if mode.lower() != "wal":
-            self._retry(lambda: self._conn.execute("PRAGMA journal_mode=WAL").fetchone())
+            self._retry(lambda: self._conn.execute(sql.WAL_MODE).fetchone())
         conn = self._conn
         conn.create_function("queuectl_boot_id", 0, _boot_id)
         conn.create_function("queuectl_uptime", 0, _uptime)
         conn.create_function("queuectl_wall", 0, now)
         with self._write() as c:
-            current = c.execute("PRAGMA user_version").fetchone()[0]
+            current = c.execute(sql.SCHEMA_VERSION_OF).fetchone()[0]
             for v in range(current + 1, SCHEMA_VERSION + 1):
                 for statement in MIGRATIONS[v]:
                     c.execute(statement)
-            c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            c.execute(sql.STAMP_SCHEMA_VERSION)
 
     # -- transactions ------------------------------------------------------------------------
-    def _retry(self, fn: Any) -> Any:
+    def _retry(self, fn: Callable[[], _T]) -> _T:
         """Run fn, retrying briefly with jitter while another process holds the lock."""
         deadline = time.monotonic() + BUSY_TIMEOUT
         pause = 0.0002
@@ -510,9 +433,9 @@ class SQLiteStore(Store):
             self._transaction = _Transaction(self, self._gate)
         return self._transaction
 
-    def _read(self, sql: str, params: Any = ()) -> list[tuple]:
+    def _read(self, statement: str, params: Any = ()) -> list[tuple[Any, ...]]:
         try:
-            return self._retry(lambda: self._conn.execute(sql, params).fetchall())
+            return self._retry(lambda: self._conn.execute(statement, params).fetchall())
         except sqlite3.Error as exc:
             raise _unavailable(exc, self.path) from None
 
@@ -523,12 +446,7 @@ class SQLiteStore(Store):
             conf = self._config(c)
             default_retries = conf.max_retries
             t = now()
-            verb = "INSERT OR IGNORE" if if_absent else "INSERT"
-            sql = (
-                f"{verb} INTO jobs (id, command, state, attempts, max_retries, priority, timeout,"
-                " run_at, created_at, updated_at, queue, memory_max, cpu_max, tasks_max)"
-                " VALUES (?, ?, 'pending', 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            )
+            insert = sql.ENQUEUE_IF_ABSENT if if_absent else sql.ENQUEUE
             added: dict[str, int] = {}  # jobs inserted per queue, for the counters
             for spec in specs:
                 job_id = spec.id or policy.new_job_id()
@@ -538,17 +456,14 @@ class SQLiteStore(Store):
                 row = (job_id, spec.command, retries, spec.priority, spec.timeout, run_at, t, t,
                        queue, *spec.limits_with(conf))
                 try:
-                    inserted = c.execute(sql, row).rowcount
+                    inserted = c.execute(insert, row).rowcount
                 except sqlite3.IntegrityError:
                     raise Conflict(
                         f"job {job_id!r} already exists (use --if-absent to skip it)"
                     ) from None
                 added[queue] = added.get(queue, 0) + inserted
                 ids.append(job_id)
-            c.executemany(
-                "INSERT INTO counters (queue, event, le, n, seconds) VALUES (?, 'enqueued', 0, ?, 0)"
-                " ON CONFLICT (queue, event, le) DO UPDATE SET n = n + excluded.n",
-                [(q, n) for q, n in added.items() if n])
+            c.executemany(sql.COUNT_ENQUEUED, [(q, n) for q, n in added.items() if n])
         return ids
 
     # -- the worker's verbs ------------------------------------------------------------------
@@ -561,12 +476,10 @@ class SQLiteStore(Store):
         the claiming transaction, which holds the write lock: no claim can slip in between
         this count and our own. None when the whole queue is paused."""
         blocked: set[str] = set()
-        for name, limit, paused in c.execute(_RESTRICTIONS).fetchall():
+        for name, limit, paused in c.execute(sql.RESTRICTIONS).fetchall():
             if name is None:
                 return None
-            if paused or c.execute(
-                    "SELECT count(*) FROM jobs INDEXED BY jobs_leases"
-                    " WHERE state = 'processing' AND queue = ?", (name,)).fetchone()[0] >= limit:
+            if paused or c.execute(sql.PROCESSING_IN_QUEUE, (name,)).fetchone()[0] >= limit:
                 blocked.add(name)
         return blocked
 
@@ -576,38 +489,40 @@ class SQLiteStore(Store):
         if queues is not None:  # preference order: the first queue with an eligible job
             for name in queues:
                 if name not in blocked:
-                    row = c.execute(_BEST_OF_QUEUE, (name, t)).fetchone()
+                    row: tuple[str, int, float] | None = c.execute(
+                        sql.BEST_OF_QUEUE, (name, t)).fetchone()
                     if row is not None:
                         return row[0]
             return None
         if not blocked:  # the common case: one look at the index of all waiting jobs
-            row = c.execute(
-                f"SELECT id FROM jobs INDEXED BY jobs_due WHERE {_WAITING} AND run_at <= ?"
-                " ORDER BY priority DESC, run_at LIMIT 1", (t,)).fetchone()
+            row = c.execute(sql.BEST_OF_ANY_QUEUE, (t,)).fetchone()
             return None if row is None else row[0]
         # Some queues are held back: the best job of each other queue that waits, found by
         # skipping from queue to queue along the index (cheap however long a held queue is).
-        best: tuple | None = None
+        best: tuple[str, int, float] | None = None
         name = ""
         while True:
-            name = c.execute(f"SELECT min(queue) FROM jobs INDEXED BY jobs_due_by_queue"
-                             f" WHERE {_WAITING} AND queue > ?", (name,)).fetchone()[0]
+            name = c.execute(sql.NEXT_WAITING_QUEUE, (name,)).fetchone()[0]
             if name is None:
                 break
             if name in blocked:
                 continue
-            row = c.execute(_BEST_OF_QUEUE, (name, t)).fetchone()
+            row = c.execute(sql.BEST_OF_QUEUE, (name, t)).fetchone()
             if row is not None and (best is None or (-row[1], row[2]) < (-best[1], best[2])):
                 best = row
         return None if best is None else best[0]
 
     def _claim(self, c: sqlite3.Connection, worker: str,
                queues: list[str] | None = None) -> Job | None:
+        """Claim in the caller's write transaction (the statements: sqlite_sql's claim block).
+        A worker of every queue tries CLAIM_ANY first, which claims nothing while a queue is
+        held back; otherwise the restrictions are read (_blocked), the job picked (_pick)
+        and claimed by id."""
         t, up = now(), _uptime()
         lease = self._config(c).lease_seconds
         if queues is None:  # the hot path of a drain: one statement while nothing is held
-            row = c.execute(_CLAIM_ANY, (worker, t + lease, _boot_id(), up + lease, t, t, t),
-                            ).fetchone()
+            row = c.execute(sql.CLAIM_ANY,
+                            (worker, t + lease, _boot_id(), up + lease, t, t, t)).fetchone()
             if row is not None:
                 self._claimed = (row[1], row[0])
                 return Job.from_row(row[1:])
@@ -617,31 +532,19 @@ class SQLiteStore(Store):
         job_id = self._pick(c, queues, blocked, t)
         if job_id is None:
             return None
-        row = c.execute(
-            f"""UPDATE jobs SET state = 'processing', attempts = attempts + 1, worker = ?,
-                lease_expires_at = ?, lease_boot = ?, lease_until = ?, started_at = ?,
-                finished_at = NULL, updated_at = ?
-            WHERE id = ? RETURNING {_JOB_COLUMNS}""",
-            (worker, t + lease, _boot_id(), up + lease, t, t, job_id),
-        ).fetchone()
+        row = c.execute(sql.CLAIM_BY_ID,
+                        (worker, t + lease, _boot_id(), up + lease, t, t, job_id)).fetchone()
         return Job.from_row(row)
 
     def heartbeat(self, worker: str, state: str, job: Job | None) -> bool:
         with self._write() as c:
             t, up = now(), _uptime()
-            c.execute(
-                "UPDATE workers SET heartbeat_at = ?, beat_boot = ?, beat_clock = ?, state = ?,"
-                " job_id = ? WHERE name = ?",
-                (t, _boot_id(), up, state, job.id if job else None, worker),
-            )
+            c.execute(sql.BEAT, (t, _boot_id(), up, state, job.id if job else None, worker))
             if job is None:
                 return True
             lease = self._config(c).lease_seconds
-            held = c.execute(
-                "UPDATE jobs SET lease_expires_at = ?, lease_boot = ?, lease_until = ?"
-                " WHERE id = ? AND state = 'processing' AND worker = ? AND attempts = ?",
-                (t + lease, _boot_id(), up + lease, job.id, worker, job.attempts),
-            ).rowcount
+            held = c.execute(sql.RENEW_LEASE, (t + lease, _boot_id(), up + lease,
+                                               job.id, worker, job.attempts)).rowcount
         return held == 1
 
     def _finish_attempt(
@@ -658,17 +561,15 @@ class SQLiteStore(Store):
             total = outcome.total if outcome.total is not None else len(outcome.output)
         started = job.started_at or t
         c.execute(
-            """INSERT INTO attempts (job_id, attempt, worker, started_at, finished_at, outcome,
-               exit_code, error, output, output_total, cpu_user_usec, cpu_system_usec,
-               memory_peak_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            sql.RECORD_ATTEMPT,
             (job.id, job.attempts, job.worker, started, t, result, exit_code, error,
              output, total, *usage_of(outcome)),
         )
         seconds = max(t - started, 0.0)
-        c.execute(_COUNT_ATTEMPT, (job.queue, policy.counted_outcome(result, state),
+        c.execute(sql.COUNT_ATTEMPT, (job.queue, policy.counted_outcome(result, state),
                                    policy.duration_bucket(seconds), seconds))
         if outcome is None or outcome.live:
-            c.execute("DELETE FROM live_output WHERE job_id = ?", (job.id,))
+            c.execute(sql.DROP_LIVE_OUTPUT, (job.id,))
 
     def _complete(self, c: sqlite3.Connection, job: Job, outcome: Outcome) -> bool:
         t = now()
@@ -676,9 +577,9 @@ class SQLiteStore(Store):
         held_by = (job.id, job.worker, job.attempts)
         claimed_id, rowid = self._claimed
         if claimed_id == job.id:  # the row our claim returned: no lookup of the id
-            held = c.execute(_COMPLETE_ROW, (t, t, outcome.exit_code, rowid, *held_by)).rowcount
+            held = c.execute(sql.COMPLETE_ROW, (t, t, outcome.exit_code, rowid, *held_by)).rowcount
         if not held:  # claimed elsewhere, or the row moved (VACUUM renumbers rowids)
-            held = c.execute(_COMPLETE_ID, (t, t, outcome.exit_code, *held_by)).rowcount
+            held = c.execute(sql.COMPLETE_ID, (t, t, outcome.exit_code, *held_by)).rowcount
         if held:
             self._finish_attempt(c, job, outcome, policy.COMPLETED_ATTEMPT, None, t, COMPLETED)
         return held == 1
@@ -707,11 +608,7 @@ class SQLiteStore(Store):
             state, run_at, finished = DEAD, job.run_at, t
         else:
             state, run_at, finished = FAILED, t + conf.backoff_delay(job.attempts), t
-        c.execute(
-            """UPDATE jobs SET state = ?, run_at = ?, finished_at = ?, updated_at = ?,
-               exit_code = ?, last_error = ?, lease_expires_at = NULL WHERE id = ?""",
-            (state, run_at, finished, t, exit_code, error, job.id),
-        )
+        c.execute(sql.END_ATTEMPT, (state, run_at, finished, t, exit_code, error, job.id))
         self._finish_attempt(c, job, outcome, result, error, t, state)
         job.state, job.run_at, job.finished_at, job.updated_at = state, run_at, finished, t
         job.exit_code, job.last_error, job.lease_expires_at = exit_code, error, None
@@ -719,11 +616,7 @@ class SQLiteStore(Store):
 
     def record_failure(self, job: Job, outcome: Outcome) -> Job | None:
         with self._write() as c:
-            row = c.execute(
-                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ? AND state = 'processing'"
-                " AND worker = ? AND attempts = ?",
-                (job.id, job.worker, job.attempts),
-            ).fetchone()
+            row = c.execute(sql.HELD_JOB, (job.id, job.worker, job.attempts)).fetchone()
             if row is None:
                 return None
             return self._fail(c, Job.from_row(row), outcome, outcome.error or "failed",
@@ -732,32 +625,23 @@ class SQLiteStore(Store):
     def release(self, job: Job, reason: str) -> bool:
         with self._write() as c:
             t = now()
-            held = c.execute(
-                """UPDATE jobs SET state = 'pending', attempts = attempts - 1, worker = NULL,
-                   lease_expires_at = NULL, started_at = NULL, updated_at = ?
-                WHERE id = ? AND state = 'processing' AND worker = ? AND attempts = ?
-                  AND cancel_requested = 0""",
-                (t, job.id, job.worker, job.attempts),
-            ).rowcount
+            held = c.execute(sql.RELEASE, (t, job.id, job.worker, job.attempts)).rowcount
             if held:
                 self._finish_attempt(c, job, None, policy.INTERRUPTED_ATTEMPT, reason, t,
                                      PENDING)
                 return True
-            row = c.execute(  # held, but canceled meanwhile: it ends canceled, not pending
-                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ? AND state = 'processing'"
-                " AND worker = ? AND attempts = ?", (job.id, job.worker, job.attempts),
-            ).fetchone()
+            # held, but canceled meanwhile: it ends canceled, not pending
+            row = c.execute(sql.HELD_JOB, (job.id, job.worker, job.attempts)).fetchone()
             if row is None:
                 return False
             self._fail(c, Job.from_row(row), None, reason, policy.INTERRUPTED_ATTEMPT, self._config(c))
         return True
 
-    def _reclaim(self, where: str, params: tuple, why: str) -> list[Job]:
+    def _reclaim(self, lost: str, params: tuple[Any, ...], why: str) -> list[Job]:
+        """Fail (or end dead or canceled) every attempt the `lost` statement returns."""
         with self._write() as c:
             conf = self._config(c)
-            rows = c.execute(
-                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = 'processing' AND {where}", params
-            ).fetchall()
+            rows = c.execute(lost, params).fetchall()
             jobs = []
             for row in rows:
                 job = Job.from_row(row)
@@ -768,308 +652,35 @@ class SQLiteStore(Store):
     def reclaim_expired(self) -> list[Job]:
         # A read first: almost always nothing has expired, and a read costs no write lock.
         # It looks at every processing job (a partial index: as many rows as running jobs).
-        if not self._read("SELECT 1 FROM jobs INDEXED BY jobs_leases WHERE state = 'processing'"
-                          f" AND ({_EXPIRED}) LIMIT 1", (now(), _boot_id(), _uptime())):
+        if not self._read(sql.ANY_EXPIRED, (now(), _boot_id(), _uptime())):
             return []
-        return self._reclaim(f"({_EXPIRED})", (now(), _boot_id(), _uptime()),
+        return self._reclaim(sql.EXPIRED_JOBS, (now(), _boot_id(), _uptime()),
                              policy.LEASE_EXPIRED)
 
     def reclaim_worker(self, worker: str) -> list[Job]:
-        return self._reclaim("worker = ?", (worker,), policy.WORKER_RESTARTED)
+        return self._reclaim(sql.JOBS_OF_WORKER, (worker,), policy.WORKER_RESTARTED)
 
     # -- operators ---------------------------------------------------------------------------
     def retry_dead(self, job_id: str) -> Job:
         with self._write() as c:
-            row = c.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            row = c.execute(sql.JOB_STATE, (job_id,)).fetchone()
             if row is None:
                 raise policy.no_such_job(job_id)
             if row[0] != DEAD:
                 raise policy.not_dead(job_id, row[0])
             t = now()
-            c.execute(f"{_RETRY_DEAD} WHERE id = ?", (t, t, job_id))
-            return Job.from_row(c.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?",
-                                  (job_id,)).fetchone())
-
-    # -- issue 11 ----------------------------------------------------------------------------
-    def cancel(self, job_id: str) -> Job:
-        with self._write() as c:
-            row = c.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if row is None:
-                raise policy.no_such_job(job_id)
-            job = Job.from_row(row)
-            if job.state not in CANCELLABLE:
-                raise policy.not_cancellable(job_id, job.state)
-            t = now()
-            if job.state == PROCESSING:
-                c.execute("UPDATE jobs SET cancel_requested = 1, updated_at = ? WHERE id = ?",
-                          (t, job_id))
-            else:
-                c.execute(f"{_CANCEL_WAITING} WHERE id = ?", (t, t, policy.CANCELED_ERROR, job_id))
-            return Job.from_row(c.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?",
-                                  (job_id,)).fetchone())
-
-    def cancel_state(self, state: str, limit: int, queue: str | None = None) -> int:
-        if state not in CANCELLABLE:
-            raise ValueError(f"cannot cancel {state} jobs")
-        index, where, params = _by_state(state, queue)
-        with self._write() as c:
-            t = now()
-            if state == PROCESSING:
-                return c.execute(
-                    f"""UPDATE jobs SET cancel_requested = 1, updated_at = ? WHERE id IN (
-                       SELECT id FROM jobs INDEXED BY {index} WHERE {where}
-                       AND cancel_requested = 0 ORDER BY created_at LIMIT ?)""",
-                    (t, *params, limit),
-                ).rowcount
-            return c.execute(
-                f"""{_CANCEL_WAITING} WHERE id IN (SELECT id FROM jobs INDEXED BY {index}
-                    WHERE {where} ORDER BY created_at LIMIT ?)""",
-                (t, t, policy.CANCELED_ERROR, *params, limit),
-            ).rowcount
-
-    def cancel_requested(self, job: Job) -> bool:
-        rows = self._read(
-            "SELECT cancel_requested FROM jobs WHERE id = ? AND state = 'processing'"
-            " AND worker = ? AND attempts = ?", (job.id, job.worker, job.attempts))
-        return bool(rows and rows[0][0])
-
-    def pause(self, by: str, queue: str | None = None) -> bool:
-        with self._write() as c:
-            if queue is not None:
-                return c.execute(
-                    "INSERT INTO queues (name, paused_by, paused_since) VALUES (?, ?, ?)"
-                    " ON CONFLICT (name) DO UPDATE SET paused_by = excluded.paused_by,"
-                    " paused_since = excluded.paused_since WHERE queues.paused_since IS NULL",
-                    (queue, by, now())).rowcount == 1
-            return c.execute("INSERT OR IGNORE INTO flags (name, set_by, since)"
-                             " VALUES ('paused', ?, ?)", (by, now())).rowcount == 1
-
-    def resume(self, queue: str | None = None) -> bool:
-        with self._write() as c:
-            if queue is not None:
-                done = c.execute("UPDATE queues SET paused_by = NULL, paused_since = NULL"
-                                 " WHERE name = ? AND paused_since IS NOT NULL",
-                                 (queue,)).rowcount == 1
-                self._drop_empty_setting(c, queue)
-                return done
-            return c.execute("DELETE FROM flags WHERE name = 'paused'").rowcount == 1
-
-    def paused(self, queue: str | None = None) -> PauseInfo | None:
-        if queue is not None:
-            rows = self._read("SELECT paused_by, paused_since FROM queues WHERE name = ?"
-                              " AND paused_since IS NOT NULL", (queue,))
-        else:
-            rows = self._read("SELECT set_by, since FROM flags WHERE name = 'paused'")
-        return PauseInfo(*rows[0]) if rows else None
-
-    @staticmethod
-    def _drop_empty_setting(c: sqlite3.Connection, queue: str) -> None:
-        """A queue without a limit or a pause needs no row (`queue list` shows it while it
-        has jobs)."""
-        c.execute("DELETE FROM queues WHERE name = ? AND concurrency = 0"
-                  " AND paused_since IS NULL", (queue,))
-
-    def set_queue_concurrency(self, queue: str, limit: int) -> None:
-        with self._write() as c:
-            c.execute("INSERT INTO queues (name, concurrency) VALUES (?, ?)"
-                      " ON CONFLICT (name) DO UPDATE SET concurrency = excluded.concurrency",
-                      (queue, limit))
-            self._drop_empty_setting(c, queue)
-
-    def queues(self) -> list[QueueInfo]:
-        try:
-            with self.reading() as conn:
-                return self._queues(conn)
-        except sqlite3.Error as exc:
-            raise _unavailable(exc, self.path) from None
-
-    @staticmethod
-    def _queues(c: sqlite3.Connection) -> list[QueueInfo]:
-        t = now()
-        found: dict[str, QueueInfo] = {}
-
-        def entry(name: str) -> QueueInfo:
-            if name not in found:
-                found[name] = QueueInfo(name, dict.fromkeys(STATES, 0), None, 0, 0, None)
-            return found[name]
-
-        for name, state, n in c.execute("SELECT queue, state, count(*) FROM jobs"
-                                        " GROUP BY queue, state"):
-            entry(name).counts[state] = n
-        for name, limit, by, since in c.execute(
-                "SELECT name, concurrency, paused_by, paused_since FROM queues"):
-            info = entry(name)
-            info.concurrency = limit
-            info.paused = None if since is None else PauseInfo(by, since)
-        for name, due in c.execute(
-                f"SELECT queue, min(run_at) FROM jobs INDEXED BY jobs_due_by_queue"
-                f" WHERE {_WAITING} AND run_at <= ? GROUP BY queue", (t,)):
-            entry(name).oldest_waiting = max(0.0, t - due)
-        serving = [r[0] for r in c.execute(f"SELECT queues FROM workers WHERE {_ACTIVE}",
-                                           _active_params())]
-        for names in serving:
-            for name in names.split(",") if names else ():
-                entry(name)
-        for info in found.values():
-            info.workers = sum(names is None or info.name in names.split(",")
-                               for names in serving)
-        return [found[name] for name in sorted(found)]
-
-    def metrics(self) -> Metrics:
-        try:
-            with self.reading() as conn:
-                queues = self._queues(conn)
-                paused = conn.execute("SELECT 1 FROM flags WHERE name = 'paused'").fetchone()
-                workers = dict(conn.execute(f"SELECT host, count(*) FROM workers WHERE {_ACTIVE}"
-                                            " GROUP BY host", _active_params()).fetchall())
-                counters = conn.execute("SELECT queue, event, le, n, seconds FROM counters"
-                                        " ORDER BY queue, event, le").fetchall()
-        except sqlite3.Error as exc:
-            raise _unavailable(exc, self.path) from None
-        return Metrics(queues, paused is not None, workers, counters)
-
-    def count_matching(self, state: str, older_than: float | None = None,
-                       queue: str | None = None) -> int:
-        index, where, params = _by_state(state, queue)
-        if older_than is None:
-            return self._read(f"SELECT count(*) FROM jobs INDEXED BY {index} WHERE {where}",
-                              params)[0][0]
-        cutoff = _cutoff(older_than)
-        # finished_at >= created_at, so the index range on created_at bounds the scan
-        return self._read(
-            f"SELECT count(*) FROM jobs INDEXED BY {index} WHERE {where}"
-            " AND created_at <= ? AND finished_at <= ?", (*params, cutoff, cutoff))[0][0]
-
-    def _finished_ids(self, c: sqlite3.Connection, state: str, older_than: float | None,
-                      limit: int, queue: str | None = None) -> list[str]:
-        cutoff = _cutoff(older_than)
-        index, where, params = _by_state(state, queue)
-        return [r[0] for r in c.execute(
-            f"SELECT id FROM jobs INDEXED BY {index} WHERE {where} AND created_at <= ?"
-            " AND finished_at <= ? ORDER BY created_at LIMIT ?",
-            (*params, cutoff, cutoff, limit)).fetchall()]
-
-    def purge(self, state: str, older_than: float | None, limit: int,
-              queue: str | None = None) -> int:
-        if state not in TERMINAL:
-            raise ValueError(f"cannot purge {state} jobs")
-        with self._write() as c:
-            ids = [(i,) for i in self._finished_ids(c, state, older_than, limit, queue)]
-            c.executemany("DELETE FROM attempts WHERE job_id = ?", ids)
-            c.executemany("DELETE FROM live_output WHERE job_id = ?", ids)
-            c.executemany("DELETE FROM jobs WHERE id = ?", ids)
-        return len(ids)
-
-    def retry_dead_many(self, older_than: float | None, limit: int) -> int:
-        with self._write() as c:
-            ids = [(i,) for i in self._finished_ids(c, DEAD, older_than, limit)]
-            t = now()
-            c.executemany(f"{_RETRY_DEAD} WHERE id = ?", [(t, t, i) for (i,) in ids])
-        return len(ids)
-
-    def take_duty(self, name: str, holder: str, seconds: float) -> bool:
-        with self._write() as c:
-            t = now()
-            return c.execute(
-                """INSERT INTO duties (name, holder, expires_at) VALUES (?, ?, ?)
-                   ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,
-                   expires_at = excluded.expires_at
-                   WHERE duties.holder = excluded.holder OR duties.expires_at < ?""",
-                (name, holder, t + seconds, t)).rowcount == 1
-
-    def append_output(self, job: Job, offset: int, data: bytes) -> bool:
-        with self._write() as c:
-            if not c.execute("SELECT 1 FROM jobs WHERE id = ? AND state = 'processing'"
-                             " AND worker = ? AND attempts = ?",
-                             (job.id, job.worker, job.attempts)).fetchone():
-                return False
-            c.execute("INSERT OR REPLACE INTO live_output (job_id, attempt, start, data)"
-                      " VALUES (?, ?, ?, ?)", (job.id, job.attempts, offset, data))
-            c.execute("DELETE FROM live_output WHERE job_id = ? AND attempt = ?"
-                      " AND start + length(data) <= ?",
-                      (job.id, job.attempts, offset + len(data) - policy.OUTPUT_LIMIT))
-        return True
-
-    def read_output(self, job_id: str, attempt: int | None, offset: int) -> OutputSlice | None:
-        conn = self._conn
-        try:  # one snapshot: the job's state, its live chunks or its history row
-            self._retry(lambda: conn.execute("BEGIN"))
-            try:
-                return self._read_output(conn, job_id, attempt, offset)
-            finally:
-                conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise _unavailable(exc, self.path) from None
-
-    @staticmethod
-    def _read_output(c: sqlite3.Connection, job_id: str, attempt: int | None,
-                     offset: int) -> OutputSlice | None:
-        row = c.execute("SELECT state, attempts FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if row is None:
-            raise policy.no_such_job(job_id)
-        state, current = row
-        if state == PROCESSING and attempt in (None, current):
-            chunks = c.execute(
-                "SELECT start, data FROM live_output WHERE job_id = ? AND attempt = ?"
-                " AND start + length(data) > ? ORDER BY start", (job_id, current, offset),
-            ).fetchall()
-            start, data = offset, bytearray()
-            for chunk_start, chunk in chunks:
-                if not data:
-                    start = max(offset, chunk_start)
-                elif chunk_start != start + len(data):
-                    break  # a gap: the next call reports it
-                data += chunk[start + len(data) - chunk_start:]
-            return OutputSlice(current, start, bytes(data), True)
-        sql = ("SELECT attempt, output, output_total FROM attempts WHERE job_id = ?"
-               + ("" if attempt is None else " AND attempt = ?") + " ORDER BY seq DESC LIMIT 1")
-        found = c.execute(sql, (job_id,) if attempt is None else (job_id, attempt)).fetchone()
-        if found is None:
-            return None
-        number, tail, total = found
-        tail = tail or b""
-        total = len(tail) if total is None else total
-        begins = total - len(tail)
-        start = max(offset, begins)
-        return OutputSlice(number, start, tail[start - begins:], False)
-
-    def backup(self, path: str) -> None:
-        if os.path.lexists(path):
-            raise Conflict(f"{path} already exists; choose a new file name")
-        parent = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(parent):
-            raise DatabaseUnavailable(f"cannot write {path}: directory {parent} does not exist")
-        temp = os.path.join(parent, f".{os.path.basename(path)}.{os.getpid()}.partial")
-        try:
-            # VACUUM INTO copies one read snapshot: consistent while workers keep writing.
-            self._retry(lambda: self._conn.execute("VACUUM INTO ?", (temp,)))
-            os.link(temp, path)  # never replaces a file that appeared meanwhile
-        except FileExistsError:
-            raise Conflict(f"{path} already exists; choose a new file name") from None
-        except OSError as exc:
-            raise DatabaseUnavailable(f"cannot write {path}: {exc.strerror}") from None
-        except sqlite3.Error as exc:
-            raise DatabaseUnavailable(f"backup to {path} failed: {exc}") from None
-        finally:
-            try:
-                os.unlink(temp)
-            except OSError:
-                pass
+            c.execute(sql.RETRY_DEAD, (t, t, job_id))
+            return Job.from_row(c.execute(sql.JOB, (job_id,)).fetchone())
 
     def get(self, job_id: str, history: bool = False) -> Job:
-        rows = self._read(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+        rows = self._read(sql.JOB, (job_id,))
         if not rows:
             raise policy.no_such_job(job_id)
         job = Job.from_row(rows[0])
         if history:
             job.history = []
             for (attempt, worker, started, finished, result, code, error, output,
-                 *used) in self._read(
-                "SELECT attempt, worker, started_at, finished_at, outcome, exit_code, error,"
-                " output, cpu_user_usec, cpu_system_usec, memory_peak_bytes FROM attempts"
-                " WHERE job_id = ? ORDER BY seq",
-                (job_id,),
-            ):
+                 *used) in self._read(sql.HISTORY, (job_id,)):
                 job.history.append({
                     "attempt": attempt, "worker": worker, "started_at": started,
                     "finished_at": finished, "outcome": result, "exit_code": code,
@@ -1079,25 +690,26 @@ class SQLiteStore(Store):
 
     def iter_jobs(self, state: str | None = None, limit: int | None = None,
                   queue: str | None = None) -> _Iterator[Job]:
-        sql = f"SELECT {_JOB_COLUMNS} FROM jobs"
-        params: list[Any] = []
+        limited = limit is not None
+        params: tuple[Any, ...]
         if queue is not None and state:
-            index, where, found = _by_state(state, queue)
-            sql += f" INDEXED BY {index} WHERE {where}"
-            params += found
+            select, params = sql.by_state(
+                sql.LIST_JOBS_BY_STATE_LIMITED if limited else sql.LIST_JOBS_BY_STATE,
+                state, queue)
         elif queue is not None:
-            sql += " WHERE queue = ?"
-            params.append(queue)
+            select = sql.LIST_JOBS_OF_QUEUE_LIMITED if limited else sql.LIST_JOBS_OF_QUEUE
+            params = (queue,)
         elif state:
-            sql += " WHERE state = ?"
-            params.append(state)
-        sql += " ORDER BY created_at, rowid"
-        if limit is not None:
-            sql += " LIMIT ?"
-            params.append(limit)
+            select = sql.LIST_JOBS_OF_STATE_LIMITED if limited else sql.LIST_JOBS_OF_STATE
+            params = (state,)
+        else:
+            select = sql.LIST_JOBS_LIMITED if limited else sql.LIST_JOBS
+            params = ()
+        if limited:
+            params += (limit,)
         # A cursor of its own, read in batches: a million jobs stream in flat memory.
         try:
-            cursor = self._retry(lambda: self._conn.execute(sql, params))
+            cursor = self._retry(lambda: self._conn.execute(select, params))
             while rows := cursor.fetchmany(500):
                 for row in rows:
                     yield Job.from_row(row)
@@ -1107,53 +719,28 @@ class SQLiteStore(Store):
     def counts(self, queue: str | None = None) -> dict[str, int]:
         result = dict.fromkeys(STATES, 0)
         if queue is None:
-            rows = self._read(
-                "SELECT state, count(*) FROM jobs GROUP BY state UNION ALL "
-                f"SELECT 'active_workers', count(*) FROM workers WHERE {_ACTIVE}",
-                _active_params(),
-            )
+            rows = self._read(sql.COUNTS, _active_params())
         else:
             rows = self._read(
-                "SELECT state, count(*) FROM jobs WHERE queue = ?"
-                + ("" if queue == DEFAULT_QUEUE else f" AND {_NAMED}") +
-                " GROUP BY state UNION ALL SELECT 'active_workers', count(*) FROM workers"
-                f" WHERE ({_ACTIVE}) AND {_SERVES}",
+                sql.COUNTS_OF_DEFAULT_QUEUE if queue == DEFAULT_QUEUE else sql.COUNTS_OF_NAMED_QUEUE,
                 (queue, *_active_params(), queue),
             )
         for key, n in rows:
             result[key] = n
         return {k: result[k] for k in (*STATES, "active_workers")}
 
-    # -- issue 13: reads for `queuectl top` (autocommit SELECTs: never the write lock) ---------
-    def reading(self) -> _Reading:
-        return _Reading(self)
-
-    def now(self) -> float:
-        return now()
-
-    def recent_jobs(self, state: str, limit: int, queue: str | None = None) -> list[Job]:
-        index, where, params = _by_state(state, queue)
-        rows = self._read(f"SELECT {_JOB_COLUMNS} FROM jobs INDEXED BY {index} WHERE {where}"
-                          " ORDER BY updated_at DESC, rowid DESC LIMIT ?", (*params, limit))
-        return [Job.from_row(row) for row in rows]
-
-    def completed_since(self, seconds: float) -> dict[str, int]:
-        rows = self._read("SELECT queue, count(*) FROM jobs INDEXED BY jobs_by_state"
-                          " WHERE state = 'completed' AND finished_at >= ? GROUP BY queue",
-                          (now() - seconds,))
-        return dict(rows)
-
     def remaining(self, queues: list[str] | None = None) -> int:
-        sql = "SELECT count(*) FROM jobs WHERE state IN ('pending', 'failed', 'processing')"
-        if queues is not None:
-            sql += f" AND queue IN {_in(queues)}"
-        return self._read(sql, queues or ())[0][0]
+        if queues is None:
+            n: int = self._read(sql.REMAINING)[0][0]
+        else:
+            n = self._read(sql.in_queues(sql.REMAINING_IN_QUEUES, queues), queues)[0][0]
+        return n
 
     def seconds_until_due(self, queues: list[str] | None = None) -> float | None:
-        sql = f"SELECT min(run_at) FROM jobs WHERE {_WAITING}"
-        if queues is not None:
-            sql += f" AND queue IN {_in(queues)}"
-        due = self._read(sql, queues or ())[0][0]
+        if queues is None:
+            due = self._read(sql.FIRST_DUE)[0][0]
+        else:
+            due = self._read(sql.in_queues(sql.FIRST_DUE_IN_QUEUES, queues), queues)[0][0]
         return None if due is None else max(0.0, due - now())
 
     def wakeup(self) -> Wakeup:
@@ -1164,19 +751,15 @@ class SQLiteStore(Store):
     # -- configuration -----------------------------------------------------------------------
     def _config(self, c: sqlite3.Connection) -> cfg.QueueConfig:
         return self._settings.get(
-            lambda: dict(c.execute("SELECT key, value FROM config").fetchall()))
+            lambda: dict(c.execute(sql.CONFIG).fetchall()))
 
     def config_items(self) -> dict[str, float | int]:
-        return cfg.merge(dict(self._read("SELECT key, value FROM config")))
+        return cfg.merge(dict(self._read(sql.CONFIG)))
 
     def set_config(self, key: str, value: float | int) -> None:
         self._settings.forget()
         with self._write() as c:
-            c.execute(
-                "INSERT INTO config (key, value) VALUES (?, ?)"
-                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (key, str(value)),
-            )
+            c.execute(sql.SET_CONFIG, (key, str(value)))
 
     # -- workers -----------------------------------------------------------------------------
     def register_worker(self, info: WorkerInfo) -> None:
@@ -1184,9 +767,7 @@ class SQLiteStore(Store):
         info.started_at = info.heartbeat_at = t
         with self._write() as c:
             c.execute(
-                "INSERT OR REPLACE INTO workers (name, host, pid, pid_start, started_at,"
-                " heartbeat_at, beat_boot, beat_clock, state, job_id, queues)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                sql.REGISTER_WORKER,
                 (info.name, info.host, info.pid, info.pid_start, info.started_at,
                  info.heartbeat_at, _boot_id(), _uptime(), info.state, info.job_id,
                  None if info.queues is None else ",".join(info.queues)),
@@ -1194,22 +775,21 @@ class SQLiteStore(Store):
 
     def unregister_worker(self, name: str) -> None:
         with self._write() as c:
-            c.execute("DELETE FROM workers WHERE name = ?", (name,))
+            c.execute(sql.UNREGISTER_WORKER, (name,))
 
     def workers(self) -> list[WorkerInfo]:
         return [
             WorkerInfo(*r[:8], None if r[8] is None else r[8].split(","))
-            for r in self._read(
-                "SELECT name, host, pid, pid_start, started_at, heartbeat_at, state, job_id,"
-                " queues FROM workers ORDER BY name"
-            )
+            for r in self._read(sql.WORKERS)
         ]
 
     def seconds_since_heartbeat(self, name: str) -> float | None:
-        rows = self._read("SELECT heartbeat_at, beat_boot, beat_clock FROM workers"
-                          " WHERE name = ?", (name,))
+        rows = self._read(sql.LAST_BEAT, (name,))
         if not rows:
             return None
+        wall: float
+        boot: str | None
+        clock: float | None
         wall, boot, clock = rows[0]
         if boot is None or clock is None:  # written by a queuectl older than schema 4
             return now() - wall
@@ -1219,7 +799,7 @@ class SQLiteStore(Store):
 
     def verify(self) -> None:
         try:
-            problems = self._retry(lambda: self._conn.execute("PRAGMA quick_check").fetchall())
+            problems = self._retry(lambda: self._conn.execute(sql.QUICK_CHECK).fetchall())
         except sqlite3.Error as exc:
             raise _unavailable(exc, self.path) from None
         if [row[0] for row in problems] != ["ok"]:
@@ -1228,19 +808,35 @@ class SQLiteStore(Store):
                 "it was left untouched")
 
     def info(self) -> dict[str, Any]:
-        rows = self._read("PRAGMA journal_mode")
+        rows = self._read(sql.JOURNAL_MODE)
         return {
             "database": self.path,
             "backend": "sqlite",
-            "schema_version": self._read("PRAGMA user_version")[0][0],
+            "schema_version": self._read(sql.SCHEMA_VERSION_OF)[0][0],
             "config": self.config_items(),
             "sqlite": {
                 "version": sqlite3.sqlite_version,
                 "journal_mode": rows[0][0],
                 "synchronous": {0: "off", 1: "normal", 2: "full", 3: "extra"}.get(
-                    self._read("PRAGMA synchronous")[0][0], "?"),
+                    self._read(sql.SYNCHRONOUS)[0][0], "?"),
             },
         }
+
+    # -- reads for `queuectl top` (autocommit SELECTs: never the write lock) -----------------
+    def reading(self) -> _Reading:
+        return _Reading(self)
+
+    def now(self) -> float:
+        return now()
+
+    def recent_jobs(self, state: str, limit: int, queue: str | None = None) -> list[Job]:
+        select, params = sql.by_state(sql.RECENT_JOBS, state, queue)
+        rows = self._read(select, (*params, limit))
+        return [Job.from_row(row) for row in rows]
+
+    def completed_since(self, seconds: float) -> dict[str, int]:
+        rows = self._read(sql.COMPLETED_SINCE, (now() - seconds,))
+        return dict(rows)
 
     def still_current(self) -> bool:
         """One stat. A file we may no longer stat (permissions changed) is not called
@@ -1284,6 +880,229 @@ class SQLiteStore(Store):
                     os.unlink(companion)
             except OSError:
                 pass
+
+    # -- operators living with the queue: cancel, pause, retention, live output, backup ------
+    def cancel(self, job_id: str) -> Job:
+        with self._write() as c:
+            row = c.execute(sql.JOB, (job_id,)).fetchone()
+            if row is None:
+                raise policy.no_such_job(job_id)
+            job = Job.from_row(row)
+            if job.state not in CANCELLABLE:
+                raise policy.not_cancellable(job_id, job.state)
+            t = now()
+            if job.state == PROCESSING:
+                c.execute(sql.REQUEST_CANCEL, (t, job_id))
+            else:
+                c.execute(sql.CANCEL_WAITING, (t, t, policy.CANCELED_ERROR, job_id))
+            return Job.from_row(c.execute(sql.JOB, (job_id,)).fetchone())
+
+    def cancel_state(self, state: str, limit: int, queue: str | None = None) -> int:
+        if state not in CANCELLABLE:
+            raise ValueError(f"cannot cancel {state} jobs")
+        with self._write() as c:
+            t = now()
+            if state == PROCESSING:
+                request, params = sql.by_state(sql.REQUEST_CANCEL_IN_STATE, state, queue)
+                return c.execute(request, (t, *params, limit)).rowcount
+            cancel, params = sql.by_state(sql.CANCEL_WAITING_IN_STATE, state, queue)
+            return c.execute(cancel, (t, t, policy.CANCELED_ERROR, *params, limit)).rowcount
+
+    def cancel_requested(self, job: Job) -> bool:
+        rows = self._read(sql.CANCEL_REQUESTED, (job.id, job.worker, job.attempts))
+        return bool(rows and rows[0][0])
+
+    def pause(self, by: str, queue: str | None = None) -> bool:
+        with self._write() as c:
+            if queue is not None:
+                return c.execute(sql.PAUSE_QUEUE, (queue, by, now())).rowcount == 1
+            return c.execute(sql.PAUSE_ALL, (by, now())).rowcount == 1
+
+    def resume(self, queue: str | None = None) -> bool:
+        with self._write() as c:
+            if queue is not None:
+                done = c.execute(sql.RESUME_QUEUE, (queue,)).rowcount == 1
+                self._drop_empty_setting(c, queue)
+                return done
+            return c.execute(sql.RESUME_ALL).rowcount == 1
+
+    def paused(self, queue: str | None = None) -> PauseInfo | None:
+        if queue is not None:
+            rows = self._read(sql.PAUSE_OF_QUEUE, (queue,))
+        else:
+            rows = self._read(sql.PAUSE_OF_ALL)
+        return PauseInfo(*rows[0]) if rows else None
+
+    @staticmethod
+    def _drop_empty_setting(c: sqlite3.Connection, queue: str) -> None:
+        """A queue without a limit or a pause needs no row (`queue list` shows it while it
+        has jobs)."""
+        c.execute(sql.DROP_EMPTY_QUEUE_ROW, (queue,))
+
+    def count_matching(self, state: str, older_than: float | None = None,
+                       queue: str | None = None) -> int:
+        if older_than is None:
+            count, params = sql.by_state(sql.COUNT_IN_STATE, state, queue)
+            n: int = self._read(count, params)[0][0]
+            return n
+        cutoff = _cutoff(older_than)
+        count, params = sql.by_state(sql.COUNT_FINISHED_BEFORE, state, queue)
+        n = self._read(count, (*params, cutoff, cutoff))[0][0]
+        return n
+
+    def _finished_ids(self, c: sqlite3.Connection, state: str, older_than: float | None,
+                      limit: int, queue: str | None = None) -> list[str]:
+        cutoff = _cutoff(older_than)
+        select, params = sql.by_state(sql.FINISHED_BEFORE, state, queue)
+        return [r[0] for r in c.execute(select, (*params, cutoff, cutoff, limit)).fetchall()]
+
+    def purge(self, state: str, older_than: float | None, limit: int,
+              queue: str | None = None) -> int:
+        if state not in TERMINAL:
+            raise ValueError(f"cannot purge {state} jobs")
+        with self._write() as c:
+            ids = [(i,) for i in self._finished_ids(c, state, older_than, limit, queue)]
+            c.executemany(sql.PURGE_HISTORY, ids)
+            c.executemany(sql.DROP_LIVE_OUTPUT, ids)
+            c.executemany(sql.PURGE_JOB, ids)
+        return len(ids)
+
+    def retry_dead_many(self, older_than: float | None, limit: int) -> int:
+        with self._write() as c:
+            ids = [(i,) for i in self._finished_ids(c, DEAD, older_than, limit)]
+            t = now()
+            c.executemany(sql.RETRY_DEAD, [(t, t, i) for (i,) in ids])
+        return len(ids)
+
+    def take_duty(self, name: str, holder: str, seconds: float) -> bool:
+        with self._write() as c:
+            t = now()
+            return c.execute(sql.TAKE_DUTY, (name, holder, t + seconds, t)).rowcount == 1
+
+    def append_output(self, job: Job, offset: int, data: bytes) -> bool:
+        with self._write() as c:
+            if not c.execute(sql.HOLDS, (job.id, job.worker, job.attempts)).fetchone():
+                return False
+            c.execute(sql.APPEND_OUTPUT, (job.id, job.attempts, offset, data))
+            c.execute(sql.TRIM_LIVE_OUTPUT,
+                      (job.id, job.attempts, offset + len(data) - policy.OUTPUT_LIMIT))
+        return True
+
+    def read_output(self, job_id: str, attempt: int | None, offset: int) -> OutputSlice | None:
+        conn = self._conn
+        try:  # one snapshot: the job's state, its live chunks or its history row
+            self._retry(lambda: conn.execute(sql.BEGIN_READ))
+            try:
+                return self._read_output(conn, job_id, attempt, offset)
+            finally:
+                conn.execute(sql.COMMIT)
+        except sqlite3.Error as exc:
+            raise _unavailable(exc, self.path) from None
+
+    @staticmethod
+    def _read_output(c: sqlite3.Connection, job_id: str, attempt: int | None,
+                     offset: int) -> OutputSlice | None:
+        row = c.execute(sql.JOB_PROGRESS, (job_id,)).fetchone()
+        if row is None:
+            raise policy.no_such_job(job_id)
+        state, current = row
+        if state == PROCESSING and attempt in (None, current):
+            chunks = c.execute(sql.LIVE_OUTPUT_FROM, (job_id, current, offset)).fetchall()
+            start, data = offset, bytearray()
+            for chunk_start, chunk in chunks:
+                if not data:
+                    start = max(offset, chunk_start)
+                elif chunk_start != start + len(data):
+                    break  # a gap: the next call reports it
+                data += chunk[start + len(data) - chunk_start:]
+            return OutputSlice(current, start, bytes(data), True)
+        if attempt is None:
+            found = c.execute(sql.LAST_ENDED_OUTPUT, (job_id,)).fetchone()
+        else:
+            found = c.execute(sql.ENDED_OUTPUT_OF_ATTEMPT, (job_id, attempt)).fetchone()
+        if found is None:
+            return None
+        number, tail, total = found
+        tail = tail or b""
+        total = len(tail) if total is None else total
+        begins = total - len(tail)
+        start = max(offset, begins)
+        return OutputSlice(number, start, tail[start - begins:], False)
+
+    def backup(self, path: str) -> None:
+        if os.path.lexists(path):
+            raise Conflict(f"{path} already exists; choose a new file name")
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            raise DatabaseUnavailable(f"cannot write {path}: directory {parent} does not exist")
+        temp = os.path.join(parent, f".{os.path.basename(path)}.{os.getpid()}.partial")
+        try:
+            # VACUUM INTO copies one read snapshot: consistent while workers keep writing.
+            self._retry(lambda: self._conn.execute(sql.VACUUM_INTO, (temp,)))
+            os.link(temp, path)  # never replaces a file that appeared meanwhile
+        except FileExistsError:
+            raise Conflict(f"{path} already exists; choose a new file name") from None
+        except OSError as exc:
+            raise DatabaseUnavailable(f"cannot write {path}: {exc.strerror}") from None
+        except sqlite3.Error as exc:
+            raise DatabaseUnavailable(f"backup to {path} failed: {exc}") from None
+        finally:
+            try:
+                os.unlink(temp)
+            except OSError:
+                pass
+
+    # -- named queues ------------------------------------------------------------------------
+    def set_queue_concurrency(self, queue: str, limit: int) -> None:
+        with self._write() as c:
+            c.execute(sql.SET_CONCURRENCY, (queue, limit))
+            self._drop_empty_setting(c, queue)
+
+    def queues(self) -> list[QueueInfo]:
+        try:
+            with self.reading() as conn:
+                return self._queues(conn)
+        except sqlite3.Error as exc:
+            raise _unavailable(exc, self.path) from None
+
+    @staticmethod
+    def _queues(c: sqlite3.Connection) -> list[QueueInfo]:
+        t = now()
+        found: dict[str, QueueInfo] = {}
+
+        def entry(name: str) -> QueueInfo:
+            if name not in found:
+                found[name] = QueueInfo(name, dict.fromkeys(STATES, 0), None, 0, 0, None)
+            return found[name]
+
+        for name, state, n in c.execute(sql.QUEUE_COUNTS):
+            entry(name).counts[state] = n
+        for name, limit, by, since in c.execute(sql.QUEUE_SETTINGS):
+            info = entry(name)
+            info.concurrency = limit
+            info.paused = None if since is None else PauseInfo(by, since)
+        for name, due in c.execute(sql.OLDEST_DUE_BY_QUEUE, (t,)):
+            entry(name).oldest_waiting = max(0.0, t - due)
+        serving = [r[0] for r in c.execute(sql.ACTIVE_WORKER_QUEUES, _active_params())]
+        for names in serving:
+            for name in names.split(",") if names else ():
+                entry(name)
+        for info in found.values():
+            info.workers = sum(names is None or info.name in names.split(",")
+                               for names in serving)
+        return [found[name] for name in sorted(found)]
+
+    # -- metrics -----------------------------------------------------------------------------
+    def metrics(self) -> Metrics:
+        try:
+            with self.reading() as conn:
+                queues = self._queues(conn)
+                paused = conn.execute(sql.GLOBAL_PAUSE).fetchone()
+                workers = dict(conn.execute(sql.ACTIVE_WORKERS_BY_HOST, _active_params()).fetchall())
+                counters = conn.execute(sql.COUNTERS).fetchall()
+        except sqlite3.Error as exc:
+            raise _unavailable(exc, self.path) from None
+        return Metrics(queues, paused is not None, workers, counters)
 
     def close(self) -> None:
         self._conn.close()

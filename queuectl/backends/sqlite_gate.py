@@ -66,6 +66,7 @@ class WriteGate:
             self.fd = None
 
     def _generation(self) -> bytes:
+        assert self.fd is not None  # waiting and bumping happen only with the side file open
         return os.pread(self.fd, 8, 0)
 
     def _bump(self) -> None:
@@ -77,6 +78,7 @@ class WriteGate:
             return
         self._bumped_at = t
         self._bumps += 1
+        assert self.fd is not None
         value = (os.getpid() << 40 | self._bumps % 2**40) % 2**64
         try:
             os.pwrite(self.fd, value.to_bytes(8, "little"), 0)
@@ -99,6 +101,7 @@ class WriteGate:
         if threading.current_thread() is not threading.main_thread():
             return self._poll()  # timers and handlers belong to the main thread
         last, since = self._generation(), time.monotonic()
+        assert self.fd is not None
         previous = signal.signal(signal.SIGALRM, self._on_tick)
         signal.setitimer(signal.ITIMER_REAL, TICK, TICK)
         try:
@@ -124,6 +127,7 @@ class WriteGate:
     def _poll(self) -> None:
         """Outside the main thread: try again every millisecond or two."""
         last, since = self._generation(), time.monotonic()
+        assert self.fd is not None
         while True:
             try:
                 fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -70,8 +70,8 @@ MIGRATIONS: dict[int, list[str]] = {
             job_id TEXT)""",
         "CREATE TABLE config (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL)",
     ],
-    # Issue 11: cancel, pause, retention, live output. Only additions: a database of
-    # version 1 keeps every job, attempt, worker and setting.
+    # Operators living with the queue: cancel, pause, retention, live output. Only
+    # additions: a database of version 1 keeps every job, attempt, worker and setting.
     2: [
         # An operator asked a processing job to stop; its worker ends the attempt as canceled.
         "ALTER TABLE jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0",
@@ -97,7 +97,7 @@ MIGRATIONS: dict[int, list[str]] = {
             data BLOB NOT NULL,
             PRIMARY KEY (job_id, attempt, start)) WITHOUT ROWID""",
     ],
-    # Issue 12: named queues. Only additions: every existing job lands in `default`.
+    # Named queues. Only additions: every existing job lands in `default`.
     3: [
         "ALTER TABLE jobs ADD COLUMN queue TEXT NOT NULL DEFAULT 'default'",
         # A lane worker's claim: the best waiting job of one queue, still only waiting jobs.
@@ -114,7 +114,7 @@ MIGRATIONS: dict[int, list[str]] = {
         # What each worker serves: NULL all queues, else names joined by ',' in preference order.
         "ALTER TABLE workers ADD COLUMN queues TEXT",
     ],
-    # Issue 14: leases and heartbeats on a clock that never steps, CLOCK_BOOTTIME (seconds
+    # Clock steps: leases and heartbeats on a clock that never steps, CLOCK_BOOTTIME (seconds
     # since boot, counting suspend) with the boot it belongs to: a wall-clock step can no
     # longer expire a live lease or stretch a dead one, and a reboot expires every lease.
     # lease_expires_at / heartbeat_at stay, as wall-clock times to display. Only additions;
@@ -133,7 +133,7 @@ MIGRATIONS: dict[int, list[str]] = {
         """UPDATE workers SET beat_boot = queuectl_boot_id(),
             beat_clock = queuectl_uptime() - max(queuectl_wall() - heartbeat_at, 0)""",
     ],
-    # Issue 13: counters for `queuectl metrics`, which only ever grow: purge and retention
+    # Metrics: counters for `queuectl metrics`, which only ever grow: purge and retention
     # delete jobs and history, never these rows. Triggers count in the transaction that
     # inserts the job or the attempt's history row (every way an attempt ends writes one),
     # one small upsert each, so no code path can forget them. Seeded from what the database
@@ -170,9 +170,9 @@ MIGRATIONS: dict[int, list[str]] = {
                 seconds = seconds + excluded.seconds;
         END""",
     ],
-    # Issue 15: each attempt in a cgroup of its own. Only additions: a job's limits (NULL
-    # or 0: none) and what each attempt used (NULL where it was not measured: older rows,
-    # workers without a delegated cgroup).
+    # Job limits and usage: each attempt in a cgroup of its own. Only additions: a job's
+    # limits (NULL or 0: none) and what each attempt used (NULL where it was not measured:
+    # older rows, workers without a delegated cgroup).
     6: [
         "ALTER TABLE jobs ADD COLUMN memory_max INTEGER",
         "ALTER TABLE jobs ADD COLUMN cpu_max REAL",
@@ -186,8 +186,8 @@ MIGRATIONS: dict[int, list[str]] = {
     7: [
         "DROP TRIGGER IF EXISTS count_enqueued",
     ],
-    # Issue 16, measured with two workers: each ended attempt's trigger looked its job up
-    # again, and every state change moved a job in two full indexes. The store now counts
+    # Worker throughput, measured with two workers: each ended attempt's trigger looked its
+    # job up again, and every state change moved a job in two full indexes. The store now counts
     # an ended attempt in the statement that records it (it knows queue, outcome and state),
     # and jobs_by_queue leaves out the default queue, whose jobs jobs_by_state finds.
     8: [

@@ -1,0 +1,460 @@
+"""Every SQL statement the SQLite store runs, by name, one block per `Store` verb (or per
+few verbs that share their statements).
+
+The blocks follow `queuectl/store.py`'s order (after the two the store needs before any
+verb: opening the file and its transactions); `SECTIONS` at the end lists them. Each
+statement is a plain constant, complete as SQLite receives it, so a reviewer reads what
+runs. A statement with variants is a tuple of complete statements, built here at import:
+
+- the statements over the jobs of one state (a `ByState`, picked by `by_state`): every
+  queue, the default queue (jobs_by_state), or one named queue (jobs_by_queue, which holds
+  the named queues only);
+- `PROBE`, the reads a worker makes at open to meet damage before READY.
+
+Only one piece truly varies with the caller: the `IN (?, ?, ...)` list of the queues a
+worker serves. A statement that holds `{queues}` is a template; `in_queues` completes it.
+
+`python -m queuectl.backends.sqlite_sql` lists the statement names by verb;
+`python -m queuectl.backends.sqlite_sql claim` (a verb or a statement name) prints them.
+The schema itself (tables, indexes, migrations) is in `sqlite_schema.py`.
+"""
+
+from __future__ import annotations
+
+from queuectl.backends.sqlite_schema import SCHEMA_VERSION
+from queuectl.job import DEFAULT_QUEUE, ROW_COLUMNS
+
+JOB_COLUMNS = ", ".join(ROW_COLUMNS)  # what Job.from_row reads, in its order
+
+# -- pieces several statements share (not statements) --------------------------------------
+_WAITING = "state IN ('pending', 'failed')"  # the condition of the partial indexes jobs_due*
+_NAMED = "queue <> 'default'"  # the condition of the partial index jobs_by_queue
+_HELD = "id = ? AND state = 'processing' AND worker = ? AND attempts = ?"  # still our attempt
+# A lease has expired: by the boot clock, or by the wall clock for a lease written by a
+# queuectl older than schema 4 still running beside this one (lease_boot NULL).
+# Parameters: wall-clock now, this boot's id, uptime now.
+_EXPIRED = ("CASE WHEN lease_boot IS NULL THEN lease_expires_at < ?"
+            " ELSE lease_boot <> ? OR lease_until < ? END")
+# A worker heard from within policy.ACTIVE_WINDOW, on the same clocks.
+# Parameters: the window's start on the wall clock, this boot's id, its start in uptime.
+_ACTIVE = ("CASE WHEN beat_boot IS NULL THEN heartbeat_at >= ?"
+           " ELSE beat_boot = ? AND beat_clock >= ? END")
+# A worker that serves the queue named by the parameter: by name, or all queues (NULL).
+_SERVES = "(queues IS NULL OR instr(',' || queues || ',', ',' || ? || ',') > 0)"
+
+
+class ByState(tuple[str, str, str]):
+    """The three complete variants of a statement over the jobs of one state, in created_at
+    order, in the order of LABELS: jobs_by_queue holds the named queues only (schema 8), the
+    default queue's jobs are found through jobs_by_state."""
+
+    LABELS = ("every queue", "the default queue", "a named queue")
+
+
+def _by_state(template: str) -> ByState:
+    """`{by_state}` (an index and a WHERE clause) becomes each of: every queue (parameter:
+    the state), the default queue (the state, the queue), a named queue (the queue, the
+    state)."""
+    return ByState((
+        template.replace("{by_state}", "INDEXED BY jobs_by_state WHERE state = ?"),
+        template.replace("{by_state}", "INDEXED BY jobs_by_state WHERE state = ? AND queue = ?"),
+        template.replace("{by_state}",
+                         f"INDEXED BY jobs_by_queue WHERE queue = ? AND {_NAMED} AND state = ?"),
+    ))
+
+
+def by_state(variants: ByState, state: str, queue: str | None) -> tuple[str, tuple[str, ...]]:
+    """The variant of a `_by_state` statement for `state` (of `queue`, if given) and the
+    parameters its by-state condition takes, in their place's order."""
+    if queue is None:
+        return variants[0], (state,)
+    if queue == DEFAULT_QUEUE:
+        return variants[1], (state, queue)
+    return variants[2], (queue, state)
+
+
+def in_queues(template: str, queues: list[str]) -> str:
+    """A `{queues}` template completed for these queue names: `(?, ?, ...)`, one parameter
+    per name, which the caller passes in the same order."""
+    return template.replace("{queues}", "(" + ", ".join("?" * len(queues)) + ")")
+
+
+# == opening ================================================================================
+# The write-ahead log is copied into the database (two fsyncs) once it holds this many pages,
+# by whichever writer's commit crosses it, inside that commit: while it lasts every other
+# writer waits in line. SQLite's default, 1,000 pages, kept each of two draining workers
+# about 6% of the time in checkpoints, the other often waiting; 4,000 pages (16 MiB) make
+# them a quarter as frequent.
+WAL_CHECKPOINT_PAGES = 4000
+
+SYNCHRONOUS_FULL = "PRAGMA synchronous=FULL"  # every command: an enqueue survives power loss
+SYNCHRONOUS_NORMAL = "PRAGMA synchronous=NORMAL"  # a worker opened with durable=False
+WAL_AUTOCHECKPOINT = f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}"
+SMALL_CACHE = "PRAGMA cache_size=-512"  # a worker: its hot set is a few index pages
+# Every table and index the hot paths use, touched at a worker's open (see SQLiteStore._probe).
+PROBE = (
+    "SELECT id FROM jobs INDEXED BY jobs_due WHERE state IN ('pending', 'failed')"
+    " ORDER BY priority DESC, run_at LIMIT 1",
+    "SELECT id FROM jobs INDEXED BY jobs_due_by_queue WHERE queue = 'default'"
+    " AND state IN ('pending', 'failed') ORDER BY priority DESC, run_at LIMIT 1",
+    f"SELECT count(*) FROM jobs INDEXED BY jobs_by_queue WHERE {_NAMED}",
+    "SELECT count(*) FROM queues",
+    "SELECT count(*) FROM jobs INDEXED BY jobs_by_state WHERE state = 'processing'",
+    "SELECT count(*) FROM workers",
+    "SELECT count(*) FROM config",
+    "SELECT max(seq) FROM attempts",
+    "SELECT count(*) FROM flags",
+    "SELECT count(*) FROM duties",
+    "SELECT count(*) FROM live_output",
+)
+SCHEMA_VERSION_OF = "PRAGMA user_version"  # 0: new, or not ours (see TABLES)
+TABLES = "SELECT name FROM sqlite_master WHERE type = 'table'"
+JOURNAL_MODE = "PRAGMA journal_mode"
+WAL_MODE = "PRAGMA journal_mode=WAL"
+# After the migrations (sqlite_schema.MIGRATIONS), in their transaction.
+STAMP_SCHEMA_VERSION = f"PRAGMA user_version = {SCHEMA_VERSION}"
+
+# == transactions ===========================================================================
+# Every write: the write lock at once, so a transaction never has to upgrade a read snapshot
+# (which fails at once under contention).
+BEGIN_WRITE = "BEGIN IMMEDIATE"
+BEGIN_READ = "BEGIN"  # several reads from one snapshot (`reading`, read_output)
+COMMIT = "COMMIT"
+ROLLBACK = "ROLLBACK"
+
+# == submitting: enqueue ====================================================================
+_ENQUEUE = ("{verb} INTO jobs (id, command, state, attempts, max_retries, priority, timeout,"
+            " run_at, created_at, updated_at, queue, memory_max, cpu_max, tasks_max)"
+            " VALUES (?, ?, 'pending', 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+ENQUEUE = _ENQUEUE.replace("{verb}", "INSERT")  # a taken id fails: Conflict
+ENQUEUE_IF_ABSENT = _ENQUEUE.replace("{verb}", "INSERT OR IGNORE")  # a taken id: rowcount 0
+# The jobs one enqueue added to one queue, counted for `queuectl metrics`.
+COUNT_ENQUEUED = ("INSERT INTO counters (queue, event, le, n, seconds)"
+                  " VALUES (?, 'enqueued', 0, ?, 0)"
+                  " ON CONFLICT (queue, event, le) DO UPDATE SET n = n + excluded.n")
+
+# == the worker's verbs: claim_next (and complete_and_claim's claim) ========================
+# The global pause and every queue that is paused or has a concurrency limit, read at each
+# claim inside its write transaction. Rows: (queue or NULL for the global pause, limit,
+# paused).
+RESTRICTIONS = ("SELECT NULL, 0, 1 FROM flags WHERE name = 'paused' UNION ALL"
+                " SELECT name, concurrency, paused_since IS NOT NULL FROM queues"
+                " WHERE concurrency > 0 OR paused_since IS NOT NULL")
+_CLAIM = """UPDATE jobs SET state = 'processing', attempts = attempts + 1, worker = ?,
+        lease_expires_at = ?, lease_boot = ?, lease_until = ?, started_at = ?,
+        finished_at = NULL, updated_at = ?"""
+# A drain's claim while no queue is held back (no RESTRICTIONS row): one statement, the
+# best waiting job of every queue off the partial index jobs_due. Returns its rowid too,
+# which the completion uses (COMPLETE_ROW). Parameters: worker, lease (wall clock, boot,
+# uptime), started_at, updated_at, now.
+CLAIM_ANY = f"""{_CLAIM}
+    WHERE rowid = (SELECT rowid FROM jobs INDEXED BY jobs_due
+        WHERE {_WAITING} AND run_at <= ?
+        AND NOT EXISTS ({RESTRICTIONS})
+        ORDER BY priority DESC, run_at LIMIT 1)
+    RETURNING rowid, {JOB_COLUMNS}"""
+# Otherwise the job is picked first, then claimed by id (CLAIM_BY_ID). How many of a limited
+# queue's jobs are processing now (its limit reached: the queue is skipped).
+PROCESSING_IN_QUEUE = ("SELECT count(*) FROM jobs INDEXED BY jobs_leases"
+                       " WHERE state = 'processing' AND queue = ?")
+# The best eligible job of one queue, off the partial index of waiting jobs: a lane worker's
+# queues in its order of preference, or each queue not held back in turn.
+BEST_OF_QUEUE = (f"SELECT id, priority, run_at FROM jobs INDEXED BY jobs_due_by_queue"
+                 f" WHERE queue = ? AND {_WAITING} AND run_at <= ?"
+                 " ORDER BY priority DESC, run_at LIMIT 1")
+# The best eligible job of every queue, for a worker of every queue while no queue is held
+# back (a queue below its limit is not).
+BEST_OF_ANY_QUEUE = (f"SELECT id FROM jobs INDEXED BY jobs_due WHERE {_WAITING} AND run_at <= ?"
+                     " ORDER BY priority DESC, run_at LIMIT 1")
+# Some queues are held back: the next queue after the parameter that has waiting jobs,
+# skipping along the index from queue to queue (cheap however long a held queue is).
+NEXT_WAITING_QUEUE = (f"SELECT min(queue) FROM jobs INDEXED BY jobs_due_by_queue"
+                      f" WHERE {_WAITING} AND queue > ?")
+CLAIM_BY_ID = f"""{_CLAIM}
+    WHERE id = ?
+    RETURNING {JOB_COLUMNS}"""
+
+# == heartbeat ==============================================================================
+BEAT = ("UPDATE workers SET heartbeat_at = ?, beat_boot = ?, beat_clock = ?, state = ?,"
+        " job_id = ? WHERE name = ?")
+RENEW_LEASE = ("UPDATE jobs SET lease_expires_at = ?, lease_boot = ?, lease_until = ?"
+               f" WHERE {_HELD}")
+
+# == record_success (and complete_and_claim's completion) ===================================
+_COMPLETE = ("UPDATE jobs SET state = 'completed', finished_at = ?, updated_at = ?,"
+             " exit_code = ?, last_error = NULL, lease_expires_at = NULL")
+COMPLETE_ROW = f"{_COMPLETE} WHERE rowid = ? AND {_HELD}"  # the row our claim returned
+COMPLETE_ID = f"{_COMPLETE} WHERE {_HELD}"  # the fallback: claimed elsewhere, or the row moved
+
+# == every way an attempt ends (record_success, record_failure, release, reclaim_*) =========
+# The attempt's history row, written once, when it ends.
+RECORD_ATTEMPT = """INSERT INTO attempts (job_id, attempt, worker, started_at, finished_at,
+        outcome, exit_code, error, output, output_total, cpu_user_usec, cpu_system_usec,
+        memory_peak_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+# ... counted for `queuectl metrics` (see policy.counted_outcome and duration_bucket).
+COUNT_ATTEMPT = ("INSERT INTO counters (queue, event, le, n, seconds) VALUES (?, ?, ?, 1, ?)"
+                 " ON CONFLICT (queue, event, le) DO UPDATE SET n = n + 1,"
+                 " seconds = seconds + excluded.seconds")
+DROP_LIVE_OUTPUT = "DELETE FROM live_output WHERE job_id = ?"  # also purge's
+# The job of an attempt still held, as it is now.
+HELD_JOB = f"SELECT {JOB_COLUMNS} FROM jobs WHERE {_HELD}"
+# An attempt that did not complete: failed (a retry due at run_at), dead or canceled.
+END_ATTEMPT = """UPDATE jobs SET state = ?, run_at = ?, finished_at = ?, updated_at = ?,
+        exit_code = ?, last_error = ?, lease_expires_at = NULL
+    WHERE id = ?"""
+
+# == release ================================================================================
+# Back to pending without spending a retry, unless an operator asked to cancel it meanwhile.
+RELEASE = f"""UPDATE jobs SET state = 'pending', attempts = attempts - 1, worker = NULL,
+        lease_expires_at = NULL, started_at = NULL, updated_at = ?
+    WHERE {_HELD} AND cancel_requested = 0"""
+
+# == reclaim_expired, reclaim_worker ========================================================
+# A read first, without the write lock: almost always nothing has expired. It looks at every
+# processing job (a partial index: as many rows as running jobs).
+ANY_EXPIRED = ("SELECT 1 FROM jobs INDEXED BY jobs_leases WHERE state = 'processing'"
+               f" AND ({_EXPIRED}) LIMIT 1")
+EXPIRED_JOBS = f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'processing' AND ({_EXPIRED})"
+JOBS_OF_WORKER = f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'processing' AND worker = ?"
+
+# == operators: retry_dead (and retry_dead_many) ============================================
+JOB_STATE = "SELECT state FROM jobs WHERE id = ?"
+_RETRY_DEAD = ("UPDATE jobs SET state = 'pending', attempts = 0, run_at = ?, updated_at = ?,"
+               " worker = NULL, finished_at = NULL, exit_code = NULL, cancel_requested = 0")
+RETRY_DEAD = f"{_RETRY_DEAD} WHERE id = ?"
+
+# == get ====================================================================================
+JOB = f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"
+HISTORY = ("SELECT attempt, worker, started_at, finished_at, outcome, exit_code, error,"
+           " output, cpu_user_usec, cpu_system_usec, memory_peak_bytes FROM attempts"
+           " WHERE job_id = ? ORDER BY seq")
+
+# == iter_jobs ==============================================================================
+# Oldest first; each with a `_LIMITED` twin that ends in `LIMIT ?`.
+_LIST = f"SELECT {JOB_COLUMNS} FROM jobs{{filter}} ORDER BY created_at, rowid"
+LIST_JOBS = _LIST.replace("{filter}", "")
+LIST_JOBS_LIMITED = LIST_JOBS + " LIMIT ?"
+LIST_JOBS_OF_STATE = _LIST.replace("{filter}", " WHERE state = ?")
+LIST_JOBS_OF_STATE_LIMITED = LIST_JOBS_OF_STATE + " LIMIT ?"
+LIST_JOBS_OF_QUEUE = _LIST.replace("{filter}", " WHERE queue = ?")
+LIST_JOBS_OF_QUEUE_LIMITED = LIST_JOBS_OF_QUEUE + " LIMIT ?"
+# One state of one queue (iter_jobs runs the default and the named queue's variants only).
+LIST_JOBS_BY_STATE = _by_state(_LIST.replace("{filter}", " {by_state}"))
+LIST_JOBS_BY_STATE_LIMITED = _by_state(_LIST.replace("{filter}", " {by_state}") + " LIMIT ?")
+
+# == counts =================================================================================
+COUNTS = ("SELECT state, count(*) FROM jobs GROUP BY state UNION ALL "
+          f"SELECT 'active_workers', count(*) FROM workers WHERE {_ACTIVE}")
+_COUNTS_OF_QUEUE = ("SELECT state, count(*) FROM jobs WHERE queue = ?{named}"
+                    " GROUP BY state UNION ALL SELECT 'active_workers', count(*) FROM workers"
+                    f" WHERE ({_ACTIVE}) AND {_SERVES}")
+COUNTS_OF_DEFAULT_QUEUE = _COUNTS_OF_QUEUE.replace("{named}", "")
+COUNTS_OF_NAMED_QUEUE = _COUNTS_OF_QUEUE.replace("{named}", f" AND {_NAMED}")
+
+# == remaining ==============================================================================
+REMAINING = "SELECT count(*) FROM jobs WHERE state IN ('pending', 'failed', 'processing')"
+REMAINING_IN_QUEUES = f"{REMAINING} AND queue IN {{queues}}"  # template: see in_queues
+
+# == seconds_until_due ======================================================================
+FIRST_DUE = f"SELECT min(run_at) FROM jobs WHERE {_WAITING}"
+FIRST_DUE_IN_QUEUES = f"{FIRST_DUE} AND queue IN {{queues}}"  # template: see in_queues
+
+# == configuration: config_items, set_config ================================================
+CONFIG = "SELECT key, value FROM config"  # also every verb that reads a setting
+SET_CONFIG = ("INSERT INTO config (key, value) VALUES (?, ?)"
+              " ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+
+# == workers: register_worker, unregister_worker, workers, seconds_since_heartbeat ==========
+REGISTER_WORKER = ("INSERT OR REPLACE INTO workers (name, host, pid, pid_start, started_at,"
+                   " heartbeat_at, beat_boot, beat_clock, state, job_id, queues)"
+                   " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+UNREGISTER_WORKER = "DELETE FROM workers WHERE name = ?"
+WORKERS = ("SELECT name, host, pid, pid_start, started_at, heartbeat_at, state, job_id,"
+           " queues FROM workers ORDER BY name")
+LAST_BEAT = "SELECT heartbeat_at, beat_boot, beat_clock FROM workers WHERE name = ?"
+
+# == verify, info ===========================================================================
+QUICK_CHECK = "PRAGMA quick_check"
+SYNCHRONOUS = "PRAGMA synchronous"
+# info also reads JOURNAL_MODE and SCHEMA_VERSION_OF (opening).
+
+# == reads for `queuectl top`: recent_jobs, completed_since =================================
+RECENT_JOBS = _by_state(f"SELECT {JOB_COLUMNS} FROM jobs {{by_state}}"
+                        " ORDER BY updated_at DESC, rowid DESC LIMIT ?")
+COMPLETED_SINCE = ("SELECT queue, count(*) FROM jobs INDEXED BY jobs_by_state"
+                   " WHERE state = 'completed' AND finished_at >= ? GROUP BY queue")
+
+# == operators living with the queue: cancel, cancel_state, cancel_requested ================
+REQUEST_CANCEL = "UPDATE jobs SET cancel_requested = 1, updated_at = ? WHERE id = ?"
+_CANCEL_WAITING = ("UPDATE jobs SET state = 'canceled', finished_at = ?, updated_at = ?,"
+                   " last_error = ?, lease_expires_at = NULL")
+CANCEL_WAITING = f"{_CANCEL_WAITING} WHERE id = ?"
+REQUEST_CANCEL_IN_STATE = _by_state(
+    """UPDATE jobs SET cancel_requested = 1, updated_at = ? WHERE id IN (
+        SELECT id FROM jobs {by_state}
+        AND cancel_requested = 0 ORDER BY created_at LIMIT ?)""")
+CANCEL_WAITING_IN_STATE = _by_state(
+    f"""{_CANCEL_WAITING} WHERE id IN (
+        SELECT id FROM jobs {{by_state}}
+        ORDER BY created_at LIMIT ?)""")
+CANCEL_REQUESTED = f"SELECT cancel_requested FROM jobs WHERE {_HELD}"
+
+# == pause, resume, paused ==================================================================
+PAUSE_QUEUE = ("INSERT INTO queues (name, paused_by, paused_since) VALUES (?, ?, ?)"
+               " ON CONFLICT (name) DO UPDATE SET paused_by = excluded.paused_by,"
+               " paused_since = excluded.paused_since WHERE queues.paused_since IS NULL")
+PAUSE_ALL = "INSERT OR IGNORE INTO flags (name, set_by, since) VALUES ('paused', ?, ?)"
+RESUME_QUEUE = ("UPDATE queues SET paused_by = NULL, paused_since = NULL"
+                " WHERE name = ? AND paused_since IS NOT NULL")
+RESUME_ALL = "DELETE FROM flags WHERE name = 'paused'"
+PAUSE_OF_QUEUE = ("SELECT paused_by, paused_since FROM queues WHERE name = ?"
+                  " AND paused_since IS NOT NULL")
+PAUSE_OF_ALL = "SELECT set_by, since FROM flags WHERE name = 'paused'"
+# A queue without a limit or a pause needs no row (`queue list` shows it while it has jobs);
+# also set_queue_concurrency's.
+DROP_EMPTY_QUEUE_ROW = ("DELETE FROM queues WHERE name = ? AND concurrency = 0"
+                        " AND paused_since IS NULL")
+
+# == count_matching, purge, retry_dead_many =================================================
+COUNT_IN_STATE = _by_state("SELECT count(*) FROM jobs {by_state}")
+# finished_at >= created_at, so the index range on created_at bounds the scan.
+# Parameters after the state's: the cutoff twice.
+COUNT_FINISHED_BEFORE = _by_state("SELECT count(*) FROM jobs {by_state}"
+                                  " AND created_at <= ? AND finished_at <= ?")
+FINISHED_BEFORE = _by_state("SELECT id FROM jobs {by_state} AND created_at <= ?"
+                            " AND finished_at <= ? ORDER BY created_at LIMIT ?")
+PURGE_HISTORY = "DELETE FROM attempts WHERE job_id = ?"
+# purge also deletes the live output (DROP_LIVE_OUTPUT) before the job.
+PURGE_JOB = "DELETE FROM jobs WHERE id = ?"
+
+# == take_duty ==============================================================================
+TAKE_DUTY = """INSERT INTO duties (name, holder, expires_at) VALUES (?, ?, ?)
+    ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
+        WHERE duties.holder = excluded.holder OR duties.expires_at < ?"""
+
+# == append_output, read_output =============================================================
+HOLDS = f"SELECT 1 FROM jobs WHERE {_HELD}"
+APPEND_OUTPUT = ("INSERT OR REPLACE INTO live_output (job_id, attempt, start, data)"
+                 " VALUES (?, ?, ?, ?)")
+TRIM_LIVE_OUTPUT = ("DELETE FROM live_output WHERE job_id = ? AND attempt = ?"
+                    " AND start + length(data) <= ?")
+JOB_PROGRESS = "SELECT state, attempts FROM jobs WHERE id = ?"
+LIVE_OUTPUT_FROM = ("SELECT start, data FROM live_output WHERE job_id = ? AND attempt = ?"
+                    " AND start + length(data) > ? ORDER BY start")
+_ENDED_OUTPUT = ("SELECT attempt, output, output_total FROM attempts WHERE job_id = ?{attempt}"
+                 " ORDER BY seq DESC LIMIT 1")
+LAST_ENDED_OUTPUT = _ENDED_OUTPUT.replace("{attempt}", "")
+ENDED_OUTPUT_OF_ATTEMPT = _ENDED_OUTPUT.replace("{attempt}", " AND attempt = ?")
+
+# == backup =================================================================================
+VACUUM_INTO = "VACUUM INTO ?"  # copies one read snapshot: consistent while workers write
+
+# == named queues: set_queue_concurrency, queues ============================================
+SET_CONCURRENCY = ("INSERT INTO queues (name, concurrency) VALUES (?, ?)"
+                   " ON CONFLICT (name) DO UPDATE SET concurrency = excluded.concurrency")
+QUEUE_COUNTS = "SELECT queue, state, count(*) FROM jobs GROUP BY queue, state"
+QUEUE_SETTINGS = "SELECT name, concurrency, paused_by, paused_since FROM queues"
+OLDEST_DUE_BY_QUEUE = (f"SELECT queue, min(run_at) FROM jobs INDEXED BY jobs_due_by_queue"
+                       f" WHERE {_WAITING} AND run_at <= ? GROUP BY queue")
+ACTIVE_WORKER_QUEUES = f"SELECT queues FROM workers WHERE {_ACTIVE}"
+
+# == metrics ================================================================================
+# metrics also reads what `queues` does, in the same snapshot.
+GLOBAL_PAUSE = "SELECT 1 FROM flags WHERE name = 'paused'"
+ACTIVE_WORKERS_BY_HOST = f"SELECT host, count(*) FROM workers WHERE {_ACTIVE} GROUP BY host"
+COUNTERS = "SELECT queue, event, le, n, seconds FROM counters ORDER BY queue, event, le"
+
+
+# The blocks above: (name, the Store verbs that run them, their statements).
+SECTIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("opening", "SQLiteStore() and migration", (
+        "SYNCHRONOUS_FULL", "SYNCHRONOUS_NORMAL", "WAL_AUTOCHECKPOINT", "SMALL_CACHE", "PROBE",
+        "SCHEMA_VERSION_OF", "TABLES", "JOURNAL_MODE", "WAL_MODE", "STAMP_SCHEMA_VERSION")),
+    ("transactions", "every verb", ("BEGIN_WRITE", "BEGIN_READ", "COMMIT", "ROLLBACK")),
+    ("enqueue", "enqueue", ("ENQUEUE", "ENQUEUE_IF_ABSENT", "COUNT_ENQUEUED")),
+    ("claim", "claim_next, complete_and_claim", (
+        "RESTRICTIONS", "CLAIM_ANY", "PROCESSING_IN_QUEUE", "BEST_OF_QUEUE", "BEST_OF_ANY_QUEUE",
+        "NEXT_WAITING_QUEUE", "CLAIM_BY_ID")),
+    ("heartbeat", "heartbeat", ("BEAT", "RENEW_LEASE")),
+    ("complete", "record_success, complete_and_claim", ("COMPLETE_ROW", "COMPLETE_ID")),
+    ("end_attempt", "record_success, record_failure, release, reclaim_expired, reclaim_worker", (
+        "RECORD_ATTEMPT", "COUNT_ATTEMPT", "DROP_LIVE_OUTPUT", "HELD_JOB", "END_ATTEMPT")),
+    ("release", "release", ("RELEASE",)),
+    ("reclaim", "reclaim_expired, reclaim_worker", ("ANY_EXPIRED", "EXPIRED_JOBS", "JOBS_OF_WORKER")),
+    ("retry_dead", "retry_dead, retry_dead_many", ("JOB_STATE", "RETRY_DEAD")),
+    ("get", "get, retry_dead, cancel", ("JOB", "HISTORY")),
+    ("iter_jobs", "iter_jobs", (
+        "LIST_JOBS", "LIST_JOBS_LIMITED", "LIST_JOBS_OF_STATE", "LIST_JOBS_OF_STATE_LIMITED",
+        "LIST_JOBS_OF_QUEUE", "LIST_JOBS_OF_QUEUE_LIMITED", "LIST_JOBS_BY_STATE",
+        "LIST_JOBS_BY_STATE_LIMITED")),
+    ("counts", "counts", ("COUNTS", "COUNTS_OF_DEFAULT_QUEUE", "COUNTS_OF_NAMED_QUEUE")),
+    ("remaining", "remaining", ("REMAINING", "REMAINING_IN_QUEUES")),
+    ("seconds_until_due", "seconds_until_due", ("FIRST_DUE", "FIRST_DUE_IN_QUEUES")),
+    ("configuration", "config_items, set_config, every verb that reads a setting", (
+        "CONFIG", "SET_CONFIG")),
+    ("workers", "register_worker, unregister_worker, workers, seconds_since_heartbeat", (
+        "REGISTER_WORKER", "UNREGISTER_WORKER", "WORKERS", "LAST_BEAT")),
+    ("verify", "verify, info", ("QUICK_CHECK", "SYNCHRONOUS")),
+    ("top", "recent_jobs, completed_since", ("RECENT_JOBS", "COMPLETED_SINCE")),
+    ("cancel", "cancel, cancel_state, cancel_requested", (
+        "REQUEST_CANCEL", "CANCEL_WAITING", "REQUEST_CANCEL_IN_STATE", "CANCEL_WAITING_IN_STATE",
+        "CANCEL_REQUESTED")),
+    ("pause", "pause, resume, paused", (
+        "PAUSE_QUEUE", "PAUSE_ALL", "RESUME_QUEUE", "RESUME_ALL", "PAUSE_OF_QUEUE", "PAUSE_OF_ALL",
+        "DROP_EMPTY_QUEUE_ROW")),
+    ("purge", "count_matching, purge, retry_dead_many", (
+        "COUNT_IN_STATE", "COUNT_FINISHED_BEFORE", "FINISHED_BEFORE", "PURGE_HISTORY", "PURGE_JOB")),
+    ("take_duty", "take_duty", ("TAKE_DUTY",)),
+    ("output", "append_output, read_output", (
+        "HOLDS", "APPEND_OUTPUT", "TRIM_LIVE_OUTPUT", "JOB_PROGRESS", "LIVE_OUTPUT_FROM",
+        "LAST_ENDED_OUTPUT", "ENDED_OUTPUT_OF_ATTEMPT")),
+    ("backup", "backup", ("VACUUM_INTO",)),
+    ("queues", "set_queue_concurrency, queues, metrics", (
+        "SET_CONCURRENCY", "QUEUE_COUNTS", "QUEUE_SETTINGS", "OLDEST_DUE_BY_QUEUE",
+        "ACTIVE_WORKER_QUEUES")),
+    ("metrics", "metrics", ("GLOBAL_PAUSE", "ACTIVE_WORKERS_BY_HOST", "COUNTERS")),
+)
+
+
+def statements(name: str) -> tuple[str, ...]:
+    """The complete statements under one name: one, or its variants in order."""
+    value = globals()[name]
+    return value if isinstance(value, tuple) else (value,)
+
+
+def _main(argv: list[str]) -> int:
+    """Without an argument, every statement name by block; with a block name, a verb or a
+    statement name, those statements in full."""
+    if not argv:
+        for section, verbs, names in SECTIONS:
+            print(f"{section} ({verbs}):")
+            for name in names:
+                count = len(statements(name))
+                print(f"  {name}" + (f"  [{count} statements]" if count > 1 else ""))
+        return 0
+    wanted = argv[0]
+    found = False
+    for section, verbs, names in SECTIONS:
+        if wanted in (section, *verbs.split(", ")):
+            chosen = names
+        else:
+            chosen = tuple(n for n in names if n == wanted.upper())
+        for name in chosen:
+            found = True
+            variants = statements(name)
+            for i, text in enumerate(variants):
+                label = f" ({i + 1} of {len(variants)})" if len(variants) > 1 else ""
+                if isinstance(variants, ByState):
+                    label = f" ({ByState.LABELS[i]})"
+                print(f"-- {name}{label} [{section}] --\n{text};\n")
+    if not found:
+        print(f"no block, verb or statement named {wanted!r}; "
+              "without an argument the names are listed")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(_main(sys.argv[1:]))

@@ -1,0 +1,161 @@
+"""Every named statement of the SQLite store (queuectl/backends/sqlite_sql.py) is valid SQL
+for the current schema, the claim path uses the indexes it was built around, and the
+module prints them. A typo in a statement no other test reaches fails here, by name."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from queuectl.backends import sqlite_sql
+from queuectl.backends.sqlite import SQLiteStore
+
+# Constants of sqlite_sql that are not statements (its own, and those it imports).
+NOT_STATEMENTS = {"JOB_COLUMNS", "WAL_CHECKPOINT_PAGES", "SECTIONS", "DEFAULT_QUEUE", "ROW_COLUMNS"}
+
+# What the plan of each variant of a statement must show (EXPLAIN QUERY PLAN's detail
+# lines, joined). Beyond these, every `INDEXED BY x` must show `INDEX x` in its plan.
+PLANS = {
+    # the claim: waiting jobs off the partial indexes, the row by rowid or id
+    "CLAIM_ANY": ["SEARCH jobs USING INTEGER PRIMARY KEY (rowid=?)",
+                  "SCAN jobs USING INDEX jobs_due",
+                  "SEARCH flags USING COVERING INDEX sqlite_autoindex_flags_1 (name=?)"],
+    "BEST_OF_ANY_QUEUE": ["SCAN jobs USING INDEX jobs_due"],
+    "BEST_OF_QUEUE": ["SEARCH jobs USING INDEX jobs_due_by_queue (queue=?)"],
+    "NEXT_WAITING_QUEUE": ["SEARCH jobs USING INDEX jobs_due_by_queue (queue>?)"],
+    "PROCESSING_IN_QUEUE": ["INDEX jobs_leases"],
+    "CLAIM_BY_ID": ["SEARCH jobs USING INDEX sqlite_autoindex_jobs_1 (id=?)"],
+    # the attempt's end and the worker's writes
+    "COMPLETE_ROW": ["SEARCH jobs USING INTEGER PRIMARY KEY (rowid=?)"],
+    "COMPLETE_ID": ["SEARCH jobs USING INDEX sqlite_autoindex_jobs_1 (id=?)"],
+    "RENEW_LEASE": ["SEARCH jobs USING INDEX sqlite_autoindex_jobs_1 (id=?)"],
+    "HELD_JOB": ["SEARCH jobs USING INDEX sqlite_autoindex_jobs_1 (id=?)"],
+    "END_ATTEMPT": ["SEARCH jobs USING INDEX sqlite_autoindex_jobs_1 (id=?)"],
+    "RELEASE": ["SEARCH jobs USING INDEX sqlite_autoindex_jobs_1 (id=?)"],
+    "ANY_EXPIRED": ["INDEX jobs_leases"],
+    "OLDEST_DUE_BY_QUEUE": ["INDEX jobs_due_by_queue"],
+}
+# A sort the index should have made unnecessary: the claim's picks never build one.
+NO_SORT = {"CLAIM_ANY", "BEST_OF_ANY_QUEUE", "BEST_OF_QUEUE"}
+
+
+def _names() -> list[str]:
+    return [name for _section, _verbs, names in sqlite_sql.SECTIONS for name in names]
+
+
+def _complete(text: str) -> list[str]:
+    """A statement as it can run: a `{queues}` template for one and for three names."""
+    if "{queues}" not in text:
+        return [text]
+    return [sqlite_sql.in_queues(text, ["a"]), sqlite_sql.in_queues(text, ["a", "b", "c"])]
+
+
+def _cases() -> list[tuple[str, int, str]]:
+    return [(name, i, text)
+            for name in _names()
+            for i, variant in enumerate(sqlite_sql.statements(name))
+            for text in _complete(variant)]
+
+
+def _params() -> list[object]:
+    """One test per complete statement, named after it: NAME, NAME-2 for its 2nd variant or
+    completion."""
+    seen: dict[str, int] = {}
+    params = []
+    for name, variant, text in _cases():
+        seen[name] = seen.get(name, 0) + 1
+        label = name if seen[name] == 1 else f"{name}-{seen[name]}"
+        params.append(pytest.param(name, variant, text, id=label))
+    return params
+
+
+@pytest.fixture(scope="module")
+def conn(tmp_path_factory):
+    store = SQLiteStore(tmp_path_factory.mktemp("sql") / "q.db")  # created and migrated
+    yield store._conn
+    store.close()
+
+
+def test_every_statement_is_listed_once():
+    names = _names()
+    assert len(names) == len(set(names)), "a statement listed in two sections"
+    defined = {name for name, value in vars(sqlite_sql).items()
+               if name.isupper() and not name.startswith("_") and name not in NOT_STATEMENTS
+               and isinstance(value, str | tuple)}
+    assert defined == set(names), "SECTIONS and the module's statements differ"
+
+
+@pytest.mark.parametrize(("name", "variant", "text"), _params())
+def test_statement_prepares(conn, name, variant, text):
+    """EXPLAIN compiles the statement against the schema without running it."""
+    assert "{" not in text, f"{name}: an unfilled template"
+    try:
+        conn.execute("EXPLAIN " + text, (None,) * text.count("?")).fetchall()
+    except Exception as exc:
+        pytest.fail(f"{name} (variant {variant}) does not prepare: {exc}\n{text}")
+
+
+def _plan(conn, text: str) -> str:
+    rows = conn.execute("EXPLAIN QUERY PLAN " + text, (None,) * text.count("?")).fetchall()
+    return "\n".join(row[3] for row in rows)
+
+
+@pytest.mark.parametrize("name", sorted({name for name, _i, text in _cases()
+                                         if "INDEXED BY" in text or name in PLANS}))
+def test_statement_uses_its_indexes(conn, name):
+    for variant, statement in enumerate(sqlite_sql.statements(name)):
+        for text in _complete(statement):
+            plan = _plan(conn, text)
+            wanted = list(PLANS.get(name, []))
+            words = text.split()
+            wanted += [f"INDEX {words[i + 2]}" for i, word in enumerate(words[:-2])
+                       if word == "INDEXED" and words[i + 1] == "BY"]
+            for expected in wanted:
+                assert expected in plan, (
+                    f"{name} (variant {variant}): the plan lost {expected!r}:\n{plan}")
+            if name in NO_SORT:
+                assert "TEMP B-TREE" not in plan, f"{name} sorts: its index order is lost:\n{plan}"
+
+
+def test_by_state_picks_the_variant_and_its_parameters():
+    variants = sqlite_sql.COUNT_IN_STATE
+    assert sqlite_sql.by_state(variants, "dead", None) == (variants[0], ("dead",))
+    assert sqlite_sql.by_state(variants, "dead", "default") == (variants[1], ("dead", "default"))
+    assert sqlite_sql.by_state(variants, "dead", "mail") == (variants[2], ("mail", "dead"))
+    assert "jobs_by_queue" in variants[2] and "jobs_by_state" in variants[1]
+
+
+def test_in_queues_has_one_parameter_per_name():
+    assert sqlite_sql.in_queues("x IN {queues}", ["a", "b"]) == "x IN (?, ?)"
+    assert sqlite_sql.in_queues("x IN {queues}", []) == "x IN ()"
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__)))
+    return subprocess.run([sys.executable, "-m", "queuectl.backends.sqlite_sql", *args],
+                          capture_output=True, text=True, timeout=60, env=env)
+
+
+def test_module_lists_and_prints_statements():
+    listing = _run()
+    assert listing.returncode == 0, listing.stderr
+    for section, verbs, names in sqlite_sql.SECTIONS:
+        assert f"{section} ({verbs}):" in listing.stdout
+        for name in names:
+            assert f"  {name}" in listing.stdout
+    claim = _run("claim")
+    assert claim.returncode == 0, claim.stderr
+    assert "-- CLAIM_ANY [claim] --" in claim.stdout
+    assert sqlite_sql.CLAIM_ANY + ";" in claim.stdout
+    assert "-- BEST_OF_QUEUE [claim] --" in claim.stdout
+    by_verb = _run("complete_and_claim")  # a Store verb prints every block it runs
+    assert "-- CLAIM_ANY [claim] --" in by_verb.stdout
+    assert "-- COMPLETE_ROW [complete] --" in by_verb.stdout
+    one = _run("recent_jobs")
+    assert one.stdout.count("-- RECENT_JOBS (") == 3
+    assert "-- RECENT_JOBS (a named queue) [top] --" in one.stdout
+    named = _run("claim_by_id")
+    assert named.returncode == 0 and named.stdout.startswith("-- CLAIM_BY_ID [claim] --")
+    missing = _run("no_such_thing")
+    assert missing.returncode == 1 and "no block, verb or statement" in missing.stdout
