@@ -778,10 +778,12 @@ class SQLiteStore(Store):
             c.execute(sql.UNREGISTER_WORKER, (name,))
 
     def workers(self) -> list[WorkerInfo]:
-        return [
-            WorkerInfo(*r[:8], None if r[8] is None else r[8].split(","))
-            for r in self._read(sql.WORKERS)
-        ]
+        found = []
+        for name, host, pid, pid_start, started_at, heartbeat_at, state, job_id, queues in (
+                self._read(sql.WORKERS)):
+            found.append(WorkerInfo(name, host, pid, pid_start, started_at, heartbeat_at, state,
+                                    job_id, None if queues is None else queues.split(",")))
+        return found
 
     def seconds_since_heartbeat(self, name: str) -> float | None:
         rows = self._read(sql.LAST_BEAT, (name,))
