@@ -1,4 +1,4 @@
-"""`queuectl metrics` (issue 13) on every backend, read back with Prometheus' own parser.
+"""`queuectl metrics` on every backend, read back with Prometheus' own parser.
 
 A known workload gives known numbers; counters never go down across purge, retention,
 a worker killed mid-job (its attempt lost) and a worker stopped mid-job (interrupted).

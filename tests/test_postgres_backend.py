@@ -233,7 +233,7 @@ def test_many_notifications_while_busy_do_not_pile_up(pg_server: Any) -> None:
         store.close()
 
 
-# -- issue 11 on PostgreSQL ----------------------------------------------------------------
+# -- operators' verbs on PostgreSQL: migration from schema 1, retention, live output -------
 def test_a_version_1_queue_migrates_forward_keeping_everything(pg_server: Any) -> None:
     """A queue made by an older release (schema 1, built here from its own migration)
     is migrated by the first processes that open it, all at once, and keeps every job,
@@ -339,7 +339,7 @@ def test_a_chatty_job_keeps_bounded_live_output(pg_server: Any) -> None:
         q.stop_all()
 
 
-# -- issue 12 on PostgreSQL ----------------------------------------------------------------
+# -- named queues on PostgreSQL -------------------------------------------------------------
 def test_a_version_2_queue_migrates_to_3_keeping_everything(pg_server: Any) -> None:
     """A queue of the previous release (schema 2, built here from its own migrations) is
     migrated by the first processes that open it, all at once, and keeps every job, attempt,

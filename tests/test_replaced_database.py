@@ -19,7 +19,7 @@ def _events(log: Path, event: str) -> list[dict]:
 
 
 def _remove_database(db: Path) -> None:
-    """`rm queue.db*`, as the admin in the issue did."""
+    """`rm queue.db*`: an admin clearing out what looks like a stale database."""
     for path in db.parent.glob(db.name + "*"):
         path.unlink()
 

@@ -1,4 +1,4 @@
-"""queuectl-metrics.timer under the suite's private systemd (issue 13).
+"""queuectl-metrics.timer under the suite's private systemd.
 
 The project's service and timer, installed beside the worker unit as an admin would, write
 node_exporter's textfile into a private /var/lib/prometheus/node-exporter owned by queuectl:
