@@ -184,11 +184,10 @@ def _worker_pids(queue: Queue) -> list[int]:
     return [p for p in pids if process_alive(p)]
 
 
-@pytest.mark.parametrize("count", [2])
-def test_supervisor_drain_exits_when_queue_is_empty(queue: Queue, count: int) -> None:
+def test_supervisor_drain_exits_when_queue_is_empty(queue: Queue) -> None:
     for i in range(5):
         queue.enqueue({"id": f"dr{i}", "command": "true"})
-    result = queue.run("worker", "start", "--count", str(count), "--drain", timeout=60)
+    result = queue.run("worker", "start", "--count", "2", "--drain", timeout=60)
     assert result.returncode == 0
     assert queue.status()["completed"] == 5
 
