@@ -27,6 +27,20 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, every: flo
         time.sleep(every)
 
 
+def holds_for(predicate: Callable[[], Any], seconds: float, what: str,
+              every: float = 0.05) -> None:
+    """Check throughout `seconds` that predicate() stays truthy, failing the moment it is
+    not: for what must not happen within a window (a worker must not give up), where a
+    sleep followed by one look would miss what happened and undid itself meanwhile."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if not predicate():
+            raise AssertionError(f"not {what}, {seconds - (deadline - time.monotonic()):.1f} s in")
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(every)
+
+
 _ALL_QUEUES: list["Queue"] = []
 
 

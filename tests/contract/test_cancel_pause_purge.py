@@ -4,6 +4,8 @@ interface only, once per backend."""
 import time
 
 import pytest
+from conftest import wait_for
+from contract_helpers import DEADLINE
 
 from queuectl import policy
 from queuectl.errors import Conflict, NotFound
@@ -139,7 +141,8 @@ def test_purge_deletes_only_finished_jobs_of_the_state_with_their_history(store)
 def test_count_matching_and_purge_respect_older_than(store) -> None:
     store.enqueue([JobSpec("true", id="old")])
     _ok(store, store.claim_next("w"))
-    time.sleep(1.1)
+    finished = store.get("old").finished_at
+    wait_for(lambda: store.now() > finished + 1.0, DEADLINE, "a second to pass by the store's clock")
     store.enqueue([JobSpec("true", id="new")])
     _ok(store, store.claim_next("w"))
     assert store.count_matching("completed", older_than=1.0) == 1
