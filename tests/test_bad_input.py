@@ -535,6 +535,7 @@ def test_read_only_database_file_refuses_writes_and_keeps_its_data(
 
 
 # -- a lock held longer than the busy timeout -------------------------------------------------
+@pytest.mark.slow
 def test_database_locked_longer_than_busy_timeout(seeded: Any, seed: Seed) -> None:
     env = {**seeded.env, "QUEUECTL_BUSY_TIMEOUT": "0.5"}
     holder = sqlite3.connect(seeded.db, timeout=0, isolation_level=None)

@@ -17,6 +17,7 @@ def _pids(path: Path) -> list[int]:
 
 
 # -- cancel -------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_cancel_stops_a_running_job_and_its_children_within_2_s(any_queue: Queue,
                                                                  tmp_path: Path) -> None:
     q = any_queue
@@ -80,6 +81,7 @@ def test_cancel_all_says_how_many_and_dry_run_changes_nothing(any_queue: Queue) 
 
 
 # -- pause --------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_pause_holds_new_jobs_and_resume_runs_them_all(any_queue: Queue, tmp_path: Path) -> None:
     q = any_queue
     log = tmp_path / "worker.log"

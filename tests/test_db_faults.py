@@ -78,6 +78,7 @@ def _survive_full_disk(q: Queue, small_fs: Path, log: Path, w: subprocess.Popen)
     assert w.poll() is None  # the worker carried on
 
 
+@pytest.mark.slow
 def test_lock_held_past_busy_timeout(queue: Queue, tmp_path: Path) -> None:
     queue.enqueue({"id": "j1", "command": "true"})
     queue.run("config", "set", "backoff-base", "1")
@@ -169,6 +170,7 @@ def test_read_only_database_for_another_user(shared_tmp: Path, as_other_user) ->
     assert _digest(path) == before
 
 
+@pytest.mark.root
 def test_read_only_filesystem(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root for a read-only bind mount")
@@ -187,6 +189,7 @@ def test_read_only_filesystem(tmp_path: Path) -> None:
 
 
 
+@pytest.mark.slow
 def test_stop_while_the_database_is_locked_ends_within_grace(queue: Queue,
                                                              tmp_path: Path) -> None:
     queue.enqueue({"id": "j1", "command": "sleep 0.5"})

@@ -5,6 +5,7 @@ import json
 import time
 from pathlib import Path
 
+import pytest
 from conftest import Queue, wait_for
 
 
@@ -12,6 +13,7 @@ def _add(q: Queue, queue: str, command: str, **fields: object) -> str:
     return q.enqueue({"command": command, "queue": queue, **fields})
 
 
+@pytest.mark.slow
 def test_a_mail_job_behind_50_long_backups_starts_within_a_second(any_queue: Queue,
                                                                   tmp_path: Path) -> None:
     q = any_queue
@@ -32,6 +34,7 @@ def test_a_mail_job_behind_50_long_backups_starts_within_a_second(any_queue: Que
     assert q.json("status", "--queue", "backups")["canceled"] == 49
 
 
+@pytest.mark.slow
 def test_concurrency_1_with_4_workers_never_runs_two_at_once(any_queue: Queue,
                                                              tmp_path: Path) -> None:
     q = any_queue
@@ -57,6 +60,7 @@ def test_concurrency_1_with_4_workers_never_runs_two_at_once(any_queue: Queue,
     assert row["concurrency"] == 1 and row["completed"] == 20 and row["workers"] == 4
 
 
+@pytest.mark.slow
 def test_queue_scoped_pause_status_and_purge_touch_only_their_queue(any_queue: Queue) -> None:
     q = any_queue
     assert "Paused queue a" in q.run("pause", "--queue", "a").stdout

@@ -150,6 +150,7 @@ def test_many_processes_create_the_schema_at_once(pg_server: Any) -> None:
     assert len(json.loads(run(db, "list").stdout)) == 8
 
 
+@pytest.mark.slow
 def test_a_store_and_its_wakeup_survive_a_server_restart(pg_server: Any) -> None:
     db = pg_server.fresh_locator()
     store = open_store(db, for_worker=True)
@@ -286,6 +287,7 @@ def test_a_version_1_queue_migrates_forward_keeping_everything(pg_server: Any) -
         store.close()
 
 
+@pytest.mark.slow
 def test_retention_keeps_the_tables_bounded(pg_server: Any) -> None:
     """keep-completed 1s: 4,000 jobs drained by two workers, fed 500 at a time; the jobs
     table never holds more than a fraction of them, history goes with its jobs."""

@@ -5,10 +5,12 @@ import json
 import sqlite3
 from pathlib import Path
 
+import pytest
 from conftest import Queue, wait_for
 
 
 # -- purge, dlq retry --all ---------------------------------------------------------------------
+@pytest.mark.slow
 def test_purge_counts_and_never_touches_waiting_jobs(any_queue: Queue) -> None:
     q = any_queue
     q.run("enqueue", "--file", "-", input="".join(
@@ -44,6 +46,7 @@ def test_retention_settings_accept_durations_and_both_spellings(any_queue: Queue
 
 
 # -- backup -------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_backup_taken_during_a_drain_is_consistent(queue: Queue, tmp_path: Path) -> None:
     q = queue
     q.run("enqueue", "--file", "-",

@@ -8,7 +8,10 @@ import signal
 import subprocess
 from pathlib import Path
 
+import pytest
 from conftest import QUEUECTL, Queue, process_alive, wait_for
+
+pytestmark = pytest.mark.slow  # workers that must notice, finish and restart
 
 REPLACED_EXIT = 75
 

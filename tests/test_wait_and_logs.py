@@ -6,7 +6,10 @@ import sqlite3
 import subprocess
 import time
 
+import pytest
 from conftest import QUEUECTL, Queue
+
+pytestmark = pytest.mark.slow  # jobs that run for seconds while followed
 
 
 # -- wait ---------------------------------------------------------------------------------------
