@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Queue, wait_for
+from conftest import Queue, holds_for, wait_for
 
 
 def _add(q: Queue, queue: str, command: str, **fields: object) -> str:
@@ -69,7 +69,8 @@ def test_queue_scoped_pause_status_and_purge_touch_only_their_queue(any_queue: Q
         _add(q, "b", "true", id=f"b{i}")
     q.worker()
     q.wait_counts(completed=3, timeout=60)
-    time.sleep(1.0)  # a worker had every chance to take a paused job
+    holds_for(lambda: q.json("status", "--queue", "a")["pending"] == 3, 1.0,
+              "the paused queue's jobs left waiting while a worker is free")
     assert q.json("status", "--queue", "a") == {
         "pending": 3, "processing": 0, "completed": 0, "failed": 0, "dead": 0,
         "canceled": 0, "active_workers": 1, "paused": True, "queue": "a"}

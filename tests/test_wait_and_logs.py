@@ -7,7 +7,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import QUEUECTL, Queue
+from conftest import QUEUECTL, Queue, holds_for, wait_for
 
 pytestmark = pytest.mark.slow  # jobs that run for seconds while followed
 
@@ -21,8 +21,7 @@ def test_wait_exit_codes(any_queue: Queue) -> None:
     q.enqueue({"id": "later", "command": "true", "delay": 3600})
     waiter = subprocess.Popen([QUEUECTL, "wait", "ok"], env=q.env, stdout=subprocess.PIPE,
                               text=True)
-    time.sleep(0.3)
-    assert waiter.poll() is None  # blocks while the job has not run
+    holds_for(lambda: waiter.poll() is None, 0.3, "wait blocking while the job has not run")
     q.worker()
     assert waiter.wait(timeout=30) == 0
     assert json.loads(waiter.stdout.read())["state"] == "completed"
@@ -72,11 +71,13 @@ def test_a_chatty_job_keeps_bounded_live_output(queue: Queue) -> None:
     q = queue
     q.enqueue({"id": "chatty", "command": "head -c 20000000 /dev/zero | tr '\\0' x; sleep 2"})
     q.worker()
-    q.wait_state("chatty", "processing")
-    time.sleep(1.5)
-    with sqlite3.connect(q.db) as conn:
-        stored = conn.execute("SELECT coalesce(sum(length(data)), 0) FROM live_output").fetchone()
-    assert 0 < stored[0] <= 4 * 65_536
+
+    def stored() -> int:
+        with sqlite3.connect(q.db) as conn:
+            return conn.execute("SELECT coalesce(sum(length(data)), 0) FROM live_output").fetchone()[0]
+
+    wait_for(lambda: stored() > 0, 30, "the job's live output to be stored")
+    holds_for(lambda: 0 < stored() <= 4 * 65_536, 1.5, "the live output bounded while the job runs")
     q.wait_state("chatty", "completed")
     with sqlite3.connect(q.db) as conn:
         assert conn.execute("SELECT count(*) FROM live_output").fetchone()[0] == 0
