@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test demo lint clean bench deb install uninstall
+.PHONY: venv test test-fast demo lint clean bench deb install uninstall
 
 # Packaging (README "Install"): `make deb` builds dist/queuectl_VERSION_all.deb from a clean
 # copy of the tree; `make install` puts the same files under DESTDIR/PREFIX, without dpkg.
@@ -26,6 +26,13 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(BIN)/pytest -q
+
+# While working (under 2 min): the contract suite on every backend, then every other test
+# marked neither slow nor needing systemd, PostgreSQL, root or the package (README "Tests").
+FAST_MARKS := not (slow or systemd or postgres or root or deb)
+test-fast: $(STAMP)
+	$(BIN)/pytest -q --durations=5 tests/contract
+	$(BIN)/pytest -q --durations=5 -m "$(FAST_MARKS)" --ignore=tests/contract
 
 demo: $(STAMP)
 	QUEUECTL=$(BIN)/queuectl sh scripts/demo.sh

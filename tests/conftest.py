@@ -17,6 +17,42 @@ from queuectl.procinfo import stat_fields
 QUEUECTL = str(Path(sys.executable).with_name("queuectl"))
 
 
+# -- tiers -----------------------------------------------------------------------------------
+# The markers (pyproject.toml) say what a test needs or costs: `make test-fast` leaves out every
+# test that has one, except the contract suite, which runs whole on every backend; `make test`
+# runs everything. A test gets its requirement marks from what it uses: the fixtures below (and
+# any fixture built on them), and its PostgreSQL run if a parameter names the backend. A mark no
+# fixture can tell (`slow`; a root check inside a test) is written on the test or, for a whole
+# file, as its `pytestmark`.
+FIXTURE_MARKS: dict[str, tuple[str, ...]] = {
+    "pg_server": ("postgres",),  # the throwaway server: every PostgreSQL fixture starts here
+    "as_other_user": ("root",),  # runuser
+    "app": ("systemd", "root"),  # test_systemd.py's private systemd (`host` and kin use it)
+    "sd": ("systemd", "root"),  # test_systemd_ns.py's private systemd
+    "deb": ("deb",),  # test_deb.py: `make deb`
+    "admin": ("deb", "systemd", "root"),  # test_deb.py: the package installed in a Debian root
+    "small_fs": ("root",),  # test_db_faults.py: mounts a tmpfs
+    "queue_group": ("root",),  # test_permissions.py: groupadd
+    "tcp_queue": ("root",),  # test_postgres_hosts.py: unshare --uts
+}
+
+
+# Parameters naming the backend a test runs on (`backend_locator` below; test_bad_input's own).
+BACKEND_PARAMS = ("backend_locator", "backend")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        marks = {mark for name in getattr(item, "fixturenames", ())
+                 for mark in FIXTURE_MARKS.get(name, ())}
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and any(callspec.params.get(name) == "postgres"
+                                        for name in BACKEND_PARAMS):
+            marks.add("postgres")
+        for mark in sorted(marks - {m.name for m in item.iter_markers()}):
+            item.add_marker(mark)
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:
     """Poll until predicate() is truthy; fail naming `what` at the deadline."""
     deadline = time.monotonic() + timeout
@@ -26,6 +62,20 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, every: flo
             return value
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(every)
+
+
+def holds_for(predicate: Callable[[], Any], seconds: float, what: str,
+              every: float = 0.05) -> None:
+    """Check throughout `seconds` that predicate() stays truthy, failing the moment it is
+    not: for what must not happen within a window (a worker must not give up), where a
+    sleep followed by one look would miss what happened and undid itself meanwhile."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if not predicate():
+            raise AssertionError(f"not {what}, {seconds - (deadline - time.monotonic()):.1f} s in")
+        if time.monotonic() >= deadline:
+            return
         time.sleep(every)
 
 

@@ -187,10 +187,10 @@ class Bad:
 
 def bad(case_id: str, *args: str, code: int = 2, says: tuple[str, ...] | str = (),
         stdin: str | None = None, files: dict[str, bytes] | None = None,
-        env: dict[str, str] | None = None, marks: Any = ()) -> Any:
+        env: dict[str, str] | None = None) -> Any:
     says = (says,) if isinstance(says, str) else says
     case = Bad(args, code, says, stdin, tuple((files or {}).items()), tuple((env or {}).items()))
-    return pytest.param(case, id=case_id, marks=marks)
+    return pytest.param(case, id=case_id)
 
 
 def lines(*objs: Any) -> bytes:
@@ -201,11 +201,6 @@ GOOD_1 = {"id": "good-1", "command": "echo one"}
 GOOD_2 = {"id": "good-2", "command": "echo two"}
 TOO_LONG = "x" * (MAX_COMMAND_BYTES + 1)
 TOO_LONG_UTF8 = "é" * ((MAX_COMMAND_BYTES + 1) // 2)  # 65,536 characters, 131,072 bytes
-
-
-def bug(reason: str) -> Any:
-    """A product bug this file found: strict, so fixing it turns the case red until unmarked."""
-    return pytest.mark.xfail(strict=True, reason=f"product bug: {reason}")
 
 
 ENQUEUE_JSON = [
@@ -540,6 +535,7 @@ def test_read_only_database_file_refuses_writes_and_keeps_its_data(
 
 
 # -- a lock held longer than the busy timeout -------------------------------------------------
+@pytest.mark.slow
 def test_database_locked_longer_than_busy_timeout(seeded: Any, seed: Seed) -> None:
     env = {**seeded.env, "QUEUECTL_BUSY_TIMEOUT": "0.5"}
     holder = sqlite3.connect(seeded.db, timeout=0, isolation_level=None)

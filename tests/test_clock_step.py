@@ -22,6 +22,8 @@ from conftest import QUEUECTL, Queue, process_alive, wait_for
 
 from queuectl.policy import HEARTBEAT_EVERY
 
+pytestmark = pytest.mark.slow  # leases that must run out in real time
+
 LEASE = 3  # lease-seconds for these tests (the minimum is 2)
 STEP = 120  # seconds between the two workers' wall clocks
 

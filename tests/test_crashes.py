@@ -14,6 +14,7 @@ from conftest import QUEUECTL, Queue, process_alive, wait_for
 CRASHING_WORKER = Path(__file__).with_name("crashing_worker.py")
 
 
+@pytest.mark.slow
 def test_chaos_random_sigkills_lose_nothing(queue: Queue, tmp_path: Path) -> None:
     """4 workers, 2,000 jobs, a random worker SIGKILLed every ~200 ms and restarted."""
     queue.run("config", "set", "backoff-base", "1")
@@ -51,6 +52,7 @@ def test_chaos_random_sigkills_lose_nothing(queue: Queue, tmp_path: Path) -> Non
     print(f"\nchaos: jobs={total} kills={kills} duplicates={len(duplicated)}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("step", ["claimed", "spawned", "exited", "recorded"])
 def test_kill_at_every_step_recovers(queue: Queue, tmp_path: Path, step: str) -> None:
     """SIGKILL between each pair of steps claim → run → record; the job always ends right."""

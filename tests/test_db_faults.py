@@ -4,12 +4,11 @@ import hashlib
 import os
 import sqlite3
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import QUEUECTL, Queue, wait_for
+from conftest import QUEUECTL, Queue, holds_for, wait_for
 
 
 def _one_line_error(result: subprocess.CompletedProcess, code: int = 1) -> str:
@@ -79,12 +78,14 @@ def _survive_full_disk(q: Queue, small_fs: Path, log: Path, w: subprocess.Popen)
     assert w.poll() is None  # the worker carried on
 
 
-def test_lock_held_past_busy_timeout(queue: Queue) -> None:
+@pytest.mark.slow
+def test_lock_held_past_busy_timeout(queue: Queue, tmp_path: Path) -> None:
     queue.enqueue({"id": "j1", "command": "true"})
     queue.run("config", "set", "backoff-base", "1")
     holder = sqlite3.connect(queue.db, isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")
-    w = queue.worker(env={"QUEUECTL_BUSY_TIMEOUT": "0.5"})
+    log = tmp_path / "worker.log"
+    w = queue.worker(env={"QUEUECTL_BUSY_TIMEOUT": "0.5"}, log=log)
     try:
         queue.env["QUEUECTL_BUSY_TIMEOUT"] = "0.5"
         result = queue.run("enqueue", "--cmd", "true", check=False)
@@ -92,8 +93,9 @@ def test_lock_held_past_busy_timeout(queue: Queue) -> None:
         result = queue.run("config", "set", "max-retries", "5", check=False)
         assert "locked" in _one_line_error(result)
         del queue.env["QUEUECTL_BUSY_TIMEOUT"]
-        time.sleep(2)  # the lock is held over several of the worker's busy timeouts
-        assert w.poll() is None  # still running, waiting
+        wait_for(lambda: "database_error" in log.read_text(), 30, "the worker to meet the lock")
+        # held on over several of the worker's busy timeouts, the worker waits, never exits
+        holds_for(lambda: w.poll() is None, 4 * 0.5, "the worker waiting out the lock")
     finally:
         holder.execute("ROLLBACK")
         holder.close()
@@ -168,6 +170,7 @@ def test_read_only_database_for_another_user(shared_tmp: Path, as_other_user) ->
     assert _digest(path) == before
 
 
+@pytest.mark.root
 def test_read_only_filesystem(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root for a read-only bind mount")
@@ -186,6 +189,7 @@ def test_read_only_filesystem(tmp_path: Path) -> None:
 
 
 
+@pytest.mark.slow
 def test_stop_while_the_database_is_locked_ends_within_grace(queue: Queue,
                                                              tmp_path: Path) -> None:
     queue.enqueue({"id": "j1", "command": "sleep 0.5"})

@@ -409,6 +409,7 @@ def test_make_install_installs_the_same_files_as_the_package(deb: Path, tmp_path
 
 
 # -- on the booted Debian 12 -----------------------------------------------------------------
+@pytest.mark.slow
 def test_install_creates_user_state_directory_and_enables_no_worker(admin: Admin) -> None:
     for package, version in DEBIAN_VERSIONS.items():
         installed = admin.host.run("dpkg-query", "-W", "-f=${Version}", package).stdout
@@ -585,6 +586,7 @@ def v1(row: dict[str, Any], columns: tuple[str, ...]) -> dict[str, Any]:
     return {c: row[c] for c in columns}
 
 
+@pytest.mark.slow
 def test_upgrade_from_the_last_release_under_a_live_queue_loses_nothing(admin: Admin) -> None:
     # 0.1.0 on the purged root, four workers. They are started through a drop-in giving them
     # `--grace 2` (not 30 s) for the job they run when stopped, so that the upgrade interrupts

@@ -11,7 +11,10 @@ import subprocess
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from conftest import QUEUECTL, Queue
+
+pytestmark = pytest.mark.slow  # hundreds of processes at once
 
 BURST = 300
 

@@ -35,6 +35,7 @@ def _snapshot(db: Path) -> bytes:
         conn.close()
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(value=JSON_VALUES | JOB_LIKE, ascii_only=st.booleans())
@@ -129,6 +130,7 @@ IDS = ["'; DROP TABLE jobs; --", "a/b/../c", "with space", "  padded  ", "作业
        "%_*?[]", '"quoted"', "\\back\\slash", "-dash-first", "x" * 200]
 
 
+@pytest.mark.slow
 def test_odd_ids_are_stored_and_found_exactly(queue: Queue) -> None:
     for job_id in IDS:
         assert queue.run("enqueue", json.dumps({"id": job_id, "command": "true"})).stdout \
@@ -143,6 +145,7 @@ def test_odd_ids_are_stored_and_found_exactly(queue: Queue) -> None:
     assert with_tab.returncode == 2 and "control characters" in with_tab.stderr
 
 
+@pytest.mark.slow
 def test_a_job_printing_a_gigabyte_stays_bounded(queue: Queue) -> None:
     queue.enqueue({"id": "flood", "command": "dd if=/dev/zero bs=1M count=1024 status=none; "
                                              "echo THE-END"})

@@ -1,4 +1,4 @@
-"""Issue 15 without systemd: job limits are validated, stored with the job (their queue-wide
+"""Job limits without systemd: they are validated, stored with the job (their queue-wide
 defaults applied at enqueue), and refused clearly by a worker that cannot enforce them;
 older databases migrate forward keeping everything. Under systemd see test_systemd_cgroup."""
 

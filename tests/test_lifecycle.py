@@ -16,6 +16,7 @@ def queue(any_queue: Queue) -> Queue:
     return any_queue
 
 
+@pytest.mark.slow
 def test_graceful_stop_lets_running_job_finish(queue: Queue, tmp_path: Path) -> None:
     out = tmp_path / "done"
     queue.enqueue({"id": "g1", "command": f"sleep 1; echo finished > {out}"})
@@ -29,6 +30,7 @@ def test_graceful_stop_lets_running_job_finish(queue: Queue, tmp_path: Path) -> 
     assert queue.job("g2")["state"] == "pending"  # no new job claimed while stopping
 
 
+@pytest.mark.slow
 def test_stop_past_grace_returns_job_to_pending_without_spending_a_retry(
     queue: Queue, tmp_path: Path
 ) -> None:
@@ -52,6 +54,7 @@ def test_stop_past_grace_returns_job_to_pending_without_spending_a_retry(
     assert queue.job("long")["attempts"] == 1
 
 
+@pytest.mark.slow
 def test_timeout_kills_the_whole_process_group(queue: Queue, tmp_path: Path) -> None:
     pidfile = tmp_path / "child"
     queue.enqueue({"id": "t1", "command": f"sleep 300 & echo $! > {pidfile}; wait",
@@ -73,6 +76,7 @@ def test_leftover_background_processes_are_killed_when_the_job_exits(
     wait_for(lambda: not process_alive(int(pidfile.read_text())), 5, "the background child to be gone")
 
 
+@pytest.mark.slow
 def test_long_job_keeps_its_lease(queue: Queue) -> None:
     queue.run("config", "set", "lease-seconds", "2")
     queue.enqueue({"id": "slow", "command": "sleep 5"})
@@ -82,6 +86,7 @@ def test_long_job_keeps_its_lease(queue: Queue) -> None:
     assert job["attempts"] == 1 and [h["outcome"] for h in job["history"]] == ["completed"]
 
 
+@pytest.mark.slow
 def test_hung_worker_loses_its_lease_and_the_job_runs_elsewhere(
     queue: Queue, tmp_path: Path
 ) -> None:
@@ -108,6 +113,7 @@ def test_hung_worker_loses_its_lease_and_the_job_runs_elsewhere(
     assert hung.poll() is None  # and it carries on working
 
 
+@pytest.mark.slow
 def test_restarted_worker_takes_back_its_own_orphan_at_once(queue: Queue, tmp_path: Path) -> None:
     # a 30 s lease: recovery within seconds proves the name-based reclaim, not expiry
     queue.enqueue({"id": "o1", "command": "sleep 0.5", "max_retries": 2})
@@ -132,6 +138,7 @@ def test_worker_name_in_use_is_refused(queue: Queue) -> None:
     assert "already running" in second.stderr and second.stderr.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_worker_stop_from_another_terminal(queue: Queue) -> None:
     queue.enqueue({"id": "s1", "command": "sleep 1"})
     workers = [queue.worker() for _ in range(2)]
@@ -144,6 +151,7 @@ def test_worker_stop_from_another_terminal(queue: Queue) -> None:
     assert queue.run("worker", "stop").stdout.strip() == "No running workers."
 
 
+@pytest.mark.slow
 def test_killed_worker_stops_counting_as_active(queue: Queue) -> None:
     w = queue.worker()
     queue.wait_counts(active_workers=1, timeout=10)
@@ -151,6 +159,7 @@ def test_killed_worker_stops_counting_as_active(queue: Queue) -> None:
     queue.wait_counts(active_workers=0, timeout=15)
 
 
+@pytest.mark.slow
 def test_supervisor_restarts_crashed_worker_and_stops_all_on_sigterm(
     queue: Queue, tmp_path: Path
 ) -> None:
@@ -184,15 +193,15 @@ def _worker_pids(queue: Queue) -> list[int]:
     return [p for p in pids if process_alive(p)]
 
 
-@pytest.mark.parametrize("count", [2])
-def test_supervisor_drain_exits_when_queue_is_empty(queue: Queue, count: int) -> None:
+def test_supervisor_drain_exits_when_queue_is_empty(queue: Queue) -> None:
     for i in range(5):
         queue.enqueue({"id": f"dr{i}", "command": "true"})
-    result = queue.run("worker", "start", "--count", str(count), "--drain", timeout=60)
+    result = queue.run("worker", "start", "--count", "2", "--drain", timeout=60)
     assert result.returncode == 0
     assert queue.status()["completed"] == 5
 
 
+@pytest.mark.slow
 def test_idle_worker_wakes_on_enqueue_not_on_its_poll(queue: Queue) -> None:
     queue.start("worker", "run", "--poll-interval", "120")
     queue.wait_counts(active_workers=1, timeout=10)
@@ -201,6 +210,7 @@ def test_idle_worker_wakes_on_enqueue_not_on_its_poll(queue: Queue) -> None:
     queue.wait_state("wake", "completed", timeout=10)  # far sooner than the poll
 
 
+@pytest.mark.slow
 def test_delayed_job_starts_at_its_time_not_before(queue: Queue) -> None:
     from queuectl.clock import parse_iso
 
@@ -210,6 +220,7 @@ def test_delayed_job_starts_at_its_time_not_before(queue: Queue) -> None:
     assert parse_iso(job["started_at"]) >= parse_iso(job["run_at"])
 
 
+@pytest.mark.slow
 def test_status_to_systemd_is_rate_limited_but_ends_on_the_latest_text(
     queue: Queue, tmp_path: Path
 ) -> None:

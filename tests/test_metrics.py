@@ -1,4 +1,4 @@
-"""`queuectl metrics` (issue 13) on every backend, read back with Prometheus' own parser.
+"""`queuectl metrics` on every backend, read back with Prometheus' own parser.
 
 A known workload gives known numbers; counters never go down across purge, retention,
 a worker killed mid-job (its attempt lost) and a worker stopped mid-job (interrupted).
@@ -10,8 +10,11 @@ import math
 import signal
 from typing import Any
 
+import pytest
 from conftest import Queue, wait_for
 from prometheus_client.parser import text_string_to_metric_families
+
+pytestmark = pytest.mark.slow  # workloads run by real workers, restarts
 
 TYPES = {
     "queuectl_jobs": "gauge", "queuectl_oldest_waiting_seconds": "gauge",

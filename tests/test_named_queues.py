@@ -5,13 +5,15 @@ import json
 import time
 from pathlib import Path
 
-from conftest import Queue, wait_for
+import pytest
+from conftest import Queue, holds_for, wait_for
 
 
 def _add(q: Queue, queue: str, command: str, **fields: object) -> str:
     return q.enqueue({"command": command, "queue": queue, **fields})
 
 
+@pytest.mark.slow
 def test_a_mail_job_behind_50_long_backups_starts_within_a_second(any_queue: Queue,
                                                                   tmp_path: Path) -> None:
     q = any_queue
@@ -32,6 +34,7 @@ def test_a_mail_job_behind_50_long_backups_starts_within_a_second(any_queue: Que
     assert q.json("status", "--queue", "backups")["canceled"] == 49
 
 
+@pytest.mark.slow
 def test_concurrency_1_with_4_workers_never_runs_two_at_once(any_queue: Queue,
                                                              tmp_path: Path) -> None:
     q = any_queue
@@ -57,6 +60,7 @@ def test_concurrency_1_with_4_workers_never_runs_two_at_once(any_queue: Queue,
     assert row["concurrency"] == 1 and row["completed"] == 20 and row["workers"] == 4
 
 
+@pytest.mark.slow
 def test_queue_scoped_pause_status_and_purge_touch_only_their_queue(any_queue: Queue) -> None:
     q = any_queue
     assert "Paused queue a" in q.run("pause", "--queue", "a").stdout
@@ -65,7 +69,8 @@ def test_queue_scoped_pause_status_and_purge_touch_only_their_queue(any_queue: Q
         _add(q, "b", "true", id=f"b{i}")
     q.worker()
     q.wait_counts(completed=3, timeout=60)
-    time.sleep(1.0)  # a worker had every chance to take a paused job
+    holds_for(lambda: q.json("status", "--queue", "a")["pending"] == 3, 1.0,
+              "the paused queue's jobs left waiting while a worker is free")
     assert q.json("status", "--queue", "a") == {
         "pending": 3, "processing": 0, "completed": 0, "failed": 0, "dead": 0,
         "canceled": 0, "active_workers": 1, "paused": True, "queue": "a"}

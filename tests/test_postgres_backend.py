@@ -150,6 +150,7 @@ def test_many_processes_create_the_schema_at_once(pg_server: Any) -> None:
     assert len(json.loads(run(db, "list").stdout)) == 8
 
 
+@pytest.mark.slow
 def test_a_store_and_its_wakeup_survive_a_server_restart(pg_server: Any) -> None:
     db = pg_server.fresh_locator()
     store = open_store(db, for_worker=True)
@@ -233,7 +234,7 @@ def test_many_notifications_while_busy_do_not_pile_up(pg_server: Any) -> None:
         store.close()
 
 
-# -- operators living with the queue (cancel, pause, retention, live output) ---------------
+# -- operators' verbs on PostgreSQL: migration from schema 1, retention, live output -------
 def test_a_version_1_queue_migrates_forward_keeping_everything(pg_server: Any) -> None:
     """A queue made by an older release (schema 1, built here from its own migration)
     is migrated by the first processes that open it, all at once, and keeps every job,
@@ -286,6 +287,7 @@ def test_a_version_1_queue_migrates_forward_keeping_everything(pg_server: Any) -
         store.close()
 
 
+@pytest.mark.slow
 def test_retention_keeps_the_tables_bounded(pg_server: Any) -> None:
     """keep-completed 1s: 4,000 jobs drained by two workers, fed 500 at a time; the jobs
     table never holds more than a fraction of them, history goes with its jobs."""
@@ -339,7 +341,7 @@ def test_a_chatty_job_keeps_bounded_live_output(pg_server: Any) -> None:
         q.stop_all()
 
 
-# -- named queues --------------------------------------------------------------------------
+# -- named queues on PostgreSQL -------------------------------------------------------------
 def test_a_version_2_queue_migrates_to_3_keeping_everything(pg_server: Any) -> None:
     """A queue of the previous release (schema 2, built here from its own migrations) is
     migrated by the first processes that open it, all at once, and keeps every job, attempt,

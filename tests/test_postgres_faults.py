@@ -84,6 +84,7 @@ def test_server_restart_mid_drain_loses_nothing_and_workers_recover(
         q.stop_all()
 
 
+@pytest.mark.slow
 def test_an_outage_during_a_running_job_is_one_warning_and_the_job_completes(
         pg_server: Any, tmp_path: Path) -> None:
     """The server is down for 6 s (three missed heartbeats) while a job runs: the worker
@@ -121,6 +122,7 @@ def _fill_connection_slots(dsn: str) -> list[Any]:
     raise AssertionError("the server never said 'too many clients'")
 
 
+@pytest.mark.slow
 def test_300_enqueue_processes_at_once_all_succeed_and_each_job_runs_once(
         pg_server: Any, tmp_path: Path) -> None:
     assert pg_server.psql("SHOW max_connections") == "100"  # the default, as promised

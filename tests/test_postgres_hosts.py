@@ -21,6 +21,8 @@ from typing import Any
 import pytest
 from conftest import QUEUECTL, Queue, process_alive, wait_for
 
+pytestmark = pytest.mark.slow  # two hosts' workers, one killed mid-drain
+
 PASSWORD = "hosts-pw-7b1e"
 JOBS = 2000
 

@@ -8,7 +8,10 @@ import signal
 import subprocess
 from pathlib import Path
 
+import pytest
 from conftest import QUEUECTL, Queue, process_alive, wait_for
+
+pytestmark = pytest.mark.slow  # workers that must notice, finish and restart
 
 REPLACED_EXIT = 75
 
@@ -19,7 +22,7 @@ def _events(log: Path, event: str) -> list[dict]:
 
 
 def _remove_database(db: Path) -> None:
-    """`rm queue.db*`, as the admin in the issue did."""
+    """`rm queue.db*`: an admin clearing out what looks like a stale database."""
     for path in db.parent.glob(db.name + "*"):
         path.unlink()
 

@@ -9,7 +9,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import QUEUECTL, Queue, wait_for
+
+pytestmark = pytest.mark.slow  # thousands to a million jobs
 
 
 def _rows(db: Path) -> int:

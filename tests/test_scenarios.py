@@ -27,6 +27,7 @@ def test_successful_job_ends_completed_with_its_output(queue: Queue) -> None:
                               "dead": 0, "active_workers": 1, "canceled": 0, "paused": False}
 
 
+@pytest.mark.slow
 def test_failing_job_backs_off_exponentially_then_goes_dead(queue: Queue) -> None:
     base = 1.5
     queue.run("config", "set", "backoff-base", str(base))
@@ -47,6 +48,7 @@ def test_failing_job_backs_off_exponentially_then_goes_dead(queue: Queue) -> Non
     assert json.loads(queue.run("dlq", "list").stdout)[0]["id"] == "bad"
 
 
+@pytest.mark.slow
 def test_four_workers_run_300_jobs_exactly_once(queue: Queue, tmp_path: Path) -> None:
     out = tmp_path / "ran.txt"
     lines = "\n".join(json.dumps({"id": f"j{i}", "command": f"echo j{i} >> {out}"})
@@ -63,6 +65,7 @@ def test_four_workers_run_300_jobs_exactly_once(queue: Queue, tmp_path: Path) ->
     assert len(per_worker) >= 2  # the work was actually shared
 
 
+@pytest.mark.slow
 def test_sigkilled_workers_lose_nothing_after_restart(queue: Queue, tmp_path: Path) -> None:
     queue.run("config", "set", "lease-seconds", "2")
     queue.run("config", "set", "backoff-base", "1")
@@ -162,6 +165,7 @@ def _info_with_var_lib(tmp_path: Path, system_dir: bool) -> dict:
     return json.loads(result.stdout)
 
 
+@pytest.mark.root
 def test_without_system_dir_the_database_is_in_xdg_data_home(tmp_path: Path) -> None:
     info = _info_with_var_lib(tmp_path, system_dir=False)
     assert info["database"] == str(tmp_path / "xdg" / "queuectl" / "queue.db")
@@ -169,6 +173,7 @@ def test_without_system_dir_the_database_is_in_xdg_data_home(tmp_path: Path) -> 
     assert (tmp_path / "xdg" / "queuectl" / "queue.db").exists()
 
 
+@pytest.mark.root
 def test_with_system_dir_the_database_is_in_var_lib_queuectl(tmp_path: Path) -> None:
     info = _info_with_var_lib(tmp_path, system_dir=True)
     assert info["database"] == "/var/lib/queuectl/queue.db"

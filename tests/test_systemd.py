@@ -144,6 +144,7 @@ def test_status_text_names_the_running_job_even_in_unicode(host: Host) -> None:
     host.queue.wait_state("作业-✓", "completed")
 
 
+@pytest.mark.slow
 def test_watchdog_kills_a_stuck_worker_and_its_job_still_completes(host: Host) -> None:
     q = host.queue
     _start(host, 1)

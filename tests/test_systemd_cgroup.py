@@ -1,4 +1,5 @@
-"""Issue 15: each attempt in a cgroup of its own, under the suite's private systemd.
+"""Job limits and cleanup under systemd: each attempt in a cgroup of its own, under the
+suite's private systemd.
 
 The real unit (`Delegate=yes`) on the real cgroup v2 tree the private systemd mounts. On the
 test machines that tree has no memory/cpu/pids controller (they are bound to cgroup v1), so

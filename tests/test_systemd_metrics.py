@@ -1,4 +1,4 @@
-"""queuectl-metrics.timer under the suite's private systemd (issue 13).
+"""queuectl-metrics.timer under the suite's private systemd.
 
 The project's service and timer, installed beside the worker unit as an admin would, write
 node_exporter's textfile into a private /var/lib/prometheus/node-exporter owned by queuectl:
@@ -53,6 +53,7 @@ def _parse(text: str) -> dict[str, float]:
             for f in text_string_to_metric_families(text) for s in f.samples}
 
 
+@pytest.mark.slow
 def test_the_timer_writes_a_whole_textfile_that_follows_the_queue(
         metrics_host: tuple[Host, Path]) -> None:
     sd_host, prom = metrics_host

@@ -65,6 +65,7 @@ def _epoch(iso: str) -> float:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
+@pytest.mark.slow
 def test_live_top_shows_a_running_job_and_its_worker_within_2_s_and_q_quits(
         any_queue: Queue, tmux: list[Tmux], tmp_path: Path) -> None:
     q = any_queue
@@ -106,6 +107,7 @@ def test_live_top_uses_no_colour_on_a_monochrome_terminal(queue: Queue, tmux: li
     assert "\x1b[7m" in painted  # the title in reverse video still sets it apart
 
 
+@pytest.mark.slow
 def test_top_once_prints_one_snapshot(any_queue: Queue) -> None:
     q = any_queue
     q.run("config", "set", "backoff-base", "1000")

@@ -64,6 +64,7 @@ def test_service_exposure_score_is_at_most_4_5(unit: str) -> None:
     assert float(match.group(1)) <= MAX_EXPOSURE
 
 
+@pytest.mark.slow
 def test_snippets_create_the_user_and_a_group_writable_state_dir(tmp_path: Path) -> None:
     _need_systemd_analyze()
     root = tmp_path / "root"

@@ -62,6 +62,20 @@ def short_leases(store: Store) -> None:
     store.set_config("lease-seconds", 2)
 
 
+# The SQLite backend keeps leases on CLOCK_BOOTTIME (read an instant after the wall clock that
+# lease_expires_at shows; both run at the rate of real time): past the shown expiry by this
+# much, the lease has run out by that clock too.
+LEASE_CLOCKS_APART = 0.05
+
+
+def wait_expired(store: Store, jobs: list[Job], timeout: float = DEADLINE) -> None:
+    """Until the store's own clock is past every one of these leases, without touching them
+    (reclaim_expired would end them)."""
+    ends = max(store.get(j.id).lease_expires_at for j in jobs) + LEASE_CLOCKS_APART
+    wait_for(lambda: store.now() > ends, timeout, "the leases to run out by the store's clock",
+             every=0.1)
+
+
 def wait_reclaimed(store: Store, timeout: float = DEADLINE) -> list[Job]:
     """Poll reclaim_expired until it returns something: leases end by the store's clock."""
     return wait_for(store.reclaim_expired, timeout, "an expired lease to be reclaimed", every=0.1)

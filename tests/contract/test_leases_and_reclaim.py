@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
-from contract_helpers import add, claim, failed, ok, short_leases, wait_reclaimed
+from conftest import wait_for
+from contract_helpers import DEADLINE, add, claim, failed, ok, short_leases, wait_expired, wait_reclaimed
 
 from queuectl import policy
 from queuectl.job import Job, JobSpec
@@ -22,16 +21,25 @@ def test_heartbeat_extends_the_lease_by_lease_seconds_from_now(store) -> None:
 
 
 def test_heartbeat_keeps_a_lease_from_expiring(store) -> None:
-    """Renewed faster than it runs out, a 2 s lease survives well past 2 s."""
+    """Renewed faster than it runs out, a 2 s lease outlives the same lease taken at the same
+    moment and left alone: that one is reclaimed, the renewed one never."""
     short_leases(store)
-    add(store, id="j")
-    job = claim(store)
-    end = time.monotonic() + 3.0
-    while time.monotonic() < end:
+    add(store, id="renewed")
+    add(store, id="left-alone")
+    job = claim(store, "w1")
+    other = claim(store, "w2")
+    assert (job.id, other.id) == ("renewed", "left-alone")
+    reclaimed: list[Job] = []
+
+    def renew_until_the_other_is_reclaimed() -> list[Job]:
         assert store.heartbeat("w1", "busy", job) is True
-        assert store.reclaim_expired() == []
-        time.sleep(0.2)
-    assert store.get("j").state == "processing"
+        reclaimed.extend(store.reclaim_expired())
+        return reclaimed
+
+    wait_for(renew_until_the_other_is_reclaimed, DEADLINE, "the lease left alone to expire",
+             every=0.2)
+    assert [j.id for j in reclaimed] == ["left-alone"]
+    assert store.get("renewed").state == "processing"
     assert store.record_success(job, ok()) is True
 
 
@@ -100,11 +108,8 @@ def test_reclaim_expired_takes_every_expired_lease_in_one_call_dead_if_retries_a
     short_leases(store)
     store.enqueue([JobSpec("true", id="a"), JobSpec("true", id="b"),
                    JobSpec("true", id="c", max_retries=0)])
-    claim(store, "w1")
-    claim(store, "w2")
-    claim(store, "w3")
-    # Every lease ends within 2 s of now, by any clock that runs at the rate of real time.
-    time.sleep(2.5)
+    held = [claim(store, "w1"), claim(store, "w2"), claim(store, "w3")]
+    wait_expired(store, held)
     lost = open_another().reclaim_expired()
     assert sorted(j.id for j in lost) == ["a", "b", "c"]
     assert {j.worker for j in lost} == {"w1", "w2", "w3"}

@@ -1,4 +1,4 @@
-"""Contract: named queues (issue 12) — preference order, per-queue limits and pause, filters,
+"""Contract: named queues — preference order, per-queue limits and pause, filters,
 the queue overview and the workers registry's lanes, through the Store interface only."""
 
 from __future__ import annotations

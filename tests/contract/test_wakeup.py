@@ -6,9 +6,10 @@ import select
 import time
 
 import pytest
+from conftest import wait_for
 from contract_helpers import DEADLINE, add
 
-from queuectl.store import Store, Wakeup
+from queuectl.store import PollOnly, Store, Wakeup
 
 
 def _readable(wakeup: Wakeup, fd: int, timeout: float) -> bool:
@@ -27,8 +28,15 @@ def _settled(store: Store) -> tuple[Wakeup, int]:
     if fd is None:
         wakeup.close()
         pytest.skip("this backend's wakeup relies on polling alone (fileno() is None)")
-    wakeup.drain()
+    _quiet(wakeup, fd)
     return wakeup, fd
+
+
+def _quiet(wakeup: Wakeup, fd: int) -> None:
+    """Drain until nothing is pending: a drain that says False with the descriptor not
+    readable (a commit may stir several events, arriving over a moment)."""
+    wait_for(lambda: not wakeup.drain() and not select.select([fd], [], [], 0)[0],
+             DEADLINE, "the wakeup to go quiet", every=0.02)
 
 
 def test_wakeup_is_a_wakeup_with_a_positive_poll_interval(store) -> None:
@@ -42,11 +50,30 @@ def test_wakeup_is_a_wakeup_with_a_positive_poll_interval(store) -> None:
         wakeup.close()
 
 
-def test_drain_with_nothing_pending_does_not_raise(store) -> None:
-    wakeup = store.wakeup()
+def test_with_nothing_submitted_the_wakeup_stays_quiet_and_drain_says_false(
+        store, open_another) -> None:
+    """Drained, and with nothing committed since, the descriptor is not readable and drain()
+    says False (a backend that only polls has no descriptor and always says False)."""
+    wakeup = open_another(for_worker=True).wakeup()
     try:
-        assert isinstance(wakeup.drain(), bool)
-        assert isinstance(wakeup.drain(), bool)
+        fd = wakeup.fileno()
+        wakeup.drain()
+        if fd is not None:
+            assert not select.select([fd], [], [], 0)[0], "readable with nothing submitted"
+        assert wakeup.drain() is False
+        assert wakeup.drain() is False
+    finally:
+        wakeup.close()
+
+
+def test_poll_only_has_no_descriptor_never_fires_and_polls_briskly() -> None:
+    """PollOnly, for backends or hosts without change notification: the worker finds work
+    by its poll alone, so that poll is shorter than a notifying backend's safety net."""
+    wakeup = PollOnly()
+    try:
+        assert wakeup.fileno() is None
+        assert wakeup.drain() is False
+        assert 0 < wakeup.poll_interval < Wakeup.poll_interval
     finally:
         wakeup.close()
 
@@ -69,8 +96,7 @@ def test_wakeup_fires_again_for_each_later_enqueue(store, open_another) -> None:
             add(store, f"echo {n}")
             assert _readable(wakeup, fd, DEADLINE), f"no wakeup after enqueue {n}"
             assert wakeup.drain() is True
-            time.sleep(0.05)
-            wakeup.drain()  # whatever else the commit caused
+            _quiet(wakeup, fd)  # whatever else the commit caused, before the next one
     finally:
         wakeup.close()
 

@@ -1,4 +1,5 @@
-"""retry_dead and get: what an operator sees and may do to a job."""
+"""Contract: a dead job sent back (`retry_dead`) and a job read back with its history and
+output (`get`), through the Store interface only, once per backend."""
 
 from __future__ import annotations
 
