@@ -368,7 +368,7 @@ class Store(ABC):
 
     # -- operator verbs: cancel, pause, purge, retry, live output, backup ----------------------
     # Not abstract, so a backend that predates them stays instantiable; each backend overrides
-    # every one of them, and the contract suite (tests/contract/test_operator_verbs.py) checks
+    # every one of them, and the contract suite (tests/contract/test_cancel_pause_purge.py) checks
     # the promises. Amended promises of the verbs above, for every backend:
     # - claim_next and complete_and_claim claim nothing while the queue is paused (the flag is
     #   read inside the claiming transaction);
