@@ -4,6 +4,7 @@ Every process the benchmark starts goes through `Procs`, which runs it in its ow
 that whatever it leaves behind can be killed by process group, and kills all of them at exit.
 """
 
+import importlib.util
 import math
 import os
 import signal
@@ -14,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from queuectl.procinfo import stat_fields
@@ -169,17 +171,22 @@ def run(argv: Sequence[str | Path], timeout: float = 120, check: bool = True,
     return result
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
-               every: float = 0.05) -> Any:
-    """Poll predicate until truthy; RuntimeError naming `what` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(every)
+def load_test_module(name: str) -> ModuleType:
+    """tests/NAME.py, imported by its path (tests/ is no package), once: what the tests and
+    the bench share (the PostgreSQL starter, the poll loop) lives there."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, REPO / "tests" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+# Poll predicate until truthy; at the deadline a RuntimeError (tests/waiting.TimedOut) naming
+# what was awaited.
+wait_until: Callable[..., Any] = load_test_module("waiting").wait_for
 
 
 # Not passed on to what is measured: a journald stream or a database of the caller's, and

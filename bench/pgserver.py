@@ -12,31 +12,16 @@ started is ever signalled.
 """
 
 import atexit
-import importlib.util
 import os
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-from bench.common import REPO, clean_env, cpu_of, log, stat_cpu
+from bench.common import clean_env, cpu_of, load_test_module, log, stat_cpu
 from queuectl.procinfo import stat_fields
 
-
-def _load_starter() -> ModuleType:
-    """tests/pgserver.py, imported by its path (tests/ is no package)."""
-    spec = importlib.util.spec_from_file_location("queuectl_tests_pgserver",
-                                                  REPO / "tests" / "pgserver.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-starter = _load_starter()
+starter = load_test_module("pgserver")  # the one throwaway-server starter
 SUPERUSER = starter.SUPERUSER
 
 

@@ -5,12 +5,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from waiting import wait_for
 
 from queuectl.procinfo import stat_fields
 
@@ -51,32 +51,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             marks.add("postgres")
         for mark in sorted(marks - {m.name for m in item.iter_markers()}):
             item.add_marker(mark)
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:
-    """Poll until predicate() is truthy; fail naming `what` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(every)
-
-
-def holds_for(predicate: Callable[[], Any], seconds: float, what: str,
-              every: float = 0.05) -> None:
-    """Check throughout `seconds` that predicate() stays truthy, failing the moment it is
-    not: for what must not happen within a window (a worker must not give up), where a
-    sleep followed by one look would miss what happened and undid itself meanwhile."""
-    deadline = time.monotonic() + seconds
-    while True:
-        if not predicate():
-            raise AssertionError(f"not {what}, {seconds - (deadline - time.monotonic()):.1f} s in")
-        if time.monotonic() >= deadline:
-            return
-        time.sleep(every)
 
 
 _ALL_QUEUES: list["Queue"] = []

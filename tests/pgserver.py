@@ -228,7 +228,7 @@ class PgServer:
 
     def wait_ready(self, timeout: float = 30) -> None:
         """Until the server accepts connections (after a restart). Tests only."""
-        from conftest import wait_for
+        from waiting import wait_for
 
         wait_for(lambda: subprocess.run(
             [os.path.join(self.bindir, "pg_isready"), "-h", str(self.base), "-p",

@@ -6,7 +6,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Queue, holds_for, process_alive, wait_for
+from conftest import Queue, process_alive
+from waiting import holds_for, wait_for
 
 
 def _pids(path: Path) -> list[int]:

@@ -18,7 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import QUEUECTL, Queue, process_alive, wait_for
+from conftest import QUEUECTL, Queue, process_alive
+from waiting import wait_for
 
 from queuectl.policy import HEARTBEAT_EVERY
 

@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import QUEUECTL, Queue, process_alive, wait_for
+from conftest import QUEUECTL, Queue, process_alive
+from waiting import wait_for
 
 CRASHING_WORKER = Path(__file__).with_name("crashing_worker.py")
 

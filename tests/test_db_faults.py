@@ -8,7 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import QUEUECTL, Queue, holds_for, wait_for
+from conftest import QUEUECTL, Queue
+from waiting import holds_for, wait_for
 
 
 def _one_line_error(result: subprocess.CompletedProcess, code: int = 1) -> str:

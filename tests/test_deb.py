@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_for
 from systemd_ns import NamespacedSystemd, require_systemd_or_skip
+from waiting import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]

@@ -11,8 +11,9 @@ import signal
 from typing import Any
 
 import pytest
-from conftest import Queue, wait_for
+from conftest import Queue
 from prometheus_client.parser import text_string_to_metric_families
+from waiting import wait_for
 
 pytestmark = pytest.mark.slow  # workloads run by real workers, restarts
 

@@ -6,7 +6,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Queue, holds_for, wait_for
+from conftest import Queue
+from waiting import holds_for, wait_for
 
 
 def _add(q: Queue, queue: str, command: str, **fields: object) -> str:

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import QUEUECTL, Queue, wait_for
+from conftest import QUEUECTL, Queue
+from waiting import wait_for
 
 from queuectl.errors import DatabaseUnavailable
 from queuectl.job import JobSpec

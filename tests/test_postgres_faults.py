@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import QUEUECTL, Queue, wait_for
+from conftest import QUEUECTL, Queue
+from waiting import wait_for
 
 SECRET = "Fault-s3cr:t@pw"  # needs URL escaping, so half-masked spellings would show
 

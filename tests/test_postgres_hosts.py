@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import QUEUECTL, Queue, process_alive, wait_for
+from conftest import QUEUECTL, Queue, process_alive
+from waiting import wait_for
 
 pytestmark = pytest.mark.slow  # two hosts' workers, one killed mid-drain
 

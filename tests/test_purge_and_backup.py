@@ -6,7 +6,8 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from conftest import Queue, wait_for
+from conftest import Queue
+from waiting import wait_for
 
 
 # -- purge, dlq retry --all ---------------------------------------------------------------------

@@ -9,7 +9,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import QUEUECTL, Queue, process_alive, wait_for
+from conftest import QUEUECTL, Queue, process_alive
+from waiting import wait_for
 
 pytestmark = pytest.mark.slow  # workers that must notice, finish and restart
 

@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import QUEUECTL, Queue, wait_for
+from conftest import QUEUECTL, Queue
+from waiting import wait_for
 
 pytestmark = pytest.mark.slow  # thousands to a million jobs
 

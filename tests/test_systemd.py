@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 from appcopy import install_app
-from conftest import QUEUECTL, Queue, wait_for
+from conftest import QUEUECTL, Queue
 from systemd_ns import PrivateSystemd, require_systemd_or_skip
+from waiting import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 APP_INSIDE = "/srv"  # where the copied app is bind-mounted inside the namespace

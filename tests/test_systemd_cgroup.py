@@ -13,8 +13,8 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
 from test_systemd import Host, _start, app, host  # noqa: F401 (fixtures)
+from waiting import wait_for
 
 UNIT = "queuectl-worker@1.service"
 

@@ -14,10 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
 from prometheus_client.parser import text_string_to_metric_families
 from test_systemd import APP_INSIDE, Host, app, host  # noqa: F401 (fixtures)
 from test_systemd_postgres import _uid_gid
+from waiting import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 UNITS = ("queuectl-metrics.service", "queuectl-metrics.timer")

@@ -18,7 +18,8 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from conftest import QUEUECTL, Queue, wait_for
+from conftest import QUEUECTL, Queue
+from waiting import wait_for
 
 HOST = os.uname().nodename
 
@@ -70,7 +71,7 @@ def test_live_top_shows_a_running_job_and_its_worker_within_2_s_and_q_quits(
         any_queue: Queue, tmux: list[Tmux], tmp_path: Path) -> None:
     q = any_queue
     q.enqueue({"id": "warmup", "command": "true"})  # the queue exists before top opens it
-    q.worker()
+    q.worker("--grace", "1")  # its `sleep 30` must not hold up teardown
     q.wait_state("warmup", "completed")
     rc = tmp_path / "rc"
     term = Tmux(f"{QUEUECTL} top", _env(q), rc)
@@ -115,7 +116,7 @@ def test_top_once_prints_one_snapshot(any_queue: Queue) -> None:
     q.enqueue({"id": "flaky", "command": "exit 4", "max_retries": 2})
     q.enqueue({"id": "m1", "command": "true", "queue": "mail"})
     q.run("queue", "set", "mail", "--concurrency", "2")
-    q.worker()
+    q.worker("--grace", "1")  # its `sleep 30` must not hold up teardown
     q.wait_state("broken", "dead")
     q.wait_state("flaky", "failed")
     q.wait_state("m1", "completed")

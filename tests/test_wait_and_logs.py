@@ -7,7 +7,8 @@ import subprocess
 import time
 
 import pytest
-from conftest import QUEUECTL, Queue, holds_for, wait_for
+from conftest import QUEUECTL, Queue
+from waiting import holds_for, wait_for
 
 pytestmark = pytest.mark.slow  # jobs that run for seconds while followed
 

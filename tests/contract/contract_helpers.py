@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from conftest import wait_for
+from waiting import wait_for
 
 from queuectl.job import Job, JobSpec
 from queuectl.store import Outcome, Store

@@ -4,8 +4,8 @@ interface only, once per backend."""
 import time
 
 import pytest
-from conftest import wait_for
 from contract_helpers import DEADLINE
+from waiting import wait_for
 
 from queuectl import policy
 from queuectl.errors import Conflict, NotFound

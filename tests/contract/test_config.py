@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from conftest import wait_for
 from contract_helpers import add, claim
+from waiting import wait_for
 
 from queuectl import settings
 

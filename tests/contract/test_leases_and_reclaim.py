@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from conftest import wait_for
 from contract_helpers import DEADLINE, add, claim, failed, ok, short_leases, wait_expired, wait_reclaimed
+from waiting import wait_for
 
 from queuectl import policy
 from queuectl.job import Job, JobSpec

@@ -6,8 +6,8 @@ import tracemalloc
 from collections.abc import Iterator
 
 import pytest
-from conftest import wait_for
 from contract_helpers import DEADLINE, add, claim, failed, ids, no_backoff, ok, past
+from waiting import wait_for
 
 from queuectl import job as jobmod
 from queuectl.job import JobSpec

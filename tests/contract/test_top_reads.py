@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from conftest import wait_for
 from contract_helpers import DEADLINE, add, claim, failed, ids, ok
+from waiting import wait_for
 
 from queuectl.job import DEAD, FAILED
 

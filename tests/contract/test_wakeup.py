@@ -6,8 +6,8 @@ import select
 import time
 
 import pytest
-from conftest import wait_for
 from contract_helpers import DEADLINE, add
+from waiting import wait_for
 
 from queuectl.store import PollOnly, Store, Wakeup
 

@@ -4,8 +4,8 @@ records in the registry."""
 from __future__ import annotations
 
 import pytest
-from conftest import wait_for
 from contract_helpers import add, claim
+from waiting import wait_for
 
 from queuectl import policy
 from queuectl.store import Store, WorkerInfo
