@@ -18,16 +18,20 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
-def test_no_module_above_the_contract_imports_a_backend_or_its_driver() -> None:
-    offenders = {}
-    for path in sorted(PACKAGE.glob("*.py")):
-        if path.name == "locator.py":  # the one factory
-            continue
+def _offenders(paths: list[Path], forbidden: tuple[str, ...]) -> dict[str, list[str]]:
+    """Each file's imports of a forbidden module (or of anything inside it)."""
+    found = {}
+    for path in paths:
         bad = sorted(n for n in _imports(path)
-                     if any(n == b or n.startswith(b + ".") for b in BACKEND_ONLY))
+                     if any(n == f or n.startswith(f + ".") for f in forbidden))
         if bad:
-            offenders[path.name] = bad
-    assert offenders == {}
+            found[path.name] = bad
+    return found
+
+
+def test_no_module_above_the_contract_imports_a_backend_or_its_driver() -> None:
+    above = [p for p in sorted(PACKAGE.glob("*.py")) if p.name != "locator.py"]  # the factory
+    assert _offenders(above, BACKEND_ONLY) == {}
 
 
 def test_the_factory_imports_backends_only_lazily() -> None:
@@ -45,13 +49,7 @@ ABOVE_THE_CONTRACT = ("queuectl.locator", "queuectl.cli", "queuectl.worker", "qu
 def test_no_backend_reaches_up_to_the_factory_the_cli_or_the_worker() -> None:
     """The reverse rule: a backend depends on the contract and the leaves below it, never on
     what chooses or drives it, so the module graph has no cycle through a backend."""
-    offenders = {}
-    for path in sorted((PACKAGE / "backends").glob("*.py")):
-        bad = sorted(n for n in _imports(path)
-                     if any(n == a or n.startswith(a + ".") for a in ABOVE_THE_CONTRACT))
-        if bad:
-            offenders[path.name] = bad
-    assert offenders == {}
+    assert _offenders(sorted((PACKAGE / "backends").glob("*.py")), ABOVE_THE_CONTRACT) == {}
 
 
 def test_redaction_is_a_leaf() -> None:
