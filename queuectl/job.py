@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 USER_KEYS = ("command", "id", "max_retries", "timeout", "priority", "run_at", "delay", "queue",
-             "memory_max", "cpu_max", "tasks_max")
+             "memory_max", "cpu_max", "tasks_max", "unique")
 MANAGED_KEYS = (
     "state", "attempts", "created_at", "updated_at", "worker", "started_at", "finished_at",
     "exit_code", "last_error", "lease_expires_at",
@@ -59,6 +59,7 @@ class JobSpec(Record):
     memory_max: int | None = None  # bytes
     cpu_max: float | None = None  # cores
     tasks_max: int | None = None
+    unique: str | None = None  # at most one live job (pending, processing, failed) per key
 
     def limits_with(self, defaults: Any) -> tuple[int, float, int]:
         """(memory_max, cpu_max, tasks_max) to store: this job's own, else the queue-wide
@@ -74,6 +75,7 @@ ROW_COLUMNS = (
     "id", "command", "state", "attempts", "max_retries", "created_at", "updated_at", "priority",
     "timeout", "run_at", "worker", "started_at", "finished_at", "exit_code", "last_error",
     "lease_expires_at", "cancel_requested", "queue", "memory_max", "cpu_max", "tasks_max",
+    "unique_key",
 )
 
 
@@ -102,12 +104,13 @@ class Job(Record):
     memory_max: int | None = None  # as stored at enqueue (its default applied); 0/None: none
     cpu_max: float | None = None
     tasks_max: int | None = None
+    unique: str | None = None  # its unique key (column unique_key): one live job per key
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...] | list[Any]) -> Job:
         """The job of a row selected as ROW_COLUMNS (without its history)."""
         # The ignore: mypy cannot count the values of a row slice to match them to fields.
-        return cls(*row[:16], None, bool(row[16]), *row[17:21])  # type: ignore[call-arg]
+        return cls(*row[:16], None, bool(row[16]), *row[17:22])  # type: ignore[call-arg]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -127,6 +130,7 @@ class Job(Record):
             "finished_at": iso_ms(self.finished_at),
             "exit_code": self.exit_code,
             "last_error": self.last_error,
+            "unique": self.unique,
             **({"cancel_requested": True} if self.cancel_requested else {}),
             **{k: v for k in LIMIT_KEYS if (v := getattr(self, k))},
         }
@@ -139,15 +143,21 @@ def check_state(state: str, allowed: tuple[str, ...] = STATES) -> str:
     return state
 
 
-def check_id(value: Any) -> str:
+def check_id(value: Any, key: str = "id") -> str:
+    """A job id, or another name of the same shape (`unique`)."""
     if not isinstance(value, str) or not value:
-        raise ValidationError('"id" must be a non-empty string')
+        raise ValidationError(f'"{key}" must be a non-empty string')
     if len(value) > MAX_ID_CHARS:
-        raise ValidationError(f'"id" is longer than {MAX_ID_CHARS} characters')
+        raise ValidationError(f'"{key}" is longer than {MAX_ID_CHARS} characters')
     if _CONTROL.search(value):
-        raise ValidationError('"id" must not contain control characters (newline, tab, NUL...)')
-    _check_utf8(value, "id")
+        raise ValidationError(f'"{key}" must not contain control characters (newline, tab, NUL...)')
+    _check_utf8(value, key)
     return value
+
+
+def check_unique(value: Any) -> str:
+    """A unique key: shaped like an id (cron lines use the job's name)."""
+    return check_id(value, "unique")
 
 
 def check_queue(value: Any, what: str = '"queue"') -> str:
@@ -301,7 +311,7 @@ _CHECKS = {
     "id": check_id, "max_retries": check_max_retries, "timeout": check_timeout,
     "priority": check_priority, "run_at": check_run_at, "delay": check_delay,
     "queue": check_queue, "memory_max": check_memory_max, "cpu_max": check_cpu_max,
-    "tasks_max": check_tasks_max,
+    "tasks_max": check_tasks_max, "unique": check_unique,
 }
 
 

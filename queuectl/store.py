@@ -131,6 +131,13 @@ class Metrics(Record):
     counters: list[tuple[str, str, float, int, float]]
 
 
+class Submitted(Record):
+    """What became of one spec given to `Store.submit`."""
+
+    id: str  # the job's id: the new job's, or the one that was there already
+    stored: bool  # False: nothing was stored for this spec (see `submit`)
+
+
 class Wakeup(ABC):
     """What an idle worker waits on: readable when work may have arrived.
 
@@ -190,13 +197,26 @@ _EACH_READ_ALONE = _EachReadAlone()
 class Store(ABC):
     # -- submitting -------------------------------------------------------------------------
     @abstractmethod
-    def enqueue(self, specs: list[JobSpec], if_absent: bool = False) -> list[str]:
-        """Add all jobs or none, in one transaction; returns their ids in input order.
+    def submit(self, specs: list[JobSpec], if_absent: bool = False) -> list[Submitted]:
+        """Add all jobs or none, in one transaction; returns what became of each spec, in
+        input order.
 
         A spec without id gets `policy.new_job_id()`; without max_retries the `max-retries`
-        setting; run_at is the spec's absolute time, else now + its delay, else now. A taken
-        id raises Conflict (and nothing is added), unless if_absent, where the existing job
-        is left as it is and its id returned. Waiting workers are woken on commit."""
+        setting; run_at is the spec's absolute time, else now + its delay, else now.
+        Unique keys: a spec with `unique` whose key a live job holds (`pending`,
+        `processing` or `failed`; a job delayed or awaiting its retry is live) stores
+        nothing and answers that job's id, `stored` False; this is decided before the id
+        is looked at, and is atomic (a unique index over live jobs): any number of
+        concurrent submits of one key, on any number of hosts, store one job. A key is
+        free again once its job is completed, dead or canceled. Two specs of one call
+        with the same key: the first is stored, the second answers its id.
+        Otherwise a taken id raises Conflict (and nothing is added), unless if_absent,
+        where the existing job is left as it is and its id returned, `stored` False.
+        Waiting workers are woken on commit."""
+
+    def enqueue(self, specs: list[JobSpec], if_absent: bool = False) -> list[str]:
+        """`submit`, answering only the ids."""
+        return [done.id for done in self.submit(specs, if_absent)]
 
     # -- the worker's verbs -----------------------------------------------------------------
     @abstractmethod
@@ -254,7 +274,8 @@ class Store(ABC):
     @abstractmethod
     def retry_dead(self, job_id: str) -> Job:
         """Move a dead job back to `pending` with attempts 0, due now. NotFound if there is
-        no such job, Conflict if it is not dead."""
+        no such job, Conflict if it is not dead, or if its unique key is held by another
+        live job (the message names that job): never two live jobs with one key."""
 
     @abstractmethod
     def get(self, job_id: str, history: bool = False) -> Job:
@@ -265,9 +286,10 @@ class Store(ABC):
 
     @abstractmethod
     def iter_jobs(self, state: str | None = None, limit: int | None = None,
-                  queue: str | None = None) -> Iterator[Job]:
+                  queue: str | None = None, unique: str | None = None) -> Iterator[Job]:
         """Jobs oldest first (created_at, then insertion order), optionally of one state,
-        streamed: memory does not grow with the number of jobs."""
+        one queue, and one unique key (live and finished jobs alike), streamed: memory
+        does not grow with the number of jobs."""
 
     @abstractmethod
     def counts(self, queue: str | None = None) -> dict[str, int]:
@@ -432,7 +454,10 @@ class Store(ABC):
 
     def retry_dead_many(self, older_than: float | None, limit: int) -> int:
         """`retry_dead` for up to `limit` dead jobs that finished at least `older_than`
-        seconds ago (any, if None), oldest first, in one transaction; returns how many."""
+        seconds ago (any, if None), oldest first, in one transaction; returns how many.
+        A dead job whose unique key is held by a live job, or by an older dead job that
+        this call revives, is left dead and not counted (so calling until the result is
+        below `limit` ends)."""
         raise NotImplementedError
 
     def take_duty(self, name: str, holder: str, seconds: float) -> bool:
