@@ -10,7 +10,7 @@ from queuectl import __version__, locator
 from queuectl import settings as cfg
 from queuectl.clock import iso_ms
 from queuectl.errors import EXIT_FAILED, NotFound, ValidationError
-from queuectl.job import CANCELLABLE, DEAD, TERMINAL, Job, check_state
+from queuectl.job import CANCELLABLE, DEAD, TERMINAL, Job, check_state, check_unique
 from queuectl.redaction import redact
 from queuectl.store import Store
 
@@ -142,15 +142,18 @@ def _cmd_options(func: F) -> F:
 @_cmd_options
 @click.option("--queue", metavar="NAME",
               help="Put every job in this queue (default: the job's \"queue\", else default).")
+@click.option("--unique", metavar="KEY",
+              help="At most one live (pending, running or awaiting a retry) job with this key: "
+              "if one is, store nothing, print its id, exit 0.")
 @click.option("--if-absent", is_flag=True, help="An existing id is not an error: print it, exit 0.")
 @db_option
 @click.pass_context
 def enqueue(ctx: click.Context, /, job_json: str | None, file_: str | None, command: str | None,
-            queue: str | None, if_absent: bool, **cmd_options: Any) -> None:
+            queue: str | None, unique: str | None, if_absent: bool, **cmd_options: Any) -> None:
     """Add jobs: a JSON object, --file of JSON Lines, or --cmd 'shell command'."""
     from queuectl.submit import collect_specs, print_ids, submit
 
-    specs = collect_specs(job_json, file_, command, cmd_options, queue)
+    specs = collect_specs(job_json, file_, command, cmd_options, queue, unique)
     print_ids(submit(ctx.ensure_object(dict).get("db"), specs, if_absent))
 
 
@@ -174,15 +177,18 @@ def status(ctx: click.Context, queue: str | None) -> None:
 @click.option("--state", metavar="STATE", help="Only jobs in this state.")
 @click.option("--limit", type=click.IntRange(min=1), metavar="N", help="At most N jobs.")
 @click.option("--jsonl", is_flag=True, help="One JSON object per line instead of an array.")
+@click.option("--unique", metavar="KEY", help="Only the jobs of this unique key, live or finished.")
 @_queue_option("Jobs")
 @db_option
 @click.pass_context
 def list_(ctx: click.Context, state: str | None, limit: int | None, jsonl: bool,
-          queue: str | None) -> None:
+          unique: str | None, queue: str | None) -> None:
     """Jobs as a JSON array, oldest first."""
     if state is not None:
         check_state(state)
-    _print_jobs(_store(ctx).iter_jobs(state, limit, **_only(queue=queue)), jsonl)
+    if unique is not None:
+        check_unique(unique)
+    _print_jobs(_store(ctx).iter_jobs(state, limit, **_only(queue=queue, unique=unique)), jsonl)
 
 
 @cli.command()

@@ -34,6 +34,7 @@ _QUEUE_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")  # MAX_QUEUE_CHARS
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 USER_KEYS = ("command", "id", "max_retries", "timeout", "priority", "run_at", "delay", "queue",
@@ -307,7 +308,7 @@ def spec_from_object(obj: Any) -> JobSpec:
 
 
 # The optional keys of a job, each with its check; each key is also the JobSpec field it sets.
-_CHECKS = {
+_CHECKS: dict[str, Callable[[Any], Any]] = {
     "id": check_id, "max_retries": check_max_retries, "timeout": check_timeout,
     "priority": check_priority, "run_at": check_run_at, "delay": check_delay,
     "queue": check_queue, "memory_max": check_memory_max, "cpu_max": check_cpu_max,

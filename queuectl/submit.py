@@ -11,7 +11,7 @@ import os
 import sys
 
 from queuectl.errors import OutputError, ValidationError
-from queuectl.job import JobSpec, check_queue, spec_from_json, spec_from_object
+from queuectl.job import JobSpec, check_queue, check_unique, spec_from_json, spec_from_object
 from queuectl.record import Record
 
 TYPE_CHECKING = False
@@ -80,9 +80,32 @@ def into_queue(specs: list[JobSpec], queue: str | None) -> list[JobSpec]:
     return specs
 
 
+def with_unique(specs: list[JobSpec], key: str | None) -> list[JobSpec]:
+    """`--unique KEY` for the one job given; a job whose JSON names another key is refused
+    rather than one of the two silently ignored."""
+    if key is None:
+        return specs
+    check_unique(key)
+    if len(specs) > 1:
+        raise ValidationError(f'--unique gives one job a key, not {len(specs)}: put "unique" '
+                              "in each line of the file instead")
+    [spec] = specs
+    if spec.unique is not None and spec.unique != key:
+        raise ValidationError(f'--unique {key} but the job says "unique": "{spec.unique}"')
+    spec.unique = key
+    return specs
+
+
 def collect_specs(job_json: str | None, file_: str | None, command: str | None,
-                  cmd_options: dict[str, Any], queue: str | None = None) -> list[JobSpec]:
-    """Exactly one source of jobs; --cmd's options only with --cmd; --queue with any."""
+                  cmd_options: dict[str, Any], queue: str | None = None,
+                  unique: str | None = None) -> list[JobSpec]:
+    """Exactly one source of jobs; --cmd's options only with --cmd; --queue with any;
+    --unique with one job."""
+    return with_unique(_collect(job_json, file_, command, cmd_options, queue), unique)
+
+
+def _collect(job_json: str | None, file_: str | None, command: str | None,
+             cmd_options: dict[str, Any], queue: str | None) -> list[JobSpec]:
     if sum(x is not None for x in (job_json, file_, command)) != 1:
         raise ValidationError(
             "give exactly one of: a JSON argument, --file PATH or --cmd COMMAND "
@@ -99,13 +122,23 @@ def collect_specs(job_json: str | None, file_: str | None, command: str | None,
 
 
 def submit(db: str | None, specs: list[JobSpec], if_absent: bool) -> list[str]:
+    """Store the jobs; their ids, in order. A job not stored because a live job holds its
+    unique key is said on stderr (the id printed is that job's)."""
     from queuectl import locator
 
     store = locator.open_store(locator.resolve(db))
     try:
-        return store.enqueue(specs, if_absent=if_absent)
+        done = store.submit(specs, if_absent=if_absent)
     finally:
         store.close()
+    for spec, result in zip(specs, done, strict=True):
+        # Not stored: a live job holds the key, or (only under --if-absent, which asked for
+        # silence, and answers the spec's own id) the id was taken.
+        if spec.unique is not None and not result.stored and (
+                result.id != spec.id or not if_absent):
+            sys.stderr.write(f"already queued: job {result.id} holds unique key "
+                             f"{spec.unique!r}; nothing stored\n")
+    return [result.id for result in done]
 
 
 def fast_enqueue(args: list[str]) -> int | None:
@@ -127,7 +160,7 @@ def fast_enqueue(args: list[str]) -> int | None:
     rest = rest[1:]
     by_flag = {o.flag: o for o in CMD_OPTIONS}
     values: dict[str, Any] = {}
-    job_json = file_ = command = queue = None
+    job_json = file_ = command = queue = unique = None
     if_absent = False
     while rest:
         arg = rest.pop(0)
@@ -137,7 +170,7 @@ def fast_enqueue(args: list[str]) -> int | None:
         if arg.startswith("--") and "=" in arg:
             arg, value = arg.split("=", 1)
             rest.insert(0, value)
-        if arg in ("--file", "--cmd", "--db", "--queue") or arg in by_flag:
+        if arg in ("--file", "--cmd", "--db", "--queue", "--unique") or arg in by_flag:
             if not rest:
                 return None
             value = rest.pop(0)
@@ -149,6 +182,8 @@ def fast_enqueue(args: list[str]) -> int | None:
                 db = value
             elif arg == "--queue":
                 queue = value
+            elif arg == "--unique":
+                unique = value
             else:
                 try:
                     values[by_flag[arg].key] = by_flag[arg].kind(value)
@@ -158,7 +193,7 @@ def fast_enqueue(args: list[str]) -> int | None:
             return None
         else:
             job_json = arg
-    ids = submit(db, collect_specs(job_json, file_, command, values, queue), if_absent)
+    ids = submit(db, collect_specs(job_json, file_, command, values, queue, unique), if_absent)
     print_ids(ids)
     return 0
 
