@@ -138,6 +138,8 @@ PROBE = (
     f"SELECT count(*) FROM jobs INDEXED BY jobs_by_queue WHERE {_NAMED}",
     "SELECT count(*) FROM queues",
     "SELECT count(*) FROM jobs INDEXED BY jobs_by_state WHERE state = 'processing'",
+    # a claim, completion or failure of a job with a unique key moves it in this index
+    f"SELECT count(*) FROM jobs INDEXED BY jobs_unique_live WHERE {_KEYED} AND {_LIVE}",
     "SELECT count(*) FROM workers",
     "SELECT count(*) FROM config",
     "SELECT max(seq) FROM attempts",
