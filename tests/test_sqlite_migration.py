@@ -1,13 +1,15 @@
 """A database of schema 1 (before cancel, pause and retention) migrates forward on open and
-keeps every job, attempt, worker and setting."""
+keeps every job, attempt, worker and setting; so does one of schema 8 (before unique keys)."""
 
+import json
 import sqlite3
+import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from conftest import Queue
+from conftest import QUEUECTL, Queue
 
 from queuectl.backends.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
 
@@ -114,3 +116,65 @@ def test_a_version_3_database_moves_its_leases_to_the_boot_clock(tmp_path: Path)
     assert q.run("config", "get", "lease-seconds").stdout.strip() == "20"
     assert q.job("waiting")["history"][0]["output"] == "oops"
     assert q.json("status", "--queue", "mail")["processing"] == 3
+
+
+def test_a_version_8_database_migrates_to_unique_keys_keeping_every_job(tmp_path: Path) -> None:
+    """Schema 9 adds unique keys: a database of schema 8 holding jobs of every state, in two
+    queues, is migrated by the first processes that open it, all at once; every job keeps
+    every column as it was and has no key, and keys work beside them."""
+    from queuectl.backends.sqlite import SQLiteStore
+    from queuectl.job import STATES, JobSpec
+    from queuectl.store import Submitted
+
+    db = tmp_path / "v8.db"
+    with old_schema(db, 8) as conn:
+        for i, state in enumerate(STATES):
+            for queue in ("default", "mail"):
+                finished = 2.0 if state in ("completed", "dead", "canceled", "failed") else None
+                conn.execute(
+                    "INSERT INTO jobs (id, command, state, attempts, max_retries, run_at,"
+                    " created_at, updated_at, worker, lease_expires_at, lease_boot, lease_until,"
+                    " finished_at, exit_code, last_error, queue, memory_max) VALUES"
+                    " (?, 'true', ?, ?, 3, 1, ?, 2, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (f"{state}-{queue}", state, int(state != "pending"), 1 + i,
+                     "w" if state == "processing" else None,
+                     1e12 if state == "processing" else None,
+                     "b" if state == "processing" else None,
+                     1e9 if state == "processing" else None, finished,
+                     1 if state in ("failed", "dead") else None,
+                     "exit code 1" if state in ("failed", "dead") else None, queue,
+                     1 << 20 if queue == "mail" else None))
+        conn.execute("INSERT INTO attempts (job_id, attempt, worker, started_at, finished_at,"
+                     " outcome, exit_code, output, output_total) VALUES"
+                     " ('dead-default', 1, 'w', 1, 2, 'failed', 1, X'6f6f7073', 4)")
+        conn.execute("INSERT INTO config (key, value) VALUES ('max-retries', '7')")
+        before = conn.execute("SELECT * FROM jobs ORDER BY id").fetchall()
+    procs = [subprocess.Popen([QUEUECTL, "--db", str(db), "status"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    for proc in procs:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert json.loads(out)["processing"] == 2
+    with sqlite3.connect(db) as conn:
+        after = conn.execute("SELECT * FROM jobs ORDER BY id").fetchall()
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+    assert version == SCHEMA_VERSION >= 9
+    assert [row[:-1] for row in after] == before  # every column kept; one more at the end
+    assert {row[-1] for row in after} == {None}
+    assert {"jobs_unique_live", "jobs_by_unique"} <= names
+    store = SQLiteStore(db)
+    try:
+        assert [(j.id, j.state, j.unique) for j in store.iter_jobs()] == [
+            (f"{s}-{q}", s, None) for s in STATES for q in ("default", "mail")]
+        assert store.get("dead-default", history=True).history[0]["output"] == b"oops"
+        assert store.config_items()["max-retries"] == 7
+        assert list(store.iter_jobs(unique="nightly")) == []
+        assert store.submit([JobSpec("true", id="n1", unique="nightly"),
+                             JobSpec("true", id="n2", unique="nightly")]) == [
+            Submitted("n1", True), Submitted("n1", False)]
+        assert store.retry_dead("dead-mail").state == "pending"  # no key: as before
+        assert store.retry_dead_many(None, 10) == 1
+        assert [j.id for j in store.iter_jobs(unique="nightly")] == ["n1"]
+    finally:
+        store.close()

@@ -35,9 +35,17 @@ PLANS = {
     "RELEASE": ["SEARCH jobs USING INDEX sqlite_autoindex_jobs_1 (id=?)"],
     "ANY_EXPIRED": ["INDEX jobs_leases"],
     "OLDEST_DUE_BY_QUEUE": ["INDEX jobs_due_by_queue"],
+    # unique keys: the live holder off the unique partial index, a key's jobs off theirs
+    "LIVE_HOLDER": ["SEARCH jobs USING INDEX jobs_unique_live (unique_key=?)"],
+    "REVIVABLE_DEAD": ["SEARCH jobs USING INDEX jobs_by_state (state=?",
+                       "SEARCH live USING INDEX jobs_unique_live (unique_key=?)"],
+    "LIST_JOBS_OF_KEY": ["SEARCH jobs USING INDEX jobs_by_unique (unique_key=?)"],
+    "LIST_JOBS_OF_KEY_LIMITED": ["SEARCH jobs USING INDEX jobs_by_unique (unique_key=?)"],
 }
-# A sort the index should have made unnecessary: the claim's picks never build one.
-NO_SORT = {"CLAIM_ANY", "BEST_OF_ANY_QUEUE", "BEST_OF_QUEUE"}
+# A sort the index should have made unnecessary: the claim's picks never build one, nor
+# does a key's listing (its index is in created_at order).
+NO_SORT = {"CLAIM_ANY", "BEST_OF_ANY_QUEUE", "BEST_OF_QUEUE", "LIST_JOBS_OF_KEY",
+           "LIST_JOBS_OF_KEY_LIMITED", "REVIVABLE_DEAD"}
 
 
 def _names() -> list[str]:
@@ -126,6 +134,18 @@ def test_by_state_picks_the_variant_and_its_parameters():
     assert "jobs_by_queue" in variants[2] and "jobs_by_state" in variants[1]
 
 
+def test_by_key_picks_the_variant_and_its_parameters():
+    variants = sqlite_sql.LIST_JOBS_OF_KEY
+    assert sqlite_sql.by_key(variants, "k", None, None) == (variants[0], ("k",))
+    assert sqlite_sql.by_key(variants, "k", "dead", None) == (variants[1], ("k", "dead"))
+    assert sqlite_sql.by_key(variants, "k", None, "mail") == (variants[2], ("k", "mail"))
+    assert sqlite_sql.by_key(variants, "k", "dead", "mail") == (
+        variants[3], ("k", "dead", "mail"))
+    for i, text in enumerate(variants):  # one parameter per filter, and the key's index
+        assert text.count("?") == 1 + (i in (1, 3)) + (i in (2, 3))
+        assert "INDEXED BY jobs_by_unique" in text
+
+
 def test_in_queues_has_one_parameter_per_name():
     assert sqlite_sql.in_queues("x IN {queues}", ["a", "b"]) == "x IN (?, ?)"
     assert sqlite_sql.in_queues("x IN {queues}", []) == "x IN ()"
@@ -155,6 +175,9 @@ def test_module_lists_and_prints_statements():
     one = _run("recent_jobs")
     assert one.stdout.count("-- RECENT_JOBS (") == 3
     assert "-- RECENT_JOBS (a named queue) [top] --" in one.stdout
+    by_key = _run("iter_jobs")
+    assert "-- LIST_JOBS_OF_KEY (one state of one queue) [iter_jobs] --" in by_key.stdout
+    assert "-- LIVE_HOLDER [submit] --" in _run("submit").stdout
     named = _run("claim_by_id")
     assert named.returncode == 0 and named.stdout.startswith("-- CLAIM_BY_ID [claim] --")
     missing = _run("no_such_thing")

@@ -48,6 +48,7 @@ from queuectl.store import (
     PauseInfo,
     QueueInfo,
     Store,
+    Submitted,
     Wakeup,
     WorkerInfo,
     usage_of,
@@ -92,6 +93,12 @@ def _active_params() -> tuple[float, str, float]:
 def _cutoff(older_than: float | None) -> float:
     """The finished_at at or before which a job is `older_than` seconds old."""
     return float("inf") if older_than is None else now() - older_than
+
+
+def _key_held(job_id: str, key: str, holder: str, state: str) -> Conflict:
+    """retry_dead of a dead job whose unique key a live job holds."""
+    return Conflict(f"job {job_id!r} has unique key {key!r}, held by live job {holder!r}"
+                    f" ({state}): it cannot run again until that one ends")
 
 
 def _describe(exc: sqlite3.Error, path: str) -> str:
@@ -440,21 +447,33 @@ class SQLiteStore(Store):
             raise _unavailable(exc, self.path) from None
 
     # -- submitting --------------------------------------------------------------------------
-    def enqueue(self, specs: list[JobSpec], if_absent: bool = False) -> list[str]:
-        ids: list[str] = []
+    def submit(self, specs: list[JobSpec], if_absent: bool = False) -> list[Submitted]:
+        done: list[Submitted] = []
         with self._write() as c:
             conf = self._config(c)
             default_retries = conf.max_retries
             t = now()
             insert = sql.ENQUEUE_IF_ABSENT if if_absent else sql.ENQUEUE
             added: dict[str, int] = {}  # jobs inserted per queue, for the counters
+            # Unique keys this call stored a job for: the write lock is held from the look-up
+            # to the commit, so a key's holder cannot change meanwhile but by this call.
+            holders: dict[str, str] = {}
             for spec in specs:
+                key = spec.unique
+                if key is not None:  # decided before the id is looked at
+                    holder = holders.get(key)
+                    if holder is None:
+                        row = c.execute(sql.LIVE_HOLDER, (key,)).fetchone()
+                        holder = None if row is None else row[0]
+                    if holder is not None:
+                        done.append(Submitted(holder, False))
+                        continue
                 job_id = spec.id or policy.new_job_id()
                 retries = default_retries if spec.max_retries is None else spec.max_retries
                 run_at = spec.run_at if spec.run_at is not None else t + (spec.delay or 0.0)
                 queue = spec.queue or DEFAULT_QUEUE
                 row = (job_id, spec.command, retries, spec.priority, spec.timeout, run_at, t, t,
-                       queue, *spec.limits_with(conf))
+                       queue, *spec.limits_with(conf), key)
                 try:
                     inserted = c.execute(insert, row).rowcount
                 except sqlite3.IntegrityError:
@@ -462,9 +481,11 @@ class SQLiteStore(Store):
                         f"job {job_id!r} already exists (use --if-absent to skip it)"
                     ) from None
                 added[queue] = added.get(queue, 0) + inserted
-                ids.append(job_id)
+                if inserted and key is not None:
+                    holders[key] = job_id
+                done.append(Submitted(job_id, inserted == 1))
             c.executemany(sql.COUNT_ENQUEUED, [(q, n) for q, n in added.items() if n])
-        return ids
+        return done
 
     # -- the worker's verbs ------------------------------------------------------------------
     def claim_next(self, worker: str, queues: list[str] | None = None) -> Job | None:
@@ -666,8 +687,13 @@ class SQLiteStore(Store):
             row = c.execute(sql.JOB_STATE, (job_id,)).fetchone()
             if row is None:
                 raise policy.no_such_job(job_id)
-            if row[0] != DEAD:
-                raise policy.not_dead(job_id, row[0])
+            state, key = row
+            if state != DEAD:
+                raise policy.not_dead(job_id, state)
+            if key is not None:
+                held = c.execute(sql.LIVE_HOLDER, (key,)).fetchone()
+                if held is not None:
+                    raise _key_held(job_id, key, *held)
             t = now()
             c.execute(sql.RETRY_DEAD, (t, t, job_id))
             return Job.from_row(c.execute(sql.JOB, (job_id,)).fetchone())
@@ -689,10 +715,14 @@ class SQLiteStore(Store):
         return job
 
     def iter_jobs(self, state: str | None = None, limit: int | None = None,
-                  queue: str | None = None) -> _Iterator[Job]:
+                  queue: str | None = None, unique: str | None = None) -> _Iterator[Job]:
         limited = limit is not None
         params: tuple[Any, ...]
-        if queue is not None and state:
+        if unique is not None:
+            select, params = sql.by_key(
+                sql.LIST_JOBS_OF_KEY_LIMITED if limited else sql.LIST_JOBS_OF_KEY,
+                unique, state, queue)
+        elif queue is not None and state:
             select, params = sql.by_state(
                 sql.LIST_JOBS_BY_STATE_LIMITED if limited else sql.LIST_JOBS_BY_STATE,
                 state, queue)
@@ -970,11 +1000,30 @@ class SQLiteStore(Store):
         return len(ids)
 
     def retry_dead_many(self, older_than: float | None, limit: int) -> int:
+        """Up to `limit` dead jobs that may come back, oldest first: REVIVABLE_DEAD leaves
+        out those whose key a live job holds; of two of one key in a pick only the older
+        comes back, and the next pick no longer sees the other (its key is held now). So a
+        short count means no other dead job could come back."""
+        revived = 0
+        cutoff = _cutoff(older_than)
         with self._write() as c:
-            ids = [(i,) for i in self._finished_ids(c, DEAD, older_than, limit)]
             t = now()
-            c.executemany(sql.RETRY_DEAD, [(t, t, i) for (i,) in ids])
-        return len(ids)
+            while revived < limit:
+                wanted = limit - revived
+                rows = c.execute(sql.REVIVABLE_DEAD, (cutoff, cutoff, wanted)).fetchall()
+                keys: set[str] = set()
+                revive = []
+                for job_id, key in rows:
+                    if key is not None:
+                        if key in keys:
+                            continue
+                        keys.add(key)
+                    revive.append((t, t, job_id))
+                c.executemany(sql.RETRY_DEAD, revive)
+                revived += len(revive)
+                if len(rows) < wanted:  # every dead job that could come back did
+                    break
+        return revived
 
     def take_duty(self, name: str, holder: str, seconds: float) -> bool:
         with self._write() as c:

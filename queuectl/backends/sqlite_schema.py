@@ -7,7 +7,7 @@ new one. Add a change as the next number; never edit a released one.
 
 from queuectl.policy import DURATION_BUCKETS
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 
 def _bucket(seconds: str) -> str:
@@ -195,5 +195,17 @@ MIGRATIONS: dict[int, list[str]] = {
         "DROP INDEX IF EXISTS jobs_by_queue",
         "CREATE INDEX jobs_by_queue ON jobs (queue, state, created_at)"
         " WHERE queue <> 'default'",
+    ],
+    # Unique keys ("cron without overlap"): at most one live job (pending, processing or
+    # failed) per key. Only additions: every existing job has no key (NULL).
+    9: [
+        "ALTER TABLE jobs ADD COLUMN unique_key TEXT",
+        # The guarantee itself, whatever code path writes: a second live job with a key a
+        # live job holds fails to insert, or to come back to life. Also submit's look-up of
+        # the holder. Jobs without a key, and finished ones, are not in it.
+        """CREATE UNIQUE INDEX jobs_unique_live ON jobs (unique_key)
+            WHERE unique_key IS NOT NULL AND state IN ('pending', 'processing', 'failed')""",
+        # `list --unique KEY`: every job of a key, live or finished, oldest first.
+        "CREATE INDEX jobs_by_unique ON jobs (unique_key, created_at) WHERE unique_key IS NOT NULL",
     ],
 }

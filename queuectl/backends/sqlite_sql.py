@@ -9,6 +9,8 @@ runs. A statement with variants is a tuple of complete statements, built here at
 - the statements over the jobs of one state (a `ByState`, picked by `by_state`): every
   queue, the default queue (jobs_by_state), or one named queue (jobs_by_queue, which holds
   the named queues only);
+- the statements over the jobs of one unique key (a `ByKey`, picked by `by_key`): any
+  state and queue, one state, one queue, or both (jobs_by_unique);
 - `PROBE`, the reads a worker makes at open to meet damage before READY.
 
 Only one piece truly varies with the caller: the `IN (?, ?, ...)` list of the queues a
@@ -29,6 +31,9 @@ JOB_COLUMNS = ", ".join(ROW_COLUMNS)  # what Job.from_row reads, in its order
 # -- pieces several statements share (not statements) --------------------------------------
 _WAITING = "state IN ('pending', 'failed')"  # the condition of the partial indexes jobs_due*
 _NAMED = "queue <> 'default'"  # the condition of the partial index jobs_by_queue
+# The conditions of the partial indexes jobs_unique_live (both) and jobs_by_unique (the first).
+_KEYED = "unique_key IS NOT NULL"
+_LIVE = "state IN ('pending', 'processing', 'failed')"  # a job that holds its unique key
 _HELD = "id = ? AND state = 'processing' AND worker = ? AND attempts = ?"  # still our attempt
 # A lease has expired: by the boot clock, or by the wall clock for a lease written by a
 # queuectl older than schema 4 still running beside this one (lease_boot NULL).
@@ -73,6 +78,39 @@ def by_state(variants: ByState, state: str, queue: str | None) -> tuple[str, tup
     return variants[2], (queue, state)
 
 
+class ByKey(tuple[str, str, str, str]):
+    """The four complete variants of a statement over the jobs of one unique key, in
+    created_at order off jobs_by_unique, in the order of LABELS."""
+
+    LABELS = ("any state and queue", "one state", "one queue", "one state of one queue")
+
+
+def _by_key(template: str) -> ByKey:
+    """`{by_key}` (an index and a WHERE clause) becomes each of: the key (parameter: the
+    key), the key and a state (the key, the state), the key and a queue (the key, the
+    queue), the key, a state and a queue (the key, the state, the queue)."""
+    where = f"INDEXED BY jobs_by_unique WHERE unique_key = ? AND {_KEYED}"
+    return ByKey((
+        template.replace("{by_key}", where),
+        template.replace("{by_key}", f"{where} AND state = ?"),
+        template.replace("{by_key}", f"{where} AND queue = ?"),
+        template.replace("{by_key}", f"{where} AND state = ? AND queue = ?"),
+    ))
+
+
+def by_key(variants: ByKey, key: str, state: str | None,
+           queue: str | None) -> tuple[str, tuple[str, ...]]:
+    """The variant of a `_by_key` statement for `key` (of `state` and `queue`, if given) and
+    the parameters its by-key condition takes, in their place's order."""
+    if state and queue is not None:
+        return variants[3], (key, state, queue)
+    if state:
+        return variants[1], (key, state)
+    if queue is not None:
+        return variants[2], (key, queue)
+    return variants[0], (key,)
+
+
 def in_queues(template: str, queues: list[str]) -> str:
     """A `{queues}` template completed for these queue names: `(?, ?, ...)`, one parameter
     per name, which the caller passes in the same order."""
@@ -100,6 +138,8 @@ PROBE = (
     f"SELECT count(*) FROM jobs INDEXED BY jobs_by_queue WHERE {_NAMED}",
     "SELECT count(*) FROM queues",
     "SELECT count(*) FROM jobs INDEXED BY jobs_by_state WHERE state = 'processing'",
+    # a claim, completion or failure of a job with a unique key moves it in this index
+    f"SELECT count(*) FROM jobs INDEXED BY jobs_unique_live WHERE {_KEYED} AND {_LIVE}",
     "SELECT count(*) FROM workers",
     "SELECT count(*) FROM config",
     "SELECT max(seq) FROM attempts",
@@ -122,12 +162,17 @@ BEGIN_READ = "BEGIN"  # several reads from one snapshot (`reading`, read_output)
 COMMIT = "COMMIT"
 ROLLBACK = "ROLLBACK"
 
-# == submitting: enqueue ====================================================================
+# == submitting: submit =====================================================================
 _ENQUEUE = ("{verb} INTO jobs (id, command, state, attempts, max_retries, priority, timeout,"
-            " run_at, created_at, updated_at, queue, memory_max, cpu_max, tasks_max)"
-            " VALUES (?, ?, 'pending', 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+            " run_at, created_at, updated_at, queue, memory_max, cpu_max, tasks_max,"
+            " unique_key) VALUES (?, ?, 'pending', 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 ENQUEUE = _ENQUEUE.replace("{verb}", "INSERT")  # a taken id fails: Conflict
 ENQUEUE_IF_ABSENT = _ENQUEUE.replace("{verb}", "INSERT OR IGNORE")  # a taken id: rowcount 0
+# The live job that holds a unique key, if any (at most one: jobs_unique_live is UNIQUE),
+# with its state; run only for a spec with a key, in the write transaction, before its
+# insert. Also retry_dead's and retry_dead_many's.
+LIVE_HOLDER = (f"SELECT id, state FROM jobs INDEXED BY jobs_unique_live"
+               f" WHERE unique_key = ? AND {_KEYED} AND {_LIVE}")
 # The jobs one enqueue added to one queue, counted for `queuectl metrics`.
 COUNT_ENQUEUED = ("INSERT INTO counters (queue, event, le, n, seconds)"
                   " VALUES (?, 'enqueued', 0, ?, 0)"
@@ -218,10 +263,22 @@ EXPIRED_JOBS = f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'processing' AND (
 JOBS_OF_WORKER = f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'processing' AND worker = ?"
 
 # == operators: retry_dead (and retry_dead_many) ============================================
-JOB_STATE = "SELECT state FROM jobs WHERE id = ?"
+# A job's state and unique key: a dead job with a key comes back only while no live job
+# holds that key (LIVE_HOLDER).
+JOB_STATE = "SELECT state, unique_key FROM jobs WHERE id = ?"
 _RETRY_DEAD = ("UPDATE jobs SET state = 'pending', attempts = 0, run_at = ?, updated_at = ?,"
                " worker = NULL, finished_at = NULL, exit_code = NULL, cancel_requested = 0")
 RETRY_DEAD = f"{_RETRY_DEAD} WHERE id = ?"
+# retry_dead_many's pick: dead jobs finished at or before the cutoff (given twice, as in
+# FINISHED_BEFORE), oldest first, with their keys, leaving out those whose key a live job
+# holds; two of one key may both be in it (the store revives the older only).
+REVIVABLE_DEAD = f"""SELECT id, unique_key FROM jobs INDEXED BY jobs_by_state
+    WHERE state = 'dead' AND created_at <= ? AND finished_at <= ?
+    AND (unique_key IS NULL OR NOT EXISTS (
+        SELECT 1 FROM jobs AS live INDEXED BY jobs_unique_live
+        WHERE live.unique_key = jobs.unique_key AND live.{_KEYED}
+        AND live.{_LIVE}))
+    ORDER BY created_at LIMIT ?"""
 
 # == get ====================================================================================
 JOB = f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"
@@ -241,6 +298,9 @@ LIST_JOBS_OF_QUEUE_LIMITED = LIST_JOBS_OF_QUEUE + " LIMIT ?"
 # One state of one queue (iter_jobs runs the default and the named queue's variants only).
 LIST_JOBS_BY_STATE = _by_state(_LIST.replace("{filter}", " {by_state}"))
 LIST_JOBS_BY_STATE_LIMITED = _by_state(_LIST.replace("{filter}", " {by_state}") + " LIMIT ?")
+# The jobs of one unique key, live and finished (optionally of one state, one queue).
+LIST_JOBS_OF_KEY = _by_key(_LIST.replace("{filter}", " {by_key}"))
+LIST_JOBS_OF_KEY_LIMITED = _by_key(_LIST.replace("{filter}", " {by_key}") + " LIMIT ?")
 
 # == counts =================================================================================
 COUNTS = ("SELECT state, count(*) FROM jobs GROUP BY state UNION ALL "
@@ -315,7 +375,7 @@ PAUSE_OF_ALL = "SELECT set_by, since FROM flags WHERE name = 'paused'"
 DROP_EMPTY_QUEUE_ROW = ("DELETE FROM queues WHERE name = ? AND concurrency = 0"
                         " AND paused_since IS NULL")
 
-# == count_matching, purge, retry_dead_many =================================================
+# == count_matching, purge ======================================================================
 COUNT_IN_STATE = _by_state("SELECT count(*) FROM jobs {by_state}")
 # finished_at >= created_at, so the index range on created_at bounds the scan.
 # Parameters after the state's: the cutoff twice.
@@ -371,7 +431,8 @@ SECTIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         "SYNCHRONOUS_FULL", "SYNCHRONOUS_NORMAL", "WAL_AUTOCHECKPOINT", "SMALL_CACHE", "PROBE",
         "SCHEMA_VERSION_OF", "TABLES", "JOURNAL_MODE", "WAL_MODE", "STAMP_SCHEMA_VERSION")),
     ("transactions", "every verb", ("BEGIN_WRITE", "BEGIN_READ", "COMMIT", "ROLLBACK")),
-    ("enqueue", "enqueue", ("ENQUEUE", "ENQUEUE_IF_ABSENT", "COUNT_ENQUEUED")),
+    ("submit", "submit, enqueue", (
+        "ENQUEUE", "ENQUEUE_IF_ABSENT", "LIVE_HOLDER", "COUNT_ENQUEUED")),
     ("claim", "claim_next, complete_and_claim", (
         "RESTRICTIONS", "CLAIM_ANY", "PROCESSING_IN_QUEUE", "BEST_OF_QUEUE", "BEST_OF_ANY_QUEUE",
         "NEXT_WAITING_QUEUE", "CLAIM_BY_ID")),
@@ -381,12 +442,12 @@ SECTIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         "RECORD_ATTEMPT", "COUNT_ATTEMPT", "DROP_LIVE_OUTPUT", "HELD_JOB", "END_ATTEMPT")),
     ("release", "release", ("RELEASE",)),
     ("reclaim", "reclaim_expired, reclaim_worker", ("ANY_EXPIRED", "EXPIRED_JOBS", "JOBS_OF_WORKER")),
-    ("retry_dead", "retry_dead, retry_dead_many", ("JOB_STATE", "RETRY_DEAD")),
+    ("retry_dead", "retry_dead, retry_dead_many", ("JOB_STATE", "RETRY_DEAD", "REVIVABLE_DEAD")),
     ("get", "get, retry_dead, cancel", ("JOB", "HISTORY")),
     ("iter_jobs", "iter_jobs", (
         "LIST_JOBS", "LIST_JOBS_LIMITED", "LIST_JOBS_OF_STATE", "LIST_JOBS_OF_STATE_LIMITED",
         "LIST_JOBS_OF_QUEUE", "LIST_JOBS_OF_QUEUE_LIMITED", "LIST_JOBS_BY_STATE",
-        "LIST_JOBS_BY_STATE_LIMITED")),
+        "LIST_JOBS_BY_STATE_LIMITED", "LIST_JOBS_OF_KEY", "LIST_JOBS_OF_KEY_LIMITED")),
     ("counts", "counts", ("COUNTS", "COUNTS_OF_DEFAULT_QUEUE", "COUNTS_OF_NAMED_QUEUE")),
     ("remaining", "remaining", ("REMAINING", "REMAINING_IN_QUEUES")),
     ("seconds_until_due", "seconds_until_due", ("FIRST_DUE", "FIRST_DUE_IN_QUEUES")),
@@ -402,7 +463,7 @@ SECTIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("pause", "pause, resume, paused", (
         "PAUSE_QUEUE", "PAUSE_ALL", "RESUME_QUEUE", "RESUME_ALL", "PAUSE_OF_QUEUE", "PAUSE_OF_ALL",
         "DROP_EMPTY_QUEUE_ROW")),
-    ("purge", "count_matching, purge, retry_dead_many", (
+    ("purge", "count_matching, purge", (
         "COUNT_IN_STATE", "COUNT_FINISHED_BEFORE", "FINISHED_BEFORE", "PURGE_HISTORY", "PURGE_JOB")),
     ("take_duty", "take_duty", ("TAKE_DUTY",)),
     ("output", "append_output, read_output", (
@@ -444,8 +505,8 @@ def _main(argv: list[str]) -> int:
             variants = statements(name)
             for i, text in enumerate(variants):
                 label = f" ({i + 1} of {len(variants)})" if len(variants) > 1 else ""
-                if isinstance(variants, ByState):
-                    label = f" ({ByState.LABELS[i]})"
+                if isinstance(variants, ByState | ByKey):
+                    label = f" ({variants.LABELS[i]})"
                 print(f"-- {name}{label} [{section}] --\n{text};\n")
     if not found:
         print(f"no block, verb or statement named {wanted!r}; "
