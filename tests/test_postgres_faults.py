@@ -416,7 +416,7 @@ def test_dlq_retry_whose_connection_breaks_mid_commit_reports_the_job_retried(
     finally:
         q.stop_all()
     q.run("pause")  # nothing claims it again before we look
-    proxy, locator = _through_proxy(pg_server, schema, b"j.state = 'dead' RETURNING",
+    proxy, locator = _through_proxy(pg_server, schema, b"AND j.state = 'dead'",
                                     after_answer)
     try:
         result = _run(locator, "dlq", "retry", "dies")
