@@ -15,6 +15,11 @@ How it keeps the contract:
   PostgreSQL runs as one implicit transaction. No session state (no SET, no prepared
   statements, advisory locks only per transaction), so a transaction-pooling pooler works.
 - Claims take `FOR UPDATE SKIP LOCKED` on a partial index of waiting jobs.
+- Unique keys: a unique index over live jobs with a key (schema 6) is the guarantee on every
+  host and every path. `submit` inserts with ON CONFLICT on it (the server decides, waiting
+  for a holder not yet committed) and reads the holders of skipped specs in the same
+  transaction; reviving a dead job checks for a holder and meets the index when it loses
+  a race. Specs without a key keep their one-statement insert.
 - Enqueue, a scheduled retry, a released job and `dlq retry` send NOTIFY in their own
   transaction; idle workers LISTEN on their own connection, and poll as a safety net.
 - Faults (`postgres_connection`): a connection found dead (server restart) is replaced on
