@@ -19,7 +19,7 @@ from waiting import wait_for
 from queuectl.errors import DatabaseUnavailable
 from queuectl.job import JobSpec
 from queuectl.locator import open_store
-from queuectl.store import Outcome, WorkerInfo
+from queuectl.store import Outcome, Submitted, WorkerInfo
 
 SECRET = "s3cr:t@pw%"  # characters a URL must escape, to catch half-masked passwords
 
@@ -458,4 +458,176 @@ def test_a_limited_queue_on_many_connections_never_exceeds_its_limit(pg_server: 
     finally:
         for s in stores:
             s.close()
+        store.close()
+
+
+# -- unique keys on PostgreSQL --------------------------------------------------------------
+def test_a_version_5_queue_migrates_to_6_keeping_every_job_without_a_key(
+        pg_server: Any) -> None:
+    """A queue of the previous release (schema 5, built here from its own migrations) with a
+    job in every state is migrated by the first processes that open it, all at once: every
+    job is kept, none has a unique key, and keys work beside them."""
+    from queuectl.backends.postgres_schema import MIGRATIONS, SCHEMA_VERSION, VERSION_TABLE
+
+    db = pg_server.fresh_locator()
+    schema = db.rsplit("schema=", 1)[1]
+    s = f'"{schema}"'
+    old = [f"CREATE SCHEMA {s}", VERSION_TABLE.format(s=s),
+           f"INSERT INTO {s}.schema_version VALUES (5)"]
+    old += [statement.format(s=s) for v in range(1, 6) for statement in MIGRATIONS[v]]
+    states = ("pending", "processing", "completed", "failed", "dead", "canceled")
+    old.append(
+        f"INSERT INTO {s}.jobs (id, command, state, attempts, max_retries, run_at, created_at,"
+        " updated_at, worker, lease_expires_at, started_at, finished_at, queue) VALUES "
+        + ", ".join(
+            f"('{st}', 'echo {st}', '{st}', {int(st != 'pending')}, 3, 1e9, 1e9 + {n},"
+            f" 1e9, {'NULL' if st == 'pending' else repr('w')},"
+            f" {'4e9' if st == 'processing' else 'NULL'}, 1e9,"
+            f" {'NULL' if st in ('pending', 'processing') else '1e9 + 1'}, 'q')"
+            for n, st in enumerate(states)))
+    pg_server.psql("; ".join(old))
+    procs = [subprocess.Popen([QUEUECTL, "--db", db, "status"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    for proc in procs:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert json.loads(out)["processing"] == 1
+    assert pg_server.psql(f"SELECT version FROM {s}.schema_version") == str(SCHEMA_VERSION)
+    store = open_store(db)
+    try:
+        jobs = list(store.iter_jobs())
+        assert [(j.id, j.state, j.command, j.unique) for j in jobs] == [
+            (st, st, f"echo {st}", None) for st in states]
+        assert store.get("processing").worker == "w"
+        assert list(store.iter_jobs(unique="nightly")) == []
+        [first] = store.submit([JobSpec("true", unique="nightly", queue="q")])
+        assert first.stored
+        assert store.submit([JobSpec("true", unique="nightly")]) == [
+            Submitted(first.id, False)]
+        assert store.retry_dead("dead").state == "pending"  # no key: nothing to hold
+        assert [j.id for j in store.iter_jobs(unique="nightly")] == [first.id]
+    finally:
+        store.close()
+
+
+def test_the_index_refuses_a_second_live_job_of_a_key_whatever_writes_it(
+        pg_server: Any) -> None:
+    """The guarantee lives in the schema: a direct INSERT or UPDATE that would make a second
+    live job of a key fails, while finished jobs of the key are as many as ever."""
+    db = pg_server.fresh_locator()
+    schema = db.rsplit("schema=", 1)[1]
+    store = open_store(db)
+    try:
+        [held] = store.submit([JobSpec("true", id="a", unique="k")])
+        assert held.stored
+        cols = "(id, command, state, max_retries, run_at, created_at, updated_at, unique_key)"
+        for state in ("pending", "processing", "failed"):
+            bad = (f"INSERT INTO {schema}.jobs {cols} VALUES"
+                   f" ('b', 'true', '{state}', 0, 0, 0, 0, 'k')")
+            with pytest.raises(RuntimeError, match="jobs_unique_live"):
+                pg_server.psql(bad)
+        for n, state in enumerate(("completed", "dead", "canceled")):
+            pg_server.psql(f"INSERT INTO {schema}.jobs {cols} VALUES"
+                           f" ('old{n}', 'true', '{state}', 0, 0, {n}, 0, 'k')")
+        with pytest.raises(RuntimeError, match="jobs_unique_live"):
+            pg_server.psql(f"UPDATE {schema}.jobs SET state = 'pending' WHERE id = 'old1'")
+        assert [j.id for j in store.iter_jobs(unique="k")] == ["old0", "old1", "old2", "a"]
+        assert [j.id for j in store.iter_jobs(unique="k", state="dead")] == ["old1"]
+    finally:
+        store.close()
+
+
+def _waiting_on_a_lock(pg_server: Any, what: str) -> bool:
+    return pg_server.psql(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        " AND query LIKE '%{}%'".format(what.replace("'", "''"))) != "0"
+
+
+@pytest.mark.parametrize("holder_commits", [True, False], ids=["commits", "rolls-back"])
+def test_a_submit_waits_for_a_holder_not_yet_committed_and_answers_it(
+        pg_server: Any, holder_commits: bool) -> None:
+    """Another host's submit of the key is in flight (inserted, not committed): ours waits
+    on the unique index, then answers that job once it commits, or stores its own when it
+    rolls back. Never a second live job, never an error."""
+    import threading
+
+    import psycopg2
+
+    db = pg_server.fresh_locator()
+    schema = db.rsplit("schema=", 1)[1]
+    store = open_store(db)
+    other = psycopg2.connect(pg_server.locator())
+    try:
+        with other.cursor() as cur:  # a transaction of its own, left open
+            cur.execute(f"INSERT INTO {schema}.jobs (id, command, state, max_retries, run_at,"
+                        " created_at, updated_at, unique_key)"
+                        " VALUES ('theirs', 'true', 'pending', 0, 0, 0, 0, 'k')")
+        answer: list[Any] = []
+        thread = threading.Thread(
+            target=lambda: answer.append(store.submit([JobSpec("true", id="ours",
+                                                               unique="k")])))
+        thread.start()
+        wait_for(lambda: _waiting_on_a_lock(pg_server, "ON CONFLICT (unique_key)"), 30,
+                 "the submit to wait on the holder")
+        (other.commit if holder_commits else other.rollback)()
+        thread.join(30)
+        if holder_commits:
+            assert answer == [[Submitted("theirs", False)]]
+        else:
+            assert answer == [[Submitted("ours", True)]]
+        assert [j.id for j in store.iter_jobs(unique="k")] == [
+            "theirs" if holder_commits else "ours"]
+    finally:
+        other.close()
+        store.close()
+
+
+def test_dlq_retry_that_loses_the_race_for_its_key_is_a_conflict_naming_the_winner(
+        pg_server: Any) -> None:
+    """A submit of the key commits after retry_dead read that the key was free: the unique
+    index refuses the revival, and retry_dead answers the same Conflict as if it had seen
+    the holder, with nothing changed."""
+    import threading
+
+    import psycopg2
+
+    from queuectl.errors import Conflict
+
+    db = pg_server.fresh_locator()
+    schema = db.rsplit("schema=", 1)[1]
+    store = open_store(db)
+    worker = open_store(db, for_worker=True)
+    other = psycopg2.connect(pg_server.locator())
+    try:
+        store.submit([JobSpec("exit 1", id="dies", unique="k", max_retries=0)])
+        job = worker.claim_next("w")
+        worker.record_failure(job, Outcome(exit_code=1, error="exit 1", output=b"",
+                                           duration=0.0))
+        assert store.get("dies").state == "dead"
+        with other.cursor() as cur:
+            cur.execute(f"INSERT INTO {schema}.jobs (id, command, state, max_retries, run_at,"
+                        " created_at, updated_at, unique_key)"
+                        " VALUES ('winner', 'true', 'pending', 0, 0, 0, 0, 'k')")
+        refused: list[BaseException] = []
+
+        def retry() -> None:
+            try:
+                store.retry_dead("dies")
+            except Conflict as exc:
+                refused.append(exc)
+
+        thread = threading.Thread(target=retry)
+        thread.start()
+        wait_for(lambda: _waiting_on_a_lock(pg_server, "AND j.state = 'dead'"), 30,
+                 "retry_dead to wait on the uncommitted holder")
+        other.commit()
+        thread.join(30)
+        assert [str(e) for e in refused] == [
+            "job 'dies' has unique key 'k', held by live job 'winner' (pending): it cannot"
+            " run again until that one ends"]
+        assert store.get("dies").state == "dead"
+        assert store.retry_dead_many(None, 10) == 0  # held: skipped, not an error
+    finally:
+        other.close()
+        worker.close()
         store.close()

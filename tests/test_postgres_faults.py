@@ -321,6 +321,62 @@ def test_enqueue_whose_connection_breaks_mid_commit_stores_the_job_exactly_once(
     assert [(j["id"], j["command"]) for j in listed] == [(job_id, "echo once")]
 
 
+@pytest.mark.parametrize("held", [False, True], ids=["key-free", "key-held"])
+@pytest.mark.parametrize("after_answer", [True, False], ids=["committed", "not-committed"])
+def test_keyed_enqueue_whose_connection_breaks_mid_commit_stores_one_job_and_answers_it(
+        pg_server: Any, after_answer: bool, held: bool) -> None:
+    """The same for a job with a unique key, whose submit is an explicit transaction: the
+    COMMIT (or its answer) is lost. queuectl reconnects, finds the id it stored, or decides
+    again (nothing was stored): one live job of the key, and the command answers its id."""
+    schema = pg_server.fresh_schema()
+    direct = pg_server.locator(schema=schema)
+    holder = ""
+    if held:
+        holder = _run(direct, "enqueue", json.dumps({"command": "true", "unique": "k",
+                                                     "id": "holder"})).stdout.strip()
+        assert holder == "holder"
+    else:
+        assert _run(direct, "status").returncode == 0  # create it
+    proxy, locator = _through_proxy(pg_server, schema, b"COMMIT", after_answer)
+    try:
+        result = _run(locator, "enqueue", json.dumps({"command": "echo once", "unique": "k"}))
+    finally:
+        proxy.close()
+    assert len(proxy.cut) == 1  # the fault happened
+    assert (b"COMMIT" in proxy.cut[0]) == after_answer
+    assert (result.returncode, result.stderr) == (0, ""), result.stderr
+    job_id = result.stdout.strip()
+    listed = json.loads(_run(direct, "list").stdout)
+    assert [(j["id"], j["unique"]) for j in listed] == [(job_id, "k")]
+    assert job_id == holder or not held
+
+
+@pytest.mark.slow
+def test_300_enqueue_processes_of_one_key_store_one_job_and_all_answer_it(
+        pg_server: Any, tmp_path: Path) -> None:
+    """Cron on many hosts firing one job at once: 300 `enqueue` processes with the same
+    unique key, all started together against max_connections = 100, store exactly one
+    job, and every one of them succeeds and prints its id."""
+    db = pg_server.fresh_locator()
+    q = Queue(db)
+    q.run("status")  # the schema exists before the burst
+    n = 300
+    spec = json.dumps({"command": "true", "unique": "nightly"})
+    outs = tmp_path / "outs"
+    outs.mkdir()
+    script = (f'for i in $(seq 1 {n}); do ( "$QUEUECTL" enqueue "$SPEC" >"$OUTS/$i"'
+              ' 2>"$OUTS/$i.err"; echo $? > "$OUTS/$i.rc" ) & done; wait')
+    env = {**q.env, "QUEUECTL": QUEUECTL, "OUTS": str(outs), "SPEC": spec}
+    assert subprocess.run(["bash", "-c", script], env=env, timeout=300).returncode == 0
+    codes = {i: (outs / f"{i}.rc").read_text().strip() for i in range(1, n + 1)}
+    failed = {i: (outs / f"{i}.err").read_text() for i, rc in codes.items() if rc != "0"}
+    assert failed == {}, f"{len(failed)} of {n} failed, e.g. {next(iter(failed.items()))}"
+    answers = Counter((outs / str(i)).read_text().strip() for i in range(1, n + 1))
+    listed = json.loads(q.run("list").stdout)
+    assert [(j["id"], j["unique"]) for j in listed] == [(next(iter(answers)), "nightly")]
+    assert len(answers) == 1 and answers.most_common(1)[0][1] == n
+
+
 COMPLETE_AND_CLAIM = b"(SELECT count(*) FROM done), (SELECT queue FROM nxt)"
 
 
@@ -416,7 +472,7 @@ def test_dlq_retry_whose_connection_breaks_mid_commit_reports_the_job_retried(
     finally:
         q.stop_all()
     q.run("pause")  # nothing claims it again before we look
-    proxy, locator = _through_proxy(pg_server, schema, b"j.state = 'dead' RETURNING",
+    proxy, locator = _through_proxy(pg_server, schema, b"AND j.state = 'dead'",
                                     after_answer)
     try:
         result = _run(locator, "dlq", "retry", "dies")

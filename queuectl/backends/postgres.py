@@ -15,6 +15,11 @@ How it keeps the contract:
   PostgreSQL runs as one implicit transaction. No session state (no SET, no prepared
   statements, advisory locks only per transaction), so a transaction-pooling pooler works.
 - Claims take `FOR UPDATE SKIP LOCKED` on a partial index of waiting jobs.
+- Unique keys: a unique index over live jobs with a key (schema 6) is the guarantee on every
+  host and every path. `submit` inserts with ON CONFLICT on it (the server decides, waiting
+  for a holder not yet committed) and reads the holders of skipped specs in the same
+  transaction; reviving a dead job checks for a holder and meets the index when it loses
+  a race. Specs without a key keep their one-statement insert.
 - Enqueue, a scheduled retry, a released job and `dlq retry` send NOTIFY in their own
   transaction; idle workers LISTEN on their own connection, and poll as a safety net.
 - Faults (`postgres_connection`): a connection found dead (server restart) is replaced on
@@ -37,6 +42,7 @@ from queuectl.backends.postgres_schema import MIGRATIONS, SCHEMA_VERSION, VERSIO
 from queuectl.backends.postgres_sql import EVENT, Statements, statements
 from queuectl.errors import (
     Conflict,
+    DatabaseBusy,
     DatabaseUnavailable,
     Unsupported,
 )
@@ -61,6 +67,7 @@ from queuectl.store import (
     PauseInfo,
     QueueInfo,
     Store,
+    Submitted,
     Wakeup,
     WorkerInfo,
     usage_of,
@@ -85,6 +92,28 @@ def _older(older_than: float | None) -> dict[str, Any]:
     """The parameter of the statements' `_older` variants (finished at least
     %(older)s seconds ago); none for the others."""
     return {} if older_than is None else {"older": float(older_than)}
+
+
+# Rows per statement of a large submit.
+_CHUNK = 5000
+# How many times a keyed submit inserts a spec again whose key's holder ended between
+# skipping it and looking it up (each time a new holder came and went): practically once.
+_KEY_ROUNDS = 8
+
+
+def _answers(ids: list[str], stored: set[str]) -> list[Submitted]:
+    """Submitted per spec: of specs with one id, only the first can have been stored."""
+    seen: set[str] = set()
+    answers = []
+    for job_id in ids:
+        answers.append(Submitted(job_id, job_id in stored and job_id not in seen))
+        seen.add(job_id)
+    return answers
+
+
+def _key_held(job_id: str, key: str, holder: str, state: str) -> Conflict:
+    return Conflict(f"job {job_id!r} has unique key {key!r}, held by live job {holder!r}"
+                    f" ({state}): it cannot run again until that one ends")
 
 
 # -- the store -----------------------------------------------------------------------------
@@ -206,7 +235,7 @@ class PostgresStore(Connected, Store):
         }
 
     # -- submitting --------------------------------------------------------------------------
-    def enqueue(self, specs: list[JobSpec], if_absent: bool = False) -> list[str]:
+    def submit(self, specs: list[JobSpec], if_absent: bool = False) -> list[Submitted]:
         conf = self._config()
         default_retries = conf.max_retries
         ids = [spec.id or policy.new_job_id() for spec in specs]
@@ -224,55 +253,169 @@ class PostgresStore(Connected, Store):
             "cpu_maxes": [spec.limits_with(conf)[1] for spec in specs],
             "tasks_maxes": [spec.limits_with(conf)[2] for spec in specs],
         }
+        if any(spec.unique is not None for spec in specs):
+            rows["uniques"] = [spec.unique for spec in specs]
+            return self._submit_keyed(specs, ids, rows, if_absent)
         sql = self.sql
         whole, chunk_rows = ((sql.enqueue_if_absent, sql.enqueue_rows_if_absent) if if_absent
                              else (sql.enqueue, sql.enqueue_rows))
-        chunk = 5000
 
-        def add(cur: Any) -> None:
-            if len(ids) <= chunk:  # one round trip, one implicit transaction
+        def add(cur: Any) -> set[str]:
+            """The ids stored (with --if-absent; else all or a unique violation)."""
+            if len(ids) <= _CHUNK:  # one round trip, one implicit transaction
                 cur.execute(whole, rows)
-                return
+                return {row[0] for row in cur.fetchall()} if if_absent else set(ids)
+            stored: set[str] = set()
             cur.execute(sql.begin)
-            for start in range(0, len(ids), chunk):
-                cur.execute(chunk_rows, {k: v[start:start + chunk] for k, v in rows.items()})
+            for start in range(0, len(ids), _CHUNK):
+                cur.execute(chunk_rows, {k: v[start:start + _CHUNK] for k, v in rows.items()})
+                if if_absent:
+                    stored.update(row[0] for row in cur.fetchall())
             cur.execute(sql.enqueue_commit)
+            return stored if if_absent else set(ids)
 
-        def conflict(cur: Any) -> Conflict:
-            taken = self._commands_of(cur, ids)
-            seen: set[str] = set()
-            for job_id in ids:
-                if job_id in taken or job_id in seen:
-                    return Conflict(
-                        f"job {job_id!r} already exists (use --if-absent to skip it)")
-                seen.add(job_id)
-            return Conflict("a job id is already taken (use --if-absent to skip it)")
-
-        def run(cur: Any) -> None:
+        def run(cur: Any) -> set[str]:
             try:
-                add(cur)
+                return add(cur)
             except psycopg2.Error as exc:
                 if getattr(exc, "pgcode", None) != "23505":
                     raise
                 self._rollback(cur.connection)
-                raise conflict(cur) from None
+                raise self._id_conflict(cur, ids) from None
 
-        def settle(cur: Any) -> None:
+        def settle(cur: Any) -> set[str]:
             """The connection broke with the insert in flight: it committed whole or not
             at all, and the ids (ours, chosen before it) say which. Never twice, never
             reported lost when it is stored."""
             found = self._commands_of(cur, ids)
             if not found:
-                run(cur)  # it did not commit: insert now
-            elif not all(found.get(job_id) == spec.command
-                         for job_id, spec in zip(ids, specs, strict=True)):
+                return run(cur)  # it did not commit: insert now
+            if not all(found.get(job_id) == spec.command
+                       for job_id, spec in zip(ids, specs, strict=True)):
                 raise DatabaseUnavailable(
                     "lost the connection while enqueueing, and cannot tell whether the jobs"
                     f" were stored (some of their ids exist): check with queuectl show {ids[0]}")
+            return set(ids)
 
-        # With --if-absent the insert is idempotent: after a lost connection just repeat it.
-        self._run(run, idempotent=if_absent, settle=None if if_absent else settle)
-        return ids
+        def settle_if_absent(cur: Any) -> set[str]:
+            """With --if-absent the insert is idempotent: repeat it. A generated id found
+            now can only be ours (the lost commit stored it); a given id found is answered
+            as there already: whether the lost commit or someone before stored it cannot
+            be told."""
+            return run(cur) | {job_id for job_id, spec in zip(ids, specs, strict=True)
+                               if spec.id is None}
+
+        stored = self._run(run, settle=settle_if_absent if if_absent else settle)
+        return _answers(ids, stored)
+
+    def _submit_keyed(self, specs: list[JobSpec], ids: list[str], rows: dict[str, list[Any]],
+                      if_absent: bool) -> list[Submitted]:
+        """Specs of which some have a unique key, in one explicit transaction: insert
+        (skipping a spec whose key a live job holds: the unique index decides, atomically,
+        waiting for a holder not yet committed), then for the skipped ones read the holder
+        in a new statement (READ COMMITTED: it sees the committed holder, and our own rows
+        for a key given twice); a holder that ended in between is no longer there, and
+        such a spec is inserted again, a bounded number of times. Then commit."""
+        sql = self.sql
+        keys: list[str | None] = rows["uniques"]
+        first, again = ((sql.submit_if_absent, sql.submit_rows_if_absent) if if_absent
+                        else (sql.submit, sql.submit_rows))
+        decided: list[Submitted] | None = None  # set just before the COMMIT is sent
+
+        def insert(cur: Any, todo: list[int], opening: bool) -> set[int]:
+            """Insert the specs `todo` (their indexes); the ones stored."""
+            stored: set[int] = set()
+            for start in range(0, len(todo), _CHUNK):
+                part = todo[start:start + _CHUNK]
+                cur.execute(first if opening and start == 0 else again,
+                            {k: [v[i] for i in part] for k, v in rows.items()})
+                # RETURNING names a row by (id, key); of specs alike, the first is stored
+                waiting: dict[tuple[str, str | None], list[int]] = {}
+                for i in part:
+                    waiting.setdefault((ids[i], keys[i]), []).append(i)
+                for job_id, key in cur.fetchall():
+                    stored.add(waiting[(job_id, key)].pop(0))
+            return stored
+
+        def decide(cur: Any) -> list[Submitted]:
+            answers: dict[int, Submitted] = {}
+            todo = list(range(len(specs)))
+            for round_ in range(_KEY_ROUNDS):
+                stored = insert(cur, todo, round_ == 0)
+                answers.update((i, Submitted(ids[i], True)) for i in stored)
+                skipped = [i for i in todo if i not in stored]
+                if not skipped:
+                    break
+                cur.execute(sql.submit_holders, {
+                    "keys": sorted({k for i in skipped if (k := keys[i]) is not None}),
+                    "ids": [ids[i] for i in skipped] if if_absent else []})
+                holders: dict[str, str] = {}
+                taken: set[str] = set()
+                for kind, name, job_id in cur.fetchall():
+                    if kind == "k":
+                        holders[name] = job_id
+                    else:
+                        taken.add(job_id)
+                todo = []
+                for i in skipped:
+                    key = keys[i]
+                    if key is not None and key in holders:  # the key first, then the id
+                        answers[i] = Submitted(holders[key], False)
+                    elif ids[i] in taken:
+                        answers[i] = Submitted(ids[i], False)
+                    else:
+                        todo.append(i)  # its holder ended in between: try it again
+                if not todo:
+                    break
+            else:
+                raise DatabaseBusy(
+                    f"unique key {keys[todo[0]]!r} kept changing hands while enqueueing; "
+                    "try again")
+            return [answers[i] for i in range(len(specs))]
+
+        def run(cur: Any) -> list[Submitted]:
+            nonlocal decided
+            decided = None
+            try:
+                answers = decide(cur)
+            except psycopg2.Error as exc:
+                if getattr(exc, "pgcode", None) != "23505":
+                    raise
+                self._rollback(cur.connection)
+                raise self._id_conflict(cur, ids) from None
+            decided = answers
+            cur.execute(sql.commit)
+            return answers
+
+        def settle(cur: Any) -> list[Submitted]:
+            """The connection broke: before the COMMIT was sent nothing is stored (the
+            server rolls back what the session left open); during it, the ids we stored
+            (ours, chosen before) say whether it committed."""
+            answers = decided
+            if answers is None:
+                return run(cur)
+            mine = {done.id: spec.command
+                    for done, spec in zip(answers, specs, strict=True) if done.stored}
+            found = self._commands_of(cur, list(mine))
+            if not found:
+                return run(cur)  # it did not commit (or stored nothing): decide again
+            if found != mine:
+                raise DatabaseUnavailable(
+                    "lost the connection while enqueueing, and cannot tell whether the jobs"
+                    f" were stored (some of their ids exist): check with queuectl show {ids[0]}")
+            return answers
+
+        return self._run(run, settle=settle)
+
+    def _id_conflict(self, cur: Any, ids: list[str]) -> Conflict:
+        """After a unique violation on the id: the first id taken (or given twice)."""
+        taken = self._commands_of(cur, ids)
+        seen: set[str] = set()
+        for job_id in ids:
+            if job_id in taken or job_id in seen:
+                return Conflict(f"job {job_id!r} already exists (use --if-absent to skip it)")
+            seen.add(job_id)
+        return Conflict("a job id is already taken (use --if-absent to skip it)")
 
     def _commands_of(self, cur: Any, ids: list[str]) -> dict[str, str]:
         """The command of each of these ids that is taken."""
@@ -491,11 +634,31 @@ class PostgresStore(Connected, Store):
 
     def retry_dead(self, job_id: str) -> Job:
         def retry(cur: Any) -> Job:
-            cur.execute(self.sql.retry_dead, {"id": job_id})
-            row = cur.fetchone()
-            if row is not None:
-                return Job.from_row(row)
-            raise self._refusal(cur, job_id, policy.not_dead)
+            for _ in range(_KEY_ROUNDS):
+                try:
+                    cur.execute(self.sql.retry_dead, {"id": job_id})
+                except psycopg2.Error as exc:
+                    # A holder of its key committed after the statement's snapshot: the
+                    # unique index refused it. The refusal below names that holder.
+                    if getattr(exc, "pgcode", None) != "23505":
+                        raise
+                    self._rollback(cur.connection)
+                else:
+                    row = cur.fetchone()
+                    if row is not None:
+                        return Job.from_row(row)
+                cur.execute(self.sql.retry_dead_refusal, (job_id,))
+                found = cur.fetchone()
+                if found is None:
+                    raise policy.no_such_job(job_id)
+                state, key, holder, holder_state = found
+                if state != DEAD:
+                    raise policy.not_dead(job_id, state)
+                if holder is not None:
+                    raise _key_held(job_id, key, holder, holder_state)
+                # the holder ended in between: try again
+            raise DatabaseBusy(f"the unique key of job {job_id!r} kept changing hands; "
+                               "try again")
 
         def settle(cur: Any) -> Job:
             """A retried job counts its attempts from 0 again, below those in its history
@@ -515,8 +678,18 @@ class PostgresStore(Connected, Store):
         sql = self.sql.retry_dead_many if older_than is None else self.sql.retry_dead_many_older
 
         def retry_many(cur: Any) -> int:
-            cur.execute(sql, {"n": limit, **_older(older_than)})
-            return int(cur.rowcount)
+            for _ in range(_KEY_ROUNDS):
+                try:
+                    cur.execute(sql, {"n": limit, **_older(older_than)})
+                except psycopg2.Error as exc:
+                    # A holder of a picked job's key committed after the snapshot: the
+                    # unique index refused the batch; the next snapshot skips that job.
+                    if getattr(exc, "pgcode", None) != "23505":
+                        raise
+                    self._rollback(cur.connection)
+                    continue
+                return int(cur.rowcount)
+            raise DatabaseBusy("unique keys of dead jobs kept changing hands; try again")
 
         return self._run(retry_many)
 
@@ -743,7 +916,7 @@ class PostgresStore(Connected, Store):
         return job
 
     def iter_jobs(self, state: str | None = None, limit: int | None = None,
-                  queue: str | None = None) -> Iterator[Job]:
+                  queue: str | None = None, unique: str | None = None) -> Iterator[Job]:
         # Pages by (created_at, seq), which never change: memory stays flat, no transaction
         # stays open between pages (a pooler may hand the connection on), each job once.
         page = 500
@@ -751,11 +924,13 @@ class PostgresStore(Connected, Store):
         statement = ((sql.iter_jobs, sql.iter_jobs_of_state),
                      (sql.iter_jobs_in_queue, sql.iter_jobs_in_queue_of_state),
                      )[queue is not None][bool(state)]
+        if unique is not None:
+            statement = sql.iter_jobs_with_key
         at, seq, left = float("-inf"), -1, limit
         while left is None or left > 0:
             n = page if left is None else min(page, left)
-            rows = self._fetch(statement, {"state": state, "queue": queue, "at": at,
-                                           "seq": seq, "n": n})
+            rows = self._fetch(statement, {"state": state or None, "queue": queue,
+                                           "unique": unique, "at": at, "seq": seq, "n": n})
             for row in rows:
                 yield Job.from_row(row[:-1])
             if len(rows) < n:

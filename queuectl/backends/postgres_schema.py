@@ -8,7 +8,7 @@ change as the next number; never edit a released one. `{s}` stands for the quote
 
 from queuectl.policy import DURATION_BUCKETS
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 def _bucket(seconds: str) -> str:
@@ -189,6 +189,19 @@ MIGRATIONS: dict[int, list[str]] = {
         "ALTER TABLE {s}.attempts ADD COLUMN cpu_user_usec bigint",
         "ALTER TABLE {s}.attempts ADD COLUMN cpu_system_usec bigint",
         "ALTER TABLE {s}.attempts ADD COLUMN memory_peak_bytes bigint",
+    ],
+    # Unique keys ("cron without overlap"). Only additions (no default, no rewrite): every
+    # existing job has none. The unique index over live jobs is the guarantee, whatever
+    # code path writes and on however many hosts: never two live jobs (pending, processing
+    # or failed) with one key. Submitting infers it as its ON CONFLICT arbiter (same
+    # predicate, word for word, in postgres_sql); reviving a dead job meets it as a unique
+    # violation. The second index lists a key's jobs, live and finished, oldest first.
+    6: [
+        "ALTER TABLE {s}.jobs ADD COLUMN unique_key text",
+        """CREATE UNIQUE INDEX jobs_unique_live ON {s}.jobs (unique_key)
+            WHERE unique_key IS NOT NULL AND state IN ('pending', 'processing', 'failed')""",
+        """CREATE INDEX jobs_by_unique ON {s}.jobs (unique_key, created_at, seq)
+            WHERE unique_key IS NOT NULL""",
     ],
 }
 

@@ -219,6 +219,37 @@ _REVIVE = """state = 'pending', attempts = 0, run_at = t.now,
 
 _COUNT_MATCHING = "SELECT count(*) FROM {s}.jobs WHERE state = %(state)s"
 
+# The jobs that hold their unique key: the predicate of the unique index jobs_unique_live
+# (postgres_schema, version 6), word for word, so an ON CONFLICT clause can name that index
+# as its arbiter.
+_HOLDS = "unique_key IS NOT NULL AND state IN ('pending', 'processing', 'failed')"
+
+# Keyed submits: the rows in input order (the first spec of a key is the one stored),
+# each either stored or skipped because a live job holds its key (`_CONFLICT`: the unique
+# index as the only arbiter, so a taken id still raises a unique violation) or, with
+# --if-absent, because its key or its id is taken (every unique index). RETURNING names
+# the stored rows by (id, key): two specs of one call may share an id.
+_CONFLICT = f"ON CONFLICT (unique_key) WHERE {_HOLDS} DO NOTHING"
+
+
+def _submit_rows(conflict: str) -> str:
+    return f"""WITH {_T}
+INSERT INTO {{s}}.jobs (id, command, state, attempts, max_retries, priority,
+    timeout, run_at, created_at, updated_at, queue, memory_max, cpu_max, tasks_max,
+    unique_key)
+SELECT u.id, u.command, 'pending', 0, u.max_retries, u.priority, u.timeout,
+    coalesce(u.run_at, t.now + u.delay), t.now, t.now, u.queue, u.memory_max,
+    u.cpu_max, u.tasks_max, u.unique_key
+FROM unnest(%(ids)s::text[], %(commands)s::text[], %(retries)s::int[],
+            %(priorities)s::int[], %(timeouts)s::float8[], %(run_ats)s::float8[],
+            %(delays)s::float8[], %(queues)s::text[], %(memory_maxes)s::int8[],
+            %(cpu_maxes)s::float8[], %(tasks_maxes)s::int[], %(uniques)s::text[])
+     WITH ORDINALITY AS u(id, command, max_retries, priority, timeout, run_at,
+                          delay, queue, memory_max, cpu_max, tasks_max, unique_key, n), t
+ORDER BY u.n
+{conflict}
+RETURNING id, unique_key"""
+
 
 def _purge(where: str) -> str:
     # SKIP LOCKED: a job someone is retrying right now is left for the next batch.
@@ -232,8 +263,18 @@ SELECT count(*) FROM gone"""
 
 
 def _retry_dead_many(where: str) -> str:
+    """Skipped, and so not counted: a dead job whose key a live job holds, or that an older
+    dead job of its key (of this same filter) goes before: of one key, only the oldest is
+    revived. A holder committed after this statement's snapshot still meets the unique
+    index (a unique violation: the store runs it again)."""
     return f"""NOTIFY {{channel}}; WITH {_T},
-pick AS (SELECT id FROM {{s}}.jobs WHERE state = 'dead'{where}
+pick AS (SELECT id FROM {{s}}.jobs d WHERE state = 'dead'{where}
+             AND (unique_key IS NULL OR (
+                 NOT EXISTS (SELECT 1 FROM {{s}}.jobs h
+                             WHERE h.unique_key = d.unique_key AND {_HOLDS})
+                 AND NOT EXISTS (SELECT 1 FROM {{s}}.jobs o
+                                 WHERE o.unique_key = d.unique_key AND o.state = 'dead'{where}
+                                     AND (o.created_at, o.seq) < (d.created_at, d.seq))))
          ORDER BY created_at, seq LIMIT %(n)s FOR UPDATE SKIP LOCKED)
 UPDATE {{s}}.jobs j SET {_REVIVE}
 FROM t, pick WHERE j.id = pick.id"""
@@ -318,8 +359,9 @@ class Statements:
     migrate_set_version = "UPDATE {s}.schema_version SET version = %s"
 
     # == submitting ==========================================================================
-    # -- enqueue --
-    # The rows in input order, in one statement; NOTIFY wakes idle workers on commit.
+    # -- submit --
+    # Specs without a unique key: the rows in input order, in one statement (with
+    # --if-absent, RETURNING the ids it stored); NOTIFY wakes idle workers on commit.
     enqueue_rows = f"""WITH {_T}
 INSERT INTO {{s}}.jobs (id, command, state, attempts, max_retries, priority,
     timeout, run_at, created_at, updated_at, queue, memory_max, cpu_max, tasks_max)
@@ -333,13 +375,28 @@ FROM unnest(%(ids)s::text[], %(commands)s::text[], %(retries)s::int[],
      WITH ORDINALITY AS u(id, command, max_retries, priority, timeout, run_at,
                           delay, queue, memory_max, cpu_max, tasks_max, n), t
 ORDER BY u.n"""
-    enqueue_rows_if_absent = f"{enqueue_rows}\nON CONFLICT (id) DO NOTHING"
+    enqueue_rows_if_absent = f"{enqueue_rows}\nON CONFLICT (id) DO NOTHING\nRETURNING id"
     enqueue = f"NOTIFY {{channel}}; {enqueue_rows}"  # up to a chunk of rows: one round trip
     enqueue_if_absent = f"NOTIFY {{channel}}; {enqueue_rows_if_absent}"
     # More rows: begin, enqueue_rows per chunk, then this.
     enqueue_commit = "NOTIFY {channel}; COMMIT"
     # Which of these ids are taken, and by what command (a conflict, a lost commit).
     enqueue_taken = "SELECT id, command FROM {s}.jobs WHERE id = ANY(%s)"
+    # Specs with a unique key (any in the call): one explicit transaction, since a skipped
+    # spec's answer needs a statement of its own. submit (its first chunk), submit_rows
+    # (later chunks, and again for specs whose holder ended before submit_holders saw it),
+    # submit_holders after any skipped, then commit.
+    submit_rows = _submit_rows(_CONFLICT)
+    submit_rows_if_absent = _submit_rows("ON CONFLICT DO NOTHING")
+    submit = f"BEGIN; NOTIFY {{channel}}; {submit_rows}"
+    submit_if_absent = f"BEGIN; NOTIFY {{channel}}; {submit_rows_if_absent}"
+    # A statement after the insert (READ COMMITTED: a fresh snapshot) sees the holder the
+    # insert waited for and skipped on, and this transaction's own rows: the live holder
+    # of each key, then which of the ids are taken (--if-absent).
+    submit_holders = f"""SELECT 'k', unique_key, id FROM {{s}}.jobs
+WHERE unique_key = ANY(%(keys)s::text[]) AND {_HOLDS}
+UNION ALL
+SELECT 'i', id, id FROM {{s}}.jobs WHERE id = ANY(%(ids)s::text[])"""
 
     # == the worker's verbs: claiming ========================================================
     # -- claim_next --
@@ -452,7 +509,17 @@ NOTIFY {channel}; COMMIT"""
     # -- retry_dead --
     retry_dead = f"""NOTIFY {{channel}}; WITH {_T}
 UPDATE {{s}}.jobs j SET {_REVIVE}
-FROM t WHERE j.id = %(id)s AND j.state = 'dead' RETURNING {{j_columns}}"""
+FROM t WHERE j.id = %(id)s AND j.state = 'dead'
+    AND (j.unique_key IS NULL OR NOT EXISTS (
+        SELECT 1 FROM {{s}}.jobs h WHERE h.unique_key = j.unique_key AND {_HOLDS}))
+RETURNING {{j_columns}}"""
+    # Why it matched nothing: no such job, not dead, or the live job holding its key (a
+    # holder committed after retry_dead's snapshot: its unique violation, then this).
+    retry_dead_refusal = f"""SELECT j.state, j.unique_key, h.id, h.state FROM {{s}}.jobs j
+LEFT JOIN LATERAL (SELECT id, state FROM {{s}}.jobs
+                   WHERE unique_key = j.unique_key AND {_HOLDS} AND id <> j.id
+                   LIMIT 1) h ON true
+WHERE j.id = %s"""
     # Why a guarded UPDATE matched nothing: no such job, or its state forbids it.
     job_state = "SELECT state FROM {s}.jobs WHERE id = %s"
     # After a lost commit: the attempts the job made before (a retried job counts from 0).
@@ -619,6 +686,10 @@ UNION ALL
     iter_jobs_of_state = _iter_jobs("state = %(state)s AND ")
     iter_jobs_in_queue = _iter_jobs("queue = %(queue)s AND ")
     iter_jobs_in_queue_of_state = _iter_jobs("queue = %(queue)s AND state = %(state)s AND ")
+    # One key's jobs (jobs_by_unique), of any state and queue unless given.
+    iter_jobs_with_key = _iter_jobs(
+        "unique_key = %(unique)s AND (%(state)s::text IS NULL OR state = %(state)s)"
+        " AND (%(queue)s::text IS NULL OR queue = %(queue)s) AND ")
 
     # -- counts --
     counts = _counts("", "")
@@ -713,8 +784,10 @@ VERBS: dict[str, tuple[str, ...]] = {
     "open": ("opening_read", "migrate_lock", "migrate_exists", "migrate_version",
              "migrate_foreign_tables", "migrate_schema_present", "migrate_create_schema",
              "migrate_first_version", "migrate_set_version", "commit"),
-    "enqueue": ("enqueue", "enqueue_if_absent", "begin", "enqueue_rows",
-                "enqueue_rows_if_absent", "enqueue_commit", "enqueue_taken"),
+    "submit": ("enqueue", "enqueue_if_absent", "begin", "enqueue_rows",
+               "enqueue_rows_if_absent", "enqueue_commit", "enqueue_taken", "submit",
+               "submit_if_absent", "submit_rows", "submit_rows_if_absent", "submit_holders",
+               "commit"),
     "claim_next": ("claim_any", "claim_listed", "claim_limited_begin", "claim_limited_any",
                    "claim_limited_listed", "claim_limited_next_any",
                    "claim_limited_next_listed", "commit", "held_by"),
@@ -729,7 +802,7 @@ VERBS: dict[str, tuple[str, ...]] = {
     "reclaim_expired": ("reclaim_expired_probe", "reclaim_expired_lock", "reclaim_end",
                         "commit"),
     "reclaim_worker": ("reclaim_worker_lock", "reclaim_end", "commit"),
-    "retry_dead": ("retry_dead", "job_state", "get", "retry_dead_tried"),
+    "retry_dead": ("retry_dead", "retry_dead_refusal", "get", "retry_dead_tried"),
     "retry_dead_many": ("retry_dead_many", "retry_dead_many_older"),
     "cancel": ("cancel", "job_state", "get"),
     "cancel_state": ("cancel_state_processing", "cancel_state_processing_in_queue",
@@ -750,7 +823,7 @@ VERBS: dict[str, tuple[str, ...]] = {
     "read_output": ("read_output",),
     "get": ("get", "get_history"),
     "iter_jobs": ("iter_jobs", "iter_jobs_of_state", "iter_jobs_in_queue",
-                  "iter_jobs_in_queue_of_state"),
+                  "iter_jobs_in_queue_of_state", "iter_jobs_with_key"),
     "counts": ("counts", "counts_in_queue"),
     "remaining": ("remaining", "remaining_listed"),
     "seconds_until_due": ("seconds_until_due", "seconds_until_due_listed"),
