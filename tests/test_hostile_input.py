@@ -60,7 +60,7 @@ def _enqueue_any(value: object, ascii_only: bool, db: Path, capsys: pytest.Captu
     code = main(["enqueue", text])
     out, err = capsys.readouterr()
     if code == 0:
-        job_id = out.strip()
+        job_id = out.removesuffix("\n")  # an id may start or end with a space
         assert main(["show", job_id]) == 0
         shown = json.loads(capsys.readouterr().out)
         assert isinstance(value, dict) and shown["command"] == value["command"]
