@@ -41,6 +41,19 @@ def one_line_error(result: subprocess.CompletedProcess, *says: str) -> str:
     return lines[0]
 
 
+def _statuses_of_four_at_once(db: str) -> list[dict[str, Any]]:
+    """Four `status` processes opening the queue at once (a migration races itself); each
+    must succeed."""
+    procs = [subprocess.Popen([QUEUECTL, "--db", db, "status"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    found = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        found.append(json.loads(out))
+    return found
+
+
 @pytest.fixture
 def roles(pg_server: Any) -> Any:
     """A database with an owner role that migrates and a least-privilege worker role (the
@@ -261,12 +274,7 @@ def test_a_version_1_queue_migrates_forward_keeping_everything(pg_server: Any) -
         f"INSERT INTO {s}.workers VALUES ('old', 'h', 1, NULL, 1e9, 1e9, 'idle', NULL)",
     ]
     pg_server.psql("; ".join(old))
-    procs = [subprocess.Popen([QUEUECTL, "--db", db, "status"], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
-    for proc in procs:
-        out, err = proc.communicate(timeout=60)
-        assert proc.returncode == 0, err
-        assert json.loads(out)["canceled"] == 0
+    assert all(st["canceled"] == 0 for st in _statuses_of_four_at_once(db))
     assert pg_server.psql(f"SELECT version FROM {s}.schema_version") == str(SCHEMA_VERSION)
     store = open_store(db)
     try:
@@ -371,12 +379,7 @@ def test_a_version_2_queue_migrates_to_3_keeping_everything(pg_server: Any) -> N
         f"INSERT INTO {s}.flags VALUES ('paused', 'alice@h', 1e9)",
     ]
     pg_server.psql("; ".join(old))
-    procs = [subprocess.Popen([QUEUECTL, "--db", db, "status"], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
-    for proc in procs:
-        out, err = proc.communicate(timeout=60)
-        assert proc.returncode == 0, err
-        assert json.loads(out)["paused"] is True
+    assert all(st["paused"] is True for st in _statuses_of_four_at_once(db))
     assert pg_server.psql(f"SELECT version FROM {s}.schema_version") == str(SCHEMA_VERSION)
     store = open_store(db)
     try:
@@ -486,12 +489,7 @@ def test_a_version_5_queue_migrates_to_6_keeping_every_job_without_a_key(
             f" {'NULL' if st in ('pending', 'processing') else '1e9 + 1'}, 'q')"
             for n, st in enumerate(states)))
     pg_server.psql("; ".join(old))
-    procs = [subprocess.Popen([QUEUECTL, "--db", db, "status"], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
-    for proc in procs:
-        out, err = proc.communicate(timeout=60)
-        assert proc.returncode == 0, err
-        assert json.loads(out)["processing"] == 1
+    assert all(st["processing"] == 1 for st in _statuses_of_four_at_once(db))
     assert pg_server.psql(f"SELECT version FROM {s}.schema_version") == str(SCHEMA_VERSION)
     store = open_store(db)
     try:
