@@ -40,12 +40,14 @@ CONNECT_BUDGET = max(BUSY_TIMEOUT, 30.0)
 SCHEMA_RE = re.compile(r"[a-z_][a-z0-9_]{0,47}\Z")
 
 # Refusals worth retrying: too many connections, server starting/stopping or in recovery,
-# serialization failure, deadlock, lock not available.
+# serialization failure, deadlock, lock not available, and a full listen queue on the
+# server's socket (EAGAIN: a burst of connects faster than the postmaster accepts them).
 TRANSIENT_CODES = {"53300", "57P03", "40001", "40P01", "55P03"}
 TRANSIENT_TEXT = (
     "too many clients", "remaining connection slots", "too many connections",
     "cannot connect now", "is starting up", "is shutting down", "in recovery mode",
     "not yet accepting connections", "not accepting connections",
+    "resource temporarily unavailable",
 )
 # The server ended the session (restart, admin shutdown) or the socket broke.
 LOST_CODES = {"57P01", "57P02", "08000", "08003", "08006", "08001"}
