@@ -22,6 +22,11 @@ class Conflict(QueueError):
     pass
 
 
+class Refused(QueueError):
+    """Well-formed input the queue's rules refuse (a job listing itself as its parent):
+    exit 1, like a conflict, and nothing is stored."""
+
+
 class DatabaseUnavailable(QueueError):
     """The database cannot be opened, read or written (missing dir, locked, not SQLite, full)."""
 

@@ -7,7 +7,7 @@ import math
 import re  # already loaded by json
 
 from queuectl.clock import iso, iso_ms, parse_iso
-from queuectl.errors import ValidationError
+from queuectl.errors import Refused, ValidationError
 from queuectl.record import Record
 
 PENDING, PROCESSING, COMPLETED, FAILED, DEAD = "pending", "processing", "completed", "failed", "dead"
@@ -24,6 +24,7 @@ CANCELLABLE = (PENDING, FAILED, PROCESSING)
 MAX_COMMAND_BYTES = 131_071
 MAX_ID_CHARS = 200
 MAX_TIMEOUT = 31_536_000  # one year
+MAX_PARENTS = 100  # `after`: a job waits for at most this many others
 
 # Named queues: the characters fit a systemd instance name (`queuectl-worker@mail:1`), a
 # shell word and a journal field without quoting.
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 USER_KEYS = ("command", "id", "max_retries", "timeout", "priority", "run_at", "delay", "queue",
-             "memory_max", "cpu_max", "tasks_max", "unique")
+             "memory_max", "cpu_max", "tasks_max", "unique", "after")
 MANAGED_KEYS = (
     "state", "attempts", "created_at", "updated_at", "worker", "started_at", "finished_at",
     "exit_code", "last_error", "lease_expires_at",
@@ -61,6 +62,9 @@ class JobSpec(Record):
     cpu_max: float | None = None  # cores
     tasks_max: int | None = None
     unique: str | None = None  # at most one live job (pending, processing, failed) per key
+    # Parents: ids of jobs that must all be `completed` before this one may be claimed
+    # (distinct, in the order given, at most MAX_PARENTS, never the job's own id).
+    after: list[str] | None = None
 
     def limits_with(self, defaults: Any) -> tuple[int, float, int]:
         """(memory_max, cpu_max, tasks_max) to store: this job's own, else the queue-wide
@@ -76,7 +80,7 @@ ROW_COLUMNS = (
     "id", "command", "state", "attempts", "max_retries", "created_at", "updated_at", "priority",
     "timeout", "run_at", "worker", "started_at", "finished_at", "exit_code", "last_error",
     "lease_expires_at", "cancel_requested", "queue", "memory_max", "cpu_max", "tasks_max",
-    "unique_key",
+    "unique_key", "waiting_on", "attempt_base",
 )
 
 
@@ -106,12 +110,21 @@ class Job(Record):
     cpu_max: float | None = None
     tasks_max: int | None = None
     unique: str | None = None  # its unique key (column unique_key): one live job per key
+    waiting_on: int = 0  # parents (`after`) not completed yet: claimed only at 0 ("blocked")
+    # Attempts made before the latest `retry` (which sets attempts back to 0): the history
+    # numbers an attempt attempt_base + attempts, so a rerun's attempts number on.
+    attempt_base: int = 0
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...] | list[Any]) -> Job:
         """The job of a row selected as ROW_COLUMNS (without its history)."""
         # The ignore: mypy cannot count the values of a row slice to match them to fields.
-        return cls(*row[:16], None, bool(row[16]), *row[17:22])  # type: ignore[call-arg]
+        return cls(*row[:16], None, bool(row[16]), *row[17:24])  # type: ignore[call-arg]
+
+    @property
+    def attempt_number(self) -> int:
+        """The running (or latest) attempt's number as the history shows it."""
+        return self.attempt_base + self.attempts
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -132,6 +145,7 @@ class Job(Record):
             "exit_code": self.exit_code,
             "last_error": self.last_error,
             "unique": self.unique,
+            "waiting_on": self.waiting_on,
             **({"cancel_requested": True} if self.cancel_requested else {}),
             **{k: v for k in LIMIT_KEYS if (v := getattr(self, k))},
         }
@@ -159,6 +173,17 @@ def check_id(value: Any, key: str = "id") -> str:
 def check_unique(value: Any) -> str:
     """A unique key: shaped like an id (cron lines use the job's name)."""
     return check_id(value, "unique")
+
+
+def check_after(value: Any) -> list[str]:
+    """Parent ids: a list of 1 to MAX_PARENTS ids (repeats dropped, order kept)."""
+    if not isinstance(value, list) or not value:
+        raise ValidationError('"after" must be a non-empty list of job ids')
+    parents = list(dict.fromkeys(check_id(v, "after") for v in value))
+    if len(parents) > MAX_PARENTS:
+        raise Refused(f'"after" lists {len(parents)} jobs; a job may wait for at most '
+                      f'{MAX_PARENTS}')
+    return parents
 
 
 def check_queue(value: Any, what: str = '"queue"') -> str:
@@ -304,7 +329,14 @@ def spec_from_object(obj: Any) -> JobSpec:
     for key, check in _CHECKS.items():  # a fixed order: the same key is reported first
         if key in fields:
             setattr(spec, key, check(fields[key]))
+    check_not_own_parent(spec)
     return spec
+
+
+def check_not_own_parent(spec: JobSpec) -> None:
+    if spec.id is not None and spec.after and spec.id in spec.after:
+        raise Refused(f"job {spec.id!r} lists itself in \"after\": a job cannot wait for "
+                      "itself")
 
 
 # The optional keys of a job, each with its check; each key is also the JobSpec field it sets.
@@ -312,7 +344,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "id": check_id, "max_retries": check_max_retries, "timeout": check_timeout,
     "priority": check_priority, "run_at": check_run_at, "delay": check_delay,
     "queue": check_queue, "memory_max": check_memory_max, "cpu_max": check_cpu_max,
-    "tasks_max": check_tasks_max, "unique": check_unique,
+    "tasks_max": check_tasks_max, "unique": check_unique, "after": check_after,
 }
 
 

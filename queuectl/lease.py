@@ -13,7 +13,8 @@ import time
 
 from queuectl import procinfo
 from queuectl.clock import iso_ms
-from queuectl.job import DEAD, Job
+from queuectl.job import CANCELED, DEAD, Job
+from queuectl.operate import tell_dependents
 from queuectl.policy import HEARTBEAT_EVERY
 from queuectl.retention import Retention
 from queuectl.settings import QueueConfig
@@ -88,6 +89,8 @@ class LeaseKeeper:
         self.log.warning("lease_reclaimed", job_id=job.id, queue=job.queue, attempt=job.attempts,
                          error=job.last_error, state=job.state, killed_processes=leftovers,
                          next_run_at=iso_ms(job.run_at) if job.state != DEAD else None)
+        if job.state in (DEAD, CANCELED):
+            tell_dependents(self.store, job, self.log)
 
     def _watch_config(self) -> None:
         items = self.store.config_items()

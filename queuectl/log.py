@@ -36,6 +36,10 @@ MESSAGES = {
     "database_error": "Database problem: {error}; retrying",
     "job_canceling": "Canceling {job_id}: an operator asked; stopping its process group",
     "job_canceled": "Job {job_id} canceled on attempt {attempt}/{max_attempts}; no retry",
+    "dependent_canceled": "Canceled {job_id}, which never ran: its parent {parent} ended "
+    "{parent_state}",
+    "job_retried": "Job {job_id} ({previous_state}) sent back to pending by {by}; its next "
+    "attempt is number {next_attempt}",
     "queue_paused": "Queue paused by {paused_by} at {paused_at}: finishing running jobs, "
     "claiming nothing",
     "queue_resumed": "Queue resumed: claiming jobs again",

@@ -101,7 +101,8 @@ class QueueInfo(Record):
     paused: PauseInfo | None  # this queue's own pause (the global one is `paused()`)
     concurrency: int  # at most this many of its jobs processing at once; 0: no limit
     workers: int  # active workers (policy.ACTIVE_WINDOW) that serve it, by name or as "all"
-    oldest_waiting: float | None  # seconds its longest-due eligible job has waited; None
+    oldest_waiting: float | None  # seconds its longest-due eligible job has waited (blocked
+    # jobs are not eligible); None
 
 
 class OutputSlice(Record):
@@ -129,6 +130,14 @@ class Metrics(Record):
     # how an attempt ended (`policy.ATTEMPT_OUTCOMES`), then le is the upper bound of its
     # duration bucket (`policy.DURATION_BUCKETS`, or inf) and seconds the durations' sum.
     counters: list[tuple[str, str, float, int, float]]
+
+
+class Parent(Record):
+    """One parent of a job (`JobSpec.after`), as `Store.parents` reports it."""
+
+    id: str
+    state: str | None  # None: deleted since (purge, retention)
+    satisfied: bool  # it completed (recorded then: true even once it is deleted)
 
 
 class Submitted(Record):
@@ -212,7 +221,11 @@ class Store(ABC):
         with the same key: the first is stored, the second answers its id.
         Otherwise a taken id raises Conflict (and nothing is added), unless if_absent,
         where the existing job is left as it is and its id returned, `stored` False.
-        Waiting workers are woken on commit."""
+        Parents (`JobSpec.after`, checked after the key and the id): each must be a job
+        that exists, stored before or earlier in the same call; NotFound names the first
+        that does not, and Conflict the first that is `dead` or `canceled` (it would never
+        run); either way nothing of the call is stored. A `completed` parent is satisfied
+        at once; `waiting_on` counts the others. Waiting workers are woken on commit."""
 
     def enqueue(self, specs: list[JobSpec], if_absent: bool = False) -> list[str]:
         """`submit`, answering only the ids."""
@@ -223,7 +236,8 @@ class Store(ABC):
     def claim_next(self, worker: str, queues: list[str] | None = None) -> Job | None:
         """Take the most urgent eligible job, or None.
 
-        Eligible: `pending` or `failed` with run_at <= now. Order: priority (higher first),
+        Eligible: `pending` or `failed` with run_at <= now and waiting_on 0 (every parent
+        completed: see "Dependencies" below). Order: priority (higher first),
         then run_at (earlier first), then the older job. In one transaction the job becomes
         `processing`, `attempts` grows by one, `worker` and `started_at` are set and a lease
         of `lease-seconds` starts. Two callers never receive the same job."""
@@ -294,17 +308,20 @@ class Store(ABC):
     @abstractmethod
     def counts(self, queue: str | None = None) -> dict[str, int]:
         """Jobs per state (every state of `job.STATES`, zeros included) plus
-        `active_workers` (workers whose last heartbeat is within `policy.ACTIVE_WINDOW`),
+        `active_workers` (workers whose last heartbeat is within `policy.ACTIVE_WINDOW`)
+        and `blocked` (the pending jobs among them whose parents are not all completed),
         from one snapshot."""
 
     @abstractmethod
     def remaining(self, queues: list[str] | None = None) -> int:
-        """Jobs that may still run: pending, processing, or failed awaiting a retry."""
+        """Jobs that may still run: pending (blocked ones too), processing, or failed
+        awaiting a retry."""
 
     @abstractmethod
     def seconds_until_due(self, queues: list[str] | None = None) -> float | None:
         """Seconds until the earliest waiting job becomes eligible (0 if one is now), or
-        None if nothing waits: how long an idle worker may sleep, in the store's clock."""
+        None if nothing waits: how long an idle worker may sleep, in the store's clock.
+        Blocked jobs (waiting_on > 0) do not count: a parent's completion wakes workers."""
 
     @abstractmethod
     def wakeup(self) -> Wakeup:
@@ -535,6 +552,45 @@ class Store(ABC):
 
     def metrics(self) -> Metrics:
         """Everything `queuectl metrics` reports, from one snapshot; a read only."""
+        raise NotImplementedError
+
+    # -- dependencies and reruns ---------------------------------------------------------------
+    # A job submitted with `after` waits (`pending`, waiting_on > 0: "blocked") until every
+    # parent is `completed`. Amended promises, for every backend, kept in the transaction
+    # that changes the parent's state, whatever the path (triggers of the schema):
+    # - a parent becoming `completed` satisfies its waiting dependents for good (recorded:
+    #   deleting the parent later changes nothing), each one's waiting_on drops by one, and
+    #   waiting workers are woken when one reaches 0;
+    # - a parent becoming `dead` or `canceled` (by any path: record_failure, reclaim_*,
+    #   cancel, cancel_state) cancels each dependent still waiting for it (pending, its
+    #   dependency on that parent not satisfied): `canceled`, finished_at now, last_error
+    #   "parent ID ended dead" (or "... ended canceled"), no history row; and so on down
+    #   the chain. A failed attempt that will be retried decides nothing.
+    # - deleting a job (purge, retention) deletes its own dependency rows, never those
+    #   that name it as a parent.
+    # - the history and live output number an attempt `Job.attempt_number` (attempt_base +
+    #   attempts); read_output's `attempt` is that number.
+
+    def parents(self, job_id: str) -> list[Parent]:
+        """The job's parents in the order given at submit; NotFound if the job is absent."""
+        raise NotImplementedError
+
+    def canceled_dependents(self, job_id: str) -> list[Job]:
+        """The jobs that are canceled because this one ended dead or canceled: its waiting
+        dependents canceled with it, and theirs, down the chain (each job's last_error
+        names its own parent). For the journal and the operator's output, after commit."""
+        raise NotImplementedError
+
+    def retry(self, job_id: str, delay: float | None = None) -> Job:
+        """Run a finished (`completed`, `dead` or `canceled`) job again, in one transaction:
+        `pending`, attempts 0, attempt_base grown by the attempts it had (its history
+        is kept and the new attempts number on), run_at now + delay, worker, started_at,
+        finished_at, exit_code, last_error and cancel_requested cleared, waiting_on the
+        number of its parents not satisfied. Dependents it canceled are not revived.
+        NotFound if absent; Conflict, changing nothing, if it is not finished (the message
+        says its state), if its unique key is held by another live job (naming it), or if
+        a parent it still waits for is dead, canceled or deleted (naming it: retry that
+        one first)."""
         raise NotImplementedError
 
     @abstractmethod

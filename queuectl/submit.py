@@ -11,7 +11,15 @@ import os
 import sys
 
 from queuectl.errors import OutputError, ValidationError
-from queuectl.job import JobSpec, check_queue, check_unique, spec_from_json, spec_from_object
+from queuectl.job import (
+    JobSpec,
+    check_after,
+    check_not_own_parent,
+    check_queue,
+    check_unique,
+    spec_from_json,
+    spec_from_object,
+)
 from queuectl.record import Record
 
 TYPE_CHECKING = False
@@ -96,12 +104,25 @@ def with_unique(specs: list[JobSpec], key: str | None) -> list[JobSpec]:
     return specs
 
 
+def with_after(specs: list[JobSpec], after: str | None) -> list[JobSpec]:
+    """`--after ID[,ID...]`: every job waits for these, before the parents its own JSON
+    names (a file of steps can still chain them line after line)."""
+    if after is None:
+        return specs
+    parents = check_after([part.strip() for part in after.split(",")])
+    for spec in specs:
+        spec.after = check_after(parents + (spec.after or []))
+        check_not_own_parent(spec)
+    return specs
+
+
 def collect_specs(job_json: str | None, file_: str | None, command: str | None,
                   cmd_options: dict[str, Any], queue: str | None = None,
-                  unique: str | None = None) -> list[JobSpec]:
-    """Exactly one source of jobs; --cmd's options only with --cmd; --queue with any;
-    --unique with one job."""
-    return with_unique(_collect(job_json, file_, command, cmd_options, queue), unique)
+                  unique: str | None = None, after: str | None = None) -> list[JobSpec]:
+    """Exactly one source of jobs; --cmd's options only with --cmd; --queue and --after
+    with any; --unique with one job."""
+    specs = with_unique(_collect(job_json, file_, command, cmd_options, queue), unique)
+    return with_after(specs, after)
 
 
 def _collect(job_json: str | None, file_: str | None, command: str | None,
@@ -160,7 +181,7 @@ def fast_enqueue(args: list[str]) -> int | None:
     rest = rest[1:]
     by_flag = {o.flag: o for o in CMD_OPTIONS}
     values: dict[str, Any] = {}
-    job_json = file_ = command = queue = unique = None
+    job_json = file_ = command = queue = unique = after = None
     if_absent = False
     while rest:
         arg = rest.pop(0)
@@ -170,7 +191,7 @@ def fast_enqueue(args: list[str]) -> int | None:
         if arg.startswith("--") and "=" in arg:
             arg, value = arg.split("=", 1)
             rest.insert(0, value)
-        if arg in ("--file", "--cmd", "--db", "--queue", "--unique") or arg in by_flag:
+        if arg in ("--file", "--cmd", "--db", "--queue", "--unique", "--after") or arg in by_flag:
             if not rest:
                 return None
             value = rest.pop(0)
@@ -184,6 +205,8 @@ def fast_enqueue(args: list[str]) -> int | None:
                 queue = value
             elif arg == "--unique":
                 unique = value
+            elif arg == "--after":
+                after = value
             else:
                 try:
                     values[by_flag[arg].key] = by_flag[arg].kind(value)
@@ -193,7 +216,8 @@ def fast_enqueue(args: list[str]) -> int | None:
             return None
         else:
             job_json = arg
-    ids = submit(db, collect_specs(job_json, file_, command, values, queue, unique), if_absent)
+    specs = collect_specs(job_json, file_, command, values, queue, unique, after)
+    ids = submit(db, specs, if_absent)
     print_ids(ids)
     return 0
 

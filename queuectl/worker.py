@@ -23,6 +23,7 @@ from queuectl.jobwatch import JobWatch
 from queuectl.lease import LeaseKeeper
 from queuectl.log import get_logger
 from queuectl.notify import Notifier
+from queuectl.operate import tell_dependents
 from queuectl.policy import ACTIVE_WINDOW, HEARTBEAT_EVERY
 from queuectl.process import JobProcess, inheritable_environment, job_environment
 from queuectl.record import Record
@@ -404,8 +405,10 @@ class Worker:
         tail = outcome.output[-2000:].decode("utf-8", "replace")
         if updated.state == CANCELED:
             self.log.warning("job_canceled", error=updated.last_error, **fields)
+            tell_dependents(self.store, updated, self.log)
         elif updated.state == DEAD:
             self.log.error("job_dead", error=outcome.error, output_tail=tail, **fields)
+            tell_dependents(self.store, updated, self.log)
         else:
             self.log.warning("job_failed", error=outcome.error, output_tail=tail,
                              next_run_at=iso_ms(updated.run_at), **fields)

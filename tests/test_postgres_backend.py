@@ -287,7 +287,7 @@ def test_a_version_1_queue_migrates_forward_keeping_everything(pg_server: Any) -
         assert (tail.offset, tail.data, tail.running) == (0, b"hi\n", False)
         assert store.get("gone").state == "dead" and not store.get("gone").cancel_requested
         assert store.counts() == {"pending": 1, "processing": 0, "completed": 1, "failed": 0,
-                                  "dead": 1, "canceled": 0, "active_workers": 0}
+                                  "dead": 1, "canceled": 0, "blocked": 0, "active_workers": 0}
         assert store.pause("me@here") and store.claim_next("w") is None
         assert store.resume()
         assert store.cancel("waiting").state == "canceled"
@@ -392,7 +392,7 @@ def test_a_version_2_queue_migrates_to_3_keeping_everything(pg_server: Any) -> N
         assert store.paused().by == "alice@h"
         assert store.counts("default") == {"pending": 1, "processing": 0, "completed": 1,
                                            "failed": 0, "dead": 1, "canceled": 0,
-                                           "active_workers": 0}
+                                           "blocked": 0, "active_workers": 0}
         assert [q.name for q in store.queues()] == ["default"]
         assert store.claim_next("w", ["default"]) is None  # still paused
         assert store.resume()
@@ -565,7 +565,8 @@ def test_a_submit_waits_for_a_holder_not_yet_committed_and_answers_it(
             target=lambda: answer.append(store.submit([JobSpec("true", id="ours",
                                                                unique="k")])))
         thread.start()
-        wait_for(lambda: _waiting_on_a_lock(pg_server, "ON CONFLICT (unique_key)"), 30,
+        # (the server keeps the first 1024 bytes of a query: its column list, not its end)
+        wait_for(lambda: _waiting_on_a_lock(pg_server, "unique_key, waiting_on)"), 30,
                  "the submit to wait on the holder")
         (other.commit if holder_commits else other.rollback)()
         thread.join(30)
@@ -629,3 +630,686 @@ def test_dlq_retry_that_loses_the_race_for_its_key_is_a_conflict_naming_the_winn
         other.close()
         worker.close()
         store.close()
+
+
+# -- dependencies and reruns on PostgreSQL --------------------------------------------------
+def _ok() -> Outcome:
+    return Outcome(exit_code=0, error=None, output=b"", duration=0.0)
+
+
+def _bad() -> Outcome:
+    return Outcome(exit_code=1, error="exit 1", output=b"", duration=0.0)
+
+
+def _schema(db: str) -> str:
+    return db.rsplit("schema=", 1)[1]
+
+
+def _run_only(store: Any, job_id: str, worker: str = "w") -> Any:
+    """Claim the one eligible job, which must be `job_id`."""
+    job = store.claim_next(worker)
+    assert job is not None and job.id == job_id, job
+    return job
+
+
+def test_a_version_6_queue_migrates_to_7_keeping_every_job_unblocked(pg_server: Any) -> None:
+    """A schema 6 queue with a job in every state (and keys), opened by four processes at
+    once: every job is kept, none waits for anything, attempts number on from where they
+    were, the old waiting job is claimable through the recreated indexes, and parents work
+    beside the old jobs."""
+    from queuectl.backends.postgres_schema import MIGRATIONS, SCHEMA_VERSION, VERSION_TABLE
+
+    db = pg_server.fresh_locator()
+    s = f'"{_schema(db)}"'
+    old = [f"CREATE SCHEMA {s}", VERSION_TABLE.format(s=s),
+           f"INSERT INTO {s}.schema_version VALUES (6)"]
+    old += [statement.format(s=s) for v in range(1, 7) for statement in MIGRATIONS[v]]
+    states = ("pending", "processing", "completed", "failed", "dead", "canceled")
+    old.append(
+        f"INSERT INTO {s}.jobs (id, command, state, attempts, max_retries, run_at, created_at,"
+        " updated_at, worker, lease_expires_at, started_at, finished_at, queue, unique_key)"
+        " VALUES " + ", ".join(
+            f"('{st}', 'echo {st}', '{st}', {int(st != 'pending') * 2}, 3, 1e9, 1e9 + {n},"
+            f" 1e9, {'NULL' if st == 'pending' else repr('w')},"
+            f" {'4e9' if st == 'processing' else 'NULL'}, 1e9,"
+            f" {'NULL' if st in ('pending', 'processing') else '1e9 + 1'}, 'q', 'k{n}')"
+            for n, st in enumerate(states)))
+    old.append(f"INSERT INTO {s}.attempts (job_id, attempt, worker, started_at, finished_at,"
+               " outcome) VALUES ('completed', 1, 'w', 1e9, 1e9, 'failed'),"
+               " ('completed', 2, 'w', 1e9, 1e9, 'completed')")
+    pg_server.psql("; ".join(old))
+    assert all(st["processing"] == 1 and st["blocked"] == 0
+               for st in _statuses_of_four_at_once(db))
+    assert pg_server.psql(f"SELECT version FROM {s}.schema_version") == str(SCHEMA_VERSION)
+    store = open_store(db)
+    try:
+        jobs = list(store.iter_jobs())
+        assert [(j.id, j.state, j.unique, j.waiting_on, j.attempt_base) for j in jobs] == [
+            (st, st, f"k{n}", 0, 0) for n, st in enumerate(states)]
+        assert all(store.parents(st) == [] for st in states)
+        # The old waiting job and the failed one are claimable (indexes recreated).
+        assert store.claim_next("w2", ["q"]).id in ("pending", "failed")
+        [child] = store.submit([JobSpec("true", id="child", after=["processing",
+                                                                   "completed"])])
+        assert child.stored and store.get("child").waiting_on == 1
+        assert store.counts()["blocked"] == 1
+        assert _blocked_by_queue(pg_server, db) == ({"default": 1}, {"default": 1})
+        again = store.retry("completed")
+        assert (again.state, again.attempts, again.attempt_base) == ("pending", 0, 2)
+    finally:
+        store.close()
+
+
+def test_submit_with_parents_checks_them_all_or_none(pg_server: Any) -> None:
+    from queuectl.errors import Conflict, NotFound
+    from queuectl.store import Parent
+
+    db = pg_server.fresh_locator()
+    store = open_store(db)
+    try:
+        store.enqueue([JobSpec("true", id="p1"), JobSpec("true", id="p2", max_retries=0)])
+        _run_only(store, "p1")
+        store.record_success(store.get("p1"), _ok())
+        store.cancel("p2")
+        with pytest.raises(NotFound, match="parent job 'nope' not found"):
+            store.submit([JobSpec("true", id="a"), JobSpec("true", id="b", after=["p1", "nope"])])
+        with pytest.raises(Conflict, match="parent job 'p2' is canceled: this job would never"):
+            store.submit([JobSpec("true", id="a"), JobSpec("true", id="b", after=["p2"])])
+        # A parent stored later in the same call is not there yet.
+        with pytest.raises(NotFound, match="parent job 'later' not found"):
+            store.submit([JobSpec("true", id="b", after=["later"]),
+                          JobSpec("true", id="later")])
+        assert [j.id for j in store.iter_jobs()] == ["p1", "p2"]  # nothing of those stored
+        assert int(pg_server.psql(f"SELECT count(*) FROM {_schema(db)}.deps")) == 0
+        # An earlier spec of the call is a parent; a completed one is satisfied at once.
+        done = store.submit([JobSpec("true", id="first"),
+                             JobSpec("true", id="second", after=["first", "p1"])])
+        assert [d.stored for d in done] == [True, True]
+        assert store.get("second").waiting_on == 1
+        assert store.parents("second") == [Parent("first", "pending", False),
+                                           Parent("p1", "completed", True)]
+        with pytest.raises(NotFound):
+            store.parents("nope")
+        # Only completed parents: ready at once.
+        store.submit([JobSpec("true", id="free", after=["p1"])])
+        assert store.get("free").waiting_on == 0
+        # A spec that stores nothing (if_absent, a held key) adds no dependency, nor checks.
+        assert store.submit([JobSpec("true", id="second", after=["nope"])],
+                            if_absent=True) == [Submitted("second", False)]
+        store.submit([JobSpec("true", id="k1", unique="k")])
+        assert store.submit([JobSpec("true", id="k2", unique="k", after=["nope"])]) == [
+            Submitted("k1", False)]
+        assert [p.id for p in store.parents("second")] == ["first", "p1"]
+        counts = store.counts()
+        assert (counts["pending"], counts["blocked"]) == (4, 1)
+        assert store.remaining() == 4  # blocked jobs still may run
+        # The blocked job is never claimed; the others are, then it is.
+        ran = set()
+        while (job := store.claim_next("w")) is not None:
+            ran.add(job.id)
+            store.record_success(job, _ok())
+        assert ran == {"first", "free", "k1", "second"}
+        assert store.counts()["blocked"] == 0
+    finally:
+        store.close()
+
+
+def _chain(store: Any, *, under: str = "top") -> None:
+    """`under` <- c1 <- c2 <- c3, plus c1b that waits for c1 and a finished job."""
+    store.enqueue([JobSpec("true", id="done-one")])
+    _run_only(store, "done-one")
+    store.record_success(store.get("done-one"), _ok())
+    store.enqueue([JobSpec("true", id=under, max_retries=0, queue="top")])
+    store.submit([JobSpec("true", id="c1", after=[under]),
+                  JobSpec("true", id="c2", after=["c1"]),
+                  JobSpec("true", id="c3", after=["c2"]),
+                  JobSpec("true", id="c1b", after=["done-one", "c1"])])
+
+
+def _end(store: Any, pg_server: Any, db: str, path: str) -> str:
+    """End the job `top` by `path`; the state it ends in."""
+    if path == "cancel":
+        store.cancel("top")
+        return "canceled"
+    if path == "cancel_state":
+        assert store.cancel_state("pending", 10, queue="top") == 1
+        return "canceled"
+    job = _run_only(store, "top")
+    if path == "record_failure":
+        assert store.record_failure(job, _bad()).state == "dead"
+        return "dead"
+    if path == "cancel_processing":
+        store.cancel("top")
+        assert store.record_failure(job, _bad()).state == "canceled"
+        return "canceled"
+    if path == "release_canceled":
+        store.cancel("top")
+        assert store.release(job, "stopping")
+        return "canceled"
+    if path == "reclaim_expired":
+        pg_server.psql(f"UPDATE {_schema(db)}.jobs SET lease_expires_at = 0 WHERE id = 'top'")
+        assert [j.state for j in store.reclaim_expired()] == ["dead"]
+        return "dead"
+    if path == "reclaim_worker":
+        assert [j.state for j in store.reclaim_worker("w")] == ["dead"]
+        return "dead"
+    if path == "record_success":
+        assert store.record_success(job, _ok())
+        return "completed"
+    assert path == "complete_and_claim"
+    held, following = store.complete_and_claim(job, _ok(), "w")
+    assert held and following is None  # c1 is freed by the trigger after this claim
+    return "completed"
+
+
+@pytest.mark.parametrize("path", [
+    "cancel", "cancel_state", "record_failure", "cancel_processing", "release_canceled",
+    "reclaim_expired", "reclaim_worker", "record_success", "complete_and_claim"])
+def test_a_parents_end_decides_its_dependents_whatever_ends_it(pg_server: Any,
+                                                                path: str) -> None:
+    """Every way a job ends fires the trigger, in its transaction: dead or canceled cancels
+    the whole chain below it (each job naming its own parent, no history row); completed
+    frees the next job down and wakes idle workers."""
+    import select
+
+    db = pg_server.fresh_locator()
+    store = open_store(db, for_worker=True)
+    wakeup = store.wakeup()
+    try:
+        _chain(store)
+        assert store.counts()["blocked"] == 4
+        wakeup.drain()
+        ended = _end(store, pg_server, db, path)
+        chain = {i: store.get(i, history=True) for i in ("c1", "c2", "c3", "c1b")}
+        if ended == "completed":
+            assert chain["c1"].state == "pending" and chain["c1"].waiting_on == 0
+            assert [chain[i].waiting_on for i in ("c2", "c3", "c1b")] == [1, 1, 1]
+            wait_for(lambda: select.select([wakeup.fileno()], [], [], 0.1)[0]
+                     and wakeup.drain(), 10, "the freed child to wake idle workers")
+            assert store.parents("c1")[0].satisfied
+            assert store.canceled_dependents("top") == []
+            store.record_success(_run_only(store, "c1"), _ok())
+            freed = [store.claim_next("w2"), store.claim_next("w3"), store.claim_next("w4")]
+            assert sorted(j.id for j in freed if j) == ["c1b", "c2"]
+            assert store.counts()["blocked"] == 1  # c3
+            return
+        assert {i: (j.state, j.last_error, j.history, j.finished_at is not None)
+                for i, j in chain.items()} == {
+            "c1": ("canceled", f"parent top ended {ended}", [], True),
+            "c2": ("canceled", "parent c1 ended canceled", [], True),
+            "c3": ("canceled", "parent c2 ended canceled", [], True),
+            "c1b": ("canceled", "parent c1 ended canceled", [], True)}
+        assert [j.id for j in store.canceled_dependents("top")] == ["c1", "c2", "c3", "c1b"]
+        assert [j.id for j in store.canceled_dependents("c1")] == ["c2", "c3", "c1b"]
+        assert store.counts()["blocked"] == 0 and store.remaining() == 0
+        # A canceled dependent is not revived by retrying its parent; retrying it first is
+        # refused while that parent is dead or canceled.
+        from queuectl.errors import Conflict
+        with pytest.raises(Conflict, match=f"parent job 'top' is {ended}: retry it first"):
+            store.retry("c1")
+        assert store.get("c1").state == "canceled"
+    finally:
+        wakeup.close()
+        store.close()
+
+
+def test_a_failed_attempt_that_will_be_retried_decides_nothing(pg_server: Any) -> None:
+    db = pg_server.fresh_locator()
+    store = open_store(db)
+    try:
+        store.set_config("backoff-max", 0)
+        store.enqueue([JobSpec("true", id="top", max_retries=1)])
+        store.submit([JobSpec("true", id="c1", after=["top"])])
+        assert store.record_failure(_run_only(store, "top"), _bad()).state == "failed"
+        assert (store.get("c1").state, store.get("c1").waiting_on) == ("pending", 1)
+        assert store.record_success(_run_only(store, "top"), _ok())
+        assert store.get("c1").waiting_on == 0
+    finally:
+        store.close()
+
+
+def test_purging_a_completed_parent_leaves_its_child_runnable(pg_server: Any) -> None:
+    """The satisfaction is recorded in deps: deleting the parent (purge, retention) keeps
+    it; deleting the child takes its own dependency rows, never those naming it parent."""
+    from queuectl.store import Parent
+
+    db = pg_server.fresh_locator()
+    deps = f"SELECT count(*) FROM {_schema(db)}.deps"
+    store = open_store(db)
+    try:
+        store.enqueue([JobSpec("true", id="a"), JobSpec("true", id="b")])
+        store.submit([JobSpec("true", id="c", after=["a", "b"]),
+                      JobSpec("true", id="d", after=["c"])])
+        store.record_success(_run_only(store, "a"), _ok())
+        assert store.purge("completed", None, 10) == 1
+        assert store.parents("c") == [Parent("a", None, True), Parent("b", "pending", False)]
+        assert pg_server.psql(deps) == "3"
+        store.record_success(_run_only(store, "b"), _ok())
+        store.record_success(_run_only(store, "c"), _ok())
+        assert store.purge("completed", None, 10) == 2  # b and c: c's rows go, d's stay
+        assert store.parents("d") == [Parent("c", None, True)]
+        assert pg_server.psql(deps) == "1"
+        store.record_success(_run_only(store, "d"), _ok())
+        assert store.purge("completed", None, 10) == 1
+        assert pg_server.psql(deps) == "0"
+    finally:
+        store.close()
+
+
+def test_retry_numbers_attempts_on_and_checks_its_parents(pg_server: Any) -> None:
+    from queuectl.errors import Conflict, NotFound
+
+    db = pg_server.fresh_locator()
+    store = open_store(db, for_worker=True)
+    try:
+        store.set_config("backoff-max", 0)
+        store.enqueue([JobSpec("true", id="j", max_retries=1)])
+        first = _run_only(store, "j")
+        assert store.append_output(first, 0, b"one")
+        assert store.read_output("j", 1, 0).data == b"one"
+        store.record_failure(first, Outcome(1, "exit 1", b"one", 0.0))
+        second = _run_only(store, "j")
+        assert second.attempt_number == 2
+        store.record_failure(second, Outcome(1, "exit 1", b"two", 0.0))
+        assert store.get("j").state == "dead"
+        with pytest.raises(NotFound):
+            store.retry("nope")
+        again = store.retry("j", delay=0)
+        assert (again.state, again.attempts, again.attempt_base, again.waiting_on,
+                again.last_error, again.finished_at) == ("pending", 0, 2, 0, None, None)
+        third = _run_only(store, "j")
+        assert (third.attempts, third.attempt_number) == (1, 3)
+        with pytest.raises(Conflict, match="job 'j' is processing: only a completed, dead or"
+                                          " canceled job can be retried"):
+            store.retry("j")
+        assert store.append_output(third, 0, b"three-live")
+        live = store.read_output("j", None, 0)
+        assert (live.attempt, live.data, live.running) == (3, b"three-live", True)
+        assert store.read_output("j", 1, 0).data == b"one"
+        held, _ = store.complete_and_claim(third, Outcome(0, None, b"three", 0.0), "w")
+        assert held
+        history = store.get("j", history=True).history
+        assert [(h["attempt"], h["outcome"], h["output"]) for h in history] == [
+            (1, "failed", b"one"), (2, "failed", b"two"), (3, "completed", b"three")]
+        assert store.read_output("j", 3, 0).data == b"three"
+        assert store.read_output("j", None, 0).attempt == 3
+        # A delay counts from the server's now.
+        later = store.retry("j", delay=100)
+        assert later.attempt_base == 3 and later.run_at > store.now() + 90
+        assert store.claim_next("w") is None and 90 < store.seconds_until_due() <= 100
+        # Parents: a completed one (even deleted) is satisfied; a live one is waited for;
+        # a dead or deleted unsatisfied one refuses the retry.
+        store.enqueue([JobSpec("true", id="p"), JobSpec("true", id="q")])
+        store.submit([JobSpec("true", id="c", after=["p", "q"])])
+        store.cancel("c")
+        store.record_success(_run_only(store, "p"), _ok())
+        assert store.purge("completed", None, 10) == 1  # p
+        assert store.retry("c").waiting_on == 1  # q only
+        store.cancel("c")
+        store.cancel("q")
+        with pytest.raises(Conflict, match="parent job 'q' is canceled: retry it first"):
+            store.retry("c")
+    finally:
+        store.close()
+
+
+def test_retry_refuses_a_parent_that_no_longer_exists_and_a_held_key(pg_server: Any) -> None:
+    from queuectl.errors import Conflict
+
+    db = pg_server.fresh_locator()
+    store = open_store(db)
+    try:
+        store.enqueue([JobSpec("true", id="p")])
+        store.submit([JobSpec("true", id="c", after=["p"])])
+        store.cancel("c")
+        store.cancel("p")
+        pg_server.psql(f"DELETE FROM {_schema(db)}.jobs WHERE id = 'p'")
+        with pytest.raises(Conflict, match="parent job 'p' no longer exists"):
+            store.retry("c")
+        store.submit([JobSpec("true", id="k1", unique="k")])
+        store.record_success(_run_only(store, "k1"), _ok())
+        store.submit([JobSpec("true", id="k2", unique="k")])
+        with pytest.raises(Conflict, match="held by live job 'k2'"):
+            store.retry("k1")
+        assert store.get("k1").state == "completed"
+    finally:
+        store.close()
+
+
+def test_retry_through_a_lost_commit_is_settled(pg_server: Any) -> None:
+    """The connection breaks as the COMMIT is sent: retry asks the row what happened and
+    answers the revived job, without reviving it twice (its attempt base grew once)."""
+    db = pg_server.fresh_locator()
+    store: Any = open_store(db)
+    try:
+        store.enqueue([JobSpec("true", id="j")])
+        store.record_success(_run_only(store, "j"), _ok())
+        real = store.sql
+        sent = []
+
+        class Breaking:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(real, name)
+
+            @property
+            def commit(self) -> str:
+                if not sent:
+                    sent.append(1)
+                    # committed, then the session is gone before the answer arrives
+                    return ("COMMIT; SELECT pg_terminate_backend(pg_backend_pid())")
+                return real.commit
+
+        store.sql = Breaking()
+        job = store.retry("j")
+        store.sql = real
+        assert sent and (job.state, job.attempt_base) == ("pending", 1)
+        assert store.get("j").attempt_base == 1
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("other_does", ["completes", "rolls-back", "deletes"])
+def test_a_submit_waits_for_a_parent_being_ended_and_reads_how_it_ended(
+        pg_server: Any, other_does: str) -> None:
+    """Another host's transaction is completing (or deleting) the parent and has not
+    committed: the submit's FOR SHARE waits for it, then reads the outcome: satisfied at
+    once, still waited for, or not found. Never a child stranded behind a completed
+    parent."""
+    import threading
+
+    import psycopg2
+
+    from queuectl.errors import NotFound
+
+    db = pg_server.fresh_locator()
+    schema = _schema(db)
+    store = open_store(db)
+    other = psycopg2.connect(pg_server.locator())
+    try:
+        store.enqueue([JobSpec("true", id="p")])
+        if other_does == "deletes":
+            store.record_success(_run_only(store, "p"), _ok())
+        with other.cursor() as cur:  # a transaction of its own, left open
+            if other_does == "deletes":
+                cur.execute(f"DELETE FROM {schema}.jobs WHERE id = 'p'")
+            else:
+                cur.execute(f"UPDATE {schema}.jobs SET state = 'completed' WHERE id = 'p'")
+        answer: list[Any] = []
+
+        def submit() -> None:
+            try:
+                answer.append(store.submit([JobSpec("true", id="c", after=["p"])]))
+            except NotFound as exc:
+                answer.append(exc)
+
+        thread = threading.Thread(target=submit)
+        thread.start()
+        wait_for(lambda: _waiting_on_a_lock(pg_server, "FOR SHARE"), 30,
+                 "the submit to wait on the parent")
+        (other.rollback if other_does == "rolls-back" else other.commit)()
+        thread.join(30)
+        if other_does == "deletes":
+            assert [str(a) for a in answer] == ["parent job 'p' not found"]
+            assert list(store.iter_jobs()) == []
+            return
+        assert answer == [[Submitted("c", True)]]
+        child = store.get("c")
+        assert child.waiting_on == (0 if other_does == "completes" else 1)
+        assert store.parents("c")[0].satisfied == (other_does == "completes")
+    finally:
+        other.close()
+        store.close()
+
+
+@pytest.mark.slow
+def test_submits_racing_their_parents_completion_never_strand_a_child(pg_server: Any) -> None:
+    """Rounds of one parent completed by a worker while six other connections submit
+    children of it at the same instant: afterwards every child of a completed parent is
+    free (waiting_on 0, its dependency satisfied), whichever committed first."""
+    import threading
+
+    db = pg_server.fresh_locator()
+    schema = _schema(db)
+    store = open_store(db, for_worker=True)
+    submitters = [open_store(db) for _ in range(6)]
+    errors: list[BaseException] = []
+    try:
+        for round_ in range(25):
+            parent = f"p{round_}"
+            store.enqueue([JobSpec("true", id=parent, queue="parents")])
+            job = store.claim_next("w", ["parents"])  # children are in `default`
+            assert job is not None and job.id == parent
+            start = threading.Barrier(len(submitters) + 1)
+
+            def submit(s: Any, n: int, parent: str = parent,
+                       start: threading.Barrier = start) -> None:
+                try:
+                    start.wait()
+                    s.submit([JobSpec("true", id=f"{parent}-c{n}", after=[parent])])
+                except BaseException as exc:  # reported by the main thread
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=submit, args=(s, n))
+                       for n, s in enumerate(submitters)]
+            for t in threads:
+                t.start()
+            start.wait()
+            assert store.record_success(job, _ok())
+            for t in threads:
+                t.join(30)
+            assert not errors, errors
+        stranded = pg_server.psql(
+            f"SELECT count(*) FROM {schema}.jobs c JOIN {schema}.deps d ON d.child = c.id"
+            f" JOIN {schema}.jobs p ON p.id = d.parent WHERE p.state = 'completed'"
+            " AND (NOT d.satisfied OR c.waiting_on > 0)")
+        assert stranded == "0"
+        assert store.counts()["blocked"] == 0
+        assert store.counts()["pending"] == 25 * len(submitters)
+    finally:
+        for s in submitters:
+            s.close()
+        store.close()
+
+
+@pytest.mark.parametrize("other_does", ["completes", "rolls-back"])
+def test_a_retry_waits_for_a_parent_being_completed_and_counts_what_it_left(
+        pg_server: Any, other_does: str) -> None:
+    """The parent's completion is in flight in another transaction (its trigger has run
+    there, touching the child): the retry of the child waits on the parent's lock, then
+    counts the parent as satisfied, or still waited for after a rollback."""
+    import threading
+
+    import psycopg2
+
+    db = pg_server.fresh_locator()
+    store = open_store(db)
+    other = psycopg2.connect(pg_server.locator())
+    try:
+        store.enqueue([JobSpec("true", id="p")])
+        store.submit([JobSpec("true", id="c", after=["p"])])
+        store.cancel("c")
+        with other.cursor() as cur:
+            cur.execute(f"UPDATE {_schema(db)}.jobs SET state = 'completed' WHERE id = 'p'")
+        answer: list[Any] = []
+        thread = threading.Thread(target=lambda: answer.append(store.retry("c")))
+        thread.start()
+        wait_for(lambda: _waiting_on_a_lock(pg_server, "FOR SHARE"), 30,
+                 "the retry to wait on the parent")
+        (other.commit if other_does == "completes" else other.rollback)()
+        thread.join(30)
+        expected = 0 if other_does == "completes" else 1
+        assert [(j.state, j.waiting_on) for j in answer] == [("pending", expected)]
+        assert store.get("c").waiting_on == expected
+    finally:
+        other.close()
+        store.close()
+
+
+def _blocked_by_queue(pg_server: Any, db: str) -> tuple[dict[str, int], dict[str, int]]:
+    """The triggers' counter (queues at 0 left out) and a direct count, per queue."""
+    s = _schema(db)
+
+    def rows(query: str) -> dict[str, int]:
+        out = pg_server.psql(query)
+        return {q: int(n) for q, n in (line.split("|") for line in out.splitlines() if line)}
+
+    kept = rows(f"SELECT queue, n FROM {s}.blocked_counts WHERE n <> 0 ORDER BY queue")
+    direct = rows(f"SELECT queue, count(*) FROM {s}.jobs"
+                  " WHERE state = 'pending' AND waiting_on > 0 GROUP BY queue ORDER BY queue")
+    # every committed transaction's +1/-1s were folded in at its commit
+    assert pg_server.psql(f"SELECT count(*) FROM {s}.blocked_deltas") == "0"
+    return kept, direct
+
+
+def _assert_blocked(store: Any, pg_server: Any, db: str, expected: dict[str, int]) -> None:
+    kept, direct = _blocked_by_queue(pg_server, db)
+    assert kept == direct == expected
+    assert store.counts()["blocked"] == sum(expected.values())
+    for queue in ("a", "b", "c", "nowhere"):
+        assert store.counts(queue)["blocked"] == expected.get(queue, 0), queue
+
+
+def test_the_blocked_counter_follows_every_path(pg_server: Any) -> None:
+    """blocked_counts, kept by row triggers, equals a direct count of the blocked jobs per
+    queue after submits in two queues (one satisfied at once: +1 then -1 in its
+    transaction), a parent completing, a chain canceled by a dead parent, a cancel, a
+    cancel_state, a retry making a canceled dependent wait again, purge and a delete."""
+    db = pg_server.fresh_locator()
+    store = open_store(db, for_worker=True)
+    try:
+        store.enqueue([JobSpec("true", id="p1", queue="qp1"),
+                       JobSpec("true", id="p2", queue="qp2", max_retries=0),
+                       JobSpec("true", id="p3", queue="qp3"),
+                       JobSpec("true", id="done", queue="qd")])
+        assert store.record_success(store.claim_next("w", ["qd"]), _ok())
+        _assert_blocked(store, pg_server, db, {})
+        store.submit([JobSpec("true", id="a1", queue="a", after=["p1", "p2"]),
+                      JobSpec("true", id="a2", queue="a", after=["p1"]),
+                      JobSpec("true", id="b1", queue="b", after=["p2"]),
+                      JobSpec("true", id="b1c", queue="b", after=["b1"]),
+                      JobSpec("true", id="b2", queue="b", after=["p1", "done"]),
+                      JobSpec("true", id="free", queue="a", after=["done"])])
+        assert store.get("free").waiting_on == 0
+        _assert_blocked(store, pg_server, db, {"a": 2, "b": 3})
+        # p1 completes: a1 still waits for p2, a2 and b2 are free.
+        assert store.record_success(store.claim_next("w", ["qp1"]), _ok())
+        assert store.get("a1").waiting_on == 1
+        _assert_blocked(store, pg_server, db, {"a": 1, "b": 2})
+        # p2 dies: a1, b1 and (down the chain) b1c are canceled.
+        assert store.record_failure(store.claim_next("w", ["qp2"]), _bad()).state == "dead"
+        assert store.get("b1c").state == "canceled"
+        _assert_blocked(store, pg_server, db, {})
+        # Refused after its rows were inserted waiting: rolled back, +1s and all.
+        from queuectl.errors import Conflict
+        with pytest.raises(Conflict):
+            store.submit([JobSpec("true", id="late", queue="a", after=["p3", "p2"])])
+        _assert_blocked(store, pg_server, db, {})
+        store.submit([JobSpec("true", id="x", queue="a", after=["p3"]),
+                      JobSpec("true", id="y", queue="b", after=["p3"]),
+                      JobSpec("true", id="z", queue="b", after=["p3"])])
+        _assert_blocked(store, pg_server, db, {"a": 1, "b": 2})
+        assert store.cancel("x").state == "canceled"
+        _assert_blocked(store, pg_server, db, {"b": 2})
+        assert store.cancel_state("pending", 100, queue="b") == 3  # y z, and b2 (free)
+        _assert_blocked(store, pg_server, db, {})
+        # Retried while its parent is still pending: it waits (is blocked) again.
+        again = store.retry("x")
+        assert (again.state, again.waiting_on) == ("pending", 1)
+        _assert_blocked(store, pg_server, db, {"a": 1})
+        assert store.purge("canceled", None, 100) == 6  # a1 b1 b1c y z b2
+        _assert_blocked(store, pg_server, db, {"a": 1})
+        # A row deleted by hand leaves the count too; its queue's row stays, at 0.
+        s = _schema(db)
+        pg_server.psql(f"DELETE FROM {s}.deps WHERE child = 'x';"
+                       f" DELETE FROM {s}.jobs WHERE id = 'x'")
+        _assert_blocked(store, pg_server, db, {})
+        assert pg_server.psql(f"SELECT n FROM {s}.blocked_counts WHERE queue = 'a'") == "0"
+    finally:
+        store.close()
+
+
+def test_the_blocked_counter_stays_right_under_concurrent_submits_and_completions(
+        pg_server: Any) -> None:
+    """Submitters add blocked children (batches mixing two queues, after parents that
+    workers are completing or failing at the same moment, and after each other) while
+    workers end the parents: the counter rows are hot and may deadlock with the job rows
+    (the server then aborts one transaction, which the verb runs again whole). At the
+    end the counter equals a direct count, queue by queue."""
+    import random
+    import threading
+
+    from queuectl.errors import Conflict
+
+    db = pg_server.fresh_locator()
+    setup = open_store(db)
+    parents = [f"p{n}" for n in range(80)]
+    setup.enqueue([JobSpec("true", id=p, queue="par", max_retries=0) for p in parents])
+    setup.close()
+    errors: list[BaseException] = []
+    refused = [0]
+    children: list[str] = []
+    lock = threading.Lock()
+
+    def submitter(k: int) -> None:
+        rnd = random.Random(k)
+        store = open_store(db)
+        try:
+            for b in range(25):
+                with lock:
+                    earlier = list(children[-20:])
+                specs = []
+                for c in range(4):
+                    after = rnd.sample(parents, 2)
+                    if earlier and rnd.random() < 0.3:
+                        after.append(rnd.choice(earlier))
+                    specs.append(JobSpec("true", id=f"s{k}-{b}-{c}",
+                                         queue=rnd.choice(["a", "b"]), after=after))
+                try:
+                    store.submit(specs)
+                except Conflict:  # a parent died (or was canceled) first
+                    with lock:
+                        refused[0] += 1
+                    continue
+                with lock:
+                    children.extend(spec.id for spec in specs if spec.id)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            store.close()
+
+    def worker(k: int) -> None:
+        rnd = random.Random(100 + k)
+        store = open_store(db, for_worker=True)
+        try:
+            while (job := store.claim_next(f"w{k}", ["par"])) is not None:
+                if rnd.random() < 0.2:
+                    store.record_failure(job, _bad())  # dead: its chains are canceled
+                else:
+                    store.record_success(job, _ok())
+                time.sleep(rnd.random() * 0.01)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            store.close()
+
+    threads = ([threading.Thread(target=submitter, args=(k,)) for k in range(4)]
+               + [threading.Thread(target=worker, args=(k,)) for k in range(3)])
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors, errors
+    assert not any(thread.is_alive() for thread in threads)
+    kept, direct = _blocked_by_queue(pg_server, db)
+    assert kept == direct, (kept, direct)
+    store = open_store(db)
+    try:
+        assert store.counts()["blocked"] == sum(direct.values())
+        assert store.counts("a")["blocked"] == direct.get("a", 0)
+        # Everything ended: what is left blocked waits only for a child still pending.
+        states = pg_server.psql(f"SELECT count(*) FROM {_schema(db)}.jobs"
+                                " WHERE queue = 'par' AND state NOT IN ('completed', 'dead')")
+        assert states == "0"
+    finally:
+        store.close()
+    assert len(children) > 0 and refused[0] < 100

@@ -135,3 +135,90 @@ def test_every_statement_parses_and_plans(pg_locator: str, for_worker: bool) -> 
         assert failures == []
     finally:
         store.close()
+
+
+# -- plans with many blocked jobs -------------------------------------------------------------
+BLOCKED = 100_000
+
+
+def _plan(cur: Any, statement: str, params: dict[str, Any]) -> str:
+    """EXPLAIN (nothing runs) of the statement's query part, with the claim's SET LOCAL
+    applied as the store applies it, inside a transaction rolled back."""
+    cur.execute("BEGIN")
+    try:
+        text = ""
+        for part in filter(str.strip, statement.split(";")):
+            if PLANNABLE.match(part):
+                cur.execute("EXPLAIN " + cur.mogrify(part, params).decode())
+                text += "\n".join(row[0] for row in cur.fetchall()) + "\n"
+            elif part.strip().upper().startswith("SET LOCAL"):
+                cur.execute(part)
+        return text
+    finally:
+        cur.execute("ROLLBACK")
+
+
+@pytest.mark.slow
+def test_blocked_jobs_cost_the_claim_and_the_waits_nothing(pg_locator: str) -> None:
+    """100,000 jobs waiting for a parent: the claims, seconds_until_due, the oldest wait
+    and counts' blocked term all go through their indexes (no Seq Scan on jobs), and the
+    claim still finds the one eligible job behind them."""
+    from queuectl.job import JobSpec
+
+    store: Any = open_store(pg_locator)
+    try:
+        s = f'"{store.target.schema}"'
+        conn = store.target.connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(
+                    f"INSERT INTO {s}.jobs (id, command, state, max_retries, priority, run_at,"
+                    " created_at, updated_at, waiting_on, queue)"
+                    " SELECT 'b' || g, 'true', 'pending', 0, 10, 0, 0, 0, 1,"
+                    " CASE WHEN g % 2 = 0 THEN 'default' ELSE 'other' END"
+                    f" FROM generate_series(1, {BLOCKED}) g")
+                # As autovacuum leaves a table after a bulk insert: analyzed, and its
+                # visibility map set (what makes an index-only count cheap).
+                cur.execute(f"VACUUM ANALYZE {s}.jobs")
+            store.enqueue([JobSpec("true", id="free")])
+            sql = statements(store.target.schema)
+            claim = {"worker": "w", "lease": 60.0, "queues": ["other", "default"],
+                     "skip": [], "locked": None, "ending": None}
+            checked = {
+                "claim_any": (sql.claim_any, claim),
+                "claim_listed": (sql.claim_listed, claim),
+                "seconds_until_due": (sql.seconds_until_due, {}),
+                "seconds_until_due_listed": (sql.seconds_until_due_listed,
+                                             {"queues": ["default"]}),
+                "queues": (sql.queues, {"window": 30.0}),
+                "counts": (sql.counts, {"window": 30.0}),
+                "counts_in_queue": (sql.counts_in_queue, {"window": 30.0,
+                                                          "queue": "default"}),
+            }
+            plans = {}
+            with conn.cursor() as cur:
+                for name, (statement, params) in checked.items():
+                    plans[name] = _plan(cur, statement, params)
+        finally:
+            conn.close()
+        for name in ("claim_any", "claim_listed", "seconds_until_due",
+                     "seconds_until_due_listed"):
+            assert "Seq Scan on jobs" not in plans[name], (name, plans[name])
+            # one of the partial indexes of eligible jobs, which hold no blocked job
+            assert re.search(r"using jobs_(next_)?due\w* on jobs", plans[name]), plans[name]
+        # counts: the blocked term reads blocked_counts (a row per queue), never jobs;
+        # queues: the oldest wait uses its index (the per-state totals are an aggregate
+        # of the whole table, as they always were).
+        for name in ("counts", "counts_in_queue"):
+            assert "on blocked_counts" in plans[name], (name, plans[name])
+            # jobs is read once: the per-state totals
+            assert plans[name].count(" on jobs") == 1, (name, plans[name])
+        assert re.search(r"using jobs_(next_)?due\w* on jobs", plans["queues"]), plans["queues"]
+        assert store.claim_next("w").id == "free"
+        assert store.claim_next("w") is None
+        assert store.seconds_until_due() is None
+        assert store.counts()["blocked"] == BLOCKED
+        assert {q.name: q.oldest_waiting for q in store.queues()} == {"default": None,
+                                                                      "other": None}
+    finally:
+        store.close()

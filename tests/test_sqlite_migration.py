@@ -160,8 +160,9 @@ def test_a_version_8_database_migrates_to_unique_keys_keeping_every_job(tmp_path
         names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
         version = conn.execute("PRAGMA user_version").fetchone()[0]
     assert version == SCHEMA_VERSION >= 9
-    assert [row[:-1] for row in after] == before  # every column kept; one more at the end
-    assert {row[-1] for row in after} == {None}
+    width = len(before[0])  # every column kept; unique_key next (then schema 10's columns)
+    assert [row[:width] for row in after] == before
+    assert {row[width] for row in after} == {None}
     assert {"jobs_unique_live", "jobs_by_unique"} <= names
     store = SQLiteStore(db)
     try:
@@ -176,5 +177,91 @@ def test_a_version_8_database_migrates_to_unique_keys_keeping_every_job(tmp_path
         assert store.retry_dead("dead-mail").state == "pending"  # no key: as before
         assert store.retry_dead_many(None, 10) == 1
         assert [j.id for j in store.iter_jobs(unique="nightly")] == ["n1"]
+    finally:
+        store.close()
+
+
+def test_a_version_9_database_migrates_to_dependencies_keeping_every_job(tmp_path: Path) -> None:
+    """Schema 10 adds dependencies and reruns: a database of schema 9 holding jobs of every
+    state, in two queues, with a key and a history, is migrated by four processes opening it
+    at once; every job keeps every column, waits for nothing and has no earlier attempts;
+    the claim's indexes are rebuilt without blocked jobs; old jobs serve as parents."""
+    import pytest
+
+    from queuectl.backends.sqlite import SQLiteStore
+    from queuectl.errors import Conflict
+    from queuectl.job import STATES, JobSpec
+    from queuectl.store import Outcome, Parent
+
+    db = tmp_path / "v9.db"
+    with old_schema(db, 9) as conn:
+        for i, state in enumerate(STATES):
+            for queue in ("default", "mail"):
+                finished = 2.0 if state in ("completed", "dead", "canceled", "failed") else None
+                conn.execute(
+                    "INSERT INTO jobs (id, command, state, attempts, max_retries, run_at,"
+                    " created_at, updated_at, worker, lease_expires_at, lease_boot, lease_until,"
+                    " finished_at, exit_code, last_error, queue, memory_max, unique_key) VALUES"
+                    " (?, 'true', ?, ?, 3, 1, ?, 2, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (f"{state}-{queue}", state, int(state != "pending"), 1 + i,
+                     "w" if state == "processing" else None,
+                     1e12 if state == "processing" else None,
+                     "b" if state == "processing" else None,
+                     1e9 if state == "processing" else None, finished,
+                     1 if state in ("failed", "dead") else None,
+                     "exit code 1" if state in ("failed", "dead") else None, queue,
+                     1 << 20 if queue == "mail" else None,
+                     f"key-{state}" if queue == "mail" else None))
+        conn.execute("INSERT INTO attempts (job_id, attempt, worker, started_at, finished_at,"
+                     " outcome, exit_code, output, output_total) VALUES"
+                     " ('dead-default', 1, 'w', 1, 2, 'failed', 1, X'6f6f7073', 4)")
+        before = conn.execute("SELECT * FROM jobs ORDER BY id").fetchall()
+    procs = [subprocess.Popen([QUEUECTL, "--db", str(db), "status"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    for proc in procs:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        status = json.loads(out)
+        assert status["processing"] == 2 and status["pending"] == 2
+    with sqlite3.connect(db) as conn:
+        after = conn.execute("SELECT * FROM jobs ORDER BY id").fetchall()
+        schema = dict(conn.execute("SELECT name, sql FROM sqlite_master"
+                                   " WHERE type IN ('index', 'trigger', 'table')").fetchall())
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+    assert version == SCHEMA_VERSION >= 10
+    width = len(before[0])
+    assert [row[:width] for row in after] == before  # every column kept
+    assert {row[width:] for row in after} == {(0, 0)}  # waiting_on, attempt_base
+    for index in ("jobs_due", "jobs_due_by_queue"):
+        assert "waiting_on = 0" in schema[index]
+    assert {"deps", "deps_waiting", "blocked_counts", "blocked_updated", "blocked_deleted",
+            "deps_parent_completed", "deps_parent_ended", "deps_child_deleted"} <= set(schema)
+    assert "jobs_blocked" not in schema  # the counter replaced the index
+    with sqlite3.connect(db) as conn:  # no job waits for a parent: an empty counter
+        assert conn.execute("SELECT count(*) FROM blocked_counts").fetchone()[0] == 0
+    store = SQLiteStore(db)
+    try:
+        assert store.counts()["blocked"] == 0
+        assert store.get("dead-default", history=True).history[0]["attempt"] == 1
+        with pytest.raises(Conflict, match="parent job 'dead-mail' is dead"):
+            store.submit([JobSpec("true", id="n0", after=["dead-mail"])])
+        store.submit([JobSpec("true", id="n1", after=["completed-default", "pending-default",
+                                                      "processing-mail", "failed-mail"])])
+        assert store.get("n1").waiting_on == 3
+        assert store.parents("n1")[0] == Parent("completed-default", "completed", True)
+        # an old processing job ends dead through the trigger path: n1 is canceled
+        store._conn.execute("UPDATE jobs SET lease_expires_at = 0, lease_until = 0,"
+                            " max_retries = 0 WHERE id = 'processing-mail'")
+        assert "processing-mail" in [j.id for j in store.reclaim_expired()]
+        n1 = store.get("n1")
+        assert (n1.state, n1.last_error) == ("canceled", "parent processing-mail ended dead")
+        # an old dead job is retried: its one attempt is kept, the next is number 2
+        again = store.retry("dead-default")
+        assert (again.attempt_base, again.state) == (1, "pending")
+        store._conn.execute("UPDATE jobs SET priority = 100 WHERE id = 'dead-default'")
+        job = store.claim_next("w", ["default"])
+        assert job is not None and job.id == "dead-default" and job.attempt_number == 2
+        store.record_success(job, Outcome(0, None, b"", 0.1))
+        assert [h["attempt"] for h in store.get("dead-default", history=True).history] == [1, 2]
     finally:
         store.close()

@@ -41,6 +41,21 @@ PLANS = {
                        "SEARCH live USING INDEX jobs_unique_live (unique_key=?)"],
     "LIST_JOBS_OF_KEY": ["SEARCH jobs USING INDEX jobs_by_unique (unique_key=?)"],
     "LIST_JOBS_OF_KEY_LIMITED": ["SEARCH jobs USING INDEX jobs_by_unique (unique_key=?)"],
+    # dependencies: blocked jobs counted off the triggers' counter (blocked_counts), never
+    # a read of the blocked jobs; a job's parents by its key, its canceled dependents off
+    # deps_waiting
+    "FIRST_DUE": ["INDEX jobs_due"],
+    "FIRST_DUE_IN_QUEUES": ["SEARCH jobs USING INDEX jobs_due_by_queue (queue=?)"],
+    "COUNTS": ["SCAN blocked_counts"],
+    "COUNTS_OF_DEFAULT_QUEUE": ["SEARCH blocked_counts USING PRIMARY KEY (queue=?)"],
+    "COUNTS_OF_NAMED_QUEUE": ["SEARCH blocked_counts USING PRIMARY KEY (queue=?)"],
+    "PARENT_STATE": ["SEARCH jobs USING INDEX sqlite_autoindex_jobs_1 (id=?)"],
+    "SET_WAITING_ON": ["SEARCH jobs USING INDEX sqlite_autoindex_jobs_1 (id=?)"],
+    "PARENTS": ["SEARCH d USING PRIMARY KEY (child=?)",
+                "SEARCH j USING INDEX sqlite_autoindex_jobs_1 (id=?)"],
+    "CANCELED_DEPENDENTS": ["SEARCH d USING INDEX deps_waiting (parent=?)",
+                            "SEARCH jobs USING INDEX sqlite_autoindex_jobs_1 (id=?)"],
+    "RETRY_JOB": ["SEARCH jobs USING INDEX sqlite_autoindex_jobs_1 (id=?)"],
 }
 # A sort the index should have made unnecessary: the claim's picks never build one, nor
 # does a key's listing (its index is in created_at order).
@@ -178,7 +193,92 @@ def test_module_lists_and_prints_statements():
     by_key = _run("iter_jobs")
     assert "-- LIST_JOBS_OF_KEY (one state of one queue) [iter_jobs] --" in by_key.stdout
     assert "-- LIVE_HOLDER [submit] --" in _run("submit").stdout
+    assert "-- CANCELED_DEPENDENTS [dependencies] --" in _run("canceled_dependents").stdout
     named = _run("claim_by_id")
     assert named.returncode == 0 and named.stdout.startswith("-- CLAIM_BY_ID [claim] --")
     missing = _run("no_such_thing")
     assert missing.returncode == 1 and "no block, verb or statement" in missing.stdout
+
+
+# The statements the triggers of schema 10 run (with new.id / old.id as the parameter), as
+# the trigger bodies state them: each an index probe, never a walk of the jobs.
+TRIGGER_PLANS = {
+    "deps_parent_completed": ["SEARCH deps USING INDEX deps_waiting (parent=?)",
+                              # covering since jobs_blocked went: no index reads waiting_on
+                              "SEARCH jobs USING COVERING INDEX sqlite_autoindex_jobs_1 (id=?)"],
+    "deps_parent_ended": ["SEARCH d USING INDEX deps_waiting (parent=?)",
+                          "SEARCH j USING INDEX sqlite_autoindex_jobs_1 (id=?)",
+                          "SEARCH jobs USING COVERING INDEX sqlite_autoindex_jobs_1 (id=?)",
+                          "SEARCH deps USING INDEX deps_waiting (parent=?)"],
+    "deps_child_deleted": ["SEARCH deps USING PRIMARY KEY (child=?)"],
+    # the blocked counter: an upsert of one queue's row (no plan), or its update by key
+    "blocked_updated": [],
+    "blocked_deleted": ["SEARCH blocked_counts USING PRIMARY KEY (queue=?)"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(TRIGGER_PLANS))
+def test_trigger_bodies_are_index_probes(conn, name):
+    import re
+
+    text = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = ?",
+                        (name,)).fetchone()[0]
+    when = re.search(r"WHEN (.*?)\s+BEGIN", text, re.S)
+    body = re.search(r"BEGIN(.*)END", text, re.S).group(1)
+    parts = [s.strip() for s in body.split(";") if s.strip()]
+    if when:  # the WHEN's probe, as its own statement
+        parts.append("SELECT " + re.sub(r"\bnew\.state\b", "'completed'", when.group(1)))
+    plan = "\n".join(_plan(conn, re.sub(r"\b(new|old)\.(id|updated_at|state|queue|waiting_on)\b", "?", part))
+                     for part in parts)
+    for expected in TRIGGER_PLANS[name]:
+        assert expected in plan, f"{name}: {expected!r} missing:\n{plan}"
+    assert "SCAN jobs" not in plan and "jobs_by_state" not in plan, plan
+
+
+def test_the_claim_and_counts_plans_hold_with_blocked_jobs(tmp_path):
+    """With 20,000 blocked jobs and ANALYZE's statistics, the claim still walks jobs_due
+    and the blocked count reads blocked_counts: no scan of the jobs table."""
+    store = SQLiteStore(tmp_path / "q.db")
+    c = store._conn
+    c.executemany("INSERT INTO jobs (id, command, state, max_retries, run_at, created_at,"
+                  " updated_at, waiting_on) VALUES (?, 'x', 'pending', 0, 0, 0, 0, 1)",
+                  ((f"b{i}",) for i in range(20_000)))
+    c.execute("INSERT INTO jobs (id, command, state, max_retries, run_at, created_at,"
+              " updated_at) VALUES ('ready', 'x', 'pending', 0, 0, 0, 0)")
+    c.execute("ANALYZE")
+    try:
+        for name in ("CLAIM_ANY", "BEST_OF_ANY_QUEUE", "BEST_OF_QUEUE", "NEXT_WAITING_QUEUE",
+                     "FIRST_DUE", "COUNTS", "OLDEST_DUE_BY_QUEUE"):
+            plan = _plan(c, sqlite_sql.statements(name)[0])
+            assert "jobs_due" in plan or "blocked_counts" in plan, f"{name}:\n{plan}"
+            assert "SCAN jobs\n" not in plan + "\n", f"{name}:\n{plan}"
+        assert c.execute(sqlite_sql.BEST_OF_ANY_QUEUE, (1,)).fetchone()[0] == "ready"
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("name", ["COUNTS", "COUNTS_OF_DEFAULT_QUEUE", "COUNTS_OF_NAMED_QUEUE"])
+def test_counts_reads_blocked_off_the_counter_not_the_jobs(conn, name):
+    """The blocked term of counts is the compound's second part: it reads blocked_counts
+    (one row per queue) and never the jobs table or one of its indexes."""
+    plan = _plan(conn, sqlite_sql.statements(name)[0]).split("\n")
+    terms: list[list[str]] = [[]]
+    for line in plan:
+        if line == "UNION ALL":
+            terms.append([])
+        elif line not in ("COMPOUND QUERY", "LEFT-MOST SUBQUERY"):
+            terms[-1].append(line)
+    assert len(terms) == 3, plan
+    states, blocked, workers = terms
+    assert any("jobs" in line for line in states), plan  # the per-state counts are unchanged
+    assert blocked and all("blocked_counts" in line for line in blocked), plan
+    assert not any("jobs" in line for line in blocked), plan
+
+
+def test_every_connection_keeps_recursive_triggers_off(tmp_path):
+    """The cancel trigger covers a whole chain in one statement; it must not nest."""
+    store = SQLiteStore(tmp_path / "q.db")
+    try:
+        assert store._conn.execute("PRAGMA recursive_triggers").fetchone()[0] == 0
+    finally:
+        store.close()

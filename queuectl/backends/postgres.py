@@ -20,6 +20,16 @@ How it keeps the contract:
   for a holder not yet committed) and reads the holders of skipped specs in the same
   transaction; reviving a dead job checks for a holder and meets the index when it loses
   a race. Specs without a key keep their one-statement insert.
+- Dependencies (schema 7): `deps` rows record each child's parents and whether each is
+  satisfied; blocked jobs (waiting_on > 0) are outside the claim's partial indexes. A row
+  trigger on a job's end satisfies (and wakes) or cancels its waiting dependents in the
+  transaction that ends it, whatever verb or statement does; `submit` locks the parents
+  FOR SHARE while it reads them, so a completion committing at the same time either came
+  first (and is read) or waits for the new rows (and its trigger sees them). Specs
+  without parents keep their one-statement insert. `counts`' blocked figure is a row per
+  queue (blocked_counts): WHEN-gated row triggers append the transaction's +1/-1s, and a
+  deferred trigger folds them in at commit, locking the counter rows last and in queue
+  order (no deadlock with the job-row locks, no n updates of one row).
 - Enqueue, a scheduled retry, a released job and `dlq retry` send NOTIFY in their own
   transaction; idle workers LISTEN on their own connection, and poll as a safety net.
 - Faults (`postgres_connection`): a connection found dead (server restart) is replaced on
@@ -44,11 +54,13 @@ from queuectl.errors import (
     Conflict,
     DatabaseBusy,
     DatabaseUnavailable,
+    NotFound,
     Unsupported,
 )
 from queuectl.job import (
     CANCELED,
     CANCELLABLE,
+    COMPLETED,
     DEAD,
     DEFAULT_QUEUE,
     FAILED,
@@ -64,6 +76,7 @@ from queuectl.store import (
     Metrics,
     Outcome,
     OutputSlice,
+    Parent,
     PauseInfo,
     QueueInfo,
     Store,
@@ -227,6 +240,7 @@ class PostgresStore(Connected, Store):
             total = outcome.total if outcome.total is not None else len(outcome.output)
         return {
             "id": job.id, "job_worker": job.worker, "attempts": job.attempts,
+            "number": job.attempt_number,  # the history's number of the attempt
             "started_at": job.started_at, "exit_code": outcome.exit_code if outcome else None,
             "outcome": result, "output": None if output is None else psycopg2.Binary(output),
             "total": total, "live": outcome is None or outcome.live,
@@ -253,8 +267,11 @@ class PostgresStore(Connected, Store):
             "cpu_maxes": [spec.limits_with(conf)[1] for spec in specs],
             "tasks_maxes": [spec.limits_with(conf)[2] for spec in specs],
         }
-        if any(spec.unique is not None for spec in specs):
+        if any(spec.unique is not None or spec.after for spec in specs):
+            # Keys and parents need an explicit transaction (their answers and checks
+            # are statements of their own); specs with neither never pay for it.
             rows["uniques"] = [spec.unique for spec in specs]
+            rows["waiting"] = [len(spec.after or ()) for spec in specs]
             return self._submit_keyed(specs, ids, rows, if_absent)
         sql = self.sql
         whole, chunk_rows = ((sql.enqueue_if_absent, sql.enqueue_rows_if_absent) if if_absent
@@ -371,7 +388,9 @@ class PostgresStore(Connected, Store):
                 raise DatabaseBusy(
                     f"unique key {keys[todo[0]]!r} kept changing hands while enqueueing; "
                     "try again")
-            return [answers[i] for i in range(len(specs))]
+            done = [answers[i] for i in range(len(specs))]
+            self._add_parents(cur, specs, done)
+            return done
 
         def run(cur: Any) -> list[Submitted]:
             nonlocal decided
@@ -406,6 +425,45 @@ class PostgresStore(Connected, Store):
             return answers
 
         return self._run(run, settle=settle)
+
+    def _add_parents(self, cur: Any, specs: list[JobSpec], done: list[Submitted]) -> None:
+        """The dependencies of the stored specs with `after`, in the submit's transaction
+        (after the rows: a parent may be stored earlier in the same call). Each parent
+        must exist (stored before, or by an earlier spec of this call) and not be dead or
+        canceled; else NotFound or Conflict for the first that fails, and the caller's
+        transaction is rolled back whole. The rows were inserted waiting for every parent;
+        completed ones are satisfied at once."""
+        wanted = [(i, spec.after) for i, (spec, answer) in enumerate(zip(specs, done,
+                                                                        strict=True))
+                  if spec.after and answer.stored]
+        if not wanted:
+            return
+        # Where each id of this call was stored: a later spec's job is not a parent yet.
+        stored_at: dict[str, int] = {}
+        for i, answer in enumerate(done):
+            if answer.stored:
+                stored_at.setdefault(answer.id, i)
+        cur.execute(self.sql.submit_parents,
+                    {"parents": sorted({p for _, after in wanted for p in after})})
+        states = dict(cur.fetchall())
+        children: list[str] = []
+        parents: list[str] = []
+        positions: list[int] = []
+        satisfied: list[bool] = []
+        for i, after in wanted:
+            for pos, parent in enumerate(after, 1):
+                state = states.get(parent)
+                if state is None or stored_at.get(parent, -1) > i:
+                    raise NotFound(f"parent job {parent!r} not found")
+                if state in (DEAD, CANCELED):
+                    raise Conflict(f"parent job {parent!r} is {state}: this job would never"
+                                   " run")
+                children.append(done[i].id)
+                parents.append(parent)
+                positions.append(pos)
+                satisfied.append(state == COMPLETED)
+        cur.execute(self.sql.submit_deps, {"children": children, "parents": parents,
+                                           "positions": positions, "satisfied": satisfied})
 
     def _id_conflict(self, cur: Any, ids: list[str]) -> Conflict:
         """After a unique violation on the id: the first id taken (or given twice)."""
@@ -609,7 +667,8 @@ class PostgresStore(Connected, Store):
             cur.execute(self.sql.reclaim_end, {
                 "t": t, "ids": [j.id for j in jobs], "states": [j.state for j in jobs],
                 "run_ats": [j.run_at for j in jobs], "errors": [j.last_error for j in jobs],
-                "attempts": [j.attempts for j in jobs], "workers": [j.worker for j in jobs],
+                "attempts": [j.attempt_number for j in jobs],
+                "workers": [j.worker for j in jobs],
                 "started": [j.started_at for j in jobs], "outcomes": outcomes})
             return jobs
 
@@ -668,11 +727,80 @@ class PostgresStore(Connected, Store):
             if job is not None and job.state != DEAD:
                 cur.execute(self.sql.retry_dead_tried, (job_id,))
                 tried = cur.fetchone()[0] or 0
-                if job.attempts < tried or (job.state == PENDING and job.attempts == 0):
+                if job.attempt_number < tried or (job.state == PENDING and job.attempts == 0):
                     return job
             return retry(cur)
 
         return self._run(retry, settle=settle)
+
+    def retry(self, job_id: str, delay: float | None = None) -> Job:
+        sql = self.sql
+        decided: tuple[float, int] | None = None  # (updated_at before, attempt_base after)
+
+        def retry_once(cur: Any) -> Job:
+            nonlocal decided
+            decided = None
+            for _ in range(_KEY_ROUNDS):
+                cur.execute(sql.retry_lock, {"id": job_id})
+                found = cur.fetchone()
+                if found is None:
+                    raise policy.no_such_job(job_id)
+                state, key, holder, holder_state, attempts, base, updated_at = found
+                if state not in TERMINAL:
+                    raise Conflict(f"job {job_id!r} is {state}: only a completed, dead or"
+                                   " canceled job can be retried")
+                if holder is not None:
+                    raise _key_held(job_id, key, holder, holder_state)
+                cur.execute(sql.retry_parents, {"id": job_id})
+                waiting = 0
+                for parent, parent_state in cur.fetchall():
+                    if parent_state is None:
+                        raise Conflict(f"parent job {parent!r} no longer exists: this job"
+                                       " would never run")
+                    if parent_state in (DEAD, CANCELED):
+                        raise Conflict(f"parent job {parent!r} is {parent_state}: retry it"
+                                       " first")
+                    waiting += parent_state != COMPLETED
+                try:
+                    cur.execute(sql.retry, {"id": job_id, "delay": float(delay or 0.0),
+                                            "waiting": waiting})
+                except psycopg2.Error as exc:
+                    # A holder of its key committed after retry_lock's snapshot: the
+                    # unique index refused it; the next round names that holder.
+                    if getattr(exc, "pgcode", None) != "23505":
+                        raise
+                    self._rollback(cur.connection)
+                    continue
+                job = Job.from_row(cur.fetchone())
+                decided = (updated_at, base + attempts)
+                cur.execute(sql.commit)
+                return job
+            raise DatabaseBusy(f"the unique key of job {job_id!r} kept changing hands; "
+                               "try again")
+
+        def settle(cur: Any) -> Job:
+            """The connection broke. Before the COMMIT was sent nothing happened; during
+            it, the row says: changed since we read it, with the attempt base we set,
+            it is our retry (or one just like it)."""
+            if decided is not None:
+                before, base = decided
+                job = self._find(cur, job_id)
+                if job is not None and job.updated_at != before and job.attempt_base == base:
+                    return job
+            return retry_once(cur)
+
+        return self._run(retry_once, settle=settle)
+
+    def parents(self, job_id: str) -> list[Parent]:
+        rows = self._fetch(self.sql.parents, {"id": job_id})
+        if not rows:
+            raise policy.no_such_job(job_id)
+        return [Parent(parent, state, bool(satisfied))
+                for pos, parent, state, satisfied in sorted(rows, key=lambda r: r[0]) if pos]
+
+    def canceled_dependents(self, job_id: str) -> list[Job]:
+        return [Job.from_row(row)
+                for row in self._fetch(self.sql.canceled_dependents, {"id": job_id})]
 
     def retry_dead_many(self, older_than: float | None, limit: int) -> int:
         sql = self.sql.retry_dead_many if older_than is None else self.sql.retry_dead_many_older
@@ -945,7 +1073,7 @@ class PostgresStore(Connected, Store):
                            {"queue": queue, "window": policy.ACTIVE_WINDOW})
         for key, n in rows:
             result[key] = n
-        return {k: result[k] for k in (*STATES, "active_workers")}
+        return {k: result[k] for k in (*STATES, "blocked", "active_workers")}
 
     def remaining(self, queues: list[str] | None = None) -> int:
         sql = self.sql.remaining if queues is None else self.sql.remaining_listed

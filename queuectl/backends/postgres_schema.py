@@ -6,9 +6,10 @@ name, so many workers starting at once on several hosts migrate it exactly once.
 change as the next number; never edit a released one. `{s}` stands for the quoted schema.
 """
 
+from queuectl.backends.postgres_sql import NOW
 from queuectl.policy import DURATION_BUCKETS
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 def _bucket(seconds: str) -> str:
@@ -202,6 +203,153 @@ MIGRATIONS: dict[int, list[str]] = {
             WHERE unique_key IS NOT NULL AND state IN ('pending', 'processing', 'failed')""",
         """CREATE INDEX jobs_by_unique ON {s}.jobs (unique_key, created_at, seq)
             WHERE unique_key IS NOT NULL""",
+    ],
+    # Dependencies and reruns. Additions (constant defaults: no rewrite) and the claim's
+    # partial indexes recreated without blocked jobs (waiting_on > 0), so that any number
+    # of them costs a claim, `seconds_until_due` and the oldest wait nothing. A job's
+    # parents are rows of `deps`, in the order given; `satisfied` is recorded when the
+    # parent completes and never derived from the parent's row again (purge and retention
+    # may delete it, and the child must still run).
+    7: [
+        # Parents not completed yet: claimable only at 0.
+        "ALTER TABLE {s}.jobs ADD COLUMN waiting_on integer NOT NULL DEFAULT 0",
+        # Attempts made before the latest `retry`: the history numbers an attempt
+        # attempt_base + attempts.
+        "ALTER TABLE {s}.jobs ADD COLUMN attempt_base integer NOT NULL DEFAULT 0",
+        """CREATE TABLE {s}.deps (
+            child text NOT NULL,
+            parent text NOT NULL,
+            pos integer NOT NULL,
+            satisfied boolean NOT NULL DEFAULT false,
+            PRIMARY KEY (child, parent))""",
+        # The waiting dependents of a parent, looked up when it ends: a job nobody waits
+        # for costs one probe of an (almost always) empty index.
+        "CREATE INDEX deps_waiting ON {s}.deps (parent) WHERE NOT satisfied",
+        "DROP INDEX {s}.jobs_due",
+        """CREATE INDEX jobs_due ON {s}.jobs (priority DESC, run_at, seq)
+            WHERE state IN ('pending', 'failed') AND waiting_on = 0""",
+        "DROP INDEX {s}.jobs_next_due",
+        """CREATE INDEX jobs_next_due ON {s}.jobs (run_at)
+            WHERE state IN ('pending', 'failed') AND waiting_on = 0""",
+        "DROP INDEX {s}.jobs_due_by_queue",
+        """CREATE INDEX jobs_due_by_queue ON {s}.jobs (queue, priority DESC, run_at, seq)
+            WHERE state IN ('pending', 'failed') AND waiting_on = 0""",
+        # `counts`' blocked jobs (pending, waiting_on > 0): a row per queue, however
+        # many jobs are blocked. Kept in the writing transaction in two steps, so that
+        # no transaction waits for a counter row while it still takes job-row locks
+        # (which could deadlock), and so that a statement blocking or freeing n jobs
+        # updates each counter row once (n updates of one row in one transaction each
+        # walk the chain of its earlier versions: quadratic):
+        # - row triggers (blocked_*), WHEN-gated: a job that is never blocked pays only
+        #   for the WHEN, a job that becomes blocked or stops being blocked appends a
+        #   +1 or -1 to blocked_deltas under the transaction's id (an insert: it waits
+        #   for nobody);
+        # - at commit, deferred constraint triggers (blocked_fold_*, same WHEN): the
+        #   first folds the transaction's deltas into blocked_counts, queue by queue in
+        #   queue order, skipping sums of 0 (a job inserted waiting then freed in its
+        #   transaction); the others see the transaction-local flag and return. Folders
+        #   lock counter rows last and in one order: they never deadlock.
+        # A row stays (at 0) once its queue had a blocked job.
+        """CREATE TABLE {s}.blocked_counts (
+            queue text PRIMARY KEY,
+            n bigint NOT NULL)""",
+        """CREATE TABLE {s}.blocked_deltas (
+            xact bigint NOT NULL,
+            queue text NOT NULL,
+            d integer NOT NULL)""",
+        "CREATE INDEX blocked_deltas_xact ON {s}.blocked_deltas (xact)",
+        """CREATE FUNCTION {s}.blocked_changed() RETURNS trigger LANGUAGE plpgsql AS $f$
+        BEGIN
+            IF TG_OP <> 'INSERT' AND OLD.state = 'pending' AND OLD.waiting_on > 0 THEN
+                INSERT INTO {s}.blocked_deltas VALUES (txid_current(), OLD.queue, -1);
+            END IF;
+            IF TG_OP <> 'DELETE' AND NEW.state = 'pending' AND NEW.waiting_on > 0 THEN
+                INSERT INTO {s}.blocked_deltas VALUES (txid_current(), NEW.queue, 1);
+            END IF;
+            RETURN NULL;
+        END $f$""",
+        """CREATE FUNCTION {s}.blocked_fold() RETURNS trigger LANGUAGE plpgsql AS $f$
+        DECLARE
+            me bigint := txid_current();
+        BEGIN
+            IF current_setting('queuectl.blocked_folded', true) = me::text THEN
+                RETURN NULL;
+            END IF;
+            PERFORM set_config('queuectl.blocked_folded', me::text, true);
+            WITH mine AS (
+                DELETE FROM {s}.blocked_deltas WHERE xact = me RETURNING queue, d)
+            INSERT INTO {s}.blocked_counts AS b (queue, n)
+            SELECT queue, sum(d) FROM mine GROUP BY queue HAVING sum(d) <> 0 ORDER BY queue
+            ON CONFLICT (queue) DO UPDATE SET n = b.n + excluded.n;
+            RETURN NULL;
+        END $f$""",
+        """CREATE TRIGGER blocked_inserted AFTER INSERT ON {s}.jobs FOR EACH ROW
+            WHEN (NEW.state = 'pending' AND NEW.waiting_on > 0)
+            EXECUTE FUNCTION {s}.blocked_changed()""",
+        """CREATE TRIGGER blocked_updated AFTER UPDATE OF state, waiting_on, queue
+            ON {s}.jobs FOR EACH ROW
+            WHEN ((OLD.state = 'pending' AND OLD.waiting_on > 0)
+                  IS DISTINCT FROM (NEW.state = 'pending' AND NEW.waiting_on > 0)
+                  OR (OLD.state = 'pending' AND OLD.waiting_on > 0
+                      AND OLD.queue IS DISTINCT FROM NEW.queue))
+            EXECUTE FUNCTION {s}.blocked_changed()""",
+        """CREATE TRIGGER blocked_deleted AFTER DELETE ON {s}.jobs FOR EACH ROW
+            WHEN (OLD.state = 'pending' AND OLD.waiting_on > 0)
+            EXECUTE FUNCTION {s}.blocked_changed()""",
+        """CREATE CONSTRAINT TRIGGER blocked_fold_inserted AFTER INSERT ON {s}.jobs
+            DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+            WHEN (NEW.state = 'pending' AND NEW.waiting_on > 0)
+            EXECUTE FUNCTION {s}.blocked_fold()""",
+        """CREATE CONSTRAINT TRIGGER blocked_fold_updated AFTER UPDATE OF state, waiting_on, queue
+            ON {s}.jobs
+            DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+            WHEN ((OLD.state = 'pending' AND OLD.waiting_on > 0)
+                  IS DISTINCT FROM (NEW.state = 'pending' AND NEW.waiting_on > 0)
+                  OR (OLD.state = 'pending' AND OLD.waiting_on > 0
+                      AND OLD.queue IS DISTINCT FROM NEW.queue))
+            EXECUTE FUNCTION {s}.blocked_fold()""",
+        """CREATE CONSTRAINT TRIGGER blocked_fold_deleted AFTER DELETE ON {s}.jobs
+            DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+            WHEN (OLD.state = 'pending' AND OLD.waiting_on > 0)
+            EXECUTE FUNCTION {s}.blocked_fold()""",
+        # A parent's end, whatever statement writes it, in its transaction. The WHEN clause
+        # is evaluated without calling the function: only a job that ends pays for it, one
+        # probe of deps_waiting when nobody waits for it. Completed: its waiting
+        # dependents are satisfied for good, each waits for one less, and idle workers
+        # are woken (as the enqueue's NOTIFY; the channel is the schema's) when one is
+        # ready. Dead or canceled: every dependent still pending that waits for it is
+        # canceled; their own row trigger goes on down the chain.
+        f"""CREATE FUNCTION {{s}}.parent_ended() RETURNS trigger LANGUAGE plpgsql AS $f$
+        DECLARE
+            ready bigint;
+        BEGIN
+            IF NEW.state = 'completed' THEN
+                WITH sat AS (
+                    UPDATE {{s}}.deps SET satisfied = true
+                    WHERE parent = NEW.id AND NOT satisfied RETURNING child),
+                less AS (
+                    UPDATE {{s}}.jobs j SET waiting_on = j.waiting_on - 1
+                    FROM sat WHERE j.id = sat.child
+                    RETURNING j.waiting_on, j.state)
+                SELECT count(*) INTO ready FROM less
+                WHERE waiting_on = 0 AND state = 'pending';
+                IF ready > 0 THEN
+                    PERFORM pg_notify(TG_TABLE_SCHEMA || '_jobs', '');
+                END IF;
+            ELSE
+                UPDATE {{s}}.jobs j SET state = 'canceled', finished_at = t.now,
+                    updated_at = t.now, lease_expires_at = NULL,
+                    last_error = 'parent ' || NEW.id || ' ended ' || NEW.state
+                FROM {{s}}.deps d, (SELECT {NOW} AS now) t
+                WHERE d.parent = NEW.id AND NOT d.satisfied AND j.id = d.child
+                    AND j.state = 'pending';
+            END IF;
+            RETURN NULL;
+        END $f$""",
+        """CREATE TRIGGER parent_ended AFTER UPDATE OF state ON {s}.jobs FOR EACH ROW
+            WHEN (NEW.state IN ('completed', 'dead', 'canceled')
+                  AND OLD.state IS DISTINCT FROM NEW.state)
+            EXECUTE FUNCTION {s}.parent_ended()""",
     ],
 }
 

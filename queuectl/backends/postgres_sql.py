@@ -51,6 +51,7 @@ PRIVILEGES = {
     "duties":         "SELECT,INSERT,UPDATE",
     "live_output":    "SELECT,INSERT,UPDATE,DELETE",
     "queues":         "SELECT,INSERT,UPDATE,DELETE",
+    "deps":           "SELECT,INSERT,UPDATE,DELETE",
 }
 
 # -- shared pieces ---------------------------------------------------------------------------
@@ -86,7 +87,8 @@ _HELD = """held AS (
 
 _NEXT_ANY = """nxt AS (
     SELECT id, queue FROM {s}.jobs
-    WHERE state IN ('pending', 'failed') AND run_at <= (SELECT now FROM t)
+    WHERE state IN ('pending', 'failed') AND waiting_on = 0
+        AND run_at <= (SELECT now FROM t)
         AND NOT EXISTS (SELECT 1 FROM {s}.flags WHERE name = 'paused')
         AND queue <> ALL(ARRAY(SELECT name FROM held WHERE blocked))
         AND queue <> ALL(%(skip)s::text[])
@@ -100,7 +102,7 @@ _NEXT_LISTED = """nxt AS (
     FROM unnest(%(queues)s::text[]) WITH ORDINALITY AS p(name, n)
     CROSS JOIN LATERAL (
         SELECT id, queue FROM {s}.jobs
-        WHERE queue = p.name AND state IN ('pending', 'failed')
+        WHERE queue = p.name AND state IN ('pending', 'failed') AND waiting_on = 0
             AND run_at <= (SELECT now FROM t)
         ORDER BY priority DESC, run_at, seq LIMIT 1 FOR UPDATE SKIP LOCKED) x
     WHERE NOT EXISTS (SELECT 1 FROM {s}.flags WHERE name = 'paused')
@@ -163,12 +165,12 @@ _COMPLETE = f"""done AS (
         lease_expires_at = NULL
     FROM t WHERE j.id = %(id)s AND j.state = 'processing'
         AND j.worker = %(job_worker)s AND j.attempts = %(attempts)s
-    RETURNING j.id, t.now),
+    RETURNING j.id, j.attempt_base, t.now),
 hist AS (
     INSERT INTO {{s}}.attempts (job_id, attempt, worker, started_at, finished_at,
         outcome, exit_code, error, output, output_total, cpu_user_usec,
         cpu_system_usec, memory_peak_bytes)
-    SELECT id, %(attempts)s, %(job_worker)s, coalesce(%(started_at)s, now), now,
+    SELECT id, attempt_base + %(attempts)s, %(job_worker)s, coalesce(%(started_at)s, now), now,
         %(outcome)s, %(exit_code)s, NULL, %(output)s, %(total)s, %(cpu_user)s,
         %(cpu_system)s, %(memory_peak)s FROM done),
 {_drop_live("done")}"""
@@ -194,7 +196,8 @@ hist AS (
     INSERT INTO {{s}}.attempts (job_id, attempt, worker, started_at,
         finished_at, outcome, exit_code, error, output, output_total,
         cpu_user_usec, cpu_system_usec, memory_peak_bytes)
-    SELECT id, %(attempts)s, %(job_worker)s, coalesce(%(started_at)s, now), now,
+    SELECT id, attempt_base + %(attempts)s, %(job_worker)s,
+        coalesce(%(started_at)s, now), now,
         CASE WHEN state = 'canceled' THEN %(canceled_outcome)s
              ELSE %(outcome)s END,
         %(exit_code)s, last_error, %(output)s, %(total)s, %(cpu_user)s,
@@ -217,6 +220,11 @@ _REVIVE = """state = 'pending', attempts = 0, run_at = t.now,
     updated_at = t.now, worker = NULL, finished_at = NULL, exit_code = NULL,
     cancel_requested = false"""
 
+# A dependent `c` that its parent `d.parent` canceled when it ended (the parent_ended
+# trigger's words, postgres_schema version 7).
+_CASCADED = ("c.state = 'canceled' AND c.last_error IN ('parent ' || d.parent || ' ended dead',"
+             " 'parent ' || d.parent || ' ended canceled')")
+
 _COUNT_MATCHING = "SELECT count(*) FROM {s}.jobs WHERE state = %(state)s"
 
 # The jobs that hold their unique key: the predicate of the unique index jobs_unique_live
@@ -236,16 +244,18 @@ def _submit_rows(conflict: str) -> str:
     return f"""WITH {_T}
 INSERT INTO {{s}}.jobs (id, command, state, attempts, max_retries, priority,
     timeout, run_at, created_at, updated_at, queue, memory_max, cpu_max, tasks_max,
-    unique_key)
+    unique_key, waiting_on)
 SELECT u.id, u.command, 'pending', 0, u.max_retries, u.priority, u.timeout,
     coalesce(u.run_at, t.now + u.delay), t.now, t.now, u.queue, u.memory_max,
-    u.cpu_max, u.tasks_max, u.unique_key
+    u.cpu_max, u.tasks_max, u.unique_key, u.waiting_on
 FROM unnest(%(ids)s::text[], %(commands)s::text[], %(retries)s::int[],
             %(priorities)s::int[], %(timeouts)s::float8[], %(run_ats)s::float8[],
             %(delays)s::float8[], %(queues)s::text[], %(memory_maxes)s::int8[],
-            %(cpu_maxes)s::float8[], %(tasks_maxes)s::int[], %(uniques)s::text[])
+            %(cpu_maxes)s::float8[], %(tasks_maxes)s::int[], %(uniques)s::text[],
+            %(waiting)s::int[])
      WITH ORDINALITY AS u(id, command, max_retries, priority, timeout, run_at,
-                          delay, queue, memory_max, cpu_max, tasks_max, unique_key, n), t
+                          delay, queue, memory_max, cpu_max, tasks_max, unique_key,
+                          waiting_on, n), t
 ORDER BY u.n
 {conflict}
 RETURNING id, unique_key"""
@@ -258,6 +268,7 @@ def _purge(where: str) -> str:
     ORDER BY created_at, seq LIMIT %(n)s FOR UPDATE SKIP LOCKED),
 hist AS (DELETE FROM {{s}}.attempts WHERE job_id IN (SELECT id FROM pick)),
 live AS (DELETE FROM {{s}}.live_output WHERE job_id IN (SELECT id FROM pick)),
+deps AS (DELETE FROM {{s}}.deps WHERE child IN (SELECT id FROM pick)),
 gone AS (DELETE FROM {{s}}.jobs WHERE id IN (SELECT id FROM pick) RETURNING 1)
 SELECT count(*) FROM gone"""
 
@@ -311,8 +322,13 @@ def _recent_jobs(where: str) -> str:
             " ORDER BY updated_at DESC, seq DESC LIMIT %(n)s")
 
 
-def _counts(jobs: str, workers: str) -> str:
+def _counts(jobs: str, blocked: str, workers: str) -> str:
+    """Jobs per state, then the blocked ones (pending, waiting for a parent: read from
+    blocked_counts, a row per queue kept by triggers, however many there are), then the
+    active workers."""
     return (f"SELECT state, count(*) FROM {{s}}.jobs {jobs} GROUP BY state UNION ALL"
+            " SELECT 'blocked', coalesce(sum(n), 0)::bigint FROM {s}.blocked_counts"
+            f" {blocked} UNION ALL"
             " SELECT 'active_workers', count(*) FROM {s}.workers"
             f" WHERE heartbeat_at >= {{now}} - %(window)s {workers}")
 
@@ -323,8 +339,10 @@ _REMAINING = "SELECT count(*) FROM {s}.jobs WHERE state IN ('pending', 'failed',
 
 
 def _seconds_until_due(lane: str) -> str:
+    # Blocked jobs wait for a parent, not for a time: the completion that frees one wakes
+    # workers, and counting them would make an idle worker spin on a job it cannot take.
     return ("SELECT (SELECT min(run_at) FROM {s}.jobs WHERE state IN ('pending', 'failed')"
-            f"{lane}) - {{now}}")
+            f" AND waiting_on = 0{lane}) - {{now}}")
 
 
 class Statements:
@@ -398,6 +416,24 @@ WHERE unique_key = ANY(%(keys)s::text[]) AND {_HOLDS}
 UNION ALL
 SELECT 'i', id, id FROM {{s}}.jobs WHERE id = ANY(%(ids)s::text[])"""
 
+    # Specs with parents (`after`) go the keyed way (one explicit transaction) and are
+    # inserted waiting for every parent; after the rows, their parents are locked
+    # (FOR SHARE, in id order) and read: a parent's end committing meanwhile either
+    # happened before the lock (its state is read here) or waits for this commit (and
+    # its trigger, in a later snapshot, sees the rows below). Then submit_deps records
+    # each dependency in order, satisfied where the parent is completed, and takes
+    # those off the child's count.
+    submit_parents = ("SELECT id, state FROM {s}.jobs WHERE id = ANY(%(parents)s::text[])"
+                      " ORDER BY id FOR SHARE")
+    submit_deps = """WITH w AS (
+    SELECT * FROM unnest(%(children)s::text[], %(parents)s::text[], %(positions)s::int[],
+                         %(satisfied)s::bool[]) AS w(child, parent, pos, satisfied)),
+ins AS (INSERT INTO {s}.deps (child, parent, pos, satisfied)
+        SELECT child, parent, pos, satisfied FROM w)
+UPDATE {s}.jobs j SET waiting_on = j.waiting_on - c.n
+FROM (SELECT child, count(*) AS n FROM w WHERE satisfied GROUP BY child) c
+WHERE j.id = c.child"""
+
     # == the worker's verbs: claiming ========================================================
     # -- claim_next --
     claim_any = _claim(_CLAIM_PLAN, _NEXT_ANY)
@@ -442,7 +478,7 @@ WITH {_T},
 SELECT count(*) FROM done"""
     # After a lost commit: did the attempt get the history row only its own ending writes?
     recorded = ("SELECT EXISTS (SELECT 1 FROM {s}.attempts WHERE job_id = %(id)s"
-                " AND attempt = %(attempts)s AND worker = %(job_worker)s"
+                " AND attempt = %(number)s AND worker = %(job_worker)s"
                 " AND outcome = ANY(%(outcomes)s))")
 
     # -- record_failure --
@@ -467,11 +503,11 @@ upd AS (
         lease_expires_at = NULL, updated_at = t.now
     FROM t WHERE j.id = %(id)s AND j.state = 'processing'
         AND j.worker = %(job_worker)s AND j.attempts = %(attempts)s
-    RETURNING j.id, j.state, t.now),
+    RETURNING j.id, j.state, j.attempt_base, t.now),
 hist AS (
     INSERT INTO {{s}}.attempts (job_id, attempt, worker, started_at,
         finished_at, outcome, exit_code, error, output)
-    SELECT id, %(attempts)s, %(job_worker)s, coalesce(%(started_at)s, now), now,
+    SELECT id, attempt_base + %(attempts)s, %(job_worker)s, coalesce(%(started_at)s, now), now,
         CASE WHEN state = 'canceled' THEN %(canceled_outcome)s
              ELSE %(outcome)s END,
         NULL, CASE WHEN state = 'canceled' THEN %(canceled_error)s
@@ -524,6 +560,54 @@ WHERE j.id = %s"""
     job_state = "SELECT state FROM {s}.jobs WHERE id = %s"
     # After a lost commit: the attempts the job made before (a retried job counts from 0).
     retry_dead_tried = "SELECT max(attempt) FROM {s}.attempts WHERE job_id = %s"
+
+    # -- retry --
+    # One explicit transaction: its unsatisfied parents locked FOR SHARE first (no parent
+    # can end meanwhile; in the order a parent's end takes them, parent then child, so the
+    # two never deadlock), then the job itself with the live holder of its key, if any;
+    # then the parents read in a new statement (READ COMMITTED: a fresh snapshot, which
+    # sees the satisfaction a parent's completion committed while we waited for its
+    # lock), then the revival with the count of those still waited for, then commit.
+    retry_lock = f"""BEGIN; NOTIFY {{channel}};
+SELECT 1 FROM {{s}}.jobs WHERE id IN (
+    SELECT parent FROM {{s}}.deps WHERE child = %(id)s AND NOT satisfied)
+ORDER BY id FOR SHARE;
+SELECT j.state, j.unique_key, h.id, h.state, j.attempts, j.attempt_base, j.updated_at
+FROM {{s}}.jobs j
+LEFT JOIN LATERAL (SELECT id, state FROM {{s}}.jobs
+                   WHERE unique_key = j.unique_key AND {_HOLDS} AND id <> j.id
+                   LIMIT 1) h ON true
+WHERE j.id = %(id)s FOR UPDATE OF j"""
+    retry_parents = """SELECT d.parent, p.state
+FROM {s}.deps d LEFT JOIN {s}.jobs p ON p.id = d.parent
+WHERE d.child = %(id)s AND NOT d.satisfied ORDER BY d.pos"""
+    retry = f"""WITH {_T}
+UPDATE {{s}}.jobs j SET state = 'pending', attempt_base = j.attempt_base + j.attempts,
+    attempts = 0, run_at = t.now + %(delay)s, updated_at = t.now, worker = NULL,
+    started_at = NULL, finished_at = NULL, exit_code = NULL, last_error = NULL,
+    cancel_requested = false, lease_expires_at = NULL, waiting_on = %(waiting)s
+FROM t WHERE j.id = %(id)s
+RETURNING {{j_columns}}"""
+
+    # -- parents --
+    # The job (to tell "no parents" from "no such job"), then its parents by position.
+    parents = """SELECT 0, NULL, NULL, NULL FROM {s}.jobs WHERE id = %(id)s
+UNION ALL
+SELECT d.pos, d.parent, p.state, d.satisfied
+FROM {s}.deps d LEFT JOIN {s}.jobs p ON p.id = d.parent WHERE d.child = %(id)s"""
+
+    # -- canceled_dependents --
+    # Down the chain through deps_waiting: a dependent counts when it is canceled by that
+    # parent's end (its last_error says so, as the trigger wrote it), not by an operator.
+    canceled_dependents = f"""WITH RECURSIVE down(id) AS (
+    SELECT d.child FROM {{s}}.deps d JOIN {{s}}.jobs c ON c.id = d.child
+    WHERE d.parent = %(id)s AND NOT d.satisfied AND {_CASCADED}
+UNION
+    SELECT d.child FROM down JOIN {{s}}.deps d ON d.parent = down.id AND NOT d.satisfied
+    JOIN {{s}}.jobs c ON c.id = d.child
+    WHERE {_CASCADED})
+SELECT {{columns}} FROM {{s}}.jobs WHERE id IN (SELECT id FROM down)
+ORDER BY created_at, seq"""
 
     # -- retry_dead_many --
     retry_dead_many = _retry_dead_many("")
@@ -602,7 +686,8 @@ UNION ALL
 SELECT 's', name, paused_by, concurrency, paused_since, NULL FROM {{s}}.queues
 UNION ALL
 SELECT 'o', queue, NULL, NULL, max(t.now - run_at), NULL FROM {{s}}.jobs, t
-    WHERE state IN ('pending', 'failed') AND run_at <= t.now GROUP BY queue
+    WHERE state IN ('pending', 'failed') AND waiting_on = 0 AND run_at <= t.now
+    GROUP BY queue
 UNION ALL
 SELECT 'w', NULL, NULL, NULL, NULL, queues FROM {{s}}.workers, t
     WHERE heartbeat_at >= t.now - %(window)s"""
@@ -640,35 +725,39 @@ WHERE d.holder = excluded.holder OR d.expires_at < {now}"""
     # -- append_output --
     # FOR SHARE on the job: an attempt that is ending (a reclaim) is waited for and looked
     # at again, so no chunk outlives its attempt.
+    # Fenced on the attempts count; the chunks are kept under the attempt's number
+    # (attempt_base + attempts), as read_output asks for them.
     append_output = """NOTIFY {channel}, '{event}'; WITH held AS (
-    SELECT id FROM {s}.jobs WHERE id = %(id)s AND state = 'processing'
-        AND worker = %(worker)s AND attempts = %(attempt)s FOR SHARE),
+    SELECT id, attempt_base + attempts AS n FROM {s}.jobs WHERE id = %(id)s
+        AND state = 'processing' AND worker = %(worker)s AND attempts = %(attempt)s
+    FOR SHARE),
 chunk AS (
     INSERT INTO {s}.live_output (job_id, attempt, start, data)
-    SELECT id, %(attempt)s, %(start)s, %(data)s FROM held
+    SELECT id, n, %(start)s, %(data)s FROM held
     ON CONFLICT (job_id, attempt, start) DO UPDATE SET data = excluded.data),
 old AS (
     DELETE FROM {s}.live_output WHERE job_id = %(id)s
-        AND attempt = %(attempt)s AND start + length(data) <= %(cut)s
-        AND EXISTS (SELECT 1 FROM held))
+        AND attempt = (SELECT n FROM held) AND start + length(data) <= %(cut)s)
 SELECT count(*) FROM held"""
 
     # -- read_output --
     # One statement, so one snapshot: the job's state with its live chunks or the history
     # row, never the chunks of an attempt that ended in between.
-    read_output = """WITH j AS (SELECT state, attempts FROM {s}.jobs WHERE id = %(id)s)
-SELECT 'j', j.attempts, NULL::bigint, NULL::bytea, NULL::bigint,
-    (j.state = 'processing' AND (%(attempt)s::int IS NULL OR %(attempt)s = j.attempts))
+    # Attempts by number (attempt_base + attempts), as the history numbers them.
+    read_output = """WITH j AS (SELECT state, attempt_base + attempts AS n FROM {s}.jobs
+           WHERE id = %(id)s)
+SELECT 'j', j.n, NULL::bigint, NULL::bytea, NULL::bigint,
+    (j.state = 'processing' AND (%(attempt)s::int IS NULL OR %(attempt)s = j.n))
 FROM j
 UNION ALL
 SELECT 'l', l.attempt, l.start, l.data, NULL, NULL FROM j, {s}.live_output l
-WHERE j.state = 'processing' AND (%(attempt)s::int IS NULL OR %(attempt)s = j.attempts)
-    AND l.job_id = %(id)s AND l.attempt = j.attempts
+WHERE j.state = 'processing' AND (%(attempt)s::int IS NULL OR %(attempt)s = j.n)
+    AND l.job_id = %(id)s AND l.attempt = j.n
     AND l.start + length(l.data) > %(offset)s
 UNION ALL
 (SELECT 'h', a.attempt, NULL, a.output, a.output_total, NULL
  FROM j, {s}.attempts a
- WHERE NOT (j.state = 'processing' AND (%(attempt)s::int IS NULL OR %(attempt)s = j.attempts))
+ WHERE NOT (j.state = 'processing' AND (%(attempt)s::int IS NULL OR %(attempt)s = j.n))
      AND a.job_id = %(id)s AND (%(attempt)s::int IS NULL OR a.attempt = %(attempt)s)
  ORDER BY a.seq DESC LIMIT 1)"""
 
@@ -692,10 +781,10 @@ UNION ALL
         " AND (%(queue)s::text IS NULL OR queue = %(queue)s) AND ")
 
     # -- counts --
-    counts = _counts("", "")
-    # Its jobs, and the active workers that serve it (by name or all).
-    counts_in_queue = _counts("WHERE queue = %(queue)s",
-                                 "AND (queues IS NULL OR %(queue)s = ANY(queues))")
+    counts = _counts("", "", "")
+    # Its jobs, its blocked row, and the active workers that serve it (by name or all).
+    counts_in_queue = _counts("WHERE queue = %(queue)s", "WHERE queue = %(queue)s",
+                              "AND (queues IS NULL OR %(queue)s = ANY(queues))")
 
     # -- remaining --
     remaining = _REMAINING
@@ -787,7 +876,7 @@ VERBS: dict[str, tuple[str, ...]] = {
     "submit": ("enqueue", "enqueue_if_absent", "begin", "enqueue_rows",
                "enqueue_rows_if_absent", "enqueue_commit", "enqueue_taken", "submit",
                "submit_if_absent", "submit_rows", "submit_rows_if_absent", "submit_holders",
-               "commit"),
+               "submit_parents", "submit_deps", "commit"),
     "claim_next": ("claim_any", "claim_listed", "claim_limited_begin", "claim_limited_any",
                    "claim_limited_listed", "claim_limited_next_any",
                    "claim_limited_next_listed", "commit", "held_by"),
@@ -803,6 +892,9 @@ VERBS: dict[str, tuple[str, ...]] = {
                         "commit"),
     "reclaim_worker": ("reclaim_worker_lock", "reclaim_end", "commit"),
     "retry_dead": ("retry_dead", "retry_dead_refusal", "get", "retry_dead_tried"),
+    "retry": ("retry_lock", "retry_parents", "retry", "commit", "rollback", "get"),
+    "parents": ("parents",),
+    "canceled_dependents": ("canceled_dependents",),
     "retry_dead_many": ("retry_dead_many", "retry_dead_many_older"),
     "cancel": ("cancel", "job_state", "get"),
     "cancel_state": ("cancel_state_processing", "cancel_state_processing_in_queue",

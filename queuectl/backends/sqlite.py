@@ -25,7 +25,7 @@ from queuectl.backends import sqlite_sql as sql
 from queuectl.backends.sqlite_gate import WriteGate
 from queuectl.backends.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
 from queuectl.clock import now
-from queuectl.errors import Conflict, DatabaseBusy, DatabaseUnavailable
+from queuectl.errors import Conflict, DatabaseBusy, DatabaseUnavailable, NotFound
 from queuectl.job import (
     CANCELED,
     CANCELLABLE,
@@ -39,12 +39,14 @@ from queuectl.job import (
     TERMINAL,
     Job,
     JobSpec,
+    check_not_own_parent,
 )
 from queuectl.store import (
     USAGE,
     Metrics,
     Outcome,
     OutputSlice,
+    Parent,
     PauseInfo,
     QueueInfo,
     Store,
@@ -297,6 +299,7 @@ class SQLiteStore(Store):
                            else sql.SYNCHRONOUS_FULL)
             self._retry(lambda: conn.execute(synchronous))
             conn.execute(sql.WAL_AUTOCHECKPOINT)
+            conn.execute(sql.RECURSIVE_TRIGGERS)  # the cancel trigger covers the chain itself
             if self._synchronous == "NORMAL":  # a worker: its hot set is a few index pages
                 conn.execute(sql.SMALL_CACHE)
             self._migrate()
@@ -483,9 +486,33 @@ class SQLiteStore(Store):
                 added[queue] = added.get(queue, 0) + inserted
                 if inserted and key is not None:
                     holders[key] = job_id
+                if inserted and spec.after:  # decided after the key and the id
+                    self._add_parents(c, job_id, spec)
                 done.append(Submitted(job_id, inserted == 1))
             c.executemany(sql.COUNT_ENQUEUED, [(q, n) for q, n in added.items() if n])
         return done
+
+    @staticmethod
+    def _add_parents(c: sqlite3.Connection, job_id: str, spec: JobSpec) -> None:
+        """The dependency rows of a job just stored, in the order given, and its waiting_on.
+        A parent that is absent, dead or canceled raises, and the caller's transaction (the
+        whole submit) rolls back."""
+        check_not_own_parent(spec)  # a spec built in code skips spec_from_object's check
+        waiting = 0
+        rows = []
+        for pos, parent in enumerate(spec.after or ()):
+            found = c.execute(sql.PARENT_STATE, (parent,)).fetchone()
+            if found is None:
+                raise NotFound(f"parent job {parent!r} not found")
+            state = found[0]
+            if state in (DEAD, CANCELED):
+                raise Conflict(f"parent job {parent!r} is {state}: this job would never run")
+            satisfied = state == COMPLETED
+            waiting += not satisfied
+            rows.append((job_id, parent, pos, int(satisfied)))
+        c.executemany(sql.ADD_DEP, rows)
+        if waiting:
+            c.execute(sql.SET_WAITING_ON, (waiting, job_id))
 
     # -- the worker's verbs ------------------------------------------------------------------
     def claim_next(self, worker: str, queues: list[str] | None = None) -> Job | None:
@@ -583,7 +610,7 @@ class SQLiteStore(Store):
         started = job.started_at or t
         c.execute(
             sql.RECORD_ATTEMPT,
-            (job.id, job.attempts, job.worker, started, t, result, exit_code, error,
+            (job.id, job.attempt_number, job.worker, started, t, result, exit_code, error,
              output, total, *usage_of(outcome)),
         )
         seconds = max(t - started, 0.0)
@@ -698,6 +725,47 @@ class SQLiteStore(Store):
             c.execute(sql.RETRY_DEAD, (t, t, job_id))
             return Job.from_row(c.execute(sql.JOB, (job_id,)).fetchone())
 
+    # -- dependencies and reruns -------------------------------------------------------------
+    def parents(self, job_id: str) -> list[Parent]:
+        try:
+            with self.reading() as c:
+                rows = c.execute(sql.PARENTS, (job_id,)).fetchall()
+                if not rows and c.execute(sql.JOB_EXISTS, (job_id,)).fetchone() is None:
+                    raise policy.no_such_job(job_id)
+        except sqlite3.Error as exc:
+            raise _unavailable(exc, self.path) from None
+        return [Parent(parent, state, bool(satisfied)) for parent, state, satisfied in rows]
+
+    def canceled_dependents(self, job_id: str) -> list[Job]:
+        return [Job.from_row(row) for row in self._read(sql.CANCELED_DEPENDENTS, (job_id,))]
+
+    def retry(self, job_id: str, delay: float | None = None) -> Job:
+        with self._write() as c:
+            row = c.execute(sql.JOB, (job_id,)).fetchone()
+            if row is None:
+                raise policy.no_such_job(job_id)
+            job = Job.from_row(row)
+            if job.state not in TERMINAL:
+                raise Conflict(f"job {job_id!r} is {job.state}: only a completed, dead or"
+                               " canceled job can be retried")
+            if job.unique is not None:
+                held = c.execute(sql.LIVE_HOLDER, (job.unique,)).fetchone()
+                if held is not None:
+                    raise _key_held(job_id, job.unique, *held)
+            waiting = 0
+            for parent, state, satisfied in c.execute(sql.PARENTS, (job_id,)).fetchall():
+                if satisfied:
+                    continue
+                if state is None:
+                    raise Conflict(f"parent job {parent!r} no longer exists: this job would"
+                                   " never run")
+                if state in (DEAD, CANCELED):
+                    raise Conflict(f"parent job {parent!r} is {state}: retry it first")
+                waiting += 1
+            t = now()
+            c.execute(sql.RETRY_JOB, (t + (delay or 0.0), t, waiting, job_id))
+            return Job.from_row(c.execute(sql.JOB, (job_id,)).fetchone())
+
     def get(self, job_id: str, history: bool = False) -> Job:
         rows = self._read(sql.JOB, (job_id,))
         if not rows:
@@ -753,11 +821,11 @@ class SQLiteStore(Store):
         else:
             rows = self._read(
                 sql.COUNTS_OF_DEFAULT_QUEUE if queue == DEFAULT_QUEUE else sql.COUNTS_OF_NAMED_QUEUE,
-                (queue, *_active_params(), queue),
+                (queue, queue, *_active_params(), queue),
             )
         for key, n in rows:
             result[key] = n
-        return {k: result[k] for k in (*STATES, "active_workers")}
+        return {k: result.get(k, 0) for k in (*STATES, "blocked", "active_workers")}
 
     def remaining(self, queues: list[str] | None = None) -> int:
         if queues is None:
@@ -1034,9 +1102,10 @@ class SQLiteStore(Store):
         with self._write() as c:
             if not c.execute(sql.HOLDS, (job.id, job.worker, job.attempts)).fetchone():
                 return False
-            c.execute(sql.APPEND_OUTPUT, (job.id, job.attempts, offset, data))
+            number = job.attempt_number  # the history's number; fencing is by attempts
+            c.execute(sql.APPEND_OUTPUT, (job.id, number, offset, data))
             c.execute(sql.TRIM_LIVE_OUTPUT,
-                      (job.id, job.attempts, offset + len(data) - policy.OUTPUT_LIMIT))
+                      (job.id, number, offset + len(data) - policy.OUTPUT_LIMIT))
         return True
 
     def read_output(self, job_id: str, attempt: int | None, offset: int) -> OutputSlice | None:

@@ -7,7 +7,7 @@ new one. Add a change as the next number; never edit a released one.
 
 from queuectl.policy import DURATION_BUCKETS
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 
 def _bucket(seconds: str) -> str:
@@ -207,5 +207,102 @@ MIGRATIONS: dict[int, list[str]] = {
             WHERE unique_key IS NOT NULL AND state IN ('pending', 'processing', 'failed')""",
         # `list --unique KEY`: every job of a key, live or finished, oldest first.
         "CREATE INDEX jobs_by_unique ON jobs (unique_key, created_at) WHERE unique_key IS NOT NULL",
+    ],
+    # Dependencies (`after`) and reruns (`retry`). Only additions and rebuilt indexes: every
+    # existing job waits for nothing (waiting_on 0) and has no attempts before a rerun.
+    10: [
+        # Parents not completed yet: a job is claimed only at 0 ("blocked" otherwise).
+        "ALTER TABLE jobs ADD COLUMN waiting_on INTEGER NOT NULL DEFAULT 0",
+        # Attempts made before the latest `retry`: the history numbers attempt_base + attempts.
+        "ALTER TABLE jobs ADD COLUMN attempt_base INTEGER NOT NULL DEFAULT 0",
+        # One row per (child, parent), in the order given; `satisfied` is recorded when the
+        # parent completes and never re-derived from the parent's row, which purge or
+        # retention may delete later (the child must still run).
+        """CREATE TABLE deps (
+            child TEXT NOT NULL,
+            parent TEXT NOT NULL,
+            pos INTEGER NOT NULL,
+            satisfied INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (child, parent)) WITHOUT ROWID""",
+        # A parent's waiting dependents: the probe in the triggers' WHEN, empty for almost
+        # every job, so a job nobody waits for pays one look at a tiny index.
+        "CREATE INDEX deps_waiting ON deps (parent, child) WHERE satisfied = 0",
+        # Blocked jobs cost the claim nothing: the claim's partial indexes leave them out.
+        "DROP INDEX IF EXISTS jobs_due",
+        """CREATE INDEX jobs_due ON jobs (priority DESC, run_at)
+            WHERE state IN ('pending', 'failed') AND waiting_on = 0""",
+        "DROP INDEX IF EXISTS jobs_due_by_queue",
+        """CREATE INDEX jobs_due_by_queue ON jobs (queue, priority DESC, run_at)
+            WHERE state IN ('pending', 'failed') AND waiting_on = 0""",
+        # `counts`' "blocked" (pending, waiting_on > 0), per queue: a counter kept by the
+        # triggers below in the writing transaction, whatever the path, so `status` reads
+        # one row per queue however many jobs are blocked. A queue's row may stay at 0.
+        # Every existing job waits for nothing: the table starts empty.
+        """CREATE TABLE blocked_counts (
+            queue TEXT PRIMARY KEY NOT NULL,
+            n INTEGER NOT NULL) WITHOUT ROWID""",
+        # No INSERT trigger: a job is always inserted unblocked (waiting_on 0) and blocked
+        # afterwards by submit's SET_WAITING_ON, which blocked_updated counts. A row trigger
+        # on INSERT, even one whose WHEN is false, runs its program for every row and took
+        # `enqueue --file` from ~107,000 to ~66,000 jobs/s (see migration 7). A writer
+        # outside queuectl that inserts a row already blocked is not counted.
+        # WHEN-gated: a job that does not enter or leave "blocked" pays the WHEN and no body.
+        # With recursive_triggers off these still fire for the rows the deps_* triggers
+        # update (SQLite only keeps a trigger from firing itself).
+        # Into or out of "blocked" (a job's queue never changes): +1 or -1. The IS NOT
+        # compares two booleans, so a NULL state (none: NOT NULL) could not slip through.
+        """CREATE TRIGGER blocked_updated AFTER UPDATE OF state, waiting_on ON jobs
+            WHEN (old.state = 'pending' AND old.waiting_on > 0)
+                IS NOT (new.state = 'pending' AND new.waiting_on > 0)
+        BEGIN
+            INSERT INTO blocked_counts (queue, n)
+                VALUES (new.queue, iif(new.state = 'pending' AND new.waiting_on > 0, 1, -1))
+                ON CONFLICT (queue) DO UPDATE SET n = n + excluded.n;
+        END""",
+        """CREATE TRIGGER blocked_deleted AFTER DELETE ON jobs
+            WHEN old.state = 'pending' AND old.waiting_on > 0
+        BEGIN
+            UPDATE blocked_counts SET n = n - 1 WHERE queue = old.queue;
+        END""",
+        # A parent's end, in the transaction that changes its state, whatever the path. The
+        # time is the one the parent row got (updated_at: the store's clock). Jobs nobody
+        # waits for pay the WHEN: one probe of deps_waiting, empty for them.
+        """CREATE TRIGGER deps_parent_completed AFTER UPDATE OF state ON jobs
+            WHEN new.state = 'completed' AND old.state <> 'completed'
+                AND EXISTS (SELECT 1 FROM deps WHERE parent = new.id AND satisfied = 0)
+        BEGIN
+            UPDATE jobs SET waiting_on = max(waiting_on - 1, 0)
+                WHERE id IN (SELECT child FROM deps WHERE parent = new.id AND satisfied = 0);
+            UPDATE deps SET satisfied = 1 WHERE parent = new.id AND satisfied = 0;
+        END""",
+        # Dead or canceled: every pending dependent down the chain, in one statement over the
+        # closure (not by the trigger firing itself level by level: SQLite stops nested
+        # triggers at 1,000 levels, and the parent's end would then fail). Each names the
+        # parent that reached it first (the shortest path; then the earlier in its `after`).
+        # `+j.state`: the children are found by id, never by a walk of every pending job.
+        """CREATE TRIGGER deps_parent_ended AFTER UPDATE OF state ON jobs
+            WHEN new.state IN ('dead', 'canceled') AND old.state <> new.state
+                AND EXISTS (SELECT 1 FROM deps WHERE parent = new.id AND satisfied = 0)
+        BEGIN
+            UPDATE jobs SET state = 'canceled', finished_at = new.updated_at,
+                    updated_at = new.updated_at, lease_expires_at = NULL,
+                    last_error = 'parent ' || cut.parent || ' ended ' || cut.how
+                FROM (SELECT child, parent, how, min(depth * 128 + pos) FROM (
+                    WITH RECURSIVE down(child, parent, how, depth, pos) AS (
+                        SELECT d.child, d.parent, new.state, 1, d.pos FROM deps AS d
+                            JOIN jobs AS j ON j.id = d.child
+                            WHERE d.parent = new.id AND d.satisfied = 0 AND +j.state = 'pending'
+                        UNION
+                        SELECT d.child, d.parent, 'canceled', down.depth + 1, d.pos FROM down
+                            JOIN deps AS d ON d.parent = down.child AND d.satisfied = 0
+                            JOIN jobs AS j ON j.id = d.child WHERE +j.state = 'pending')
+                    SELECT child, parent, how, depth, pos FROM down) GROUP BY child) AS cut
+                WHERE jobs.id = cut.child;
+        END""",
+        # A deleted job (purge, retention, any path) takes its own dependency rows, never
+        # those that name it as a parent.
+        """CREATE TRIGGER deps_child_deleted AFTER DELETE ON jobs BEGIN
+            DELETE FROM deps WHERE child = old.id;
+        END""",
     ],
 }

@@ -29,7 +29,9 @@ from queuectl.job import DEFAULT_QUEUE, ROW_COLUMNS
 JOB_COLUMNS = ", ".join(ROW_COLUMNS)  # what Job.from_row reads, in its order
 
 # -- pieces several statements share (not statements) --------------------------------------
-_WAITING = "state IN ('pending', 'failed')"  # the condition of the partial indexes jobs_due*
+# The condition of the partial indexes jobs_due*: waiting, and not blocked by a parent (schema
+# 10), so blocked jobs cost the claim nothing. Every statement meant to use them says it all.
+_WAITING = "state IN ('pending', 'failed') AND waiting_on = 0"
 _NAMED = "queue <> 'default'"  # the condition of the partial index jobs_by_queue
 # The conditions of the partial indexes jobs_unique_live (both) and jobs_by_unique (the first).
 _KEYED = "unique_key IS NOT NULL"
@@ -131,10 +133,10 @@ WAL_AUTOCHECKPOINT = f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}"
 SMALL_CACHE = "PRAGMA cache_size=-512"  # a worker: its hot set is a few index pages
 # Every table and index the hot paths use, touched at a worker's open (see SQLiteStore._probe).
 PROBE = (
-    "SELECT id FROM jobs INDEXED BY jobs_due WHERE state IN ('pending', 'failed')"
+    f"SELECT id FROM jobs INDEXED BY jobs_due WHERE {_WAITING}"
     " ORDER BY priority DESC, run_at LIMIT 1",
     "SELECT id FROM jobs INDEXED BY jobs_due_by_queue WHERE queue = 'default'"
-    " AND state IN ('pending', 'failed') ORDER BY priority DESC, run_at LIMIT 1",
+    f" AND {_WAITING} ORDER BY priority DESC, run_at LIMIT 1",
     f"SELECT count(*) FROM jobs INDEXED BY jobs_by_queue WHERE {_NAMED}",
     "SELECT count(*) FROM queues",
     "SELECT count(*) FROM jobs INDEXED BY jobs_by_state WHERE state = 'processing'",
@@ -146,9 +148,16 @@ PROBE = (
     "SELECT count(*) FROM flags",
     "SELECT count(*) FROM duties",
     "SELECT count(*) FROM live_output",
+    # a completion or a failure looks here for waiting dependents (the triggers' WHEN)
+    "SELECT count(*) FROM deps INDEXED BY deps_waiting WHERE satisfied = 0",
 )
 SCHEMA_VERSION_OF = "PRAGMA user_version"  # 0: new, or not ours (see TABLES)
 TABLES = "SELECT name FROM sqlite_master WHERE type = 'table'"
+# Every connection, said explicitly (it is SQLite's default, which its documentation says may
+# change): the cancel trigger of schema 10 cancels a parent's whole chain of dependents in one
+# statement, so it must not fire again for each of them (nested, level by level, it would
+# fail past 1,000 levels). Also: REPLACE's deletions fire no DELETE trigger.
+RECURSIVE_TRIGGERS = "PRAGMA recursive_triggers = OFF"
 JOURNAL_MODE = "PRAGMA journal_mode"
 WAL_MODE = "PRAGMA journal_mode=WAL"
 # After the migrations (sqlite_schema.MIGRATIONS), in their transaction.
@@ -177,6 +186,12 @@ LIVE_HOLDER = (f"SELECT id, state FROM jobs INDEXED BY jobs_unique_live"
 COUNT_ENQUEUED = ("INSERT INTO counters (queue, event, le, n, seconds)"
                   " VALUES (?, 'enqueued', 0, ?, 0)"
                   " ON CONFLICT (queue, event, le) DO UPDATE SET n = n + excluded.n")
+# Only for a spec with `after`, once its job is stored: each parent's state (none: NotFound),
+# its dependency row in the order given (satisfied at once if the parent is completed), and
+# the number of the others it waits for.
+PARENT_STATE = "SELECT state FROM jobs WHERE id = ?"
+ADD_DEP = "INSERT INTO deps (child, parent, pos, satisfied) VALUES (?, ?, ?, ?)"
+SET_WAITING_ON = "UPDATE jobs SET waiting_on = ? WHERE id = ?"
 
 # == the worker's verbs: claim_next (and complete_and_claim's claim) ========================
 # The global pause and every queue that is paused or has a concurrency limit, read at each
@@ -303,10 +318,16 @@ LIST_JOBS_OF_KEY = _by_key(_LIST.replace("{filter}", " {by_key}"))
 LIST_JOBS_OF_KEY_LIMITED = _by_key(_LIST.replace("{filter}", " {by_key}") + " LIMIT ?")
 
 # == counts =================================================================================
-COUNTS = ("SELECT state, count(*) FROM jobs GROUP BY state UNION ALL "
-          f"SELECT 'active_workers', count(*) FROM workers WHERE {_ACTIVE}")
+# "blocked" (pending jobs waiting for a parent) off blocked_counts, the triggers' counter
+# (schema 10): one row per queue, never a read of the blocked jobs themselves.
+COUNTS = ("SELECT state, count(*) FROM jobs GROUP BY state UNION ALL"
+          " SELECT 'blocked', coalesce(sum(n), 0) FROM blocked_counts"
+          f" UNION ALL SELECT 'active_workers', count(*) FROM workers WHERE {_ACTIVE}")
+# Parameters: the queue, the queue again (blocked), the active window, the queue (serves).
 _COUNTS_OF_QUEUE = ("SELECT state, count(*) FROM jobs WHERE queue = ?{named}"
-                    " GROUP BY state UNION ALL SELECT 'active_workers', count(*) FROM workers"
+                    " GROUP BY state UNION ALL SELECT 'blocked', coalesce(sum(n), 0)"
+                    " FROM blocked_counts WHERE queue = ?"
+                    " UNION ALL SELECT 'active_workers', count(*) FROM workers"
                     f" WHERE ({_ACTIVE}) AND {_SERVES}")
 COUNTS_OF_DEFAULT_QUEUE = _COUNTS_OF_QUEUE.replace("{named}", "")
 COUNTS_OF_NAMED_QUEUE = _COUNTS_OF_QUEUE.replace("{named}", f" AND {_NAMED}")
@@ -316,8 +337,12 @@ REMAINING = "SELECT count(*) FROM jobs WHERE state IN ('pending', 'failed', 'pro
 REMAINING_IN_QUEUES = f"{REMAINING} AND queue IN {{queues}}"  # template: see in_queues
 
 # == seconds_until_due ======================================================================
-FIRST_DUE = f"SELECT min(run_at) FROM jobs WHERE {_WAITING}"
-FIRST_DUE_IN_QUEUES = f"{FIRST_DUE} AND queue IN {{queues}}"  # template: see in_queues
+# Off the claim's partial indexes: blocked jobs are not in them (jobs_by_state would read
+# every pending row, blocked ones too). Otherwise an idle worker would spin: due now, but
+# nothing claimable.
+FIRST_DUE = f"SELECT min(run_at) FROM jobs INDEXED BY jobs_due WHERE {_WAITING}"
+FIRST_DUE_IN_QUEUES = (f"SELECT min(run_at) FROM jobs INDEXED BY jobs_due_by_queue"
+                       f" WHERE {_WAITING} AND queue IN {{queues}}")  # template: see in_queues
 
 # == configuration: config_items, set_config ================================================
 CONFIG = "SELECT key, value FROM config"  # also every verb that reads a setting
@@ -398,7 +423,8 @@ APPEND_OUTPUT = ("INSERT OR REPLACE INTO live_output (job_id, attempt, start, da
                  " VALUES (?, ?, ?, ?)")
 TRIM_LIVE_OUTPUT = ("DELETE FROM live_output WHERE job_id = ? AND attempt = ?"
                     " AND start + length(data) <= ?")
-JOB_PROGRESS = "SELECT state, attempts FROM jobs WHERE id = ?"
+# The state and the running (or latest) attempt's number (Job.attempt_number).
+JOB_PROGRESS = "SELECT state, attempt_base + attempts FROM jobs WHERE id = ?"
 LIVE_OUTPUT_FROM = ("SELECT start, data FROM live_output WHERE job_id = ? AND attempt = ?"
                     " AND start + length(data) > ? ORDER BY start")
 _ENDED_OUTPUT = ("SELECT attempt, output, output_total FROM attempts WHERE job_id = ?{attempt}"
@@ -424,15 +450,44 @@ GLOBAL_PAUSE = "SELECT 1 FROM flags WHERE name = 'paused'"
 ACTIVE_WORKERS_BY_HOST = f"SELECT host, count(*) FROM workers WHERE {_ACTIVE} GROUP BY host"
 COUNTERS = "SELECT queue, event, le, n, seconds FROM counters ORDER BY queue, event, le"
 
+# == dependencies and reruns: parents, canceled_dependents, retry ===========================
+# A job's parents in the order given, with their state now (NULL: deleted since).
+PARENTS = """SELECT d.parent, j.state, d.satisfied FROM deps AS d
+    LEFT JOIN jobs AS j ON j.id = d.parent
+    WHERE d.child = ? ORDER BY d.pos"""
+JOB_EXISTS = "SELECT 1 FROM jobs WHERE id = ?"
+# The dependents a job's end canceled, down the chain: each step follows the unsatisfied
+# dependency rows of the jobs found so far (deps_waiting) to children canceled by that very
+# parent (their last_error names it).
+_CANCELED_BY = ("JOIN jobs AS j ON j.id = d.child WHERE d.satisfied = 0 AND j.state = 'canceled'"
+                " AND j.last_error IN ('parent ' || d.parent || ' ended dead',"
+                " 'parent ' || d.parent || ' ended canceled')")
+CANCELED_DEPENDENTS = f"""WITH RECURSIVE down(id) AS (
+        SELECT d.child FROM deps AS d INDEXED BY deps_waiting {_CANCELED_BY} AND d.parent = ?
+        UNION
+        SELECT d.child FROM down JOIN deps AS d INDEXED BY deps_waiting ON d.parent = down.id
+        {_CANCELED_BY})
+    SELECT {JOB_COLUMNS} FROM jobs WHERE id IN down ORDER BY created_at, rowid"""
+# `retry`: a finished job runs again, its history kept (attempt_base grows by its attempts),
+# waiting for the parents it has not seen complete. Parameters: run_at, updated_at,
+# waiting_on, the id.
+RETRY_JOB = """UPDATE jobs SET state = 'pending', attempt_base = attempt_base + attempts,
+        attempts = 0, run_at = ?, updated_at = ?, worker = NULL, started_at = NULL,
+        finished_at = NULL, exit_code = NULL, last_error = NULL, cancel_requested = 0,
+        lease_expires_at = NULL, waiting_on = ?
+    WHERE id = ?"""
+
 
 # The blocks above: (name, the Store verbs that run them, their statements).
 SECTIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("opening", "SQLiteStore() and migration", (
         "SYNCHRONOUS_FULL", "SYNCHRONOUS_NORMAL", "WAL_AUTOCHECKPOINT", "SMALL_CACHE", "PROBE",
-        "SCHEMA_VERSION_OF", "TABLES", "JOURNAL_MODE", "WAL_MODE", "STAMP_SCHEMA_VERSION")),
+        "SCHEMA_VERSION_OF", "TABLES", "RECURSIVE_TRIGGERS", "JOURNAL_MODE", "WAL_MODE",
+        "STAMP_SCHEMA_VERSION")),
     ("transactions", "every verb", ("BEGIN_WRITE", "BEGIN_READ", "COMMIT", "ROLLBACK")),
     ("submit", "submit, enqueue", (
-        "ENQUEUE", "ENQUEUE_IF_ABSENT", "LIVE_HOLDER", "COUNT_ENQUEUED")),
+        "ENQUEUE", "ENQUEUE_IF_ABSENT", "LIVE_HOLDER", "COUNT_ENQUEUED", "PARENT_STATE",
+        "ADD_DEP", "SET_WAITING_ON")),
     ("claim", "claim_next, complete_and_claim", (
         "RESTRICTIONS", "CLAIM_ANY", "PROCESSING_IN_QUEUE", "BEST_OF_QUEUE", "BEST_OF_ANY_QUEUE",
         "NEXT_WAITING_QUEUE", "CLAIM_BY_ID")),
@@ -474,6 +529,8 @@ SECTIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         "SET_CONCURRENCY", "QUEUE_COUNTS", "QUEUE_SETTINGS", "OLDEST_DUE_BY_QUEUE",
         "ACTIVE_WORKER_QUEUES")),
     ("metrics", "metrics", ("GLOBAL_PAUSE", "ACTIVE_WORKERS_BY_HOST", "COUNTERS")),
+    ("dependencies", "parents, canceled_dependents, retry", (
+        "PARENTS", "JOB_EXISTS", "CANCELED_DEPENDENTS", "RETRY_JOB")),
 )
 
 
