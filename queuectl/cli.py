@@ -145,15 +145,19 @@ def _cmd_options(func: F) -> F:
 @click.option("--unique", metavar="KEY",
               help="At most one live (pending, running or awaiting a retry) job with this key: "
               "if one is, store nothing, print its id, exit 0.")
+@click.option("--after", metavar="ID[,ID...]",
+              help="Run only once every one of these jobs has completed; if one ends dead or "
+              "canceled, this job is canceled.")
 @click.option("--if-absent", is_flag=True, help="An existing id is not an error: print it, exit 0.")
 @db_option
 @click.pass_context
 def enqueue(ctx: click.Context, /, job_json: str | None, file_: str | None, command: str | None,
-            queue: str | None, unique: str | None, if_absent: bool, **cmd_options: Any) -> None:
+            queue: str | None, unique: str | None, after: str | None, if_absent: bool,
+            **cmd_options: Any) -> None:
     """Add jobs: a JSON object, --file of JSON Lines, or --cmd 'shell command'."""
     from queuectl.submit import collect_specs, print_ids, submit
 
-    specs = collect_specs(job_json, file_, command, cmd_options, queue, unique)
+    specs = collect_specs(job_json, file_, command, cmd_options, queue, unique, after)
     print_ids(submit(ctx.ensure_object(dict).get("db"), specs, if_absent))
 
 
@@ -197,8 +201,11 @@ def list_(ctx: click.Context, state: str | None, limit: int | None, jsonl: bool,
 @click.pass_context
 def show(ctx: click.Context, job_id: str) -> None:
     """One job with its attempt history and the tail of each attempt's output."""
-    job = _store(ctx).get(job_id, history=True)
+    store = _store(ctx)
+    job = store.get(job_id, history=True)
     record = job.to_dict()
+    record["after"] = [{"id": p.id, "state": p.state if p.state is not None else "deleted",
+                        "satisfied": p.satisfied} for p in store.parents(job_id)]
     record["history"] = [
         {**h, "started_at": iso_ms(h["started_at"]), "finished_at": iso_ms(h["finished_at"]),
          "output": (h["output"] or b"").decode("utf-8", "replace")}
@@ -287,6 +294,32 @@ def dlq_retry(ctx: click.Context, job_id: str | None, all_: bool, older_than: fl
 
 
 # -- operators -------------------------------------------------------------------------------
+@cli.command()
+@click.argument("job_ids", metavar="ID...", nargs=-1, required=True)
+@click.option("--delay", metavar="DURATION", callback=_duration,
+              help="Run again this long from now (90s, 15m, 12h; default: at once).")
+@db_option
+@click.pass_context
+def retry(ctx: click.Context, job_ids: tuple[str, ...], delay: float | None) -> int:
+    """Run finished jobs (completed, dead or canceled) again: back to pending with attempts
+    reset, history kept. Jobs canceled because one of them ended are not revived."""
+    from queuectl.operate import retry_each
+
+    failed = 0
+    for result in retry_each(_store(ctx), list(dict.fromkeys(job_ids)), delay):
+        if result.error is not None:
+            failed += 1
+            click.echo(f"queuectl: error: {result.error}", err=True)
+            continue
+        click.echo(result.job_id)
+        if result.not_revived:
+            ids = " ".join(dep.id for dep in result.not_revived)
+            click.echo(f"queuectl: {_plural(len(result.not_revived), 'job')} canceled when "
+                       f"{result.job_id} ended stay canceled: {ids}; to run them too, after it: "
+                       f"queuectl retry {ids}", err=True)
+    return EXIT_FAILED if failed else 0
+
+
 @cli.command()
 @click.argument("job_ids", metavar="ID...", nargs=-1)
 @click.option("--all", "all_", is_flag=True, help="Every job of --state (in batches).")

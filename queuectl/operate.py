@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from queuectl import policy
 from queuectl.errors import EXIT_FAILED, Conflict, NotFound, QueueError
-from queuectl.job import COMPLETED, DEAD, TERMINAL, Job
+from queuectl.job import CANCELED, COMPLETED, DEAD, TERMINAL, Job
 from queuectl.store import OutputSlice, Store
 
 TYPE_CHECKING = False
@@ -120,7 +120,7 @@ def stream_output(store: Store, job_id: str, attempt: int | None, follow: bool,
             part: OutputSlice | None = store.read_output(job_id, attempt, position)
             if part is None:
                 job = store.get(job_id)
-                never = job.state in TERMINAL or attempt is not None and attempt < job.attempts
+                never = job.state in TERMINAL or attempt is not None and attempt < job.attempt_number
                 if not follow or never:
                     which = "has not run yet" if attempt is None else f"has no attempt {attempt}"
                     raise NotFound(f"job {job_id!r} {which}")
@@ -156,14 +156,17 @@ def queue_rows(store: Store) -> list[dict[str, Any]]:
 
 
 class CancelResult:
-    def __init__(self, job_id: str, job: Job | None, error: QueueError | None) -> None:
-        self.job_id, self.job, self.error = job_id, job, error
+    def __init__(self, job_id: str, job: Job | None, error: QueueError | None,
+                 cascaded: bool = False) -> None:
+        self.job_id, self.job, self.error, self.cascaded = job_id, job, error, cascaded
 
     @property
     def line(self) -> str:
         if self.error is not None:
             return str(self.error)
         assert self.job is not None
+        if self.cascaded:
+            return f"{self.job_id}: canceled ({self.job.last_error})"
         if self.job.state == "processing":
             return (f"{self.job_id}: stopping (running on {self.job.worker}; canceled within "
                     "about a second)")
@@ -175,7 +178,65 @@ def cancel_each(store: Store, ids: list[str]) -> list[CancelResult]:
     results = []
     for job_id in ids:
         try:
-            results.append(CancelResult(job_id, store.cancel(job_id), None))
+            job = store.cancel(job_id)
         except (NotFound, Conflict) as exc:
             results.append(CancelResult(job_id, None, exc))
+            continue
+        results.append(CancelResult(job_id, job, None))
+        if job.state == CANCELED:
+            results += [CancelResult(dep.id, dep, None, cascaded=True)
+                        for dep in tell_dependents(store, job)]
+    return results
+
+
+def parent_of(dependent: Job) -> tuple[str, str]:
+    """(parent id, how it ended) from a cascade-canceled job's last_error, which the store
+    writes as `parent ID ended STATE`."""
+    text = dependent.last_error or ""
+    head, _, state = text.rpartition(" ended ")
+    return head.removeprefix("parent "), state
+
+
+def tell_dependents(store: Store, job: Job, log: Any = None) -> list[Job]:
+    """The jobs canceled because `job` ended dead or canceled, each told to the journal (or
+    to the worker's log): one `dependent_canceled` event per job, as it ended."""
+    from queuectl.audit import tell
+
+    try:
+        dependents = store.canceled_dependents(job.id)
+    except QueueError:  # the cancellation itself committed; only its telling is lost
+        return []
+    for dep in dependents:
+        parent, how = parent_of(dep)
+        fields = dict(job_id=dep.id, queue=dep.queue, parent=parent, parent_state=how)
+        if log is not None:
+            log.warning("dependent_canceled", **fields)
+        else:
+            tell("dependent_canceled", "warning", **fields)
+    return dependents
+
+
+class RetryResult:
+    def __init__(self, job_id: str, job: Job | None, error: QueueError | None,
+                 not_revived: list[Job]) -> None:
+        self.job_id, self.job, self.error, self.not_revived = job_id, job, error, not_revived
+
+
+def retry_each(store: Store, ids: list[str], delay: float | None) -> list[RetryResult]:
+    """`queuectl retry`: each id on its own, told to the journal with who did it."""
+    from queuectl.audit import tell
+
+    results = []
+    by = operator()
+    for job_id in ids:
+        try:
+            before = store.get(job_id)
+            job = store.retry(job_id, delay)
+        except (NotFound, Conflict) as exc:
+            results.append(RetryResult(job_id, None, exc, []))
+            continue
+        tell("job_retried", job_id=job.id, queue=job.queue, by=by,
+             previous_state=before.state, next_attempt=job.attempt_number + 1)
+        not_revived = store.canceled_dependents(job_id)
+        results.append(RetryResult(job_id, job, None, not_revived))
     return results

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 # the private systemd's fixtures, used by name (hence F811 on the tests that take `host`)
-from test_systemd import WORKERS, Host, _start, app, host  # noqa: F401
+from test_systemd import APP_INSIDE, WORKERS, Host, _start, app, host  # noqa: F401
 
 from queuectl.log import MESSAGE_IDS
 
@@ -114,3 +114,32 @@ def test_a_worker_that_cannot_use_its_database_logs_the_catalogued_entry(
     assert "directory /nonexistent does not exist" in found[0]["ERROR"]
     assert found[0]["DB"] == "/nonexistent/q.db"
     host.systemctl("stop", unit, check=False)
+
+
+def test_a_chain_s_cancellations_and_an_operator_s_retry_are_in_the_journal(
+        host: Host) -> None:  # noqa: F811
+    """The worker tells of each job a dead parent canceled; `retry`, typed by root inside
+    the namespace, leaves `job_retried` with who did it."""
+    q = host.queue
+    _start(host, 1)
+    q.run("pause")  # A must not end before B waits for it
+    q.enqueue({"id": "A", "command": "exit 1", "max_retries": 0})
+    q.run("enqueue", "--id", "B", "--after", "A", "--cmd", "true")
+    q.run("resume")
+    q.wait_state("B", "canceled", timeout=60)
+    told = host.sd.wait_for(lambda: host.events("dependent_canceled", JOB_ID="B"), 10,
+                            "the worker's dependent_canceled entry for B")
+    assert (told[0]["PARENT"], told[0]["PARENT_STATE"]) == ("A", "dead")
+    assert "Canceled B, which never ran: its parent A ended dead" == told[0]["MESSAGE"]
+    typed = host.sd.run(f"{APP_INSIDE}/bin/queuectl", "--db", "/var/lib/queuectl/queue.db",
+                        "retry", "A", check=True)
+    assert typed.stdout == "A\n" and "stay canceled: B" in typed.stderr
+
+    def retried() -> list[dict]:
+        out = host.sd.journalctl("EVENT=job_retried", "-o", "json").stdout
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    [entry] = host.sd.wait_for(retried, 10, "the job_retried entry")
+    assert (entry["JOB_ID"], entry["PREVIOUS_STATE"], entry["NEXT_ATTEMPT"]) == ("A", "dead", "2")
+    assert entry["BY"].startswith("root@")
+    assert entry["SYSLOG_IDENTIFIER"] == "queuectl"
