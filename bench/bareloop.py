@@ -28,7 +28,7 @@ LEASE = 30.0
 CLAIM = """UPDATE jobs SET state = 'processing', attempts = attempts + 1, worker = ?,
         lease_expires_at = ?, started_at = ?, finished_at = NULL, updated_at = ?
     WHERE rowid = (SELECT rowid FROM jobs INDEXED BY jobs_due
-                   WHERE state IN ('pending', 'failed') AND run_at <= ?
+                   WHERE state IN ('pending', 'failed') AND waiting_on = 0 AND run_at <= ?
                    AND NOT EXISTS (SELECT 1 FROM flags WHERE name = 'paused')
                    AND NOT EXISTS (SELECT 1 FROM queues
                                    WHERE concurrency > 0 OR paused_since IS NOT NULL)

@@ -44,6 +44,7 @@ class Sizes:
     scale_rows: int = 1_000_000
     scale_drain_jobs: int = 5_000
     claim_samples: int = 2_000
+    blocked_rows: int = 100_000  # jobs waiting for a parent, for the claim's cost of them
     memory_jobs: int = 10_000
     memory_runs: int = 1
     pg_batch_jobs: int = 50_000  # the issue asks for at least 20,000
@@ -59,13 +60,15 @@ class Sizes:
     def quick(cls) -> "Sizes":
         return cls(runs=2, drain_jobs=1_000, pickup_jobs=40, idle_cpu_seconds=3.0, cold_calls=8,
                    batch_jobs=10_000, scale_rows=100_000, scale_drain_jobs=1_000,
-                   claim_samples=500, memory_jobs=2_000, pg_batch_jobs=20_000)
+                   claim_samples=500, memory_jobs=2_000, pg_batch_jobs=20_000,
+                   blocked_rows=100_000)
 
     @classmethod
     def smoke(cls) -> "Sizes":
         return cls(runs=1, drain_jobs=20, worker_counts=(1, 2), pickup_jobs=4,
                    pickup_gap=(0.01, 0.03), idle_cpu_seconds=0.5, cold_calls=2, batch_jobs=200,
                    burst_calls=10, scale_rows=2_000, scale_drain_jobs=20, claim_samples=20, memory_jobs=20,
+                   blocked_rows=200,
                    pg_batch_jobs=200, peers=False, settle_seconds=0.2)
 
 

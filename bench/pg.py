@@ -13,10 +13,12 @@ backend created; bench/fill.py), because a million enqueues and drains would tak
 import random
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
+from bench.blocked import blocked_part
 from bench.common import Sizes, log, paired, percentile, run, summary
 from bench.enqueue import alternating, import_profile
 from bench.fill import PgFill, claim_latencies, fill_finished
@@ -284,6 +286,21 @@ def claim_part(cluster: PgCluster, sizes: Sizes, workdir: Path) -> dict[str, Any
     }
 
 
+def fresh_pg(cluster: PgCluster) -> Callable[[str, int], AbstractContextManager[Queue]]:
+    """A fresh database per kind and run, dropped after (for bench.blocked)."""
+    @contextmanager
+    def queue_for(kind: str, r: int) -> Iterator[Queue]:
+        db = cluster.database(f"blocked_{kind}_{r}")
+        try:
+            queue = StoreQueue(cluster.locator(db), env=pg_env())
+            queue.create()
+            yield queue
+        finally:
+            cluster.drop(db)
+
+    return queue_for
+
+
 # -- the section -----------------------------------------------------------------------------
 def pg_section(sizes: Sizes, workdir: Path, rng: random.Random,
                peers: dict[str, PgPeerDrain | str]) -> dict[str, Any]:
@@ -311,6 +328,7 @@ def pg_section(sizes: Sizes, workdir: Path, rng: random.Random,
         ("cold_enqueue", lambda: cold_part(cluster, sizes, workdir)),
         ("batch_enqueue", lambda: batch_part(cluster, sizes, workdir)),
         ("scale", lambda: claim_part(cluster, sizes, workdir)),
+        ("blocked", lambda: blocked_part(sizes, workdir, fresh_pg(cluster), "pg")),
     ]
     for name, fn in parts:
         try:

@@ -193,6 +193,8 @@ def evaluate(res: dict[str, Any]) -> list[dict[str, Any]]:
         f"{fmt(_get(s, 'claim_full', 'p50_ms'))} vs {fmt(_get(s, 'claim_empty', 'p50_ms'))} ms:"
         f" {timess(s.get('claim_p50_full_vs_empty'))}", "<= 1.1×",
         _check(cl, cl is not None and cl <= 1.1))
+    for name, v, shown, goal, ok in blocked_rows(s.get("blocked") or {}, ""):
+        add(name, v, shown, goal, _check(v, ok))
     m = res.get("memory") or {}
     idle = _med(p, "idle_rss_mb") or _med(m, "idle_rss_mb")
     add("Idle worker RSS", idle, f"{fmt(p.get('idle_rss_mb') or m.get('idle_rss_mb'))} MiB",
@@ -286,7 +288,23 @@ def pg_targets(res: dict[str, Any]) -> list[dict[str, Any]]:
         f"{fmt(_get(s, 'claim_full', 'p50_ms'))} vs {fmt(_get(s, 'claim_empty', 'p50_ms'))} ms:"
         f" {timess(s.get('claim_p50_full_vs_empty'))}", "<= 1.1×",
         sv is not None and sv <= 1.1)
+    for name, v, shown, goal, ok in blocked_rows(pg.get("blocked") or {}, "PostgreSQL: "):
+        add(name, "blocked", v, shown, goal, ok)
     return rows
+
+
+def blocked_rows(b: dict[str, Any], prefix: str) -> list[tuple[str, Any, str, str, bool]]:
+    """Jobs waiting for a parent must not slow the claim or `status` (within 10%): one
+    (target, value, shown, goal, ok) each."""
+    rows_txt = f"{b['blocked_rows']:,}" if b else "100,000"
+    out = []
+    for what, key, than in (("claim", "claim_p50_blocked_vs_none", "none"),
+                            ("status (counts)", "counts_p50_blocked_vs_delayed",
+                             "as many delayed jobs")):
+        v = _med(b, key)
+        out.append((f"{prefix}{what} latency p50 with {rows_txt} blocked jobs vs {than}", v,
+                    timess(b.get(key)), "<= 1.1×", v is not None and v <= 1.1))
+    return out
 
 
 def fmt(s: Any) -> str:

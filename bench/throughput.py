@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.blocked import blocked_part, fresh_sqlite
 from bench.common import (
     BENCH_DIR,
     PROCS,
@@ -343,4 +344,5 @@ def scale_section(sizes: Sizes, workdir: Path) -> dict[str, Any]:
         "claim_p50_full_vs_empty": paired([percentile(c, 50) for c in claims["full"]],
                                           [percentile(c, 50) for c in claims["empty"]]),
         "ratio_method": "median of per-run ratios; empty and full measured back to back",
+        "blocked": blocked_part(sizes, workdir, fresh_sqlite(workdir), "sqlite"),
     }
