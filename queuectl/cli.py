@@ -9,7 +9,7 @@ import click
 from queuectl import __version__, locator
 from queuectl import settings as cfg
 from queuectl.clock import iso_ms
-from queuectl.errors import EXIT_FAILED, NotFound, ValidationError
+from queuectl.errors import EXIT_FAILED, NotFound, QueueError, ValidationError
 from queuectl.job import CANCELLABLE, DEAD, TERMINAL, Job, check_state, check_unique
 from queuectl.redaction import redact
 from queuectl.store import Store
@@ -235,7 +235,6 @@ def info(ctx: click.Context) -> None:
 def metrics(ctx: click.Context, textfile: str | None) -> None:
     """The queue in the Prometheus text format: jobs per queue and state, oldest waiting
     job, active workers per host, pauses, and counters that survive purge and retention."""
-    from queuectl.errors import QueueError
     from queuectl.metrics import render, write_textfile
 
     text = render(_store(ctx).metrics())
@@ -246,6 +245,79 @@ def metrics(ctx: click.Context, textfile: str | None) -> None:
         write_textfile(textfile, text)
     except OSError as exc:
         raise QueueError(f"cannot write {textfile}: {exc.strerror or exc}") from None
+
+
+# -- monitoring ------------------------------------------------------------------------------
+class _PluginUsage(QueueError):
+    """Bad arguments to `check`: UNKNOWN (3), not the CLI's usual 2, which a monitoring
+    system would read as CRITICAL."""
+
+    exit_code = 3
+
+
+def _plugin_usage(message: str, path: str) -> _PluginUsage:
+    """Print the plugin's UNKNOWN line (what Nagios shows) and make the error whose line
+    goes to stderr as every other command's does."""
+    from queuectl.check import unknown
+
+    click.echo(unknown(f"bad arguments: {message}"))
+    return _PluginUsage(f"{message} (see '{path} --help')")
+
+
+class _PluginCommand(click.Command):
+    """A command whose usage errors exit 3 with a status line on stdout as well."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            raise _plugin_usage(exc.format_message(), ctx.command_path) from None
+        except ValidationError as exc:
+            raise _plugin_usage(str(exc), ctx.command_path) from None
+
+
+@cli.command(cls=_PluginCommand)
+@click.option("--dead-warn", type=click.IntRange(min=1), metavar="N",
+              help="WARNING when N or more jobs are dead.")
+@click.option("--dead-crit", type=click.IntRange(min=1), metavar="N",
+              help="CRITICAL when N or more jobs are dead.")
+@click.option("--waiting-warn", metavar="DURATION", callback=_duration,
+              help="WARNING when the oldest due job has waited longer (90s, 15m, 12h).")
+@click.option("--waiting-crit", metavar="DURATION", callback=_duration,
+              help="CRITICAL when the oldest due job has waited longer.")
+@click.option("--workers-min", type=click.IntRange(min=1), metavar="N",
+              help="CRITICAL when fewer than N workers are active (serving --queue).")
+@_queue_option("Jobs and workers")
+@db_option
+@click.pass_context
+def check(ctx: click.Context, dead_warn: int | None, dead_crit: int | None,
+          waiting_warn: float | None, waiting_crit: float | None, workers_min: int | None,
+          queue: str | None) -> int:
+    """One status line for Nagios, Icinga, Zabbix or a systemd timer, with perfdata. Exit
+    0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (database unreadable, bad arguments)."""
+    import os
+
+    from queuectl import check as plugin
+
+    limits = plugin.Thresholds(dead_warn=dead_warn, dead_crit=dead_crit,
+                               waiting_warn=waiting_warn, waiting_crit=waiting_crit,
+                               workers_min=workers_min)
+    contradiction = plugin.problems_with(limits)
+    if contradiction is not None:
+        raise _plugin_usage(contradiction, ctx.command_path)
+    where = _locator(ctx)
+    try:
+        # A file that is not there is a wrong path or a lost database: say so rather than
+        # create an empty queue and report it healthy.
+        if not locator.is_url(where) and not os.path.exists(where):
+            raise QueueError(f"no database at {where}")
+        reading = plugin.read(_store(ctx), queue)
+    except QueueError as exc:
+        click.echo(plugin.unknown(str(exc)))
+        return plugin.UNKNOWN
+    code, line = plugin.evaluate(reading, limits, queue)
+    click.echo(line)
+    return code
 
 
 # -- dead letter queue -----------------------------------------------------------------------
