@@ -234,10 +234,13 @@ def info(ctx: click.Context) -> None:
 @click.pass_context
 def metrics(ctx: click.Context, textfile: str | None) -> None:
     """The queue in the Prometheus text format: jobs per queue and state, oldest waiting
-    job, active workers per host, pauses, and counters that survive purge and retention."""
+    job, active workers per host and per queue, each registered worker's start time,
+    pauses, and counters that survive purge and retention."""
     from queuectl.metrics import render, write_textfile
 
-    text = render(_store(ctx).metrics())
+    store = _store(ctx)
+    with store.reading():  # the registry from the same snapshot as the rest
+        text = render(store.metrics(), store.workers())
     if textfile is None:
         click.echo(text, nl=False)
         return

@@ -13,7 +13,7 @@ import os
 
 from queuectl import policy
 from queuectl.job import PROCESSING, STATES
-from queuectl.store import Metrics
+from queuectl.store import Metrics, WorkerInfo
 
 DEFAULT_TEXTFILE = "/var/lib/prometheus/node-exporter/queuectl.prom"
 ENQUEUED = "enqueued"
@@ -52,10 +52,12 @@ class _Out:
         self.lines.append(f"{name}{_labels(**labels)} {_number(value)}")
 
 
-def render(m: Metrics) -> str:
+def render(m: Metrics, registry: list[WorkerInfo] | None = None) -> str:
     """The exposition text for one snapshot. Every queue the database knows (jobs,
     settings, counters) gets every state and outcome, zeros included, so a series never
-    vanishes and reappears while the queue exists."""
+    vanishes and reappears while the queue exists. `registry` (`Store.workers()`) gives
+    each registered worker's start time: a worker restarting in a loop shows as that
+    series changing, which an alert can count."""
     out = _Out()
     names = sorted({q.name for q in m.queues} | {row[0] for row in m.counters})
     info = {q.name: q for q in m.queues}
@@ -88,6 +90,18 @@ def render(m: Metrics) -> str:
                "Workers whose last heartbeat is recent, per host.")
     for host in sorted(m.workers):
         out.sample("queuectl_workers_active", m.workers[host], host=host)
+    # Per queue, the workers that would claim its jobs: a lane can have none while other
+    # lanes (and hosts) have plenty, which the per-host count above cannot show.
+    out.family("queuectl_queue_workers_active", "gauge",
+               "Active workers that serve the queue (by name, or by serving every queue).")
+    for name in names:
+        out.sample("queuectl_queue_workers_active", info[name].workers if name in info else 0,
+                   queue=name)
+    out.family("queuectl_worker_start_time_seconds", "gauge",
+               "When each registered worker started (epoch seconds, the store's clock).")
+    for w in sorted(registry or [], key=lambda w: (w.name, w.host)):
+        out.sample("queuectl_worker_start_time_seconds", w.started_at, worker=w.name,
+                   host=w.host)
     out.family("queuectl_paused", "gauge", "1 while all claiming is paused (queuectl pause).")
     out.sample("queuectl_paused", m.paused)
     out.family("queuectl_queue_paused", "gauge", "1 while this queue is paused on its own.")

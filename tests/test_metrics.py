@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import signal
+import time
 from typing import Any
 
 import pytest
@@ -19,7 +20,8 @@ pytestmark = pytest.mark.slow  # workloads run by real workers, restarts
 
 TYPES = {
     "queuectl_jobs": "gauge", "queuectl_oldest_waiting_seconds": "gauge",
-    "queuectl_workers_active": "gauge", "queuectl_paused": "gauge",
+    "queuectl_workers_active": "gauge", "queuectl_queue_workers_active": "gauge",
+    "queuectl_worker_start_time_seconds": "gauge", "queuectl_paused": "gauge",
     "queuectl_queue_paused": "gauge", "queuectl_jobs_enqueued": "counter",
     "queuectl_attempts_started": "counter", "queuectl_attempts": "counter",
     "queuectl_attempt_duration_seconds": "histogram",
@@ -161,3 +163,43 @@ def test_counters_never_decrease_across_purge_retention_and_restarts(any_queue: 
              "retention to delete the finished jobs")
     assert_not_decreased(before_retention, counters(scrape(q)))
     assert counters(scrape(q)) == before_retention
+
+
+def start_times(samples: dict) -> dict[str, tuple[str, float]]:
+    """worker name -> (host, start time) of every queuectl_worker_start_time_seconds."""
+    return {dict(k[1])["worker"]: (dict(k[1])["host"], v) for k, v in samples.items()
+            if k[0] == "queuectl_worker_start_time_seconds"}
+
+
+def test_worker_start_times_and_workers_per_queue(any_queue: Queue) -> None:
+    """Each registered worker's start time, renewed when it restarts under its name (what
+    the restart-loop alert counts), and per queue the active workers that serve it."""
+    q = any_queue
+    q.enqueue({"command": "true", "delay": 3600})  # queue default exists, nothing to run
+    q.enqueue({"command": "true", "delay": 3600, "queue": "mail"})
+    before = time.time()
+    first = q.worker("--name", "w1", "--queue", "mail")
+    m = wait_for(lambda: (s := scrape(q)) and start_times(s) and
+                 value(s, "queuectl_queue_workers_active", queue="mail") == 1 and s, 30,
+                 "w1 to register and count as active")
+    [(name, (host, started))] = start_times(m).items()
+    assert name == "w1" and host
+    assert before - 5 <= started <= time.time() + 5  # the store's clock: this host's, or
+    # the test server's on this host
+    assert value(m, "queuectl_queue_workers_active", queue="default") == 0  # w1 serves mail
+
+    first.send_signal(signal.SIGTERM)
+    first.wait(timeout=30)
+    assert start_times(scrape(q)) == {}  # a stopped worker leaves the registry
+    again = q.worker("--name", "w1", "--queue", "mail")
+    everything = q.worker("--name", "w2")
+    m = wait_for(lambda: (s := scrape(q)) and len(start_times(s)) == 2 and
+                 value(s, "queuectl_queue_workers_active", queue="default") == 1 and s, 30,
+                 "w1 back and w2 active")
+    restarted = start_times(m)
+    assert restarted["w1"][1] > started
+    assert value(m, "queuectl_queue_workers_active", queue="mail") == 2  # w2 serves all
+    for proc in (again, everything):
+        proc.send_signal(signal.SIGTERM)
+    for proc in (again, everything):
+        proc.wait(timeout=30)
