@@ -35,8 +35,10 @@ if [ -n "$uninstall" ]; then
     "$destdir$prefix/share/bash-completion/completions/queuectl" \
     "$destdir$prefix/share/man/man1/queuectl.1" "$destdir$prefix/share/doc/queuectl/README.md" \
     "$destdir$unitdir/queuectl-metrics.service" "$destdir$unitdir/queuectl-metrics.timer" \
-    "$destdir$prefix/lib/systemd/catalog/queuectl.catalog"
-  rmdir "$destdir$prefix/share/doc/queuectl" 2>/dev/null || true
+    "$destdir$prefix/lib/systemd/catalog/queuectl.catalog" \
+    "$destdir$prefix/share/queuectl/prometheus/queuectl.rules.yml"
+  rmdir "$destdir$prefix/share/doc/queuectl" "$destdir$prefix/share/queuectl/prometheus" \
+    "$destdir$prefix/share/queuectl" 2>/dev/null || true
   rm -rf "$destdir$sitedir/queuectl"
   echo "removed queuectl from ${destdir:-/}$prefix (kept: /var/lib/queuectl, user queuectl)"
   exit 0
@@ -71,6 +73,9 @@ install -m 644 "$repo/systemd/tmpfiles.d/queuectl.conf" "$destdir$prefix/lib/tmp
 # journalctl -x explains queuectl's key events (journalctl reads /usr/lib and /usr/local/lib).
 install -D -m 644 "$repo/systemd/queuectl.catalog" \
   "$destdir$prefix/lib/systemd/catalog/queuectl.catalog"
+# Alert rules for Prometheus' rule_files: (README "Alert rules").
+install -D -m 644 "$repo/prometheus/queuectl.rules.yml" \
+  "$destdir$prefix/share/queuectl/prometheus/queuectl.rules.yml"
 
 extras=$(mktemp -d)
 trap 'rm -rf "$extras"' EXIT

@@ -402,6 +402,9 @@ def test_make_install_installs_the_same_files_as_the_package(deb: Path, tmp_path
     assert "Documentation=man:queuectl(1) file:/usr/share/doc/queuectl/README.md\n" in unit
     assert (dest / "usr/share/doc/queuectl/README.md").read_text() == \
         (REPO / "README.md").read_text()
+    # the alert rules where README "Alert rules" says (the package: the set compared above)
+    assert (dest / "usr/share/queuectl/prometheus/queuectl.rules.yml").read_text() == \
+        (REPO / "prometheus/queuectl.rules.yml").read_text()
     site = dest / "usr/lib/python3/dist-packages"
     version = subprocess.run([str(dest / "usr/bin/queuectl"), "--version"], capture_output=True,
                              text=True, env={**CLEAN_ENV, "PYTHONPATH": str(site)})
@@ -428,6 +431,7 @@ def test_install_creates_user_state_directory_and_enables_no_worker(admin: Admin
     docs = shlex.split(admin.prop("queuectl-worker@1.service", "Documentation"))
     assert docs == ["man:queuectl(1)", "file:/usr/share/doc/queuectl/README.md"]
     assert admin.exists("/usr/share/doc/queuectl/README.md")
+    assert admin.exists("/usr/share/queuectl/prometheus/queuectl.rules.yml")
     # the admin chooses N: no instance enabled or running; the (empty) target is enabled
     assert admin.sh(f"systemctl list-units --all --plain --no-legend '{WORKERS}'").stdout == ""
     assert not admin.exists("/etc/systemd/system/queuectl-workers.target.wants")
