@@ -77,6 +77,7 @@ def test_dead_jobs_at_the_warning_and_the_critical_threshold(queue: Queue) -> No
     assert code == OK, text
 
 
+@pytest.mark.slow  # a worker's start
 def test_fewer_active_workers_than_the_minimum_is_critical(queue: Queue) -> None:
     q = queue
     q.run("enqueue", "--cmd", "true", "--id", "j")
@@ -93,6 +94,7 @@ def test_fewer_active_workers_than_the_minimum_is_critical(queue: Queue) -> None
     worker.wait(timeout=30)
 
 
+@pytest.mark.slow  # a wait crossing a threshold, and many checks
 def test_oldest_waiting_job_against_the_waiting_thresholds(queue: Queue) -> None:
     q = queue
     q.run("enqueue", "--cmd", "true", "--delay", "3600")  # not due: it is not waiting
@@ -162,7 +164,7 @@ def test_a_database_that_cannot_be_read_is_unknown(kind: str, tmp_path: Path) ->
     ["--dead-warn", "many"], ["--dead-crit", "0"], ["--waiting-warn", "soon"],
     ["--dead-warn", "5", "--dead-crit", "2"], ["--waiting-warn", "1h", "--waiting-crit", "1m"],
     ["--queue", "no spaces"], ["--no-such-option"], ["stray-argument"],
-])
+], ids=" ".join)
 def test_bad_arguments_are_unknown_in_one_line(queue: Queue, args: list[str]) -> None:
     """Exit 3, not the CLI's usual 2 (which Nagios would show as CRITICAL): the status line
     on stdout for the monitoring system, the usual error line on stderr for a person."""
