@@ -318,6 +318,11 @@ def check(ctx: click.Context, dead_warn: int | None, dead_crit: int | None,
     except QueueError as exc:
         click.echo(plugin.unknown(str(exc)))
         return plugin.UNKNOWN
+    except Exception as exc:  # a bug is UNKNOWN too: exit 1 would read as WARNING
+        if os.environ.get("QUEUECTL_DEBUG"):
+            raise
+        click.echo(plugin.unknown(f"internal error: {type(exc).__name__}: {exc}"))
+        return plugin.UNKNOWN
     code, line = plugin.evaluate(reading, limits, queue)
     click.echo(line)
     return code
