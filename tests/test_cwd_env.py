@@ -64,19 +64,20 @@ def test_json_cwd_and_env_reach_the_command(any_queue: Queue, tmp_path: Path) ->
 def test_cwd_dot_and_relative_paths_resolve_against_the_callers_directory(
         queue: Queue, tmp_path: Path) -> None:
     caller, sub = _dirs(tmp_path, "caller", "caller/sub")
-    for args, expected in ((("--cwd", "."), caller), (("--cwd", "sub"), sub),
-                           (("--cwd", "./sub/../sub/"), sub), (("--cwd=.",), caller),
-                           (("--cwd", str(sub)), sub)):
-        job = queue.run("enqueue", *args, "--cmd", "pwd", cwd=caller).stdout.strip()
-        assert queue.job(job)["cwd"] == str(expected), args
+    cases = ((("--cwd", "."), caller), (("--cwd", "sub"), sub),
+             (("--cwd", "./sub/../sub/"), sub), (("--cwd=.",), caller), (("--cwd", str(sub)), sub))
+    for n, (args, _) in enumerate(cases):
+        queue.run("enqueue", "--id", f"case{n}", *args, "--cmd", "pwd", cwd=caller)
+    stored = {r["id"]: r["cwd"] for r in queue.json("list")}
+    assert [stored[f"case{n}"] for n in range(len(cases))] == [str(d) for _, d in cases]
     # with --file: every line, and a line's own "cwd" must agree
     jobs = caller / "jobs.jsonl"
     jobs.write_text(json.dumps({"command": "true"}) + "\n"
                     + json.dumps({"command": "true", "cwd": str(caller)}) + "\n")
     ids = queue.run("enqueue", "--file", "jobs.jsonl", "--cwd", ".", "--env", "A=1",
                     cwd=caller).stdout.split()
-    assert [(queue.job(i)["cwd"], queue.job(i)["env"]) for i in ids] == [
-        (str(caller), {"A": "1"})] * 2
+    listed = {r["id"]: (r["cwd"], r["env"]) for r in queue.json("list")}
+    assert [listed[i] for i in ids] == [(str(caller), {"A": "1"})] * 2
 
 
 def test_nothing_is_taken_from_the_callers_environment(queue: Queue, tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ runs the job without another query."""
 
 from __future__ import annotations
 
-from contract_helpers import add, claim, failed, no_backoff, ok, short_leases, wait_reclaimed
+from contract_helpers import add, claim, failed, no_backoff, ok
 
 from queuectl.job import JobSpec
 
@@ -51,10 +51,11 @@ def test_a_failed_attempt_keeps_them_for_the_retry(store) -> None:
 
 
 def test_a_reclaimed_job_keeps_them(store) -> None:
-    short_leases(store)
+    """A worker restarted under its old name takes its orphans back (reclaim_worker), as
+    reclaim_expired does at lease expiry: both return the jobs from the same columns."""
     add(store, "sleep 60", cwd="/srv", env={"K": "v"})
-    claim(store)
-    [lost] = wait_reclaimed(store)
+    claim(store, "w1")
+    [lost] = store.reclaim_worker("w1")
     assert (lost.cwd, lost.env) == ("/srv", {"K": "v"})
 
 
