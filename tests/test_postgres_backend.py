@@ -566,7 +566,7 @@ def test_a_submit_waits_for_a_holder_not_yet_committed_and_answers_it(
                                                                unique="k")])))
         thread.start()
         # (the server keeps the first 1024 bytes of a query: its column list, not its end)
-        wait_for(lambda: _waiting_on_a_lock(pg_server, "unique_key, waiting_on)"), 30,
+        wait_for(lambda: _waiting_on_a_lock(pg_server, "unique_key, waiting_on"), 30,
                  "the submit to wait on the holder")
         (other.commit if holder_commits else other.rollback)()
         thread.join(30)
