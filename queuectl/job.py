@@ -214,6 +214,15 @@ def check_queue(value: Any, what: str = '"queue"') -> str:
     return value
 
 
+def _is_utf8(value: str) -> bool:
+    """False for text holding lone surrogates (undecodable bytes of argv or a file)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _check_utf8(value: str, name: str) -> None:
     try:
         value.encode("utf-8")
@@ -330,7 +339,8 @@ def check_cwd(value: Any, key: str = '"cwd"') -> str:
         raise ValidationError(f"{key} must be a non-empty string (an absolute directory)")
     if "\0" in value:
         raise ValidationError(f"{key} must not contain NUL bytes")
-    _check_utf8(value, key.strip('"'))
+    if not _is_utf8(value):
+        raise ValidationError(f"{key} is not valid UTF-8")
     if not value.startswith("/"):
         raise ValidationError(f"{key} must be an absolute directory (starting with /), got "
                               f"{value!r}")
@@ -364,7 +374,8 @@ def check_env(value: Any, key: str = '"env"') -> dict[str, str] | None:
             raise ValidationError(f"{key}: the value of {name} must be a string")
         if "\0" in text:
             raise ValidationError(f"{key}: the value of {name} must not contain NUL bytes")
-        _check_utf8(text, f"env {name}")
+        if not _is_utf8(text):
+            raise ValidationError(f"{key}: the value of {name} is not valid UTF-8")
         size += len(name) + len(text.encode("utf-8"))
         if size > MAX_ENV_BYTES:
             raise ValidationError(f"{key} is over {MAX_ENV_BYTES} bytes (names and values "
