@@ -148,16 +148,23 @@ def _cmd_options(func: F) -> F:
 @click.option("--after", metavar="ID[,ID...]",
               help="Run only once every one of these jobs has completed; if one ends dead or "
               "canceled, this job is canceled.")
+@click.option("--cwd", metavar="DIR",
+              help="Run every job in this directory (relative: from the current one, e.g. "
+              "'.'; stored absolute).")
+@click.option("--env", "env", metavar="KEY=VALUE", multiple=True,
+              help="Set this variable for every job (repeatable); nothing else is taken from "
+              "the caller's environment.")
 @click.option("--if-absent", is_flag=True, help="An existing id is not an error: print it, exit 0.")
 @db_option
 @click.pass_context
 def enqueue(ctx: click.Context, /, job_json: str | None, file_: str | None, command: str | None,
-            queue: str | None, unique: str | None, after: str | None, if_absent: bool,
-            **cmd_options: Any) -> None:
+            queue: str | None, unique: str | None, after: str | None, cwd: str | None,
+            env: tuple[str, ...], if_absent: bool, **cmd_options: Any) -> None:
     """Add jobs: a JSON object, --file of JSON Lines, or --cmd 'shell command'."""
     from queuectl.submit import collect_specs, print_ids, submit
 
-    specs = collect_specs(job_json, file_, command, cmd_options, queue, unique, after)
+    specs = collect_specs(job_json, file_, command, cmd_options, queue, unique, after, cwd,
+                          env)
     print_ids(submit(ctx.ensure_object(dict).get("db"), specs, if_absent))
 
 

@@ -25,6 +25,13 @@ MAX_COMMAND_BYTES = 131_071
 MAX_ID_CHARS = 200
 MAX_TIMEOUT = 31_536_000  # one year
 MAX_PARENTS = 100  # `after`: a job waits for at most this many others
+MAX_CWD_BYTES = 4095  # PATH_MAX less its NUL: chdir() refuses anything longer
+MAX_ENV_BYTES = 65_536  # `env`: names and values together, in UTF-8
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Names queuectl sets (or removes) itself in a job's environment: a job's `env` may not
+# carry them, so a job can neither pose as its worker nor as another job or attempt.
+RESERVED_ENV = ("NOTIFY_SOCKET",)
+RESERVED_ENV_PREFIXES = ("QUEUECTL_", "WATCHDOG_", "LISTEN_")
 
 # Named queues: the characters fit a systemd instance name (`queuectl-worker@mail:1`), a
 # shell word and a journal field without quoting.
@@ -39,7 +46,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 USER_KEYS = ("command", "id", "max_retries", "timeout", "priority", "run_at", "delay", "queue",
-             "memory_max", "cpu_max", "tasks_max", "unique", "after")
+             "memory_max", "cpu_max", "tasks_max", "unique", "after", "cwd", "env")
 MANAGED_KEYS = (
     "state", "attempts", "created_at", "updated_at", "worker", "started_at", "finished_at",
     "exit_code", "last_error", "lease_expires_at",
@@ -65,6 +72,12 @@ class JobSpec(Record):
     # Parents: ids of jobs that must all be `completed` before this one may be claimed
     # (distinct, in the order given, at most MAX_PARENTS, never the job's own id).
     after: list[str] | None = None
+    cwd: str | None = None  # absolute directory the command runs in; None: the worker's
+    env: dict[str, str] | None = None  # laid over the worker's environment; None: nothing
+
+    def env_json(self) -> str | None:
+        """`env` as the backends store it: a JSON object, keys in the order given."""
+        return encode_env(self.env)
 
     def limits_with(self, defaults: Any) -> tuple[int, float, int]:
         """(memory_max, cpu_max, tasks_max) to store: this job's own, else the queue-wide
@@ -80,7 +93,7 @@ ROW_COLUMNS = (
     "id", "command", "state", "attempts", "max_retries", "created_at", "updated_at", "priority",
     "timeout", "run_at", "worker", "started_at", "finished_at", "exit_code", "last_error",
     "lease_expires_at", "cancel_requested", "queue", "memory_max", "cpu_max", "tasks_max",
-    "unique_key", "waiting_on", "attempt_base",
+    "unique_key", "waiting_on", "attempt_base", "cwd", "env",
 )
 
 
@@ -114,12 +127,15 @@ class Job(Record):
     # Attempts made before the latest `retry` (which sets attempts back to 0): the history
     # numbers an attempt attempt_base + attempts, so a rerun's attempts number on.
     attempt_base: int = 0
+    cwd: str | None = None  # the directory it runs in; None: the worker's
+    env: dict[str, str] | None = None  # laid over the worker's environment; None: nothing
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...] | list[Any]) -> Job:
         """The job of a row selected as ROW_COLUMNS (without its history)."""
         # The ignore: mypy cannot count the values of a row slice to match them to fields.
-        return cls(*row[:16], None, bool(row[16]), *row[17:24])  # type: ignore[call-arg]
+        return cls(*row[:16], None, bool(row[16]), *row[17:25],  # type: ignore[call-arg]
+                   decode_env(row[25]))
 
     @property
     def attempt_number(self) -> int:
@@ -146,6 +162,8 @@ class Job(Record):
             "last_error": self.last_error,
             "unique": self.unique,
             "waiting_on": self.waiting_on,
+            "cwd": self.cwd,
+            "env": self.env,
             **({"cancel_requested": True} if self.cancel_requested else {}),
             **{k: v for k in LIMIT_KEYS if (v := getattr(self, k))},
         }
@@ -194,6 +212,15 @@ def check_queue(value: Any, what: str = '"queue"') -> str:
         raise ValidationError(f"{what} must be 1-{MAX_QUEUE_CHARS} letters, digits, '-', '_' or"
                               f" '.', got {shown!r}")
     return value
+
+
+def _is_utf8(value: str) -> bool:
+    """False for text holding lone surrogates (undecodable bytes of argv or a file)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _check_utf8(value: str, name: str) -> None:
@@ -305,6 +332,69 @@ def check_tasks_max(value: Any) -> int:
     return value
 
 
+def check_cwd(value: Any, key: str = '"cwd"') -> str:
+    """The directory a job runs in: absolute, since it is resolved on whichever host runs
+    the job, never against the caller's directory (`--cwd` resolves before this)."""
+    if not isinstance(value, str) or not value:
+        raise ValidationError(f"{key} must be a non-empty string (an absolute directory)")
+    if "\0" in value:
+        raise ValidationError(f"{key} must not contain NUL bytes")
+    if not _is_utf8(value):
+        raise ValidationError(f"{key} is not valid UTF-8")
+    if not value.startswith("/"):
+        raise ValidationError(f"{key} must be an absolute directory (starting with /), got "
+                              f"{value!r}")
+    if len(value.encode("utf-8")) > MAX_CWD_BYTES:
+        raise ValidationError(f"{key} is longer than {MAX_CWD_BYTES} bytes")
+    return value
+
+
+def check_env_name(name: Any, key: str = '"env"') -> str:
+    """A variable name a shell can use, and not one queuectl sets itself."""
+    if not isinstance(name, str) or not _ENV_NAME.fullmatch(name):
+        shown = name if isinstance(name, str) else type(name).__name__
+        raise ValidationError(f"{key}: {shown!r} is not a variable name (letters, digits and"
+                              " '_', not starting with a digit)")
+    if name in RESERVED_ENV or name.startswith(RESERVED_ENV_PREFIXES):
+        raise ValidationError(f"{key}: {name} is set by queuectl itself and cannot be given"
+                              " (reserved: QUEUECTL_*, NOTIFY_SOCKET, WATCHDOG_*, LISTEN_*)")
+    return name
+
+
+def check_env(value: Any, key: str = '"env"') -> dict[str, str] | None:
+    """Variables for the job: names a shell can use, values without NUL (execve ends a
+    string there), at most MAX_ENV_BYTES in all. An empty object means none (None)."""
+    if not isinstance(value, dict):
+        raise ValidationError(f'{key} must be an object of names and string values, such as '
+                              '{"MODE": "nightly"}')
+    size = 0
+    for name, text in value.items():
+        check_env_name(name, key)
+        if not isinstance(text, str):
+            raise ValidationError(f"{key}: the value of {name} must be a string")
+        if "\0" in text:
+            raise ValidationError(f"{key}: the value of {name} must not contain NUL bytes")
+        if not _is_utf8(text):
+            raise ValidationError(f"{key}: the value of {name} is not valid UTF-8")
+        size += len(name) + len(text.encode("utf-8"))
+        if size > MAX_ENV_BYTES:
+            raise ValidationError(f"{key} is over {MAX_ENV_BYTES} bytes (names and values "
+                                  f"together) at {name}")
+    return dict(value) or None
+
+
+def encode_env(env: dict[str, str] | None) -> str | None:
+    """The stored form of `env`: compact JSON, order kept; None stays NULL."""
+    if not env:
+        return None
+    return json.dumps(env, ensure_ascii=False, separators=(",", ":"))
+
+
+def decode_env(text: str | None) -> dict[str, str] | None:
+    """`env` as stored (JSON text, or NULL)."""
+    return None if text is None else json.loads(text)
+
+
 def spec_from_object(obj: Any) -> JobSpec:
     """Validate one decoded JSON value; every rejection names the offending key."""
     if not isinstance(obj, dict):
@@ -345,6 +435,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "priority": check_priority, "run_at": check_run_at, "delay": check_delay,
     "queue": check_queue, "memory_max": check_memory_max, "cpu_max": check_cpu_max,
     "tasks_max": check_tasks_max, "unique": check_unique, "after": check_after,
+    "cwd": check_cwd, "env": check_env,
 }
 
 

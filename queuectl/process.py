@@ -8,7 +8,8 @@ import os
 import select
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 from queuectl.cgroup import AttemptCgroup, Delegation, Limits, Usage
 from queuectl.policy import OUTPUT_LIMIT
@@ -36,9 +37,14 @@ def inheritable_environment(base: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in base.items() if k not in PRIVATE_ENV}
 
 
-def job_environment(inherited: Mapping[str, str], job_id: str, attempt: int) -> dict[str, str]:
-    """One job's environment; `inherited` comes from inheritable_environment(), once."""
+def job_environment(inherited: Mapping[str, str], job_id: str, attempt: int,
+                    own: Mapping[str, str] | None = None) -> dict[str, str]:
+    """One job's environment; `inherited` comes from inheritable_environment(), once. The
+    job's own variables (its `env`) are laid over it, and queuectl's last, so that nothing
+    a job was given can hide which job and attempt a process belongs to."""
     env = dict(inherited)
+    if own:
+        env.update(own)
     env["QUEUECTL_JOB_ID"] = job_id
     env["QUEUECTL_ATTEMPT"] = str(attempt)
     return env
@@ -54,6 +60,36 @@ NO_CGROUP = ("this worker has no delegated cgroup to enforce it in (run it under
              " queuectl-worker@.service)")
 
 
+class _NoDirectory(Exception):
+    """The job's directory cannot be entered: `cannot enter directory DIR: REASON`."""
+
+
+@contextmanager
+def _working_directory(path: str | None) -> Iterator[None]:
+    """Be in `path` for the spawn, then back where the worker was. posix_spawn has no
+    chdir action here, so the worker (single-threaded, as for the umask) enters the
+    directory itself and the child inherits it: the check and the child's directory are
+    one and the same chdir, made with the job's own credentials, under the cgroup wrapper
+    too. Returning goes through a descriptor of the old directory (O_PATH: no read
+    permission needed), so it works even if that one was renamed or removed meanwhile."""
+    if path is None:
+        yield
+        return
+    back = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        try:
+            os.chdir(path)
+        except OSError as exc:
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise _NoDirectory(f"cannot enter directory {path}: {reason}") from None
+        try:
+            yield
+        finally:
+            os.fchdir(back)
+    finally:
+        os.close(back)
+
+
 def signal_name(num: int) -> str:
     try:
         return signal.Signals(num).name
@@ -65,9 +101,12 @@ class JobProcess:
     """One running command. `wait()` returns when it exits or the timeout elapses."""
 
     def __init__(self, command: str, env: dict[str, str], umask: int | None = None,
-                 cgroups: Delegation | None = None, limits: Limits | None = None) -> None:
+                 cgroups: Delegation | None = None, limits: Limits | None = None,
+                 cwd: str | None = None) -> None:
         """With cgroups (a delegated subtree) the attempt runs in a cgroup of its own;
-        limits that cannot be enforced fail the attempt before anything runs."""
+        limits that cannot be enforced fail the attempt before anything runs. With cwd the
+        command runs in that directory; one that cannot be entered fails the attempt
+        before anything runs (the command never runs elsewhere)."""
         self.started = time.monotonic()
         self.start_error: str | None = None
         self.returncode: int | None = None
@@ -93,7 +132,12 @@ class JobProcess:
                 self.start_error = f"cannot create the job's cgroup: {exc.strerror or exc}"
                 return
         try:
-            self._out = self._spawn(command, env, umask)
+            self._out = self._spawn(command, env, umask, cwd)
+        except _NoDirectory as exc:
+            self.start_error = str(exc)
+            if self.cgroup is not None:
+                self.cgroup.finish()
+            return
         except OSError as exc:
             self.start_error = f"cannot start /bin/sh: {exc.strerror or exc}"
             if self.cgroup is not None:
@@ -106,9 +150,11 @@ class JobProcess:
         self._poll.register(self._out, select.POLLIN)
         self._out_open = True
 
-    def _spawn(self, command: str, env: dict[str, str], umask: int | None) -> int:
+    def _spawn(self, command: str, env: dict[str, str], umask: int | None,
+               cwd: str | None = None) -> int:
         """posix_spawn rather than subprocess: the same work for a fraction of the CPU, which
-        matters when jobs are short. Returns the read end of the job's stdout+stderr pipe."""
+        matters when jobs are short. Returns the read end of the job's stdout+stderr pipe.
+        With cwd, _NoDirectory if it cannot be entered (nothing was started)."""
         out_r, out_w = os.pipe()  # both close-on-exec; the child gets dup2'ed copies
         actions = [
             (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
@@ -124,11 +170,12 @@ class JobProcess:
         # The worker is single-threaded, so its umask can stand in for the job's meanwhile.
         previous = None if umask is None else os.umask(umask)
         try:
-            self.pid = os.posix_spawn(
-                "/bin/sh", argv, env, file_actions=actions,
-                setsid=True,  # its own session and process group, away from our terminal
-                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),  # Python ignores these
-            )
+            with _working_directory(cwd):  # the child starts there, the worker returns
+                self.pid = os.posix_spawn(
+                    "/bin/sh", argv, env, file_actions=actions,
+                    setsid=True,  # its own session and process group, away from our terminal
+                    setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),  # Python ignores these
+                )
             if self.cgroup is not None:
                 os.close(go_r)
                 go_r = -1

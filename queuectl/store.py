@@ -225,7 +225,13 @@ class Store(ABC):
         that exists, stored before or earlier in the same call; NotFound names the first
         that does not, and Conflict the first that is `dead` or `canceled` (it would never
         run); either way nothing of the call is stored. A `completed` parent is satisfied
-        at once; `waiting_on` counts the others. Waiting workers are woken on commit."""
+        at once; `waiting_on` counts the others. Waiting workers are woken on commit.
+        Directory and environment: `cwd` (an absolute directory) and `env` (names to
+        values) are stored as given, already checked by `job.spec_from_object`; NULL when
+        absent (an empty `env` too), and `env` keeps its order. Every Job a store returns
+        carries them (`Job.cwd`, `Job.env`), the claim's included, so a worker needs no
+        other read to run the job. They are plain columns: whoever can read the queue can
+        read them, so they are no place for secrets."""
 
     def enqueue(self, specs: list[JobSpec], if_absent: bool = False) -> list[str]:
         """`submit`, answering only the ids."""

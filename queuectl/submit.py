@@ -14,6 +14,8 @@ from queuectl.errors import OutputError, ValidationError
 from queuectl.job import (
     JobSpec,
     check_after,
+    check_cwd,
+    check_env,
     check_not_own_parent,
     check_queue,
     check_unique,
@@ -116,13 +118,63 @@ def with_after(specs: list[JobSpec], after: str | None) -> list[JobSpec]:
     return specs
 
 
+def resolve_cwd(value: str) -> str:
+    """`--cwd DIR` as stored: absolute, a relative DIR (`.`) taken from the caller's own
+    directory now, since the worker that runs the job has another."""
+    if "\0" in value:
+        check_cwd(value, "--cwd")
+    try:
+        return check_cwd(os.path.abspath(value) if value else value, "--cwd")
+    except FileNotFoundError:  # the caller's directory was deleted under it
+        raise ValidationError(f"--cwd {value}: the current directory no longer exists") from None
+
+
+def parse_env_options(pairs: list[str] | tuple[str, ...]) -> dict[str, str] | None:
+    """`--env KEY=VALUE`, repeatable, into one object (checked as JSON's "env" is)."""
+    env: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise ValidationError(f"--env {pair}: expected KEY=VALUE")
+        if name in env:
+            raise ValidationError(f"--env {name} is given twice")
+        env[name] = value
+    return check_env(env, "--env") if env else None
+
+
+def with_cwd_env(specs: list[JobSpec], cwd: str | None,
+                 env: list[str] | tuple[str, ...] | None) -> list[JobSpec]:
+    """`--cwd DIR` and `--env KEY=VALUE` for every job of the call. A job whose JSON says
+    otherwise (another "cwd", another value for a variable) is refused rather than one of
+    the two silently ignored; its other variables are kept, the options' after them."""
+    if cwd is not None:
+        where = resolve_cwd(cwd)
+        for spec in specs:
+            if spec.cwd is not None and spec.cwd != where:
+                raise ValidationError(f'--cwd {where} but the job says "cwd": "{spec.cwd}"')
+            spec.cwd = where
+    extra = parse_env_options(env or ())
+    if extra:
+        for spec in specs:
+            merged = dict(spec.env or {})
+            for name, value in extra.items():
+                if merged.get(name, value) != value:
+                    raise ValidationError(f'--env {name}={value} but the job says "env": '
+                                          f'{{"{name}": "{merged[name]}"}}')
+                merged[name] = value
+            spec.env = check_env(merged)
+    return specs
+
+
 def collect_specs(job_json: str | None, file_: str | None, command: str | None,
                   cmd_options: dict[str, Any], queue: str | None = None,
-                  unique: str | None = None, after: str | None = None) -> list[JobSpec]:
-    """Exactly one source of jobs; --cmd's options only with --cmd; --queue and --after
-    with any; --unique with one job."""
+                  unique: str | None = None, after: str | None = None,
+                  cwd: str | None = None,
+                  env: list[str] | tuple[str, ...] | None = None) -> list[JobSpec]:
+    """Exactly one source of jobs; --cmd's options only with --cmd; --queue, --after,
+    --cwd and --env with any; --unique with one job."""
     specs = with_unique(_collect(job_json, file_, command, cmd_options, queue), unique)
-    return with_after(specs, after)
+    return with_cwd_env(with_after(specs, after), cwd, env)
 
 
 def _collect(job_json: str | None, file_: str | None, command: str | None,
@@ -181,7 +233,8 @@ def fast_enqueue(args: list[str]) -> int | None:
     rest = rest[1:]
     by_flag = {o.flag: o for o in CMD_OPTIONS}
     values: dict[str, Any] = {}
-    job_json = file_ = command = queue = unique = after = None
+    job_json = file_ = command = queue = unique = after = cwd = None
+    env: list[str] = []
     if_absent = False
     while rest:
         arg = rest.pop(0)
@@ -191,7 +244,8 @@ def fast_enqueue(args: list[str]) -> int | None:
         if arg.startswith("--") and "=" in arg:
             arg, value = arg.split("=", 1)
             rest.insert(0, value)
-        if arg in ("--file", "--cmd", "--db", "--queue", "--unique", "--after") or arg in by_flag:
+        if arg in ("--file", "--cmd", "--db", "--queue", "--unique", "--after", "--cwd",
+                   "--env") or arg in by_flag:
             if not rest:
                 return None
             value = rest.pop(0)
@@ -207,6 +261,10 @@ def fast_enqueue(args: list[str]) -> int | None:
                 unique = value
             elif arg == "--after":
                 after = value
+            elif arg == "--cwd":
+                cwd = value
+            elif arg == "--env":
+                env.append(value)
             else:
                 try:
                     values[by_flag[arg].key] = by_flag[arg].kind(value)
@@ -216,7 +274,7 @@ def fast_enqueue(args: list[str]) -> int | None:
             return None
         else:
             job_json = arg
-    specs = collect_specs(job_json, file_, command, values, queue, unique, after)
+    specs = collect_specs(job_json, file_, command, values, queue, unique, after, cwd, env)
     ids = submit(db, specs, if_absent)
     print_ids(ids)
     return 0

@@ -326,10 +326,10 @@ class Worker:
         if self._wakeup is not None:
             self._wakeup.disarm()  # busy: the watch would only cost every writer (JobWatch)
         self._keep_lease(job)  # heartbeats also between a stream of short jobs
-        proc = JobProcess(job.command, job_environment(self._env, job.id, attempt),
+        proc = JobProcess(job.command, job_environment(self._env, job.id, attempt, job.env),
                           self.opts.job_umask, self.cgroups,
                           Limits(job.memory_max or None, job.cpu_max or None,
-                                 job.tasks_max or None))
+                                 job.tasks_max or None), job.cwd)
         self._step("spawned")
         watch = JobWatch(self.store, job, proc, self._wakeup, self._db_failed, self._db_ok)
         interrupted = lost = canceled = False

@@ -83,9 +83,10 @@ class Queue:
         _ALL_QUEUES.append(self)
 
     def run(self, *args: str, input: str | None = None, check: bool = True,
-            timeout: float = 30) -> subprocess.CompletedProcess:
+            timeout: float = 30, cwd: Path | None = None) -> subprocess.CompletedProcess:
+        """`queuectl <args>`, from directory cwd (default: the test's own)."""
         result = subprocess.run([QUEUECTL, *args], env=self.env, input=input,
-                                capture_output=True, text=True, timeout=timeout)
+                                capture_output=True, text=True, timeout=timeout, cwd=cwd)
         if check and result.returncode != 0:
             raise AssertionError(
                 f"queuectl {' '.join(args)} exited {result.returncode}: {result.stderr}")
@@ -103,18 +104,20 @@ class Queue:
     def job(self, job_id: str) -> dict[str, Any]:
         return self.json("show", job_id)
 
-    def start(self, *args: str, log: Path | None = None,
-              env: dict[str, str] | None = None) -> subprocess.Popen:
+    def start(self, *args: str, log: Path | None = None, env: dict[str, str] | None = None,
+              cwd: Path | None = None) -> subprocess.Popen:
         """Start `queuectl <args>` (a worker, a supervisor) in the background."""
         out = open(log, "ab") if log else subprocess.DEVNULL
         proc = subprocess.Popen([QUEUECTL, "--log-format", "json", *args],
-                                env={**self.env, **(env or {})}, stdout=out, stderr=out)
+                                env={**self.env, **(env or {})}, stdout=out, stderr=out,
+                                cwd=cwd)
         self.procs.append(proc)
         return proc
 
-    def worker(self, *args: str, log: Path | None = None,
-               env: dict[str, str] | None = None) -> subprocess.Popen:
-        return self.start("worker", "run", "--poll-interval", "0.05", *args, log=log, env=env)
+    def worker(self, *args: str, log: Path | None = None, env: dict[str, str] | None = None,
+               cwd: Path | None = None) -> subprocess.Popen:
+        return self.start("worker", "run", "--poll-interval", "0.05", *args, log=log, env=env,
+                          cwd=cwd)
 
     def wait_state(self, job_id: str, state: str, timeout: float = 30) -> dict[str, Any]:
         return wait_for(lambda: (j := self.job(job_id))["state"] == state and j,

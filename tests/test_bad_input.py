@@ -311,6 +311,62 @@ ENQUEUE_FILE = [
         stdin=lines({"command": TOO_LONG_UTF8}).decode()),
 ]
 
+# Directory and environment: every refusal names the key; nothing of the call is stored.
+BIG_ENV = {"A": "x" * 40_000, "B": "y" * 25_535}  # 65,537 bytes with the names
+ENQUEUE_CWD_ENV = [
+    bad("cwd-relative", "enqueue", cmd(cwd="srv/app"), says=('"cwd"', "absolute", "srv/app")),
+    bad("cwd-empty", "enqueue", cmd(cwd=""), says='"cwd"'),
+    bad("cwd-nul-byte", "enqueue", cmd(cwd="/srv/a\u0000b"), says=('"cwd"', "NUL")),
+    bad("cwd-number", "enqueue", cmd(cwd=5), says='"cwd"'),
+    bad("cwd-too-long", "enqueue", cmd(cwd="/" + "d" * 4095), says=('"cwd"', "4095")),
+    bad("env-list", "enqueue", cmd(env=["MODE=nightly"]), says='"env"'),
+    bad("env-name-digit-first", "enqueue", cmd(env={"1MODE": "x"}), says=('"env"', "'1MODE'")),
+    bad("env-name-dash", "enqueue", cmd(env={"MY-VAR": "x"}), says=('"env"', "'MY-VAR'")),
+    bad("env-name-empty", "enqueue", cmd(env={"": "x"}), says='"env"'),
+    bad("env-value-nul-byte", "enqueue", cmd(env={"OK": "1", "MODE": "a\u0000b"}),
+        says=('"env"', "MODE", "NUL")),
+    bad("env-value-number", "enqueue", cmd(env={"MODE": 1}), says=('"env"', "MODE")),
+    bad("env-value-lone-surrogate", "enqueue",
+        '{"command": "x", "env": {"MODE": "\\ud800"}}', says=("MODE", "UTF-8")),
+    *(bad(f"env-reserved-{name}", "enqueue", cmd(env={"OK": "1", name: "1"}),
+          says=('"env"', name, "set by queuectl"))
+      for name in ("QUEUECTL_JOB_ID", "QUEUECTL_DB", "NOTIFY_SOCKET", "WATCHDOG_USEC",
+                   "LISTEN_FDS")),
+    bad("env-over-64-kib", "enqueue", "--file", "-", says=('"env"', "65536", "at B"),
+        stdin=lines({"command": "x", "env": BIG_ENV}).decode()),
+    bad("env-key-given-twice", "enqueue", '{"command": "x", "env": {"A": "1", "A": "2"}}',
+        says=('"A"', "twice")),
+    bad("flag-env-without-equals", "enqueue", "--cmd", "x", "--env", "MODE",
+        says=("--env MODE", "KEY=VALUE")),
+    bad("flag-env-bad-name", "enqueue", "--cmd", "x", "--env", "MY-VAR=1",
+        says=("--env", "'MY-VAR'")),
+    bad("flag-env-reserved", "enqueue", "--cmd", "x", "--env", "QUEUECTL_ATTEMPT=9",
+        says=("--env", "QUEUECTL_ATTEMPT", "set by queuectl")),
+    bad("flag-env-reserved-equals-form", "enqueue", "--cmd", "x", "--env=NOTIFY_SOCKET=/x",
+        says=("--env", "NOTIFY_SOCKET")),
+    bad("flag-env-given-twice", "enqueue", "--cmd", "x", "--env", "A=1", "--env", "A=2",
+        says=("--env A", "twice")),
+    bad("flag-env-over-64-kib", "enqueue", "--cmd", "x", "--env", "A=" + "x" * 40_000,
+        "--env", "B=" + "y" * 25_535, says=("--env", "65536", "at B")),
+    bad("flag-env-against-json", "enqueue", cmd(env={"MODE": "a"}), "--env", "MODE=b",
+        says=("--env MODE=b", '"MODE": "a"')),
+    bad("flag-env-without-value-after", "enqueue", "--cmd", "x", "--env",
+        says=("'--env' requires an argument",)),
+    bad("flag-cwd-empty", "enqueue", "--cmd", "x", "--cwd", "", says="--cwd"),
+    bad("flag-cwd-against-json", "enqueue", cmd(cwd="/srv/a"), "--cwd", "/srv/b",
+        says=("--cwd /srv/b", '"cwd": "/srv/a"')),
+    bad("file-env-reserved-line-2", "enqueue", "--file", "{tmp}/jobs.jsonl",
+        says=("line 2", "QUEUECTL_JOB_ID"),
+        files={"jobs.jsonl": lines(GOOD_1, {"command": "x", "env": {"QUEUECTL_JOB_ID": "a"}},
+                                   GOOD_2)}),
+    bad("file-cwd-relative-line-3", "enqueue", "--file", "{tmp}/jobs.jsonl",
+        says=("line 3", '"cwd"'),
+        files={"jobs.jsonl": lines(GOOD_1, GOOD_2, {"command": "x", "cwd": "rel"})}),
+    bad("file-with-flag-env-reserved", "enqueue", "--file", "{tmp}/jobs.jsonl",
+        "--env", "LISTEN_FDS=3", says=("--env", "LISTEN_FDS"),
+        files={"jobs.jsonl": lines(GOOD_1, GOOD_2)}),
+]
+
 OTHER_COMMANDS = [
     bad("list-state-bogus", "list", "--state", "bogus", says=("'bogus'", *STATES)),
     bad("list-state-empty", "list", "--state", "", says=STATES),
@@ -352,7 +408,8 @@ OTHER_COMMANDS = [
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
-@pytest.mark.parametrize("case", [*ENQUEUE_JSON, *ENQUEUE_FLAGS, *ENQUEUE_FILE, *OTHER_COMMANDS])
+@pytest.mark.parametrize("case", [*ENQUEUE_JSON, *ENQUEUE_FLAGS, *ENQUEUE_FILE, *ENQUEUE_CWD_ENV,
+                                  *OTHER_COMMANDS])
 def test_bad_input_is_refused_and_changes_nothing(
     case: Bad, backend: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:

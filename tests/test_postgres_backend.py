@@ -566,7 +566,7 @@ def test_a_submit_waits_for_a_holder_not_yet_committed_and_answers_it(
                                                                unique="k")])))
         thread.start()
         # (the server keeps the first 1024 bytes of a query: its column list, not its end)
-        wait_for(lambda: _waiting_on_a_lock(pg_server, "unique_key, waiting_on)"), 30,
+        wait_for(lambda: _waiting_on_a_lock(pg_server, "unique_key, waiting_on"), 30,
                  "the submit to wait on the holder")
         (other.commit if holder_commits else other.rollback)()
         thread.join(30)
@@ -696,6 +696,62 @@ def test_a_version_6_queue_migrates_to_7_keeping_every_job_unblocked(pg_server: 
         assert _blocked_by_queue(pg_server, db) == ({"default": 1}, {"default": 1})
         again = store.retry("completed")
         assert (again.state, again.attempts, again.attempt_base) == ("pending", 0, 2)
+    finally:
+        store.close()
+
+
+def test_a_version_7_queue_migrates_to_8_keeping_every_job_without_cwd_or_env(
+        pg_server: Any) -> None:
+    """A schema 7 queue with a job in every state (a key, a parent, a history), opened by
+    four processes at once: every job keeps every column and has neither a directory nor an
+    environment (NULL: it runs where its worker is), old jobs are still claimed, and new jobs
+    carry both beside them, through the claim too."""
+    from queuectl.backends.postgres_schema import MIGRATIONS, SCHEMA_VERSION, VERSION_TABLE
+
+    db = pg_server.fresh_locator()
+    s = f'"{_schema(db)}"'
+    old = [f"CREATE SCHEMA {s}", VERSION_TABLE.format(s=s),
+           f"INSERT INTO {s}.schema_version VALUES (7)"]
+    old += [statement.format(s=s) for v in range(1, 8) for statement in MIGRATIONS[v]]
+    states = ("pending", "processing", "completed", "failed", "dead", "canceled")
+    old.append(
+        f"INSERT INTO {s}.jobs (id, command, state, attempts, max_retries, run_at, created_at,"
+        " updated_at, worker, lease_expires_at, started_at, finished_at, queue, unique_key,"
+        " attempt_base) VALUES " + ", ".join(
+            f"('{st}', 'echo {st}', '{st}', {int(st != 'pending') * 2}, 3, 1e9, 1e9 + {n},"
+            f" 1e9, {'NULL' if st == 'pending' else repr('w')},"
+            f" {'4e9' if st == 'processing' else 'NULL'}, 1e9,"
+            f" {'NULL' if st in ('pending', 'processing') else '1e9 + 1'}, 'q', 'k{n}', {n})"
+            for n, st in enumerate(states)))
+    old.append(f"INSERT INTO {s}.deps (child, parent, pos, satisfied) VALUES"
+               " ('canceled', 'completed', 1, true)")
+    old.append(f"INSERT INTO {s}.attempts (job_id, attempt, worker, started_at, finished_at,"
+               " outcome) VALUES ('completed', 1, 'w', 1e9, 1e9, 'completed')")
+    pg_server.psql("; ".join(old))
+    columns = "id, command, state, attempts, max_retries, run_at, created_at, updated_at," \
+              " worker, lease_expires_at, started_at, finished_at, queue, unique_key," \
+              " attempt_base, waiting_on, seq"
+    before = pg_server.psql(f"SELECT {columns} FROM {s}.jobs ORDER BY id")
+    assert all(st["processing"] == 1 for st in _statuses_of_four_at_once(db))
+    assert pg_server.psql(f"SELECT version FROM {s}.schema_version") == str(SCHEMA_VERSION)
+    assert SCHEMA_VERSION >= 8
+    assert pg_server.psql(f"SELECT {columns} FROM {s}.jobs ORDER BY id") == before
+    assert pg_server.psql(f"SELECT count(*) FROM {s}.jobs WHERE cwd IS NULL AND env IS NULL"
+                          ) == str(len(states))
+    store = open_store(db)
+    try:
+        jobs = list(store.iter_jobs())
+        assert [(j.id, j.unique, j.attempt_base, j.cwd, j.env) for j in jobs] == [
+            (st, f"k{n}", n, None, None) for n, st in enumerate(states)]
+        assert store.get("completed", history=True).history[0]["outcome"] == "completed"
+        assert store.parents("canceled")[0].satisfied
+        store.submit([JobSpec("pwd", id="new", queue="q", priority=-1, cwd="/srv",
+                              env={"MODE": "nightly"})])
+        claimed = [store.claim_next("w2", ["q"]) for _ in range(3)]
+        assert {j.id for j in claimed if j is not None} == {"pending", "failed", "new"}
+        new = next(j for j in claimed if j is not None and j.id == "new")
+        assert (new.cwd, new.env) == ("/srv", {"MODE": "nightly"})
+        assert all((j.cwd, j.env) == (None, None) for j in claimed if j and j.id != "new")
     finally:
         store.close()
 

@@ -231,7 +231,8 @@ def test_a_version_9_database_migrates_to_dependencies_keeping_every_job(tmp_pat
     assert version == SCHEMA_VERSION >= 10
     width = len(before[0])
     assert [row[:width] for row in after] == before  # every column kept
-    assert {row[width:] for row in after} == {(0, 0)}  # waiting_on, attempt_base
+    # waiting_on, attempt_base (then later schemas' columns)
+    assert {row[width:width + 2] for row in after} == {(0, 0)}
     for index in ("jobs_due", "jobs_due_by_queue"):
         assert "waiting_on = 0" in schema[index]
     assert {"deps", "deps_waiting", "blocked_counts", "blocked_updated", "blocked_deleted",
@@ -263,5 +264,70 @@ def test_a_version_9_database_migrates_to_dependencies_keeping_every_job(tmp_pat
         assert job is not None and job.id == "dead-default" and job.attempt_number == 2
         store.record_success(job, Outcome(0, None, b"", 0.1))
         assert [h["attempt"] for h in store.get("dead-default", history=True).history] == [1, 2]
+    finally:
+        store.close()
+
+
+def test_a_version_10_database_migrates_to_cwd_and_env_keeping_every_job(
+        tmp_path: Path) -> None:
+    """Schema 11 adds each job's directory and environment: a database of schema 10 with jobs
+    of every state (a key, a parent, a history) is migrated by four processes opening it at
+    once; every job keeps every column and has neither (NULL: it runs where its worker is),
+    old jobs are still claimed and run, and new jobs carry both beside them."""
+    from queuectl.backends.sqlite import SQLiteStore
+    from queuectl.job import STATES, JobSpec
+    from queuectl.store import Outcome
+
+    db = tmp_path / "v10.db"
+    with old_schema(db, 10) as conn:
+        for i, state in enumerate(STATES):
+            finished = 2.0 if state in ("completed", "dead", "canceled", "failed") else None
+            conn.execute(
+                "INSERT INTO jobs (id, command, state, attempts, max_retries, run_at,"
+                " created_at, updated_at, worker, lease_expires_at, lease_boot, lease_until,"
+                " finished_at, exit_code, queue, unique_key, attempt_base) VALUES"
+                " (?, 'true', ?, ?, 3, 1, ?, 2, ?, ?, ?, ?, ?, ?, 'mail', ?, ?)",
+                (state, state, int(state != "pending"), 1 + i,
+                 "w" if state == "processing" else None,
+                 1e12 if state == "processing" else None,
+                 "b" if state == "processing" else None,
+                 1e9 if state == "processing" else None, finished,
+                 1 if state in ("failed", "dead") else None, f"key-{state}", i))
+        conn.execute("INSERT INTO deps (child, parent, pos, satisfied) VALUES"
+                     " ('canceled', 'completed', 0, 1)")
+        conn.execute("INSERT INTO attempts (job_id, attempt, worker, started_at, finished_at,"
+                     " outcome, exit_code, output, output_total) VALUES"
+                     " ('dead', 1, 'w', 1, 2, 'failed', 1, X'6f6f7073', 4)")
+        before = conn.execute("SELECT * FROM jobs ORDER BY id").fetchall()
+    procs = [subprocess.Popen([QUEUECTL, "--db", str(db), "status"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    for proc in procs:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert json.loads(out)["processing"] == 1
+    with sqlite3.connect(db) as conn:
+        after = conn.execute("SELECT * FROM jobs ORDER BY id").fetchall()
+        columns = [r[1] for r in conn.execute("PRAGMA table_info(jobs)")]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+    assert version == SCHEMA_VERSION >= 11
+    width = len(before[0])
+    assert [row[:width] for row in after] == before  # every column kept
+    assert columns[width:width + 2] == ["cwd", "env"]
+    assert {row[width:width + 2] for row in after} == {(None, None)}
+    store = SQLiteStore(db)
+    try:
+        jobs = {j.id: j for j in store.iter_jobs()}
+        assert set(jobs) == set(STATES)
+        assert all((j.cwd, j.env) == (None, None) for j in jobs.values())
+        assert store.get("dead", history=True).history[0]["output"] == b"oops"
+        assert store.parents("canceled")[0].satisfied
+        store.submit([JobSpec("pwd", id="new", cwd="/srv", env={"MODE": "nightly"},
+                              queue="mail", priority=-1)])
+        old = store.claim_next("w2", ["mail"])
+        assert old is not None and old.id in ("pending", "failed") and old.cwd is None
+        store.record_success(old, Outcome(0, None, b"", 0.1))
+        claimed = [store.claim_next("w2", ["mail"]) for _ in range(2)]
+        new = next(j for j in claimed if j is not None and j.id == "new")
+        assert (new.cwd, new.env) == ("/srv", {"MODE": "nightly"})
     finally:
         store.close()

@@ -148,3 +148,26 @@ def test_memory_max_is_enforced_and_an_oom_kill_is_named(host: Host) -> None:  #
                "command": "for i in 1 2 3 4 5 6 7 8; do sleep 5 & done; wait"})
     job = q.wait_state("forks", "dead", timeout=60)
     assert job["history"][-1]["exit_code"] != 0  # the shell could not fork past the limit
+
+
+def test_cwd_and_env_under_the_cgroup_wrapper(host: Host) -> None:  # noqa: F811
+    """The unit's attempts start through the cgroup wrapper shell: the command still runs in
+    its directory with its variables, and a directory it cannot enter fails the attempt
+    with its own error, never as the shell's exit status (and nothing runs elsewhere)."""
+    q = host.queue
+    _start(host, 1)  # creates /var/lib/queuectl (StateDirectory=)
+    work = host.state / "work"
+    work.mkdir()
+    work.chmod(0o777)
+    q.run("enqueue", "--id", "here", "--cwd", "/var/lib/queuectl/work", "--env", "MODE=nightly",
+          "--cmd", 'printf "%s\\n" "$(pwd)" "$MODE" > report.txt')
+    q.run("enqueue", "--id", "gone", "--cwd", "/var/lib/queuectl/missing", "--max-retries", "0",
+          "--cmd", "touch /var/lib/queuectl/gone-ran")
+    done = q.wait_state("here", "completed")
+    assert done["history"][-1]["cpu_user_usec"] is not None  # it ran in an attempt cgroup
+    assert (work / "report.txt").read_text().splitlines() == ["/var/lib/queuectl/work",
+                                                              "nightly"]
+    job = q.wait_state("gone", "dead")
+    assert (job["last_error"], job["exit_code"]) == (
+        "cannot enter directory /var/lib/queuectl/missing: No such file or directory", None)
+    assert not (host.state / "gone-ran").exists()

@@ -266,6 +266,8 @@ class PostgresStore(Connected, Store):
             "memory_maxes": [spec.limits_with(conf)[0] for spec in specs],
             "cpu_maxes": [spec.limits_with(conf)[1] for spec in specs],
             "tasks_maxes": [spec.limits_with(conf)[2] for spec in specs],
+            "cwds": [spec.cwd for spec in specs],
+            "envs": [spec.env_json() for spec in specs],
         }
         if any(spec.unique is not None or spec.after for spec in specs):
             # Keys and parents need an explicit transaction (their answers and checks

@@ -9,7 +9,7 @@ change as the next number; never edit a released one. `{s}` stands for the quote
 from queuectl.backends.postgres_sql import NOW
 from queuectl.policy import DURATION_BUCKETS
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 
 def _bucket(seconds: str) -> str:
@@ -350,6 +350,13 @@ MIGRATIONS: dict[int, list[str]] = {
             WHEN (NEW.state IN ('completed', 'dead', 'canceled')
                   AND OLD.state IS DISTINCT FROM NEW.state)
             EXECUTE FUNCTION {s}.parent_ended()""",
+    ],
+    # Directory and environment per job. Only additions (nullable, no default: no rewrite
+    # of the table): every existing job runs where its worker is, with the worker's
+    # environment (NULL). `env` is a JSON object as text, its keys in the order given.
+    8: [
+        "ALTER TABLE {s}.jobs ADD COLUMN cwd text",
+        "ALTER TABLE {s}.jobs ADD COLUMN env text",
     ],
 }
 

@@ -244,18 +244,18 @@ def _submit_rows(conflict: str) -> str:
     return f"""WITH {_T}
 INSERT INTO {{s}}.jobs (id, command, state, attempts, max_retries, priority,
     timeout, run_at, created_at, updated_at, queue, memory_max, cpu_max, tasks_max,
-    unique_key, waiting_on)
+    unique_key, waiting_on, cwd, env)
 SELECT u.id, u.command, 'pending', 0, u.max_retries, u.priority, u.timeout,
     coalesce(u.run_at, t.now + u.delay), t.now, t.now, u.queue, u.memory_max,
-    u.cpu_max, u.tasks_max, u.unique_key, u.waiting_on
+    u.cpu_max, u.tasks_max, u.unique_key, u.waiting_on, u.cwd, u.env
 FROM unnest(%(ids)s::text[], %(commands)s::text[], %(retries)s::int[],
             %(priorities)s::int[], %(timeouts)s::float8[], %(run_ats)s::float8[],
             %(delays)s::float8[], %(queues)s::text[], %(memory_maxes)s::int8[],
             %(cpu_maxes)s::float8[], %(tasks_maxes)s::int[], %(uniques)s::text[],
-            %(waiting)s::int[])
+            %(waiting)s::int[], %(cwds)s::text[], %(envs)s::text[])
      WITH ORDINALITY AS u(id, command, max_retries, priority, timeout, run_at,
                           delay, queue, memory_max, cpu_max, tasks_max, unique_key,
-                          waiting_on, n), t
+                          waiting_on, cwd, env, n), t
 ORDER BY u.n
 {conflict}
 RETURNING id, unique_key"""
@@ -382,16 +382,18 @@ class Statements:
     # --if-absent, RETURNING the ids it stored); NOTIFY wakes idle workers on commit.
     enqueue_rows = f"""WITH {_T}
 INSERT INTO {{s}}.jobs (id, command, state, attempts, max_retries, priority,
-    timeout, run_at, created_at, updated_at, queue, memory_max, cpu_max, tasks_max)
+    timeout, run_at, created_at, updated_at, queue, memory_max, cpu_max, tasks_max,
+    cwd, env)
 SELECT u.id, u.command, 'pending', 0, u.max_retries, u.priority, u.timeout,
     coalesce(u.run_at, t.now + u.delay), t.now, t.now, u.queue, u.memory_max,
-    u.cpu_max, u.tasks_max
+    u.cpu_max, u.tasks_max, u.cwd, u.env
 FROM unnest(%(ids)s::text[], %(commands)s::text[], %(retries)s::int[],
             %(priorities)s::int[], %(timeouts)s::float8[], %(run_ats)s::float8[],
             %(delays)s::float8[], %(queues)s::text[], %(memory_maxes)s::int8[],
-            %(cpu_maxes)s::float8[], %(tasks_maxes)s::int[])
+            %(cpu_maxes)s::float8[], %(tasks_maxes)s::int[], %(cwds)s::text[],
+            %(envs)s::text[])
      WITH ORDINALITY AS u(id, command, max_retries, priority, timeout, run_at,
-                          delay, queue, memory_max, cpu_max, tasks_max, n), t
+                          delay, queue, memory_max, cpu_max, tasks_max, cwd, env, n), t
 ORDER BY u.n"""
     enqueue_rows_if_absent = f"{enqueue_rows}\nON CONFLICT (id) DO NOTHING\nRETURNING id"
     enqueue = f"NOTIFY {{channel}}; {enqueue_rows}"  # up to a chunk of rows: one round trip

@@ -476,7 +476,7 @@ class SQLiteStore(Store):
                 run_at = spec.run_at if spec.run_at is not None else t + (spec.delay or 0.0)
                 queue = spec.queue or DEFAULT_QUEUE
                 row = (job_id, spec.command, retries, spec.priority, spec.timeout, run_at, t, t,
-                       queue, *spec.limits_with(conf), key)
+                       queue, *spec.limits_with(conf), key, spec.cwd, spec.env_json())
                 try:
                     inserted = c.execute(insert, row).rowcount
                 except sqlite3.IntegrityError:

@@ -7,7 +7,7 @@ new one. Add a change as the next number; never edit a released one.
 
 from queuectl.policy import DURATION_BUCKETS
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 
 def _bucket(seconds: str) -> str:
@@ -304,5 +304,11 @@ MIGRATIONS: dict[int, list[str]] = {
         """CREATE TRIGGER deps_child_deleted AFTER DELETE ON jobs BEGIN
             DELETE FROM deps WHERE child = old.id;
         END""",
+    ],
+    # Directory and environment per job. Only additions: every existing job runs where its
+    # worker is, with the worker's environment (NULL). `env` is a JSON object (text).
+    11: [
+        "ALTER TABLE jobs ADD COLUMN cwd TEXT",
+        "ALTER TABLE jobs ADD COLUMN env TEXT",
     ],
 }

@@ -174,7 +174,8 @@ ROLLBACK = "ROLLBACK"
 # == submitting: submit =====================================================================
 _ENQUEUE = ("{verb} INTO jobs (id, command, state, attempts, max_retries, priority, timeout,"
             " run_at, created_at, updated_at, queue, memory_max, cpu_max, tasks_max,"
-            " unique_key) VALUES (?, ?, 'pending', 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+            " unique_key, cwd, env)"
+            " VALUES (?, ?, 'pending', 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 ENQUEUE = _ENQUEUE.replace("{verb}", "INSERT")  # a taken id fails: Conflict
 ENQUEUE_IF_ABSENT = _ENQUEUE.replace("{verb}", "INSERT OR IGNORE")  # a taken id: rowcount 0
 # The live job that holds a unique key, if any (at most one: jobs_unique_live is UNIQUE),
