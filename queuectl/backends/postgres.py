@@ -1100,10 +1100,10 @@ class PostgresStore(Connected, Store):
         return dict(self._fetch(self.sql.completed_since, {"s": seconds}))
 
     # -- configuration -----------------------------------------------------------------------
-    def config_items(self) -> dict[str, float | int]:
+    def config_items(self) -> dict[str, cfg.Value]:
         return cfg.merge(dict(self._fetch(self.sql.config_items)))
 
-    def set_config(self, key: str, value: float | int) -> None:
+    def set_config(self, key: str, value: cfg.Value) -> None:
         self._settings.forget()
         self._run(lambda cur: cur.execute(self.sql.set_config, (key, str(value))),
                   idempotent=True)
