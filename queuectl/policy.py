@@ -32,7 +32,7 @@ NOTICE_CHECK_EVERY = 5.0
 def hook_retry_delay(first: float, tries: int) -> float:
     """Seconds before the next try of a hook that failed `tries` times: first, 2x, 4x...
     (the `on-dead-backoff` setting is `first`: 2 s gives 2, 4, 8, 16)."""
-    return first * 2 ** max(tries - 1, 0)
+    return float(first) * 2.0 ** max(tries - 1, 0)
 
 
 # Outcomes of an attempt as its history row records them.

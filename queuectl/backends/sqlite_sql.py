@@ -398,8 +398,8 @@ RESUME_ALL = "DELETE FROM flags WHERE name = 'paused'"
 PAUSE_OF_QUEUE = ("SELECT paused_by, paused_since FROM queues WHERE name = ?"
                   " AND paused_since IS NOT NULL")
 PAUSE_OF_ALL = "SELECT set_by, since FROM flags WHERE name = 'paused'"
-# A queue without a limit, a pause or an on-dead command needs no row (`queue list` shows it while it has jobs);
-# also set_queue_concurrency's.
+# A queue without a limit, a pause or an on-dead command needs no row (`queue list` shows
+# it while it has jobs); also set_queue_concurrency's and set_queue_on_dead's.
 DROP_EMPTY_QUEUE_ROW = ("DELETE FROM queues WHERE name = ? AND concurrency = 0"
                         " AND paused_since IS NULL AND coalesce(on_dead, '') = ''")
 
