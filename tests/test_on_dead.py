@@ -151,11 +151,13 @@ def test_a_worker_killed_right_after_the_job_died_leaves_the_notice_to_the_next(
     assert crashing.wait(timeout=DEADLINE) == -signal.SIGKILL
     assert q.job("d4")["state"] == "dead"
     assert q.status()["notices"] == 1  # committed with the job's death
+    assert 'queuectl_notices_pending{queue="default"} 1' in q.run("metrics").stdout.splitlines()
     assert not records.exists() or not list(records.iterdir())
     q.worker("--name", "other")
     wait_for(lambda: _no_notice_left(q), DEADLINE, "the next worker to deliver it")
     [(env, stdin)] = _records(records, "d4")
     assert (env["QUEUECTL_EXIT_CODE"], stdin) == ("2", b"bye\n")
+    assert 'queuectl_notices_pending{queue="default"} 0' in q.run("metrics").stdout.splitlines()
 
 
 def test_a_hook_past_its_timeout_is_killed_with_its_process_group(tmp_path: Path) -> None:
@@ -168,3 +170,29 @@ def test_a_hook_past_its_timeout_is_killed_with_its_process_group(tmp_path: Path
     assert time.monotonic() - started < 10
     child = int(pidfile.read_text())
     wait_for(lambda: not process_alive(child), 10, "the hook's background child to be gone")
+
+
+def test_the_cli_sets_shows_and_removes_hooks(queue: Queue) -> None:
+    q = queue
+    cmd = 'mail -s "$QUEUECTL_JOB_ID died" root'
+    assert q.run("config", "set", "on_dead", cmd).stdout.strip() == f"on-dead = {cmd}"
+    assert q.run("config", "get", "on-dead").stdout.strip() == cmd
+    assert q.json("config", "list")["on-dead"] == cmd
+    assert q.json("config", "list")["on-dead-backoff"] == 2.0
+    assert q.run("config", "set", "on-dead", "").stdout.strip() == "on-dead = ''"
+    assert q.json("config", "list")["on-dead"] == ""
+    bad = q.run("config", "set", "on-dead", "echo a\necho b", check=False)
+    assert bad.returncode == 2 and "one-line shell command" in bad.stderr
+    assert q.run("queue", "set", "mail", "--on-dead", "cat").stdout.strip() == "mail: on-dead = cat"
+    [row] = q.json("queue", "list")
+    assert (row["queue"], row["on_dead"], row["notices"], row["concurrency"]) == (
+        "mail", "cat", 0, 0)
+    q.run("queue", "set", "mail", "--concurrency", "2")
+    q.run("queue", "set", "mail", "--on-dead", "")
+    [row] = q.json("queue", "list")
+    assert (row["on_dead"], row["concurrency"]) == (None, 2)
+    q.run("queue", "set", "mail", "--concurrency", "0")
+    assert q.json("queue", "list") == []  # nothing left to keep its row
+    nothing = q.run("queue", "set", "mail", check=False)
+    assert nothing.returncode == 2 and "nothing to set" in nothing.stderr
+    assert q.status()["notices"] == 0
