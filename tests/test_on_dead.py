@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import Queue, process_alive
 from waiting import wait_for
 
@@ -54,6 +55,7 @@ def _no_notice_left(q: Queue) -> bool:
     return q.status()["notices"] == 0
 
 
+@pytest.mark.slow  # real workers, or a dozen CLI calls: a second or more
 def test_a_dying_job_runs_the_hook_once_with_its_environment_and_output(
         any_queue: Queue, tmp_path: Path) -> None:
     q = any_queue
@@ -79,6 +81,7 @@ def test_a_dying_job_runs_the_hook_once_with_its_environment_and_output(
     assert q.job("d1")["state"] == "dead"  # the hook never changes the job
 
 
+@pytest.mark.slow  # real workers, or a dozen CLI calls: a second or more
 def test_canceled_jobs_and_retried_attempts_run_no_hook(any_queue: Queue, tmp_path: Path) -> None:
     q = any_queue
     records = tmp_path / "records"
@@ -103,6 +106,7 @@ def test_canceled_jobs_and_retried_attempts_run_no_hook(any_queue: Queue, tmp_pa
     assert sorted(p.name.split(".")[0] for p in records.iterdir()) == ["sentinel"]
 
 
+@pytest.mark.slow  # real workers, or a dozen CLI calls: a second or more
 def test_a_failing_hook_is_retried_until_it_exits_0(any_queue: Queue, tmp_path: Path) -> None:
     q = any_queue
     counter = tmp_path / "count"
@@ -121,6 +125,7 @@ def test_a_failing_hook_is_retried_until_it_exits_0(any_queue: Queue, tmp_path: 
     assert _no_notice_left(q)
 
 
+@pytest.mark.slow  # real workers, or a dozen CLI calls: a second or more
 def test_a_hook_failing_five_times_is_dropped_with_hook_failed(
         any_queue: Queue, tmp_path: Path) -> None:
     q = any_queue
@@ -138,6 +143,7 @@ def test_a_hook_failing_five_times_is_dropped_with_hook_failed(
     assert q.job("d3")["state"] == "dead"
 
 
+@pytest.mark.slow  # real workers, or a dozen CLI calls: a second or more
 def test_a_worker_killed_right_after_the_job_died_leaves_the_notice_to_the_next(
         any_queue: Queue, tmp_path: Path) -> None:
     q = any_queue
@@ -172,6 +178,7 @@ def test_a_hook_past_its_timeout_is_killed_with_its_process_group(tmp_path: Path
     wait_for(lambda: not process_alive(child), 10, "the hook's background child to be gone")
 
 
+@pytest.mark.slow  # real workers, or a dozen CLI calls: a second or more
 def test_the_cli_sets_shows_and_removes_hooks(queue: Queue) -> None:
     q = queue
     cmd = 'mail -s "$QUEUECTL_JOB_ID died" root'
