@@ -204,8 +204,9 @@ class Wakeup(ABC):
         holder's lease ran out, now held by `holder` for `seconds` (longer than the hook may
         run: nobody else runs it meanwhile); None if there is none. Leases are on the
         store's lease clock (SQLite: CLOCK_BOOTTIME with the boot id; PostgreSQL: the
-        server's). `hook` is the command configured now; `output` is read from the job's
-        last history row (empty if it is gone). One transaction; cheap when none is due."""
+        server's). `hook` is the command configured now; `output` is read from the history
+        row of the attempt that made the job dead, its last (empty if it is gone: purge,
+        retention). One transaction; cheap when none is due (a read first)."""
         raise NotImplementedError
 
     def notice_delivered(self, notice: Notice) -> bool:
@@ -670,8 +671,9 @@ class Store(ABC):
         holder's lease ran out, now held by `holder` for `seconds` (longer than the hook may
         run: nobody else runs it meanwhile); None if there is none. Leases are on the
         store's lease clock (SQLite: CLOCK_BOOTTIME with the boot id; PostgreSQL: the
-        server's). `hook` is the command configured now; `output` is read from the job's
-        last history row (empty if it is gone). One transaction; cheap when none is due."""
+        server's). `hook` is the command configured now; `output` is read from the history
+        row of the attempt that made the job dead, its last (empty if it is gone: purge,
+        retention). One transaction; cheap when none is due (a read first)."""
         raise NotImplementedError
 
     def notice_delivered(self, notice: Notice) -> bool:

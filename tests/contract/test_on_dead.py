@@ -116,7 +116,7 @@ def test_a_failed_hook_is_retried_after_its_delay_then_dropped(store) -> None:
 def test_a_notice_whose_holder_vanished_is_taken_again_after_its_lease(store) -> None:
     store.set_config("on-dead", HOOK)
     _die(store)
-    first = store.take_notice("w1", 0.5)
+    first = store.take_notice("w1", 0.2)
     assert first is not None
     again = wait_for(lambda: store.take_notice("w2", policy.NOTICE_LEASE), DEADLINE,
                      "the lease on the notice to run out")
