@@ -203,3 +203,18 @@ def test_the_cli_sets_shows_and_removes_hooks(queue: Queue) -> None:
     nothing = q.run("queue", "set", "mail", check=False)
     assert nothing.returncode == 2 and "nothing to set" in nothing.stderr
     assert q.status()["notices"] == 0
+
+
+@pytest.mark.slow  # a real worker
+def test_a_draining_worker_runs_the_due_hooks_before_it_exits(
+        any_queue: Queue, tmp_path: Path) -> None:
+    q = any_queue
+    records = tmp_path / "records"
+    q.run("queue", "set", "mail", "--on-dead", _recording_hook(records))
+    for n in range(3):
+        q.enqueue({"id": f"m{n}", "command": "exit 1", "max_retries": 0, "queue": "mail"})
+    q.enqueue({"id": "other", "command": "exit 1", "max_retries": 0})  # no hook for it
+    drained = q.worker("--drain")
+    assert drained.wait(timeout=DEADLINE) == 0
+    assert sorted(p.name.split(".")[0] for p in records.iterdir()) == ["m0", "m1", "m2"]
+    assert q.status()["notices"] == 0 and q.status()["dead"] == 4
