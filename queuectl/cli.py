@@ -174,7 +174,8 @@ def enqueue(ctx: click.Context, /, job_json: str | None, file_: str | None, comm
 @db_option
 @click.pass_context
 def status(ctx: click.Context, queue: str | None) -> None:
-    """Jobs per state, active workers and whether the queue is paused, as one JSON object."""
+    """Jobs per state, active workers, dead-job notices still to deliver (`notices`) and
+    whether the queue is paused, as one JSON object."""
     store = _store(ctx)
     counts: dict[str, Any] = store.counts(**_only(queue=queue))
     counts["paused"] = store.paused() is not None
@@ -567,8 +568,16 @@ def backup(ctx: click.Context, path: str) -> None:
 
 
 # -- configuration ---------------------------------------------------------------------------
+def _shown(value: cfg.Value) -> str:
+    """A setting's value as `config get` prints it: numbers short, text as it is ('' shown
+    as '' where a reader needs to see it)."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value) if value != "" else "''"
+
+
 _SETTINGS_HELP = "\n\n\b\n" + "\n".join(
-    f"{key:<14} {s.help} (default {s.default:g})" for key, s in cfg.SETTINGS.items())
+    f"{key:<15} {s.help} (default {_shown(s.default)})" for key, s in cfg.SETTINGS.items())
 
 
 @cli.group(help="Queue-wide settings, stored in the database (every worker sees them)."
@@ -587,7 +596,7 @@ def config_set(ctx: click.Context, key: str, value: str) -> None:
     name = cfg.canonical_key(key)
     parsed = cfg.parse_value(name, value)
     _store(ctx).set_config(name, parsed)
-    click.echo(f"{name} = {parsed:g}" if isinstance(parsed, float) else f"{name} = {parsed}")
+    click.echo(f"{name} = {_shown(parsed)}")
 
 
 @config.command(name="get")
@@ -598,7 +607,7 @@ def config_get(ctx: click.Context, key: str) -> None:
     """Print one setting's value."""
     name = cfg.canonical_key(key)
     value = _store(ctx).config_items()[name]
-    click.echo(f"{value:g}" if isinstance(value, float) else str(value))
+    click.echo(f"{value:g}" if isinstance(value, float) else str(value))  # '' as an empty line
 
 
 @config.command(name="list")
@@ -612,23 +621,35 @@ def config_list(ctx: click.Context) -> None:
 # -- named queues ----------------------------------------------------------------------------
 @cli.group(name="queue")
 def queue_group() -> None:
-    """Named queues: per-queue concurrency limits and an overview."""
+    """Named queues: per-queue concurrency limits, dead-job hooks and an overview."""
 
 
 @queue_group.command(name="set")
 @click.argument("name")
-@click.option("--concurrency", type=click.IntRange(0, 1_000_000), required=True, metavar="N",
+@click.option("--concurrency", type=click.IntRange(0, 1_000_000), metavar="N",
               help="At most N of its jobs run at once, across every worker on every host "
               "(0: no limit).")
+@click.option("--on-dead", "on_dead", metavar="CMD",
+              help="Run CMD (/bin/sh -c) once for each of its jobs that goes dead, instead of "
+              "the global `config set on-dead` ('': remove; the global one applies again).")
 @db_option
 @click.pass_context
-def queue_set(ctx: click.Context, name: str, concurrency: int) -> None:
-    """Set a queue's limit (the queue need not have jobs yet)."""
+def queue_set(ctx: click.Context, name: str, concurrency: int | None,
+              on_dead: str | None) -> None:
+    """Set a queue's limit or dead-job hook (the queue need not have jobs yet)."""
     from queuectl.job import check_queue
 
     check_queue(name, "queue name")
-    _store(ctx).set_queue_concurrency(name, concurrency)
-    click.echo(f"{name}: concurrency = {concurrency or 'unlimited'}")
+    if concurrency is None and on_dead is None:
+        raise ValidationError("nothing to set: give --concurrency N and/or --on-dead CMD")
+    command = None if on_dead is None else cfg.parse_value("on-dead", on_dead)
+    store = _store(ctx)
+    if concurrency is not None:
+        store.set_queue_concurrency(name, concurrency)
+        click.echo(f"{name}: concurrency = {concurrency or 'unlimited'}")
+    if command is not None:
+        store.set_queue_on_dead(name, str(command))
+        click.echo(f"{name}: on-dead = {_shown(command)}")
 
 
 @queue_group.command(name="list")
@@ -636,8 +657,9 @@ def queue_set(ctx: click.Context, name: str, concurrency: int) -> None:
 @db_option
 @click.pass_context
 def queue_list(ctx: click.Context, jsonl: bool) -> None:
-    """Every queue: jobs per state, paused, limit, active workers serving it, and how long its
-    longest-due job has waited (seconds)."""
+    """Every queue: jobs per state, paused, limit, active workers serving it, how long its
+    longest-due job has waited (seconds), its own on-dead command (null: the global one
+    applies) and its dead-job notices still to deliver."""
     from queuectl.operate import queue_rows
 
     rows = queue_rows(_store(ctx))

@@ -45,6 +45,12 @@ MESSAGES = {
     "queue_resumed": "Queue resumed: claiming jobs again",
     "retention_purged": "Retention deleted {deleted} finished job(s) with their history",
     "database_unavailable": "Cannot use database {db}: {error}; the worker exits",
+    "hook_delivered": "On-dead hook of {job_id} ran ({duration_ms} ms, try {tries})",
+    "hook_retry": "On-dead hook of {job_id} failed on try {tries}/{max_tries} ({error}); "
+    "retrying in {retry_in} s",
+    "hook_failed": "On-dead hook of {job_id} failed on try {tries}/{max_tries} ({error}); "
+    "giving up: nobody was told this job died",
+    "hook_skipped": "No on-dead hook is set any more; the notice of {job_id} is dropped",
     "database_replaced": "Database {db} was deleted or replaced by another file: claiming "
     "nothing more, finishing the running job into the old file, then exiting with status "
     "{exit_code} to be restarted on the new one",
@@ -60,6 +66,7 @@ MESSAGE_IDS = {
     "database_unavailable": "f301137f9c3e48669e985f6cc8456b72",
     "disk_full": "7db2a241c45940f1836137ede423f394",
     "database_replaced": "deb954a71390427c832dcb63366d4b97",
+    "hook_failed": "63aa082fe9624003a010496f5868721f",
 }
 # How the backends word a full disk (SQLite: our own "the disk is full"; PostgreSQL: the
 # server's "No space left on device" / "could not extend file").

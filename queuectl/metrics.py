@@ -109,6 +109,13 @@ def render(m: Metrics, registry: list[WorkerInfo] | None = None) -> str:
         out.sample("queuectl_queue_paused", name in info and info[name].paused is not None,
                    queue=name)
 
+    out.family("queuectl_notices_pending", "gauge",
+               "On-dead notices of the queue's dead jobs whose hook has not run yet (or "
+               "failed and waits for its next try).")
+    for name in names:
+        out.sample("queuectl_notices_pending", info[name].notices if name in info else 0,
+                   queue=name)
+
     out.family("queuectl_jobs_enqueued_total", "counter", "Jobs ever enqueued.")
     for name in names:
         out.sample("queuectl_jobs_enqueued_total", enqueued[name], queue=name)

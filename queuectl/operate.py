@@ -151,6 +151,7 @@ def queue_rows(store: Store) -> list[dict[str, Any]]:
             "paused_by": q.paused.by if q.paused else None,
             "concurrency": q.concurrency, "workers": q.workers,
             "oldest_waiting_seconds": None if wait is None else round(wait, 3),
+            "on_dead": q.on_dead or None, "notices": q.notices,
         })
     return rows
 

@@ -15,6 +15,26 @@ OUTPUT_LIMIT = 65_536  # bytes of output kept per attempt: the tail
 HEARTBEAT_EVERY = 2.0  # seconds between a worker's heartbeats (and lease renewals)
 ACTIVE_WINDOW = 3 * HEARTBEAT_EVERY  # a worker silent this long no longer counts as active
 
+# On-dead hooks (README "Dead-job hook"): each run may take HOOK_TIMEOUT seconds (then its
+# process group is killed); a notice is held by one worker for NOTICE_LEASE seconds, longer
+# than a run and its kill can take, so a hook never runs twice at once for one job; a notice
+# whose hook failed HOOK_TRIES times in all is dropped. The hook's stdin: the last
+# NOTICE_INPUT bytes of the job's last output.
+HOOK_TIMEOUT = 30.0
+NOTICE_LEASE = 60.0
+HOOK_TRIES = 5
+NOTICE_INPUT = 65_536
+# A worker completing a stream of jobs (each next claim riding on the previous commit) still
+# looks for notices this often, between two jobs.
+NOTICE_CHECK_EVERY = 5.0
+
+
+def hook_retry_delay(first: float, tries: int) -> float:
+    """Seconds before the next try of a hook that failed `tries` times: first, 2x, 4x...
+    (the `on-dead-backoff` setting is `first`: 2 s gives 2, 4, 8, 16)."""
+    return float(first) * 2.0 ** max(tries - 1, 0)
+
+
 # Outcomes of an attempt as its history row records them.
 COMPLETED_ATTEMPT, FAILED_ATTEMPT, LOST_ATTEMPT, INTERRUPTED_ATTEMPT = (
     "completed", "failed", "lost", "interrupted")

@@ -69,9 +69,20 @@ def _cores(text: str) -> float:
         raise ValueError("expected a number of cores from 0.01 to 4096 (0: none)") from None
 
 
+def _command(text: str) -> str:
+    """A shell command, run later by `/bin/sh -c`; '' removes it. One line: a newline in a
+    stored command is more likely a paste accident than intent."""
+    if "\n" in text or "\0" in text:
+        raise ValueError("expected a one-line shell command ('' for none)")
+    return text.strip()
+
+
+Value = float | int | str  # a setting's value: numbers, and text for commands (on-dead)
+
+
 class Setting(Record):
-    default: float | int
-    parse: Callable[[str], float | int]
+    default: Value
+    parse: Callable[[str], Value]
     help: str
 
 
@@ -88,6 +99,11 @@ SETTINGS: dict[str, Setting] = {
     "memory-max": Setting(0, _size, "memory limit of a job's cgroup, bytes or 512M (0 = none)"),
     "cpu-max": Setting(0.0, _cores, "CPU limit of a job's cgroup, cores (0 = none)"),
     "tasks-max": Setting(0, _int_between(0, 4_194_304), "process limit of a job (0 = none)"),
+    # The dead-job hook: a shell command run once for each job that goes dead (queues may
+    # have their own: `queue set Q --on-dead`), and the first delay before retrying it.
+    "on-dead": Setting("", _command, "command run for each job that dies ('' = none)"),
+    "on-dead-backoff": Setting(2.0, _number_between(0.0, 3600.0),
+                               "first retry delay of a failed on-dead command, s (doubles)"),
 }
 
 
@@ -99,14 +115,14 @@ def canonical_key(key: str) -> str:
     return name
 
 
-def parse_value(key: str, text: str) -> float | int:
+def parse_value(key: str, text: str) -> Value:
     try:
         return SETTINGS[key].parse(text)
     except ValueError as exc:
         raise ValidationError(f"invalid value {text!r} for {key}: {exc}") from None
 
 
-def decode(key: str, stored: str) -> float | int:
+def decode(key: str, stored: str) -> Value:
     """Stored values were validated on the way in; fall back to the default if one is damaged."""
     try:
         return SETTINGS[key].parse(stored)
@@ -117,7 +133,7 @@ def decode(key: str, stored: str) -> float | int:
 CACHE_TTL = 1.0  # seconds a process reuses the settings it read
 
 
-def merge(stored: dict[str, str]) -> dict[str, float | int]:
+def merge(stored: dict[str, str]) -> dict[str, Value]:
     """Every setting: its stored value, or its default where none (or a damaged one) is stored."""
     return {key: decode(key, stored[key]) if key in stored else s.default
             for key, s in SETTINGS.items()}
@@ -134,13 +150,15 @@ class QueueConfig(Record):
     memory_max: int = 0
     cpu_max: float = 0.0
     tasks_max: int = 0
+    on_dead: str = ""
+    on_dead_backoff: float = 2.0
 
     def keep_for(self, state: str) -> int:
         """Seconds a finished job of this state is kept; 0 forever."""
         return int(getattr(self, "keep_" + state))
 
     @classmethod
-    def from_items(cls, items: dict[str, float | int]) -> QueueConfig:
+    def from_items(cls, items: dict[str, Value]) -> QueueConfig:
         # Each value has the type its setting's parser gives, which the field declares.
         fields: dict[str, Any] = {k.replace("-", "_"): v for k, v in items.items()}
         return cls(**fields)

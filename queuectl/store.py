@@ -44,6 +44,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from typing import Any
 
+    from queuectl import settings as cfg
+
 
 class WorkerInfo(Record):
     name: str
@@ -103,6 +105,25 @@ class QueueInfo(Record):
     workers: int  # active workers (policy.ACTIVE_WINDOW) that serve it, by name or as "all"
     oldest_waiting: float | None  # seconds its longest-due eligible job has waited (blocked
     # jobs are not eligible); None
+    on_dead: str = ""  # its own on-dead command ('': none, the global one applies)
+    notices: int = 0  # dead-job notices of its jobs still to deliver (see take_notice)
+
+
+class Notice(Record):
+    """One dead job's pending on-dead notice, as `take_notice` hands it out: what the hook's
+    environment needs, snapshotted when the job went dead, and its stdin."""
+
+    id: int
+    job_id: str
+    queue: str
+    command: str
+    exit_code: int | None
+    attempts: int
+    last_error: str | None
+    tries: int  # deliveries that failed so far
+    hook: str  # the command to run: the queue's on-dead, else the global one ('': none now)
+    output: bytes  # the last output of the job's last attempt (policy.NOTICE_INPUT at most)
+    holder: str
 
 
 class OutputSlice(Record):
@@ -162,6 +183,42 @@ class Wakeup(ABC):
     @abstractmethod
     def drain(self) -> bool:
         """Consume what is pending; True if it may concern new work. Never raises."""
+
+    # -- on-dead notices -----------------------------------------------------------------------
+    # A job that goes `dead` by any path (record_failure, reclaim_expired, reclaim_worker) gets
+    # a notice in the same transaction (a trigger of the schema on its state change), but only
+    # while an on-dead command is configured for its queue (`set_queue_on_dead`) or globally
+    # (the `on-dead` setting): no command, no notice. A notice snapshots the job's queue,
+    # command, exit_code, attempts and last_error; it is never touched by anything that
+    # happens to the job afterwards (retry, purge, retention) and it never changes the job.
+    # Workers deliver notices at least once: a notice leaves only by `notice_delivered` or
+    # by `notice_failed` giving up. Not abstract, so a backend that predates them stays
+    # instantiable; tests/contract/test_on_dead.py checks them on every backend.
+
+    def set_queue_on_dead(self, queue: str, command: str) -> None:
+        """The queue's own on-dead command (it wins over the global one); '' removes it."""
+        raise NotImplementedError
+
+    def take_notice(self, holder: str, seconds: float) -> Notice | None:
+        """The oldest notice that is due (its retry delay over) and not held, or whose
+        holder's lease ran out, now held by `holder` for `seconds` (longer than the hook may
+        run: nobody else runs it meanwhile); None if there is none. Leases are on the
+        store's lease clock (SQLite: CLOCK_BOOTTIME with the boot id; PostgreSQL: the
+        server's). `hook` is the command configured now; `output` is read from the history
+        row of the attempt that made the job dead, its last (empty if it is gone: purge,
+        retention). One transaction; cheap when none is due (a read first)."""
+        raise NotImplementedError
+
+    def notice_delivered(self, notice: Notice) -> bool:
+        """Its hook exited 0: delete the notice, if `notice.holder` still holds it (False,
+        nothing written, if its lease ran out and another holder took it)."""
+        raise NotImplementedError
+
+    def notice_failed(self, notice: Notice, error: str, tries: int, delay: float) -> bool:
+        """Its hook failed: if `notice.tries + 1 >= tries` delete it and return True
+        (dropped); else count the try, make it due `delay` seconds from now (store clock)
+        and free it, False. Fenced on the holder as notice_delivered (False then)."""
+        raise NotImplementedError
 
     @abstractmethod
     def close(self) -> None: ...
@@ -314,8 +371,9 @@ class Store(ABC):
     @abstractmethod
     def counts(self, queue: str | None = None) -> dict[str, int]:
         """Jobs per state (every state of `job.STATES`, zeros included) plus
-        `active_workers` (workers whose last heartbeat is within `policy.ACTIVE_WINDOW`)
-        and `blocked` (the pending jobs among them whose parents are not all completed),
+        `active_workers` (workers whose last heartbeat is within `policy.ACTIVE_WINDOW`),
+        `blocked` (the pending jobs among them whose parents are not all completed) and
+        `notices` (on-dead notices still to deliver, of the queue's jobs if one is given),
         from one snapshot."""
 
     @abstractmethod
@@ -335,11 +393,11 @@ class Store(ABC):
 
     # -- configuration -----------------------------------------------------------------------
     @abstractmethod
-    def config_items(self) -> dict[str, float | int]:
+    def config_items(self) -> dict[str, cfg.Value]:
         """Every setting of `settings.SETTINGS`, stored value or default."""
 
     @abstractmethod
-    def set_config(self, key: str, value: float | int) -> None:
+    def set_config(self, key: str, value: cfg.Value) -> None:
         """Store one setting; the caller has validated it (`settings.parse_value`), the store
         does not. Every process sees it within `settings.CACHE_TTL`."""
 
@@ -541,8 +599,8 @@ class Store(ABC):
         raise NotImplementedError
 
     def queues(self) -> list[QueueInfo]:
-        """Every queue that has a job, a setting or a pause, or that an active worker names,
-        by name, from one snapshot."""
+        """Every queue that has a job, a setting, a pause or a pending on-dead notice, or that
+        an active worker names, by name, from one snapshot."""
         raise NotImplementedError
 
     # -- counters for `queuectl metrics` -------------------------------------------------------
@@ -597,6 +655,42 @@ class Store(ABC):
         says its state), if its unique key is held by another live job (naming it), or if
         a parent it still waits for is dead, canceled or deleted (naming it: retry that
         one first)."""
+        raise NotImplementedError
+
+    # -- on-dead notices -----------------------------------------------------------------------
+    # A job that goes `dead` by any path (record_failure, reclaim_expired, reclaim_worker) gets
+    # a notice in the same transaction (a trigger of the schema on its state change), but only
+    # while an on-dead command is configured for its queue (`set_queue_on_dead`) or globally
+    # (the `on-dead` setting): no command, no notice. A notice snapshots the job's queue,
+    # command, exit_code, attempts and last_error; it is never touched by anything that
+    # happens to the job afterwards (retry, purge, retention) and it never changes the job.
+    # Workers deliver notices at least once: a notice leaves only by `notice_delivered` or
+    # by `notice_failed` giving up. Not abstract, so a backend that predates them stays
+    # instantiable; tests/contract/test_on_dead.py checks them on every backend.
+
+    def set_queue_on_dead(self, queue: str, command: str) -> None:
+        """The queue's own on-dead command (it wins over the global one); '' removes it."""
+        raise NotImplementedError
+
+    def take_notice(self, holder: str, seconds: float) -> Notice | None:
+        """The oldest notice that is due (its retry delay over) and not held, or whose
+        holder's lease ran out, now held by `holder` for `seconds` (longer than the hook may
+        run: nobody else runs it meanwhile); None if there is none. Leases are on the
+        store's lease clock (SQLite: CLOCK_BOOTTIME with the boot id; PostgreSQL: the
+        server's). `hook` is the command configured now; `output` is read from the history
+        row of the attempt that made the job dead, its last (empty if it is gone: purge,
+        retention). One transaction; cheap when none is due (a read first)."""
+        raise NotImplementedError
+
+    def notice_delivered(self, notice: Notice) -> bool:
+        """Its hook exited 0: delete the notice, if `notice.holder` still holds it (False,
+        nothing written, if its lease ran out and another holder took it)."""
+        raise NotImplementedError
+
+    def notice_failed(self, notice: Notice, error: str, tries: int, delay: float) -> bool:
+        """Its hook failed: if `notice.tries + 1 >= tries` delete it and return True
+        (dropped); else count the try, make it due `delay` seconds from now (store clock)
+        and free it, False. Fenced on the holder as notice_delivered (False then)."""
         raise NotImplementedError
 
     @abstractmethod

@@ -124,10 +124,11 @@ def render(snap: Snapshot, label: str, width: int = 80,
         c = q.counts
         state = "paused" if q.paused else ""
         limit = f"max {q.concurrency}" if q.concurrency else ""
+        hooks = f"{q.notices} on-dead pending" if q.notices else ""
         queues.append((_row([(q.name, 16), (c.get("pending", 0), 6), (c.get("processing", 0), 4),
                              (c.get("failed", 0), 5), (c.get("dead", 0), 5),
                              (c.get("completed", 0), 7), (snap.done.get(q.name, 0), 8),
-                             (q.workers, 7), (" ".join(filter(None, (state, limit))), 1)],
+                             (q.workers, 7), (" ".join(filter(None, (state, limit, hooks))), 1)],
                             width, {1, 2, 3, 4, 5, 6, 7}),
                        "paused" if q.paused else "plain"))
     if not queues:

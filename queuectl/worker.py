@@ -24,7 +24,14 @@ from queuectl.lease import LeaseKeeper
 from queuectl.log import get_logger
 from queuectl.notify import Notifier
 from queuectl.operate import tell_dependents
-from queuectl.policy import ACTIVE_WINDOW, HEARTBEAT_EVERY
+from queuectl.policy import (
+    ACTIVE_WINDOW,
+    HEARTBEAT_EVERY,
+    HOOK_TRIES,
+    NOTICE_CHECK_EVERY,
+    NOTICE_LEASE,
+    hook_retry_delay,
+)
 from queuectl.process import JobProcess, inheritable_environment, job_environment
 from queuectl.record import Record
 from queuectl.stopping import StopRequest
@@ -85,6 +92,7 @@ class Worker:
         self._env = inheritable_environment(os.environ)
         self.exit_code = 0
         self.cgroups: Delegation | None = None  # set by run() where systemd delegated one
+        self._notice_check_at = 0.0  # monotonic: when a busy worker looks for notices next
 
     def _beat(self, state: str, job: Job | None = None) -> bool:
         """A heartbeat when due (see LeaseKeeper.beat); if it found the database deleted or
@@ -248,13 +256,16 @@ class Worker:
         job: Job | None = None  # claimed together with the last success, if any
         while not self.stop.requested:
             if job is None:
+                self._deliver_notice()  # at most one per pass: between jobs, and when idle
                 try:
                     job, idle_for = self._with_db(self._claim_or_idle,
                                                   lambda _exc: self.stop.requested)
                 except GaveUp:
                     break
                 if job is None:
-                    if idle_for is None:  # drained
+                    if idle_for is None:  # drained: the due notices of jobs that died too
+                        while self._deliver_notice():
+                            pass
                         break
                     self.notifier.status("paused: claiming nothing" if self.lease.paused
                                          else "idle")
@@ -386,7 +397,9 @@ class Worker:
                 self.log.info("job_released", reason="worker shutdown", **fields)
             return None
         if proc.succeeded:
-            if self.stop.requested:
+            if self.stop.requested or time.monotonic() >= self._notice_check_at:
+                # (now and then without the next claim, so that the next pass of the loop
+                # looks for on-dead notices even while jobs keep coming)
                 held, following = self._persist(
                     lambda: self.store.record_success(job, outcome)), None
             else:  # the next claim rides on the same commit
@@ -407,12 +420,73 @@ class Worker:
             self.log.warning("job_canceled", error=updated.last_error, **fields)
             tell_dependents(self.store, updated, self.log)
         elif updated.state == DEAD:
+            self._step("dead")  # committed: its on-dead notice, if any, with it
             self.log.error("job_dead", error=outcome.error, output_tail=tail, **fields)
             tell_dependents(self.store, updated, self.log)
         else:
             self.log.warning("job_failed", error=outcome.error, output_tail=tail,
                              next_run_at=iso_ms(updated.run_at), **fields)
         return None
+
+    # -- on-dead notices ---------------------------------------------------------------------
+    def _deliver_notice(self) -> bool:
+        """Run the hook of one due on-dead notice, if any (README "Dead-job hook"). Never
+        changes a job; blocks the next claim for at most the hook's timeout. A database
+        problem here is only logged: the notice waits, its lease brings it back. True if
+        a notice was taken."""
+        if self.stop.requested:
+            return False
+        self._notice_check_at = time.monotonic() + NOTICE_CHECK_EVERY
+        try:
+            notice = self.store.take_notice(self.name, NOTICE_LEASE)
+        except DatabaseUnavailable as exc:
+            self._db_failed(exc, HEARTBEAT_EVERY)
+            return False
+        if notice is None:
+            return False
+        self._step("notice_taken")
+        fields: dict[str, Any] = dict(job_id=notice.job_id, queue=notice.queue,
+                                      hook=notice.hook, tries=notice.tries + 1,
+                                      max_tries=HOOK_TRIES)
+        if not notice.hook:  # the command was removed since the job died: nothing to run
+            if self._persist(lambda: self.store.notice_delivered(notice)):
+                self.log.info("hook_skipped", **fields)
+            return True
+        from queuectl.hook import run_hook
+
+        self.notifier.status(f"running the on-dead hook of {notice.job_id}")
+        result = run_hook(notice, self._env, self.cgroups, self.opts.job_umask,
+                          tick=self._hook_tick)
+        fields["duration_ms"] = round(result.duration * 1000)
+        if result.ok:
+            if self._persist(lambda: self.store.notice_delivered(notice)):
+                self.log.info("hook_delivered", **fields)
+            return True
+        error = result.error or "failed"
+        tail = result.output.decode("utf-8", "replace")
+        try:
+            first = float(self.store.config_items().get("on-dead-backoff", 2.0))
+        except DatabaseUnavailable:
+            first = 2.0
+        delay = hook_retry_delay(first, notice.tries + 1)
+        dropped = self._persist(
+            lambda: self.store.notice_failed(notice, error, HOOK_TRIES, delay))
+        if dropped:
+            self.log.error("hook_failed", error=error, output_tail=tail, **fields)
+        elif dropped is not None:
+            self.log.warning("hook_retry", error=error, output_tail=tail,
+                             retry_in=round(delay, 3), **fields)
+        return True
+
+    def _hook_tick(self) -> float:
+        """While a hook runs: feed the watchdog and keep the worker's heartbeat (it is
+        alive, only busy); how long the hook's wait may block."""
+        self.notifier.ping_if_due()
+        try:
+            self._beat("busy")
+        except DatabaseUnavailable as exc:
+            self._db_failed(exc, HEARTBEAT_EVERY)
+        return min(self.notifier.seconds_to_ping(), self.lease.next_beat - time.monotonic())
 
     def _persist(self, action: Callable[[], Any]) -> Any:
         """Write a result, retrying while the database is unavailable: the lease covers us

@@ -24,7 +24,7 @@ TYPES = {
     "queuectl_worker_start_time_seconds": "gauge", "queuectl_paused": "gauge",
     "queuectl_queue_paused": "gauge", "queuectl_jobs_enqueued": "counter",
     "queuectl_attempts_started": "counter", "queuectl_attempts": "counter",
-    "queuectl_attempt_duration_seconds": "histogram",
+    "queuectl_attempt_duration_seconds": "histogram", "queuectl_notices_pending": "gauge",
 }
 
 

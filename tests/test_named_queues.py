@@ -74,7 +74,8 @@ def test_queue_scoped_pause_status_and_purge_touch_only_their_queue(any_queue: Q
               "the paused queue's jobs left waiting while a worker is free")
     assert q.json("status", "--queue", "a") == {
         "pending": 3, "processing": 0, "completed": 0, "failed": 0, "dead": 0,
-        "canceled": 0, "blocked": 0, "active_workers": 1, "paused": True, "queue": "a"}
+        "canceled": 0, "blocked": 0, "active_workers": 1, "notices": 0, "paused": True,
+        "queue": "a"}
     assert q.json("status", "--queue", "b")["completed"] == 3
     assert q.json("status", "--queue", "b")["paused"] is False
     assert q.status()["paused"] is False  # the global pause is another flag

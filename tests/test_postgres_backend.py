@@ -287,7 +287,8 @@ def test_a_version_1_queue_migrates_forward_keeping_everything(pg_server: Any) -
         assert (tail.offset, tail.data, tail.running) == (0, b"hi\n", False)
         assert store.get("gone").state == "dead" and not store.get("gone").cancel_requested
         assert store.counts() == {"pending": 1, "processing": 0, "completed": 1, "failed": 0,
-                                  "dead": 1, "canceled": 0, "blocked": 0, "active_workers": 0}
+                                  "dead": 1, "canceled": 0, "blocked": 0, "active_workers": 0,
+                                  "notices": 0}
         assert store.pause("me@here") and store.claim_next("w") is None
         assert store.resume()
         assert store.cancel("waiting").state == "canceled"
@@ -392,7 +393,8 @@ def test_a_version_2_queue_migrates_to_3_keeping_everything(pg_server: Any) -> N
         assert store.paused().by == "alice@h"
         assert store.counts("default") == {"pending": 1, "processing": 0, "completed": 1,
                                            "failed": 0, "dead": 1, "canceled": 0,
-                                           "blocked": 0, "active_workers": 0}
+                                           "blocked": 0, "active_workers": 0,
+                                           "notices": 0}
         assert [q.name for q in store.queues()] == ["default"]
         assert store.claim_next("w", ["default"]) is None  # still paused
         assert store.resume()
@@ -752,6 +754,47 @@ def test_a_version_7_queue_migrates_to_8_keeping_every_job_without_cwd_or_env(
         new = next(j for j in claimed if j is not None and j.id == "new")
         assert (new.cwd, new.env) == ("/srv", {"MODE": "nightly"})
         assert all((j.cwd, j.env) == (None, None) for j in claimed if j and j.id != "new")
+    finally:
+        store.close()
+
+
+def test_a_version_8_queue_migrates_to_on_dead_notices_keeping_every_job(
+        pg_server: Any) -> None:
+    """A schema 8 queue (before on-dead hooks), opened by four processes at once: every job
+    and queue setting is kept, no old dead job gets a notice, and a job that goes dead
+    afterwards, with a hook set for its queue, gets one."""
+    from queuectl.backends.postgres_schema import MIGRATIONS, SCHEMA_VERSION, VERSION_TABLE
+
+    db = pg_server.fresh_locator()
+    s = f'"{_schema(db)}"'
+    old = [f"CREATE SCHEMA {s}", VERSION_TABLE.format(s=s),
+           f"INSERT INTO {s}.schema_version VALUES (8)"]
+    old += [statement.format(s=s) for v in range(1, 9) for statement in MIGRATIONS[v]]
+    states = ("pending", "processing", "dead", "completed")
+    old.append(
+        f"INSERT INTO {s}.jobs (id, command, state, attempts, max_retries, run_at, created_at,"
+        " updated_at, worker, lease_expires_at, queue) VALUES " + ", ".join(
+            f"('{st}', 'true', '{st}', {int(st != 'pending')}, 0, 1e9, 1e9 + {n}, 1e9,"
+            f" {'NULL' if st == 'pending' else repr('w')},"
+            f" {'1e9' if st == 'processing' else 'NULL'}, 'mail')"
+            for n, st in enumerate(states)))
+    old.append(f"INSERT INTO {s}.queues (name, concurrency) VALUES ('mail', 2)")
+    pg_server.psql("; ".join(old))
+    before = pg_server.psql(f"SELECT * FROM {s}.jobs ORDER BY id")
+    assert all(st["processing"] == 1 and st["notices"] == 0
+               for st in _statuses_of_four_at_once(db))
+    assert pg_server.psql(f"SELECT version FROM {s}.schema_version") == str(SCHEMA_VERSION)
+    assert pg_server.psql(f"SELECT * FROM {s}.jobs ORDER BY id") == before
+    store = open_store(db)
+    try:
+        [mail] = [q for q in store.queues() if q.name == "mail"]
+        assert (mail.concurrency, mail.on_dead, mail.notices) == (2, "", 0)
+        store.set_queue_on_dead("mail", "cat")
+        assert [j.state for j in store.reclaim_expired()] == ["dead"]
+        notice = store.take_notice("w", 60)
+        assert notice is not None and (notice.job_id, notice.hook) == ("processing", "cat")
+        store.set_queue_concurrency("mail", 0)  # the hook keeps the queue's row
+        assert [q.on_dead for q in store.queues() if q.name == "mail"] == ["cat"]
     finally:
         store.close()
 

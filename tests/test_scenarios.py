@@ -24,7 +24,8 @@ def test_successful_job_ends_completed_with_its_output(queue: Queue) -> None:
     assert job["exit_code"] == 0
     assert job["history"][-1]["output"] == "Hello World\n"
     assert queue.status() == {"pending": 0, "processing": 0, "completed": 1, "failed": 0,
-                              "dead": 0, "active_workers": 1, "canceled": 0, "blocked": 0, "paused": False}
+                              "dead": 0, "active_workers": 1, "canceled": 0, "blocked": 0,
+                              "notices": 0, "paused": False}
 
 
 @pytest.mark.slow

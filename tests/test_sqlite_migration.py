@@ -331,3 +331,48 @@ def test_a_version_10_database_migrates_to_cwd_and_env_keeping_every_job(
         assert (new.cwd, new.env) == ("/srv", {"MODE": "nightly"})
     finally:
         store.close()
+
+
+def test_a_version_11_database_migrates_to_on_dead_notices_keeping_every_job(
+        tmp_path: Path) -> None:
+    """Schema 11 (before on-dead hooks): every job and setting is kept, no old dead job gets
+    a notice, and a job that goes dead afterwards, with a hook set, gets one."""
+    from queuectl.backends.sqlite import SQLiteStore
+    from queuectl.store import Outcome
+
+    db = tmp_path / "v11.db"
+    with old_schema(db, 11) as conn:
+        for i, state in enumerate(("pending", "processing", "dead", "completed")):
+            conn.execute(
+                "INSERT INTO jobs (id, command, state, attempts, max_retries, run_at,"
+                " created_at, updated_at, worker, lease_expires_at, lease_boot, lease_until,"
+                " queue) VALUES (?, 'true', ?, ?, 0, 1, ?, 2, ?, ?, ?, ?, 'mail')",
+                (state, state, int(state != "pending"), 1 + i,
+                 "w" if state == "processing" else None, 0 if state == "processing" else None,
+                 "b" if state == "processing" else None, 0 if state == "processing" else None))
+        conn.execute("INSERT INTO queues (name, concurrency) VALUES ('mail', 2)")
+        conn.execute("INSERT INTO config (key, value) VALUES ('max-retries', '7')")
+        before = conn.execute("SELECT * FROM jobs ORDER BY id").fetchall()
+    q = Queue(db)
+    assert q.status()["notices"] == 0
+    assert q.run("config", "get", "max-retries").stdout.strip() == "7"
+    assert q.run("config", "get", "on-dead").stdout == "\n"
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION >= 12
+        assert conn.execute("SELECT * FROM jobs ORDER BY id").fetchall() == before
+        assert conn.execute("SELECT count(*) FROM notices").fetchone()[0] == 0
+    [mail] = [row for row in q.json("queue", "list") if row["queue"] == "mail"]
+    assert (mail["concurrency"], mail["on_dead"], mail["notices"]) == (2, None, 0)
+    q.run("queue", "set", "mail", "--on-dead", "cat")
+    store = SQLiteStore(db)
+    try:
+        # the old processing job (its lease long gone) ends dead through the trigger
+        assert [j.state for j in store.reclaim_expired()] == ["dead"]
+        notice = store.take_notice("w", 60)
+        assert notice is not None and (notice.job_id, notice.hook) == ("processing", "cat")
+        job = store.claim_next("w")
+        assert job is not None and job.id == "pending"
+        store.record_failure(job, Outcome(1, "exit status 1", b"bye", 0.1))
+        assert store.counts()["notices"] == 2
+    finally:
+        store.close()

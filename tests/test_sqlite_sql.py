@@ -260,7 +260,8 @@ def test_the_claim_and_counts_plans_hold_with_blocked_jobs(tmp_path):
 @pytest.mark.parametrize("name", ["COUNTS", "COUNTS_OF_DEFAULT_QUEUE", "COUNTS_OF_NAMED_QUEUE"])
 def test_counts_reads_blocked_off_the_counter_not_the_jobs(conn, name):
     """The blocked term of counts is the compound's second part: it reads blocked_counts
-    (one row per queue) and never the jobs table or one of its indexes."""
+    (one row per queue) and never the jobs table or one of its indexes. (The fourth part
+    counts on-dead notices, in their own table.)"""
     plan = _plan(conn, sqlite_sql.statements(name)[0]).split("\n")
     terms: list[list[str]] = [[]]
     for line in plan:
@@ -268,8 +269,9 @@ def test_counts_reads_blocked_off_the_counter_not_the_jobs(conn, name):
             terms.append([])
         elif line not in ("COMPOUND QUERY", "LEFT-MOST SUBQUERY"):
             terms[-1].append(line)
-    assert len(terms) == 3, plan
-    states, blocked, workers = terms
+    assert len(terms) == 4, plan
+    states, blocked, workers, notices = terms
+    assert notices and all("notices" in line for line in notices), plan
     assert any("jobs" in line for line in states), plan  # the per-state counts are unchanged
     assert blocked and all("blocked_counts" in line for line in blocked), plan
     assert not any("jobs" in line for line in blocked), plan

@@ -171,3 +171,29 @@ def test_cwd_and_env_under_the_cgroup_wrapper(host: Host) -> None:  # noqa: F811
     assert (job["last_error"], job["exit_code"]) == (
         "cannot enter directory /var/lib/queuectl/missing: No such file or directory", None)
     assert not (host.state / "gone-ran").exists()
+
+
+def test_an_on_dead_hook_runs_in_a_cgroup_of_its_own_and_leaves_nothing(
+        host: Host) -> None:  # noqa: F811
+    """The hook is run as attempts are: its own cgroup under the unit's, killed whole when it
+    ends, so a process it detached does not outlive it; five failures end in hook_failed
+    with its catalog id."""
+    from queuectl.log import MESSAGE_IDS
+
+    q = host.queue
+    _start(host, 1)
+    cgroup = _unit_cgroup(host)
+    q.run("config", "set", "on-dead-backoff", "0")
+    where = "/var/lib/queuectl/hook-cgroup.txt"
+    q.run("config", "set", "on-dead", f"cat /proc/self/cgroup > {where}; "
+          + _escaping("3015", "; exit 1"))
+    q.enqueue({"id": "dies", "command": "exit 3", "max_retries": 0})
+    [failed] = wait_for(lambda: host.events("hook_failed", JOB_ID="dies"), 60, "hook_failed")
+    assert failed["MESSAGE_ID"] == MESSAGE_IDS["hook_failed"]
+    assert (failed["TRIES"], failed["PRIORITY"]) == ("5", "3")
+    ran_in = (host.state / "hook-cgroup.txt").read_text().strip().split("::", 1)[1]
+    parent, name = ran_in.rsplit("/", 1)  # relative to the cgroup mount, which CGROUP has
+    assert cgroup.endswith(parent) and name.startswith("job-"), (ran_in, cgroup)
+    wait_for(lambda: not _processes_with(["sleep", "3015"]), 5, "the detached sleep to die")
+    wait_for(lambda: _children(host, cgroup) == ["worker"], 5, "the hook's cgroup removed")
+    assert q.status()["notices"] == 0 and q.job("dies")["state"] == "dead"

@@ -74,6 +74,7 @@ from queuectl.job import (
 from queuectl.store import (
     USAGE,
     Metrics,
+    Notice,
     Outcome,
     OutputSlice,
     Parent,
@@ -923,6 +924,10 @@ class PostgresStore(Connected, Store):
                 info.paused = None if seconds is None else PauseInfo(text, seconds)
             elif kind == "o":
                 entry(name).oldest_waiting = max(0.0, seconds)
+            elif kind == "d":
+                entry(name).on_dead = text
+            elif kind == "n":
+                entry(name).notices = int(number)
             else:
                 serving.append(lanes)
                 for lane in lanes or ():
@@ -930,6 +935,50 @@ class PostgresStore(Connected, Store):
         for info in found.values():
             info.workers = sum(lanes is None or info.name in lanes for lanes in serving)
         return [found[name] for name in sorted(found)]
+
+    # -- on-dead notices ---------------------------------------------------------------------
+    def set_queue_on_dead(self, queue: str, command: str) -> None:
+        self._run(lambda cur: cur.execute(self.sql.set_queue_on_dead,
+                                          {"queue": queue, "command": command}),
+                  idempotent=True)
+
+    def take_notice(self, holder: str, seconds: float) -> Notice | None:
+        if not self._fetch(self.sql.any_notice_due):
+            return None
+
+        def take(cur: Any) -> tuple[Any, ...] | None:
+            cur.execute(self.sql.take_notice, {"holder": holder, "for": float(seconds)})
+            row: tuple[Any, ...] | None = cur.fetchone()
+            return row
+
+        # Not repeated after a lost commit: a notice taken then is held by nobody alive,
+        # and its lease running out frees it.
+        row = self._run(take)
+        if row is None:
+            return None
+        nid, job_id, queue, command, exit_code, attempts, last_error, tries, hook, output = row
+        data = bytes(output or b"")[-policy.NOTICE_INPUT:]
+        return Notice(int(nid), job_id, queue, command, exit_code, attempts, last_error, tries,
+                      hook, data, holder)
+
+    def notice_delivered(self, notice: Notice) -> bool:
+        def drop(cur: Any) -> bool:
+            cur.execute(self.sql.drop_notice, {"id": notice.id, "holder": notice.holder})
+            return bool(cur.rowcount == 1)
+
+        return self._run(drop, idempotent=True)
+
+    def notice_failed(self, notice: Notice, error: str, tries: int, delay: float) -> bool:
+        params = {"id": notice.id, "holder": notice.holder, "error": error,
+                  "delay": float(delay)}
+        if notice.tries + 1 >= tries:
+            return self.notice_delivered(notice)
+
+        def retry(cur: Any) -> bool:
+            cur.execute(self.sql.retry_notice, params)
+            return False
+
+        return self._run(retry)
 
     # -- metrics -----------------------------------------------------------------------------
     def metrics(self) -> Metrics:
@@ -1075,7 +1124,7 @@ class PostgresStore(Connected, Store):
                            {"queue": queue, "window": policy.ACTIVE_WINDOW})
         for key, n in rows:
             result[key] = n
-        return {k: result[k] for k in (*STATES, "blocked", "active_workers")}
+        return {k: result[k] for k in (*STATES, "blocked", "active_workers", "notices")}
 
     def remaining(self, queues: list[str] | None = None) -> int:
         sql = self.sql.remaining if queues is None else self.sql.remaining_listed
@@ -1102,10 +1151,10 @@ class PostgresStore(Connected, Store):
         return dict(self._fetch(self.sql.completed_since, {"s": seconds}))
 
     # -- configuration -----------------------------------------------------------------------
-    def config_items(self) -> dict[str, float | int]:
+    def config_items(self) -> dict[str, cfg.Value]:
         return cfg.merge(dict(self._fetch(self.sql.config_items)))
 
-    def set_config(self, key: str, value: float | int) -> None:
+    def set_config(self, key: str, value: cfg.Value) -> None:
         self._settings.forget()
         self._run(lambda cur: cur.execute(self.sql.set_config, (key, str(value))),
                   idempotent=True)

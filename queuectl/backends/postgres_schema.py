@@ -9,7 +9,7 @@ change as the next number; never edit a released one. `{s}` stands for the quote
 from queuectl.backends.postgres_sql import NOW
 from queuectl.policy import DURATION_BUCKETS
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 
 def _bucket(seconds: str) -> str:
@@ -357,6 +357,53 @@ MIGRATIONS: dict[int, list[str]] = {
     8: [
         "ALTER TABLE {s}.jobs ADD COLUMN cwd text",
         "ALTER TABLE {s}.jobs ADD COLUMN env text",
+    ],
+    # The dead-job hook (`on-dead`). Only additions: no existing job gets a notice.
+    9: [
+        # A queue's own on-dead command (NULL or '': none, the global setting applies).
+        "ALTER TABLE {s}.queues ADD COLUMN on_dead text",
+        # One row per dead job whose hook is still to run: what its environment needs,
+        # snapshotted when the job went dead (the job may be retried, purged or deleted by
+        # retention since: the notice stays), and its delivery state. `attempt` is the
+        # history's number of the attempt whose output is the hook's stdin. Due at due_at,
+        # held by `holder` until lease_until: the server's clock, as jobs' leases.
+        """CREATE TABLE {s}.notices (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            job_id text NOT NULL,
+            queue text NOT NULL,
+            command text NOT NULL,
+            exit_code integer,
+            attempts integer NOT NULL,
+            attempt integer NOT NULL,
+            last_error text,
+            created_at double precision NOT NULL,
+            due_at double precision NOT NULL,
+            tries integer NOT NULL DEFAULT 0,
+            error text,
+            holder text,
+            lease_until double precision)""",
+        "CREATE INDEX notices_due ON {s}.notices (due_at, id)",
+        # Written by the transaction that makes the job dead, whatever the path
+        # (record_failure, reclaim_expired, reclaim_worker, a lost lease), and only while a
+        # command is configured for its queue or globally: without one, none piles up.
+        # Every other state change pays the WHEN only.
+        """CREATE FUNCTION {s}.notice_dead() RETURNS trigger LANGUAGE plpgsql AS $f$
+        BEGIN
+            IF EXISTS (SELECT 1 FROM {s}.queues WHERE name = NEW.queue
+                       AND coalesce(on_dead, '') <> '')
+               OR EXISTS (SELECT 1 FROM {s}.config WHERE key = 'on-dead' AND value <> '')
+            THEN
+                INSERT INTO {s}.notices (job_id, queue, command, exit_code, attempts,
+                                         attempt, last_error, created_at, due_at)
+                VALUES (NEW.id, NEW.queue, NEW.command, NEW.exit_code, NEW.attempts,
+                        NEW.attempt_base + NEW.attempts, NEW.last_error, NEW.updated_at,
+                        NEW.updated_at);
+            END IF;
+            RETURN NULL;
+        END $f$""",
+        """CREATE TRIGGER notice_dead AFTER UPDATE OF state ON {s}.jobs FOR EACH ROW
+            WHEN (NEW.state = 'dead' AND OLD.state IS DISTINCT FROM 'dead')
+            EXECUTE FUNCTION {s}.notice_dead()""",
     ],
 }
 

@@ -52,6 +52,7 @@ PRIVILEGES = {
     "live_output":    "SELECT,INSERT,UPDATE,DELETE",
     "queues":         "SELECT,INSERT,UPDATE,DELETE",
     "deps":           "SELECT,INSERT,UPDATE,DELETE",
+    "notices":        "SELECT,INSERT,UPDATE,DELETE",
 }
 
 # -- shared pieces ---------------------------------------------------------------------------
@@ -325,12 +326,13 @@ def _recent_jobs(where: str) -> str:
 def _counts(jobs: str, blocked: str, workers: str) -> str:
     """Jobs per state, then the blocked ones (pending, waiting for a parent: read from
     blocked_counts, a row per queue kept by triggers, however many there are), then the
-    active workers."""
+    active workers, then the on-dead notices still to deliver (of the same jobs' queue)."""
     return (f"SELECT state, count(*) FROM {{s}}.jobs {jobs} GROUP BY state UNION ALL"
             " SELECT 'blocked', coalesce(sum(n), 0)::bigint FROM {s}.blocked_counts"
             f" {blocked} UNION ALL"
             " SELECT 'active_workers', count(*) FROM {s}.workers"
-            f" WHERE heartbeat_at >= {{now}} - %(window)s {workers}")
+            f" WHERE heartbeat_at >= {{now}} - %(window)s {workers} UNION ALL"
+            f" SELECT 'notices', count(*) FROM {{s}}.notices {jobs}")
 
 
 # Only the jobs a worker serving %(queues)s could take.
@@ -655,10 +657,11 @@ SELECT count(*) FROM gone"""
     # A row without a limit left has nothing more to say: it goes.
     resume_queue = """NOTIFY {channel}; WITH
 gone AS (DELETE FROM {s}.queues WHERE name = %(queue)s
-         AND paused_since IS NOT NULL AND concurrency = 0 RETURNING 1),
+         AND paused_since IS NOT NULL AND concurrency = 0 AND coalesce(on_dead, '') = ''
+         RETURNING 1),
 kept AS (UPDATE {s}.queues SET paused_by = NULL, paused_since = NULL
          WHERE name = %(queue)s AND paused_since IS NOT NULL
-             AND concurrency <> 0 RETURNING 1)
+             AND (concurrency <> 0 OR coalesce(on_dead, '') <> '') RETURNING 1)
 SELECT (SELECT count(*) FROM gone) + (SELECT count(*) FROM kept)"""
 
     # -- paused --
@@ -672,11 +675,11 @@ SELECT (SELECT count(*) FROM gone) + (SELECT count(*) FROM kept)"""
     # woken: a raised or removed limit may have freed work.
     set_queue_concurrency = """NOTIFY {channel}; WITH
 gone AS (DELETE FROM {s}.queues WHERE name = %(queue)s AND %(limit)s = 0
-         AND paused_since IS NULL)
+         AND paused_since IS NULL AND coalesce(on_dead, '') = '')
 INSERT INTO {s}.queues AS q (name, concurrency)
 SELECT %(queue)s, %(limit)s WHERE %(limit)s <> 0
     OR EXISTS (SELECT 1 FROM {s}.queues WHERE name = %(queue)s
-               AND paused_since IS NOT NULL)
+               AND (paused_since IS NOT NULL OR coalesce(on_dead, '') <> ''))
 ON CONFLICT (name) DO UPDATE SET concurrency = excluded.concurrency"""
 
     # -- queues --
@@ -692,7 +695,11 @@ SELECT 'o', queue, NULL, NULL, max(t.now - run_at), NULL FROM {{s}}.jobs, t
     GROUP BY queue
 UNION ALL
 SELECT 'w', NULL, NULL, NULL, NULL, queues FROM {{s}}.workers, t
-    WHERE heartbeat_at >= t.now - %(window)s"""
+    WHERE heartbeat_at >= t.now - %(window)s
+UNION ALL
+SELECT 'd', name, on_dead, NULL, NULL, NULL FROM {{s}}.queues WHERE coalesce(on_dead, '') <> ''
+UNION ALL
+SELECT 'n', queue, NULL, count(*)::float8, NULL, NULL FROM {{s}}.notices GROUP BY queue"""
 
     # == metrics =============================================================================
     # -- metrics --
@@ -722,6 +729,49 @@ VALUES (%(name)s, %(holder)s, {now} + %(for)s)
 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,
     expires_at = excluded.expires_at
 WHERE d.holder = excluded.holder OR d.expires_at < {now}"""
+
+    # == on-dead notices =====================================================================
+    # -- set_queue_on_dead --
+    # '' with no limit and no pause: the row goes (a queue needs no row to exist).
+    set_queue_on_dead = """WITH
+gone AS (DELETE FROM {s}.queues WHERE name = %(queue)s AND %(command)s = ''
+         AND concurrency = 0 AND paused_since IS NULL)
+INSERT INTO {s}.queues AS q (name, on_dead)
+SELECT %(queue)s, %(command)s WHERE %(command)s <> ''
+    OR EXISTS (SELECT 1 FROM {s}.queues WHERE name = %(queue)s
+               AND (concurrency <> 0 OR paused_since IS NOT NULL))
+ON CONFLICT (name) DO UPDATE SET on_dead = excluded.on_dead"""
+
+    # -- take_notice --
+    # A read first: almost always there is no notice at all.
+    _NOTICE_FREE = "due_at <= {now} AND (holder IS NULL OR lease_until < {now})"
+    any_notice_due = "SELECT 1 FROM {s}.notices WHERE " + _NOTICE_FREE + " LIMIT 1"
+    # The oldest due and free notice (SKIP LOCKED: racing takers get different ones, or
+    # none), held for %(for)s seconds of the server's clock, with the command configured
+    # now (the queue's, else the global one, else '') and its attempt's output, if kept.
+    take_notice = """WITH pick AS (
+    SELECT id FROM {s}.notices WHERE """ + _NOTICE_FREE + """
+    ORDER BY due_at, id LIMIT 1 FOR UPDATE SKIP LOCKED),
+took AS (
+    UPDATE {s}.notices n SET holder = %(holder)s, lease_until = {now} + %(for)s
+    FROM pick WHERE n.id = pick.id
+    RETURNING n.id, n.job_id, n.queue, n.command, n.exit_code, n.attempts, n.attempt,
+        n.last_error, n.tries)
+SELECT took.id, took.job_id, took.queue, took.command, took.exit_code, took.attempts,
+    took.last_error, took.tries,
+    coalesce((SELECT nullif(on_dead, '') FROM {s}.queues WHERE name = took.queue),
+             (SELECT value FROM {s}.config WHERE key = 'on-dead'), ''),
+    (SELECT output FROM {s}.attempts a WHERE a.job_id = took.job_id
+        AND a.attempt = took.attempt ORDER BY a.seq DESC LIMIT 1)
+FROM took"""
+
+    # -- notice_delivered --
+    drop_notice = "DELETE FROM {s}.notices WHERE id = %(id)s AND holder = %(holder)s"
+
+    # -- notice_failed --
+    retry_notice = """UPDATE {s}.notices SET tries = tries + 1, error = %(error)s,
+    due_at = {now} + %(delay)s, holder = NULL, lease_until = NULL
+WHERE id = %(id)s AND holder = %(holder)s"""
 
     # == output ==============================================================================
     # -- append_output --
@@ -913,6 +963,10 @@ VERBS: dict[str, tuple[str, ...]] = {
                        "count_matching_in_queue_older"),
     "purge": ("purge", "purge_in_queue", "purge_older", "purge_in_queue_older"),
     "take_duty": ("take_duty",),
+    "set_queue_on_dead": ("set_queue_on_dead",),
+    "take_notice": ("any_notice_due", "take_notice"),
+    "notice_delivered": ("drop_notice",),
+    "notice_failed": ("drop_notice", "retry_notice"),
     "append_output": ("append_output",),
     "read_output": ("read_output",),
     "get": ("get", "get_history"),

@@ -44,6 +44,7 @@ from queuectl.job import (
 from queuectl.store import (
     USAGE,
     Metrics,
+    Notice,
     Outcome,
     OutputSlice,
     Parent,
@@ -821,11 +822,12 @@ class SQLiteStore(Store):
         else:
             rows = self._read(
                 sql.COUNTS_OF_DEFAULT_QUEUE if queue == DEFAULT_QUEUE else sql.COUNTS_OF_NAMED_QUEUE,
-                (queue, queue, *_active_params(), queue),
+                (queue, queue, *_active_params(), queue, queue),
             )
         for key, n in rows:
             result[key] = n
-        return {k: result.get(k, 0) for k in (*STATES, "blocked", "active_workers")}
+        return {k: result.get(k, 0)
+                for k in (*STATES, "blocked", "active_workers", "notices")}
 
     def remaining(self, queues: list[str] | None = None) -> int:
         if queues is None:
@@ -851,10 +853,10 @@ class SQLiteStore(Store):
         return self._settings.get(
             lambda: dict(c.execute(sql.CONFIG).fetchall()))
 
-    def config_items(self) -> dict[str, float | int]:
+    def config_items(self) -> dict[str, cfg.Value]:
         return cfg.merge(dict(self._read(sql.CONFIG)))
 
-    def set_config(self, key: str, value: float | int) -> None:
+    def set_config(self, key: str, value: cfg.Value) -> None:
         self._settings.forget()
         with self._write() as c:
             c.execute(sql.SET_CONFIG, (key, str(value)))
@@ -1197,10 +1199,13 @@ class SQLiteStore(Store):
 
         for name, state, n in c.execute(sql.QUEUE_COUNTS):
             entry(name).counts[state] = n
-        for name, limit, by, since in c.execute(sql.QUEUE_SETTINGS):
+        for name, limit, by, since, on_dead in c.execute(sql.QUEUE_SETTINGS):
             info = entry(name)
             info.concurrency = limit
             info.paused = None if since is None else PauseInfo(by, since)
+            info.on_dead = on_dead or ""
+        for name, n in c.execute(sql.QUEUE_NOTICES):
+            entry(name).notices = n
         for name, due in c.execute(sql.OLDEST_DUE_BY_QUEUE, (t,)):
             entry(name).oldest_waiting = max(0.0, t - due)
         serving = [r[0] for r in c.execute(sql.ACTIVE_WORKER_QUEUES, _active_params())]
@@ -1211,6 +1216,39 @@ class SQLiteStore(Store):
             info.workers = sum(names is None or info.name in names.split(",")
                                for names in serving)
         return [found[name] for name in sorted(found)]
+
+    # -- on-dead notices ---------------------------------------------------------------------
+    def set_queue_on_dead(self, queue: str, command: str) -> None:
+        with self._write() as c:
+            c.execute(sql.SET_ON_DEAD, (queue, command))
+            self._drop_empty_setting(c, queue)
+
+    def take_notice(self, holder: str, seconds: float) -> Notice | None:
+        if not self._read(sql.ANY_NOTICE_DUE, (now(), _boot_id(), _uptime())):
+            return None
+        with self._write() as c:
+            boot, up = _boot_id(), _uptime()
+            row = c.execute(sql.TAKE_NOTICE, (holder, boot, up + seconds, now(), boot, up)
+                            ).fetchone()
+            if row is None:
+                return None
+            nid, job_id, queue, command, exit_code, attempts, attempt, last_error, tries = row
+            hook = c.execute(sql.NOTICE_HOOK, (queue,)).fetchone()[0]
+            out = c.execute(sql.NOTICE_OUTPUT, (job_id, attempt)).fetchone()
+        output = bytes(out[0] or b"") if out else b""
+        return Notice(nid, job_id, queue, command, exit_code, attempts, last_error, tries,
+                      hook, output[-policy.NOTICE_INPUT:], holder)
+
+    def notice_delivered(self, notice: Notice) -> bool:
+        with self._write() as c:
+            return c.execute(sql.DROP_NOTICE, (notice.id, notice.holder)).rowcount == 1
+
+    def notice_failed(self, notice: Notice, error: str, tries: int, delay: float) -> bool:
+        with self._write() as c:
+            if notice.tries + 1 >= tries:
+                return c.execute(sql.DROP_NOTICE, (notice.id, notice.holder)).rowcount == 1
+            c.execute(sql.RETRY_NOTICE, (error, now() + delay, notice.id, notice.holder))
+        return False
 
     # -- metrics -----------------------------------------------------------------------------
     def metrics(self) -> Metrics:

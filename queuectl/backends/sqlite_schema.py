@@ -7,7 +7,7 @@ new one. Add a change as the next number; never edit a released one.
 
 from queuectl.policy import DURATION_BUCKETS
 
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 
 
 def _bucket(seconds: str) -> str:
@@ -310,5 +310,49 @@ MIGRATIONS: dict[int, list[str]] = {
     11: [
         "ALTER TABLE jobs ADD COLUMN cwd TEXT",
         "ALTER TABLE jobs ADD COLUMN env TEXT",
+    ],
+    # The dead-job hook (`on-dead`). Only additions: no existing job gets a notice.
+    12: [
+        # A queue's own on-dead command (NULL or '': none, the global setting applies).
+        "ALTER TABLE queues ADD COLUMN on_dead TEXT",
+        # One row per dead job whose hook is still to run: what its environment needs,
+        # snapshotted when the job went dead (the job may be retried, purged or retention-
+        # deleted since: the notice stays), and its delivery state. `attempt` is the
+        # history's number of the attempt whose output is the hook's stdin. Due at due_at
+        # (wall clock, the store's clock); held by `holder` until lease_until on
+        # CLOCK_BOOTTIME of boot lease_boot, as jobs' leases are.
+        """CREATE TABLE notices (
+            id INTEGER PRIMARY KEY,
+            job_id TEXT NOT NULL,
+            queue TEXT NOT NULL,
+            command TEXT NOT NULL,
+            exit_code INTEGER,
+            attempts INTEGER NOT NULL,
+            attempt INTEGER NOT NULL,
+            last_error TEXT,
+            created_at REAL NOT NULL,
+            due_at REAL NOT NULL,
+            tries INTEGER NOT NULL DEFAULT 0,
+            error TEXT,
+            holder TEXT,
+            lease_boot TEXT,
+            lease_until REAL)""",
+        "CREATE INDEX notices_due ON notices (due_at, id)",
+        # The notice is written by the transaction that makes the job dead, whatever the
+        # path (record_failure, reclaim_expired, reclaim_worker, a lost lease), and only
+        # while a command is configured for its queue or globally: without one, none piles
+        # up. Every other state change pays the WHEN's first comparison only.
+        """CREATE TRIGGER notice_dead AFTER UPDATE OF state ON jobs
+            WHEN new.state = 'dead' AND old.state <> 'dead'
+                AND (EXISTS (SELECT 1 FROM queues WHERE name = new.queue
+                             AND coalesce(on_dead, '') <> '')
+                     OR EXISTS (SELECT 1 FROM config WHERE key = 'on-dead' AND value <> ''))
+        BEGIN
+            INSERT INTO notices (job_id, queue, command, exit_code, attempts, attempt,
+                                 last_error, created_at, due_at)
+            VALUES (new.id, new.queue, new.command, new.exit_code, new.attempts,
+                    new.attempt_base + new.attempts, new.last_error, new.updated_at,
+                    new.updated_at);
+        END""",
     ],
 }

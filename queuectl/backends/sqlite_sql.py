@@ -323,13 +323,16 @@ LIST_JOBS_OF_KEY_LIMITED = _by_key(_LIST.replace("{filter}", " {by_key}") + " LI
 # (schema 10): one row per queue, never a read of the blocked jobs themselves.
 COUNTS = ("SELECT state, count(*) FROM jobs GROUP BY state UNION ALL"
           " SELECT 'blocked', coalesce(sum(n), 0) FROM blocked_counts"
-          f" UNION ALL SELECT 'active_workers', count(*) FROM workers WHERE {_ACTIVE}")
-# Parameters: the queue, the queue again (blocked), the active window, the queue (serves).
+          f" UNION ALL SELECT 'active_workers', count(*) FROM workers WHERE {_ACTIVE}"
+          " UNION ALL SELECT 'notices', count(*) FROM notices")
+# Parameters: the queue, the queue again (blocked), the active window, the queue (serves),
+# the queue (notices).
 _COUNTS_OF_QUEUE = ("SELECT state, count(*) FROM jobs WHERE queue = ?{named}"
                     " GROUP BY state UNION ALL SELECT 'blocked', coalesce(sum(n), 0)"
                     " FROM blocked_counts WHERE queue = ?"
                     " UNION ALL SELECT 'active_workers', count(*) FROM workers"
-                    f" WHERE ({_ACTIVE}) AND {_SERVES}")
+                    f" WHERE ({_ACTIVE}) AND {_SERVES}"
+                    " UNION ALL SELECT 'notices', count(*) FROM notices WHERE queue = ?")
 COUNTS_OF_DEFAULT_QUEUE = _COUNTS_OF_QUEUE.replace("{named}", "")
 COUNTS_OF_NAMED_QUEUE = _COUNTS_OF_QUEUE.replace("{named}", f" AND {_NAMED}")
 
@@ -396,10 +399,10 @@ RESUME_ALL = "DELETE FROM flags WHERE name = 'paused'"
 PAUSE_OF_QUEUE = ("SELECT paused_by, paused_since FROM queues WHERE name = ?"
                   " AND paused_since IS NOT NULL")
 PAUSE_OF_ALL = "SELECT set_by, since FROM flags WHERE name = 'paused'"
-# A queue without a limit or a pause needs no row (`queue list` shows it while it has jobs);
-# also set_queue_concurrency's.
+# A queue without a limit, a pause or an on-dead command needs no row (`queue list` shows
+# it while it has jobs); also set_queue_concurrency's and set_queue_on_dead's.
 DROP_EMPTY_QUEUE_ROW = ("DELETE FROM queues WHERE name = ? AND concurrency = 0"
-                        " AND paused_since IS NULL")
+                        " AND paused_since IS NULL AND coalesce(on_dead, '') = ''")
 
 # == count_matching, purge ======================================================================
 COUNT_IN_STATE = _by_state("SELECT count(*) FROM jobs {by_state}")
@@ -440,7 +443,8 @@ VACUUM_INTO = "VACUUM INTO ?"  # copies one read snapshot: consistent while work
 SET_CONCURRENCY = ("INSERT INTO queues (name, concurrency) VALUES (?, ?)"
                    " ON CONFLICT (name) DO UPDATE SET concurrency = excluded.concurrency")
 QUEUE_COUNTS = "SELECT queue, state, count(*) FROM jobs GROUP BY queue, state"
-QUEUE_SETTINGS = "SELECT name, concurrency, paused_by, paused_since FROM queues"
+QUEUE_SETTINGS = "SELECT name, concurrency, paused_by, paused_since, on_dead FROM queues"
+QUEUE_NOTICES = "SELECT queue, count(*) FROM notices GROUP BY queue"
 OLDEST_DUE_BY_QUEUE = (f"SELECT queue, min(run_at) FROM jobs INDEXED BY jobs_due_by_queue"
                        f" WHERE {_WAITING} AND run_at <= ? GROUP BY queue")
 ACTIVE_WORKER_QUEUES = f"SELECT queues FROM workers WHERE {_ACTIVE}"
@@ -477,6 +481,33 @@ RETRY_JOB = """UPDATE jobs SET state = 'pending', attempt_base = attempt_base + 
         finished_at = NULL, exit_code = NULL, last_error = NULL, cancel_requested = 0,
         lease_expires_at = NULL, waiting_on = ?
     WHERE id = ?"""
+
+
+# == on-dead notices: set_queue_on_dead, take_notice, notice_delivered, notice_failed =====
+SET_ON_DEAD = ("INSERT INTO queues (name, on_dead) VALUES (?, ?)"
+               " ON CONFLICT (name) DO UPDATE SET on_dead = excluded.on_dead")
+# Free to take: never taken, or its holder's lease ran out (another boot, or past on the
+# boot clock). Parameters: this boot's id, uptime now.
+_NOTICE_FREE = "(holder IS NULL OR lease_boot <> ? OR lease_until < ?)"
+# A read first (no write lock): almost always there is no notice at all.
+# Parameters: wall-clock now, then _NOTICE_FREE's.
+ANY_NOTICE_DUE = f"SELECT 1 FROM notices WHERE due_at <= ? AND {_NOTICE_FREE} LIMIT 1"
+# Parameters: holder, boot id, lease end on the boot clock, wall-clock now, _NOTICE_FREE's.
+TAKE_NOTICE = f"""UPDATE notices SET holder = ?, lease_boot = ?, lease_until = ?
+    WHERE id = (SELECT id FROM notices WHERE due_at <= ? AND {_NOTICE_FREE}
+                ORDER BY due_at, id LIMIT 1)
+    RETURNING id, job_id, queue, command, exit_code, attempts, attempt, last_error, tries"""
+# The command now: the queue's own, else the global setting, else none ('').
+NOTICE_HOOK = """SELECT coalesce((SELECT nullif(on_dead, '') FROM queues WHERE name = ?),
+    (SELECT value FROM config WHERE key = 'on-dead'), '')"""
+# The hook's stdin: that attempt's history row (the job's last), if still kept.
+NOTICE_OUTPUT = ("SELECT output FROM attempts WHERE job_id = ? AND attempt = ?"
+                 " ORDER BY seq DESC LIMIT 1")
+DROP_NOTICE = "DELETE FROM notices WHERE id = ? AND holder = ?"
+# Parameters: the hook's error, when due again (wall clock), the id, the holder.
+RETRY_NOTICE = """UPDATE notices SET tries = tries + 1, error = ?, due_at = ?, holder = NULL,
+        lease_boot = NULL, lease_until = NULL
+    WHERE id = ? AND holder = ?"""
 
 
 # The blocks above: (name, the Store verbs that run them, their statements).
@@ -527,11 +558,14 @@ SECTIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         "LAST_ENDED_OUTPUT", "ENDED_OUTPUT_OF_ATTEMPT")),
     ("backup", "backup", ("VACUUM_INTO",)),
     ("queues", "set_queue_concurrency, queues, metrics", (
-        "SET_CONCURRENCY", "QUEUE_COUNTS", "QUEUE_SETTINGS", "OLDEST_DUE_BY_QUEUE",
-        "ACTIVE_WORKER_QUEUES")),
+        "SET_CONCURRENCY", "QUEUE_COUNTS", "QUEUE_SETTINGS", "QUEUE_NOTICES",
+        "OLDEST_DUE_BY_QUEUE", "ACTIVE_WORKER_QUEUES")),
     ("metrics", "metrics", ("GLOBAL_PAUSE", "ACTIVE_WORKERS_BY_HOST", "COUNTERS")),
     ("dependencies", "parents, canceled_dependents, retry", (
         "PARENTS", "JOB_EXISTS", "CANCELED_DEPENDENTS", "RETRY_JOB")),
+    ("on_dead", "set_queue_on_dead, take_notice, notice_delivered, notice_failed", (
+        "SET_ON_DEAD", "ANY_NOTICE_DUE", "TAKE_NOTICE", "NOTICE_HOOK", "NOTICE_OUTPUT",
+        "DROP_NOTICE", "RETRY_NOTICE")),
 )
 
 

@@ -96,7 +96,7 @@ def test_iter_jobs_on_an_empty_queue_yields_nothing(store) -> None:
 # -- counts and remaining ---------------------------------------------------------------------
 def test_counts_has_every_state_and_active_workers_zeros_included(store) -> None:
     counts = store.counts()
-    assert set(counts) == set(jobmod.STATES) | {"active_workers", "blocked"}
+    assert set(counts) == set(jobmod.STATES) | {"active_workers", "blocked", "notices"}
     assert all(v == 0 for v in counts.values())
 
 
@@ -104,7 +104,7 @@ def test_counts_counts_jobs_per_state(store) -> None:
     _one_of_each_state(store)
     add(store, id="p2")
     counts = store.counts()
-    assert set(counts) == set(jobmod.STATES) | {"active_workers", "blocked"}
+    assert set(counts) == set(jobmod.STATES) | {"active_workers", "blocked", "notices"}
     assert {k: counts[k] for k in ("pending", "processing", "completed", "failed", "dead")} == {
         "pending": 2, "processing": 1, "completed": 1, "failed": 1, "dead": 1}
     assert sum(counts[s] for s in jobmod.STATES) == 6

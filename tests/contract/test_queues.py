@@ -124,7 +124,8 @@ def test_filters_touch_only_their_queue(store) -> None:
         done = store.claim_next("w", [q])
         store.record_success(done, ok())
     assert store.counts("a")["pending"] == 1 and store.counts("a")["completed"] == 1
-    assert store.counts("nobody") == {**dict.fromkeys(STATES, 0), "active_workers": 0, "blocked": 0}
+    assert store.counts("nobody") == {**dict.fromkeys(STATES, 0), "active_workers": 0, "blocked": 0,
+                                      "notices": 0}
     assert [j.queue for j in store.iter_jobs(queue="b")] == ["b"]
     assert list(store.iter_jobs("completed", queue="a"))[0].queue == "a"
     assert store.count_matching("completed", queue="a") == 1
