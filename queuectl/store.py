@@ -184,42 +184,6 @@ class Wakeup(ABC):
     def drain(self) -> bool:
         """Consume what is pending; True if it may concern new work. Never raises."""
 
-    # -- on-dead notices -----------------------------------------------------------------------
-    # A job that goes `dead` by any path (record_failure, reclaim_expired, reclaim_worker) gets
-    # a notice in the same transaction (a trigger of the schema on its state change), but only
-    # while an on-dead command is configured for its queue (`set_queue_on_dead`) or globally
-    # (the `on-dead` setting): no command, no notice. A notice snapshots the job's queue,
-    # command, exit_code, attempts and last_error; it is never touched by anything that
-    # happens to the job afterwards (retry, purge, retention) and it never changes the job.
-    # Workers deliver notices at least once: a notice leaves only by `notice_delivered` or
-    # by `notice_failed` giving up. Not abstract, so a backend that predates them stays
-    # instantiable; tests/contract/test_on_dead.py checks them on every backend.
-
-    def set_queue_on_dead(self, queue: str, command: str) -> None:
-        """The queue's own on-dead command (it wins over the global one); '' removes it."""
-        raise NotImplementedError
-
-    def take_notice(self, holder: str, seconds: float) -> Notice | None:
-        """The oldest notice that is due (its retry delay over) and not held, or whose
-        holder's lease ran out, now held by `holder` for `seconds` (longer than the hook may
-        run: nobody else runs it meanwhile); None if there is none. Leases are on the
-        store's lease clock (SQLite: CLOCK_BOOTTIME with the boot id; PostgreSQL: the
-        server's). `hook` is the command configured now; `output` is read from the history
-        row of the attempt that made the job dead, its last (empty if it is gone: purge,
-        retention). One transaction; cheap when none is due (a read first)."""
-        raise NotImplementedError
-
-    def notice_delivered(self, notice: Notice) -> bool:
-        """Its hook exited 0: delete the notice, if `notice.holder` still holds it (False,
-        nothing written, if its lease ran out and another holder took it)."""
-        raise NotImplementedError
-
-    def notice_failed(self, notice: Notice, error: str, tries: int, delay: float) -> bool:
-        """Its hook failed: if `notice.tries + 1 >= tries` delete it and return True
-        (dropped); else count the try, make it due `delay` seconds from now (store clock)
-        and free it, False. Fenced on the holder as notice_delivered (False then)."""
-        raise NotImplementedError
-
     @abstractmethod
     def close(self) -> None: ...
 
