@@ -629,11 +629,18 @@ def queue_set(ctx: click.Context, name: str, concurrency: int) -> None:
 @db_option
 @click.pass_context
 def queue_list(ctx: click.Context, jsonl: bool) -> None:
-    """Every queue: jobs per state, paused, limit, active workers serving it, and how long its
-    longest-due job has waited (seconds)."""
+    """Every queue: jobs per state, paused, limit, active workers serving it, how long its
+    longest-due job has waited (seconds), and the lanes (files in /etc/queuectl/lanes) whose
+    workers serve it, with the user their jobs run as."""
+    import sys
+
+    from queuectl.lanes import read_lanes
     from queuectl.operate import queue_rows
 
-    rows = queue_rows(_store(ctx))
+    lanes, skipped = read_lanes()
+    for line in skipped:
+        print(f"queuectl: {line}", file=sys.stderr)
+    rows = queue_rows(_store(ctx), lanes)
     if jsonl:
         for row in rows:
             click.echo(json.dumps(row, ensure_ascii=False))
@@ -727,6 +734,14 @@ def worker_start(ctx: click.Context, count: int, grace: float, drain: bool,
     in the foreground until Ctrl-C or SIGTERM."""
     from queuectl import units
 
+    if queues is not None and not foreground:
+        from queuectl.lanes import declaring
+
+        lane = declaring(queues)
+        if lane is not None:  # the file decides how many workers and as whom
+            raise ValidationError(
+                f"lane {lane.name} is declared by {lane.path}: change Workers= there, then "
+                "systemctl daemon-reload && systemctl restart queuectl-workers.target")
     if not foreground and not drain and units.available():
         for line in units.scale(count, queues):
             click.echo(line)
@@ -759,6 +774,14 @@ def worker_stop(ctx: click.Context, timeout: float, foreground: bool,
     lines = units.stop_all(queues) if not foreground and units.available() else []
     for line in lines:
         click.echo(line)
+    if lines and queues is not None:
+        from queuectl.lanes import declaring
+
+        lane = declaring(queues)
+        if lane is not None:
+            click.echo(f"Lane {lane.name} is declared by {lane.path}: its workers start again "
+                       "at the next boot, or systemctl daemon-reload && systemctl start "
+                       "queuectl-workers.target; remove the file to retire the lane.")
     from queuectl.errors import DatabaseUnavailable
     from queuectl.supervisor import stop_local_workers
 
