@@ -229,3 +229,12 @@ def test_queue_list_and_top_show_the_lane_and_its_user(laned: Queue, lanes: Path
     assert top[default + 1].startswith("  lane mail:default: 1 worker as queuectl (")
     other = top.index(next(line for line in top if line.startswith("other ")))
     assert not top[other + 1].startswith("  lane")
+
+
+def test_an_instance_beyond_its_lane_files_workers_declines_to_run(laned: Queue,
+                                                                   lanes: Path) -> None:
+    result = laned.run("worker", "run", "--instance", "backups:3", check=False, timeout=10)
+    assert (result.returncode, result.stdout) == (0, "")
+    assert result.stderr == (f"queuectl: instance backups:3 is beyond Workers=2 of "
+                             f"{lanes / 'backups.conf'}: not starting\n")
+    assert laned.status()["active_workers"] == 0
