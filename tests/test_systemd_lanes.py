@@ -23,8 +23,6 @@ from appcopy import install_app
 from systemd_ns import PrivateSystemd, require_systemd_or_skip
 from test_systemd import APP_INSIDE, Host, _install_units, _install_users
 
-pytestmark = [pytest.mark.systemd, pytest.mark.root]
-
 REPO = Path(__file__).resolve().parent.parent
 QUEUECTL = f"{APP_INSIDE}/bin/queuectl"
 LANE_USER = "qlane"  # a second system user, created in the private passwd like queuectl
