@@ -238,3 +238,19 @@ def test_an_instance_beyond_its_lane_files_workers_declines_to_run(laned: Queue,
     assert result.stderr == (f"queuectl: instance backups:3 is beyond Workers=2 of "
                              f"{lanes / 'backups.conf'}: not starting\n")
     assert laned.status()["active_workers"] == 0
+
+
+def test_the_shipped_example_and_the_readmes_are_valid_lanes(lanes: Path, tmp_path: Path) -> None:
+    """Copied to NAME.conf as their comments say, both work as documented."""
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("# /etc/queuectl/lanes/backups.conf")
+    _write(lanes, "from-readme.conf", readme[start:readme.index("```", start)])
+    example = (REPO / "systemd/lanes/example.conf.sample").read_text()
+    _write(lanes, "example.conf", example.replace("Queues=backups", "Queues=backups2"))
+    result = _generate(lanes, tmp_path / "out")
+    assert (result.returncode, result.stderr) == (0, "")
+    dropins = sorted(p.parent.name for p in (tmp_path / "out").rglob("lane.conf"))
+    assert dropins == sorted(f"queuectl-worker@{lane}:{n}.service.d"
+                             for lane in ("backups", "backups2") for n in (1, 2))
+    for path in (tmp_path / "out").rglob("lane.conf"):
+        assert "\nUser=backup\nReadWritePaths=/srv/backups\nMemoryMax=4G\n" in path.read_text()
