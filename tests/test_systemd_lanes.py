@@ -170,7 +170,8 @@ def test_a_lane_runs_as_its_user_and_writes_where_its_file_says(lane_host: LaneH
                "command": f"touch {BACKUPS_DIR}/intruder"})
     assert q.wait_state("b", "completed")["worker"].endswith("@backups:1")
     assert (h.backups / "who").read_text() == f"{LANE_USER}\n"
-    assert (h.backups / "made").stat().st_uid == h.uid(LANE_USER)
+    made = (h.backups / "made").stat()  # as the user, with its own primary group
+    assert (made.st_uid, made.st_gid) == _ids(h.app, LANE_USER)
     dead = q.wait_state("o", "dead")
     assert "Read-only file system" in q.run("logs", "o").stdout + dead.get("last_error", "")
     assert not (h.backups / "intruder").exists()
