@@ -36,7 +36,11 @@ if [ -n "$uninstall" ]; then
     "$destdir$prefix/share/man/man1/queuectl.1" "$destdir$prefix/share/doc/queuectl/README.md" \
     "$destdir$unitdir/queuectl-metrics.service" "$destdir$unitdir/queuectl-metrics.timer" \
     "$destdir$prefix/lib/systemd/catalog/queuectl.catalog" \
-    "$destdir$prefix/share/queuectl/prometheus/queuectl.rules.yml"
+    "$destdir$prefix/share/queuectl/prometheus/queuectl.rules.yml" \
+    "$destdir$prefix/lib/systemd/system-generators/queuectl-lane-generator" \
+    "$destdir/etc/queuectl/lanes/example.conf.sample"
+  # the admin's own lane files stay (and with them these directories)
+  rmdir "$destdir/etc/queuectl/lanes" "$destdir/etc/queuectl" 2>/dev/null || true
   rmdir "$destdir$prefix/share/doc/queuectl" "$destdir$prefix/share/queuectl/prometheus" \
     "$destdir$prefix/share/queuectl" 2>/dev/null || true
   rm -rf "$destdir$sitedir/queuectl"
@@ -76,6 +80,14 @@ install -D -m 644 "$repo/systemd/queuectl.catalog" \
 # Alert rules for Prometheus' rule_files: (README "Alert rules").
 install -D -m 644 "$repo/prometheus/queuectl.rules.yml" \
   "$destdir$prefix/share/queuectl/prometheus/queuectl.rules.yml"
+
+# The lane generator (queuectl/lanes.py itself, on this Python) and the inactive example lane.
+# Lane files live in /etc/queuectl/lanes whatever PREFIX is: the generator reads them there.
+install -d "$destdir$prefix/lib/systemd/system-generators" "$destdir/etc/queuectl/lanes"
+sed -e "1s|^#!.*|#!$python -IS|" "$repo/queuectl/lanes.py" \
+  > "$destdir$prefix/lib/systemd/system-generators/queuectl-lane-generator"
+chmod 755 "$destdir$prefix/lib/systemd/system-generators/queuectl-lane-generator"
+install -m 644 "$repo/systemd/lanes/example.conf.sample" "$destdir/etc/queuectl/lanes/"
 
 extras=$(mktemp -d)
 trap 'rm -rf "$extras"' EXIT

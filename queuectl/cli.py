@@ -659,10 +659,17 @@ def queue_set(ctx: click.Context, name: str, concurrency: int | None,
 def queue_list(ctx: click.Context, jsonl: bool) -> None:
     """Every queue: jobs per state, paused, limit, active workers serving it, how long its
     longest-due job has waited (seconds), its own on-dead command (null: the global one
-    applies) and its dead-job notices still to deliver."""
+    applies), its dead-job notices still to deliver, and the lanes (files in
+    /etc/queuectl/lanes) whose workers serve it, with the user their jobs run as."""
+    import sys
+
+    from queuectl.lanes import read_lanes
     from queuectl.operate import queue_rows
 
-    rows = queue_rows(_store(ctx))
+    lanes, skipped = read_lanes()
+    for line in skipped:
+        print(f"queuectl: {line}", file=sys.stderr)
+    rows = queue_rows(_store(ctx), lanes)
     if jsonl:
         for row in rows:
             click.echo(json.dumps(row, ensure_ascii=False))
@@ -731,10 +738,43 @@ def worker_run(ctx: click.Context, name: str | None, label: str | None, grace: f
         if queues is not None:
             raise ValidationError("give --queue or --instance, not both")
         queues = lane_of(instance)
+        surplus = _beyond_its_lane_file(instance, queues)
+        if surplus is not None:
+            return _decline(surplus)
     options = WorkerOptions(name=name, label=label, grace=grace, poll_interval=poll_interval,
                             drain=drain, job_umask=caller_umask(), parent_pid=supervised_by,
                             queues=queues)
     return run_worker(_locator(ctx), options, ctx.obj.get("log_format", "auto"))
+
+
+def _beyond_its_lane_file(instance: str, queues: list[str] | None) -> str | None:
+    """Why this instance must not run, if a lane file declares its lane with fewer workers:
+    after Workers= is lowered, the target's restart (PartOf=) restarts the surplus instances
+    too, and those no longer get the lane's drop-in (its User=, its paths)."""
+    if queues is None:
+        return None
+    from queuectl.lanes import declaring
+
+    lane = declaring(queues)
+    number = int(instance.rpartition(":")[2])
+    if lane is None or number <= lane.workers:
+        return None
+    return (f"instance {instance} is beyond Workers={lane.workers} of {lane.path}: "
+            "not starting")
+
+
+def _decline(reason: str) -> int:
+    """Exit 0 after READY=1 and STOPPING=1: the unit ends inactive, not failed, and
+    Restart=on-failure leaves it stopped."""
+    import sys
+
+    from queuectl.notify import Notifier
+
+    notifier = Notifier()
+    notifier.ready(reason)
+    notifier.stopping(reason)
+    print(f"queuectl: {reason}", file=sys.stderr)
+    return 0
 
 
 @worker.command(name="start")
@@ -756,6 +796,14 @@ def worker_start(ctx: click.Context, count: int, grace: float, drain: bool,
     in the foreground until Ctrl-C or SIGTERM."""
     from queuectl import units
 
+    if queues is not None and not foreground:
+        from queuectl.lanes import declaring
+
+        lane = declaring(queues)
+        if lane is not None:  # the file decides how many workers and as whom
+            raise ValidationError(
+                f"lane {lane.name} is declared by {lane.path}: change Workers= there, then "
+                "systemctl daemon-reload && systemctl restart queuectl-workers.target")
     if not foreground and not drain and units.available():
         for line in units.scale(count, queues):
             click.echo(line)
@@ -788,6 +836,14 @@ def worker_stop(ctx: click.Context, timeout: float, foreground: bool,
     lines = units.stop_all(queues) if not foreground and units.available() else []
     for line in lines:
         click.echo(line)
+    if lines and queues is not None:
+        from queuectl.lanes import declaring
+
+        lane = declaring(queues)
+        if lane is not None:
+            click.echo(f"Lane {lane.name} is declared by {lane.path}: its workers start again "
+                       "at the next boot, or systemctl daemon-reload && systemctl start "
+                       "queuectl-workers.target; remove the file to retire the lane.")
     from queuectl.errors import DatabaseUnavailable
     from queuectl.supervisor import stop_local_workers
 

@@ -20,6 +20,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from queuectl.lanes import Lane
+
 EXIT_TIMEOUT = 124  # `wait --timeout` ran out, as timeout(1) reports it
 WAKE_MIN_GAP = 0.05  # seconds between looks, however often the store's wakeup fires
 
@@ -141,9 +143,16 @@ def stream_output(store: Store, job_id: str, attempt: int | None, follow: bool,
             waiter.close()
 
 
-def queue_rows(store: Store) -> list[dict[str, Any]]:
-    """`queue list`: one JSON-ready row per queue."""
+def queue_rows(store: Store, lanes: list[Lane] | None = None) -> list[dict[str, Any]]:
+    """`queue list`: one JSON-ready row per queue, with the lanes (from their files) that
+    serve it (a queue is listed once it has jobs or settings, as before lanes)."""
     rows = []
+    served: dict[str, list[dict[str, Any]]] = {}
+    for lane in lanes or []:
+        for queue in lane.queues:
+            served.setdefault(queue, []).append(
+                {"lane": lane.name, "user": lane.user, "workers": lane.workers,
+                 "file": lane.path})
     for q in store.queues():
         wait = q.oldest_waiting
         rows.append({
@@ -152,6 +161,7 @@ def queue_rows(store: Store) -> list[dict[str, Any]]:
             "concurrency": q.concurrency, "workers": q.workers,
             "oldest_waiting_seconds": None if wait is None else round(wait, 3),
             "on_dead": q.on_dead or None, "notices": q.notices,
+            "lanes": served.get(q.name, []),
         })
     return rows
 

@@ -38,6 +38,7 @@ class Snapshot(Record):
     now: float  # the store's clock
     paused: PauseInfo | None
     queues: list[QueueInfo]
+    lanes: dict[str, list[str]]  # queue -> a line on each lane file that serves it
     done: dict[str, int]  # completions per queue in the last WINDOW seconds
     workers: list[tuple[WorkerInfo, Job | None]]  # active workers and the job each runs
     failed: list[Job]
@@ -59,7 +60,17 @@ def collect(store: Store) -> Snapshot:
         done = store.completed_since(WINDOW)
         failed, dead = store.recent_jobs(FAILED, RECENT), store.recent_jobs(DEAD, RECENT)
     workers.sort(key=lambda pair: (pair[0].host, pair[0].name))
-    return Snapshot(now, paused, queues, done, workers, failed, dead)
+    return Snapshot(now, paused, queues, lane_notes(), done, workers, failed, dead)
+
+
+def lane_notes() -> dict[str, list[str]]:
+    """queue -> `lane NAME: N workers as USER (FILE)` for each lane file serving it (a few small files in
+    /etc, read afresh each refresh so a new lane shows without restarting top)."""
+    from queuectl.lanes import serving
+
+    return {queue: [f"lane {lane.name}: {lane.workers} worker{'s' if lane.workers > 1 else ''} "
+                    f"as {lane.user} ({lane.path})" for lane in lanes]
+            for queue, lanes in serving().items()}
 
 
 # -- rendering -------------------------------------------------------------------------------
@@ -131,6 +142,7 @@ def render(snap: Snapshot, label: str, width: int = 80,
                              (q.workers, 7), (" ".join(filter(None, (state, limit, hooks))), 1)],
                             width, {1, 2, 3, 4, 5, 6, 7}),
                        "paused" if q.paused else "plain"))
+        queues += [(_fit(f"  {note}", width), "dim") for note in snap.lanes.get(q.name, [])]
     if not queues:
         queues.append(("(no jobs yet)", "dim"))
 

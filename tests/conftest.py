@@ -29,6 +29,7 @@ FIXTURE_MARKS: dict[str, tuple[str, ...]] = {
     "as_other_user": ("root",),  # runuser
     "app": ("systemd", "root"),  # test_systemd.py's private systemd (`host` and kin use it)
     "sd": ("systemd", "root"),  # test_systemd_ns.py's private systemd
+    "lane_app": ("systemd", "root"),  # test_systemd_lanes.py's (`lane_host` uses it)
     "deb": ("deb",),  # test_deb.py: `make deb`
     "admin": ("deb", "systemd", "root"),  # test_deb.py: the package installed in a Debian root
     "small_fs": ("root",),  # test_db_faults.py: mounts a tmpfs

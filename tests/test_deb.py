@@ -61,6 +61,9 @@ OLD_COMMIT = "4803595472b53bb6b556acc8a7390596e12ad85a"
 OLD_VERSION = "0.1.0"
 OLD_DEB_INSIDE = f"/root/queuectl_{OLD_VERSION}_all.deb"
 STATE_DIR = "/var/lib/queuectl"
+GENERATOR = "/usr/lib/systemd/system-generators/queuectl-lane-generator"
+LANE_UNIT = "queuectl-worker@box:1.service"
+LANE_FILE = "/etc/queuectl/lanes/box.conf"
 
 
 # -- can this run here? ----------------------------------------------------------------------
@@ -402,6 +405,10 @@ def test_make_install_installs_the_same_files_as_the_package(deb: Path, tmp_path
     assert "Documentation=man:queuectl(1) file:/usr/share/doc/queuectl/README.md\n" in unit
     assert (dest / "usr/share/doc/queuectl/README.md").read_text() == \
         (REPO / "README.md").read_text()
+    # the generator runs on the Python given (here the default), without site
+    generator = dest / "usr/lib/systemd/system-generators/queuectl-lane-generator"
+    assert generator.read_text().splitlines()[0] == "#!/usr/bin/python3 -IS"
+    assert os.access(generator, os.X_OK)
     # the alert rules where README "Alert rules" says (the package: the set compared above)
     assert (dest / "usr/share/queuectl/prometheus/queuectl.rules.yml").read_text() == \
         (REPO / "prometheus/queuectl.rules.yml").read_text()
@@ -432,6 +439,9 @@ def test_install_creates_user_state_directory_and_enables_no_worker(admin: Admin
     assert docs == ["man:queuectl(1)", "file:/usr/share/doc/queuectl/README.md"]
     assert admin.exists("/usr/share/doc/queuectl/README.md")
     assert admin.exists("/usr/share/queuectl/prometheus/queuectl.rules.yml")
+    # the lane generator, and an example lane that is not active (only *.conf are)
+    assert admin.stat(GENERATOR) == "root:root 755"
+    assert admin.exists("/etc/queuectl/lanes/example.conf.sample")
     # the admin chooses N: no instance enabled or running; the (empty) target is enabled
     assert admin.sh(f"systemctl list-units --all --plain --no-legend '{WORKERS}'").stdout == ""
     assert not admin.exists("/etc/systemd/system/queuectl-workers.target.wants")
@@ -490,10 +500,31 @@ def test_a_user_outside_the_group_is_refused_clearly(admin: Admin) -> None:
     assert admin.json("alice", "status") == before
 
 
+def test_a_lane_file_runs_its_workers_as_its_user_after_daemon_reload(admin: Admin) -> None:
+    # the numbered workers serve every queue, box too (as queuectl): paused for this test
+    admin.sh("systemctl stop queuectl-worker@{1..4}", check=True)
+    admin.sh("useradd --system --no-create-home lanebot && install -d -o lanebot /srv/box && "
+             f"printf '%s\\n' '[Lane]' 'Queues=box' '[Service]' 'User=lanebot' "
+             f"'ReadWritePaths=/srv/box' > {LANE_FILE} && "
+             "systemctl daemon-reload && systemctl start queuectl-workers.target", check=True)
+    assert admin.prop(LANE_UNIT, "ActiveState") == "active"
+    assert admin.prop(LANE_UNIT, "User") == "lanebot"
+    admin.queuectl("alice", "enqueue", "--queue", "box", "--id", "boxed", "--cmd",
+                   "id -un > /srv/box/who; cat /srv/box/who")
+    job = admin.wait_job("boxed", "completed")
+    assert job["history"][0]["output"] == "lanebot\n" and job["worker"].endswith("@box:1")
+    [row] = [r for r in admin.json("alice", "queue", "list") if r["queue"] == "box"]
+    assert row["lanes"] == [{"lane": "box", "user": "lanebot", "workers": 1, "file": LANE_FILE}]
+    # the later tests count only their own jobs, on the numbered workers
+    admin.queuectl("alice", "purge", "--state", "completed", "--queue", "box")
+    admin.sh("systemctl start queuectl-worker@{1..4}", check=True)
+
+
 def test_reinstall_restarts_running_workers_only_and_loses_no_job(admin: Admin) -> None:
     admin.systemctl("enable", "queuectl-worker@1.service", "queuectl-worker@2.service")
     admin.systemctl("stop", "queuectl-worker@2.service")  # enabled, but stopped on purpose
     before = {n: admin.prop(f"queuectl-worker@{n}.service", "MainPID") for n in (1, 3, 4)}
+    lane_pid = admin.prop(LANE_UNIT, "MainPID")
     admin.queuectl("alice", "enqueue", "--id", "long", "--cmd",
                    "sleep 3; echo survived > /var/lib/queuectl/long.txt")
     admin.wait_job("long", "processing")
@@ -502,6 +533,10 @@ def test_reinstall_restarts_running_workers_only_and_loses_no_job(admin: Admin) 
         assert admin.active(n) == "active"
         assert admin.prop(f"queuectl-worker@{n}.service", "MainPID") != pid, f"@{n} not restarted"
     assert admin.active(2) == "inactive", "an upgrade started a worker the admin had stopped"
+    # the lane's instance too, on the new code and still as its file says
+    assert admin.prop(LANE_UNIT, "ActiveState") == "active"
+    assert admin.prop(LANE_UNIT, "MainPID") not in ("0", lane_pid)
+    assert admin.prop(LANE_UNIT, "User") == "lanebot"
     long = admin.wait_job("long", "completed")
     assert long["attempts"] == 1  # it finished during the graceful restart
     assert admin.sh("cat /var/lib/queuectl/long.txt", check=True).stdout == "survived\n"
@@ -522,6 +557,7 @@ def test_remove_keeps_the_queue_and_a_reinstall_finds_the_jobs(admin: Admin) -> 
                            check=False).stdout.strip() == "enabled"
     admin.systemctl("start", "queuectl-workers.target")
     assert admin.active(1) == "active" and admin.active(2) == "active"
+    assert admin.prop(LANE_UNIT, "ActiveState") == "active"  # its file is still there
     admin.queuectl("alice", "enqueue", "--id", "after-reinstall", "--cmd", "true")
     admin.wait_job("after-reinstall", "completed")
 
@@ -533,6 +569,12 @@ def test_purge_removes_the_queue_and_every_trace_of_the_workers(admin: Admin) ->
     leftovers = admin.sh("find /etc/systemd /lib/systemd/system -name 'queuectl*'").stdout
     assert leftovers == ""
     assert admin.sh(f"systemctl list-units --plain --no-legend '{WORKERS}'").stdout.strip() == ""
+    # the package's example is gone; the admin's own lane file stays, unused without the
+    # generator (removed here so that the next test starts from a clean root)
+    assert not admin.exists(GENERATOR)
+    assert not admin.exists("/etc/queuectl/lanes/example.conf.sample")
+    assert admin.exists(LANE_FILE)
+    admin.sh("rm -r /etc/queuectl && userdel lanebot && rm -r /srv/box", check=True)
 
 
 # -- from the last release to this one, under a live queue ---------------------------------------
