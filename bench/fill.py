@@ -70,6 +70,10 @@ class FillTarget:
         raise NotImplementedError
 
 
+# Tables with job_id and attempt columns that are not per-attempt history.
+NOT_HISTORY = {"jobs", "notices"}
+
+
 def fill_finished(target: FillTarget, rows: int) -> dict[str, Any]:
     """Insert `rows` completed jobs and their attempt rows in one transaction: {tables,
     guessed_not_null_columns, fill_seconds}."""
@@ -164,12 +168,13 @@ class PgFill(FillTarget):
         return out
 
     def tables(self, cols: dict[str, list[Column]]) -> list[str]:
-        """jobs, and every table with job_id and attempt columns."""
+        """jobs, and every table with job_id and attempt columns (history), but queuectl's
+        on-dead notices: they name an attempt too, yet a completed job never has one."""
         if "jobs" not in cols:
             raise RuntimeError(f"no {self.schema}.jobs table (tables: "
                                f"{', '.join(cols) or 'none'}): teach bench/fill.py the "
                                "backend's schema")
-        return ["jobs"] + sorted(t for t, cs in cols.items() if t != "jobs" and {
+        return ["jobs"] + sorted(t for t, cs in cols.items() if t not in NOT_HISTORY and {
             "job_id", "attempt"} <= {c.name for c in cs})
 
     def job_id(self, cols: dict[str, list[Column]]) -> str:
