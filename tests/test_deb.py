@@ -501,12 +501,13 @@ def test_a_user_outside_the_group_is_refused_clearly(admin: Admin) -> None:
 
 
 def test_a_lane_file_runs_its_workers_as_its_user_after_daemon_reload(admin: Admin) -> None:
-    # The numbered workers serve every queue and keep running: once restarted (they read the
-    # lane files at start) they leave box to its lane, whose instance runs as lanebot.
+    # The numbered workers serve every queue and keep running: (re)started after the file
+    # (they read the lane files at start), they leave box to its lane, which runs as lanebot.
     admin.sh("useradd --system --no-create-home lanebot && install -d -o lanebot /srv/box && "
              f"printf '%s\\n' '[Lane]' 'Queues=box' '[Service]' 'User=lanebot' "
              f"'ReadWritePaths=/srv/box' > {LANE_FILE} && "
-             "systemctl daemon-reload && systemctl restart queuectl-workers.target", check=True)
+             "systemctl daemon-reload && "
+             "systemctl restart queuectl-workers.target queuectl-worker@{1..4}", check=True)
     assert all(admin.active(n) == "active" for n in (1, 2, 3, 4))
     assert admin.prop(LANE_UNIT, "ActiveState") == "active"
     assert admin.prop(LANE_UNIT, "User") == "lanebot"
