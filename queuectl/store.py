@@ -260,7 +260,8 @@ class Store(ABC):
 
     # -- the worker's verbs -----------------------------------------------------------------
     @abstractmethod
-    def claim_next(self, worker: str, queues: list[str] | None = None) -> Job | None:
+    def claim_next(self, worker: str, queues: list[str] | None = None,
+                   exclude: list[str] | None = None) -> Job | None:
         """Take the most urgent eligible job, or None.
 
         Eligible: `pending` or `failed` with run_at <= now and waiting_on 0 (every parent
@@ -283,7 +284,8 @@ class Store(ABC):
 
     @abstractmethod
     def complete_and_claim(self, job: Job, outcome: Outcome, worker: str,
-                           queues: list[str] | None = None) -> tuple[bool, Job | None]:
+                           queues: list[str] | None = None,
+                           exclude: list[str] | None = None) -> tuple[bool, Job | None]:
         """record_success and claim_next in one transaction: one commit per job, not two.
         The claim happens whether or not the attempt was still held. Returns (whether it
         was still held, the next job or None)."""
@@ -341,12 +343,14 @@ class Store(ABC):
         from one snapshot."""
 
     @abstractmethod
-    def remaining(self, queues: list[str] | None = None) -> int:
+    def remaining(self, queues: list[str] | None = None,
+                  exclude: list[str] | None = None) -> int:
         """Jobs that may still run: pending (blocked ones too), processing, or failed
         awaiting a retry."""
 
     @abstractmethod
-    def seconds_until_due(self, queues: list[str] | None = None) -> float | None:
+    def seconds_until_due(self, queues: list[str] | None = None,
+                          exclude: list[str] | None = None) -> float | None:
         """Seconds until the earliest waiting job becomes eligible (0 if one is now), or
         None if nothing waits: how long an idle worker may sleep, in the store's clock.
         Blocked jobs (waiting_on > 0) do not count: a parent's completion wakes workers."""
@@ -546,15 +550,22 @@ class Store(ABC):
     #   one has none. Either way a queue is skipped while it is paused (`pause(by, queue)`) or
     #   while `concurrency` of its jobs are processing; both are read inside the claiming
     #   transaction, so no number of racing claimers on any number of hosts exceeds a limit.
+    # - claim_next(worker, exclude=...) / complete_and_claim(..., exclude=...): with `queues`
+    #   None, every queue except those named in `exclude` (a host's lane files reserve their
+    #   queues from its all-queue workers: README "Lanes declared in /etc/queuectl/lanes"):
+    #   an excluded queue's job is never taken, however urgent; the others keep the order
+    #   above. An excluded queue is skipped the way a paused one is. Ignored with `queues`.
+    #   Empty or None: every queue, on the same fast path as before.
     # - iter_jobs(..., queue), counts(queue), count_matching(..., queue), purge(..., queue),
     #   cancel_state(..., queue): with a queue, only that queue's jobs (counts' active_workers:
     #   the active workers that serve it). remaining(queues), seconds_until_due(queues): only
-    #   jobs a worker serving `queues` could take (None: all).
+    #   jobs a worker serving `queues` could take (None: all; with `exclude`, all but those:
+    #   else an all-queue worker would wake, or keep draining, for jobs it may not take).
     # - pause(by, queue) / resume(queue) / paused(queue): with a queue, that queue's own flag,
     #   independent of the global one (either stops claims from it); False/None as before.
     # - register_worker stores WorkerInfo.queues (None: all); workers() returns it.
-    # Callers pass the new arguments only when they are set, so a backend that predates them
-    # keeps working for the default queue.
+    # Callers pass the new arguments (queues, exclude) only when they are set, so a backend
+    # that predates them keeps working for the default queue.
 
     def set_queue_concurrency(self, queue: str, limit: int) -> None:
         """At most `limit` jobs of `queue` processing at once, across every worker on every

@@ -63,6 +63,9 @@ class WorkerOptions(Record):
     job_umask: int | None = None
     parent_pid: int | None = None  # a supervisor whose exit means stop
     queues: list[str] | None = None  # served in this order of preference; None: all queues
+    # With queues None: every queue but these (the queues this host's lane files declare,
+    # whose jobs need the lane's user and paths; see run_worker). None or empty: every queue.
+    exclude: list[str] | None = None
 
 
 class Worker:
@@ -75,9 +78,11 @@ class Worker:
         self.locator = locator
         self.stable_name = options.name is not None
         self.name = options.name or f"{procinfo.hostname()}:{os.getpid()}"
-        # Passed to the store only when set, so a backend that predates named queues
-        # still serves the default lane.
-        self._lane: tuple[list[str], ...] = (options.queues,) if options.queues else ()
+        # Passed to the store only when set, so a backend that predates named queues (or
+        # exclusion) still serves the default lane.
+        self._lane: dict[str, list[str]] = (
+            {"queues": options.queues} if options.queues
+            else {"exclude": options.exclude} if options.exclude else {})
         lane = ",".join(options.queues) if options.queues else None
         self.lane = lane or "all"
         self.log = get_logger(worker=self.name, label=options.label or self.name,
@@ -214,6 +219,8 @@ class Worker:
             self.start()
             self._take_cgroup()
             self.log.info("worker_started", pid=os.getpid(), db=self.locator, queues=self.lane,
+                          **({"excluded": ",".join(self._lane["exclude"])}
+                             if "exclude" in self._lane else {}),
                           **({"cgroup": self.cgroups.base} if self.cgroups else {}))
             self.notifier.ready()
             self.log.info("worker_ready")
@@ -287,13 +294,13 @@ class Worker:
         if self.stop.requested:
             return None, 0.0  # the loop ends without a claim
         self.lease.housekeeping()
-        job = self.store.claim_next(self.name, *self._lane)
+        job = self.store.claim_next(self.name, **self._lane)
         if job is not None:
             return job, 0.0
-        if self.opts.drain and self.store.remaining(*self._lane) == 0:
+        if self.opts.drain and self.store.remaining(**self._lane) == 0:
             return None, None
         wait = self.poll_interval
-        due = self.store.seconds_until_due(*self._lane)
+        due = self.store.seconds_until_due(**self._lane)
         # Due now, yet nothing was claimable: its queue is paused or at its concurrency limit.
         # Wait for a change (a job ending, resume: the wakeup fires) or the poll, not a spin.
         if due is not None and due > 0:
@@ -404,7 +411,7 @@ class Worker:
                     lambda: self.store.record_success(job, outcome)), None
             else:  # the next claim rides on the same commit
                 held, following = self._persist(
-                    lambda: self.store.complete_and_claim(job, outcome, self.name, *self._lane)
+                    lambda: self.store.complete_and_claim(job, outcome, self.name, **self._lane)
                 ) or (False, None)
             if held:
                 self.log.info("job_succeeded", **fields)
@@ -499,14 +506,29 @@ class Worker:
             return None
 
 
+def lane_queues(log: Any) -> list[str]:
+    """The queues this host's valid lane files declare, read once at start: a worker of
+    every queue leaves them to their lanes' workers, which run as the lane's user with its
+    paths. A lane file that is skipped reserves nothing; each is logged once."""
+    from queuectl.lanes import read_lanes
+
+    lanes, skipped = read_lanes()
+    for line in skipped:
+        log.warning("lane_file_skipped", error=line)
+    return [queue for lane in lanes for queue in lane.queues]
+
+
 def run_worker(locator: str, options: WorkerOptions, log_format: str = "auto",
                on_step: Callable[[str], None] | None = None) -> int:
-    """`queuectl worker run`: logging, the store, the worker."""
+    """`queuectl worker run`: logging, the store, the worker. A worker of every queue
+    excludes the queues of this host's lane files (unless the caller said which)."""
     from queuectl.locator import open_store
     from queuectl.log import setup_logging
     from queuectl.redaction import redact
 
     fmt = setup_logging(log_format)
+    if not options.queues and options.exclude is None:
+        options.exclude = lane_queues(get_logger())
     try:
         # Workers commit without an fsync each: see the backends and "Durability" in README.
         deadline = time.monotonic() + START_WAIT

@@ -501,23 +501,32 @@ def test_a_user_outside_the_group_is_refused_clearly(admin: Admin) -> None:
 
 
 def test_a_lane_file_runs_its_workers_as_its_user_after_daemon_reload(admin: Admin) -> None:
-    # the numbered workers serve every queue, box too (as queuectl): paused for this test
-    admin.sh("systemctl stop queuectl-worker@{1..4}", check=True)
+    # The numbered workers serve every queue and keep running: (re)started after the file
+    # (they read the lane files at start), they leave box to its lane, which runs as lanebot.
     admin.sh("useradd --system --no-create-home lanebot && install -d -o lanebot /srv/box && "
              f"printf '%s\\n' '[Lane]' 'Queues=box' '[Service]' 'User=lanebot' "
              f"'ReadWritePaths=/srv/box' > {LANE_FILE} && "
-             "systemctl daemon-reload && systemctl start queuectl-workers.target", check=True)
+             "systemctl daemon-reload && "
+             "systemctl restart queuectl-workers.target queuectl-worker@{1..4}", check=True)
+    assert all(admin.active(n) == "active" for n in (1, 2, 3, 4))
     assert admin.prop(LANE_UNIT, "ActiveState") == "active"
     assert admin.prop(LANE_UNIT, "User") == "lanebot"
-    admin.queuectl("alice", "enqueue", "--queue", "box", "--id", "boxed", "--cmd",
-                   "id -un > /srv/box/who; cat /srv/box/who")
+    # box's lane stopped: its urgent job waits while the numbered workers run a later one
+    admin.systemctl("stop", LANE_UNIT)
+    admin.queuectl("alice", "enqueue", "--queue", "box", "--id", "boxed", "--priority", "10",
+                   "--cmd", "id -un > /srv/box/who; cat /srv/box/who")
+    admin.queuectl("alice", "enqueue", "--queue", "side", "--id", "beside", "--cmd", "true")
+    beside = admin.wait_job("beside", "completed")
+    assert beside["worker"].rsplit("@", 1)[1] in ("1", "2", "3", "4")  # a numbered worker
+    assert admin.json("alice", "show", "boxed")["state"] == "pending"
+    admin.systemctl("start", LANE_UNIT)
     job = admin.wait_job("boxed", "completed")
     assert job["history"][0]["output"] == "lanebot\n" and job["worker"].endswith("@box:1")
     [row] = [r for r in admin.json("alice", "queue", "list") if r["queue"] == "box"]
     assert row["lanes"] == [{"lane": "box", "user": "lanebot", "workers": 1, "file": LANE_FILE}]
-    # the later tests count only their own jobs, on the numbered workers
-    admin.queuectl("alice", "purge", "--state", "completed", "--queue", "box")
-    admin.sh("systemctl start queuectl-worker@{1..4}", check=True)
+    # the later tests count only their own jobs
+    for queue in ("box", "side"):
+        admin.queuectl("alice", "purge", "--state", "completed", "--queue", queue)
 
 
 def test_reinstall_restarts_running_workers_only_and_loses_no_job(admin: Admin) -> None:

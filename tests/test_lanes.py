@@ -254,3 +254,35 @@ def test_the_shipped_example_and_the_readmes_are_valid_lanes(lanes: Path, tmp_pa
                              for lane in ("backups", "backups2") for n in (1, 2))
     for path in (tmp_path / "out").rglob("lane.conf"):
         assert "\nUser=backup\nReadWritePaths=/srv/backups\nMemoryMax=4G\n" in path.read_text()
+
+
+# -- a lane file reserves its queues from this host's workers of every queue -----------------
+def test_a_worker_of_every_queue_leaves_a_lane_files_queues_to_its_lane(queue: Queue,
+                                                                       lanes: Path,
+                                                                       tmp_path: Path) -> None:
+    """Real workers and /bin/sh: `worker run` without --queue drains the default queue's jobs
+    (a drain ends: remaining ignores the lane's job too) and leaves the lane's job pending,
+    however urgent; `worker run --queue backups` then runs it."""
+    _write(lanes, "backups.conf", BACKUPS)
+    _write(lanes, "broken.conf", "[Lane]\nQueues=never\nWorkers=-1\n")  # reserves nothing
+    queue.env["QUEUECTL_LANES_DIR"] = str(lanes)
+    jobs = [{"id": "lane", "command": "echo lane", "queue": "backups", "priority": 100},
+            {"id": "d1", "command": "echo 1"}, {"id": "d2", "command": "echo 2"},
+            {"id": "n", "command": "echo n", "queue": "never"}]
+    queue.run("enqueue", "--file", "-", input="".join(json.dumps(j) + "\n" for j in jobs))
+    log = tmp_path / "all.log"
+    everything = queue.worker("--drain", log=log)
+    assert everything.wait(timeout=20) == 0
+    states = {j["id"]: j["state"] for j in queue.json("list")}
+    assert states == {"lane": "pending", "d1": "completed", "d2": "completed", "n": "completed"}
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    [started] = [e for e in events if e["event"] == "worker_started"]
+    assert (started["queues"], started["excluded"]) == ("all", "backups")
+    [skipped] = [e for e in events if e["event"] == "lane_file_skipped"]
+    assert "broken.conf:3: Workers=" in skipped["error"]
+    lane = queue.worker("--drain", "--queue", "backups", log=tmp_path / "lane.log")
+    assert lane.wait(timeout=20) == 0
+    assert queue.job("lane")["state"] == "completed"
+    started = next(json.loads(line) for line in (tmp_path / "lane.log").read_text().splitlines()
+                   if '"worker_started"' in line)
+    assert started["queues"] == "backups" and "excluded" not in started

@@ -186,10 +186,13 @@ def test_blocked_jobs_cost_the_claim_and_the_waits_nothing(pg_locator: str) -> N
                      "skip": [], "locked": None, "ending": None}
             checked = {
                 "claim_any": (sql.claim_any, claim),
+                "claim_any_excluding": (sql.claim_any, {**claim, "skip": ["other"]}),
                 "claim_listed": (sql.claim_listed, claim),
                 "seconds_until_due": (sql.seconds_until_due, {}),
                 "seconds_until_due_listed": (sql.seconds_until_due_listed,
                                              {"queues": ["default"]}),
+                "seconds_until_due_except": (sql.seconds_until_due_except,
+                                             {"exclude": ["other"]}),
                 "queues": (sql.queues, {"window": 30.0}),
                 "counts": (sql.counts, {"window": 30.0}),
                 "counts_in_queue": (sql.counts_in_queue, {"window": 30.0,
@@ -201,8 +204,8 @@ def test_blocked_jobs_cost_the_claim_and_the_waits_nothing(pg_locator: str) -> N
                     plans[name] = _plan(cur, statement, params)
         finally:
             conn.close()
-        for name in ("claim_any", "claim_listed", "seconds_until_due",
-                     "seconds_until_due_listed"):
+        for name in ("claim_any", "claim_any_excluding", "claim_listed", "seconds_until_due",
+                     "seconds_until_due_listed", "seconds_until_due_except"):
             assert "Seq Scan on jobs" not in plans[name], (name, plans[name])
             # one of the partial indexes of eligible jobs, which hold no blocked job
             assert re.search(r"using jobs_(next_)?due\w* on jobs", plans[name]), plans[name]

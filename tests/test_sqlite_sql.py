@@ -46,6 +46,7 @@ PLANS = {
     # deps_waiting
     "FIRST_DUE": ["INDEX jobs_due"],
     "FIRST_DUE_IN_QUEUES": ["SEARCH jobs USING INDEX jobs_due_by_queue (queue=?)"],
+    "FIRST_DUE_EXCEPT_QUEUES": ["INDEX jobs_due"],  # an all-queue worker's, lanes excluded
     "COUNTS": ["SCAN blocked_counts"],
     "COUNTS_OF_DEFAULT_QUEUE": ["SEARCH blocked_counts USING PRIMARY KEY (queue=?)"],
     "COUNTS_OF_NAMED_QUEUE": ["SEARCH blocked_counts USING PRIMARY KEY (queue=?)"],

@@ -495,12 +495,17 @@ class PostgresStore(Connected, Store):
         row = cur.fetchone()
         return None if row is None else Job.from_row(row)
 
-    def _claim_params(self, worker: str, queues: list[str] | None) -> dict[str, Any]:
+    def _claim_params(self, worker: str, queues: list[str] | None,
+                      exclude: list[str] | None) -> dict[str, Any]:
+        """`skip` starts as the excluded queues (only with every queue): the claim passes
+        them over as it passes over a full limited queue, with no statement of its own."""
+        skip = list(exclude) if exclude and queues is None else []
         return {"worker": worker, "lease": self._config().lease_seconds,
-                "queues": queues, "skip": [], "locked": None, "ending": None}
+                "queues": queues, "skip": skip, "locked": None, "ending": None}
 
-    def claim_next(self, worker: str, queues: list[str] | None = None) -> Job | None:
-        params = self._claim_params(worker, queues)
+    def claim_next(self, worker: str, queues: list[str] | None = None,
+                   exclude: list[str] | None = None) -> Job | None:
+        params = self._claim_params(worker, queues, exclude)
         sql = self.sql.claim_any if queues is None else self.sql.claim_listed
 
         def claim(cur: Any) -> Job | None:
@@ -525,10 +530,10 @@ class PostgresStore(Connected, Store):
         first, then = ((sql.claim_limited_any, sql.claim_limited_next_any)
                        if params["queues"] is None
                        else (sql.claim_limited_listed, sql.claim_limited_next_listed))
-        skip: list[str] = []
+        skip: list[str] = list(params["skip"])  # the excluded queues, if any
         cur.execute(sql.claim_limited_begin)
-        for _ in range(64):  # each turn skips one more full queue; bounded anyway
-            cur.execute(then if skip else first, {**params, "locked": queue, "skip": skip})
+        for turn in range(64):  # each turn skips one more full queue; bounded anyway
+            cur.execute(then if turn else first, {**params, "locked": queue, "skip": skip})
             candidate, *row = cur.fetchone()
             if row[0] is not None or candidate is None:
                 cur.execute(sql.commit)
@@ -539,10 +544,11 @@ class PostgresStore(Connected, Store):
         return None  # the worker polls again soon
 
     def complete_and_claim(self, job: Job, outcome: Outcome, worker: str,
-                           queues: list[str] | None = None) -> tuple[bool, Job | None]:
+                           queues: list[str] | None = None,
+                           exclude: list[str] | None = None) -> tuple[bool, Job | None]:
         sql = (self.sql.complete_and_claim_any if queues is None
                else self.sql.complete_and_claim_listed)
-        claim = self._claim_params(worker, queues)
+        claim = self._claim_params(worker, queues, exclude)
         params = {**self._params(job, outcome, policy.COMPLETED_ATTEMPT), **claim,
                   "ending": job.id}
 
@@ -1126,13 +1132,18 @@ class PostgresStore(Connected, Store):
             result[key] = n
         return {k: result[k] for k in (*STATES, "blocked", "active_workers", "notices")}
 
-    def remaining(self, queues: list[str] | None = None) -> int:
-        sql = self.sql.remaining if queues is None else self.sql.remaining_listed
-        return int(self._fetch(sql, {"queues": queues})[0][0])
+    def remaining(self, queues: list[str] | None = None,
+                  exclude: list[str] | None = None) -> int:
+        sql = (self.sql.remaining_listed if queues is not None
+               else self.sql.remaining_except if exclude else self.sql.remaining)
+        return int(self._fetch(sql, {"queues": queues, "exclude": exclude})[0][0])
 
-    def seconds_until_due(self, queues: list[str] | None = None) -> float | None:
-        sql = self.sql.seconds_until_due if queues is None else self.sql.seconds_until_due_listed
-        due = self._fetch(sql, {"queues": queues})[0][0]
+    def seconds_until_due(self, queues: list[str] | None = None,
+                          exclude: list[str] | None = None) -> float | None:
+        sql = (self.sql.seconds_until_due_listed if queues is not None
+               else self.sql.seconds_until_due_except if exclude
+               else self.sql.seconds_until_due)
+        due = self._fetch(sql, {"queues": queues, "exclude": exclude})[0][0]
         return None if due is None else max(0.0, float(due))
 
     # The reads for `queuectl top` (plain SELECTs: no row or advisory locks).

@@ -68,7 +68,8 @@ _CLAIM_PLAN = "{worker_commit}SET LOCAL enable_sort TO off;"
 
 # The claim's CTEs (after `t`): `held` lists the queues with a limit or a pause, `nxt` is the
 # best eligible job of the queues a worker serves (every queue, or `%(queues)s` in
-# preference order), skipping paused queues, those at their limit and `%(skip)s`, and
+# preference order), skipping paused queues, those at their limit and `%(skip)s` (queues
+# let go of in a limited claim's turns, and the queues an all-queue worker excludes), and
 # `claimed` takes it. A job of a limited queue is taken only when that queue's row was
 # locked before this statement (`%(locked)s`), so its count of processing jobs is exact and
 # no racing claimer can add to it; else `nxt` names the queue and the store locks it (the
@@ -337,6 +338,8 @@ def _counts(jobs: str, blocked: str, workers: str) -> str:
 
 # Only the jobs a worker serving %(queues)s could take.
 _LANE = " AND queue = ANY(%(queues)s::text[])"
+# Only those a worker of every queue but %(exclude)s (a host's lane files' queues) could take.
+_EXCEPT = " AND queue <> ALL(%(exclude)s::text[])"
 _REMAINING = "SELECT count(*) FROM {s}.jobs WHERE state IN ('pending', 'failed', 'processing')"
 
 
@@ -841,10 +844,12 @@ UNION ALL
     # -- remaining --
     remaining = _REMAINING
     remaining_listed = _REMAINING + _LANE
+    remaining_except = _REMAINING + _EXCEPT
 
     # -- seconds_until_due --
     seconds_until_due = _seconds_until_due("")
     seconds_until_due_listed = _seconds_until_due(_LANE)
+    seconds_until_due_except = _seconds_until_due(_EXCEPT)
 
     # -- now --
     now = "SELECT {now}"
@@ -973,8 +978,9 @@ VERBS: dict[str, tuple[str, ...]] = {
     "iter_jobs": ("iter_jobs", "iter_jobs_of_state", "iter_jobs_in_queue",
                   "iter_jobs_in_queue_of_state", "iter_jobs_with_key"),
     "counts": ("counts", "counts_in_queue"),
-    "remaining": ("remaining", "remaining_listed"),
-    "seconds_until_due": ("seconds_until_due", "seconds_until_due_listed"),
+    "remaining": ("remaining", "remaining_listed", "remaining_except"),
+    "seconds_until_due": ("seconds_until_due", "seconds_until_due_listed",
+                          "seconds_until_due_except"),
     "reading": ("read_snapshot", "rollback"),
     "now": ("now",),
     "recent_jobs": ("recent_jobs", "recent_jobs_in_queue"),

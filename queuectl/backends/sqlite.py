@@ -516,9 +516,10 @@ class SQLiteStore(Store):
             c.execute(sql.SET_WAITING_ON, (waiting, job_id))
 
     # -- the worker's verbs ------------------------------------------------------------------
-    def claim_next(self, worker: str, queues: list[str] | None = None) -> Job | None:
+    def claim_next(self, worker: str, queues: list[str] | None = None,
+                   exclude: list[str] | None = None) -> Job | None:
         with self._write() as c:
-            return self._claim(c, worker, queues)
+            return self._claim(c, worker, queues, exclude)
 
     def _blocked(self, c: sqlite3.Connection) -> set[str] | None:
         """Queues no job may be claimed from right now (paused, or at their limit), read in
@@ -562,14 +563,18 @@ class SQLiteStore(Store):
         return None if best is None else best[0]
 
     def _claim(self, c: sqlite3.Connection, worker: str,
-               queues: list[str] | None = None) -> Job | None:
+               queues: list[str] | None = None,
+               exclude: list[str] | None = None) -> Job | None:
         """Claim in the caller's write transaction (the statements: sqlite_sql's claim block).
-        A worker of every queue tries CLAIM_ANY first, which claims nothing while a queue is
-        held back; otherwise the restrictions are read (_blocked), the job picked (_pick)
-        and claimed by id."""
+        A worker of every queue that excludes none tries CLAIM_ANY first, which claims
+        nothing while a queue is held back; otherwise the restrictions are read (_blocked),
+        the job picked (_pick) and claimed by id. Excluded queues are held back like paused
+        ones, so they cost the same skip along the index, never a scan of their jobs."""
         t, up = now(), _uptime()
         lease = self._config(c).lease_seconds
-        if queues is None:  # the hot path of a drain: one statement while nothing is held
+        if queues is not None:
+            exclude = None  # a list of queues already says which
+        if queues is None and not exclude:  # a drain's hot path: one statement, nothing held
             row = c.execute(sql.CLAIM_ANY,
                             (worker, t + lease, _boot_id(), up + lease, t, t, t)).fetchone()
             if row is not None:
@@ -578,6 +583,8 @@ class SQLiteStore(Store):
         blocked = self._blocked(c)
         if blocked is None:
             return None
+        if exclude:
+            blocked.update(exclude)
         job_id = self._pick(c, queues, blocked, t)
         if job_id is None:
             return None
@@ -638,9 +645,10 @@ class SQLiteStore(Store):
             return self._complete(c, job, outcome)
 
     def complete_and_claim(self, job: Job, outcome: Outcome, worker: str,
-                           queues: list[str] | None = None) -> tuple[bool, Job | None]:
+                           queues: list[str] | None = None,
+                           exclude: list[str] | None = None) -> tuple[bool, Job | None]:
         with self._write() as c:
-            return self._complete(c, job, outcome), self._claim(c, worker, queues)
+            return self._complete(c, job, outcome), self._claim(c, worker, queues, exclude)
 
     def _fail(
         self, c: sqlite3.Connection, job: Job, outcome: Outcome | None, error: str,
@@ -829,15 +837,22 @@ class SQLiteStore(Store):
         return {k: result.get(k, 0)
                 for k in (*STATES, "blocked", "active_workers", "notices")}
 
-    def remaining(self, queues: list[str] | None = None) -> int:
-        if queues is None:
-            n: int = self._read(sql.REMAINING)[0][0]
+    def remaining(self, queues: list[str] | None = None,
+                  exclude: list[str] | None = None) -> int:
+        if queues is None and exclude:
+            n: int = self._read(sql.in_queues(sql.REMAINING_EXCEPT_QUEUES, exclude),
+                                exclude)[0][0]
+        elif queues is None:
+            n = self._read(sql.REMAINING)[0][0]
         else:
             n = self._read(sql.in_queues(sql.REMAINING_IN_QUEUES, queues), queues)[0][0]
         return n
 
-    def seconds_until_due(self, queues: list[str] | None = None) -> float | None:
-        if queues is None:
+    def seconds_until_due(self, queues: list[str] | None = None,
+                          exclude: list[str] | None = None) -> float | None:
+        if queues is None and exclude:
+            due = self._read(sql.in_queues(sql.FIRST_DUE_EXCEPT_QUEUES, exclude), exclude)[0][0]
+        elif queues is None:
             due = self._read(sql.FIRST_DUE)[0][0]
         else:
             due = self._read(sql.in_queues(sql.FIRST_DUE_IN_QUEUES, queues), queues)[0][0]

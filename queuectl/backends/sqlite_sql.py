@@ -339,6 +339,8 @@ COUNTS_OF_NAMED_QUEUE = _COUNTS_OF_QUEUE.replace("{named}", f" AND {_NAMED}")
 # == remaining ==============================================================================
 REMAINING = "SELECT count(*) FROM jobs WHERE state IN ('pending', 'failed', 'processing')"
 REMAINING_IN_QUEUES = f"{REMAINING} AND queue IN {{queues}}"  # template: see in_queues
+# A worker of every queue but some (a host's lane files reserve them): the others' jobs.
+REMAINING_EXCEPT_QUEUES = f"{REMAINING} AND queue NOT IN {{queues}}"  # template: see in_queues
 
 # == seconds_until_due ======================================================================
 # Off the claim's partial indexes: blocked jobs are not in them (jobs_by_state would read
@@ -347,6 +349,9 @@ REMAINING_IN_QUEUES = f"{REMAINING} AND queue IN {{queues}}"  # template: see in
 FIRST_DUE = f"SELECT min(run_at) FROM jobs INDEXED BY jobs_due WHERE {_WAITING}"
 FIRST_DUE_IN_QUEUES = (f"SELECT min(run_at) FROM jobs INDEXED BY jobs_due_by_queue"
                        f" WHERE {_WAITING} AND queue IN {{queues}}")  # template: see in_queues
+# Every queue but some: the same read of jobs_due as FIRST_DUE, the excluded queues' rows
+# filtered out as it goes.
+FIRST_DUE_EXCEPT_QUEUES = f"{FIRST_DUE} AND queue NOT IN {{queues}}"  # template: see in_queues
 
 # == configuration: config_items, set_config ================================================
 CONFIG = "SELECT key, value FROM config"  # also every verb that reads a setting
@@ -536,8 +541,9 @@ SECTIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         "LIST_JOBS_OF_QUEUE", "LIST_JOBS_OF_QUEUE_LIMITED", "LIST_JOBS_BY_STATE",
         "LIST_JOBS_BY_STATE_LIMITED", "LIST_JOBS_OF_KEY", "LIST_JOBS_OF_KEY_LIMITED")),
     ("counts", "counts", ("COUNTS", "COUNTS_OF_DEFAULT_QUEUE", "COUNTS_OF_NAMED_QUEUE")),
-    ("remaining", "remaining", ("REMAINING", "REMAINING_IN_QUEUES")),
-    ("seconds_until_due", "seconds_until_due", ("FIRST_DUE", "FIRST_DUE_IN_QUEUES")),
+    ("remaining", "remaining", ("REMAINING", "REMAINING_IN_QUEUES", "REMAINING_EXCEPT_QUEUES")),
+    ("seconds_until_due", "seconds_until_due", ("FIRST_DUE", "FIRST_DUE_IN_QUEUES",
+                                                "FIRST_DUE_EXCEPT_QUEUES")),
     ("configuration", "config_items, set_config, every verb that reads a setting", (
         "CONFIG", "SET_CONFIG")),
     ("workers", "register_worker, unregister_worker, workers, seconds_since_heartbeat", (
