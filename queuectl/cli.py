@@ -86,12 +86,9 @@ def _only(**kwargs: Any) -> dict[str, Any]:
 def _queue_list(_ctx: click.Context, _param: click.Parameter,
                 value: str | None) -> list[str] | None:
     """`mail,default` -> ["mail", "default"]: preference order, duplicates dropped."""
-    if value is None:
-        return None
-    from queuectl.job import check_queue
+    from queuectl.workerrun import queue_list
 
-    names = [check_queue(n.strip(), "--queue") for n in value.split(",")]
-    return list(dict.fromkeys(names))
+    return queue_list(value)
 
 
 def _plural(n: int, what: str) -> str:
@@ -729,52 +726,11 @@ def worker_run(ctx: click.Context, name: str | None, label: str | None, grace: f
                poll_interval: float | None, drain: bool, queues: list[str] | None,
                instance: str | None, supervised_by: int | None) -> int:
     """Run one worker in the foreground (what the systemd unit runs)."""
-    from queuectl.process import caller_umask
-    from queuectl.worker import WorkerOptions, run_worker
+    from queuectl.workerrun import run_command
 
-    if instance is not None:  # the unit's %i: `mail:1` serves mail, `1` every queue
-        from queuectl.units import lane_of
-
-        if queues is not None:
-            raise ValidationError("give --queue or --instance, not both")
-        queues = lane_of(instance)
-        surplus = _beyond_its_lane_file(instance, queues)
-        if surplus is not None:
-            return _decline(surplus)
-    options = WorkerOptions(name=name, label=label, grace=grace, poll_interval=poll_interval,
-                            drain=drain, job_umask=caller_umask(), parent_pid=supervised_by,
-                            queues=queues)
-    return run_worker(_locator(ctx), options, ctx.obj.get("log_format", "auto"))
-
-
-def _beyond_its_lane_file(instance: str, queues: list[str] | None) -> str | None:
-    """Why this instance must not run, if a lane file declares its lane with fewer workers:
-    after Workers= is lowered, the target's restart (PartOf=) restarts the surplus instances
-    too, and those no longer get the lane's drop-in (its User=, its paths)."""
-    if queues is None:
-        return None
-    from queuectl.lanes import declaring
-
-    lane = declaring(queues)
-    number = int(instance.rpartition(":")[2])
-    if lane is None or number <= lane.workers:
-        return None
-    return (f"instance {instance} is beyond Workers={lane.workers} of {lane.path}: "
-            "not starting")
-
-
-def _decline(reason: str) -> int:
-    """Exit 0 after READY=1 and STOPPING=1: the unit ends inactive, not failed, and
-    Restart=on-failure leaves it stopped."""
-    import sys
-
-    from queuectl.notify import Notifier
-
-    notifier = Notifier()
-    notifier.ready(reason)
-    notifier.stopping(reason)
-    print(f"queuectl: {reason}", file=sys.stderr)
-    return 0
+    return run_command(ctx.ensure_object(dict).get("db"), ctx.obj.get("log_format", "auto"),
+                       drain, name=name, label=label, grace=grace, poll_interval=poll_interval,
+                       queues=queues, instance=instance, supervised_by=supervised_by)
 
 
 @worker.command(name="start")

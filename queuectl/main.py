@@ -82,6 +82,12 @@ def main(argv: list[str] | None = None) -> int:
                 if argv is None:  # the console script: everything is written and closed
                     _exit_now(code)
                 return code
+        elif "worker" in args[:5]:  # every systemd restart and cron `--drain`: no click
+            from queuectl.workerrun import fast_worker_run
+
+            code = fast_worker_run(args)
+            if code is not None:
+                return code
         from queuectl.cli import cli
 
         result = cli.main(args=args, prog_name="queuectl", standalone_mode=False)
