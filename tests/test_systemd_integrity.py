@@ -50,7 +50,7 @@ def _drop_page_cache() -> bool:
 
 
 def test_four_instances_on_a_large_queue_check_it_once_and_all_become_ready(
-        host: Host) -> None:
+        host: Host) -> None:  # noqa: F811 (the fixture imported above)
     _start(host, 1)  # creates the state directory and the database as user queuectl
     host.systemctl("stop", "queuectl-worker@1.service")
     db = host.state / "queue.db"
