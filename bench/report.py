@@ -429,6 +429,12 @@ def other_figures(res: dict[str, Any]) -> list[tuple[str, str]]:
         out.append(("Claim p99 empty / full (ms)",
                     f"{fmt(_get(s, 'claim_empty', 'p99_ms'))} / "
                     f"{fmt(_get(s, 'claim_full', 'p99_ms'))}"))
+        ws = s.get("worker_start") or {}
+        if ws:
+            out.append((f"Worker start with {s['finished_rows']:,} finished jobs, "
+                        + ("cold cache" if ws.get("page_cache_dropped") else "warm cache")
+                        + ": first in the boot (checks the file) / again",
+                        f"{fmt(ws.get('first_s'))} / {fmt(ws.get('again_s'))} s"))
     out += pg_figures(res)
     p50 = _med(p, "p50_ms")
     ce = _med(e, "cold_enqueue_ms")

@@ -161,6 +161,36 @@ def startup_cpu_ms(queue: Queue, d: Path, timeout: float) -> float:
     return 1e3 * exit_cpu(proc, time.monotonic() + timeout)[0]
 
 
+def drop_page_cache() -> bool:
+    """Drop the page cache (root only; False where not permitted): a start after a reboot."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as fh:
+            fh.write("3\n")
+    except OSError:
+        return False
+    return True
+
+
+def worker_start_seconds(template: Path, workdir: Path, timeout: float) -> dict[str, Any]:
+    """Wall time of `worker run --drain` (start, nothing to run, exit) on a copy of the
+    filled file, the page cache dropped first where permitted: the first start on a file
+    runs the integrity check (reads it all), a second one in the same boot skips it
+    (README "Where the database is")."""
+    queue, d = fresh_queue(workdir, "scale-start")
+    shutil.copyfile(template, queue.db)
+    out: dict[str, Any] = {"page_cache_dropped": True}
+    for key in ("first_s", "again_s"):
+        out["page_cache_dropped"] &= drop_page_cache()
+        t = time.monotonic()
+        proc = queue.start_worker("start", d / "start.log", drain=True)
+        if proc.wait(timeout) != 0:
+            raise RuntimeError(f"worker start on the filled file failed: see {d}/start.log")
+        out[key] = round(time.monotonic() - t, 3)
+    shutil.rmtree(d, ignore_errors=True)
+    return out
+
+
 JOB_STEPS = ("claim_to_finish_p50_ms", "claim_to_finish_p95_ms", "finish_to_next_claim_p50_ms",
              "finish_to_next_claim_p95_ms", "cycle_mean_ms", "worker_cpu_us_per_job",
              "worker_cpu_with_children_us_per_job")
@@ -299,6 +329,9 @@ def scale_section(sizes: Sizes, workdir: Path) -> dict[str, Any]:
     claim_file = write_jobs_file(workdir / f"jobs-claim-{sizes.claim_samples}.jsonl",
                                  sizes.claim_samples)
     timeout = (60 + sizes.scale_drain_jobs / 20) * sizes.timeout_scale
+    start = worker_start_seconds(template, workdir, timeout)
+    log(f"scale: worker start, cold cache{'' if start['page_cache_dropped'] else ' (NOT dropped)'}"
+        f": {start['first_s']:.2f} s checking the file, {start['again_s']:.2f} s after")
     rates: dict[str, list[float]] = {"empty": [], "full": []}
     claims: dict[str, list[list[float]]] = {"empty": [], "full": []}
     for r in range(sizes.runs):
@@ -330,6 +363,7 @@ def scale_section(sizes: Sizes, workdir: Path) -> dict[str, Any]:
     return {
         "finished_rows": sizes.scale_rows,
         "fill_seconds": round(fill_s, 2),
+        "worker_start": start,
         "db_mb_per_100k_finished": round((full_size - empty_size) / sizes.scale_rows * 100_000
                                          / 1e6, 2),
         "workers": 2,

@@ -388,8 +388,16 @@ class Store(ABC):
         """How long ago the named worker last beat, by the store's clock; None if unknown."""
 
     @abstractmethod
-    def verify(self) -> None:
-        """Raise DatabaseUnavailable if the store is damaged: a worker checks before READY."""
+    def verify(self) -> float | None:
+        """Raise DatabaseUnavailable if the store is damaged or unusable: a worker calls it
+        before READY, so a bad store fails the start rather than the first job.
+
+        What it checks is the backend's: SQLite runs `quick_check` (reads the whole file)
+        once per database file (device and inode) and boot, by the first worker to start;
+        later starts on the same file in the same boot skip it, so a start does not grow
+        with the queue, and damage that appears later is reported by the operation that
+        reaches it (DatabaseUnavailable). PostgreSQL checks the role's privileges (cheap,
+        every time). Returns the seconds a full integrity check took, None if none ran."""
 
     @abstractmethod
     def info(self) -> dict[str, Any]:

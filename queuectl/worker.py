@@ -190,7 +190,9 @@ class Worker:
             raise exc.error from None
 
     def _register(self) -> None:
-        self.store.verify()
+        took = self.store.verify()
+        if took is not None:  # once per file and boot (README "Where the database is")
+            self.log.info("integrity_checked", db=self.locator, seconds=round(took, 3))
         for other in self.store.workers():
             if other.name != self.name or other.pid == os.getpid():
                 continue

@@ -36,6 +36,7 @@ def test_bench_smoke_writes_results(tmp_path: Path) -> None:
     assert {"cold_enqueue_ms", "python_baseline_ms", "batch_jobs_per_s"} <= res["enqueue"].keys()
     assert {"drain_full_vs_empty", "claim_p50_full_vs_empty", "db_mb_per_100k_finished"} \
         <= res["scale"].keys()
+    assert {"first_s", "again_s", "page_cache_dropped"} <= res["scale"]["worker_start"].keys()
     assert {"idle_rss_mb", "after_rss_mb", "growth_mb"} <= res["memory"].keys()
     assert all({"target", "goal", "met"} <= row.keys() for row in res["targets"])
     assert "| target | measured | goal | met |" in proc.stdout

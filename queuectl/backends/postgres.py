@@ -1190,9 +1190,10 @@ class PostgresStore(Connected, Store):
         rows = self._fetch(self.sql.seconds_since_heartbeat, (name,))
         return float(rows[0][0]) if rows else None
 
-    def verify(self) -> None:
+    def verify(self) -> float | None:
         """Every table reachable with the rights the verbs need: a worker without them
-        fails before READY, with one line, rather than on its first job."""
+        fails before READY, with one line, rather than on its first job. No integrity check
+        (the server keeps its own pages), hence None."""
         rows = self._fetch(self.sql.verify_privileges, (self.target.schema,))
         if not rows[0][1]:
             raise DatabaseUnavailable(
@@ -1205,6 +1206,7 @@ class PostgresStore(Connected, Store):
                 f"{', '.join(f'{self.target.schema}.{m}' for m in missing)} (see the README, "
                 "'PostgreSQL (many hosts)')")
         self._fetch(self.sql.verify_reads)
+        return None
 
     def info(self) -> dict[str, Any]:
         version, server, database, user = self._fetch(self.sql.info)[0]

@@ -22,6 +22,7 @@ from queuectl import policy
 from queuectl import settings as cfg
 from queuectl.backends import BUSY_TIMEOUT
 from queuectl.backends import sqlite_sql as sql
+from queuectl.backends.sqlite_checked import check_once
 from queuectl.backends.sqlite_gate import WriteGate
 from queuectl.backends.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
 from queuectl.clock import now
@@ -914,7 +915,13 @@ class SQLiteStore(Store):
             return max(now() - wall, _uptime())
         return _uptime() - clock
 
-    def verify(self) -> None:
+    def verify(self) -> float | None:
+        """quick_check once per file and boot (see sqlite_checked): the file this connection
+        holds, identified by its device and inode."""
+        assert self._identity is not None  # _open refused a file without one
+        return check_once(self.path, self._identity, _boot_id(), self._quick_check)
+
+    def _quick_check(self) -> None:
         try:
             problems = self._retry(lambda: self._conn.execute(sql.QUICK_CHECK).fetchall())
         except sqlite3.Error as exc:
