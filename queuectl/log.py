@@ -18,6 +18,7 @@ import structlog
 MESSAGES = {
     "worker_started": "Worker {worker} starting (pid {pid}, database {db}, queues {queues})",
     "worker_ready": "Ready: waiting for jobs",
+    "integrity_checked": "Checked the whole database {db} in {seconds} s (once per file and boot)",
     "running_as_root": "Running as root: every job runs as root too (the systemd unit runs "
     "workers as user queuectl)",
     "worker_stopping": "Stopping ({reason}); no new jobs will be claimed",
