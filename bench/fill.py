@@ -8,6 +8,7 @@ without a default that the bench does not know stops the SQLite fill (teach FINI
 on PostgreSQL it gets a neutral value and is listed under guessed_not_null_columns.
 """
 
+import os
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -68,6 +69,17 @@ class FillTarget:
     def run(self, statements: list[str]) -> None:
         """The statements in one transaction (this is what fill_seconds times)."""
         raise NotImplementedError
+
+
+def drop_page_cache() -> bool:
+    """Drop the page cache (root only; False where not permitted): a start after a reboot."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as fh:
+            fh.write("3\n")
+    except OSError:
+        return False
+    return True
 
 
 # Tables with job_id and attempt columns that are not per-attempt history.

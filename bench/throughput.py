@@ -25,7 +25,7 @@ from bench.common import (
     summary,
     wait_until,
 )
-from bench.fill import SqliteFill, claim_latencies, fill_finished
+from bench.fill import SqliteFill, claim_latencies, drop_page_cache, fill_finished
 from bench.qctl import Queue, write_jobs_file
 
 
@@ -159,17 +159,6 @@ def startup_cpu_ms(queue: Queue, d: Path, timeout: float) -> float:
     per-job figures of a drain include."""
     proc = queue.start_worker("empty", d / "empty.log", drain=True)
     return 1e3 * exit_cpu(proc, time.monotonic() + timeout)[0]
-
-
-def drop_page_cache() -> bool:
-    """Drop the page cache (root only; False where not permitted): a start after a reboot."""
-    os.sync()
-    try:
-        with open("/proc/sys/vm/drop_caches", "w") as fh:
-            fh.write("3\n")
-    except OSError:
-        return False
-    return True
 
 
 def worker_start_seconds(template: Path, workdir: Path, timeout: float) -> dict[str, Any]:

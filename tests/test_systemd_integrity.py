@@ -12,7 +12,6 @@ measured start and check times are printed.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -30,23 +29,19 @@ ROWS = 1_000_000  # finished jobs (about 280 MB): the fill takes a few seconds
 START_DEADLINE = 60.0  # seconds: a starting worker waits up to 60 s for the database
 
 
-def _fill(db: Path, rows: int) -> dict[str, Any]:
-    sys.path.insert(0, str(REPO))  # bench/ is not installed; its fill is the one measured
+def _bench_fill() -> Any:
+    """bench/fill.py: bench/ is not installed, and its fill is the one `make bench` measures."""
+    sys.path.insert(0, str(REPO))
     try:
-        from bench.fill import SqliteFill, fill_finished
+        import bench.fill
     finally:
         sys.path.remove(str(REPO))
-    return fill_finished(SqliteFill(db), rows)
+    return bench.fill
 
 
-def _drop_page_cache() -> bool:
-    os.sync()
-    try:
-        with open("/proc/sys/vm/drop_caches", "w") as fh:
-            fh.write("3\n")
-    except OSError:
-        return False
-    return True
+def _fill(db: Path, rows: int) -> dict[str, Any]:
+    fill = _bench_fill()
+    return fill.fill_finished(fill.SqliteFill(db), rows)
 
 
 def test_four_instances_on_a_large_queue_check_it_once_and_all_become_ready(
@@ -56,7 +51,7 @@ def test_four_instances_on_a_large_queue_check_it_once_and_all_become_ready(
     db = host.state / "queue.db"
     filled = _fill(db, ROWS)
     Path(f"{db}{SUFFIX}").unlink()  # @1 checked the empty file: now as after a reboot
-    dropped = _drop_page_cache()
+    dropped = _bench_fill().drop_page_cache()
     print(f"\nfilled {ROWS} rows in {filled['fill_seconds']} s "
           f"({db.stat().st_size // 2**20} MiB); page cache "
           f"{'dropped' if dropped else 'NOT dropped (not permitted here)'}")
