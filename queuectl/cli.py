@@ -6,7 +6,7 @@ from typing import Any, TypeVar
 
 import click
 
-from queuectl import __version__, locator
+from queuectl import __version__, locator, workerrun
 from queuectl import settings as cfg
 from queuectl.clock import iso_ms
 from queuectl.errors import EXIT_FAILED, NotFound, QueueError, ValidationError
@@ -17,7 +17,7 @@ from queuectl.store import Store
 # A click command's callback, on its way through the decorators that build the command.
 F = TypeVar("F", bound=Callable[..., Any])
 
-LOG_FORMATS = click.Choice(["auto", "human", "json", "journal"])
+LOG_FORMATS = click.Choice(list(workerrun.LOG_FORMATS))
 
 
 def _remember_db(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
@@ -710,9 +710,11 @@ def worker() -> None:
 @worker.command(name="run")
 @click.option("--name", help="Stable worker identity (default: HOST:PID).")
 @click.option("--label", hidden=True)
-@click.option("--grace", type=click.FloatRange(min=0), default=30.0, show_default=True,
+@click.option("--grace", type=click.FloatRange(min=workerrun.GRACE_MIN),
+              default=workerrun.GRACE_DEFAULT, show_default=True,
               help="Seconds a running job may finish after SIGTERM before it is stopped.")
-@click.option("--poll-interval", type=click.FloatRange(min=0.01), default=None,
+@click.option("--poll-interval", type=click.FloatRange(min=workerrun.POLL_INTERVAL_MIN),
+              default=None,
               help="Seconds between looks at an idle queue, besides waking on every database "
               "change [default: 1, or 0.25 where inotify is unavailable].")
 @click.option("--drain", is_flag=True, help="Exit once no job is left to run.")
@@ -736,7 +738,8 @@ def worker_run(ctx: click.Context, name: str | None, label: str | None, grace: f
 @worker.command(name="start")
 @click.option("--count", type=click.IntRange(1, 256), default=1, show_default=True,
               help="How many workers.")
-@click.option("--grace", type=click.FloatRange(min=0), default=30.0, show_default=True,
+@click.option("--grace", type=click.FloatRange(min=workerrun.GRACE_MIN),
+              default=workerrun.GRACE_DEFAULT, show_default=True,
               help="Seconds a running job may finish after Ctrl-C or SIGTERM (foreground).")
 @click.option("--drain", is_flag=True, help="Exit once no job is left to run (foreground).")
 @click.option("--foreground", is_flag=True,

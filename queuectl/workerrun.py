@@ -14,12 +14,16 @@ from typing import Any
 from queuectl.errors import ValidationError
 
 LOG_FORMATS = ("auto", "human", "json", "journal")
+# worker run's limits and default, which its click options (cli.py) use too.
+GRACE_DEFAULT = 30.0
+GRACE_MIN: float = 0  # shown as "x>=0" in --help
+POLL_INTERVAL_MIN = 0.01
 # Option -> (keyword of run_command, converter, lowest value); None: a flag.
 _VALUED: dict[str, tuple[str, Any, float | None]] = {
     "--name": ("name", str, None),
     "--label": ("label", str, None),
-    "--grace": ("grace", float, 0.0),
-    "--poll-interval": ("poll_interval", float, 0.01),
+    "--grace": ("grace", float, GRACE_MIN),
+    "--poll-interval": ("poll_interval", float, POLL_INTERVAL_MIN),
     "--queue": ("queues", str, None),
     "--instance": ("instance", str, None),
     "--supervised-by": ("supervised_by", int, None),
@@ -86,7 +90,7 @@ def _split(rest: list[str]) -> tuple[str, str | None, list[str]]:
 
 
 def run_command(db: str | None, log_format: str, drain: bool, name: str | None = None,
-                label: str | None = None, grace: float = 30.0,
+                label: str | None = None, grace: float = GRACE_DEFAULT,
                 poll_interval: float | None = None, queues: list[str] | None = None,
                 instance: str | None = None, supervised_by: int | None = None) -> int:
     """Run one worker in the foreground (what the systemd unit runs)."""
