@@ -156,7 +156,10 @@ def with_cwd_env(specs: list[JobSpec], cwd: str | None,
     extra = parse_env_options(env or ())
     if extra:
         for spec in specs:
-            merged = dict(spec.env or {})
+            if not spec.env:  # the options alone, checked once above
+                spec.env = dict(extra)
+                continue
+            merged = dict(spec.env)
             for name, value in extra.items():
                 if merged.get(name, value) != value:
                     raise ValidationError(f'--env {name}={value} but the job says "env": '

@@ -473,10 +473,13 @@ class Worker:
             return True
         error = result.error or "failed"
         tail = result.output.decode("utf-8", "replace")
-        try:
-            first = float(self.store.config_items().get("on-dead-backoff", 2.0))
+        from queuectl.settings import SETTINGS
+
+        default = float(SETTINGS["on-dead-backoff"].default)
+        try:  # read on a failure only, so not worth the settings cache
+            first = float(self.store.config_items().get("on-dead-backoff", default))
         except DatabaseUnavailable:
-            first = 2.0
+            first = default
         delay = hook_retry_delay(first, notice.tries + 1)
         dropped = self._persist(
             lambda: self.store.notice_failed(notice, error, HOOK_TRIES, delay))
