@@ -220,13 +220,18 @@ def declaring(queues: list[str], directory: str | None = None) -> Lane | None:
     return next((lane for lane in read_lanes(directory)[0] if lane.queues == queues), None)
 
 
-def serving(directory: str | None = None) -> dict[str, list[Lane]]:
-    """queue -> the lanes (from files) whose workers serve it."""
+def by_queue(lanes: list[Lane]) -> dict[str, list[Lane]]:
+    """queue -> the lanes whose workers serve it."""
     out: dict[str, list[Lane]] = {}
-    for lane in read_lanes(directory)[0]:
+    for lane in lanes:
         for queue in lane.queues:
             out.setdefault(queue, []).append(lane)
     return out
+
+
+def serving(directory: str | None = None) -> dict[str, list[Lane]]:
+    """queue -> the lanes (from files) whose workers serve it."""
+    return by_queue(read_lanes(directory)[0])
 
 
 def _template_path() -> str:

@@ -147,12 +147,11 @@ def queue_rows(store: Store, lanes: list[Lane] | None = None) -> list[dict[str, 
     """`queue list`: one JSON-ready row per queue, with the lanes (from their files) that
     serve it (a queue is listed once it has jobs or settings, as before lanes)."""
     rows = []
-    served: dict[str, list[dict[str, Any]]] = {}
-    for lane in lanes or []:
-        for queue in lane.queues:
-            served.setdefault(queue, []).append(
-                {"lane": lane.name, "user": lane.user, "workers": lane.workers,
-                 "file": lane.path})
+    from queuectl.lanes import by_queue
+
+    served = {queue: [{"lane": lane.name, "user": lane.user, "workers": lane.workers,
+                       "file": lane.path} for lane in serving]
+              for queue, serving in by_queue(lanes or []).items()}
     for q in store.queues():
         wait = q.oldest_waiting
         rows.append({
