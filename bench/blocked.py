@@ -5,7 +5,6 @@ same pending rows, not blocked), back to back, on either backend."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -18,13 +17,6 @@ from bench.qctl import Queue, write_jobs_file
 
 GATE = "bench-gate"  # the parent every blocked job waits for: delayed a year
 COUNT_SAMPLES = 50
-
-
-def write_blocked_file(path: Path, count: int) -> Path:
-    line = json.dumps({"command": "true", "after": [GATE]}) + "\n"
-    with open(path, "w") as fh:
-        fh.write(line * count)
-    return path
 
 
 def count_latencies(locator: str, samples: int) -> list[float]:
@@ -49,7 +41,8 @@ def blocked_part(sizes: Sizes, workdir: Path,
     """`queue_for(kind, run)`: a fresh, created queue, cleaned up on exit. Each run
     measures kinds "none" and "blocked" in alternating order."""
     claim_file = write_jobs_file(workdir / f"{label}-blocked-claim.jsonl", sizes.claim_samples)
-    blocked_file = write_blocked_file(workdir / f"{label}-blocked.jsonl", sizes.blocked_rows)
+    blocked_file = write_jobs_file(workdir / f"{label}-blocked.jsonl", sizes.blocked_rows,
+                                   after=[GATE])
     delayed_file = write_jobs_file(workdir / f"{label}-delayed.jsonl", sizes.blocked_rows,
                                    delay=31536000)
     claims: dict[str, list[list[float]]] = {"none": [], "blocked": [], "delayed": []}
