@@ -3,6 +3,11 @@
 Every event has a machine name (`job_claimed`) and key/value fields; the renderer chosen
 for the output decides how it looks: journald fields under systemd, a short human line on a
 terminal, one JSON object per line elsewhere.
+
+The bound logger here is our own, shaped like structlog's (bind, one method per level, a
+renderer called as (logger, method, event_dict)): importing structlog costs every worker
+start about 40 ms of CPU (asyncio, its console renderer, the stdlib bridge) for the one
+processor and the bound logger base we used of it. The output is the same, field for field.
 """
 
 import json
@@ -11,8 +16,6 @@ import time
 from collections.abc import Callable
 from json import encoder as json_encoder
 from typing import Any, TextIO
-
-import structlog
 
 # One human sentence per event; fields missing from an event render as "?".
 MESSAGES = {
@@ -99,8 +102,8 @@ def message_for(event: str, fields: dict[str, Any]) -> str:
         return template.format_map(_Missing(fields))
 
 
-# The renderers take the level from the method name (info, warning...): the same as
-# structlog's add_log_level for the methods _EventLogger has, without a processor per event.
+# The renderers take the level from the method name (info, warning...), as structlog's
+# add_log_level did, without a processor per event.
 def _human(_: Any, level: str, event_dict: dict[str, Any]) -> str:
     event = event_dict.pop("event")
     label = event_dict.get("label") or event_dict.get("worker") or "queuectl"
@@ -160,12 +163,12 @@ def _journal_fields(_: Any, level: str, event_dict: dict[str, Any]) -> dict[str,
     for key, value in event_dict.items():
         if key not in ("level", "label") and value is not None:
             fields[key.upper()] = value
-    return {"fields": fields}
+    return fields
 
 
 class _JournalLogger:
-    """A structlog logger that sends each event to journald, or as JSON to stderr if
-    journald cannot take it (so an event is never silently lost)."""
+    """Sends each event to journald, or as JSON to stderr if journald cannot take it (so an
+    event is never silently lost)."""
 
     def __init__(self, fallback: TextIO) -> None:
         from queuectl.journal import JournalSender
@@ -173,7 +176,7 @@ class _JournalLogger:
         self._sender = JournalSender()
         self._fallback = fallback
 
-    def _emit(self, fields: dict[str, Any]) -> None:
+    def msg(self, fields: dict[str, Any]) -> None:
         try:
             self._sender.send(fields)
         except OSError:
@@ -181,13 +184,9 @@ class _JournalLogger:
             print(json.dumps(record, ensure_ascii=False, default=str), file=self._fallback,
                   flush=True)
 
-    def __getattr__(self, name: str) -> Any:
-        return lambda fields: self._emit(fields)
-
 
 class _LineWriter:
-    """One event, one line, one write. structlog's WriteLogger does the same under a lock
-    per event; a queuectl process logs from one thread."""
+    """One event, one line, one write (no lock: a queuectl process logs from one thread)."""
 
     def __init__(self, out: TextIO) -> None:
         self._write = out.write
@@ -198,20 +197,28 @@ class _LineWriter:
         self._flush()
 
 
-class _EventLogger(structlog.BoundLoggerBase):
-    """structlog's bound logger with one method per level. make_filtering_bound_logger's
-    route (meth, _proxy_to_logger, _process_event) repacks an event's fields three times,
-    and a worker logs two events per job; this builds the event dict once and runs the
-    same processor chain."""
+# A renderer: (logger, level method, event dict) -> what the logger's msg() takes.
+Renderer = Callable[[Any, str, dict[str, Any]], Any]
+
+
+class _EventLogger:
+    """A bound logger with one method per level: builds an event's dict once (context, then
+    the event's fields, then "event") and hands the renderer's result to the output."""
+
+    __slots__ = ("_logger", "_render", "_context")
+
+    def __init__(self, logger: Any, render: Renderer, context: dict[str, Any]) -> None:
+        self._logger = logger
+        self._render = render
+        self._context = context
+
+    def bind(self, **new_values: Any) -> "_EventLogger":
+        """A logger with these fields added to every event (the same output)."""
+        return _EventLogger(self._logger, self._render, {**self._context, **new_values})
 
     def _emit(self, method: str, event: str, fields: dict[str, Any]) -> None:
-        event_dict: Any = {**self._context, **fields, "event": event}
-        for processor in self._processors:
-            event_dict = processor(self._logger, method, event_dict)
-        if isinstance(event_dict, dict):  # the journal renderer's fields
-            self._logger.msg(**event_dict)
-        else:
-            self._logger.msg(event_dict)
+        self._logger.msg(self._render(self._logger, method, {**self._context, **fields,
+                                                             "event": event}))
 
     def debug(self, event: str, **fields: Any) -> None:
         self._emit("debug", event, fields)
@@ -244,25 +251,26 @@ def choose_format(fmt: str, out: TextIO) -> str:
     return "human" if out.isatty() else "json"
 
 
+# The renderer and the output-maker setup_logging chose; None until it runs.
+_config: list[Any] = [None, None]
+
+
 def setup_logging(fmt: str = "auto", stream: TextIO | None = None) -> str:
-    """Configure structlog once per process: fmt is auto, human, json or journal; returns
+    """Configure logging once per process: fmt is auto, human, json or journal; returns
     the format chosen."""
     out = stream or sys.stderr
     fmt = choose_format(fmt, out)
     if fmt == "journal":
-        renderer: Any = _journal_fields
-        factory: Any = lambda *_: _JournalLogger(out)  # noqa: E731
+        _config[:] = _journal_fields, lambda: _JournalLogger(out)
     else:
-        renderer = _human if fmt == "human" else _json
-        factory = lambda *_: _LineWriter(out)  # noqa: E731
-    structlog.configure(
-        processors=[renderer],
-        logger_factory=factory,
-        wrapper_class=_EventLogger,
-        cache_logger_on_first_use=False,
-    )
+        _config[:] = _human if fmt == "human" else _json, lambda: _LineWriter(out)
     return fmt
 
 
-def get_logger(**context: Any) -> Any:
-    return structlog.get_logger().bind(**context)
+def get_logger(**context: Any) -> _EventLogger:
+    """A logger with these fields on every event; each has its own output object, made now.
+    Before setup_logging, the auto format on stderr is set up (what a worker would get)."""
+    if _config[0] is None:
+        setup_logging()
+    render, factory = _config
+    return _EventLogger(factory(), render, dict(context))
