@@ -144,6 +144,9 @@ def evaluate(res: dict[str, Any]) -> list[dict[str, Any]]:
              f"about {1000 * boot * 2 / jobs:.0f} µs of each job's figure)" if boot and jobs else "")
     add("Worker CPU per job, 2 workers (own, start-up included)", cpu2,
         f"{fmt(w2.get('worker_cpu_us_per_job'))} µs{share}", "reported", _check(cpu2, True))
+    add("Worker start-up CPU (own, `worker run --drain` on an empty queue)", boot,
+        f"{fmt(_get(res, 'drain', 'worker_startup_cpu_ms'))} ms", "<= 50 ms",
+        _check(boot, boot is not None and boot <= 50))
     for peer in ("tsp", "huey"):
         pd = _get(res, "drain", "peers", peer) or {}
         r = _med(pd, "queuectl_2_workers_ratio")

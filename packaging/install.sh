@@ -4,7 +4,7 @@
 # user queuectl are kept.
 # Usage: packaging/install.sh [--uninstall] DESTDIR PREFIX [PYTHON]
 #   PREFIX /usr for a distribution package (with DESTDIR), /usr/local (default) by hand.
-#   PYTHON the system interpreter whose click, structlog and sdnotify queuectl will use
+#   PYTHON the system interpreter whose click and sdnotify queuectl will use
 #          (default /usr/bin/python3); /usr/bin/queuectl runs with it. Override the module
 #          directory with PYTHON_SITEDIR=... if PREFIX is not on that Python's path.
 set -eu

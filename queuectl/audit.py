@@ -1,6 +1,6 @@
 """Operators' actions in the journal: what `retry` or `cancel` did, and who did it.
 
-A worker logs through structlog; a command an admin types logs nothing on its terminal
+A worker logs its events (queuectl.log); a command an admin types logs nothing on its terminal
 beyond its answer, but leaves the same structured event in the journal where there is one,
 so `journalctl SYSLOG_IDENTIFIER=queuectl` tells the whole story of a job.
 """

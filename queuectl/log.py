@@ -5,9 +5,10 @@ for the output decides how it looks: journald fields under systemd, a short huma
 terminal, one JSON object per line elsewhere.
 
 The bound logger here is our own, shaped like structlog's (bind, one method per level, a
-renderer called as (logger, method, event_dict)): importing structlog costs every worker
-start about 40 ms of CPU (asyncio, its console renderer, the stdlib bridge) for the one
-processor and the bound logger base we used of it. The output is the same, field for field.
+renderer called as (logger, method, event_dict)), which it replaced in 0.4: importing
+structlog cost every worker start 40-60 ms of CPU (asyncio, its console renderer, the
+stdlib bridge) for the one processor and the bound logger base we used of it, more than
+the whole start-up budget. The output is the same, field for field.
 """
 
 import json

@@ -1,6 +1,6 @@
 """`queuectl enqueue`: from what the user typed to stored jobs.
 
-Kept free of click, structlog and the worker, because cron and scripts pay this module's
+Kept free of click, logging and the worker, because cron and scripts pay this module's
 start-up on every call: `main.py` runs it directly for the common forms, and the click
 command (for --help and unusual spellings) calls the same functions.
 """

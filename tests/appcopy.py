@@ -18,11 +18,10 @@ def install_app(base: Path, visible_as: Path | None = None) -> Path:
     at its own path."""
     import click
     import sdnotify
-    import structlog
 
     import queuectl
 
-    for module in (queuectl, click, structlog, sdnotify):
+    for module in (queuectl, click, sdnotify):
         src = Path(module.__file__).parent
         shutil.copytree(src, base / "app" / src.name,
                         ignore=shutil.ignore_patterns("__pycache__"))

@@ -3,8 +3,8 @@
 One module-scoped setup does the slow parts once: `make deb` builds the package; a pristine
 Debian 12 root made by debootstrap (minbase plus systemd, dbus and python3) is copied; the
 copy's own systemd boots as PID 1 of fresh namespaces (systemd_ns.NamespacedSystemd, with
-the copy as the root filesystem); apt installs the package inside, so python3-click,
-python3-structlog and python3-sdnotify come from Debian 12, and every test below runs
+the copy as the root filesystem); apt installs the package inside, so python3-click and
+python3-sdnotify come from Debian 12, and every test below runs
 queuectl on Debian's versions of them. The tests then run in file order as one admin's
 session: look at the install, start four workers, enqueue as a member of group queuectl,
 refuse an outsider, reinstall, remove, reinstall, purge. Then the last release, 0.1.0, built
@@ -45,13 +45,14 @@ ROOTFS_CACHE = Path(os.environ.get("QUEUECTL_TEST_ROOTFS", "/var/cache/queuectl-
 INCLUDE = ("systemd", "dbus", "python3")
 # Downloaded into the cached root's apt cache, so that installing the package (which pulls
 # them in from Debian's indexes, as for any admin) needs no network on a warm cache.
+# (python3-structlog: 0.1.0, the release the upgrade test starts from, depends on it.)
 PREFETCH = ("python3-click", "python3-structlog", "python3-sdnotify")
 # Written last into a complete cache; a cache without it (or with another recipe) is rebuilt.
 CACHE_STAMP = ".queuectl-test-rootfs"
 CACHE_RECIPE = (f"2 {SUITE} minbase include={','.join(INCLUDE)} clean apt-lists"
                 f" prefetch={','.join(PREFETCH)}")
 # What the versions of Debian 12 are; the package must work with exactly these.
-DEBIAN_VERSIONS = {"python3-click": "8.1.3", "python3-structlog": "22.3", "python3-sdnotify": "0.3.1"}
+DEBIAN_VERSIONS = {"python3-click": "8.1.3", "python3-sdnotify": "0.3.1"}
 CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "HOME": "/root",
              "DEBIAN_FRONTEND": "noninteractive", "TERM": "dumb"}
 WORKERS = "queuectl-worker@*"
