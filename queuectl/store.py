@@ -390,7 +390,9 @@ class Store(ABC):
     @abstractmethod
     def verify(self) -> float | None:
         """Raise DatabaseUnavailable if the store is damaged or unusable: a worker calls it
-        before READY, so a bad store fails the start rather than the first job.
+        after READY=1 (in a thread, so that it keeps the watchdog fed and hears a stop) and
+        before it registers or writes anything, so a bad store fails the worker before its
+        first job and a damaged file is never written.
 
         What it checks is the backend's: SQLite runs `quick_check` (reads the whole file)
         once per database file (device and inode) and boot, by the first worker to start;
@@ -398,6 +400,11 @@ class Store(ABC):
         with the queue, and damage that appears later is reported by the operation that
         reaches it (DatabaseUnavailable). PostgreSQL checks the role's privileges (cheap,
         every time). Returns the seconds a full integrity check took, None if none ran."""
+
+    def interrupt_verify(self) -> None:
+        """Make a verify() running in another thread end soon (raising, recording nothing):
+        the worker was asked to stop. Safe to call from any thread; a no-op by default."""
+        return None
 
     @abstractmethod
     def info(self) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import select
+import threading
 import time
 from collections.abc import Callable
 
@@ -44,6 +45,11 @@ if TYPE_CHECKING:
 REPLACED_EXIT = 75  # EX_TEMPFAIL: the database was replaced; restart me (Restart=on-failure)
 DB_RETRY_MAX = 5.0  # seconds between tries while the database is unavailable, at most
 START_WAIT = 60.0  # seconds a starting worker waits for a database locked by someone else
+# Seconds the store's check may take before READY=1 is sent without waiting for it: a check
+# that is done by then (the usual case: skipped, or a small file) keeps READY meaning
+# "registered and claiming"; a long one (a large file after a reboot) does not hold up the
+# start job, nor run into TimeoutStartSec.
+READY_WITHIN = 0.5
 
 
 class GaveUp(Exception):
@@ -94,6 +100,7 @@ class Worker:
         self._wakeup: Any = None
         self._stop_announced = False
         self._outage_failures = 0  # failed database calls since the last success
+        self._ready_sent = False  # READY=1 went before the store's check was done (_verify)
         self._env = inheritable_environment(os.environ)
         self.exit_code = 0
         self.cgroups: Delegation | None = None  # set by run() where systemd delegated one
@@ -185,14 +192,52 @@ class Worker:
                     or time.monotonic() >= deadline)
 
         try:
-            self._with_db(self._register, give_up)
+            self._with_db(self._verify, give_up)
+            if not self.stop.requested:
+                self._with_db(self._register, give_up)
         except GaveUp as exc:
             raise exc.error from None
 
+    def _verify(self) -> None:
+        """The store's check, before anything is written. It may read a whole SQLite file
+        (once per file and boot: about a minute at ten million jobs from a cold page cache),
+        so it runs in a thread while this one feeds the watchdog and listens for a stop,
+        which interrupts it; and if it takes longer than READY_WITHIN, READY=1 goes first, so
+        that systemd's start job (and its TimeoutStartSec) does not wait for it."""
+        outcome: list[float | None | BaseException] = []
+
+        def check() -> None:
+            try:
+                outcome.append(self.store.verify())
+            except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+                outcome.append(exc)
+
+        thread = threading.Thread(target=check, name="verify", daemon=True)
+        thread.start()
+        ready_at = time.monotonic() + READY_WITHIN
+        while thread.is_alive():
+            if not self._ready_sent and time.monotonic() >= ready_at:
+                self._ready_sent = True
+                self.notifier.ready("checking the database (once per file and boot)")
+            self.notifier.ping_if_due()
+            if self.stop.requested:
+                self.store.interrupt_verify()
+                thread.join()
+                return  # start() registers nothing; the worker stops
+            ready, _, _ = select.select([self.stop.fd], [], [],
+                                        min(0.05, self.notifier.seconds_to_ping()))
+            if ready:
+                self.stop.drain()
+        thread.join()
+        result = outcome[0]
+        if isinstance(result, BaseException):
+            if self.stop.requested:
+                return
+            raise result
+        if result is not None:  # once per file and boot (README "Where the database is")
+            self.log.info("integrity_checked", db=self.locator, seconds=round(result, 3))
+
     def _register(self) -> None:
-        took = self.store.verify()
-        if took is not None:  # once per file and boot (README "Where the database is")
-            self.log.info("integrity_checked", db=self.locator, seconds=round(took, 3))
         for other in self.store.workers():
             if other.name != self.name or other.pid == os.getpid():
                 continue
@@ -224,7 +269,10 @@ class Worker:
                           **({"excluded": ",".join(self._lane["exclude"])}
                              if "exclude" in self._lane else {}),
                           **({"cgroup": self.cgroups.base} if self.cgroups else {}))
-            self.notifier.ready()
+            if self._ready_sent:  # early, while the store's check ran (see _verify)
+                self.notifier.status("idle")
+            else:
+                self.notifier.ready()
             self.log.info("worker_ready")
             if os.geteuid() == 0:
                 self.log.warning("running_as_root")

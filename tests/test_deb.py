@@ -453,7 +453,8 @@ def test_four_workers_start_and_a_group_member_runs_jobs(admin: Admin) -> None:
     admin.sh("systemctl start queuectl-worker@{1..4}", check=True)  # as an admin types it
     for n in (1, 2, 3, 4):
         assert admin.active(n) == "active"  # Type=notify: active means READY=1 came
-        assert admin.prop(f"queuectl-worker@{n}.service", "StatusText") == "idle"
+        unit = f"queuectl-worker@{n}.service"  # idle: checked and registered
+        wait_for(lambda: admin.prop(unit, "StatusText") == "idle", 30, f"{unit} idle")  # noqa: B023
     admin.sh("useradd --create-home --groups queuectl alice", check=True)
     # no --db, no environment: the default finds the system queue
     assert admin.json("alice", "info")["database"] == "/var/lib/queuectl/queue.db"

@@ -6,12 +6,16 @@ queue. Observed through the worker's `integrity_checked` event and the record fi
 under the private systemd, four instances at once on a large file: test_systemd_integrity.py.
 """
 
+import fcntl
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from conftest import Queue
 from test_db_faults import _big_database, _digest, _one_line_error
@@ -125,3 +129,43 @@ def test_the_record_is_never_written_through_a_symlink(tmp_path: Path) -> None:
         assert result.returncode == 0, result.stderr
         assert len(_checks(events)) == 1
     assert target.read_text() == "keep me\n"
+
+
+def _notify_socket(tmp_path: Path) -> Any:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify"))
+    sock.settimeout(30)
+    return sock
+
+
+def test_a_worker_waiting_for_a_check_is_ready_but_claims_nothing_until_it_is_done(
+        tmp_path: Path) -> None:
+    """While another process checks the file (holds the record's lock), a starting worker
+    sends READY=1 without waiting for it (so systemd's start job never waits for a long
+    check after a reboot), claims nothing and writes nothing until the check is recorded,
+    and stops at once if asked. Once the lock is free it checks itself and runs the job."""
+    db = tmp_path / "queue.db"
+    q = Queue(db)
+    job = q.run("enqueue", "--cmd", "echo ran").stdout.strip()
+    checked = Path(f"{db}-checked")
+    checked.unlink(missing_ok=True)
+    lock = os.open(checked, os.O_RDWR | os.O_CREAT, 0o660)
+    fcntl.flock(lock, fcntl.LOCK_EX)  # "another worker is checking"
+    sock = _notify_socket(tmp_path)
+    worker = q.worker(env={"NOTIFY_SOCKET": str(tmp_path / "notify")})
+    try:
+        message = sock.recv(4096).decode()  # within the socket's 30 s, or TimeoutError
+        assert "READY=1" in message and "STATUS=checking the database" in message, message
+        assert q.job(job)["state"] == "pending" and q.status()["active_workers"] == 0
+        before = _digest(db)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0
+        assert q.job(job)["state"] == "pending" and _digest(db) == before
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        os.close(lock)  # the "checker" died without a record
+        sock.close()
+    result, events = _start(q)
+    assert result.returncode == 0, result.stderr
+    assert len(_checks(events)) == 1 and q.job(job)["state"] == "completed"

@@ -4,9 +4,11 @@ Under the private systemd of test_systemd.py: a database with ROWS finished jobs
 fast SQL fill, a few seconds), no record of a check (as after a reboot: the boot id differs),
 the page cache dropped (`echo 3 > /proc/sys/vm/drop_caches`; where that is not permitted the
 step is skipped and the test says so in its output, the rest still runs), then
-`systemctl start` of four instances. Every instance must reach READY=1 (active) within
-START_DEADLINE and exactly one of them logs `integrity_checked`: the others waited for its
-record and skipped the check. No speed is asserted (that belongs in `make bench`); the
+`systemctl start` of four instances. Every instance reaches READY=1 (active) without waiting
+for the check: the instance that checks became active before it logged `integrity_checked`
+(systemd's and journald's monotonic timestamps), and exactly one of them checks: the others
+waited for its record (after READY) and skipped the check. No speed is asserted (that
+belongs in `make bench`, which times READY of four instances at 10 million jobs); the
 measured start and check times are printed.
 """
 
@@ -66,10 +68,13 @@ def test_four_instances_on_a_large_queue_check_it_once_and_all_become_ready(
     assert took < START_DEADLINE, took
 
     # Each worker logs integrity_checked (if it checked) before worker_ready, on one stream.
-    host.sd.wait_for(lambda: len(host.events("worker_ready")) == ready_before + 4, 10,
+    host.sd.wait_for(lambda: len(host.events("worker_ready")) == ready_before + 4, 120,
                      "worker_ready of the four instances in the journal")
     checks = host.events("integrity_checked")[checks_before:]
     assert len(checks) == 1, [c.get("WORKER") for c in checks]
+    checker = checks[0]["_SYSTEMD_UNIT"]
+    active_at = int(host.prop(checker, "ActiveEnterTimestampMonotonic"))
+    assert active_at < int(checks[0]["__MONOTONIC_TIMESTAMP"]), (active_at, checks[0])
     print(f"four instances active in {took:.2f} s; {checks[0]['WORKER']} checked the file "
-          f"in {checks[0]['SECONDS']} s, the other three skipped the check")
+          f"in {checks[0]['SECONDS']} s after its READY=1, the other three skipped the check")
     assert (Path(f"{db}{SUFFIX}").stat().st_mode & 0o777) == 0o660  # made by queuectl, umask 007

@@ -1192,7 +1192,7 @@ class PostgresStore(Connected, Store):
 
     def verify(self) -> float | None:
         """Every table reachable with the rights the verbs need: a worker without them
-        fails before READY, with one line, rather than on its first job. No integrity check
+        fails before its first claim, with one line, rather than on its first job. No integrity check
         (the server keeps its own pages), hence None."""
         rows = self._fetch(self.sql.verify_privileges, (self.target.schema,))
         if not rows[0][1]:

@@ -271,6 +271,7 @@ class SQLiteStore(Store):
         self._settings = cfg.SettingsCache()
         self._short = False  # shorter than its header says (see _check_header)
         self._claimed: tuple[str, int] = ("", 0)  # the job id and rowid of our last claim
+        self._verify_stop = False  # interrupt_verify: a stopping worker ends its check
         self._conn = self._open(create_dirs)
 
     # -- opening -----------------------------------------------------------------------------
@@ -319,7 +320,7 @@ class SQLiteStore(Store):
 
     def _probe(self) -> None:
         """Touch every table and index the hot paths use, so a damaged file is refused at
-        open (a worker must fail before READY) rather than on its first claim. Commands
+        open (a worker fails before its first claim) rather than on its first claim. Commands
         skip it: `enqueue` from cron pays for every statement, and a command meets damage
         in what it reads anyway, unless the file is shorter than its header says."""
         for statement in sql.PROBE:
@@ -919,7 +920,12 @@ class SQLiteStore(Store):
         """quick_check once per file and boot (see sqlite_checked): the file this connection
         holds, identified by its device and inode."""
         assert self._identity is not None  # _open refused a file without one
-        return check_once(self.path, self._identity, _boot_id(), self._quick_check)
+        return check_once(self.path, self._identity, _boot_id(), self._quick_check,
+                          lambda: self._verify_stop)
+
+    def interrupt_verify(self) -> None:
+        self._verify_stop = True
+        self._conn.interrupt()  # sqlite3_interrupt: meant to be called from another thread
 
     def _quick_check(self) -> None:
         try:

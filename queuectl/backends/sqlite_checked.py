@@ -7,8 +7,9 @@ whole file. So the first worker to start checks, and records what it checked in 
 and this boot's id. A worker that finds its own file and boot recorded skips the check.
 
 - One at a time: the checker holds an `flock` on the side file; the others wait for it (up to
-  WAIT seconds), then read the record and skip. A check that finds damage records nothing, so
-  every worker refuses the file, as before.
+  WAIT seconds), then read the record and skip. Workers do all this after READY=1 (see
+  Worker._verify), so a long check after a reboot never holds up systemd's start job. A
+  check that finds damage records nothing, so every worker refuses the file, as before.
 - A crash between the check and the record, or a torn record: the next start checks again.
 - A new file (created, restored by `mv` or `cp --remove-destination`) has a new inode: checked.
   A reboot (new boot id): checked. What is not checked again within one boot is the same inode
@@ -28,21 +29,28 @@ import time
 from collections.abc import Callable
 
 SUFFIX = "-checked"
-WAIT = 120.0  # seconds to wait for another process's check before checking ourselves
+# Seconds to wait for another process's check before checking ourselves: the check of a
+# 10-million-job file from a cold page cache takes about a minute.
+WAIT = 600.0
 POLL = 0.05  # seconds between tries for the lock while another process checks
 
 
+class Stopped(Exception):
+    """The caller was asked to stop while waiting for another process's check."""
+
+
 def check_once(db_path: str, identity: tuple[int, int], boot_id: str,
-               check: Callable[[], None]) -> float | None:
+               check: Callable[[], None],
+               stopped: Callable[[], bool] = lambda: False) -> float | None:
     """Run `check` unless this file and boot are recorded as checked; then record them.
     Returns the seconds the check took, or None if it was skipped. `check` raises on damage
-    (and nothing is recorded)."""
+    (and nothing is recorded); waiting for another checker raises Stopped once `stopped()`."""
     record = f"queuectl-checked {identity[0]} {identity[1]} {boot_id}\n".encode()
     fd = _open(db_path + SUFFIX)
     if fd is None:
         return _timed(check)
     try:
-        locked = _lock(fd)
+        locked = _lock(fd, stopped)
         if os.pread(fd, 4096, 0) == record:
             return None
         took = _timed(check)
@@ -62,15 +70,17 @@ def _open(path: str) -> int | None:
     return None
 
 
-def _lock(fd: int) -> bool:
-    """Wait (polling, so a stop signal is not held up in the kernel) while another process
-    checks; False if it takes longer than WAIT."""
+def _lock(fd: int, stopped: Callable[[], bool]) -> bool:
+    """Wait (polling, so a stop is not held up in the kernel) while another process checks;
+    False if it takes longer than WAIT."""
     deadline = time.monotonic() + WAIT
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return True
         except BlockingIOError:
+            if stopped():
+                raise Stopped() from None
             if time.monotonic() >= deadline:
                 return False
             time.sleep(POLL)

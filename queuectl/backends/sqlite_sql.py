@@ -11,7 +11,7 @@ runs. A statement with variants is a tuple of complete statements, built here at
   the named queues only);
 - the statements over the jobs of one unique key (a `ByKey`, picked by `by_key`): any
   state and queue, one state, one queue, or both (jobs_by_unique);
-- `PROBE`, the reads a worker makes at open to meet damage before READY.
+- `PROBE`, the reads a worker makes at open to meet damage before its first claim.
 
 Only one piece truly varies with the caller: the `IN (?, ?, ...)` list of the queues a
 worker serves. A statement that holds `{queues}` is a template; `in_queues` completes it.
