@@ -5,6 +5,7 @@ the claim timing are bench/fill.py's)."""
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -178,6 +179,47 @@ def worker_start_seconds(template: Path, workdir: Path, timeout: float) -> dict[
         out[key] = round(time.monotonic() - t, 3)
     shutil.rmtree(d, ignore_errors=True)
     return out
+
+
+def ready_of_four(template: Path, workdir: Path, timeout: float) -> dict[str, Any]:
+    """Four `worker run` started at once on a copy of the filled file with no record of a
+    check (as after a reboot) and the page cache dropped where permitted, as four systemd
+    instances are: seconds until all four sent READY=1 to a notify socket (systemd's start
+    job) and until all four logged worker_ready (the check done, claiming)."""
+    queue, d = fresh_queue(workdir, "scale-ready")
+    shutil.copyfile(template, queue.db)
+    sock_path = d / "notify"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    queue.env = {**queue.env, "NOTIFY_SOCKET": str(sock_path)}
+    dropped = drop_page_cache()
+    t = time.monotonic()
+    workers = [queue.start_worker(f"ready{n}", d / f"ready{n}.log") for n in range(4)]
+    readies = 0
+    try:
+        while readies < 4:
+            left = t + timeout - time.monotonic()
+            if left <= 0:
+                raise RuntimeError(f"four workers not READY within {timeout} s: see {d}")
+            sock.settimeout(left)
+            readies += sock.recv(4096).split(b"\n").count(b"READY=1")
+        ready_s = time.monotonic() - t
+        wait_until(lambda: sum(_logged(d / f"ready{n}.log", "worker_ready") for n in range(4))
+                   == 4, timeout, f"four workers' worker_ready in {d}")
+        claiming_s = time.monotonic() - t
+    finally:
+        queue.stop_workers(workers)
+        sock.close()
+    shutil.rmtree(d, ignore_errors=True)
+    return {"ready_s": round(ready_s, 3), "claiming_s": round(claiming_s, 3),
+            "page_cache_dropped": dropped}
+
+
+def _logged(log: Path, event: str) -> int:
+    try:
+        return log.read_text().count(f'"event": "{event}"')
+    except FileNotFoundError:
+        return 0
 
 
 JOB_STEPS = ("claim_to_finish_p50_ms", "claim_to_finish_p95_ms", "finish_to_next_claim_p50_ms",
