@@ -12,6 +12,8 @@ servers; the standby is streaming (pg_basebackup -R) and `synchronous_standby_na
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -205,3 +207,54 @@ def test_promoted_standby_takes_over_mid_drain_and_nothing_acknowledged_is_lost(
     # What `show` says of one of them, as a user would look.
     shown = q.job(next(iter(sorted(acknowledged))))
     assert shown["state"] == "completed"
+
+
+def _lsn_reached(standby: Any, lsn: str) -> bool:
+    """The standby has flushed and replayed the primary's WAL up to lsn."""
+    return standby.psql(f"SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn") == "t"
+
+
+@pytest.mark.parametrize("standby_has_it", [True, False], ids=["on-standby", "not-on-standby"])
+def test_enqueue_whose_commit_is_in_flight_at_the_kill_stores_its_job_once(
+        pair: tuple[Any, Any], standby_has_it: bool) -> None:
+    """The hard case, made certain: `enqueue`'s COMMIT is written on the primary, which
+    waits for the standby, when the primary dies: the client never hears the answer.
+    Either the standby had flushed the commit (its WAL receiver was stopped, then
+    resumed once the primary's backend was stopped, so that it could not reply) or it
+    never got it (the primary's WAL sender was stopped: nothing was sent). Either way the
+    enqueue asks the promoted standby, stores the job once and prints its id, exit 0."""
+    primary, standby = pair
+    q = Queue(_locator(primary, standby))
+    q.run("status")  # the queue's schema exists (its creation waits for the standby too)
+    # Stopped (SIGSTOP), the receiver still gets what is sent (the kernel buffers it);
+    # the sender sends nothing.
+    stalled = int(standby.psql("SELECT pid FROM pg_stat_wal_receiver") if standby_has_it
+                  else primary.psql("SELECT pid FROM pg_stat_replication"))
+    os.kill(stalled, signal.SIGSTOP)
+    try:
+        enqueue = subprocess.Popen(
+            [QUEUECTL, "enqueue", "--id", "hard", "--cmd", "true"], env=q.env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        backend = int(wait_for(lambda: primary.psql(
+            "SELECT pid FROM pg_stat_activity WHERE wait_event = 'SyncRep'"), 60,
+            "the enqueue's commit to wait for the standby"))
+        if standby_has_it:
+            os.kill(backend, signal.SIGSTOP)  # it will never answer
+            lsn = primary.psql("SELECT pg_current_wal_lsn()")
+            os.kill(stalled, signal.SIGCONT)
+            wait_for(lambda: _lsn_reached(standby, lsn), 60, "the standby to flush the commit")
+        primary.crash()
+    finally:
+        try:
+            os.kill(stalled, signal.SIGCONT)
+        except ProcessLookupError:
+            pass  # killed with the primary, or ended when the primary went away
+    assert enqueue.poll() is None  # still finding out
+    # The standby (read-only until promoted) has the job, or has not: the case is certain.
+    assert standby.psql(f"SELECT count(*) FROM {SCHEMA}.jobs") == ("1" if standby_has_it
+                                                                   else "0")
+    standby.promote()
+    out, err = enqueue.communicate(timeout=60)
+    assert (enqueue.returncode, out, err) == (0, "hard\n", "")
+    rows = _rows(standby, f"SELECT id, state, attempts FROM {SCHEMA}.jobs")
+    assert rows == [["hard", "pending", "0"]]
