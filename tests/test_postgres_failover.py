@@ -124,8 +124,15 @@ def test_promoted_standby_takes_over_mid_drain_and_nothing_acknowledged_is_lost(
         for i in range(JOBS)))
     acknowledged = set(batch.stdout.split())
     assert acknowledged == {f"j{i}" for i in range(JOBS)}
-    # The server waits for the standby before it answers a commit.
+    # The server waits for the standby before it answers a commit, and so do workers.
     assert primary.psql("SELECT sync_state FROM pg_stat_replication") == "sync"
+    from queuectl.locator import open_store
+
+    worker_store: Any = open_store(str(q.db), for_worker=True)
+    try:
+        assert "synchronous_commit" not in worker_store.sql.complete_and_claim_any
+    finally:
+        worker_store.close()
     loop = EnqueueLoop(q, out)
     logs = [tmp_path / f"w{i}.log" for i in range(WORKERS)]
     workers = [q.worker("--name", f"w{i}", log=logs[i]) for i in range(WORKERS)]

@@ -158,7 +158,12 @@ class Connected:
         self._conn: Any = None
         self._pinned = False  # inside reading(): one transaction, one connection, no retry
         self._reconnect_budget = reconnect_budget
+        self._waiting: Callable[[DatabaseUnavailable, float], None] | None = None
         self._conn = self._connect(CONNECT_BUDGET)
+
+    def report_waits(self, waiting: Callable[[DatabaseUnavailable, float], None]) -> None:
+        """Who is told each time a settle waits for a server (see `_settling`)."""
+        self._waiting = waiting
 
     def _describe(self, exc: BaseException, what: str = "") -> str:
         msg = self.target.scrub(_first_line(exc))
@@ -219,6 +224,8 @@ class Connected:
                     raise OutcomeUnknown(
                         f"{exc} (for {SETTLE_WAIT:g} s, after the connection was lost with a"
                         " change in flight: whether it was stored is unknown)") from None
+                if self._waiting is not None:
+                    self._waiting(exc, pause)
             time.sleep(_jitter(pause))
             pause = min(pause * 2, 1.0)
 
