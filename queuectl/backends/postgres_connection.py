@@ -222,8 +222,8 @@ class Connected:
             except DatabaseUnavailable as exc:
                 if time.monotonic() >= deadline:
                     raise OutcomeUnknown(
-                        f"{exc} (for {SETTLE_WAIT:g} s, after the connection was lost with a"
-                        " change in flight: whether it was stored is unknown)") from None
+                        f"{exc} (still, {SETTLE_WAIT:g} s after the connection was lost with"
+                        " a change in flight: whether it was stored is unknown)") from None
                 if self._waiting is not None:
                     self._waiting(exc, pause)
             time.sleep(_jitter(pause))
