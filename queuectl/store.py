@@ -41,10 +41,11 @@ from queuectl.record import Record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from typing import Any
 
     from queuectl import settings as cfg
+    from queuectl.errors import DatabaseUnavailable
 
 
 class WorkerInfo(Record):
@@ -450,6 +451,14 @@ class Store(ABC):
         restarted on the new one. Cheap (a stat at most); a worker asks at each heartbeat.
         True wherever it does not apply (a database server outlives its clients)."""
         return True
+
+    def report_waits(self, waiting: Callable[[DatabaseUnavailable, float], None]) -> None:
+        """Have the store call waiting(error, retry_in) each time a verb, inside the store,
+        waits for the database to come back before it can finish (PostgreSQL: a commit in
+        flight when the connection was lost, settled on the server that takes writes next,
+        e.g. a promoted standby): a worker logs that outage as it logs its own retries. A
+        store that never waits so ignores it."""
+        return None
 
 
     # -- operator verbs: cancel, pause, purge, retry, live output, backup ----------------------

@@ -261,6 +261,9 @@ class Worker:
 
     def run(self) -> int:
         self.stop.install()
+        # A result or claim whose commit was cut is settled inside the store, which may
+        # wait there for the server (a failover): the same one warning per outage.
+        self.store.report_waits(self._db_failed)
         self._wakeup = self.store.wakeup()
         try:
             self.start()

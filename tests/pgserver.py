@@ -165,6 +165,29 @@ class PgServer:
         except (OSError, ValueError, IndexError):
             return None
 
+    def crash(self) -> None:
+        """SIGKILL the postmaster, then what it had started (checkpointer, WAL sender,
+        backends), as a machine that dies takes all of them: nothing of this server may
+        answer a client afterwards, and nothing is left running."""
+        from waiting import wait_for
+
+        pid = self.postmaster_pid()
+        if pid is None or not _is_postmaster_of(pid, self.data):
+            raise RuntimeError(f"no postmaster of {self.data} to kill")
+        children = _children_of(pid)
+        os.kill(pid, signal.SIGKILL)
+        for child in [*children, *_children_of(pid)]:
+            try:
+                os.kill(child, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        wait_for(lambda: not any(_is_alive_postgres(p) for p in [pid, *children]), 30,
+                 "the killed server's processes to be gone")
+
+    def promote(self) -> None:
+        """`pg_ctl promote -w`: a standby becomes a primary that takes writes."""
+        self._tool("pg_ctl", "-D", str(self.data), "-w", "-t", "60", "promote")
+
     def stop(self) -> None:
         """pg_ctl stop -m fast; SIGKILL our own postmaster if that fails; rm -rf. Again: no-op."""
         if not self.base.exists():
@@ -245,6 +268,32 @@ def _is_postmaster_of(pid: int, data: Path) -> bool:
     return bool(cmdline) and cmdline[0].endswith(b"postgres") and str(data).encode() in cmdline
 
 
+def _children_of(pid: int) -> list[int]:
+    """The processes whose parent is pid (the postmaster's children)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def _is_alive_postgres(pid: int) -> bool:
+    """pid is a live (not zombie) process of a postgres server program."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    name = stat[stat.index("(") + 1:stat.rindex(")")]
+    return stat.rsplit(")", 1)[1].split()[0] not in "ZX" and name.startswith(("postgres",
+                                                                               "postmaster"))
+
+
 def start_server(prefix: str = "queuectl-pg-", parent: Path | None = None,
                  locale: str | None = "C",
                  settings: Sequence[str] = TEST_SETTINGS) -> PgServer:
@@ -292,3 +341,43 @@ def start_or_skip() -> PgServer:
     except Unavailable as exc:
         _unavailable(str(exc))
         raise  # not reached: _unavailable skips or fails
+
+
+def start_standby(primary: PgServer, synchronous: bool = True) -> PgServer:
+    """A streaming standby of `primary` in a new temporary directory: `pg_basebackup -R`
+    (it writes standby.signal and primary_conninfo) over the primary's Unix socket, then
+    the same start as any server here. synchronous: the primary then waits for this
+    standby to flush each commit before it answers (`synchronous_standby_names = '*'`),
+    in force when this returns. Unavailable saying why if there can be none here."""
+    from waiting import TimedOut, wait_for
+
+    if not os.access(os.path.join(primary.bindir, "pg_basebackup"), os.X_OK):
+        raise Unavailable("pg_basebackup is not installed next to initdb")
+    # A replication connection matches no `all` line of pg_hba.conf: it needs its own.
+    with open(primary.data / "pg_hba.conf", "a") as hba:
+        hba.write("local replication all trust\n")
+    primary.psql("SELECT pg_reload_conf()")
+    base = Path(tempfile.mkdtemp(prefix="queuectl-pg-standby-", dir=primary.base.parent))
+    if primary.run_as:
+        pw = pwd.getpwnam(primary.run_as)
+        os.chown(base, pw.pw_uid, pw.pw_gid)
+    base.chmod(0o755)
+    standby = PgServer(primary.bindir, base, primary.run_as)
+    try:
+        standby._tool("pg_basebackup", "-D", str(standby.data), "-h", str(primary.base),
+                      "-p", str(primary.port), "-U", SUPERUSER, "-R", "-X", "stream",
+                      "-c", "fast", "--no-sync")
+        standby.start(primary.settings)
+        if synchronous:
+            primary.psql("ALTER SYSTEM SET synchronous_standby_names = '*'")
+            primary.psql("SELECT pg_reload_conf()")
+            wait_for(lambda: primary.psql(
+                "SELECT sync_state FROM pg_stat_replication") == "sync", 60,
+                "the standby to be synchronous")
+    except (RuntimeError, subprocess.TimeoutExpired, OSError, TimedOut) as exc:
+        standby.stop()
+        raise Unavailable(f"a standby could not be started: {exc}") from exc
+    except BaseException:
+        standby.stop()
+        raise
+    return standby

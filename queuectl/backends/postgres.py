@@ -47,7 +47,13 @@ import time
 from queuectl import policy
 from queuectl import settings as cfg
 from queuectl.backends import BUSY_TIMEOUT
-from queuectl.backends.postgres_connection import CONNECT_BUDGET, Connected, Reading, Target
+from queuectl.backends.postgres_connection import (
+    CONNECT_BUDGET,
+    Connected,
+    OutcomeUnknown,
+    Reading,
+    Target,
+)
 from queuectl.backends.postgres_schema import MIGRATIONS, SCHEMA_VERSION, VERSION_TABLE
 from queuectl.backends.postgres_sql import EVENT, Statements, statements
 from queuectl.errors import (
@@ -125,6 +131,14 @@ def _answers(ids: list[str], stored: set[str]) -> list[Submitted]:
     return answers
 
 
+def _maybe_stored(exc: OutcomeUnknown, ids: list[str]) -> OutcomeUnknown:
+    """An enqueue whose commit may or may not have happened: the error names the ids
+    (chosen before the insert, generated ones too), so the caller can look."""
+    which = f"job {ids[0]}" if len(ids) == 1 else f"jobs {ids[0]} ... {ids[-1]} ({len(ids)})"
+    return OutcomeUnknown(f"{exc}; {which} may or may not be stored: check with "
+                          f"queuectl show {ids[0]}")
+
+
 def _key_held(job_id: str, key: str, holder: str, state: str) -> Conflict:
     return Conflict(f"job {job_id!r} has unique key {key!r}, held by live job {holder!r}"
                     f" ({state}): it cannot run again until that one ends")
@@ -141,6 +155,11 @@ class PostgresStore(Connected, Store):
         self._settings = cfg.SettingsCache()
         super().__init__(target, BUSY_TIMEOUT if for_worker else CONNECT_BUDGET)
         try:
+            if for_worker and self._fetch(Statements.synchronous_standbys)[0][0]:
+                # The server waits for a standby before it answers a commit: so do the
+                # worker's, or a failover to that standby could undo a claim or a result
+                # the worker acted on, and the job would run twice.
+                self.sql = statements(target.schema, False)
             self._migrate()
         except BaseException:
             self.close()
@@ -275,7 +294,10 @@ class PostgresStore(Connected, Store):
             # are statements of their own); specs with neither never pay for it.
             rows["uniques"] = [spec.unique for spec in specs]
             rows["waiting"] = [len(spec.after or ()) for spec in specs]
-            return self._submit_keyed(specs, ids, rows, if_absent)
+            try:
+                return self._submit_keyed(specs, ids, rows, if_absent)
+            except OutcomeUnknown as exc:
+                raise _maybe_stored(exc, ids) from None
         sql = self.sql
         whole, chunk_rows = ((sql.enqueue_if_absent, sql.enqueue_rows_if_absent) if if_absent
                              else (sql.enqueue, sql.enqueue_rows))
@@ -325,7 +347,10 @@ class PostgresStore(Connected, Store):
             return run(cur) | {job_id for job_id, spec in zip(ids, specs, strict=True)
                                if spec.id is None}
 
-        stored = self._run(run, settle=settle_if_absent if if_absent else settle)
+        try:
+            stored = self._run(run, settle=settle_if_absent if if_absent else settle)
+        except OutcomeUnknown as exc:
+            raise _maybe_stored(exc, ids) from None
         return _answers(ids, stored)
 
     def _submit_keyed(self, specs: list[JobSpec], ids: list[str], rows: dict[str, list[Any]],

@@ -8,6 +8,12 @@ the wait budget, then DatabaseBusy; a connection found dead (server restart) is 
 on the next call, and a unit whose commit may have been lost is repeated only if it is
 idempotent, else settled (asked of the database) by the verb's own step; everything else is
 one DatabaseUnavailable line without the password. The verbs are in `postgres`.
+
+Failover: a locator may name several hosts (libpq's `host=a,b&port=x,y` or
+`//a:x,b:y/`, with `target_session_attrs=read-write`), and every new connection goes to
+whichever of them takes writes now. A settle needs the answer of the database that will
+go on: it waits (SETTLE_WAIT) for a server to take writes again, the same one restarted or
+a promoted standby, before it says that the outcome is unknown (OutcomeUnknown).
 """
 
 from __future__ import annotations
@@ -51,6 +57,14 @@ TRANSIENT_TEXT = (
 )
 # The server ended the session (restart, admin shutdown) or the socket broke.
 LOST_CODES = {"57P01", "57P02", "08000", "08003", "08006", "08001"}
+# How long a unit whose commit was in flight when its connection was lost waits for a
+# server that takes writes, to ask it what happened (a restart, a standby's promotion).
+SETTLE_WAIT = 30.0
+
+
+class OutcomeUnknown(DatabaseUnavailable):
+    """A commit was in flight when the connection was lost, and no server could be asked
+    whether it happened: it may have, or not."""
 
 
 # -- the locator ---------------------------------------------------------------------------
@@ -105,6 +119,10 @@ def _first_line(exc: BaseException) -> str:
     diag = getattr(exc, "diag", None)
     primary = getattr(diag, "message_primary", None) if diag is not None else None
     text = primary or str(exc)
+    tried = [line.strip() for line in text.splitlines()
+             if line.startswith("connection to server ")]
+    if len(tried) > 1:  # a locator of several hosts: why each one failed, without the hints
+        return "; ".join(tried)
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     text = " ".join(lines[:2]) if lines else type(exc).__name__
     return text.replace("FATAL:  ", "").replace("ERROR:  ", "")
@@ -140,7 +158,12 @@ class Connected:
         self._conn: Any = None
         self._pinned = False  # inside reading(): one transaction, one connection, no retry
         self._reconnect_budget = reconnect_budget
+        self._waiting: Callable[[DatabaseUnavailable, float], None] | None = None
         self._conn = self._connect(CONNECT_BUDGET)
+
+    def report_waits(self, waiting: Callable[[DatabaseUnavailable, float], None]) -> None:
+        """Who is told each time a settle waits for a server (see `_settling`)."""
+        self._waiting = waiting
 
     def _describe(self, exc: BaseException, what: str = "") -> str:
         msg = self.target.scrub(_first_line(exc))
@@ -187,6 +210,25 @@ class Connected:
         self._conn = self._connect(self._reconnect_budget)
         return self._conn
 
+    def _settling(self) -> Any:
+        """The connection for a settle: the live one, else a new one, waiting up to
+        SETTLE_WAIT for a server that takes writes (any connection error is waited out:
+        the alternative is not knowing), then OutcomeUnknown."""
+        deadline = time.monotonic() + SETTLE_WAIT
+        pause = 0.05
+        while True:
+            try:
+                return self._live()
+            except DatabaseUnavailable as exc:
+                if time.monotonic() >= deadline:
+                    raise OutcomeUnknown(
+                        f"{exc} (still, {SETTLE_WAIT:g} s after the connection was lost with"
+                        " a change in flight: whether it was stored is unknown)") from None
+                if self._waiting is not None:
+                    self._waiting(exc, pause)
+            time.sleep(_jitter(pause))
+            pause = min(pause * 2, 1.0)
+
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
@@ -205,8 +247,9 @@ class Connected:
         deadline = time.monotonic() + BUSY_TIMEOUT
         pause = 0.002
         retry_lost = idempotent and not self._pinned
+        settling = False  # fn is the settle step: it waits for a server (failover)
         while True:
-            conn = self._live()
+            conn = self._settling() if settling else self._live()
             try:
                 with conn.cursor() as cur:
                     return fn(cur)
@@ -217,8 +260,12 @@ class Connected:
                         retry_lost = False
                         continue
                     if settle is not None and not self._pinned:
-                        fn, settle = settle, None
+                        fn, settle, settling = settle, None, True
                         continue
+                    if settling:
+                        raise OutcomeUnknown(self._describe(
+                            exc, "lost the connection again while finding out whether a "
+                                 "change was stored: ")) from None
                     raise DatabaseUnavailable(
                         self._describe(exc, "lost the connection: ")) from None
                 self._rollback(conn)

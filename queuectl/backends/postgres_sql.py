@@ -13,7 +13,9 @@ these fields, which `statements()` fills in once per store (cached per schema):
     {worker_commit}  `SET LOCAL synchronous_commit TO off; ` in a worker's store, else empty:
                      workers' commits skip waiting for the WAL flush (as SQLite's
                      synchronous=NORMAL): a server crash may undo their last few state
-                     changes, and those jobs run again.
+                     changes, and those jobs run again. Not where the server has
+                     synchronous standbys (synchronous_standbys, read as a worker opens
+                     the store): there a worker's commits wait as everyone's do.
 
 Placeholders `%(name)s` and `%s` are psycopg2's, bound per call. A statement that is several
 statements separated by `;` is sent as one simple query: PostgreSQL runs it as one implicit
@@ -901,6 +903,9 @@ RETURNING started_at"""
     # Then a read of each, sent together.
     verify_reads = "; ".join(f"SELECT 1 FROM {{s}}.{table} LIMIT 1" for table in PRIVILEGES)
 
+    # -- open (a worker's store): does the server wait for standbys? --
+    synchronous_standbys = "SELECT current_setting('synchronous_standby_names') <> ''"
+
     # -- info --
     info = ("SELECT (SELECT max(version) FROM {s}.schema_version),"
             " current_setting('server_version'), current_database(), current_user")
@@ -993,6 +998,7 @@ VERBS: dict[str, tuple[str, ...]] = {
     "seconds_since_heartbeat": ("seconds_since_heartbeat",),
     "verify": ("verify_privileges", "verify_reads"),
     "info": ("info", "config_items"),
+    "open (a worker)": ("synchronous_standbys",),
     "wakeup": ("listen",),
 }
 
