@@ -42,6 +42,7 @@ class Sizes:
     burst_calls: int = 300  # concurrent cold enqueues (issue: cron at the top of the minute)
     batch_jobs: int = 50_000
     scale_rows: int = 1_000_000
+    scale_max: int = 0  # --scale-max: a further point of the scale curve (10,000,000 in README)
     scale_drain_jobs: int = 5_000
     claim_samples: int = 2_000
     blocked_rows: int = 100_000  # jobs waiting for a parent, for the claim's cost of them

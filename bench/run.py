@@ -29,6 +29,8 @@ if __package__ in (None, ""):  # run as a script: make the `bench` package impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import BENCH_DIR, PROCS, Sizes, log  # noqa: E402
+from bench.curve import picture  # noqa: E402
+from bench.curve import table as curve_table  # noqa: E402
 from bench.enqueue import enqueue_section  # noqa: E402
 from bench.latency import memory_section, pickup_section  # noqa: E402
 from bench.peers import drains, peers_section, prepare  # noqa: E402
@@ -55,6 +57,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--workdir", type=Path, metavar="DIR", help="parent of the scratch dir")
     ap.add_argument("--keep", action="store_true", help="keep the scratch dir")
     ap.add_argument("--seed", type=int, default=1, help="seed of the random enqueue gaps")
+    ap.add_argument("--scale-max", type=int, metavar="ROWS", default=0,
+                    help="add a point with this many rows to the scale curve (e.g. 10000000)")
     args = ap.parse_args(argv)
     if args.only:
         unknown = set(args.only.split(",")) - set(SECTIONS)
@@ -111,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     if args.runs:
         sizes.runs = args.runs
+    sizes.scale_max = args.scale_max
     if args.no_peers:
         sizes.peers = False
     if args.only:  # naming peers here runs them even in --smoke
@@ -159,6 +164,15 @@ def main(argv: list[str] | None = None) -> int:
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(json.dumps(res, indent=2) + "\n")
     tmp.replace(out)
+    scale_curve = (res.get("scale") or {}).get("curve")
+    if scale_curve:
+        svg = out.with_name(out.stem + "-scale.svg")
+        m = res.get("machine") or {}
+        svg.write_text(picture(scale_curve, f"queuectl {m.get('queuectl_version')} "
+                               f"({m.get('queuectl_commit')}), {res['mode']} bench run of "
+                               f"{res['generated_at']}, {m.get('nproc')} CPUs: bench/run.py "
+                               f"--scale-max {sizes.scale_max or sizes.scale_rows}"))
+        table += f"\n\nScale curve (picture: {svg}):\n\n{curve_table(scale_curve)}"
     print(table)
     print(f"\nResults: {out}")
     return 0

@@ -26,6 +26,7 @@ from bench.common import (
     summary,
     wait_until,
 )
+from bench.curve import curve, finished_point, reads
 from bench.fill import SqliteFill, claim_latencies, drop_page_cache, fill_finished
 from bench.qctl import Queue, write_jobs_file
 
@@ -363,6 +364,14 @@ def scale_section(sizes: Sizes, workdir: Path) -> dict[str, Any]:
     start = worker_start_seconds(template, workdir, timeout)
     log(f"scale: worker start, cold cache{'' if start['page_cache_dropped'] else ' (NOT dropped)'}"
         f": {start['first_s']:.2f} s checking the file, {start['again_s']:.2f} s after")
+    start["ready_four"] = ready_of_four(template, workdir, timeout)
+    empty = workdir / "scale-empty" / "queue.db"
+    empty.parent.mkdir()
+    Queue(empty).create()
+    start["ready_four_empty"] = ready_of_four(empty, workdir, timeout)
+    log(f"scale: four workers READY=1 in {start['ready_four']['ready_s']:.2f} s, claiming in "
+        f"{start['ready_four']['claiming_s']:.2f} s (empty: "
+        f"{start['ready_four_empty']['ready_s']:.2f} / {start['ready_four_empty']['claiming_s']:.2f})")
     rates: dict[str, list[float]] = {"empty": [], "full": []}
     claims: dict[str, list[list[float]]] = {"empty": [], "full": []}
     for r in range(sizes.runs):
@@ -384,6 +393,7 @@ def scale_section(sizes: Sizes, workdir: Path) -> dict[str, Any]:
             log(f"scale run {r + 1}/{sizes.runs}, {kind}: drain {rates[kind][-1]:.0f} jobs/s, "
                 f"claim p50 {percentile(claims[kind][-1], 50):.2f} ms")
     shutil.rmtree(template.parent, ignore_errors=True)
+    shutil.rmtree(empty.parent, ignore_errors=True)
     drain_e, drain_f = summary(rates["empty"]), summary(rates["full"])
     claim_out: dict[str, Any] = {}
     for kind in ("empty", "full"):
@@ -391,7 +401,7 @@ def scale_section(sizes: Sizes, workdir: Path) -> dict[str, Any]:
             "p50_ms": summary((percentile(c, 50) for c in claims[kind]), 4),
             "p99_ms": summary((percentile(c, 99) for c in claims[kind]), 4),
         }
-    return {
+    out = {
         "finished_rows": sizes.scale_rows,
         "fill_seconds": round(fill_s, 2),
         "worker_start": start,
@@ -411,3 +421,6 @@ def scale_section(sizes: Sizes, workdir: Path) -> dict[str, Any]:
         "ratio_method": "median of per-run ratios; empty and full measured back to back",
         "blocked": blocked_part(sizes, workdir, fresh_sqlite(workdir), "sqlite"),
     }
+    out["curve"] = curve(sizes, workdir, out, reads, lambda rows: finished_point(
+        sizes, workdir, rows, drain, worker_start_seconds, ready_of_four))
+    return out
