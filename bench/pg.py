@@ -1,7 +1,8 @@
 """queuectl on PostgreSQL, measured in the same run and on the same server as its peers:
 drain by 2 workers against the spawn limit and against SQLite's drain, idle pickup, cold and
 batch enqueue against SQLite's, claim latency with a million finished jobs against an empty
-queue, and the workers' (and the server's) CPU per job.
+queue, the workers' (and the server's) CPU per job, and drain and pickup through PgBouncer
+against a direct connection (`pooler`; alone: `run.py --only pgpooler`).
 
 Every measurement gets a fresh database on the run's one throwaway cluster
 (`bench/pgserver.py`). queuectl is driven through its console script with a `postgresql://`
@@ -15,6 +16,7 @@ import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ from bench.common import Sizes, log, paired, percentile, run, summary
 from bench.enqueue import alternating, import_profile
 from bench.fill import PgFill, claim_latencies, fill_finished
 from bench.latency import pickup_section
-from bench.pgserver import PgCluster, pg_env, shared_cluster
+from bench.pgserver import PgCluster, pg_env, shared_cluster, starter
 from bench.qctl import Queue, StoreQueue, write_jobs_file
 from bench.throughput import drain, fresh_queue, spawn_limit
 
@@ -301,6 +303,102 @@ def fresh_pg(cluster: PgCluster) -> Callable[[str, int], AbstractContextManager[
     return queue_for
 
 
+# -- behind PgBouncer --------------------------------------------------------------------------
+POOL = 10  # PgBouncer's default_pool_size, as in tests/test_pgbouncer.py
+POOLER_WORKERS = 2
+
+
+def _listen_direct(cluster: PgCluster, db: str) -> str:
+    """`&listen=` naming the server itself, percent-encoded as a locator parameter."""
+    from urllib.parse import quote
+
+    return "&listen=" + quote(cluster.locator(db), safe="/:@")
+
+
+def pooler_part(cluster: PgCluster, sizes: Sizes, workdir: Path,
+                rng: random.Random) -> dict[str, Any]:
+    """The same queue reached directly and through a PgBouncer in transaction pooling mode
+    (pool of 10, its Unix socket) in front of the run's server: per run, back to back, a
+    2-worker drain of `drain_jobs` jobs each way (order alternating); then idle pickup
+    (as the pickup part, `pickup_jobs` capped at 100) directly (LISTEN), through the pooler
+    with listen= naming the server (LISTEN straight to it), and through the pooler by
+    default (a pooler detected: polling every 0.5 s)."""
+    try:
+        bouncer = starter.start_pgbouncer(cluster.server, POOL, parent=cluster.parent)
+    except starter.Unavailable as exc:
+        return {"skipped": str(exc)}
+    try:
+        def url(db: str, way: str) -> str:
+            if way == "direct":
+                return cluster.locator(db)
+            return bouncer.locator(dbname=db) + (_listen_direct(cluster, db)
+                                                 if way == "pooler_listen" else "")
+
+        jobs = sizes.drain_jobs
+        jobs_file = write_jobs_file(workdir / f"pooler-jobs-{jobs}.jsonl", jobs)
+        timeout = (60 + jobs / 20) * sizes.timeout_scale
+        drains: dict[str, list[dict[str, Any]]] = {"direct": [], "pooler": []}
+        for r in range(sizes.runs):
+            for way in ("direct", "pooler") if r % 2 == 0 else ("pooler", "direct"):
+                db = cluster.database(f"pooler_drain_{way}")
+                d = workdir / f"pooler-drain-{way}-run{r}"
+                d.mkdir()
+                try:
+                    queue = StoreQueue(url(db, way), env=pg_env())
+                    queue.create()
+                    queue.enqueue_file(jobs_file)
+                    before = cluster.cpu_seconds()
+                    res = drain(queue, jobs, POOLER_WORKERS, d, timeout)
+                    res["server_cpu_us_per_job"] = 1e6 * (cluster.cpu_seconds() - before) / jobs
+                    drains[way].append(res)
+                finally:
+                    cluster.drop(db)
+                    shutil.rmtree(d, ignore_errors=True)
+            log(f"pooler drain run {r + 1}/{sizes.runs}: direct "
+                f"{drains['direct'][-1]['jobs_per_s']:.0f} jobs/s, through PgBouncer "
+                f"{drains['pooler'][-1]['jobs_per_s']:.0f} jobs/s")
+        pickup_sizes = replace(sizes, pickup_jobs=min(100, sizes.pickup_jobs))
+        pickups: dict[str, dict[str, Any]] = {}
+        for way in ("direct", "pooler_listen", "pooler_poll"):
+            def make(d: Path, r: int, way: str = way) -> Queue:
+                return StoreQueue(url(cluster.database(f"pooler_pickup_{r}"), way),
+                                  env=pg_env())
+            pickups[way] = pickup_section(pickup_sizes, workdir, rng, make, f"pooler-{way}")
+        keys = ("jobs_per_s", "worker_cpu_us_per_job", "server_cpu_us_per_job")
+        return {
+            "pool_size": POOL,
+            "pool_mode": "transaction",
+            "workers": POOLER_WORKERS,
+            "jobs": jobs,
+            "how": "PgBouncer (Debian's, pool_mode = transaction, default_pool_size = 10, Unix "
+                   "socket) in front of the run's server; per run a 2-worker drain directly and "
+                   "through it, back to back; then idle pickup three ways",
+            "drain": {way: {k: summary(x[k] for x in runs) for k in keys}
+                      for way, runs in drains.items()},
+            "drain_pooler_vs_direct": paired([x["jobs_per_s"] for x in drains["pooler"]],
+                                             [x["jobs_per_s"] for x in drains["direct"]]),
+            "pickup": {way: {k: v for k, v in p.items()
+                             if k in ("jobs", "p50_ms", "p99_ms", "idle_cpu_pct")}
+                       for way, p in pickups.items()},
+            "pickup_ways": {"direct": "LISTEN on the server",
+                            "pooler_listen": "through PgBouncer, listen=URL of the server",
+                            "pooler_poll": "through PgBouncer, default: polling every 0.5 s"},
+        }
+    finally:
+        bouncer.stop()
+
+
+def pooler_section(sizes: Sizes, workdir: Path, rng: random.Random) -> dict[str, Any]:
+    """The pooler part alone (`--only pgpooler`), or {"skipped": reason}."""
+    cluster, reason = shared_cluster(None)
+    if cluster is None:
+        return {"skipped": reason}
+    reason = backend_unusable(cluster)
+    if reason:
+        return {"skipped": reason}
+    return pooler_part(cluster, sizes, workdir, rng)
+
+
 # -- the section -----------------------------------------------------------------------------
 def pg_section(sizes: Sizes, workdir: Path, rng: random.Random,
                peers: dict[str, PgPeerDrain | str]) -> dict[str, Any]:
@@ -329,6 +427,7 @@ def pg_section(sizes: Sizes, workdir: Path, rng: random.Random,
         ("batch_enqueue", lambda: batch_part(cluster, sizes, workdir)),
         ("scale", lambda: claim_part(cluster, sizes, workdir)),
         ("blocked", lambda: blocked_part(sizes, workdir, fresh_pg(cluster), "pg")),
+        ("pooler", lambda: pooler_part(cluster, sizes, workdir, rng)),
     ]
     for name, fn in parts:
         try:

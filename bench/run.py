@@ -34,14 +34,18 @@ from bench.curve import table as curve_table  # noqa: E402
 from bench.enqueue import enqueue_section  # noqa: E402
 from bench.latency import memory_section, pickup_section  # noqa: E402
 from bench.peers import drains, peers_section, prepare  # noqa: E402
-from bench.pg import pg_section  # noqa: E402
+from bench.pg import pg_section, pooler_section  # noqa: E402
 from bench.pgpeers import pg_drains, pgpeers_section  # noqa: E402
 from bench.pgserver import stop_shared  # noqa: E402
 from bench.report import evaluate, machine_info, markdown  # noqa: E402
 from bench.throughput import drain_section, scale_section  # noqa: E402
 
-SECTIONS = ("drain", "pickup", "enqueue", "scale", "memory", "peers", "pg", "pgpeers")
+SECTIONS = ("drain", "pickup", "enqueue", "scale", "memory", "peers", "pg", "pgpeers",
+            "pgpooler")
 PEER_SECTIONS = ("peers", "pgpeers")
+# Parts of another section that can also run alone, only when named (`--only pgpooler`):
+# the pg section runs the pooler part itself.
+ALONE_SECTIONS = ("pgpooler",)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -98,6 +102,8 @@ def run_sections(selected: list[str], sizes: Sizes, workdir: Path, rng: random.R
                 res["pg"] = pg_section(sizes, workdir, rng, pg_peers)
                 for part, msg in (res["pg"].get("errors") or {}).items():
                     errors[f"pg.{part}"] = msg
+            elif name == "pgpooler":
+                res["pgpooler"] = pooler_section(sizes, workdir, rng)
             elif name == "pgpeers":
                 # The peers' drains ran next to queuectl's in the pg section, if it drained.
                 res["pgpeers"] = pgpeers_section(sizes, workdir, rng,
@@ -121,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:  # naming peers here runs them even in --smoke
         selected = [s for s in SECTIONS if s in args.only.split(",")]
     else:
-        selected = [s for s in SECTIONS if s not in PEER_SECTIONS or sizes.peers]
+        selected = [s for s in SECTIONS if s not in ALONE_SECTIONS
+                    and (s not in PEER_SECTIONS or sizes.peers)]
     if args.no_peers:
         selected = [s for s in selected if s not in PEER_SECTIONS]
     default_name = "latest.json" if mode == "full" and not args.only else f"{mode}.json"

@@ -381,3 +381,126 @@ def start_standby(primary: PgServer, synchronous: bool = True) -> PgServer:
         standby.stop()
         raise
     return standby
+
+
+# -- PgBouncer in front of it ----------------------------------------------------------------
+PGBOUNCER = "/usr/sbin/pgbouncer"
+
+
+class PgBouncer:
+    """One private PgBouncer in transaction pooling mode in front of one PgServer: its own
+    0700 directory (ini, userlist, log, Unix socket), a free port, every database of the
+    server (`* =`), trusted clients. Stopping it signals only the process it started."""
+
+    def __init__(self, server: PgServer, base: Path, pool_size: int) -> None:
+        self.server = server
+        self.base = base
+        self.pool_size = pool_size
+        self.port = 0
+        self.proc: subprocess.Popen | None = None
+        self.log = base / "pgbouncer.log"
+
+    def _config(self) -> str:
+        return "\n".join([
+            "[databases]",
+            f"* = host={self.server.base} port={self.server.port}",
+            "[pgbouncer]",
+            f"unix_socket_dir = {self.base}",
+            "listen_addr =",  # the Unix socket only
+            f"listen_port = {self.port}",
+            "auth_type = trust",
+            f"auth_file = {self.base}/userlist.txt",
+            "pool_mode = transaction",
+            f"default_pool_size = {self.pool_size}",
+            "max_client_conn = 500",
+            "ignore_startup_parameters = extra_float_digits",
+            f"logfile = {self.log}",
+            "",
+        ])
+
+    def start(self) -> None:
+        """Start in the foreground (as the server's user when root); until it accepts
+        connections on its socket."""
+        from waiting import wait_for
+
+        self.port = free_port()
+        files = {"userlist.txt": f'"{SUPERUSER}" ""\n', "pgbouncer.ini": self._config()}
+        for name, text in files.items():
+            (self.base / name).write_text(text)
+            if self.server.run_as:
+                shutil.chown(self.base / name, self.server.run_as, self.server.run_as)
+        argv = [PGBOUNCER, str(self.base / "pgbouncer.ini")]
+        if self.server.run_as:
+            argv = ["setpriv", f"--reuid={self.server.run_as}", f"--regid={self.server.run_as}",
+                    "--init-groups", *argv]
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        socket_path = self.base / f".s.PGSQL.{self.port}"
+
+        def up() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"pgbouncer exited with {self.proc.returncode}: "
+                                   f"{self.log_tail()}")
+            return socket_path.exists()
+
+        wait_for(up, 30, "pgbouncer to listen", every=0.05)
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def locator(self, schema: str | None = None, dbname: str = "postgres",
+                user: str = SUPERUSER, **params: str) -> str:
+        """A locator through the pooler (its Unix socket)."""
+        query = {"host": str(self.base), "port": str(self.port), **params}
+        if schema:
+            query["schema"] = schema
+        text = "&".join(f"{k}={quote(v, safe='/')}" for k, v in query.items())
+        return f"postgresql://{quote(user)}@/{quote(dbname)}?{text}"
+
+    def stop(self) -> None:
+        """SIGTERM (PgBouncer exits at once), SIGKILL if not; rm -rf. Again: no-op."""
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+def start_pgbouncer(server: PgServer, pool_size: int = 10,
+                    parent: Path | None = None) -> PgBouncer:
+    """A PgBouncer (transaction pooling, `pool_size` server connections per database and
+    user) in front of `server`; Unavailable saying why if there can be none here."""
+    if not os.access(PGBOUNCER, os.X_OK):
+        raise Unavailable(f"{PGBOUNCER} is not installed (Debian: apt install pgbouncer)")
+    if server.run_as and shutil.which("setpriv") is None:
+        raise Unavailable("setpriv is not installed")
+    base = Path(tempfile.mkdtemp(prefix="queuectl-pgbouncer-", dir=parent))
+    if server.run_as:
+        shutil.chown(base, server.run_as, server.run_as)
+    base.chmod(0o700)  # root's clients reach the socket; other users' do not need to
+    bouncer = PgBouncer(server, base, pool_size)
+    try:
+        bouncer.start()
+    except (RuntimeError, OSError) as exc:
+        bouncer.stop()
+        raise Unavailable(f"pgbouncer could not be started: {exc}") from exc
+    except BaseException:
+        bouncer.stop()
+        raise
+    return bouncer
+
+
+def pgbouncer_or_skip(server: PgServer, pool_size: int = 10) -> PgBouncer:
+    """start_pgbouncer, or skip (fail under QUEUECTL_REQUIRE_POSTGRES=1) saying why."""
+    try:
+        return start_pgbouncer(server, pool_size)
+    except Unavailable as exc:
+        _unavailable(str(exc))
+        raise  # not reached: _unavailable skips or fails

@@ -1,7 +1,7 @@
 """Two hosts sharing one PostgreSQL queue: host A's workers are SIGKILLed mid-drain, host B
 finishes everything, and `worker stop` on A stops only A's workers.
 
-A "host" is a UTS namespace with its own host name (`unshare --uts`), so each group of
+A "host" is a UTS namespace with its own host name (tests/hosts.py), so each group of
 workers names itself after its host, as on separate machines; both reach the suite's
 throwaway server over TCP with a password. Needs root (unshare).
 """
@@ -9,17 +9,14 @@ throwaway server over TCP with a password. Needs root (unshare).
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
-import subprocess
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import QUEUECTL, Queue, process_alive
+from conftest import Queue, process_alive
+from hosts import Host, can_make_hosts
 from waiting import wait_for
 
 pytestmark = pytest.mark.slow  # two hosts' workers, one killed mid-drain
@@ -28,81 +25,10 @@ PASSWORD = "hosts-pw-7b1e"
 JOBS = 2000
 
 
-def _children(pid: int) -> list[int]:
-    """Direct children of pid (the supervisor's workers)."""
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(p) for p in text.split()]
-
-
-class Host:
-    """One group of workers (`worker start --count 2 --foreground`) in a UTS namespace."""
-
-    def __init__(self, name: str, env: dict[str, str], log: Path) -> None:
-        self.name = name
-        self.env = env
-        self.log = log
-        self.supervisor: subprocess.Popen | None = None
-
-    def _argv(self, *args: str) -> list[str]:
-        # sh sets the host name of the new UTS namespace, then becomes queuectl.
-        return ["unshare", "--uts", "sh", "-c", f'hostname {self.name} && exec "$0" "$@"',
-                QUEUECTL, *args]
-
-    def start(self) -> None:
-        with open(self.log, "ab") as out:
-            self.supervisor = subprocess.Popen(
-                self._argv("--log-format", "json", "worker", "start", "--count", "2",
-                           "--foreground", "--grace", "5"),
-                env=self.env, stdout=out, stderr=out)
-
-    def workers(self) -> list[int]:
-        assert self.supervisor is not None
-        return _children(self.supervisor.pid)
-
-    def run(self, *args: str) -> subprocess.CompletedProcess:
-        """A queuectl command run on this host."""
-        return subprocess.run(self._argv(*args), env=self.env, capture_output=True, text=True,
-                              timeout=120)
-
-    def kill(self) -> list[int]:
-        """SIGKILL the supervisor first (so nothing is restarted), then its workers."""
-        assert self.supervisor is not None
-        workers = self.workers()
-        self.supervisor.kill()
-        for pid in workers:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.supervisor.wait(timeout=30)
-        wait_for(lambda: not any(process_alive(p) for p in workers), 30,
-                 f"{self.name}'s workers to die")
-        return workers
-
-    def stop(self) -> None:
-        """Graceful stop (the supervisor forwards SIGTERM); SIGKILL as the last resort."""
-        proc = self.supervisor
-        if proc is None or proc.poll() is not None:
-            return
-        workers = self.workers()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            return
-        for pid in workers:
-            if process_alive(pid):
-                os.kill(pid, signal.SIGKILL)
-
-
 @pytest.fixture
 def tcp_queue(pg_server: Any) -> Iterator[Queue]:
     """A fresh queue reached over TCP with a password, in a database of its own."""
-    if os.geteuid() != 0 or shutil.which("unshare") is None:
+    if not can_make_hosts():
         pytest.skip("host names of their own (unshare --uts) need root and unshare")
     n = pg_server.fresh_schema()
     user = f"hosts_{n}"

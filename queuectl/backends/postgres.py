@@ -32,6 +32,9 @@ How it keeps the contract:
   order (no deadlock with the job-row locks, no n updates of one row).
 - Enqueue, a scheduled retry, a released job and `dlq retry` send NOTIFY in their own
   transaction; idle workers LISTEN on their own connection, and poll as a safety net.
+  Through a pooler (PgBouncer in transaction mode) a LISTEN is never heard: workers see
+  that at connect (the server's process id is not the one the pooler announced) and poll,
+  unless the locator's `listen=` names the server itself (or says `off`: poll).
 - Faults (`postgres_connection`): a connection found dead (server restart) is replaced on
   the next call; "too many clients" and "starting up" are retried with jitter within the
   wait budget, then DatabaseBusy; everything else is one DatabaseUnavailable line without
@@ -49,6 +52,7 @@ from queuectl import settings as cfg
 from queuectl.backends import BUSY_TIMEOUT
 from queuectl.backends.postgres_connection import (
     CONNECT_BUDGET,
+    LISTEN_OFF,
     Connected,
     OutcomeUnknown,
     Reading,
@@ -85,6 +89,7 @@ from queuectl.store import (
     OutputSlice,
     Parent,
     PauseInfo,
+    PollOnly,
     QueueInfo,
     Store,
     Submitted,
@@ -144,6 +149,15 @@ def _key_held(job_id: str, key: str, holder: str, state: str) -> Conflict:
                     f" ({state}): it cannot run again until that one ends")
 
 
+def migrate_lock_key(schema: str) -> int:
+    """The transaction-level advisory lock migrating `schema` takes (the same on every
+    host: a hash of the name, not Python's per-process one)."""
+    import hashlib
+
+    return int.from_bytes(hashlib.blake2b(f"queuectl:{schema}".encode(), digest_size=8)
+                          .digest(), "big", signed=True)
+
+
 # -- the store -----------------------------------------------------------------------------
 class PostgresStore(Connected, Store):
     def __init__(self, target: Target, for_worker: bool = False) -> None:
@@ -201,12 +215,8 @@ class PostgresStore(Connected, Store):
         """Create or upgrade the schema under the advisory lock; False when another process
         created it while we waited (read it again in a new transaction: this one's
         catalog caches may still say it is missing)."""
-        import hashlib
-
-        key = int.from_bytes(hashlib.blake2b(f"queuectl:{self.target.schema}".encode(),
-                                             digest_size=8).digest(), "big", signed=True)
         schema, sql = self.target.schema, self.sql
-        cur.execute(sql.migrate_lock, (key,))
+        cur.execute(sql.migrate_lock, (migrate_lock_key(schema),))
         cur.execute(sql.migrate_exists, (schema,))
         exists = cur.fetchone()[0]
         if seen is None and exists:
@@ -1235,6 +1245,7 @@ class PostgresStore(Connected, Store):
 
     def info(self) -> dict[str, Any]:
         version, server, database, user = self._fetch(self.sql.info)[0]
+        pooled = self._pooled()
         return {
             "database": self.target.display,
             "backend": "postgresql",
@@ -1246,33 +1257,76 @@ class PostgresStore(Connected, Store):
                 "database": database,
                 "user": user,
                 "driver": f"psycopg2 {psycopg2.__version__.split()[0]}",
-                "wakeup": f"LISTEN {self.channel}, polling every "
-                          f"{ListenWakeup.poll_interval:g} s as a safety net",
+                "pooler": pooled,
+                "wakeup": self._wakeup_text(pooled),
             },
         }
 
+    def _pooled(self) -> bool:
+        """Whether a pooler stands between us and the server: the server process's id
+        is not the one the connection announced (a pooler makes its own up)."""
+        def ask(cur: Any) -> bool:
+            cur.execute(self.sql.server_pid)
+            return bool(cur.fetchone()[0] != cur.connection.get_backend_pid())
+
+        return self._run(ask, idempotent=True)
+
+    def _wakeup_text(self, pooled: bool) -> str:
+        target, net = self.target, (f"polling every {ListenWakeup.poll_interval:g} s as a "
+                                    "safety net")
+        if target.listen == LISTEN_OFF:
+            return f"polling every {POLL_ONLY:g} s (listen=off)"
+        if target.listen_target is not None:
+            return f"LISTEN {self.channel} on {target.listen_target.display}, {net}"
+        if pooled:
+            return (f"polling every {POLL_ONLY:g} s: a connection pooler is in the way, "
+                    "which LISTEN cannot pass (listen=URL of the server wakes workers at once)")
+        return f"LISTEN {self.channel}, {net}"
+
     # -- waking ------------------------------------------------------------------------------
     def wakeup(self) -> Wakeup:
-        return ListenWakeup(self.target, self.sql.listen)
+        target = self.target
+        if target.listen == LISTEN_OFF:
+            return Polling()
+        return ListenWakeup(target.listen_target or target, self.sql,
+                            trusted=target.listen_target is not None)
 
     def close(self) -> None:
         self._drop()
 
 
 # -- waking idle workers -------------------------------------------------------------------
+# The poll of idle workers that hear no NOTIFY (listen=off, or a pooler in the way): brisker
+# than the safety net's, as SQLite's without inotify; a query or two per worker each time.
+POLL_ONLY = 0.5
+
+
+class Polling(PollOnly):
+    """listen=off: no LISTEN connection (one server connection less per worker)."""
+
+    poll_interval = POLL_ONLY
+
+
 class ListenWakeup(Wakeup):
     """LISTEN on a connection of its own. Callers select on one descriptor that never
     changes: a duplicate of the connection's socket while it works, else the read end of a
     pipe nobody writes (so a broken connection can never spin the caller); it reconnects at
-    most every RETRY_EVERY seconds, and the poll covers the gap. Behind a
-    transaction-pooling pooler no notification arrives and the poll does all the work."""
+    most every RETRY_EVERY seconds, and the poll covers the gap.
+
+    Through a transaction-pooling pooler a LISTEN is never heard (its server connection
+    goes back to the pool, and the notifications to whichever client holds it next), so
+    unless `trusted` (listen=URL: the user named this server) a connection whose server
+    process is not the one it announced (a pooler's own) is closed before it LISTENs, for
+    good, and the poll does the work at POLL_ONLY."""
 
     poll_interval = 1.0
     RETRY_EVERY = 5.0
 
-    def __init__(self, target: Target, listen: str) -> None:
+    def __init__(self, target: Target, sql: Statements, trusted: bool = False) -> None:
         self._target = target
-        self._listen = listen  # the statement
+        self._sql = sql
+        self._trusted = trusted
+        self.pooled = False
         self._quiet, self._quiet_w = os.pipe()
         self._fd = os.dup(self._quiet)
         self._conn: Any = None
@@ -1285,7 +1339,14 @@ class ListenWakeup(Wakeup):
         try:
             conn = self._target.connect()
             with conn.cursor() as cur:
-                cur.execute(self._listen)
+                if not self._trusted:
+                    cur.execute(self._sql.server_pid)
+                    if cur.fetchone()[0] != conn.get_backend_pid():
+                        self.pooled, self.poll_interval = True, POLL_ONLY
+                        self._next_try = float("inf")
+                        conn.close()
+                        return False
+                cur.execute(self._sql.listen)
             os.dup2(conn.fileno(), self._fd)
         except Exception:
             if conn is not None:

@@ -1,8 +1,8 @@
 """The PostgreSQL store's connection to its server: the locator, and the rules for faults.
 
-`Target` parses a postgresql:// locator (the queue's schema, libpq's parameters with
-defaults that keep a dead network from hanging a worker, and how to name it in errors
-without the password). `Connected` holds one autocommit connection and runs each unit of
+`Target` parses a postgresql:// locator (the queue's schema, where idle workers LISTEN,
+libpq's parameters with defaults that keep a dead network from hanging a worker, and how to
+name it in errors without the password). `Connected` holds one autocommit connection and runs each unit of
 work on it (`_run`): "too many clients" and "starting up" are retried with jitter within
 the wait budget, then DatabaseBusy; a connection found dead (server restart) is replaced
 on the next call, and a unit whose commit may have been lost is repeated only if it is
@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 
 # A burst of commands can meet "too many clients" for a while: connecting waits longer.
 CONNECT_BUDGET = max(BUSY_TIMEOUT, 30.0)
+# The `listen=` values that are not a URL (README "Connection poolers").
+LISTEN_AUTO, LISTEN_OFF = "auto", "off"
 SCHEMA_RE = re.compile(r"[a-z_][a-z0-9_]{0,47}\Z")
 
 # Refusals worth retrying: too many connections, server starting/stopping or in recovery,
@@ -74,11 +76,13 @@ class Target:
     def __init__(self, locator: str) -> None:
         self.display = redact(locator)
         base, _, query = locator.partition("?")
-        params, schema = [], DEFAULT_SCHEMA
+        params, schema, listen = [], DEFAULT_SCHEMA, LISTEN_AUTO
         for part in query.split("&") if query else []:
             key, _, value = part.partition("=")
             if key == "schema":
                 schema = unquote(value)
+            elif key == "listen":
+                listen = unquote(value)
             elif part:
                 params.append(part)
         if not SCHEMA_RE.match(schema):
@@ -87,7 +91,23 @@ class Target:
                 "letters, digits and _, not starting with a digit")
         self.schema = schema
         self.dsn = base + ("?" + "&".join(params) if params else "")
-        self._secrets = secrets_in(locator)
+        self._secrets = secrets_in(locator) + secrets_in(listen)
+        self.display = scrub(self.display, self._secrets)  # a listen= URL's, percent-encoded
+        # Where idle workers LISTEN: this locator's server unless it is a pooler (auto),
+        # nowhere (off: they poll), or the server another URL names.
+        self.listen = listen
+        self.listen_target: Target | None = None
+        if listen not in (LISTEN_AUTO, LISTEN_OFF):
+            if not listen.startswith(("postgresql://", "postgres://")):
+                raise ValidationError(
+                    f"invalid listen= {redact(listen)!r} in the database URL: use "
+                    f"{LISTEN_AUTO}, {LISTEN_OFF} or a postgresql:// URL of the server itself")
+            if any(part.partition("=")[0] in ("schema", "listen")
+                   for part in listen.partition("?")[2].split("&")):
+                raise ValidationError(
+                    "the listen= URL in the database URL names only a connection: its "
+                    "queue is the outer URL's (no schema= or listen= inside it)")
+            self.listen_target = Target(listen)
         try:
             given = psycopg2.extensions.parse_dsn(self.dsn)
         except psycopg2.Error as exc:

@@ -909,10 +909,15 @@ RETURNING started_at"""
     # -- info --
     info = ("SELECT (SELECT max(version) FROM {s}.schema_version),"
             " current_setting('server_version'), current_database(), current_user")
+    # The server process's id, which a pooler's (the connection's, made up at connect)
+    # does not match: whether LISTEN on this locator would be heard (see `listen`).
+    server_pid = "SELECT pg_backend_pid()"
 
     # == waking ==============================================================================
     # -- wakeup --
-    # On a connection of its own, for each idle worker.
+    # On a connection of its own, for each idle worker, once server_pid said that no
+    # pooler is in the way (a LISTEN through one would stay with a pooled server connection,
+    # whose notifications go to whichever client holds it next).
     listen = "LISTEN {channel}"
 
     def __init__(self, schema: str, for_worker: bool) -> None:
@@ -997,9 +1002,9 @@ VERBS: dict[str, tuple[str, ...]] = {
     "workers": ("workers",),
     "seconds_since_heartbeat": ("seconds_since_heartbeat",),
     "verify": ("verify_privileges", "verify_reads"),
-    "info": ("info", "config_items"),
+    "info": ("info", "config_items", "server_pid"),
     "open (a worker)": ("synchronous_standbys",),
-    "wakeup": ("listen",),
+    "wakeup": ("server_pid", "listen"),
 }
 
 

@@ -1,0 +1,323 @@
+"""PostgreSQL behind PgBouncer in transaction pooling mode (`pool_mode = transaction`).
+
+A transaction pooler hands each transaction whichever server connection is free, so nothing
+may rely on session state between transactions: no session advisory locks, no session SET,
+no prepared statements, no LISTEN through it. Here a real PgBouncer (tests/pgserver.py,
+`default_pool_size = 10`) stands in front of the suite's throwaway server: the verbs, the
+migration race, each wakeup mode (`listen=`), and a fleet of 64 workers on 4 hosts (UTS
+namespaces, tests/hosts.py) draining 20,000 jobs while the server's connections are counted.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from conftest import QUEUECTL, Queue
+from waiting import wait_for
+
+from queuectl.backends import postgres_sql
+from queuectl.backends.postgres_schema import MIGRATIONS, SCHEMA_VERSION
+
+POOL = 10
+
+
+@pytest.fixture(scope="module")
+def bouncer(pg_server: Any) -> Iterator[Any]:
+    """One PgBouncer (transaction pooling, pool of 10) in front of the session's server."""
+    from pgserver import pgbouncer_or_skip
+
+    b = pgbouncer_or_skip(pg_server, POOL)
+    yield b
+    b.stop()
+
+
+def _database(pg_server: Any) -> str:
+    """A fresh database: its own pool in PgBouncer, its own rows in pg_stat_activity."""
+    name = f"db_{pg_server.fresh_schema()}"
+    pg_server.psql(f"CREATE DATABASE {name}")
+    return name
+
+
+def _direct(pg_server: Any, dbname: str = "postgres") -> Any:
+    """An autocommit connection straight to the server (for what the test looks at)."""
+    import psycopg2
+
+    conn = psycopg2.connect(pg_server.locator(dbname=dbname))
+    conn.autocommit = True
+    return conn
+
+
+LISTENER = "queuectl-listen"  # the application_name of the tests' direct LISTEN connections
+
+
+def _listen_param(pg_server: Any, dbname: str) -> str:
+    """`listen=` naming the server itself, percent-encoded as a locator parameter."""
+    return quote(pg_server.locator(dbname=dbname, application_name=LISTENER), safe="/:@")
+
+
+class Connections:
+    """Samples, every 20 ms until stopped, the server's client connections to one database:
+    the LISTEN ones (named by their application_name from the first packet on) and the
+    rest (PgBouncer's server connections)."""
+
+    def __init__(self, pg_server: Any, dbname: str) -> None:
+        self._conn = _direct(pg_server)
+        self._dbname = dbname
+        self.pooled: list[int] = []
+        self.listening: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self) -> tuple[int, int]:
+        with self._conn.cursor() as cur:
+            cur.execute("SELECT count(*) FILTER (WHERE application_name <> %s),"
+                        " count(*) FILTER (WHERE application_name = %s)"
+                        " FROM pg_stat_activity"
+                        " WHERE datname = %s AND backend_type = 'client backend'",
+                        (LISTENER, LISTENER, self._dbname))
+            pooled, listening = cur.fetchone()
+        return int(pooled), int(listening)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            pooled, listening = self.sample()
+            self.pooled.append(pooled)
+            self.listening.append(listening)
+
+    def __enter__(self) -> Connections:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self._conn.close()
+
+
+# -- no session state: what the statements say ------------------------------------------------
+SESSION_STATE = {
+    "a session advisory lock": re.compile(r"pg_(try_)?advisory_lock(_shared)?\s*\(", re.I),
+    "a prepared statement": re.compile(r"(^|;)\s*(PREPARE|EXECUTE|DEALLOCATE)\b", re.I),
+    "a session SET": re.compile(r"(^|;)\s*SET\s+(?!LOCAL\b)(SESSION\b)?", re.I),
+    "set_config for the session": re.compile(r"set_config\s*\([^)]*,\s*false\s*\)", re.I),
+    "a temporary table": re.compile(r"\bCREATE\s+(LOCAL\s+|GLOBAL\s+)?TEMP(ORARY)?\b", re.I),
+    "a cursor held across transactions": re.compile(r"\bWITH\s+HOLD\b", re.I),
+    "LISTEN": re.compile(r"(^|;)\s*LISTEN\b", re.I),
+}
+
+
+def test_no_statement_keeps_session_state() -> None:
+    """Every statement the store sends and every migration: transaction-scoped only (SET
+    LOCAL, pg_advisory_xact_lock, set_config(..., true)); LISTEN only on the wakeup's own
+    connection. The driver sends no prepared statements (psycopg2 interpolates client-side)
+    and the store opens no named (server-side) cursor."""
+    texts = {name: text for name, text in postgres_sql.TEMPLATES.items()}
+    texts.update({f"migration {v}.{i}": text for v, statements in MIGRATIONS.items()
+                  for i, text in enumerate(statements)})
+    found = [(name, what) for name, text in texts.items()
+             for what, pattern in SESSION_STATE.items()
+             if pattern.search(text) and not (what == "LISTEN" and name == "listen")]
+    assert found == []
+    assert "pg_advisory_xact_lock" in postgres_sql.Statements.migrate_lock
+    backend = Path(postgres_sql.__file__).parent
+    for path in backend.glob("postgres*.py"):
+        source = path.read_text()
+        assert not re.search(r"\.cursor\(\s*(name\s*=|['\"])", source), path  # named cursor
+        assert "set_session" not in source and "autocommit = False" not in source, path
+
+
+# -- through a real PgBouncer -------------------------------------------------------------------
+@pytest.mark.slow
+def test_the_verbs_work_through_a_transaction_pooler(bouncer: Any, pg_server: Any,
+                                                     tmp_path: Path) -> None:
+    """Verbs with explicit transactions (keys, parents, chunked submits, snapshots, pages)
+    through the pool; `info` names the pooler and the poll that replaces LISTEN."""
+    q = Queue(bouncer.locator(schema=pg_server.fresh_schema()))
+    try:
+        info = q.json("info")["postgresql"]
+        assert info["pooler"] is True
+        assert info["wakeup"].startswith("polling every 0.5 s: a connection pooler")
+        q.run("enqueue", "--file", "-", timeout=120, input="\n".join(
+            json.dumps({"id": f"b{i}", "command": "true", "queue": "bulk"})
+            for i in range(6000)))  # more than a chunk: BEGIN, chunks, COMMIT
+        q.enqueue({"id": "keyed", "command": "true", "unique": "k1"})
+        dup = q.run("enqueue", json.dumps({"command": "true", "unique": "k1"}), check=False)
+        assert dup.stdout.strip() == "keyed" and "nothing stored" in dup.stderr
+        q.enqueue({"id": "child", "command": "exit 3", "after": ["keyed"], "max_retries": 0})
+        assert len(q.json("list", "--limit", "5900")) == 5900  # pages, no cursor held
+        top = q.run("top", "--once").stdout  # one REPEATABLE READ snapshot, many reads
+        assert re.search(r"^bulk +6000 ", top, re.M), top
+        worker = q.start("worker", "run", "--drain", "--queue", "default",
+                         log=tmp_path / "w.log")
+        assert worker.wait(timeout=120) == 0
+        status = q.status()
+        assert status["completed"] == 1 and status["dead"] == 1, status
+        assert q.run("dlq", "retry", "child").returncode == 0
+        assert q.job("child")["state"] == "pending"
+        assert q.run("cancel", "child").returncode == 0
+        assert q.job("child")["state"] == "canceled"
+        assert q.run("metrics").returncode == 0
+        # Nothing was left behind on the pool's server connections.
+        with _direct(pg_server).cursor() as cur:
+            cur.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
+            assert cur.fetchone()[0] == 0
+    finally:
+        q.stop_all()
+
+
+def test_the_migration_runs_once_when_two_processes_start_at_once(bouncer: Any,
+                                                                  pg_server: Any) -> None:
+    """Both first commands on a new queue meet at the migration's lock (held here until
+    both wait on it): one migrates, the other finds the schema made; the lock is the
+    transaction's, so the pool's server connections hold none afterwards."""
+    from queuectl.backends.postgres import migrate_lock_key
+
+    schema = pg_server.fresh_schema()
+    locator = bouncer.locator(schema=schema)
+    holder = _direct(pg_server)
+    watcher = _direct(pg_server)
+    procs: list[subprocess.Popen] = []
+    try:
+        with holder.cursor() as cur:
+            cur.execute("BEGIN; SELECT pg_advisory_xact_lock(%s)", (migrate_lock_key(schema),))
+        procs = [subprocess.Popen([QUEUECTL, "--db", locator, "enqueue", "--cmd", "true"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+
+        def waiting() -> int:
+            with watcher.cursor() as cur:
+                cur.execute("SELECT count(*) FROM pg_locks"
+                            " WHERE locktype = 'advisory' AND NOT granted")
+                return int(cur.fetchone()[0])
+
+        wait_for(lambda: waiting() == 2, 60, "both processes to wait on the migration's lock")
+        with holder.cursor() as cur:
+            cur.execute("COMMIT")
+        results = [(p.wait(timeout=60), p.stderr.read()) for p in procs]
+        assert [r for r in results if r[0] != 0] == []
+        with watcher.cursor() as cur:
+            cur.execute(f'SELECT version FROM "{schema}".schema_version')
+            assert cur.fetchall() == [(SCHEMA_VERSION,)]
+            cur.execute(f'SELECT count(*) FROM "{schema}".jobs')
+            assert cur.fetchone()[0] == 2
+            cur.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
+            assert cur.fetchone()[0] == 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        holder.close()
+        watcher.close()
+
+
+@pytest.mark.slow
+def test_each_listen_mode_behind_the_pooler(bouncer: Any, pg_server: Any,
+                                            tmp_path: Path) -> None:
+    """Default through the pooler: no LISTEN ever reaches the server (it would be lost),
+    workers poll. listen=URL of the server: one LISTEN connection per idle worker, straight
+    to it. listen=off: none. Every mode picks jobs up."""
+    db = _database(pg_server)
+    base = bouncer.locator(dbname=db, schema="queuectl")
+    modes = {"auto": base, "direct": f"{base}&listen={_listen_param(pg_server, db)}",
+             "off": f"{base}&listen=off"}
+    with Connections(pg_server, db) as conns:
+        for mode, locator in modes.items():
+            q = Queue(locator)
+            try:
+                worker = q.start("worker", "run", "--name", mode, log=tmp_path / f"{mode}.log")
+                wait_for(lambda q=q: q.status()["active_workers"] == 1, 60,
+                         f"the {mode} worker")
+                if mode == "direct":
+                    wait_for(lambda: conns.sample()[1] == 1, 30, "the worker's LISTEN")
+                else:
+                    assert conns.sample()[1] == 0
+                job = q.enqueue({"command": "true"})
+                q.wait_state(job, "completed")
+                assert q.job(job)["history"][-1]["worker"] == mode
+                worker.terminate()
+                assert worker.wait(timeout=30) == 0
+            finally:
+                q.stop_all()
+    # Only the direct mode's worker ever listened, on one connection of its own.
+    assert max(conns.listening) == 1
+    assert max(conns.pooled) <= POOL
+
+
+# -- the fleet ------------------------------------------------------------------------------------
+FLEET_JOBS = 20_000
+PER_HOST = 16
+
+
+@pytest.mark.slow
+@pytest.mark.root
+def test_64_workers_on_4_hosts_drain_through_one_pool(bouncer: Any, pg_server: Any,
+                                                      tmp_path: Path) -> None:
+    """4 hosts × 16 workers, one PgBouncer with a pool of 10: hosts a and b LISTEN straight
+    to the server (listen=URL), c and d poll (the default behind a pooler). Host d is
+    SIGKILLed mid-drain. Every job completes; a job ran twice only if its attempt was lost
+    with d (its history says so); the server never sees more than the pool's connections
+    plus the 32 LISTEN ones."""
+    from hosts import Host, can_make_hosts
+
+    if not can_make_hosts():
+        pytest.skip("host names of their own (unshare --uts) need root and unshare")
+    started = time.monotonic()
+    db = _database(pg_server)
+    pooled = bouncer.locator(dbname=db)
+    listening = f"{pooled}&listen={_listen_param(pg_server, db)}"
+    q = Queue(pooled)
+    out = tmp_path / "ran.txt"
+    q.run("config", "set", "lease-seconds", "5")  # d's jobs come back soon
+    q.run("enqueue", "--file", "-", timeout=120, input="\n".join(
+        json.dumps({"id": f"j{i}", "command": f"echo j{i} >> {out}"})
+        for i in range(FLEET_JOBS)))
+    hosts = [Host(name, {**q.env, "QUEUECTL_DB": locator}, tmp_path / f"{name}.log",
+                  count=PER_HOST)
+             for name, locator in (("hosta", listening), ("hostb", listening),
+                                   ("hostc", pooled), ("hostd", pooled))]
+    try:
+        with Connections(pg_server, db) as conns:
+            for host in hosts:
+                host.start()
+            wait_for(lambda: q.status()["active_workers"] == 4 * PER_HOST, 180,
+                     "64 active workers on 4 hosts", every=0.5)
+            wait_for(lambda: q.status()["completed"] >= FLEET_JOBS // 4, 300,
+                     "a quarter of the drain", every=0.5)
+            hosts[3].kill()
+            in_flight = {j["id"] for j in q.json("list", "--state", "processing")
+                         if j["worker"].startswith("hostd-")}
+            status = q.wait_counts(completed=FLEET_JOBS, timeout=900)
+        assert status["dead"] == status["failed"] == status["pending"] == 0
+        ran = Counter(out.read_text().split())
+        assert set(ran) == {f"j{i}" for i in range(FLEET_JOBS)}  # nothing lost
+        twice = {job_id for job_id, times in ran.items() if times > 1}
+        assert twice <= in_flight, twice - in_flight  # duplicates: d's in-flight jobs only
+        assert max(ran.values()) <= 2
+        for job_id in twice:
+            history = q.job(job_id)["history"]
+            assert [a["outcome"] for a in history] == ["lost", "completed"], history
+            assert history[0]["worker"].startswith("hostd-"), history
+        assert max(conns.pooled) <= POOL, max(conns.pooled)
+        assert max(conns.listening) <= 2 * PER_HOST, max(conns.listening)
+        assert max(conns.listening) >= PER_HOST  # the direct hosts did listen
+        workers = Counter(q.job(f"j{i}")["history"][-1]["worker"].split("-")[0]
+                          for i in range(0, FLEET_JOBS, 499))
+        assert set(workers) <= {"hosta", "hostb", "hostc", "hostd"} and len(workers) >= 3
+        print(f"fleet drain: {FLEET_JOBS} jobs in {time.monotonic() - started:.0f} s, "
+              f"server connections at most {max(conns.pooled)} pooled + "
+              f"{max(conns.listening)} listening, {len(twice)} ran twice")
+    finally:
+        for host in hosts:
+            host.stop()
+        q.stop_all()
