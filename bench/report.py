@@ -208,7 +208,7 @@ def evaluate(res: dict[str, Any]) -> list[dict[str, Any]]:
         f"+{fmt(m.get('growth_mb'))} (over the last quarter of the jobs: "
         f"+{fmt(m.get('growth_last_quarter_mb'))})",
         "no growth (<= 1 MiB)", _check(g, g is not None and g <= 1.0))
-    if "pg" in res or "pgpeers" in res:
+    if "pg" in res or "pgpeers" in res or "pgpooler" in res:
         rows += pg_targets(res)
     return rows
 
@@ -293,6 +293,35 @@ def pg_targets(res: dict[str, Any]) -> list[dict[str, Any]]:
         sv is not None and sv <= 1.1)
     for name, v, shown, goal, ok in blocked_rows(pg.get("blocked") or {}, "PostgreSQL: "):
         add(name, "blocked", v, shown, goal, ok)
+    rows += pooler_rows(pg.get("pooler") or res.get("pgpooler"), skipped, errors)
+    return rows
+
+
+def pooler_rows(po: dict[str, Any] | None, skipped: str | None,
+                errors: dict[str, str]) -> list[dict[str, Any]]:
+    """Through PgBouncer (transaction pooling) beside a direct connection: reported."""
+    if po is None:
+        why = "skipped (see PostgreSQL rows below)" if skipped else errors.get("pooler", "n/a")
+        po = {"skipped": why}
+    pool = po.get("pool_size", 10)
+    name = f"PostgreSQL through PgBouncer (transaction pooling, pool {pool})"
+    if po.get("skipped"):
+        return [{"target": f"{name}: drain and pickup", "value": None,
+                 "shown": f"skipped: {po['skipped']}", "goal": "reported", "met": None}]
+    d, p = po.get("drain") or {}, po.get("pickup") or {}
+    r = _med(po, "drain_pooler_vs_direct")
+    rows = [{"target": f"{name}: drain, {po.get('workers', 2)} workers, vs direct", "value": r,
+             "shown": f"{fmt(_get(d, 'pooler', 'jobs_per_s'))} vs "
+                      f"{fmt(_get(d, 'direct', 'jobs_per_s'))} jobs/s: "
+                      f"{timess(po.get('drain_pooler_vs_direct'))}",
+             "goal": "reported", "met": _check(r, True)}]
+    p50 = _med(p, "pooler_poll", "p50_ms")
+    shown = "; ".join(f"{label} {fmt(_get(p, way, 'p50_ms'))} / {fmt(_get(p, way, 'p99_ms'))}"
+                      for way, label in (("direct", "direct (LISTEN)"),
+                                         ("pooler_listen", "pooled, listen=URL"),
+                                         ("pooler_poll", "pooled, polling")))
+    rows.append({"target": f"{name}: idle pickup p50 / p99", "value": p50,
+                 "shown": f"{shown} ms", "goal": "reported", "met": _check(p50, True)})
     return rows
 
 

@@ -136,6 +136,28 @@ def test_no_statement_keeps_session_state() -> None:
         assert "set_session" not in source and "autocommit = False" not in source, path
 
 
+@pytest.mark.parametrize("listen, says", [
+    ("bogus", "invalid listen= 'bogus'"),
+    ("postgresql://w:s3cret@db/jobs%3Fschema=x", "no schema= or listen= inside it"),
+    ("postgresql%3A%2F%2Fw%3As3cret%40db%2Fjobs%3Flisten=off", "no schema= or listen="),
+])
+def test_a_bad_listen_value_is_exit_2_without_the_password(listen: str, says: str) -> None:
+    """Refused before any connection is made, in one line that shows no password."""
+    result = subprocess.run([QUEUECTL, "--db", f"postgresql://w@/jobs?host=/nowhere&listen={listen}",
+                             "status"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2, result
+    assert says in result.stderr and "s3cret" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_listen_url_is_masked_in_every_spelling() -> None:
+    from queuectl.redaction import redact
+
+    for locator in ("postgresql://w@pgb/jobs?listen=postgresql://w:s3cret@db/jobs",
+                    "postgresql://w@pgb/jobs?listen=postgresql%3A%2F%2Fw%3As3cret%40db%2Fjobs"):
+        assert "s3cret" not in redact(locator) and "***" in redact(locator)
+
+
 # -- through a real PgBouncer -------------------------------------------------------------------
 @pytest.mark.slow
 def test_the_verbs_work_through_a_transaction_pooler(bouncer: Any, pg_server: Any,

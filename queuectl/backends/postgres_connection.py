@@ -1,8 +1,8 @@
 """The PostgreSQL store's connection to its server: the locator, and the rules for faults.
 
-`Target` parses a postgresql:// locator (the queue's schema, where idle workers LISTEN,
-libpq's parameters with defaults that keep a dead network from hanging a worker, and how to
-name it in errors without the password). `Connected` holds one autocommit connection and runs each unit of
+`Target` parses a postgresql:// locator (the queue's schema, libpq's parameters with
+defaults that keep a dead network from hanging a worker, and how to name it in errors
+without the password). `Connected` holds one autocommit connection and runs each unit of
 work on it (`_run`): "too many clients" and "starting up" are retried with jitter within
 the wait budget, then DatabaseBusy; a connection found dead (server restart) is replaced
 on the next call, and a unit whose commit may have been lost is repeated only if it is
@@ -14,6 +14,8 @@ Failover: a locator may name several hosts (libpq's `host=a,b&port=x,y` or
 whichever of them takes writes now. A settle needs the answer of the database that will
 go on: it waits (SETTLE_WAIT) for a server to take writes again, the same one restarted or
 a promoted standby, before it says that the outcome is unknown (OutcomeUnknown).
+
+`Target` also reads `listen=` (where idle workers LISTEN: README "Connection poolers").
 """
 
 from __future__ import annotations
@@ -91,8 +93,8 @@ class Target:
                 "letters, digits and _, not starting with a digit")
         self.schema = schema
         self.dsn = base + ("?" + "&".join(params) if params else "")
-        self._secrets = secrets_in(locator) + secrets_in(listen)
-        self.display = scrub(self.display, self._secrets)  # a listen= URL's, percent-encoded
+        self._secrets = sorted({*secrets_in(locator), *secrets_in(listen)}, key=len,
+                               reverse=True)
         # Where idle workers LISTEN: this locator's server unless it is a pooler (auto),
         # nowhere (off: they poll), or the server another URL names.
         self.listen = listen
