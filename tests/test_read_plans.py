@@ -18,6 +18,10 @@ recorded statement is then looked at on its own:
   show no Seq Scan on jobs or attempts, and no scan node on them that returned or filtered
   out more than MAX_ROWS rows: fewer than the pending jobs, so neither the completed jobs
   nor the backlog may be walked.
+
+Retention (queuectl/retention.py) deletes in batches of policy.BATCH_SIZE, each one purge()
+call and so one short transaction: the last tests check that a batch finds its jobs through
+an index, touching about the batch's rows, and deletes their history by job id.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from queuectl.check import read as check_read
 from queuectl.job import JobSpec
 from queuectl.metrics import render
 from queuectl.operate import queue_rows, stream_output
+from queuectl.policy import BATCH_SIZE
 from queuectl.store import Outcome, Store
 
 ROWS = 100_000
@@ -93,7 +98,7 @@ def _verbs(store: Store) -> dict[str, Callable[[], Any]]:
         return stream_output(store, "live0", None, False, lambda _b: None, lambda _t: None)
 
     def old_logs() -> int:
-        return stream_output(store, "j0000005", None, False, lambda _b: None, lambda _t: None)
+        return stream_output(store, "j0090005", None, False, lambda _b: None, lambda _t: None)
 
     return {
         "status": lambda: (store.counts(), store.paused()),
@@ -139,7 +144,7 @@ def sqlite_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _sqlite_findings(path: Path, statements: list[str]) -> list[str]:
+def _sqlite_findings(path: Path, statements: list[str], run: bool = True) -> list[str]:
     conn = sqlite3.connect(path)
     steps = [0]
 
@@ -157,6 +162,8 @@ def _sqlite_findings(path: Path, statements: list[str]) -> list[str]:
                      and "jobs_leases" not in p]
             if scans:
                 found.append(f"{scans} in {sql[:200]}")
+            if not run or not sql.lstrip().upper().startswith(("SELECT", "WITH")):
+                continue
             steps[0] = 0
             conn.set_progress_handler(step, 1)
             conn.execute(sql).fetchall()
@@ -182,6 +189,30 @@ def test_sqlite_read_verbs_never_walk_the_table(sqlite_db: Path, verb: str) -> N
         store.close()
     assert statements
     assert _sqlite_findings(sqlite_db, statements) == []
+
+
+def test_sqlite_retention_batches_find_their_jobs_by_index(sqlite_db: Path) -> None:
+    """One batch per terminal state, as retention runs them (jobs finished over an hour ago):
+    no scan of jobs or attempts; the pick reads about a batch of rows."""
+    from queuectl.backends.sqlite import SQLiteStore
+
+    store = SQLiteStore(sqlite_db)
+    statements: list[str] = []
+    try:
+        store._conn.set_trace_callback(statements.append)
+        deleted = {state: store.purge(state, 3600, BATCH_SIZE)
+                   for state in ("completed", "dead", "canceled")}
+        store._conn.set_trace_callback(None)
+    finally:
+        store.close()
+    assert deleted["completed"] == BATCH_SIZE and deleted["dead"] > 0
+    picks = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    assert len(picks) == 3
+    writes = list({re.sub(r"'[^']*'", "?", s): s for s in statements
+                   if s.lstrip().upper().startswith("DELETE")}.values())
+    assert len(writes) == 3  # history, live output, the job: each by id
+    assert _sqlite_findings(sqlite_db, picks) == []
+    assert _sqlite_findings(sqlite_db, writes, run=False) == []
 
 
 # -- PostgreSQL --------------------------------------------------------------------------------
@@ -210,6 +241,58 @@ def _pg_nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
     return [node] + [n for child in node.get("Plans", []) for n in _pg_nodes(child)]
 
 
+def _pg_findings(cur: Any, schema: str, sql: str, max_rows: int) -> list[str]:
+    """What EXPLAIN ANALYZE of one statement shows against the rules (module docstring)."""
+    cur.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + sql)
+    plan = cur.fetchone()[0]
+    plan = json.loads(plan) if isinstance(plan, str) else plan
+    found = []
+    for n in (n for top in plan for n in _pg_nodes(top["Plan"])):
+        if n.get("Relation Name") not in TABLES or n.get("Schema", schema) != schema:
+            continue
+        touched = (n.get("Actual Rows", 0) * n.get("Actual Loops", 1)
+                   + n.get("Rows Removed by Filter", 0)
+                   + n.get("Rows Removed by Index Recheck", 0))
+        if n["Node Type"] == "Seq Scan" or touched > max_rows:
+            found.append(f"{n['Node Type']} on {n['Relation Name']} ({n.get('Index Name')})"
+                         f" touched {touched} rows in {sql[:300]}")
+    return found
+
+
+def test_postgres_retention_batches_find_their_jobs_by_index(pg_filled: tuple[str, str]) -> None:
+    """A batch as retention runs it, explained (and rolled back): the pick and the deletes
+    of history, live output, dependencies and the jobs go by index, about a batch of rows
+    each."""
+    import psycopg2.extensions
+
+    from queuectl.locator import open_store
+
+    locator, schema = pg_filled
+    sent: list[str] = []
+
+    class Recording(psycopg2.extensions.cursor):
+        def execute(self, query: Any, vars: Any = None) -> Any:
+            sent.append(self.mogrify(query, vars).decode())
+            return super().execute(query, vars)
+
+    store = open_store(locator)
+    try:
+        store._conn.cursor_factory = Recording  # type: ignore[attr-defined]
+        assert store.purge("completed", 3600, BATCH_SIZE) == BATCH_SIZE
+        conn = store._conn  # type: ignore[attr-defined]
+        conn.cursor_factory = psycopg2.extensions.cursor
+        [purge] = sent
+        conn.autocommit = False
+        try:
+            with conn.cursor() as cur:
+                assert _pg_findings(cur, schema, purge, 2 * BATCH_SIZE) == []
+        finally:
+            conn.rollback()
+            conn.autocommit = True
+    finally:
+        store.close()
+
+
 @pytest.mark.parametrize("verb", VERBS)
 def test_postgres_read_verbs_never_walk_the_table(pg_filled: tuple[str, str],
                                                   verb: str) -> None:
@@ -235,22 +318,8 @@ def test_postgres_read_verbs_never_walk_the_table(pg_filled: tuple[str, str],
         found = []
         with conn.cursor() as cur:
             for sql in sent:
-                if _SKIP.match(sql):
-                    continue
-                cur.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + sql)
-                plan = cur.fetchone()[0]
-                plan = json.loads(plan) if isinstance(plan, str) else plan
-                nodes = [n for top in plan for n in _pg_nodes(top["Plan"])]
-                for n in nodes:
-                    if n.get("Relation Name") not in TABLES or n.get("Schema", schema) != schema:
-                        continue
-                    touched = (n.get("Actual Rows", 0) * n.get("Actual Loops", 1)
-                               + n.get("Rows Removed by Filter", 0)
-                               + n.get("Rows Removed by Index Recheck", 0))
-                    if n["Node Type"] == "Seq Scan" or touched > MAX_ROWS:
-                        found.append(f"{n['Node Type']} on {n['Relation Name']}"
-                                     f" ({n.get('Index Name')}) touched {touched} rows in"
-                                     f" {sql[:300]}")
+                if not _SKIP.match(sql):
+                    found += _pg_findings(cur, schema, sql, MAX_ROWS)
     finally:
         store.close()
     assert sent
