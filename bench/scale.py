@@ -5,7 +5,10 @@ pending, 0.01% dead), against the same verbs on an empty queue.
     read_verbs_at(backend, rows, workdir) -> {"rows": N, "fill_seconds": s,
                                               "seconds": {verb: s, ...}}
 
-times every verb of READ_VERBS (the best of `repeat` calls: start-up included, noise out).
+times every verb of READ_VERBS (the best of `repeat` calls: start-up included, noise out),
+and one retention batch (`retention_batch_seconds`: the best of `repeat` purges of
+policy.BATCH_SIZE completed jobs finished a day ago, each its own transaction, as
+queuectl/retention.py runs them; `retention_jobs_per_s` what that rate deletes).
 `python -m bench.scale [--rows 0 1000000] [--backend sqlite postgres]` prints the figures
 as JSON, with each verb's ratio to its empty-queue time when 0 is among the sizes.
 """
@@ -50,6 +53,25 @@ def _time_verbs(queue: Any, job_id: str, repeat: int) -> dict[str, float]:
     return out
 
 
+def _retention_batch(locator: str, repeat: int) -> float:
+    """Seconds of the fastest of `repeat` retention batches (completed jobs kept 1 h)."""
+    from queuectl.locator import open_store
+    from queuectl.policy import BATCH_SIZE
+
+    store = open_store(locator, for_worker=True)
+    best = float("inf")
+    try:
+        for _ in range(repeat):
+            t = time.perf_counter()
+            n = store.purge("completed", 3600, BATCH_SIZE)
+            best = min(best, time.perf_counter() - t)
+            if n < BATCH_SIZE:
+                break
+    finally:
+        store.close()
+    return best
+
+
 def _last_completed(queue: Any) -> str:
     """A completed job's id, with its history row (the fill gives each one)."""
     listed = json.loads(run(queue.argv("list", "--state", "completed", "--limit", "1"),
@@ -89,10 +111,17 @@ def read_verbs_at(backend: str, rows: int, workdir: Path, repeat: int = 5,
         queue.cli("worker", "run", "--drain", "--name", "scale")
         job_id = _last_completed(queue)
         seconds = _time_verbs(queue, job_id, repeat)
+        point: dict[str, Any] = {"rows": rows, "fill_seconds": fill_s, "seconds": seconds}
+        if rows:
+            from queuectl.policy import BATCH_SIZE
+
+            batch = _retention_batch(str(queue.db), repeat)
+            point["retention_batch_seconds"] = round(batch, 4)
+            point["retention_jobs_per_s"] = round(BATCH_SIZE / batch)
     finally:
         if db_name is not None:
             cluster.drop(db_name)
-    return {"rows": rows, "fill_seconds": fill_s, "seconds": seconds}
+    return point
 
 
 def main(argv: list[str] | None = None) -> int:
