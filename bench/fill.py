@@ -2,8 +2,12 @@
 
 fill_finished() inserts `rows` completed jobs, and one finished attempt each, with one
 INSERT ... SELECT over a counter per table in one transaction, from the values of
-FINISHED_JOB. What differs by backend is a FillTarget: how the schema is read, which tables
-hold the attempt history, the job id, the counter, the transaction. A NOT NULL column
+FINISHED_JOB; with `mixed`, in the proportions of issue 26's ten million (MIXED: 1%
+pending, each with the interrupted attempt of a worker that stopped, 0.01% dead, the rest
+completed). Inserted directly, the jobs are then counted into queuectl's per-state
+counters (job_counts) as its migration does, when the schema has them. What differs by
+backend is a FillTarget: how the schema is read, which tables hold the attempt history,
+the job id, the counter, the transaction. A NOT NULL column
 without a default that the bench does not know stops the SQLite fill (teach FINISHED_JOB);
 on PostgreSQL it gets a neutral value and is listed under guessed_not_null_columns.
 """
@@ -19,9 +23,22 @@ TIME_COLUMNS = ("run_at", "created_at", "updated_at", "started_at", "finished_at
                 "heartbeat_at")
 
 
-def finished_job(t0: float, job_id: str, empty_blob: str) -> dict[str, str]:
+# Job number x's state with `mixed`: 9.9M completed, 100k pending, 1k dead in 10M.
+MIXED = ("CASE WHEN x % 100 = 1 THEN 'pending' WHEN x % 10000 = 2 THEN 'dead'"
+         " ELSE 'completed' END")
+
+
+def finished_job(t0: float, job_id: str, empty_blob: str,
+                 mixed: bool = False) -> dict[str, str]:
     """SQL for each known column of finished job number x (1..rows) and of its attempt."""
     at = f"{t0} + x * 0.001"
+    if mixed:
+        state = MIXED
+        return {**finished_job(t0, job_id, empty_blob), "state": state,
+                "outcome": f"CASE {state} WHEN 'pending' THEN 'interrupted'"
+                           f" WHEN 'dead' THEN 'failed' ELSE 'completed' END",
+                "attempts": f"CASE {state} WHEN 'pending' THEN 0 ELSE 1 END",
+                "exit_code": f"CASE {state} WHEN 'dead' THEN 1 ELSE 0 END"}
     return {
         "id": job_id, "job_id": job_id, "command": "'true'", "state": "'completed'",
         "outcome": "'completed'", "attempts": "1", "attempt": "1", "max_retries": "3",
@@ -70,6 +87,11 @@ class FillTarget:
         """The statements in one transaction (this is what fill_seconds times)."""
         raise NotImplementedError
 
+    def recount(self) -> list[str]:
+        """After the rows: queuectl's per-state counters built from the jobs, as its
+        migration builds them (none where the schema has no such table)."""
+        return []
+
 
 def drop_page_cache() -> bool:
     """Drop the page cache (root only; False where not permitted): a start after a reboot."""
@@ -86,13 +108,13 @@ def drop_page_cache() -> bool:
 NOT_HISTORY = {"jobs", "notices"}
 
 
-def fill_finished(target: FillTarget, rows: int) -> dict[str, Any]:
-    """Insert `rows` completed jobs and their attempt rows in one transaction: {tables,
-    guessed_not_null_columns, fill_seconds}."""
+def fill_finished(target: FillTarget, rows: int, mixed: bool = False) -> dict[str, Any]:
+    """Insert `rows` completed jobs (with `mixed`, in MIXED's states) and their attempt rows
+    in one transaction: {tables, guessed_not_null_columns, fill_seconds}."""
     t0 = time.time() - rows * 0.001 - 86_400
     cols = target.columns()
     tables = target.tables(cols)
-    values = finished_job(t0, target.job_id(cols), target.empty_blob)
+    values = finished_job(t0, target.job_id(cols), target.empty_blob, mixed)
     guessed: dict[str, list[str]] = {}
     statements = []
     for table in tables:
@@ -107,6 +129,7 @@ def fill_finished(target: FillTarget, rows: int) -> dict[str, Any]:
             names.append(col.name)
             exprs.append(target.value(col, expr))
         statements.append(target.insert(table, names, exprs, rows))
+    statements += target.recount()
     t = time.perf_counter()
     target.run(statements)
     return {"tables": tables, "guessed_not_null_columns": guessed,
@@ -135,6 +158,16 @@ class SqliteFill(FillTarget):
 
     def job_id(self, cols: dict[str, list[Column]]) -> str:
         return "printf('%012x', x)"
+
+    def recount(self) -> list[str]:
+        from queuectl.backends.sqlite_schema import JOB_COUNTS_FROM_JOBS
+
+        conn = sqlite3.connect(str(self.db))
+        try:
+            has = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'job_counts'").fetchone()
+        finally:
+            conn.close()
+        return ["DELETE FROM job_counts", JOB_COUNTS_FROM_JOBS] if has else []
 
     def insert(self, table: str, names: list[str], exprs: list[str], rows: int) -> str:
         return (f"WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < "
@@ -212,6 +245,14 @@ class PgFill(FillTarget):
         if col.name in TIME_COLUMNS and "timestamp" in col.type:
             expr = f"to_timestamp({expr})"
         return f"CAST(({expr}) AS {col.type})"
+
+    def recount(self) -> list[str]:
+        from queuectl.backends.postgres_schema import JOB_COUNTS_FROM_JOBS
+
+        if "job_counts" not in self.columns():
+            return []
+        return [f"DELETE FROM {self.schema}.job_counts;",
+                JOB_COUNTS_FROM_JOBS.format(s=self.schema) + ";"]
 
     def insert(self, table: str, names: list[str], exprs: list[str], rows: int) -> str:
         return (f"INSERT INTO {self.schema}.{table} ({', '.join(names)}) "

@@ -159,8 +159,12 @@ def test_counters_never_decrease_across_purge_retention_and_restarts(any_queue: 
     q.run("config", "set", "keep-canceled", "1")
     before_retention = counters(scrape(q))
     q.worker()
-    wait_for(lambda: q.status()["completed"] == 0 and q.status()["canceled"] == 0, 60,
-             "retention to delete the finished jobs")
+    # A worker above that lived past its first 2 s (a loaded machine) took the retention duty
+    # (keep-completed defaults to 7 days) and exited holding it: the new one waits out its lease.
+    from queuectl.policy import RETENTION_EVERY, RETENTION_LEASE
+
+    wait_for(lambda: q.status()["completed"] == 0 and q.status()["canceled"] == 0,
+             RETENTION_LEASE + RETENTION_EVERY, "retention to delete the finished jobs")
     assert_not_decreased(before_retention, counters(scrape(q)))
     assert counters(scrape(q)) == before_retention
 

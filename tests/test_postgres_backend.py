@@ -799,6 +799,56 @@ def test_a_version_8_queue_migrates_to_on_dead_notices_keeping_every_job(
         store.close()
 
 
+def test_a_version_9_queue_migrates_to_job_counters_counting_every_job(
+        pg_server: Any) -> None:
+    """A schema 9 queue (before the counters of `status` and `queue list`), opened by four
+    processes at once: the migration counts the jobs it finds, per queue and state (the
+    running ones are read off their index), and from then on the counters follow every
+    change."""
+    from queuectl.backends.postgres_schema import MIGRATIONS, SCHEMA_VERSION, VERSION_TABLE
+
+    db = pg_server.fresh_locator()
+    s = f'"{_schema(db)}"'
+    old = [f"CREATE SCHEMA {s}", VERSION_TABLE.format(s=s),
+           f"INSERT INTO {s}.schema_version VALUES (9)"]
+    old += [statement.format(s=s) for v in range(1, 10) for statement in MIGRATIONS[v]]
+    states = ["pending"] * 3 + ["processing", "completed", "completed", "dead", "failed",
+                                "canceled"]
+    old.append(
+        f"INSERT INTO {s}.jobs (id, command, state, attempts, max_retries, run_at, created_at,"
+        " updated_at, finished_at, worker, lease_expires_at, queue) VALUES " + ", ".join(
+            f"('j{n}', 'true', '{st}', {int(st != 'pending')}, 0, 1e9, 1e9 + {n}, 1e9,"
+            f" {'NULL' if st in ('pending', 'processing') else '1e9'},"
+            f" {'NULL' if st == 'pending' else repr('w')},"
+            f" {'1e9' if st == 'processing' else 'NULL'}, '{'mail' if n % 2 else 'default'}')"
+            for n, st in enumerate(states)))
+    pg_server.psql("; ".join(old))
+    before = pg_server.psql(f"SELECT * FROM {s}.jobs ORDER BY id")
+    expected = {"pending": 3, "processing": 1, "completed": 2, "failed": 1, "dead": 1,
+                "canceled": 1}
+    for status in _statuses_of_four_at_once(db):
+        assert {k: status[k] for k in expected} == expected
+    assert pg_server.psql(f"SELECT version FROM {s}.schema_version") == str(SCHEMA_VERSION)
+    assert pg_server.psql(f"SELECT * FROM {s}.jobs ORDER BY id") == before
+    assert pg_server.psql(
+        f"SELECT queue, state, sum(n) FROM {s}.job_counts GROUP BY queue, state"
+        " ORDER BY queue, state") == pg_server.psql(
+        f"SELECT queue, state, count(*) FROM {s}.jobs WHERE state <> 'processing'"
+        " GROUP BY queue, state ORDER BY queue, state")
+    store = open_store(db)
+    try:
+        queues = {q.name: q for q in store.queues()}
+        assert (queues["default"].counts["pending"], queues["mail"].counts["pending"]) == (2, 1)
+        assert [j.state for j in store.reclaim_expired()] == ["dead"]  # processing -> dead
+        store.record_success(_run_only(store, "j0"), _ok())
+        assert store.purge("completed", None, 10) == 3
+        counts = store.counts()
+        assert (counts["pending"], counts["processing"], counts["completed"], counts["dead"]) \
+            == (2, 0, 0, 2)
+    finally:
+        store.close()
+
+
 def test_submit_with_parents_checks_them_all_or_none(pg_server: Any) -> None:
     from queuectl.errors import Conflict, NotFound
     from queuectl.store import Parent

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from queuectl.backends import sqlite_sql
 from queuectl.backends.sqlite import SQLiteStore
+from queuectl.backends.sqlite_schema import JOB_COUNTS_FROM_JOBS
 from queuectl.job import JobSpec
 
 
@@ -181,7 +182,8 @@ def test_a_job_without_a_key_costs_no_look_up(tmp_path: Path) -> None:
                 and not s.startswith(sqlite_sql.CONFIG)]  # settings: read when the cache is stale
 
     assert [s.split("(")[0] for s in traced([JobSpec("true"), JobSpec("true")])] == [
-        "INSERT INTO jobs ", "INSERT INTO jobs ", "INSERT INTO counters "]
+        "INSERT INTO jobs ", "INSERT INTO jobs ", "INSERT INTO counters ",
+        "INSERT INTO job_counts "]
     keyed = traced([JobSpec("true", unique="a"), JobSpec("true", unique="a"),
                     JobSpec("true", unique="b")])
     looked_up = [s for s in keyed if s.startswith("SELECT")]
@@ -464,7 +466,7 @@ def test_a_spec_without_after_runs_no_extra_statement(tmp_path: Path) -> None:
     store.enqueue([JobSpec("x", id="a"), JobSpec("x", id="b")])
     store._conn.set_trace_callback(None)
     assert not any("deps" in s or "waiting_on" in s for s in statements), statements
-    assert len(statements) == 5  # BEGIN, the config, two inserts, the counter; no more
+    assert len(statements) == 6  # BEGIN, the config, two inserts, the two counters; no more
 
 
 def test_retry_numbers_the_new_attempts_on(tmp_path: Path) -> None:
@@ -551,6 +553,9 @@ def test_blocked_jobs_cost_the_claim_counts_and_queues_nothing(tmp_path: Path) -
         conn.execute("UPDATE jobs SET waiting_on = 1 WHERE id <> 'parent'")
         conn.executemany("INSERT INTO deps (child, parent, pos, satisfied)"
                          " VALUES (?, 'parent', 0, 0)", ((f"b{i}",) for i in range(100_000)))
+        # a direct writer rebuilds the per-state counters (no INSERT trigger keeps them)
+        conn.execute("DELETE FROM job_counts")
+        conn.execute(JOB_COUNTS_FROM_JOBS)
     assert store.seconds_until_due() > 1e6  # only the far parent is due, some day
     assert store.seconds_until_due(["mail"]) is None
     store.enqueue([JobSpec("x", id="ready", queue="mail")])

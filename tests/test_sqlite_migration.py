@@ -376,3 +376,57 @@ def test_a_version_11_database_migrates_to_on_dead_notices_keeping_every_job(
         assert store.counts()["notices"] == 2
     finally:
         store.close()
+
+
+def test_a_version_12_database_migrates_to_job_counters_counting_every_job(
+        tmp_path: Path) -> None:
+    """Schema 12 (before the counters of `status` and `queue list`): the migration counts
+    the jobs it finds, per queue and state (the running ones are read off their index), and
+    from then on the counters follow every change."""
+    from queuectl.backends.sqlite import SQLiteStore
+    from queuectl.store import Outcome
+
+    db = tmp_path / "v12.db"
+    states = ["pending"] * 3 + ["processing", "completed", "completed", "dead", "failed",
+                                "canceled"]
+    with old_schema(db, 12) as conn:
+        for i, state in enumerate(states):
+            conn.execute(
+                "INSERT INTO jobs (id, command, state, attempts, max_retries, run_at,"
+                " created_at, updated_at, finished_at, worker, lease_expires_at, lease_boot,"
+                " lease_until, queue) VALUES (?, 'true', ?, ?, 0, 1, ?, 2, ?, ?, ?, ?, ?, ?)",
+                (f"j{i}", state, int(state != "pending"), 1 + i,
+                 None if state in ("pending", "processing") else 2.0,
+                 "w" if state == "processing" else None, 0 if state == "processing" else None,
+                 "b" if state == "processing" else None, 0 if state == "processing" else None,
+                 "mail" if i % 2 else "default"))
+        before = conn.execute("SELECT * FROM jobs ORDER BY id").fetchall()
+    q = Queue(db)
+    status = q.status()
+    assert {k: status[k] for k in ("pending", "processing", "completed", "failed", "dead",
+                                   "canceled")} == {
+        "pending": 3, "processing": 1, "completed": 2, "failed": 1, "dead": 1, "canceled": 1}
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION >= 13
+        assert conn.execute("SELECT * FROM jobs ORDER BY id").fetchall() == before
+        counted = dict(((queue, state), n) for queue, state, n in conn.execute(
+            "SELECT queue, state, n FROM job_counts"))
+        direct = dict(((queue, state), n) for queue, state, n in conn.execute(
+            "SELECT queue, state, count(*) FROM jobs WHERE state <> 'processing'"
+            " GROUP BY queue, state"))
+        assert counted == direct
+    rows = {row["queue"]: row for row in q.json("queue", "list")}
+    assert (rows["default"]["pending"], rows["mail"]["pending"]) == (2, 1)
+    assert sum(r["processing"] for r in rows.values()) == 1
+    store = SQLiteStore(db)
+    try:
+        assert [j.state for j in store.reclaim_expired()] == ["dead"]  # processing -> dead
+        job = store.claim_next("w")
+        assert job is not None
+        store.record_success(job, Outcome(0, None, b"", 0.1))
+        assert store.purge("completed", None, 10) == 3
+        counts = store.counts()
+        assert (counts["pending"], counts["processing"], counts["completed"], counts["dead"]) \
+            == (2, 0, 0, 2)
+    finally:
+        store.close()

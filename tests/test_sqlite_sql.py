@@ -34,7 +34,11 @@ PLANS = {
     "END_ATTEMPT": ["SEARCH jobs USING INDEX sqlite_autoindex_jobs_1 (id=?)"],
     "RELEASE": ["SEARCH jobs USING INDEX sqlite_autoindex_jobs_1 (id=?)"],
     "ANY_EXPIRED": ["INDEX jobs_leases"],
-    "OLDEST_DUE_BY_QUEUE": ["INDEX jobs_due_by_queue"],
+    "FIRST_WAITING_OF_NEXT_QUEUE": ["SEARCH jobs USING INDEX jobs_due_by_queue (queue>?)"],
+    "FIRST_WAITING_OF_LOWER_PRIORITY": [
+        "SEARCH jobs USING INDEX jobs_due_by_queue (queue=? AND priority<?)"],
+    "COMPLETED_SINCE": ["SEARCH jobs USING INDEX jobs_completed (finished_at>?)"],
+    "QUEUE_COUNTS": ["SCAN job_counts", "SCAN jobs USING INDEX jobs_leases"],
     # unique keys: the live holder off the unique partial index, a key's jobs off theirs
     "LIVE_HOLDER": ["SEARCH jobs USING INDEX jobs_unique_live (unique_key=?)"],
     "REVIVABLE_DEAD": ["SEARCH jobs USING INDEX jobs_by_state (state=?",
@@ -47,9 +51,10 @@ PLANS = {
     "FIRST_DUE": ["INDEX jobs_due"],
     "FIRST_DUE_IN_QUEUES": ["SEARCH jobs USING INDEX jobs_due_by_queue (queue=?)"],
     "FIRST_DUE_EXCEPT_QUEUES": ["INDEX jobs_due"],  # an all-queue worker's, lanes excluded
-    "COUNTS": ["SCAN blocked_counts"],
-    "COUNTS_OF_DEFAULT_QUEUE": ["SEARCH blocked_counts USING PRIMARY KEY (queue=?)"],
-    "COUNTS_OF_NAMED_QUEUE": ["SEARCH blocked_counts USING PRIMARY KEY (queue=?)"],
+    "COUNTS": ["SCAN blocked_counts", "SCAN job_counts", "SCAN jobs USING INDEX jobs_leases"],
+    "COUNTS_OF_QUEUE": ["SEARCH blocked_counts USING PRIMARY KEY (queue=?)",
+                        "SEARCH job_counts USING PRIMARY KEY (queue=?)",
+                        "SCAN jobs USING INDEX jobs_leases"],
     "PARENT_STATE": ["SEARCH jobs USING INDEX sqlite_autoindex_jobs_1 (id=?)"],
     "SET_WAITING_ON": ["SEARCH jobs USING INDEX sqlite_autoindex_jobs_1 (id=?)"],
     "PARENTS": ["SEARCH d USING PRIMARY KEY (child=?)",
@@ -215,6 +220,10 @@ TRIGGER_PLANS = {
     # the blocked counter: an upsert of one queue's row (no plan), or its update by key
     "blocked_updated": [],
     "blocked_deleted": ["SEARCH blocked_counts USING PRIMARY KEY (queue=?)"],
+    # the per-state counter (schema 13): one row by key, or an upsert of it (no plan)
+    "counts_left": ["SEARCH job_counts USING PRIMARY KEY (queue=? AND state=?)"],
+    "counts_entered": [],
+    "counts_deleted": ["SEARCH job_counts USING PRIMARY KEY (queue=? AND state=?)"],
 }
 
 
@@ -249,7 +258,7 @@ def test_the_claim_and_counts_plans_hold_with_blocked_jobs(tmp_path):
     c.execute("ANALYZE")
     try:
         for name in ("CLAIM_ANY", "BEST_OF_ANY_QUEUE", "BEST_OF_QUEUE", "NEXT_WAITING_QUEUE",
-                     "FIRST_DUE", "COUNTS", "OLDEST_DUE_BY_QUEUE"):
+                     "FIRST_DUE", "COUNTS", "FIRST_WAITING_OF_NEXT_QUEUE"):
             plan = _plan(c, sqlite_sql.statements(name)[0])
             assert "jobs_due" in plan or "blocked_counts" in plan, f"{name}:\n{plan}"
             assert "SCAN jobs\n" not in plan + "\n", f"{name}:\n{plan}"
@@ -258,11 +267,12 @@ def test_the_claim_and_counts_plans_hold_with_blocked_jobs(tmp_path):
         store.close()
 
 
-@pytest.mark.parametrize("name", ["COUNTS", "COUNTS_OF_DEFAULT_QUEUE", "COUNTS_OF_NAMED_QUEUE"])
+@pytest.mark.parametrize("name", ["COUNTS", "COUNTS_OF_QUEUE"])
 def test_counts_reads_blocked_off_the_counter_not_the_jobs(conn, name):
-    """The blocked term of counts is the compound's second part: it reads blocked_counts
-    (one row per queue) and never the jobs table or one of its indexes. (The fourth part
-    counts on-dead notices, in their own table.)"""
+    """The states are counted off job_counts and the running jobs off jobs_leases (schema
+    13); the blocked term reads blocked_counts (one row per queue) and never the jobs
+    table or one of its indexes. (The fifth part counts on-dead notices, in their own
+    table.)"""
     plan = _plan(conn, sqlite_sql.statements(name)[0]).split("\n")
     terms: list[list[str]] = [[]]
     for line in plan:
@@ -270,10 +280,11 @@ def test_counts_reads_blocked_off_the_counter_not_the_jobs(conn, name):
             terms.append([])
         elif line not in ("COMPOUND QUERY", "LEFT-MOST SUBQUERY"):
             terms[-1].append(line)
-    assert len(terms) == 4, plan
-    states, blocked, workers, notices = terms
+    assert len(terms) == 5, plan
+    states, running, blocked, workers, notices = terms
     assert notices and all("notices" in line for line in notices), plan
-    assert any("jobs" in line for line in states), plan  # the per-state counts are unchanged
+    assert states and all("job_counts" in line or "TEMP B-TREE" in line for line in states), plan
+    assert running == ["SCAN jobs USING INDEX jobs_leases"], plan
     assert blocked and all("blocked_counts" in line for line in blocked), plan
     assert not any("jobs" in line for line in blocked), plan
 

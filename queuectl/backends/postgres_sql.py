@@ -55,6 +55,7 @@ PRIVILEGES = {
     "queues":         "SELECT,INSERT,UPDATE,DELETE",
     "deps":           "SELECT,INSERT,UPDATE,DELETE",
     "notices":        "SELECT,INSERT,UPDATE,DELETE",
+    "job_counts":     "SELECT,INSERT,UPDATE",  # every state change counts (version 10)
 }
 
 # -- shared pieces ---------------------------------------------------------------------------
@@ -327,10 +328,15 @@ def _recent_jobs(where: str) -> str:
 
 
 def _counts(jobs: str, blocked: str, workers: str) -> str:
-    """Jobs per state, then the blocked ones (pending, waiting for a parent: read from
+    """Jobs per state (job_counts, summed over its shards), the processing ones (jobs_leases:
+    the running jobs only), then the blocked ones (pending, waiting for a parent: read from
     blocked_counts, a row per queue kept by triggers, however many there are), then the
-    active workers, then the on-dead notices still to deliver (of the same jobs' queue)."""
-    return (f"SELECT state, count(*) FROM {{s}}.jobs {jobs} GROUP BY state UNION ALL"
+    active workers, then the on-dead notices still to deliver (of the same jobs' queue):
+    never a read of the jobs of a state."""
+    running = jobs.replace("WHERE", "AND")
+    return (f"SELECT state, sum(n)::bigint FROM {{s}}.job_counts {jobs} GROUP BY state"
+            " UNION ALL SELECT 'processing', count(*) FROM {s}.jobs"
+            f" WHERE state = 'processing' {running} UNION ALL"
             " SELECT 'blocked', coalesce(sum(n), 0)::bigint FROM {s}.blocked_counts"
             f" {blocked} UNION ALL"
             " SELECT 'active_workers', count(*) FROM {s}.workers"
@@ -338,6 +344,8 @@ def _counts(jobs: str, blocked: str, workers: str) -> str:
             f" SELECT 'notices', count(*) FROM {{s}}.notices {jobs}")
 
 
+# A claimable job: the predicate of the claim's partial indexes (postgres_schema, version 7).
+_WAITING = "state IN ('pending', 'failed') AND waiting_on = 0"
 # Only the jobs a worker serving %(queues)s could take.
 _LANE = " AND queue = ANY(%(queues)s::text[])"
 # Only those a worker of every queue but %(exclude)s (a host's lane files' queues) could take.
@@ -689,15 +697,36 @@ ON CONFLICT (name) DO UPDATE SET concurrency = excluded.concurrency"""
 
     # -- queues --
     # One statement, so one snapshot: counts, settings, waits and lanes together.
-    queues = f"""WITH {_T}
-SELECT 'c', queue, state, count(*)::float8, NULL::float8, NULL::text[]
-    FROM {{s}}.jobs GROUP BY queue, state
+    # Counts off job_counts (a queue whose jobs are all gone keeps rows at 0: left out) and
+    # jobs_leases, as `counts`. Each queue's longest-due eligible job without a walk of the
+    # backlog: jobs_due_by_queue is in (queue, priority, run_at) order, so the first entry
+    # of each (queue, priority) group holds its earliest run_at, and `g` skips from group
+    # to group (that queue's next lower priority, else the next queue): as many index
+    # probes as groups (queues times distinct priorities waiting), however many jobs wait.
+    queues = f"""WITH RECURSIVE {_T},
+g(queue, priority, run_at) AS (
+    (SELECT queue, priority, run_at FROM {{s}}.jobs
+     WHERE {_WAITING} ORDER BY queue, priority DESC, run_at, seq LIMIT 1)
+    UNION ALL
+    SELECT x.queue, x.priority, x.run_at FROM g CROSS JOIN LATERAL (
+        (SELECT queue, priority, run_at FROM {{s}}.jobs
+         WHERE {_WAITING} AND queue = g.queue AND priority < g.priority
+         ORDER BY queue, priority DESC, run_at, seq LIMIT 1)
+        UNION ALL
+        (SELECT queue, priority, run_at FROM {{s}}.jobs
+         WHERE {_WAITING} AND queue > g.queue
+         ORDER BY queue, priority DESC, run_at, seq LIMIT 1)
+        LIMIT 1) x)
+SELECT 'c', queue, state, sum(n)::float8, NULL::float8, NULL::text[]
+    FROM {{s}}.job_counts GROUP BY queue, state HAVING sum(n) <> 0
+UNION ALL
+SELECT 'c', queue, 'processing', count(*)::float8, NULL, NULL FROM {{s}}.jobs
+    WHERE state = 'processing' GROUP BY queue
 UNION ALL
 SELECT 's', name, paused_by, concurrency, paused_since, NULL FROM {{s}}.queues
 UNION ALL
-SELECT 'o', queue, NULL, NULL, max(t.now - run_at), NULL FROM {{s}}.jobs, t
-    WHERE state IN ('pending', 'failed') AND waiting_on = 0 AND run_at <= t.now
-    GROUP BY queue
+SELECT 'o', queue, NULL, NULL, max(t.now - run_at), NULL FROM g, t
+    WHERE run_at <= t.now GROUP BY queue
 UNION ALL
 SELECT 'w', NULL, NULL, NULL, NULL, queues FROM {{s}}.workers, t
     WHERE heartbeat_at >= t.now - %(window)s
@@ -861,8 +890,10 @@ UNION ALL
     recent_jobs_in_queue = _recent_jobs(_IN_QUEUE)
 
     # -- completed_since --
+    # The last minute's completions off jobs_completed (version 10), not every completed job:
+    # the cutoff a scalar subquery (evaluated once), so it bounds the index range.
     completed_since = ("SELECT queue, count(*) FROM {s}.jobs WHERE state = 'completed'"
-                       " AND finished_at >= {now} - %(s)s GROUP BY queue")
+                       " AND finished_at >= (SELECT {now} - %(s)s) GROUP BY queue")
 
     # == configuration =======================================================================
     # -- config_items --

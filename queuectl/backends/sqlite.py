@@ -492,7 +492,9 @@ class SQLiteStore(Store):
                 if inserted and spec.after:  # decided after the key and the id
                     self._add_parents(c, job_id, spec)
                 done.append(Submitted(job_id, inserted == 1))
-            c.executemany(sql.COUNT_ENQUEUED, [(q, n) for q, n in added.items() if n])
+            counted = [(q, n) for q, n in added.items() if n]
+            c.executemany(sql.COUNT_ENQUEUED, counted)
+            c.executemany(sql.COUNT_PENDING, counted)
         return done
 
     @staticmethod
@@ -830,10 +832,8 @@ class SQLiteStore(Store):
         if queue is None:
             rows = self._read(sql.COUNTS, _active_params())
         else:
-            rows = self._read(
-                sql.COUNTS_OF_DEFAULT_QUEUE if queue == DEFAULT_QUEUE else sql.COUNTS_OF_NAMED_QUEUE,
-                (queue, queue, *_active_params(), queue, queue),
-            )
+            rows = self._read(sql.COUNTS_OF_QUEUE,
+                              (queue, queue, queue, *_active_params(), queue, queue))
         for key, n in rows:
             result[key] = n
         return {k: result.get(k, 0)
@@ -1234,8 +1234,9 @@ class SQLiteStore(Store):
             info.on_dead = on_dead or ""
         for name, n in c.execute(sql.QUEUE_NOTICES):
             entry(name).notices = n
-        for name, due in c.execute(sql.OLDEST_DUE_BY_QUEUE, (t,)):
-            entry(name).oldest_waiting = max(0.0, t - due)
+        for name, due in SQLiteStore._first_due_by_queue(c).items():
+            if due <= t:
+                entry(name).oldest_waiting = t - due
         serving = [r[0] for r in c.execute(sql.ACTIVE_WORKER_QUEUES, _active_params())]
         for names in serving:
             for name in names.split(",") if names else ():
@@ -1244,6 +1245,19 @@ class SQLiteStore(Store):
             info.workers = sum(names is None or info.name in names.split(",")
                                for names in serving)
         return [found[name] for name in sorted(found)]
+
+    @staticmethod
+    def _first_due_by_queue(c: sqlite3.Connection) -> dict[str, float]:
+        """Each queue's earliest run_at among its eligible waiting jobs: one index probe per
+        (queue, priority) group (FIRST_WAITING_OF_*), never a walk of the waiting jobs."""
+        first: dict[str, float] = {}
+        row = c.execute(sql.FIRST_WAITING_OF_NEXT_QUEUE, ("",)).fetchone()
+        while row is not None:
+            queue, priority, run_at = row
+            first[queue] = min(run_at, first.get(queue, run_at))
+            row = (c.execute(sql.FIRST_WAITING_OF_LOWER_PRIORITY, (queue, priority)).fetchone()
+                   or c.execute(sql.FIRST_WAITING_OF_NEXT_QUEUE, (queue,)).fetchone())
+        return first
 
     # -- on-dead notices ---------------------------------------------------------------------
     def set_queue_on_dead(self, queue: str, command: str) -> None:

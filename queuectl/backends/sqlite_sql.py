@@ -150,6 +150,8 @@ PROBE = (
     "SELECT count(*) FROM live_output",
     # a completion or a failure looks here for waiting dependents (the triggers' WHEN)
     "SELECT count(*) FROM deps INDEXED BY deps_waiting WHERE satisfied = 0",
+    # a claim, completion or failure moves one count (schema 13's triggers)
+    "SELECT count(*) FROM job_counts",
 )
 SCHEMA_VERSION_OF = "PRAGMA user_version"  # 0: new, or not ours (see TABLES)
 TABLES = "SELECT name FROM sqlite_master WHERE type = 'table'"
@@ -187,6 +189,9 @@ LIVE_HOLDER = (f"SELECT id, state FROM jobs INDEXED BY jobs_unique_live"
 COUNT_ENQUEUED = ("INSERT INTO counters (queue, event, le, n, seconds)"
                   " VALUES (?, 'enqueued', 0, ?, 0)"
                   " ON CONFLICT (queue, event, le) DO UPDATE SET n = n + excluded.n")
+# ... and as pending jobs, for `counts` and `queues` (schema 13: no INSERT trigger counts them).
+COUNT_PENDING = ("INSERT INTO job_counts (queue, state, n) VALUES (?, 'pending', ?)"
+                 " ON CONFLICT (queue, state) DO UPDATE SET n = n + excluded.n")
 # Only for a spec with `after`, once its job is stored: each parent's state (none: NotFound),
 # its dependency row in the order given (satisfied at once if the parent is completed), and
 # the number of the others it waits for.
@@ -319,22 +324,24 @@ LIST_JOBS_OF_KEY = _by_key(_LIST.replace("{filter}", " {by_key}"))
 LIST_JOBS_OF_KEY_LIMITED = _by_key(_LIST.replace("{filter}", " {by_key}") + " LIMIT ?")
 
 # == counts =================================================================================
-# "blocked" (pending jobs waiting for a parent) off blocked_counts, the triggers' counter
-# (schema 10): one row per queue, never a read of the blocked jobs themselves.
-COUNTS = ("SELECT state, count(*) FROM jobs GROUP BY state UNION ALL"
-          " SELECT 'blocked', coalesce(sum(n), 0) FROM blocked_counts"
+# Never a read of the jobs of a state: the states off job_counts (schema 13), a few rows per
+# queue kept by triggers; `processing` off jobs_leases, whose rows are the running jobs
+# only; "blocked" (pending jobs waiting for a parent) off blocked_counts (schema 10).
+_PROCESSING = "SELECT {what} FROM jobs INDEXED BY jobs_leases WHERE state = 'processing'"
+COUNTS = ("SELECT state, sum(n) FROM job_counts GROUP BY state UNION ALL "
+          + _PROCESSING.replace("{what}", "'processing', count(*)")
+          + " UNION ALL SELECT 'blocked', coalesce(sum(n), 0) FROM blocked_counts"
           f" UNION ALL SELECT 'active_workers', count(*) FROM workers WHERE {_ACTIVE}"
           " UNION ALL SELECT 'notices', count(*) FROM notices")
-# Parameters: the queue, the queue again (blocked), the active window, the queue (serves),
-# the queue (notices).
-_COUNTS_OF_QUEUE = ("SELECT state, count(*) FROM jobs WHERE queue = ?{named}"
-                    " GROUP BY state UNION ALL SELECT 'blocked', coalesce(sum(n), 0)"
-                    " FROM blocked_counts WHERE queue = ?"
-                    " UNION ALL SELECT 'active_workers', count(*) FROM workers"
-                    f" WHERE ({_ACTIVE}) AND {_SERVES}"
-                    " UNION ALL SELECT 'notices', count(*) FROM notices WHERE queue = ?")
-COUNTS_OF_DEFAULT_QUEUE = _COUNTS_OF_QUEUE.replace("{named}", "")
-COUNTS_OF_NAMED_QUEUE = _COUNTS_OF_QUEUE.replace("{named}", f" AND {_NAMED}")
+# Parameters: the queue, the queue (processing), the queue (blocked), the active window,
+# the queue (serves), the queue (notices).
+COUNTS_OF_QUEUE = ("SELECT state, n FROM job_counts WHERE queue = ? UNION ALL "
+                   + _PROCESSING.replace("{what}", "'processing', count(*)") + " AND queue = ?"
+                   " UNION ALL SELECT 'blocked', coalesce(sum(n), 0)"
+                   " FROM blocked_counts WHERE queue = ?"
+                   " UNION ALL SELECT 'active_workers', count(*) FROM workers"
+                   f" WHERE ({_ACTIVE}) AND {_SERVES}"
+                   " UNION ALL SELECT 'notices', count(*) FROM notices WHERE queue = ?")
 
 # == remaining ==============================================================================
 REMAINING = "SELECT count(*) FROM jobs WHERE state IN ('pending', 'failed', 'processing')"
@@ -375,7 +382,8 @@ SYNCHRONOUS = "PRAGMA synchronous"
 # == reads for `queuectl top`: recent_jobs, completed_since =================================
 RECENT_JOBS = _by_state(f"SELECT {JOB_COLUMNS} FROM jobs {{by_state}}"
                         " ORDER BY updated_at DESC, rowid DESC LIMIT ?")
-COMPLETED_SINCE = ("SELECT queue, count(*) FROM jobs INDEXED BY jobs_by_state"
+# The last minute's completions off jobs_completed (schema 13), not every completed job.
+COMPLETED_SINCE = ("SELECT queue, count(*) FROM jobs INDEXED BY jobs_completed"
                    " WHERE state = 'completed' AND finished_at >= ? GROUP BY queue")
 
 # == operators living with the queue: cancel, cancel_state, cancel_requested ================
@@ -447,11 +455,24 @@ VACUUM_INTO = "VACUUM INTO ?"  # copies one read snapshot: consistent while work
 # == named queues: set_queue_concurrency, queues ============================================
 SET_CONCURRENCY = ("INSERT INTO queues (name, concurrency) VALUES (?, ?)"
                    " ON CONFLICT (name) DO UPDATE SET concurrency = excluded.concurrency")
-QUEUE_COUNTS = "SELECT queue, state, count(*) FROM jobs GROUP BY queue, state"
+# Off the counters, as `counts` (a queue whose jobs are all gone keeps rows at 0: left out).
+QUEUE_COUNTS = ("SELECT queue, state, n FROM job_counts WHERE n <> 0 UNION ALL "
+                + _PROCESSING.replace("{what}", "queue, 'processing', count(*)")
+                + " GROUP BY queue")
 QUEUE_SETTINGS = "SELECT name, concurrency, paused_by, paused_since, on_dead FROM queues"
 QUEUE_NOTICES = "SELECT queue, count(*) FROM notices GROUP BY queue"
-OLDEST_DUE_BY_QUEUE = (f"SELECT queue, min(run_at) FROM jobs INDEXED BY jobs_due_by_queue"
-                       f" WHERE {_WAITING} AND run_at <= ? GROUP BY queue")
+# Each queue's longest-due eligible job without a walk of the backlog: jobs_due_by_queue is
+# in (queue, priority, run_at) order, so the first entry of each (queue, priority) group
+# holds its earliest run_at. The store skips from group to group: the first group of the
+# next queue, then that queue's next lower priority; as many probes as there are groups
+# (queues times distinct priorities waiting), however many jobs wait.
+FIRST_WAITING_OF_NEXT_QUEUE = (f"SELECT queue, priority, run_at FROM jobs"
+                               f" INDEXED BY jobs_due_by_queue WHERE {_WAITING} AND queue > ?"
+                               " ORDER BY queue, priority DESC, run_at LIMIT 1")
+FIRST_WAITING_OF_LOWER_PRIORITY = (f"SELECT queue, priority, run_at FROM jobs"
+                                   f" INDEXED BY jobs_due_by_queue WHERE {_WAITING}"
+                                   " AND queue = ? AND priority < ?"
+                                   " ORDER BY priority DESC, run_at LIMIT 1")
 ACTIVE_WORKER_QUEUES = f"SELECT queues FROM workers WHERE {_ACTIVE}"
 
 # == metrics ================================================================================
@@ -523,7 +544,8 @@ SECTIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         "STAMP_SCHEMA_VERSION")),
     ("transactions", "every verb", ("BEGIN_WRITE", "BEGIN_READ", "COMMIT", "ROLLBACK")),
     ("submit", "submit, enqueue", (
-        "ENQUEUE", "ENQUEUE_IF_ABSENT", "LIVE_HOLDER", "COUNT_ENQUEUED", "PARENT_STATE",
+        "ENQUEUE", "ENQUEUE_IF_ABSENT", "LIVE_HOLDER", "COUNT_ENQUEUED", "COUNT_PENDING",
+        "PARENT_STATE",
         "ADD_DEP", "SET_WAITING_ON")),
     ("claim", "claim_next, complete_and_claim", (
         "RESTRICTIONS", "CLAIM_ANY", "PROCESSING_IN_QUEUE", "BEST_OF_QUEUE", "BEST_OF_ANY_QUEUE",
@@ -540,7 +562,7 @@ SECTIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         "LIST_JOBS", "LIST_JOBS_LIMITED", "LIST_JOBS_OF_STATE", "LIST_JOBS_OF_STATE_LIMITED",
         "LIST_JOBS_OF_QUEUE", "LIST_JOBS_OF_QUEUE_LIMITED", "LIST_JOBS_BY_STATE",
         "LIST_JOBS_BY_STATE_LIMITED", "LIST_JOBS_OF_KEY", "LIST_JOBS_OF_KEY_LIMITED")),
-    ("counts", "counts", ("COUNTS", "COUNTS_OF_DEFAULT_QUEUE", "COUNTS_OF_NAMED_QUEUE")),
+    ("counts", "counts", ("COUNTS", "COUNTS_OF_QUEUE")),
     ("remaining", "remaining", ("REMAINING", "REMAINING_IN_QUEUES", "REMAINING_EXCEPT_QUEUES")),
     ("seconds_until_due", "seconds_until_due", ("FIRST_DUE", "FIRST_DUE_IN_QUEUES",
                                                 "FIRST_DUE_EXCEPT_QUEUES")),
@@ -565,7 +587,8 @@ SECTIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("backup", "backup", ("VACUUM_INTO",)),
     ("queues", "set_queue_concurrency, queues, metrics", (
         "SET_CONCURRENCY", "QUEUE_COUNTS", "QUEUE_SETTINGS", "QUEUE_NOTICES",
-        "OLDEST_DUE_BY_QUEUE", "ACTIVE_WORKER_QUEUES")),
+        "FIRST_WAITING_OF_NEXT_QUEUE", "FIRST_WAITING_OF_LOWER_PRIORITY",
+        "ACTIVE_WORKER_QUEUES")),
     ("metrics", "metrics", ("GLOBAL_PAUSE", "ACTIVE_WORKERS_BY_HOST", "COUNTERS")),
     ("dependencies", "parents, canceled_dependents, retry", (
         "PARENTS", "JOB_EXISTS", "CANCELED_DEPENDENTS", "RETRY_JOB")),
