@@ -22,8 +22,24 @@ Reads = Callable[[str, int, Path], dict[str, float] | None]
 
 
 def reads(backend: str, rows: int, workdir: Path) -> dict[str, float] | None:
-    """Seconds per read verb on a queue of `rows` in mixed states (bench/scale.py)."""
-    return None
+    """Seconds per read verb on a queue of `rows` in mixed states (bench/scale.py), None
+    where the backend cannot run here (no PostgreSQL server)."""
+    from bench.pgserver import shared_cluster
+    from bench.scale import read_verbs_at
+
+    cluster = None
+    if backend == "postgresql":
+        cluster, why = shared_cluster(None)
+        if cluster is None:
+            log(f"curve: no PostgreSQL reads: {why}")
+            return None
+        workdir.chmod(0o755)  # the server's user reads nothing here, but enters the path
+    point = read_verbs_at("sqlite" if backend == "sqlite" else "postgres", rows, workdir,
+                          cluster=cluster)
+    out = dict(point["seconds"])
+    if "retention_batch_seconds" in point:
+        out["retention batch"] = point["retention_batch_seconds"]
+    return out
 
 
 def points(sizes: Sizes) -> list[int]:
@@ -135,12 +151,15 @@ def table(c: dict[str, Any]) -> str:
     pts = c.get("points") or []
     if not pts:
         return ""
-    head = "| figure | " + " | ".join(f"{p['rows']:,} rows" for p in pts) + " |"
-    lines = [head, "|---" * (len(pts) + 1) + "|"]
+    head = ("| figure | " + " | ".join(f"{p['rows']:,} rows" for p in pts)
+            + f" | {pts[-1]['rows']:,} ÷ 0 |")
+    lines = [head, "|---" * (len(pts) + 2) + "|"]
 
     def row(name: str, values: list[Any], unit: str) -> None:
         shown = [("n/a" if v is None else f"{v:,.3g} {unit}".strip()) for v in values]
-        lines.append(f"| {name} | " + " | ".join(shown) + " |")
+        first, last = values[0], values[-1]
+        ratio = f"×{last / first:.2f}" if first and last is not None else ""
+        lines.append(f"| {name} | " + " | ".join(shown) + f" | {ratio} |")
 
     for backend, label in (("sqlite", "SQLite"), ("postgresql", "PostgreSQL")):
         verbs: list[str] = []

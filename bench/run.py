@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp.replace(out)
     scale_curve = (res.get("scale") or {}).get("curve")
     if scale_curve:
-        svg = out.with_name(out.stem + "-scale.svg")
+        svg = out.with_suffix(".svg")
         m = res.get("machine") or {}
         svg.write_text(picture(scale_curve, f"queuectl {m.get('queuectl_version')} "
                                f"({m.get('queuectl_commit')}), {res['mode']} bench run of "
