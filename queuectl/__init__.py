@@ -1,3 +1,3 @@
 """queuectl: a durable background job queue for shell commands on Linux."""
 
-__version__ = "0.3.1"
+__version__ = "0.4.0"
