@@ -82,6 +82,16 @@ def _no_pg_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("PG")}
 
 
+def socket_locator(base: Path, port: int, schema: str | None, dbname: str, user: str,
+                   params: dict[str, str]) -> str:
+    """A locator over the Unix socket in `base` (libpq's `host=` names the directory)."""
+    query = {"host": str(base), "port": str(port), **params}
+    if schema:
+        query["schema"] = schema
+    text = "&".join(f"{k}={quote(v, safe='/')}" for k, v in query.items())
+    return f"postgresql://{quote(user)}@/{quote(dbname)}?{text}"
+
+
 class PgServer:
     """One private cluster: `initdb`, `pg_ctl start/restart/stop`, and locators for it."""
 
@@ -223,11 +233,7 @@ class PgServer:
     def locator(self, schema: str | None = None, dbname: str = "postgres",
                 user: str = SUPERUSER, **params: str) -> str:
         """A Unix-socket locator (`host=` names the socket directory)."""
-        query = {"host": str(self.base), "port": str(self.port), **params}
-        if schema:
-            query["schema"] = schema
-        text = "&".join(f"{k}={quote(v, safe='/')}" for k, v in query.items())
-        return f"postgresql://{quote(user)}@/{quote(dbname)}?{text}"
+        return socket_locator(self.base, self.port, schema, dbname, user, params)
 
     def tcp_locator(self, user: str, password: str | None = None, dbname: str = "postgres",
                     schema: str | None = None, **params: str) -> str:
@@ -454,11 +460,7 @@ class PgBouncer:
     def locator(self, schema: str | None = None, dbname: str = "postgres",
                 user: str = SUPERUSER, **params: str) -> str:
         """A locator through the pooler (its Unix socket)."""
-        query = {"host": str(self.base), "port": str(self.port), **params}
-        if schema:
-            query["schema"] = schema
-        text = "&".join(f"{k}={quote(v, safe='/')}" for k, v in query.items())
-        return f"postgresql://{quote(user)}@/{quote(dbname)}?{text}"
+        return socket_locator(self.base, self.port, schema, dbname, user, params)
 
     def stop(self) -> None:
         """SIGTERM (PgBouncer exits at once), SIGKILL if not; rm -rf. Again: no-op."""

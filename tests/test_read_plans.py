@@ -259,6 +259,21 @@ def _pg_findings(cur: Any, schema: str, sql: str, max_rows: int) -> list[str]:
     return found
 
 
+def _record_statements(store: Any) -> list[str]:
+    """Every statement the store sends from now on, as the server receives it."""
+    import psycopg2.extensions
+
+    sent: list[str] = []
+
+    class Recording(psycopg2.extensions.cursor):
+        def execute(self, query: Any, vars: Any = None) -> Any:
+            sent.append(self.mogrify(query, vars).decode())
+            return super().execute(query, vars)
+
+    store._conn.cursor_factory = Recording
+    return sent
+
+
 def test_postgres_retention_batches_find_their_jobs_by_index(pg_filled: tuple[str, str]) -> None:
     """A batch as retention runs it, explained (and rolled back): the pick and the deletes
     of history, live output, dependencies and the jobs go by index, about a batch of rows
@@ -268,16 +283,9 @@ def test_postgres_retention_batches_find_their_jobs_by_index(pg_filled: tuple[st
     from queuectl.locator import open_store
 
     locator, schema = pg_filled
-    sent: list[str] = []
-
-    class Recording(psycopg2.extensions.cursor):
-        def execute(self, query: Any, vars: Any = None) -> Any:
-            sent.append(self.mogrify(query, vars).decode())
-            return super().execute(query, vars)
-
     store = open_store(locator)
     try:
-        store._conn.cursor_factory = Recording  # type: ignore[attr-defined]
+        sent = _record_statements(store)
         assert store.purge("completed", 3600, BATCH_SIZE) == BATCH_SIZE
         conn = store._conn  # type: ignore[attr-defined]
         conn.cursor_factory = psycopg2.extensions.cursor
@@ -302,16 +310,9 @@ def test_postgres_read_verbs_never_walk_the_table(pg_filled: tuple[str, str],
     from queuectl.locator import open_store
 
     locator, schema = pg_filled
-    sent: list[str] = []
-
-    class Recording(psycopg2.extensions.cursor):
-        def execute(self, query: Any, vars: Any = None) -> Any:
-            sent.append(self.mogrify(query, vars).decode())
-            return super().execute(query, vars)
-
     store = open_store(locator)
     try:
-        store._conn.cursor_factory = Recording  # type: ignore[attr-defined]
+        sent = _record_statements(store)
         _verbs(store)[verb]()
         conn = store._conn  # type: ignore[attr-defined]
         conn.cursor_factory = psycopg2.extensions.cursor
