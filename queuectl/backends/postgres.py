@@ -231,7 +231,7 @@ class PostgresStore(Connected, Store):
             current = 0
         for v in range(current + 1, SCHEMA_VERSION + 1):
             for statement in MIGRATIONS[v]:
-                cur.execute(statement.format(s=f'"{schema}"'))
+                cur.execute(statement.format(s=f'"{schema}"', channel=self.channel))
         cur.execute(sql.migrate_set_version, (SCHEMA_VERSION,))
         cur.execute(sql.commit)
         return True
@@ -531,10 +531,9 @@ class PostgresStore(Connected, Store):
     def claim_next(self, worker: str, queues: list[str] | None = None,
                    exclude: list[str] | None = None) -> Job | None:
         params = self._claim_params(worker, queues, exclude)
-        sql = self.sql.claim_any if queues is None else self.sql.claim_listed
 
         def claim(cur: Any) -> Job | None:
-            cur.execute(sql, params)
+            cur.execute(self.sql.claim, params)
             candidate, *row = cur.fetchone()
             if row[0] is not None:
                 return Job.from_row(row)
@@ -552,9 +551,7 @@ class PostgresStore(Connected, Store):
         """The claim when the best job is in a limited queue (the claim_limited statements
         say how it takes turns)."""
         sql = self.sql
-        first, then = ((sql.claim_limited_any, sql.claim_limited_next_any)
-                       if params["queues"] is None
-                       else (sql.claim_limited_listed, sql.claim_limited_next_listed))
+        first, then = sql.claim_limited, sql.claim_limited_next
         skip: list[str] = list(params["skip"])  # the excluded queues, if any
         cur.execute(sql.claim_limited_begin)
         for turn in range(64):  # each turn skips one more full queue; bounded anyway
@@ -571,14 +568,12 @@ class PostgresStore(Connected, Store):
     def complete_and_claim(self, job: Job, outcome: Outcome, worker: str,
                            queues: list[str] | None = None,
                            exclude: list[str] | None = None) -> tuple[bool, Job | None]:
-        sql = (self.sql.complete_and_claim_any if queues is None
-               else self.sql.complete_and_claim_listed)
         claim = self._claim_params(worker, queues, exclude)
         params = {**self._params(job, outcome, policy.COMPLETED_ATTEMPT), **claim,
                   "ending": job.id}
 
         def both(cur: Any) -> tuple[bool, Job | None, str | None]:
-            cur.execute(sql, params)
+            cur.execute(self.sql.complete_and_claim, params)
             done, candidate, *row = cur.fetchone()
             return done == 1, None if row[0] is None else Job.from_row(row), candidate
 
