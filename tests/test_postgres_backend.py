@@ -112,6 +112,17 @@ def test_least_privilege_worker_role_with_a_passfile(pg_server: Any, roles: Any,
             store.verify()
     finally:
         store.close()
+    # So is the worker's function a hardened database does not let everyone run.
+    from queuectl.backends.postgres_sql import FUNCTION_ARGS
+
+    pg_server.psql(f"REVOKE EXECUTE ON FUNCTION queuectl.claim({FUNCTION_ARGS['claim']})"
+                   " FROM PUBLIC", dbname=roles["db"])
+    store = open_store(worker, for_worker=True)
+    try:
+        with pytest.raises(DatabaseUnavailable, match=r"queuectl\.claim\(\)"):
+            store.verify()
+    finally:
+        store.close()
 
 
 def test_password_never_shown(pg_server: Any, roles: Any) -> None:

@@ -88,6 +88,22 @@ def test_a_version_9_queue_migrates_to_the_functions(pg_server: Any) -> None:
     assert pg_server.psql(f"SELECT state FROM {s}.jobs WHERE id = 'old'") == "completed"
 
 
+# The text of version 11's functions as released: a migration is never edited, so a change
+# to what they run (the claim's or the completion's SQL) needs a new migration that replaces
+# them, and this pin moves to it.
+RELEASED = "3f5936a3b1e9a430fc90b45d2f2a5d52ec04341899edb17f1d86fd8048e0824e"
+
+
+def test_the_released_functions_are_not_edited() -> None:
+    import hashlib
+
+    from queuectl.backends.postgres_schema import MIGRATIONS
+    from queuectl.backends.postgres_sql import functions
+
+    assert MIGRATIONS[11] == functions()
+    assert hashlib.sha256("\n".join(functions()).encode()).hexdigest() == RELEASED
+
+
 # -- statements per job --------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def counted_server() -> Iterator[Any]:

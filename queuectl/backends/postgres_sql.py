@@ -241,6 +241,13 @@ def _call(function: str, args: tuple[tuple[str, str], ...], columns: str) -> str
     return f"SELECT {columns} FROM {{s}}.{function}({passed}, {{worker_async}})"
 
 
+# Each function's argument types, for `verify` (EXECUTE is PUBLIC's unless revoked).
+FUNCTION_ARGS = {
+    name: ", ".join(kind for _, kind in args) + ", boolean"
+    for name, args in (("claim", _CLAIM_ARGS),
+                       ("complete_and_claim", _COMPLETION_ARGS + _CLAIM_ARGS),
+                       ("record_success", _COMPLETION_ARGS))}
+
 _CALL_CLAIM = _call("claim", _CLAIM_ARGS, "o_queue, {o_columns}")
 _CALL_COMPLETE_AND_CLAIM = _call("complete_and_claim", _COMPLETION_ARGS + _CLAIM_ARGS,
                                  "o_done, o_queue, {o_columns}")
@@ -267,7 +274,7 @@ def functions() -> list[str]:
     """The CREATE FUNCTION statements of version 11, with `{s}` (the quoted schema) and
     `{channel}` (its NOTIFY channel) left for the migration to fill in. They are part of
     a released migration: a change to the bodies they run needs a new migration that
-    replaces them (tests/test_postgres_sql.py pins their text)."""
+    replaces them (tests/test_postgres_functions.py pins their text)."""
     claim_any, claim_listed = (_body(_claim(nxt), "NULL::text") for nxt in (_NEXT_ANY,
                                                                             _NEXT_LISTED))
     both_any, both_listed = (_body(_complete_and_claim(nxt), "p_id")
@@ -1014,10 +1021,12 @@ RETURNING started_at"""
 
     # -- verify --
     # Every table reachable with the rights the verbs need (PRIVILEGES): the schema first,
-    # then one row per table and right.
+    # then one row per table and right, then the worker's functions (EXECUTE).
     verify_privileges = "SELECT '', has_schema_privilege(%s, 'USAGE')" + "".join(
         f"\nUNION ALL SELECT '{table}', has_table_privilege('{{s}}.{table}', '{right}')"
-        for table, rights in PRIVILEGES.items() for right in rights.split(","))
+        for table, rights in PRIVILEGES.items() for right in rights.split(",")) + "".join(
+        f"\nUNION ALL SELECT '{name}()', has_function_privilege('{{s}}.{name}({args})',"
+        " 'EXECUTE')" for name, args in FUNCTION_ARGS.items())
     # Then a read of each, sent together.
     verify_reads = "; ".join(f"SELECT 1 FROM {{s}}.{table} LIMIT 1" for table in PRIVILEGES)
 
