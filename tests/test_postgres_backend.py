@@ -259,6 +259,30 @@ def test_many_notifications_while_busy_do_not_pile_up(pg_server: Any) -> None:
         store.close()
 
 
+def test_a_disarmed_wakeup_is_not_listening(pg_server: Any) -> None:
+    """A busy worker's wakeup (disarmed) leaves the server's list of listeners, so no
+    commit signals it; armed again, it hears the next enqueue, and only that."""
+    import select
+
+    db = pg_server.fresh_locator()
+    store = open_store(db, for_worker=True)
+    wakeup = store.wakeup()
+    try:
+        wakeup.disarm()
+        wakeup.disarm()  # twice is once
+        store.enqueue([JobSpec("true", id="unheard")])
+        assert not select.select([wakeup.fileno()], [], [], 0.3)[0]
+        assert wakeup.drain() is False
+        wakeup.arm()
+        store.enqueue([JobSpec("true", id="heard")])
+        wait_for(lambda: select.select([wakeup.fileno()], [], [], 0.1)[0], 10, "a notification")
+        assert wakeup.drain() is True
+        assert wakeup.drain() is False
+    finally:
+        wakeup.close()
+        store.close()
+
+
 # -- operators' verbs on PostgreSQL: migration from schema 1, retention, live output -------
 def test_a_version_1_queue_migrates_forward_keeping_everything(pg_server: Any) -> None:
     """A queue made by an older release (schema 1, built here from its own migration)

@@ -41,6 +41,7 @@ How it keeps the contract:
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 
@@ -72,6 +73,7 @@ from queuectl.job import (
     FAILED,
     PENDING,
     PROCESSING,
+    ROW_COLUMNS,
     STATES,
     TERMINAL,
     Job,
@@ -137,6 +139,23 @@ def _maybe_stored(exc: OutcomeUnknown, ids: list[str]) -> OutcomeUnknown:
     which = f"job {ids[0]}" if len(ids) == 1 else f"jobs {ids[0]} ... {ids[-1]} ({len(ids)})"
     return OutcomeUnknown(f"{exc}; {which} may or may not be stored: check with "
                           f"queuectl show {ids[0]}")
+
+
+@functools.cache
+def _layout(names: tuple[str, ...]) -> tuple[int, list[int]]:
+    """Where a worker's function's answer puts things: its own leading values (o_NAME),
+    then the job's columns in the table's order, picked out in Job.from_row's."""
+    lead = sum(1 for name in names if name.startswith("o_"))
+    return lead, [names.index(column) for column in ROW_COLUMNS]
+
+
+def _called(cur: Any) -> tuple[tuple[Any, ...], Job | None]:
+    """The answer of a call of claim or complete_and_claim: the leading values, and the
+    job it claimed (None: none)."""
+    row = cur.fetchone()
+    lead, order = _layout(tuple(column[0] for column in cur.description))
+    values = [row[i] for i in order]
+    return tuple(row[:lead]), None if values[0] is None else Job.from_row(values)
 
 
 def _key_held(job_id: str, key: str, holder: str, state: str) -> Conflict:
@@ -534,9 +553,9 @@ class PostgresStore(Connected, Store):
 
         def claim(cur: Any) -> Job | None:
             cur.execute(self.sql.claim, params)
-            candidate, *row = cur.fetchone()
-            if row[0] is not None:
-                return Job.from_row(row)
+            (candidate,), got = _called(cur)
+            if got is not None:
+                return got
             if candidate is None:
                 return None
             return self._claim_limited(cur, candidate, params)
@@ -556,10 +575,10 @@ class PostgresStore(Connected, Store):
         cur.execute(sql.claim_limited_begin)
         for turn in range(64):  # each turn skips one more full queue; bounded anyway
             cur.execute(then if turn else first, {**params, "locked": queue, "skip": skip})
-            candidate, *row = cur.fetchone()
-            if row[0] is not None or candidate is None:
+            (candidate,), got = _called(cur)
+            if got is not None or candidate is None:
                 cur.execute(sql.commit)
-                return None if row[0] is None else Job.from_row(row)
+                return got
             skip.append(queue)  # full now (or outranked): let go of it, try the next
             queue = candidate
         cur.execute(sql.commit)
@@ -574,8 +593,8 @@ class PostgresStore(Connected, Store):
 
         def both(cur: Any) -> tuple[bool, Job | None, str | None]:
             cur.execute(self.sql.complete_and_claim, params)
-            done, candidate, *row = cur.fetchone()
-            return done == 1, None if row[0] is None else Job.from_row(row), candidate
+            (done, candidate), got = _called(cur)
+            return done == 1, got, candidate
 
         def settle(cur: Any) -> tuple[bool, Job | None, str | None]:
             # it committed, with whatever it claimed
@@ -1248,7 +1267,7 @@ class PostgresStore(Connected, Store):
 
     # -- waking ------------------------------------------------------------------------------
     def wakeup(self) -> Wakeup:
-        return ListenWakeup(self.target, self.sql.listen)
+        return ListenWakeup(self.target, self.sql.listen, self.sql.unlisten)
 
     def close(self) -> None:
         self._drop()
@@ -1260,14 +1279,22 @@ class ListenWakeup(Wakeup):
     changes: a duplicate of the connection's socket while it works, else the read end of a
     pipe nobody writes (so a broken connection can never spin the caller); it reconnects at
     most every RETRY_EVERY seconds, and the poll covers the gap. Behind a
-    transaction-pooling pooler no notification arrives and the poll does all the work."""
+    transaction-pooling pooler no notification arrives and the poll does all the work.
+
+    A busy worker does not listen (disarm: UNLISTEN): at each commit that sent a NOTIFY,
+    PostgreSQL signals every listening connection of the database, and each wakes to read
+    the notification queue in a transaction of its own (measured: about 25 µs of server
+    CPU per job for each listener, so 16 busy workers cost each job 0.4 ms). A worker
+    listens again before it looks for work (arm), and a long job's watch before its
+    first cancel check."""
 
     poll_interval = 1.0
     RETRY_EVERY = 5.0
 
-    def __init__(self, target: Target, listen: str) -> None:
+    def __init__(self, target: Target, listen: str, unlisten: str) -> None:
         self._target = target
-        self._listen = listen  # the statement
+        self._listen, self._unlisten = listen, unlisten  # the statements
+        self._armed = True
         self._quiet, self._quiet_w = os.pipe()
         self._fd = os.dup(self._quiet)
         self._conn: Any = None
@@ -1279,8 +1306,9 @@ class ListenWakeup(Wakeup):
         conn = None
         try:
             conn = self._target.connect()
-            with conn.cursor() as cur:
-                cur.execute(self._listen)
+            if self._armed:
+                with conn.cursor() as cur:
+                    cur.execute(self._listen)
             os.dup2(conn.fileno(), self._fd)
         except Exception:
             if conn is not None:
@@ -1299,6 +1327,32 @@ class ListenWakeup(Wakeup):
             conn.close()
         except Exception:
             pass
+
+    def arm(self) -> None:
+        if not self._armed:
+            self._armed = True
+            self._say(self._listen)
+
+    def disarm(self) -> None:
+        if self._armed:
+            self._armed = False
+            self._say(self._unlisten)
+
+    def _say(self, statement: str) -> None:
+        """LISTEN or UNLISTEN now, dropping what arrived before (whoever arms looks at the
+        queue next). Never raises: a broken connection reconnects (listening if armed)."""
+        if self._conn is None:
+            return
+        try:
+            with self._conn.cursor() as cur:
+                cur.execute(statement)
+            self._conn.poll()
+            del self._conn.notifies[:]
+        except Exception:
+            try:
+                self._broken()
+            except Exception:
+                pass
 
     def fileno(self) -> int | None:
         if self._conn is None and time.monotonic() >= self._next_try:

@@ -10,7 +10,9 @@ these fields, which `statements()` fills in once per store (cached per schema):
     {now}            the server's clock in epoch seconds (NOW)
     {columns}        the job columns Job.from_row reads, in its order (job.ROW_COLUMNS)
     {j_columns}      the same, of the table aliased j
-    {o_columns}      the same, of the row o_job the worker's functions return
+    {o_columns}      every column of the job row o_job the worker's functions return, in
+                     the table's order (the store picks them out by name: `(o_job).*` is
+                     parsed and planned faster than the list)
     {worker_commit}  `SET LOCAL synchronous_commit TO off; ` in a worker's store, else empty:
                      workers' commits skip waiting for the WAL flush (as SQLite's
                      synchronous=NORMAL): a server crash may undo their last few state
@@ -1041,12 +1043,14 @@ RETURNING started_at"""
     # -- wakeup --
     # On a connection of its own, for each idle worker.
     listen = "LISTEN {channel}"
+    # While its worker is busy (disarm): see postgres.ListenWakeup.
+    unlisten = "UNLISTEN {channel}"
 
     def __init__(self, schema: str, for_worker: bool) -> None:
         fields = {"s": f'"{schema}"', "channel": f"{schema}_jobs", "event": EVENT, "now": NOW,
                   "columns": ", ".join(ROW_COLUMNS),
                   "j_columns": ", ".join(f"j.{c}" for c in ROW_COLUMNS),
-                  "o_columns": ", ".join(f"(o_job).{c}" for c in ROW_COLUMNS),
+                  "o_columns": "(o_job).*",
                   "worker_commit": WORKER_COMMIT if for_worker else "",
                   "worker_async": "true" if for_worker else "false"}
         for name, template in TEMPLATES.items():
@@ -1126,7 +1130,7 @@ VERBS: dict[str, tuple[str, ...]] = {
     "verify": ("verify_privileges", "verify_reads"),
     "info": ("info", "config_items"),
     "open (a worker)": ("synchronous_standbys",),
-    "wakeup": ("listen",),
+    "wakeup": ("listen", "unlisten"),
 }
 
 
