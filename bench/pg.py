@@ -177,6 +177,54 @@ def drain_part(cluster: PgCluster, sizes: Sizes, workdir: Path,
     return out
 
 
+# -- the workers curve ---------------------------------------------------------------------
+CURVE_WORKERS = (1, 2, 4, 8, 16)
+
+
+def workers_part(cluster: PgCluster, sizes: Sizes, workdir: Path) -> dict[str, Any]:
+    """The drain by 1, 2, 4, 8 and 16 workers on PostgreSQL, each on a fresh database filled
+    by `enqueue --file`: jobs/s and the server's CPU per job. Per run, the counts in
+    alternating order (up, then down), so a drift of the machine's load spreads evenly."""
+    jobs = sizes.drain_jobs
+    jobs_file = write_jobs_file(workdir / f"pg-curve-jobs-{jobs}.jsonl", jobs)
+    timeout = (60 + jobs / 20) * sizes.timeout_scale
+    per: dict[int, list[dict[str, Any]]] = {k: [] for k in CURVE_WORKERS}
+    for r in range(sizes.runs):
+        for k in CURVE_WORKERS if r % 2 == 0 else tuple(reversed(CURVE_WORKERS)):
+            queue, db = pg_queue(cluster, f"curve{k}")
+            d = workdir / f"pg-curve-{k}w-run{r}"
+            d.mkdir()
+            try:
+                queue.enqueue_file(jobs_file)
+                before = cluster.cpu_seconds()
+                res = drain(queue, jobs, k, d, timeout)
+                res["server_cpu_us_per_job"] = 1e6 * (cluster.cpu_seconds() - before) / jobs
+                per[k].append(res)
+            finally:
+                cluster.drop(db)
+                shutil.rmtree(d, ignore_errors=True)
+            log(f"pg workers curve run {r + 1}/{sizes.runs}, {k} workers: "
+                f"{res['jobs_per_s']:.0f} jobs/s, server {res['server_cpu_us_per_job']:.0f} "
+                f"µs/job")
+    two = [x["jobs_per_s"] for x in per[2]]
+    return {
+        "jobs": jobs, "command": "true",
+        "how": "k × `queuectl worker run --drain` against a queue filled by `enqueue --file`; "
+               "jobs/s from the first job's start to the last job's end (start-up of the "
+               "workers outside it), the server's CPU over the whole drain",
+        "points": [{"workers": k,
+                    "jobs_per_s": summary(x["jobs_per_s"] for x in per[k]),
+                    "from_launch_jobs_per_s": summary(x["from_launch_jobs_per_s"]
+                                                      for x in per[k]),
+                    "server_cpu_us_per_job": summary(x["server_cpu_us_per_job"]
+                                                     for x in per[k]),
+                    "worker_cpu_us_per_job": summary(x["worker_cpu_us_per_job"]
+                                                     for x in per[k]),
+                    "vs_2_workers": paired([x["jobs_per_s"] for x in per[k]], two)}
+                   for k in CURVE_WORKERS],
+    }
+
+
 # -- enqueue ---------------------------------------------------------------------------------
 def cold_part(cluster: PgCluster, sizes: Sizes, workdir: Path) -> dict[str, Any]:
     """Cold `enqueue --cmd true` on PostgreSQL and on SQLite, alternating, per run; plus the
@@ -400,10 +448,17 @@ def pooler_section(sizes: Sizes, workdir: Path, rng: random.Random) -> dict[str,
 
 
 # -- the section -----------------------------------------------------------------------------
+PARTS = ("drain", "workers", "pickup", "cold_enqueue", "batch_enqueue", "scale", "blocked")
+# The server's CPU: the 2-worker drain (with the spawn limit and SQLite) and the curve.
+CPU_PARTS = ("drain", "workers")
+
+
 def pg_section(sizes: Sizes, workdir: Path, rng: random.Random,
-               peers: dict[str, PgPeerDrain | str]) -> dict[str, Any]:
-    """All PostgreSQL rows, or {"skipped": reason}. A part that fails is recorded under
-    "errors" (lifted into the run's errors) and the others still run."""
+               peers: dict[str, PgPeerDrain | str],
+               parts: tuple[str, ...] = PARTS) -> dict[str, Any]:
+    """The PostgreSQL rows of `parts` (all by default), or {"skipped": reason}. A part that
+    fails is recorded under "errors" (lifted into the run's errors) and the others still
+    run."""
     cluster, reason = shared_cluster(None)
     if cluster is None:
         log(f"skipping pg: {reason}")
@@ -420,8 +475,9 @@ def pg_section(sizes: Sizes, workdir: Path, rng: random.Random,
             return StoreQueue(cluster.locator(cluster.database(f"pickup{r}")), env=pg_env())
         return pickup_section(sizes, workdir, rng, make, "pg-pickup")
 
-    parts: list[tuple[str, Callable[[], dict[str, Any]]]] = [
+    every: list[tuple[str, Callable[[], dict[str, Any]]]] = [
         ("drain", lambda: drain_part(cluster, sizes, workdir, peers)),
+        ("workers", lambda: workers_part(cluster, sizes, workdir)),
         ("pickup", pickup),
         ("cold_enqueue", lambda: cold_part(cluster, sizes, workdir)),
         ("batch_enqueue", lambda: batch_part(cluster, sizes, workdir)),
@@ -429,7 +485,9 @@ def pg_section(sizes: Sizes, workdir: Path, rng: random.Random,
         ("blocked", lambda: blocked_part(sizes, workdir, fresh_pg(cluster), "pg")),
         ("pooler", lambda: pooler_part(cluster, sizes, workdir, rng)),
     ]
-    for name, fn in parts:
+    for name, fn in every:
+        if name not in parts:
+            continue
         try:
             out[name] = fn()
         except (Exception, subprocess.TimeoutExpired) as exc:  # noqa: BLE001 - recorded

@@ -246,6 +246,11 @@ def pg_targets(res: dict[str, Any]) -> list[dict[str, Any]]:
         f"{fmt(d.get('limit_jobs_per_s'))}/s: {pcts(d.get('ratio_to_limit'))} (SQLite "
         f"{fmt(_get(d, 'sqlite', 'jobs_per_s'))} jobs/s; PostgreSQL ÷ SQLite "
         f"{timess(d.get('vs_sqlite'))})", ">= 40% of limit", lim is not None and lim >= 0.4)
+    scpu = _med(d, "postgres", "server_cpu_us_per_job")
+    add("PostgreSQL: server CPU per job, 2-worker drain", "drain", scpu,
+        f"{fmt(_get(d, 'postgres', 'server_cpu_us_per_job'))} µs (the whole server's CPU "
+        "over the drain ÷ jobs)", "<= 450 µs", scpu is not None and scpu <= 450)
+    add(*_curve_row(pg.get("workers") or {}))
     pcpu = _med(d, "postgres", "worker_cpu_us_per_job")
     add("PostgreSQL: worker CPU per job, 2 workers (own, start-up included)", "drain", pcpu,
         f"{fmt(_get(d, 'postgres', 'worker_cpu_us_per_job'))} µs (SQLite in the same pairs "
@@ -323,6 +328,20 @@ def pooler_rows(po: dict[str, Any] | None, skipped: str | None,
     rows.append({"target": f"{name}: idle pickup p50 / p99", "value": p50,
                  "shown": f"{shown} ms", "goal": "reported", "met": _check(p50, True)})
     return rows
+
+
+def _curve_row(w: dict[str, Any]) -> tuple[str, str, float | None, str, str, bool]:
+    """More workers must not lower throughput: the worst of 4, 8, 16 workers' jobs/s over
+    2 workers' (paired per run), 10% allowed for noise."""
+    points = {p["workers"]: p for p in w.get("points") or []}
+    worst = min((v for k, p in points.items() if k > 2
+                 if (v := _med(p, "vs_2_workers")) is not None), default=None)
+    shown = "; ".join(f"{k}: {fmt(p.get('jobs_per_s'))} jobs/s, server "
+                      f"{fmt(p.get('server_cpu_us_per_job'))} µs/job"
+                      for k, p in sorted(points.items()))
+    return ("PostgreSQL: workers curve (1, 2, 4, 8, 16), more workers not slower", "workers",
+            worst, f"{shown}; worst of 4-16 ÷ 2: {times(worst)}", ">= 0.9× of 2 workers",
+            worst is not None and worst >= 0.9)
 
 
 def blocked_rows(b: dict[str, Any], prefix: str) -> list[tuple[str, Any, str, str, bool]]:

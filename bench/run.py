@@ -7,8 +7,10 @@
 
 Sections: drain (with the spawn limit and fairness), pickup (with idle CPU and RSS), enqueue,
 scale, memory, peers; pg (queuectl on a throwaway PostgreSQL), pgpeers (Procrastinate and
-PgQueuer on the same server). A benchmark reports; it never fails: a section that breaks is recorded
-under "errors" and the run goes on. Exit status 0 unless the arguments are wrong.
+PgQueuer on the same server); pgcpu (only pg's 2-worker drain and its workers curve: the
+server's CPU per job, `--only pgcpu --no-peers`; nothing more when pg runs). A benchmark
+reports; it never fails: a section that breaks is recorded under "errors" and the run goes
+on. Exit status 0 unless the arguments are wrong.
 """
 
 import argparse
@@ -34,18 +36,18 @@ from bench.curve import table as curve_table  # noqa: E402
 from bench.enqueue import enqueue_section  # noqa: E402
 from bench.latency import memory_section, pickup_section  # noqa: E402
 from bench.peers import drains, peers_section, prepare  # noqa: E402
-from bench.pg import pg_section, pooler_section  # noqa: E402
+from bench.pg import CPU_PARTS, pg_section, pooler_section  # noqa: E402
 from bench.pgpeers import pg_drains, pgpeers_section  # noqa: E402
 from bench.pgserver import stop_shared  # noqa: E402
 from bench.report import evaluate, machine_info, markdown  # noqa: E402
 from bench.throughput import drain_section, scale_section  # noqa: E402
 
 SECTIONS = ("drain", "pickup", "enqueue", "scale", "memory", "peers", "pg", "pgpeers",
-            "pgpooler")
+            "pgpooler", "pgcpu")
 PEER_SECTIONS = ("peers", "pgpeers")
-# Parts of another section that can also run alone, only when named (`--only pgpooler`):
+# Parts of another section that can also run alone, only when named (`--only pgpooler`, `pgcpu`):
 # the pg section runs the pooler part itself.
-ALONE_SECTIONS = ("pgpooler",)
+ALONE_SECTIONS = ("pgpooler", "pgcpu")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -104,6 +106,12 @@ def run_sections(selected: list[str], sizes: Sizes, workdir: Path, rng: random.R
                     errors[f"pg.{part}"] = msg
             elif name == "pgpooler":
                 res["pgpooler"] = pooler_section(sizes, workdir, rng)
+            elif name == "pgcpu":
+                if "pg" not in selected:
+                    pg_peers = pg_drains() if "pgpeers" in selected else {}
+                    res["pg"] = pg_section(sizes, workdir, rng, pg_peers, CPU_PARTS)
+                    for part, msg in (res["pg"].get("errors") or {}).items():
+                        errors[f"pg.{part}"] = msg
             elif name == "pgpeers":
                 # The peers' drains ran next to queuectl's in the pg section, if it drained.
                 res["pgpeers"] = pgpeers_section(sizes, workdir, rng,

@@ -48,5 +48,8 @@ def test_bench_smoke_writes_results(tmp_path: Path) -> None:
     if not pg.get("skipped"):
         assert {"drain", "pickup", "cold_enqueue", "batch_enqueue", "scale"} <= pg.keys()
         assert pg["drain"]["postgres"]["server_cpu_us_per_job"]["median"] > 0
+        curve = pg["workers"]["points"]
+        assert [p["workers"] for p in curve] == [1, 2, 4, 8, 16]
+        assert all(p["server_cpu_us_per_job"]["median"] > 0 for p in curve)
         assert pg["scale"]["fill"]["tables"][:2] == ["jobs", "attempts"]
     assert not list(tmp_path.glob("queuectl-bench-*")), "the scratch dir was left behind"

@@ -112,6 +112,17 @@ def test_least_privilege_worker_role_with_a_passfile(pg_server: Any, roles: Any,
             store.verify()
     finally:
         store.close()
+    # So is the worker's function a hardened database does not let everyone run.
+    from queuectl.backends.postgres_sql import FUNCTION_ARGS
+
+    pg_server.psql(f"REVOKE EXECUTE ON FUNCTION queuectl.claim({FUNCTION_ARGS['claim']})"
+                   " FROM PUBLIC", dbname=roles["db"])
+    store = open_store(worker, for_worker=True)
+    try:
+        with pytest.raises(DatabaseUnavailable, match=r"queuectl\.claim\(\)"):
+            store.verify()
+    finally:
+        store.close()
 
 
 def test_password_never_shown(pg_server: Any, roles: Any) -> None:
@@ -240,6 +251,30 @@ def test_many_notifications_while_busy_do_not_pile_up(pg_server: Any) -> None:
         for _ in range(50):
             store.enqueue([JobSpec("true")])
         import select
+        wait_for(lambda: select.select([wakeup.fileno()], [], [], 0.1)[0], 10, "a notification")
+        assert wakeup.drain() is True
+        assert wakeup.drain() is False
+    finally:
+        wakeup.close()
+        store.close()
+
+
+def test_a_disarmed_wakeup_is_not_listening(pg_server: Any) -> None:
+    """A busy worker's wakeup (disarmed) leaves the server's list of listeners, so no
+    commit signals it; armed again, it hears the next enqueue, and only that."""
+    import select
+
+    db = pg_server.fresh_locator()
+    store = open_store(db, for_worker=True)
+    wakeup = store.wakeup()
+    try:
+        wakeup.disarm()
+        wakeup.disarm()  # twice is once
+        store.enqueue([JobSpec("true", id="unheard")])
+        assert not select.select([wakeup.fileno()], [], [], 0.3)[0]
+        assert wakeup.drain() is False
+        wakeup.arm()
+        store.enqueue([JobSpec("true", id="heard")])
         wait_for(lambda: select.select([wakeup.fileno()], [], [], 0.1)[0], 10, "a notification")
         assert wakeup.drain() is True
         assert wakeup.drain() is False

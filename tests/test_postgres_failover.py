@@ -130,7 +130,8 @@ def test_promoted_standby_takes_over_mid_drain_and_nothing_acknowledged_is_lost(
 
     worker_store: Any = open_store(str(q.db), for_worker=True)
     try:
-        assert "synchronous_commit" not in worker_store.sql.complete_and_claim_any
+        assert "synchronous_commit" not in worker_store.sql.claim_limited_begin
+        assert worker_store.sql.complete_and_claim.endswith(", false)")  # p_async
     finally:
         worker_store.close()
     loop = EnqueueLoop(q, out)

@@ -378,7 +378,7 @@ def test_300_enqueue_processes_of_one_key_store_one_job_and_all_answer_it(
     assert len(answers) == 1 and answers.most_common(1)[0][1] == n
 
 
-COMPLETE_AND_CLAIM = b"(SELECT count(*) FROM done), (SELECT queue FROM nxt)"
+COMPLETE_AND_CLAIM = b"SELECT o_done, o_queue"  # the call of complete_and_claim (postgres_sql)
 
 
 @pytest.mark.parametrize("after_answer", [True, False], ids=["committed", "not-committed"])

@@ -33,7 +33,7 @@ def test_the_listing_names_every_verb_and_statement() -> None:
 def test_a_verb_prints_its_statements_in_full() -> None:
     out = subprocess.run([*PRINT, "claim"], capture_output=True, text=True, check=True).stdout
     names = re.findall(r"^-- (\w+) --$", out, re.M)
-    assert {"claim_any", "claim_listed", "claim_limited_any", "held_by"} <= set(names)
+    assert {"claim", "claim_any", "claim_listed", "claim_limited", "held_by"} <= set(names)
     assert len(names) == len(set(names))
     assert 'FROM "queuectl".jobs' in out and "FOR UPDATE SKIP LOCKED" in out
     assert "{" not in out  # every field filled in
@@ -52,8 +52,12 @@ def test_statements_are_built_once_per_schema() -> None:
     assert statements("a") is statements("a")
     assert statements("a") is not statements("b")
     assert statements("a").claim_any.count('"a".jobs') >= 1
-    assert statements("a", True).claim_any.startswith(postgres_sql.WORKER_COMMIT)
-    assert not statements("a", False).claim_any.startswith(postgres_sql.WORKER_COMMIT)
+    assert statements("a").claim.count('"a".claim(') == 1
+    # A worker's commits skip the WAL flush: its statements say so, its functions are told.
+    assert statements("a", True).heartbeat.startswith(postgres_sql.WORKER_COMMIT)
+    assert not statements("a", False).heartbeat.startswith(postgres_sql.WORKER_COMMIT)
+    assert statements("a", True).claim.endswith(", true)")
+    assert statements("a", False).complete_and_claim.endswith(", false)")
 
 
 # -- every statement on a real server -----------------------------------------------------------
@@ -158,6 +162,27 @@ def _plan(cur: Any, statement: str, params: dict[str, Any]) -> str:
         cur.execute("ROLLBACK")
 
 
+def _generic_plan(cur: Any, statement: str, params: dict[str, Any]) -> str:
+    """EXPLAIN of the plan the worker's functions keep after their first calls: the body
+    PREPAREd and planned generic (no parameter values known), with sorting off as the
+    functions' SET clause has it, in a transaction rolled back."""
+    names = list(dict.fromkeys(PLACEHOLDER.findall(statement)))
+    text, _ = _numbered(statement)
+    values = ", ".join(cur.mogrify("%s", (params[n],)).decode() for n in names)
+    cur.execute("BEGIN")
+    try:
+        cur.execute("SET LOCAL plan_cache_mode TO force_generic_plan")
+        cur.execute("SET LOCAL enable_sort TO off")
+        cur.execute(f"PREPARE generic AS {text}")
+        try:
+            cur.execute(f"EXPLAIN EXECUTE generic({values})")
+            return "\n".join(row[0] for row in cur.fetchall())
+        finally:
+            cur.execute("DEALLOCATE generic")
+    finally:
+        cur.execute("ROLLBACK")
+
+
 @pytest.mark.slow
 def test_blocked_jobs_cost_the_claim_and_the_waits_nothing(pg_locator: str) -> None:
     """100,000 jobs waiting for a parent: the claims, seconds_until_due, the oldest wait
@@ -202,10 +227,28 @@ def test_blocked_jobs_cost_the_claim_and_the_waits_nothing(pg_locator: str) -> N
             with conn.cursor() as cur:
                 for name, (statement, params) in checked.items():
                     plans[name] = _plan(cur, statement, params)
+                # What the claim and complete_and_claim functions run, as generic plans.
+                ending = {"id": "gone", "job_worker": "w", "attempts": 1, "started_at": None,
+                          "exit_code": 0, "outcome": "completed", "output": None,
+                          "total": None, "cpu_user": None, "cpu_system": None,
+                          "memory_peak": None, "live": False}
+                for name, statement, params in (
+                        ("generic claim_any", sql.claim_any, claim),
+                        ("generic claim_any_excluding", sql.claim_any,
+                         {**claim, "skip": ["other"]}),
+                        ("generic claim_listed", sql.claim_listed, claim),
+                        ("generic complete_and_claim_any", sql.complete_and_claim_any,
+                         {**claim, **ending}),
+                        ("generic complete_and_claim_listed",
+                         sql.complete_and_claim_listed, {**claim, **ending})):
+                    plans[name] = _generic_plan(cur, statement, params)
         finally:
             conn.close()
         for name in ("claim_any", "claim_any_excluding", "claim_listed", "seconds_until_due",
-                     "seconds_until_due_listed", "seconds_until_due_except"):
+                     "seconds_until_due_listed", "seconds_until_due_except",
+                     "generic claim_any", "generic claim_any_excluding",
+                     "generic claim_listed", "generic complete_and_claim_any",
+                     "generic complete_and_claim_listed"):
             assert "Seq Scan on jobs" not in plans[name], (name, plans[name])
             # one of the partial indexes of eligible jobs, which hold no blocked job
             assert re.search(r"using jobs_(next_)?due\w* on jobs", plans[name]), plans[name]

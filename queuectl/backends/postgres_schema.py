@@ -6,10 +6,10 @@ name, so many workers starting at once on several hosts migrate it exactly once.
 change as the next number; never edit a released one. `{s}` stands for the quoted schema.
 """
 
-from queuectl.backends.postgres_sql import NOW
+from queuectl.backends.postgres_sql import NOW, functions
 from queuectl.policy import DURATION_BUCKETS
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 
 def _bucket(seconds: str) -> str:
@@ -471,6 +471,11 @@ MIGRATIONS: dict[int, list[str]] = {
         # not of every completed job. One entry per completion, dropped with the job.
         "CREATE INDEX jobs_completed ON {s}.jobs (finished_at, queue) WHERE state = 'completed'",
     ],
+    # The worker's per-job statements as PL/pgSQL functions in the queue's schema (claim,
+    # complete_and_claim, record_success; postgres_sql.functions): their queries are
+    # planned once per session instead of once per call, and a call is one round trip.
+    # Only additions: the tables stay as they are.
+    11: functions(),
 }
 
 # The bookkeeping table itself, created with the schema before migration 1.

@@ -10,12 +10,17 @@ these fields, which `statements()` fills in once per store (cached per schema):
     {now}            the server's clock in epoch seconds (NOW)
     {columns}        the job columns Job.from_row reads, in its order (job.ROW_COLUMNS)
     {j_columns}      the same, of the table aliased j
+    {o_columns}      every column of the job row o_job the worker's functions return, in
+                     the table's order (the store picks them out by name: `(o_job).*` is
+                     parsed and planned faster than the list)
     {worker_commit}  `SET LOCAL synchronous_commit TO off; ` in a worker's store, else empty:
                      workers' commits skip waiting for the WAL flush (as SQLite's
                      synchronous=NORMAL): a server crash may undo their last few state
                      changes, and those jobs run again. Not where the server has
                      synchronous standbys (synchronous_standbys, read as a worker opens
                      the store): there a worker's commits wait as everyone's do.
+    {worker_async}   `true` in a worker's store, else `false`: the same, for the worker's
+                     functions (their argument p_async)
 
 Placeholders `%(name)s` and `%s` are psycopg2's, bound per call. A statement that is several
 statements separated by `;` is sent as one simple query: PostgreSQL runs it as one implicit
@@ -115,6 +120,8 @@ _NEXT_LISTED = """nxt AS (
         AND p.name <> ALL(%(skip)s::text[])
     LIMIT 1)"""
 
+# `claimed` returns the job's whole row (`j`, of the table's row type): the functions
+# return it as is, and the caller picks Job.from_row's columns out of it.
 _CLAIMED = """claimed AS (
     UPDATE {s}.jobs j SET state = 'processing', attempts = j.attempts + 1,
         worker = %(worker)s, lease_expires_at = t.now + %(lease)s,
@@ -122,21 +129,22 @@ _CLAIMED = """claimed AS (
     FROM nxt, t WHERE j.id = nxt.id
         AND (nxt.queue <> ALL(ARRAY(SELECT name FROM held WHERE limited))
              OR nxt.queue = %(locked)s)
-    RETURNING {j_columns})"""
+    RETURNING j)"""
 
 # One row, always: the queue of the job `nxt` found (NULL: nothing eligible), then the
-# claimed job's columns (NULL: not taken, because its queue is limited and was not locked).
-_CLAIM_RESULT = "(SELECT queue FROM nxt), claimed.* FROM (SELECT 1) AS one LEFT JOIN claimed ON true"
+# claimed job (NULL: not taken, because its queue is limited and was not locked).
+_CLAIM_RESULT = ("(SELECT queue FROM nxt) AS queue, claimed.j"
+                 " FROM (SELECT 1) AS one LEFT JOIN claimed ON true")
 
 # A limited queue's turn: its row locked first, then the claim in a new statement (a fresh
 # snapshot, which sees every claim committed by whoever held the lock before).
 _LOCK_QUEUE = "SELECT 1 FROM {s}.queues WHERE name = %(locked)s FOR UPDATE;"
 
 
-def _claim(first: str, nxt: str) -> str:
-    """A claim of the job `nxt` (_NEXT_ANY or _NEXT_LISTED) finds, after `first`."""
-    return f"""{first}
-WITH {_T},
+def _claim(nxt: str) -> str:
+    """A claim of the job `nxt` (_NEXT_ANY or _NEXT_LISTED) finds: the body of the claim
+    function."""
+    return f"""WITH {_T},
 {_HELD},
 {nxt},
 {_CLAIMED}
@@ -144,15 +152,14 @@ SELECT {_CLAIM_RESULT}"""
 
 
 def _complete_and_claim(nxt: str) -> str:
-    """Completing the held attempt and a claim of the job `nxt` finds, in one statement."""
-    return f"""{_CLAIM_PLAN}
-NOTIFY {{channel}}, '{{event}}';
-WITH {_T},
+    """Completing the held attempt and a claim of the job `nxt` finds, in one statement:
+    the body of the complete_and_claim function."""
+    return f"""WITH {_T},
 {_COMPLETE},
 {_HELD},
 {nxt},
 {_CLAIMED}
-SELECT (SELECT count(*) FROM done), {_CLAIM_RESULT}"""
+SELECT (SELECT count(*) FROM done) AS done, {_CLAIM_RESULT}"""
 
 
 def _drop_live(ended: str) -> str:
@@ -209,6 +216,125 @@ hist AS (
         %(cpu_system)s, %(memory_peak)s FROM upd),
 {_drop_live("upd")}
 SELECT * FROM upd"""
+
+# -- the worker's functions (postgres_schema, version 11) ---------------------------------
+# A worker's per-job statements are big CTEs: sent as text, the server planned each one
+# again on every call (half of their cost, measured). As PL/pgSQL functions their queries
+# are prepared once per session (a generic plan after the first few calls) and a call is
+# one short statement: one round trip, one transaction, nothing a transaction pooler keeps
+# between transactions. The functions run the bodies below (whose placeholders become
+# their arguments, p_NAME) unchanged, with sorting off for the claim (_CLAIM_PLAN) and, in
+# a worker's store (p_async), its commit not waiting for the WAL flush ({worker_commit}).
+_RECORD_SUCCESS = f"""WITH {_T},
+{_COMPLETE}
+SELECT count(*) FROM done"""
+
+_COMPLETION_ARGS = (("id", "text"), ("job_worker", "text"), ("attempts", "integer"),
+                    ("started_at", "float8"), ("exit_code", "integer"), ("outcome", "text"),
+                    ("output", "bytea"), ("total", "bigint"), ("cpu_user", "bigint"),
+                    ("cpu_system", "bigint"), ("memory_peak", "bigint"), ("live", "boolean"))
+_CLAIM_ARGS = (("worker", "text"), ("lease", "float8"), ("queues", "text[]"),
+               ("skip", "text[]"), ("locked", "text"))
+
+
+def _call(function: str, args: tuple[tuple[str, str], ...], columns: str) -> str:
+    """The statement a store sends: the function called with its placeholders, typed (so
+    the call resolves whatever psycopg2 sends for None), and {worker_async}."""
+    passed = ", ".join(f"%({name})s::{kind}" for name, kind in args)
+    return f"SELECT {columns} FROM {{s}}.{function}({passed}, {{worker_async}})"
+
+
+# Each function's argument types, for `verify` (EXECUTE is PUBLIC's unless revoked).
+FUNCTION_ARGS = {
+    name: ", ".join(kind for _, kind in args) + ", boolean"
+    for name, args in (("claim", _CLAIM_ARGS),
+                       ("complete_and_claim", _COMPLETION_ARGS + _CLAIM_ARGS),
+                       ("record_success", _COMPLETION_ARGS))}
+
+_CALL_CLAIM = _call("claim", _CLAIM_ARGS, "o_queue, {o_columns}")
+_CALL_COMPLETE_AND_CLAIM = _call("complete_and_claim", _COMPLETION_ARGS + _CLAIM_ARGS,
+                                 "o_done, o_queue, {o_columns}")
+_CALL_RECORD_SUCCESS = _call("record_success", _COMPLETION_ARGS, "o_done")
+
+
+def _body(query: str, ending: str) -> str:
+    """A function body's query: its fields filled in but the schema's, each placeholder
+    the function's argument of that name (%(ending)s: `ending`)."""
+    names = {name: f"p_{name}" for name, _ in _COMPLETION_ARGS + _CLAIM_ARGS}
+    return query.format_map({"s": "{s}", "now": NOW}) % {**names, "ending": ending}
+
+
+def _signature(args: tuple[tuple[str, str], ...]) -> str:
+    return ", ".join(f"p_{name} {kind}" for name, kind in args)
+
+
+_ASYNC = """IF p_async THEN
+        PERFORM set_config('synchronous_commit', 'off', true);
+    END IF;"""
+
+
+def functions() -> list[str]:
+    """The CREATE FUNCTION statements of version 11, with `{s}` (the quoted schema) and
+    `{channel}` (its NOTIFY channel) left for the migration to fill in. They are part of
+    a released migration: a change to the bodies they run needs a new migration that
+    replaces them (tests/test_postgres_functions.py pins their text)."""
+    claim_any, claim_listed = (_body(_claim(nxt), "NULL::text") for nxt in (_NEXT_ANY,
+                                                                            _NEXT_LISTED))
+    both_any, both_listed = (_body(_complete_and_claim(nxt), "p_id")
+                             for nxt in (_NEXT_ANY, _NEXT_LISTED))
+    notify = f"PERFORM pg_notify('{{channel}}', '{EVENT}');"
+    # The claim's plans are made with sorting off (_CLAIM_PLAN says why), and generic from
+    # the first call: no parameter changes the best plan (tests/test_postgres_sql.py checks
+    # them with 100,000 blocked jobs), so each new connection plans each body once rather
+    # than five times with its values first. The SET clause holds for the call only.
+    claiming = ("LANGUAGE plpgsql SET enable_sort = off"
+                " SET plan_cache_mode = force_generic_plan AS $f$")
+    return [
+        f"""CREATE FUNCTION {{s}}.claim({_signature(_CLAIM_ARGS)}, p_async boolean,
+    OUT o_queue text, OUT o_job {{s}}.jobs) {claiming}
+DECLARE
+    res record;
+BEGIN
+    {_ASYNC}
+    IF p_queues IS NULL THEN
+        {claim_any}
+        INTO res;
+    ELSE
+        {claim_listed}
+        INTO res;
+    END IF;
+    o_queue := res.queue;
+    o_job := res.j;
+END $f$""",
+        f"""CREATE FUNCTION {{s}}.complete_and_claim({_signature(_COMPLETION_ARGS)},
+    {_signature(_CLAIM_ARGS)}, p_async boolean,
+    OUT o_done bigint, OUT o_queue text, OUT o_job {{s}}.jobs) {claiming}
+DECLARE
+    res record;
+BEGIN
+    {_ASYNC}
+    {notify}
+    IF p_queues IS NULL THEN
+        {both_any}
+        INTO res;
+    ELSE
+        {both_listed}
+        INTO res;
+    END IF;
+    o_done := res.done;
+    o_queue := res.queue;
+    o_job := res.j;
+END $f$""",
+        f"""CREATE FUNCTION {{s}}.record_success({_signature(_COMPLETION_ARGS)},
+    p_async boolean, OUT o_done bigint) LANGUAGE plpgsql AS $f$
+BEGIN
+    {_ASYNC}
+    {notify}
+    {_body(_RECORD_SUCCESS, "NULL::text")}
+    INTO o_done;
+END $f$""",
+    ]
+
 
 # Lost attempts (the jobs the reclaim_*_lock statement locked) as the store decided them.
 _RECLAIM_LOCK = "BEGIN; {worker_commit}SELECT {columns}, {now} FROM {s}.jobs WHERE state = 'processing'"
@@ -453,25 +579,30 @@ WHERE j.id = c.child"""
 
     # == the worker's verbs: claiming ========================================================
     # -- claim_next --
-    claim_any = _claim(_CLAIM_PLAN, _NEXT_ANY)
-    claim_listed = _claim(_CLAIM_PLAN, _NEXT_LISTED)
+    # The server-side function claim (postgres_schema, version 11; its body is
+    # claim_any or claim_listed below, by whether %(queues)s is NULL): one statement, whose
+    # big query the server plans once per session, not once per call.
+    claim = _CALL_CLAIM
     # The claim when the best job is in a limited queue: claim_limited_begin, then
-    # claim_limited_* (which locks the queue's row first) while fewer than its limit are
+    # claim_limited (which locks the queue's row first) while fewer than its limit are
     # processing; a queue that turned out full is let go of (the savepoint) before the next
-    # is locked (claim_limited_next_*), so claimers hold one queue row at a time and never
+    # is locked (claim_limited_next), so claimers hold one queue row at a time and never
     # deadlock. Claims of one limited queue thus take turns on every host.
     claim_limited_begin = f"BEGIN; {_CLAIM_PLAN} SAVEPOINT lane"
-    claim_limited_any = _claim(_LOCK_QUEUE, _NEXT_ANY)
-    claim_limited_listed = _claim(_LOCK_QUEUE, _NEXT_LISTED)
-    claim_limited_next_any = f"ROLLBACK TO SAVEPOINT lane; {claim_limited_any}"
-    claim_limited_next_listed = f"ROLLBACK TO SAVEPOINT lane; {claim_limited_listed}"
+    claim_limited = f"{_LOCK_QUEUE}\n{_CALL_CLAIM}"
+    claim_limited_next = f"ROLLBACK TO SAVEPOINT lane; {claim_limited}"
+    # The bodies of the claim function (run inside it, with sorting off: _CLAIM_PLAN).
+    claim_any = _claim(_NEXT_ANY)
+    claim_listed = _claim(_NEXT_LISTED)
     # After a lost commit: the job this worker holds and does not know of (a worker runs
     # one job at a time), besides the one it is ending.
     held_by = ("SELECT {columns} FROM {s}.jobs WHERE state = 'processing'"
                " AND worker = %s AND id IS DISTINCT FROM %s ORDER BY started_at DESC LIMIT 1")
 
     # -- complete_and_claim --
-    # record_success and claim_* in one statement: one commit per job.
+    # record_success and claim in one statement, the function complete_and_claim
+    # (version 11; NOTIFY, then one of these two bodies): one commit per job.
+    complete_and_claim = _CALL_COMPLETE_AND_CLAIM
     complete_and_claim_any = _complete_and_claim(_NEXT_ANY)
     complete_and_claim_listed = _complete_and_claim(_NEXT_LISTED)
 
@@ -489,10 +620,9 @@ WHERE j.id = %(id)s AND j.state = 'processing' AND j.worker = %(worker)s
 
     # == the worker's verbs: recording =======================================================
     # -- record_success --
-    record_success = f"""{{worker_commit}}NOTIFY {{channel}}, '{{event}}';
-WITH {_T},
-{_COMPLETE}
-SELECT count(*) FROM done"""
+    # The function record_success (version 11): NOTIFY, then this body.
+    record_success = _CALL_RECORD_SUCCESS
+    record_success_done = _RECORD_SUCCESS
     # After a lost commit: did the attempt get the history row only its own ending writes?
     recorded = ("SELECT EXISTS (SELECT 1 FROM {s}.attempts WHERE job_id = %(id)s"
                 " AND attempt = %(number)s AND worker = %(job_worker)s"
@@ -927,10 +1057,12 @@ RETURNING started_at"""
 
     # -- verify --
     # Every table reachable with the rights the verbs need (PRIVILEGES): the schema first,
-    # then one row per table and right.
+    # then one row per table and right, then the worker's functions (EXECUTE).
     verify_privileges = "SELECT '', has_schema_privilege(%s, 'USAGE')" + "".join(
         f"\nUNION ALL SELECT '{table}', has_table_privilege('{{s}}.{table}', '{right}')"
-        for table, rights in PRIVILEGES.items() for right in rights.split(","))
+        for table, rights in PRIVILEGES.items() for right in rights.split(",")) + "".join(
+        f"\nUNION ALL SELECT '{name}()', has_function_privilege('{{s}}.{name}({args})',"
+        " 'EXECUTE')" for name, args in FUNCTION_ARGS.items())
     # Then a read of each, sent together.
     verify_reads = "; ".join(f"SELECT 1 FROM {{s}}.{table} LIMIT 1" for table in PRIVILEGES)
 
@@ -950,12 +1082,16 @@ RETURNING started_at"""
     # pooler is in the way (a LISTEN through one would stay with a pooled server connection,
     # whose notifications go to whichever client holds it next).
     listen = "LISTEN {channel}"
+    # While its worker is busy (disarm): see postgres.ListenWakeup.
+    unlisten = "UNLISTEN {channel}"
 
     def __init__(self, schema: str, for_worker: bool) -> None:
         fields = {"s": f'"{schema}"', "channel": f"{schema}_jobs", "event": EVENT, "now": NOW,
                   "columns": ", ".join(ROW_COLUMNS),
                   "j_columns": ", ".join(f"j.{c}" for c in ROW_COLUMNS),
-                  "worker_commit": WORKER_COMMIT if for_worker else ""}
+                  "o_columns": "(o_job).*",
+                  "worker_commit": WORKER_COMMIT if for_worker else "",
+                  "worker_async": "true" if for_worker else "false"}
         for name, template in TEMPLATES.items():
             setattr(self, name, template.format_map(fields))
 
@@ -975,15 +1111,13 @@ VERBS: dict[str, tuple[str, ...]] = {
                "enqueue_rows_if_absent", "enqueue_commit", "enqueue_taken", "submit",
                "submit_if_absent", "submit_rows", "submit_rows_if_absent", "submit_holders",
                "submit_parents", "submit_deps", "commit"),
-    "claim_next": ("claim_any", "claim_listed", "claim_limited_begin", "claim_limited_any",
-                   "claim_limited_listed", "claim_limited_next_any",
-                   "claim_limited_next_listed", "commit", "held_by"),
-    "complete_and_claim": ("complete_and_claim_any", "complete_and_claim_listed",
-                           "claim_limited_begin", "claim_limited_any", "claim_limited_listed",
-                           "claim_limited_next_any", "claim_limited_next_listed", "commit",
-                           "recorded", "held_by"),
+    "claim_next": ("claim", "claim_any", "claim_listed", "claim_limited_begin",
+                   "claim_limited", "claim_limited_next", "commit", "held_by"),
+    "complete_and_claim": ("complete_and_claim", "complete_and_claim_any",
+                           "complete_and_claim_listed", "claim_limited_begin", "claim_limited",
+                           "claim_limited_next", "commit", "recorded", "held_by"),
     "heartbeat": ("heartbeat_idle", "heartbeat"),
-    "record_success": ("record_success", "recorded"),
+    "record_success": ("record_success", "record_success_done", "recorded"),
     "record_failure": ("record_failure", "record_failure_dead", "recorded", "get"),
     "release": ("release", "recorded"),
     "reclaim_expired": ("reclaim_expired_probe", "reclaim_expired_lock", "reclaim_end",
@@ -1035,7 +1169,7 @@ VERBS: dict[str, tuple[str, ...]] = {
     "verify": ("verify_privileges", "verify_reads"),
     "info": ("info", "config_items", "server_pid"),
     "open (a worker)": ("synchronous_standbys",),
-    "wakeup": ("server_pid", "listen"),
+    "wakeup": ("server_pid", "listen", "unlisten"),
 }
 
 
