@@ -107,8 +107,10 @@ def read_verbs_at(backend: str, rows: int, workdir: Path, repeat: int = 5,
             # as autovacuum would soon, and not while the verbs are timed
             cluster.sql(db_name, "VACUUM ANALYZE", timeout=3600)
     try:
-        queue.cli("enqueue", "--cmd", "true")  # some real traffic: one job run now
-        queue.cli("worker", "run", "--drain", "--name", "scale")
+        # Some real traffic: one job run now, in a queue of its own, so that the fill's
+        # pending jobs stay pending (a drain of every queue would run them all).
+        queue.cli("enqueue", "--queue", "scale", "--cmd", "true")
+        queue.cli("worker", "run", "--drain", "--queue", "scale", "--name", "scale")
         job_id = _last_completed(queue)
         seconds = _time_verbs(queue, job_id, repeat)
         point: dict[str, Any] = {"rows": rows, "fill_seconds": fill_s, "seconds": seconds}
