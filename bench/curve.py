@@ -156,7 +156,8 @@ def table(c: dict[str, Any]) -> str:
     lines = [head, "|---" * (len(pts) + 2) + "|"]
 
     def row(name: str, values: list[Any], unit: str) -> None:
-        shown = [("n/a" if v is None else f"{v:,.3g} {unit}".strip()) for v in values]
+        shown = [("n/a" if v is None else f"{v:,.0f} {unit}" if v >= 100 else f"{v:.3g} {unit}")
+                 for v in values]
         first, last = values[0], values[-1]
         ratio = f"×{last / first:.2f}" if first and last is not None else ""
         lines.append(f"| {name} | " + " | ".join(shown) + f" | {ratio} |")

@@ -10,8 +10,9 @@ import math
 from dataclasses import dataclass, field
 from html import escape
 
-WIDTH, HEIGHT = 440, 300  # one panel
-LEFT, RIGHT, TOP, BOTTOM = 62, 130, 34, 40
+WIDTH, HEIGHT = 560, 300  # one panel
+LEFT, RIGHT, TOP, BOTTOM = 62, 230, 34, 40
+LABEL_GAP = 12  # px between the names at the lines' right ends
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2",
            "#17becf", "#7f7f7f", "#bcbd22")
 
@@ -85,6 +86,7 @@ def _panel(p: Panel, xs: list[str], ox: int, oy: int) -> list[str]:
                f'rows in the queue</text>')
     out.append(f'<text x="{ox + 14}" y="{oy + TOP + h / 2}" text-anchor="middle" '
                f'transform="rotate(-90 {ox + 14} {oy + TOP + h / 2})">{escape(p.unit)}</text>')
+    labels: list[tuple[float, float, str, str]] = []  # (y, x, name, colour) of each line's end
     for n, (name, vs) in enumerate(p.series.items()):
         colour = COLOURS[n % len(COLOURS)]
         pts = [(x(i), y(v)) for i, v in enumerate(vs) if v is not None and (v > 0 or not p.log)]
@@ -93,9 +95,16 @@ def _panel(p: Panel, xs: list[str], ox: int, oy: int) -> list[str]:
         out.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="'
                    + " ".join(f"{a:.1f},{b:.1f}" for a, b in pts) + '"/>')
         out += [f'<circle cx="{a:.1f}" cy="{b:.1f}" r="3" fill="{colour}"/>' for a, b in pts]
-        lx, ly = pts[-1]
-        out.append(f'<text x="{lx + 6:.1f}" y="{ly + 4 + (n % 3 - 1) * 4:.1f}" fill="{colour}">'
-                   f'{escape(name)}</text>')
+        labels.append((pts[-1][1], pts[-1][0], name, colour))
+    labels.sort()
+    placed: list[float] = []
+    for ly, lx, name, colour in labels:  # top to bottom, each at least LABEL_GAP below the last
+        ty = max(ly, placed[-1] + LABEL_GAP) if placed else ly
+        placed.append(ty)
+        if abs(ty - ly) > 2:  # a leader from the line's end to its name
+            out.append(f'<line x1="{lx + 2:.1f}" y1="{ly:.1f}" x2="{lx + 14:.1f}" y2="{ty:.1f}" '
+                       f'stroke="{colour}" stroke-width="0.7"/>')
+        out.append(f'<text x="{lx + 16:.1f}" y="{ty + 4:.1f}" fill="{colour}">{escape(name)}</text>')
     return out
 
 

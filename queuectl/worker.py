@@ -205,30 +205,38 @@ class Worker:
         which interrupts it; and if it takes longer than READY_WITHIN, READY=1 goes first, so
         that systemd's start job (and its TimeoutStartSec) does not wait for it."""
         outcome: list[float | None | BaseException] = []
+        done_r, done_w = os.pipe()  # written when the check ends: wakes the select below
 
         def check() -> None:
             try:
                 outcome.append(self.store.verify())
             except BaseException as exc:  # noqa: BLE001 - handed to the main thread
                 outcome.append(exc)
+            finally:
+                os.write(done_w, b"x")
 
         thread = threading.Thread(target=check, name="verify", daemon=True)
-        thread.start()
-        ready_at = time.monotonic() + READY_WITHIN
-        while thread.is_alive():
-            if not self._ready_sent and time.monotonic() >= ready_at:
-                self._ready_sent = True
-                self.notifier.ready("checking the database (once per file and boot)")
-            self.notifier.ping_if_due()
-            if self.stop.requested:
-                self.store.interrupt_verify()
-                thread.join()
-                return  # start() registers nothing; the worker stops
-            ready, _, _ = select.select([self.stop.fd], [], [],
-                                        min(0.05, self.notifier.seconds_to_ping()))
-            if ready:
-                self.stop.drain()
-        thread.join()
+        try:
+            thread.start()
+            ready_at = time.monotonic() + READY_WITHIN
+            while not outcome:
+                if not self._ready_sent and time.monotonic() >= ready_at:
+                    self._ready_sent = True
+                    self.notifier.ready("checking the database (once per file and boot)")
+                self.notifier.ping_if_due()
+                if self.stop.requested:
+                    self.store.interrupt_verify()
+                    thread.join()
+                    return  # start() registers nothing; the worker stops
+                wait = min(max(0.0, ready_at - time.monotonic()) if not self._ready_sent
+                           else 1.0, self.notifier.seconds_to_ping())
+                ready, _, _ = select.select([self.stop.fd, done_r], [], [], wait)
+                if self.stop.fd in ready:
+                    self.stop.drain()
+        finally:
+            thread.join()
+            os.close(done_r)
+            os.close(done_w)
         result = outcome[0]
         if isinstance(result, BaseException):
             if self.stop.requested:
