@@ -82,13 +82,20 @@ def pg_drain(cluster: PgCluster, jobs_file: Path, jobs: int, d: Path,
     server's CPU per job over the drain."""
     queue, db = pg_queue(cluster, "drain")
     try:
-        queue.enqueue_file(jobs_file)
-        before = cluster.cpu_seconds()
-        res = drain(queue, jobs, 2, d, timeout)
-        res["server_cpu_us_per_job"] = 1e6 * (cluster.cpu_seconds() - before) / jobs
-        return res
+        return server_drain(cluster, queue, jobs_file, jobs, 2, d, timeout)
     finally:
         cluster.drop(db)
+
+
+def server_drain(cluster: PgCluster, queue: Queue, jobs_file: Path, jobs: int, workers: int,
+                 d: Path, timeout: float) -> dict[str, Any]:
+    """`enqueue --file`, then `workers` × `worker run --drain`; with the server's CPU per
+    job over the drain."""
+    queue.enqueue_file(jobs_file)
+    before = cluster.cpu_seconds()
+    res = drain(queue, jobs, workers, d, timeout)
+    res["server_cpu_us_per_job"] = 1e6 * (cluster.cpu_seconds() - before) / jobs
+    return res
 
 
 def sqlite_drain(workdir: Path, jobs_file: Path, jobs: int, r: int,
@@ -195,10 +202,7 @@ def workers_part(cluster: PgCluster, sizes: Sizes, workdir: Path) -> dict[str, A
             d = workdir / f"pg-curve-{k}w-run{r}"
             d.mkdir()
             try:
-                queue.enqueue_file(jobs_file)
-                before = cluster.cpu_seconds()
-                res = drain(queue, jobs, k, d, timeout)
-                res["server_cpu_us_per_job"] = 1e6 * (cluster.cpu_seconds() - before) / jobs
+                res = server_drain(cluster, queue, jobs_file, jobs, k, d, timeout)
                 per[k].append(res)
             finally:
                 cluster.drop(db)
@@ -394,11 +398,8 @@ def pooler_part(cluster: PgCluster, sizes: Sizes, workdir: Path,
                 try:
                     queue = StoreQueue(url(db, way), env=pg_env())
                     queue.create()
-                    queue.enqueue_file(jobs_file)
-                    before = cluster.cpu_seconds()
-                    res = drain(queue, jobs, POOLER_WORKERS, d, timeout)
-                    res["server_cpu_us_per_job"] = 1e6 * (cluster.cpu_seconds() - before) / jobs
-                    drains[way].append(res)
+                    drains[way].append(server_drain(cluster, queue, jobs_file, jobs,
+                                                    POOLER_WORKERS, d, timeout))
                 finally:
                     cluster.drop(db)
                     shutil.rmtree(d, ignore_errors=True)
