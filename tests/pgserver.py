@@ -300,6 +300,16 @@ def _is_alive_postgres(pid: int) -> bool:
                                                                                "postmaster"))
 
 
+def _new_base(prefix: str, parent: Path | None, run_as: str | None) -> Path:
+    """A new temporary directory for a server, owned by the user it runs as."""
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    if run_as:
+        pw = pwd.getpwnam(run_as)
+        os.chown(base, pw.pw_uid, pw.pw_gid)
+    base.chmod(0o755)  # other users' clients reach the socket; data/ stays 0700
+    return base
+
+
 def start_server(prefix: str = "queuectl-pg-", parent: Path | None = None,
                  locale: str | None = "C",
                  settings: Sequence[str] = TEST_SETTINGS) -> PgServer:
@@ -318,12 +328,7 @@ def start_server(prefix: str = "queuectl-pg-", parent: Path | None = None,
         if shutil.which("runuser") is None:
             raise Unavailable("runuser is not installed")
         run_as = SUPERUSER
-    base = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
-    if run_as:
-        pw = pwd.getpwnam(run_as)
-        os.chown(base, pw.pw_uid, pw.pw_gid)
-    base.chmod(0o755)  # other users' clients reach the socket; data/ stays 0700
-    server = PgServer(bindir, base, run_as)
+    server = PgServer(bindir, _new_base(prefix, parent, run_as), run_as)
     try:
         server.init(locale)
         server.start(settings)
@@ -363,12 +368,8 @@ def start_standby(primary: PgServer, synchronous: bool = True) -> PgServer:
     with open(primary.data / "pg_hba.conf", "a") as hba:
         hba.write("local replication all trust\n")
     primary.psql("SELECT pg_reload_conf()")
-    base = Path(tempfile.mkdtemp(prefix="queuectl-pg-standby-", dir=primary.base.parent))
-    if primary.run_as:
-        pw = pwd.getpwnam(primary.run_as)
-        os.chown(base, pw.pw_uid, pw.pw_gid)
-    base.chmod(0o755)
-    standby = PgServer(primary.bindir, base, primary.run_as)
+    standby = PgServer(primary.bindir, _new_base("queuectl-pg-standby-", primary.base.parent,
+                                                 primary.run_as), primary.run_as)
     try:
         standby._tool("pg_basebackup", "-D", str(standby.data), "-h", str(primary.base),
                       "-p", str(primary.port), "-U", SUPERUSER, "-R", "-X", "stream",
