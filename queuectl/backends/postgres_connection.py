@@ -184,7 +184,7 @@ class Connected:
         self._conn = self._connect(CONNECT_BUDGET)
 
     def report_waits(self, waiting: Callable[[DatabaseUnavailable, float], None]) -> None:
-        """Who is told each time a settle waits for a server (see `_settling`)."""
+        """Who is told each time a settle waits for a server (see `_connect`)."""
         self._waiting = waiting
 
     def _describe(self, exc: BaseException, what: str = "") -> str:
@@ -198,24 +198,35 @@ class Connected:
                     "'PostgreSQL (many hosts)')")
         return f"PostgreSQL {self.target.display}: {what}{msg}{hint}"
 
-    def _connect(self, budget: float) -> Any:
-        deadline = time.monotonic() + budget
+    def _connect(self, budget: float, settling: bool = False) -> Any:
+        """A new connection, waiting out transient refusals for `budget` seconds; settling
+        (a commit's outcome is to be asked), any failure is waited out, for SETTLE_WAIT: a
+        restart or a standby's promotion gives a server that takes writes again."""
+        deadline = time.monotonic() + (SETTLE_WAIT if settling else budget)
         pause = 0.01
         while True:
             try:
                 return self.target.connect()
             except psycopg2.Error as exc:
-                if not _transient(exc):
+                if not settling and not _transient(exc):
                     raise DatabaseUnavailable(self._describe(exc, "cannot connect: ")) from None
                 if time.monotonic() >= deadline:
+                    if settling:
+                        raise OutcomeUnknown(self._describe(exc, "cannot connect: ") + (
+                            f" (still, {SETTLE_WAIT:g} s after the connection was lost with"
+                            " a change in flight: whether it was stored is unknown)")) from None
                     raise DatabaseBusy(self._describe(
                         exc, f"server refused new connections for {budget:g} s: ")) from None
+                if settling and self._waiting is not None:
+                    self._waiting(DatabaseUnavailable(self._describe(exc, "cannot connect: ")),
+                                  pause)
             time.sleep(_jitter(pause))
-            pause = min(pause * 2, 0.5)
+            pause = min(pause * 2, 1.0 if settling else 0.5)
 
-    def _live(self) -> Any:
+    def _live(self, settling: bool = False) -> Any:
         """The connection, replaced if the server ended it while we were idle (a restart
-        sends a FATAL message and closes: the socket turns readable)."""
+        sends a FATAL message and closes: the socket turns readable); settling, see
+        _connect."""
         conn = self._conn
         if conn is not None and not conn.closed:
             if self._pinned:
@@ -229,27 +240,8 @@ class Connected:
             else:
                 return conn
         self._drop()
-        self._conn = self._connect(self._reconnect_budget)
+        self._conn = self._connect(self._reconnect_budget, settling)
         return self._conn
-
-    def _settling(self) -> Any:
-        """The connection for a settle: the live one, else a new one, waiting up to
-        SETTLE_WAIT for a server that takes writes (any connection error is waited out:
-        the alternative is not knowing), then OutcomeUnknown."""
-        deadline = time.monotonic() + SETTLE_WAIT
-        pause = 0.05
-        while True:
-            try:
-                return self._live()
-            except DatabaseUnavailable as exc:
-                if time.monotonic() >= deadline:
-                    raise OutcomeUnknown(
-                        f"{exc} (still, {SETTLE_WAIT:g} s after the connection was lost with"
-                        " a change in flight: whether it was stored is unknown)") from None
-                if self._waiting is not None:
-                    self._waiting(exc, pause)
-            time.sleep(_jitter(pause))
-            pause = min(pause * 2, 1.0)
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
@@ -271,7 +263,7 @@ class Connected:
         retry_lost = idempotent and not self._pinned
         settling = False  # fn is the settle step: it waits for a server (failover)
         while True:
-            conn = self._settling() if settling else self._live()
+            conn = self._live(settling)
             try:
                 with conn.cursor() as cur:
                     return fn(cur)
