@@ -247,12 +247,12 @@ class PgFill(FillTarget):
         return f"CAST(({expr}) AS {col.type})"
 
     def recount(self) -> list[str]:
-        from queuectl.backends.postgres_schema import JOB_COUNTS_FROM_JOBS
+        from queuectl.backends.postgres_schema import JOB_COUNTS_FROM_JOBS_12
 
         if "job_counts" not in self.columns():
             return []
         return [f"DELETE FROM {self.schema}.job_counts;",
-                JOB_COUNTS_FROM_JOBS.format(s=self.schema) + ";"]
+                JOB_COUNTS_FROM_JOBS_12.format(s=self.schema) + ";"]
 
     def insert(self, table: str, names: list[str], exprs: list[str], rows: int) -> str:
         return (f"INSERT INTO {self.schema}.{table} ({', '.join(names)}) "

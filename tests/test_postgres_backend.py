@@ -884,6 +884,55 @@ def test_a_version_9_queue_migrates_to_job_counters_counting_every_job(
         store.close()
 
 
+def test_a_version_11_queue_migrates_to_12_keeping_every_count(pg_server: Any) -> None:
+    """A schema 11 queue (blocked jobs in blocked_counts, kept by row triggers) with jobs
+    of every state and two waiting children: opened by four processes at once, `status`
+    shows the same figures, and the new books take over: the running parent's completion
+    (the worker's function) frees its child, a cancel cancels the other child, and every
+    counter stays equal to a direct count."""
+    from queuectl.backends.postgres_schema import MIGRATIONS, SCHEMA_VERSION, VERSION_TABLE
+
+    db = pg_server.fresh_locator()
+    name = _schema(db)
+    s = f'"{name}"'
+    old = [f"CREATE SCHEMA {s}", VERSION_TABLE.format(s=s),
+           f"INSERT INTO {s}.schema_version VALUES (11)"]
+    old += [statement.format(s=s, channel=f"{name}_jobs")
+            for v in range(1, 12) for statement in MIGRATIONS[v]]
+    jobs = [("p", "processing", "a", 0), ("c", "pending", "b", 1), ("q", "pending", "a", 0),
+            ("k", "pending", "c", 1), ("n", "pending", "a", 0), ("d", "completed", "a", 0),
+            ("f", "failed", "a", 0), ("x", "dead", "b", 0), ("y", "canceled", "b", 0)]
+    old.append(
+        f"INSERT INTO {s}.jobs (id, command, state, attempts, max_retries, run_at, created_at,"
+        " updated_at, worker, lease_expires_at, queue, waiting_on) VALUES " + ", ".join(
+            f"('{i}', 'true', '{st}', {int(st == 'processing')}, 0, 1e9, 1e9, 1e9,"
+            f" {repr('w') if st == 'processing' else 'NULL'},"
+            f" {'4e9' if st == 'processing' else 'NULL'}, '{queue}', {waits})"
+            for i, st, queue, waits in jobs))
+    old.append(f"INSERT INTO {s}.deps (parent, child, pos)"
+               " VALUES ('p', 'c', 0), ('q', 'k', 0)")
+    pg_server.psql("; ".join(old))
+    assert pg_server.psql(f"SELECT sum(n) FROM {s}.blocked_counts") == "2"
+    expected = {"pending": 4, "processing": 1, "completed": 1, "failed": 1, "dead": 1,
+                "canceled": 1, "blocked": 2}
+    for status in _statuses_of_four_at_once(db):
+        assert {k: status[k] for k in expected} == expected
+    assert pg_server.psql(f"SELECT version FROM {s}.schema_version") == str(SCHEMA_VERSION)
+    assert pg_server.psql(f"SELECT to_regclass('{name}.blocked_counts')") == ""
+    store = open_store(db, for_worker=True)
+    try:
+        _assert_blocked(store, pg_server, db, {"b": 1, "c": 1})
+        assert store.record_success(store.get("p"), _ok())
+        assert store.get("c").waiting_on == 0
+        _assert_blocked(store, pg_server, db, {"c": 1})
+        assert store.cancel("q").state == "canceled"
+        assert store.get("k").state == "canceled"
+        _assert_blocked(store, pg_server, db, {})
+        assert store.counts()["pending"] == 2  # c (free now) and n
+    finally:
+        store.close()
+
+
 def test_submit_with_parents_checks_them_all_or_none(pg_server: Any) -> None:
     from queuectl.errors import Conflict, NotFound
     from queuectl.store import Parent
@@ -1330,18 +1379,22 @@ def test_a_retry_waits_for_a_parent_being_completed_and_counts_what_it_left(
 
 
 def _blocked_by_queue(pg_server: Any, db: str) -> tuple[dict[str, int], dict[str, int]]:
-    """The triggers' counter (queues at 0 left out) and a direct count, per queue."""
+    """The counter (job_counts' `blocked` rows, summed over shards, queues at 0 left out)
+    and a direct count, per queue; and every state's counter equal to a direct count."""
     s = _schema(db)
 
     def rows(query: str) -> dict[str, int]:
         out = pg_server.psql(query)
         return {q: int(n) for q, n in (line.split("|") for line in out.splitlines() if line)}
 
-    kept = rows(f"SELECT queue, n FROM {s}.blocked_counts WHERE n <> 0 ORDER BY queue")
+    kept = rows(f"SELECT queue, sum(n) FROM {s}.job_counts WHERE state = 'blocked'"
+                " GROUP BY queue HAVING sum(n) <> 0 ORDER BY queue")
     direct = rows(f"SELECT queue, count(*) FROM {s}.jobs"
                   " WHERE state = 'pending' AND waiting_on > 0 GROUP BY queue ORDER BY queue")
-    # every committed transaction's +1/-1s were folded in at its commit
-    assert pg_server.psql(f"SELECT count(*) FROM {s}.blocked_deltas") == "0"
+    states = rows(f"SELECT queue || '/' || state, sum(n) FROM {s}.job_counts"
+                  " WHERE state <> 'blocked' GROUP BY queue, state HAVING sum(n) <> 0")
+    assert states == rows(f"SELECT queue || '/' || state, count(*) FROM {s}.jobs"
+                          " WHERE state <> 'processing' GROUP BY queue, state")
     return kept, direct
 
 
@@ -1354,7 +1407,7 @@ def _assert_blocked(store: Any, pg_server: Any, db: str, expected: dict[str, int
 
 
 def test_the_blocked_counter_follows_every_path(pg_server: Any) -> None:
-    """blocked_counts, kept by row triggers, equals a direct count of the blocked jobs per
+    """The blocked counter (job_counts, schema 12) equals a direct count of the blocked jobs per
     queue after submits in two queues (one satisfied at once: +1 then -1 in its
     transaction), a parent completing, a chain canceled by a dead parent, a cancel, a
     cancel_state, a retry making a canceled dependent wait again, purge and a delete."""
@@ -1402,12 +1455,13 @@ def test_the_blocked_counter_follows_every_path(pg_server: Any) -> None:
         _assert_blocked(store, pg_server, db, {"a": 1})
         assert store.purge("canceled", None, 100) == 6  # a1 b1 b1c y z b2
         _assert_blocked(store, pg_server, db, {"a": 1})
-        # A row deleted by hand leaves the count too; its queue's row stays, at 0.
+        # A row deleted by hand leaves the count too; its queue's rows stay, at 0.
         s = _schema(db)
         pg_server.psql(f"DELETE FROM {s}.deps WHERE child = 'x';"
                        f" DELETE FROM {s}.jobs WHERE id = 'x'")
         _assert_blocked(store, pg_server, db, {})
-        assert pg_server.psql(f"SELECT n FROM {s}.blocked_counts WHERE queue = 'a'") == "0"
+        assert pg_server.psql(f"SELECT sum(n) FROM {s}.job_counts WHERE queue = 'a'"
+                              " AND state = 'blocked'") == "0"
     finally:
         store.close()
 

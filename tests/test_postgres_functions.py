@@ -104,6 +104,20 @@ def test_the_released_functions_are_not_edited() -> None:
     assert hashlib.sha256("\n".join(functions()).encode()).hexdigest() == RELEASED
 
 
+# Version 12's replacements (they count their own statement), pinned the same way.
+RELEASED_12 = "d1f33596f02b3e57c575eb419426d1518afa2d74d3f4dcfd9bb81dd9a5da599c"
+
+
+def test_the_functions_of_version_12_are_not_edited() -> None:
+    import hashlib
+
+    from queuectl.backends.postgres_schema import MIGRATIONS
+    from queuectl.backends.postgres_sql import functions_12
+
+    assert MIGRATIONS[12][-len(functions_12()):] == functions_12()
+    assert hashlib.sha256("\n".join(functions_12()).encode()).hexdigest() == RELEASED_12
+
+
 # -- statements per job --------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def counted_server() -> Iterator[Any]:
@@ -150,3 +164,50 @@ def test_a_draining_worker_sends_one_statement_per_job(counted_server: Any) -> N
         assert store.counts()["completed"] == jobs
     finally:
         store.close()
+
+
+@pytest.mark.postgres
+def test_the_functions_skip_the_triggers_for_their_own_statement_only(pg_server: Any) -> None:
+    """Version 12's functions count their own statement and turn the counting triggers
+    off for it alone: a claim then a plain UPDATE in one transaction, and a completion
+    whose statement fails (rolled back to a savepoint) then a plain UPDATE, leave every
+    counter equal to a direct count."""
+    import psycopg2
+    import psycopg2.errors
+
+    db = pg_server.fresh_locator()
+    schema = _schema(db)
+    s = f'"{schema}"'
+    store = open_store(db, for_worker=True)
+    try:
+        store.enqueue([JobSpec("true", id=f"j{n}") for n in range(4)])
+    finally:
+        store.close()
+    # a history row the server refuses: the completion's statement fails inside the call
+    pg_server.psql(f"ALTER TABLE {s}.attempts ADD CONSTRAINT refused"
+                   " CHECK (outcome <> 'refused')")
+    conn = psycopg2.connect(pg_server.locator())
+    claim = (f"SELECT (o_job).id FROM {s}.claim('w', 60::float8, NULL::text[],"
+             " '{}'::text[], NULL::text, false)")
+    try:
+        with conn.cursor() as cur:
+            cur.execute(claim)
+            claimed = cur.fetchone()[0]
+            cur.execute(f"UPDATE {s}.jobs SET state = 'canceled' WHERE id = 'j3'")
+            cur.execute("SAVEPOINT a")
+            with pytest.raises(psycopg2.errors.CheckViolation):
+                cur.execute(f"SELECT * FROM {s}.record_success('{claimed}', 'w', 1,"
+                            " NULL, 0, 'refused', NULL, NULL, NULL, NULL, NULL,"
+                            " false, false)")
+            cur.execute("ROLLBACK TO SAVEPOINT a")
+            cur.execute(f"UPDATE {s}.jobs SET state = 'canceled' WHERE id = 'j2'")
+            cur.execute("SELECT current_setting('queuectl.bookkept', true)")
+            assert cur.fetchone()[0] in (None, "")
+        conn.commit()
+    finally:
+        conn.close()
+    kept = pg_server.psql(f"SELECT state, sum(n) FROM {s}.job_counts GROUP BY state"
+                          " HAVING sum(n) <> 0 ORDER BY state")
+    assert kept == pg_server.psql(f"SELECT state, count(*) FROM {s}.jobs WHERE state <>"
+                                  " 'processing' GROUP BY state ORDER BY state")
+    assert kept.split() == ["canceled|2", "pending|1"]

@@ -21,15 +21,18 @@ How it keeps the contract:
   transaction; reviving a dead job checks for a holder and meets the index when it loses
   a race. Specs without a key keep their one-statement insert.
 - Dependencies (schema 7): `deps` rows record each child's parents and whether each is
-  satisfied; blocked jobs (waiting_on > 0) are outside the claim's partial indexes. A row
+  satisfied; blocked jobs (waiting_on > 0) are outside the claim's partial indexes. A
   trigger on a job's end satisfies (and wakes) or cancels its waiting dependents in the
   transaction that ends it, whatever verb or statement does; `submit` locks the parents
   FOR SHARE while it reads them, so a completion committing at the same time either came
   first (and is read) or waits for the new rows (and its trigger sees them). Specs
-  without parents keep their one-statement insert. `counts`' blocked figure is a row per
-  queue (blocked_counts): WHEN-gated row triggers append the transaction's +1/-1s, and a
-  deferred trigger folds them in at commit, locking the counter rows last and in queue
-  order (no deadlock with the job-row locks, no n updates of one row).
+  without parents keep their one-statement insert.
+- Counts (schema 12): job_counts holds a row per (shard, queue, state), `blocked` (pending
+  and waiting for a parent) a key of its own. The worker's functions count what their
+  statement changes in that statement and run with `queuectl.bookkept` on; one
+  statement-level trigger per event (jobs_written, WHEN that setting is off) counts every
+  other writer's changes and ends a job for its dependents (satisfied, or canceled down the
+  chain) and for the on-dead hook (a notice), off the statement's transition tables.
 - Enqueue, a scheduled retry, a released job and `dlq retry` send NOTIFY in their own
   transaction; idle workers LISTEN on their own connection, and poll as a safety net.
   Through a pooler (PgBouncer in transaction mode) a LISTEN is never heard: workers see
@@ -1174,7 +1177,7 @@ class PostgresStore(Connected, Store):
                 left -= len(rows)
 
     def counts(self, queue: str | None = None) -> dict[str, int]:
-        result = dict.fromkeys(STATES, 0)
+        result = dict.fromkeys((*STATES, "blocked"), 0)
         rows = self._fetch(self.sql.counts if queue is None else self.sql.counts_in_queue,
                            {"queue": queue, "window": policy.ACTIVE_WINDOW})
         for key, n in rows:

@@ -6,26 +6,19 @@ name, so many workers starting at once on several hosts migrate it exactly once.
 change as the next number; never edit a released one. `{s}` stands for the quoted schema.
 """
 
-from queuectl.backends.postgres_sql import NOW, functions
-from queuectl.policy import DURATION_BUCKETS
+from queuectl.backends.postgres_sql import (
+    ATTEMPT_EVENT,
+    BOOKKEPT,
+    NOW,
+    SECONDS,
+    SHARDS,
+    bucket,
+    functions,
+    functions_12,
+    satisfy,
+)
 
-SCHEMA_VERSION = 11
-
-
-def _bucket(seconds: str) -> str:
-    """The upper bound of the duration bucket `seconds` falls in."""
-    arms = " ".join(f"WHEN {seconds} <= {le!r} THEN {le!r}" for le in DURATION_BUCKETS)
-    return f"CASE {arms} ELSE 'Infinity'::float8 END"
-
-
-# How an ended attempt counts: its outcome, `dead` for a failed or lost one that left its
-# job dead (policy.ATTEMPT_OUTCOMES).
-_EVENT = ("CASE WHEN {a}.outcome IN ('failed', 'lost') AND j.state = 'dead' THEN 'dead'"
-          " ELSE coalesce({a}.outcome, 'failed') END")
-_SECONDS = "greatest(coalesce({a}.finished_at - {a}.started_at, 0), 0)"
-# Counter rows are spread over this many shards (by server process id, summed at read
-# time), so workers completing jobs of one queue at once rarely wait on each other's row.
-SHARDS = 16
+SCHEMA_VERSION = 12
 
 # job_counts (version 10) built from the jobs themselves: what migration 10 runs once, and
 # what a tool that wrote jobs rows with the triggers off (bench/fill.py) runs after it.
@@ -33,6 +26,34 @@ SHARDS = 16
 JOB_COUNTS_FROM_JOBS = (
     "INSERT INTO {s}.job_counts (shard, queue, state, n) SELECT 0, queue, state, count(*)"
     " FROM {s}.jobs WHERE state <> 'processing' GROUP BY queue, state")
+
+# The counted keys of a job row (of a transition table): its state, and `blocked` too
+# while it is pending and waits for a parent (version 12). Processing jobs are not
+# counted: they are read off jobs_leases (the running jobs only).
+_KEYS = ("LATERAL (VALUES (state), (CASE WHEN state = 'pending' AND waiting_on > 0"
+         " THEN 'blocked' END)) v(k)")
+_COUNTED_KEY = "k IS NOT NULL AND k <> 'processing'"
+
+# job_counts (version 12, with the `blocked` rows) built from the jobs themselves: what a
+# tool that wrote jobs rows with the triggers off (bench/fill.py) runs after it.
+JOB_COUNTS_FROM_JOBS_12 = (
+    f"INSERT INTO {{s}}.job_counts (shard, queue, state, n) SELECT 0, queue, k, count(*)"
+    f" FROM {{s}}.jobs, {_KEYS} WHERE {_COUNTED_KEY} GROUP BY queue, k")
+
+
+def _upsert_counts(rows: str) -> str:
+    """PL/pgSQL: the net change of `rows` (queue, k, d) per (queue, key) into job_counts:
+    one upsert per statement, into the server process's shard, in (queue, key) order."""
+    return f"""INSERT INTO {{s}}.job_counts AS c (shard, queue, state, n)
+            SELECT pg_backend_pid() % {SHARDS}, queue, k, sum(d) FROM ({rows}) x
+            WHERE {_COUNTED_KEY}
+            GROUP BY queue, k HAVING sum(d) <> 0 ORDER BY queue, k
+            ON CONFLICT (shard, queue, state) DO UPDATE SET n = c.n + excluded.n;"""
+
+
+# The jobs of an UPDATE statement that it ended (completed, dead or canceled), by state.
+_ENDED = ("SELECT a.id, a.state FROM added a JOIN gone g ON g.id = a.id"
+          " WHERE a.state IN ('completed', 'dead', 'canceled') AND a.state <> g.state")
 
 MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -156,9 +177,9 @@ MIGRATIONS: dict[int, list[str]] = {
         f"""INSERT INTO {{s}}.counters (shard, queue, event, le, n, seconds)
             SELECT 0, queue, event, le, count(*), sum(d) FROM (
                 SELECT j.queue AS queue, CASE WHEN a.seq = (SELECT max(seq)
-                        FROM {{s}}.attempts WHERE job_id = j.id) THEN {_EVENT.format(a="a")}
+                        FROM {{s}}.attempts WHERE job_id = j.id) THEN {ATTEMPT_EVENT.format(a="a")}
                     ELSE coalesce(a.outcome, 'failed') END AS event,
-                    {_bucket(_SECONDS.format(a="a"))} AS le, {_SECONDS.format(a="a")} AS d
+                    {bucket(SECONDS.format(a="a"))} AS le, {SECONDS.format(a="a")} AS d
                 FROM {{s}}.attempts a JOIN {{s}}.jobs j ON j.id = a.job_id
                 WHERE a.finished_at IS NOT NULL) x
             GROUP BY queue, event, le""",
@@ -176,9 +197,9 @@ MIGRATIONS: dict[int, list[str]] = {
         f"""CREATE FUNCTION {{s}}.count_attempt() RETURNS trigger LANGUAGE plpgsql AS $f$
         BEGIN
             INSERT INTO {{s}}.counters AS c (shard, queue, event, le, n, seconds)
-            SELECT pg_backend_pid() % {SHARDS}, j.queue, {_EVENT.format(a="NEW")},
-                {_bucket("d.d")}, 1, d.d
-            FROM {{s}}.jobs j, (SELECT {_SECONDS.format(a="NEW")} AS d) d
+            SELECT pg_backend_pid() % {SHARDS}, j.queue, {ATTEMPT_EVENT.format(a="NEW")},
+                {bucket("d.d")}, 1, d.d
+            FROM {{s}}.jobs j, (SELECT {SECONDS.format(a="NEW")} AS d) d
             WHERE j.id = NEW.job_id
             ON CONFLICT (shard, queue, event, le) DO UPDATE SET n = c.n + 1,
                 seconds = c.seconds + excluded.seconds;
@@ -476,6 +497,84 @@ MIGRATIONS: dict[int, list[str]] = {
     # planned once per session instead of once per call, and a call is one round trip.
     # Only additions: the tables stay as they are.
     11: functions(),
+    # Half the server's CPU per job (issue 25). The worker's functions keep their own books
+    # (postgres_sql.functions_12 says how and why) and every trigger on the jobs' path
+    # becomes one statement-level trigger per event, jobs_written, which the functions'
+    # statements skip (WHEN queuectl.bookkept is not on): the state counts, `blocked`
+    # among them (job_counts rows of state `blocked`, in place of blocked_counts and its
+    # deltas and folds), a job's end for its dependents (satisfied, or canceled down the
+    # chain: the cancel is an UPDATE of jobs, which fires it again) and for the on-dead
+    # hook (a notice), all from the statement's transition tables. A row trigger's WHEN
+    # was prepared again by every UPDATE of jobs, a statement trigger runs once per
+    # statement. The attempt's metrics counter trigger skips the functions too.
+    12: [
+        *(f"DROP TRIGGER {name} ON {{s}}.jobs" for name in (
+            "blocked_inserted", "blocked_updated", "blocked_deleted",
+            "blocked_fold_inserted", "blocked_fold_updated", "blocked_fold_deleted",
+            "parent_ended", "notice_dead", "counts_inserted", "counts_updated",
+            "counts_deleted")),
+        "DROP TRIGGER count_attempt ON {s}.attempts",
+        *(f"DROP FUNCTION {{s}}.{name}()" for name in (
+            "blocked_changed", "blocked_fold", "parent_ended", "notice_dead", "count_states")),
+        # blocked_deltas is empty between transactions (folded at each commit).
+        """INSERT INTO {s}.job_counts AS c (shard, queue, state, n)
+            SELECT 0, queue, 'blocked', n FROM {s}.blocked_counts WHERE n <> 0
+            ON CONFLICT (shard, queue, state) DO UPDATE SET n = c.n + excluded.n""",
+        "DROP TABLE {s}.blocked_counts",
+        "DROP TABLE {s}.blocked_deltas",
+        f"""CREATE FUNCTION {{s}}.jobs_written() RETURNS trigger LANGUAGE plpgsql
+        SET enable_sort TO on AS $f$
+        DECLARE
+            ready bigint;
+        BEGIN
+            IF TG_OP = 'INSERT' THEN
+                {_upsert_counts(f"SELECT queue, k, 1 AS d FROM added, {_KEYS}")}
+                RETURN NULL;
+            ELSIF TG_OP = 'DELETE' THEN
+                {_upsert_counts(f"SELECT queue, k, -1 AS d FROM gone, {_KEYS}")}
+                RETURN NULL;
+            END IF;
+            IF EXISTS ({_ENDED}) THEN
+                {satisfy(f"SELECT id FROM ({_ENDED}) e WHERE state = 'completed'")}
+                UPDATE {{s}}.jobs j SET state = 'canceled', finished_at = t.now,
+                    updated_at = t.now, lease_expires_at = NULL,
+                    last_error = 'parent ' || e.id || ' ended ' || e.state
+                FROM ({_ENDED}) e, {{s}}.deps d, (SELECT {NOW} AS now) t
+                WHERE e.state IN ('dead', 'canceled') AND d.parent = e.id
+                    AND NOT d.satisfied AND j.id = d.child AND j.state = 'pending';
+                -- Only while a command is configured for its queue or globally: without
+                -- one, no notice piles up.
+                INSERT INTO {{s}}.notices (job_id, queue, command, exit_code, attempts,
+                                         attempt, last_error, created_at, due_at)
+                SELECT a.id, a.queue, a.command, a.exit_code, a.attempts,
+                    a.attempt_base + a.attempts, a.last_error, a.updated_at, a.updated_at
+                FROM added a JOIN gone g ON g.id = a.id
+                WHERE a.state = 'dead' AND g.state <> 'dead'
+                    AND (EXISTS (SELECT 1 FROM {{s}}.queues q WHERE q.name = a.queue
+                                 AND coalesce(q.on_dead, '') <> '')
+                         OR EXISTS (SELECT 1 FROM {{s}}.config
+                                    WHERE key = 'on-dead' AND value <> ''))
+                ORDER BY a.seq;
+            END IF;
+            {_upsert_counts(f"SELECT queue, k, -1 AS d FROM gone, {_KEYS} UNION ALL "
+                            f"SELECT queue, k, 1 FROM added, {_KEYS}")}
+            RETURN NULL;
+        END $f$""",
+        """CREATE TRIGGER jobs_inserted AFTER INSERT ON {s}.jobs
+            REFERENCING NEW TABLE AS added FOR EACH STATEMENT
+            EXECUTE FUNCTION {s}.jobs_written()""",
+        f"""CREATE TRIGGER jobs_updated AFTER UPDATE ON {{s}}.jobs
+            REFERENCING OLD TABLE AS gone NEW TABLE AS added FOR EACH STATEMENT
+            WHEN ({BOOKKEPT})
+            EXECUTE FUNCTION {{s}}.jobs_written()""",
+        """CREATE TRIGGER jobs_deleted AFTER DELETE ON {s}.jobs
+            REFERENCING OLD TABLE AS gone FOR EACH STATEMENT
+            EXECUTE FUNCTION {s}.jobs_written()""",
+        f"""CREATE TRIGGER count_attempt AFTER INSERT ON {{s}}.attempts FOR EACH ROW
+            WHEN ({BOOKKEPT})
+            EXECUTE FUNCTION {{s}}.count_attempt()""",
+        *functions_12(),
+    ],
 }
 
 # The bookkeeping table itself, created with the schema before migration 1.

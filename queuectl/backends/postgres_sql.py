@@ -38,6 +38,7 @@ import functools
 import sys
 
 from queuectl.job import ROW_COLUMNS
+from queuectl.policy import DURATION_BUCKETS
 
 DEFAULT_SCHEMA = "queuectl"
 NOW = "extract(epoch FROM clock_timestamp())::float8"
@@ -65,6 +66,24 @@ PRIVILEGES = {
 
 # -- shared pieces ---------------------------------------------------------------------------
 _T = "t AS (SELECT {now} AS now)"  # one reading of the server's clock per statement
+
+# Counter rows (job_counts, counters) are spread over this many shards (by server process
+# id, summed when read), so workers completing jobs of one queue at once rarely wait on
+# each other's row.
+SHARDS = 16
+
+
+def bucket(seconds: str) -> str:
+    """The upper bound of the duration bucket `seconds` falls in."""
+    arms = " ".join(f"WHEN {seconds} <= {le!r} THEN {le!r}" for le in DURATION_BUCKETS)
+    return f"CASE {arms} ELSE 'Infinity'::float8 END"
+
+
+# How an ended attempt {a} of job j counts: its outcome, `dead` for a failed or lost one
+# that left its job dead (policy.ATTEMPT_OUTCOMES); and how long it ran.
+ATTEMPT_EVENT = ("CASE WHEN {a}.outcome IN ('failed', 'lost') AND j.state = 'dead' THEN 'dead'"
+                 " ELSE coalesce({a}.outcome, 'failed') END")
+SECONDS = "greatest(coalesce({a}.finished_at - {a}.started_at, 0), 0)"
 
 # A claim must walk jobs_due in its order and stop at the first free job. With many
 # finished jobs, ANALYZE's sample holds no waiting one, the planner expects a single waiting
@@ -336,6 +355,220 @@ END $f$""",
     ]
 
 
+
+# -- the worker's functions, version 12: they keep their own books ------------------------
+# Measured (perf and pg_stat_statements on the bench's drain): a third of the server's CPU
+# per job went to triggers, not to the job's rows: the statement-level counting trigger ran
+# twice per job (once per UPDATE of the statement), a row trigger per history row counted
+# the attempt, and each UPDATE prepared the WHEN clauses of six more row triggers. From
+# version 12 the functions count what their statement changes in the statement itself
+# (CTEs `counted` and `metered`) and run it with queuectl.bookkept on, which the triggers'
+# WHEN clauses read: the triggers count every other writer's changes, whatever it is, and
+# skip the functions' statement. The setting is set and put back around that statement
+# (set_config, local to the transaction; an error rolls it back with the rest), not by a
+# SET clause: PostgreSQL 15 refuses a SET clause of a custom setting to a role that is not
+# a superuser. A completed job's waiting dependents, the rare case, are satisfied after
+# the statement, with the triggers on.
+BOOKKEPT = "current_setting('queuectl.bookkept', true) IS DISTINCT FROM 'on'"
+
+
+def _bookkept(statement: str) -> str:
+    """PL/pgSQL: `statement` run with queuectl.bookkept on, then the setting as it was
+    (needs `was text` declared)."""
+    return f"""was := current_setting('queuectl.bookkept', true);
+    PERFORM set_config('queuectl.bookkept', 'on', true);
+    {statement}
+    PERFORM set_config('queuectl.bookkept', coalesce(was, ''), true);"""
+
+
+def _replaced(text: str, old: str, new: str) -> str:
+    assert text.count(old) == 1, old
+    return text.replace(old, new)
+
+
+# The completion, also returning what its counts need: the job's queue and state, and the
+# history row's outcome and times.
+_COMPLETE_COUNTED = _replaced(
+    _replaced(_COMPLETE, "RETURNING j.id, j.attempt_base, t.now),",
+              "RETURNING j.id, j.attempt_base, j.queue, j.state, t.now),"),
+    "%(cpu_system)s, %(memory_peak)s FROM done),",
+    "%(cpu_system)s, %(memory_peak)s FROM done\n    RETURNING outcome, started_at, finished_at),")
+
+
+def _with_state(nxt: str) -> str:
+    """`nxt` also returning the state the claimed job leaves (pending or failed), read
+    under its row lock."""
+    nxt = _replaced(nxt, "SELECT id, queue FROM", "SELECT id, queue, state FROM")
+    return nxt.replace("SELECT x.id, x.queue\n", "SELECT x.id, x.queue, x.state\n")
+
+
+def _counted(*terms: str) -> str:
+    """The CTE that adds the statement's changes of (queue, state) `terms` to job_counts,
+    as the counting trigger would (one upsert, in (queue, state) order, into the server
+    process's shard). The terms never share a key (a job completed; a job claimed, which
+    was pending or failed): no grouping."""
+    return f"""counted AS (
+    INSERT INTO {{s}}.job_counts AS c (shard, queue, state, n)
+    SELECT pg_backend_pid() %% {SHARDS}, queue, state, d FROM (
+        {" UNION ALL ".join(terms)}) x
+    ORDER BY queue, state
+    ON CONFLICT (shard, queue, state) DO UPDATE SET n = c.n + excluded.n)"""
+
+
+_DONE_TERM = "SELECT queue, 'completed' AS state, 1 AS d FROM done"
+_CLAIMED_TERM = ("SELECT nxt.queue, nxt.state, -1 AS d FROM nxt"
+                 " JOIN claimed ON (claimed.j).id = nxt.id")
+# The ended attempt in the metrics' counters, as the count_attempt trigger counts it.
+_METERED = f"""metered AS (
+    INSERT INTO {{s}}.counters AS c (shard, queue, event, le, n, seconds)
+    SELECT pg_backend_pid() %% {SHARDS}, j.queue, {ATTEMPT_EVENT.format(a="h")},
+        {bucket("x.d")}, 1, x.d
+    FROM done j, hist h, LATERAL (SELECT {SECONDS.format(a="h")} AS d) x
+    ON CONFLICT (shard, queue, event, le) DO UPDATE SET n = c.n + 1,
+        seconds = c.seconds + excluded.seconds)"""
+
+
+def satisfy(parents: str) -> str:
+    """PL/pgSQL: the waiting dependents of the completed jobs `parents` (a query or a list)
+    satisfied for good, each waiting for as many fewer, and idle workers woken (NOTIFY on
+    the queue's channel) when one is ready. Needs `ready bigint` declared."""
+    return f"""WITH sat AS (
+            UPDATE {{s}}.deps SET satisfied = true
+            WHERE parent IN ({parents}) AND NOT satisfied RETURNING child),
+        less AS (
+            UPDATE {{s}}.jobs j SET waiting_on = j.waiting_on - s.n
+            FROM (SELECT child, count(*) AS n FROM sat GROUP BY child) s
+            WHERE j.id = s.child
+            RETURNING j.waiting_on, j.state)
+        SELECT count(*) INTO ready FROM less WHERE waiting_on = 0 AND state = 'pending';
+        IF ready > 0 THEN
+            PERFORM pg_notify('{{channel}}', '');
+        END IF;"""
+
+
+def _claim_counted(nxt: str) -> str:
+    return f"""WITH {_T},
+{_HELD},
+{_with_state(nxt)},
+{_CLAIMED},
+{_counted(_CLAIMED_TERM)}
+SELECT {_CLAIM_RESULT}"""
+
+
+def _complete_and_claim_counted(nxt: str) -> str:
+    return f"""WITH {_T},
+{_COMPLETE_COUNTED},
+{_HELD},
+{_with_state(nxt)},
+{_CLAIMED},
+{_counted(_DONE_TERM, _CLAIMED_TERM)},
+{_METERED}
+SELECT (SELECT count(*) FROM done) AS done, {_CLAIM_RESULT}"""
+
+
+_RECORD_SUCCESS_COUNTED = f"""WITH {_T},
+{_COMPLETE_COUNTED},
+{_counted(_DONE_TERM)},
+{_METERED}
+SELECT count(*) FROM done"""
+
+
+def _quiet(statement: str) -> str:
+    """`statement` for an attempt that wrote no live output: without the DELETE of it,
+    which a function's cached (generic) plan would otherwise set up on every call."""
+    return _replaced(statement, ",\n" + _drop_live("done"), "")
+
+# A completed job's waiting dependents, after the function's statement: none, almost
+# always (one probe of the empty index deps_waiting); else satisfied with the triggers on,
+# which count the dependents that stop being blocked.
+_DEPENDENTS = f"""IF o_done > 0 AND EXISTS (SELECT 1 FROM {{s}}.deps
+                                WHERE parent = p_id AND NOT satisfied) THEN
+        {satisfy("p_id")}
+    END IF;"""
+
+
+def functions_12() -> list[str]:
+    """Version 12's CREATE OR REPLACE FUNCTION statements (same names, arguments and
+    results as version 11's), `{s}` and `{channel}` left for the migration to fill in.
+    Released with that migration: never edited (tests/test_postgres_functions.py)."""
+    claim_any, claim_listed = (_body(_claim_counted(nxt), "NULL::text")
+                               for nxt in (_NEXT_ANY, _NEXT_LISTED))
+    both_any, both_listed, both_any_quiet, both_listed_quiet = (
+        _body(shape(_complete_and_claim_counted(nxt)), "p_id")
+        for shape in (str, _quiet) for nxt in (_NEXT_ANY, _NEXT_LISTED))
+    notify = f"PERFORM pg_notify('{{channel}}', '{EVENT}');"
+    # No JIT: the counting CTE's sort (its lock order), priced under enable_sort = off,
+    # would cross jit_above_cost and compile each call's plan for half a second.
+    claimed = _bookkept(f"""IF p_queues IS NULL THEN
+        {claim_any}
+        INTO res;
+    ELSE
+        {claim_listed}
+        INTO res;
+    END IF;""")
+    both = _bookkept(f"""IF p_queues IS NULL AND NOT p_live THEN
+        {both_any_quiet}
+        INTO res;
+    ELSIF p_queues IS NULL THEN
+        {both_any}
+        INTO res;
+    ELSIF NOT p_live THEN
+        {both_listed_quiet}
+        INTO res;
+    ELSE
+        {both_listed}
+        INTO res;
+    END IF;""")
+    recorded = _bookkept(f"""IF p_live THEN
+        {_body(_RECORD_SUCCESS_COUNTED, "NULL::text")}
+        INTO o_done;
+    ELSE
+        {_body(_quiet(_RECORD_SUCCESS_COUNTED), "NULL::text")}
+        INTO o_done;
+    END IF;""")
+    claiming = ("LANGUAGE plpgsql SET enable_sort = off SET jit = off"
+                " SET plan_cache_mode = force_generic_plan AS $f$")
+    return [
+        f"""CREATE OR REPLACE FUNCTION {{s}}.claim({_signature(_CLAIM_ARGS)}, p_async boolean,
+    OUT o_queue text, OUT o_job {{s}}.jobs) {claiming}
+DECLARE
+    res record;
+    was text;
+BEGIN
+    {_ASYNC}
+    {claimed}
+    o_queue := res.queue;
+    o_job := res.j;
+END $f$""",
+        f"""CREATE OR REPLACE FUNCTION {{s}}.complete_and_claim({_signature(_COMPLETION_ARGS)},
+    {_signature(_CLAIM_ARGS)}, p_async boolean,
+    OUT o_done bigint, OUT o_queue text, OUT o_job {{s}}.jobs) {claiming}
+DECLARE
+    res record;
+    ready bigint;
+    was text;
+BEGIN
+    {_ASYNC}
+    {notify}
+    {both}
+    o_done := res.done;
+    o_queue := res.queue;
+    o_job := res.j;
+    {_DEPENDENTS}
+END $f$""",
+        f"""CREATE OR REPLACE FUNCTION {{s}}.record_success({_signature(_COMPLETION_ARGS)},
+    p_async boolean, OUT o_done bigint) LANGUAGE plpgsql SET jit = off AS $f$
+DECLARE
+    ready bigint;
+    was text;
+BEGIN
+    {_ASYNC}
+    {notify}
+    {recorded}
+    {_DEPENDENTS}
+END $f$""",
+    ]
+
 # Lost attempts (the jobs the reclaim_*_lock statement locked) as the store decided them.
 _RECLAIM_LOCK = "BEGIN; {worker_commit}SELECT {columns}, {now} FROM {s}.jobs WHERE state = 'processing'"
 
@@ -453,18 +686,16 @@ def _recent_jobs(where: str) -> str:
             " ORDER BY updated_at DESC, seq DESC LIMIT %(n)s")
 
 
-def _counts(jobs: str, blocked: str, workers: str) -> str:
-    """Jobs per state (job_counts, summed over its shards), the processing ones (jobs_leases:
-    the running jobs only), then the blocked ones (pending, waiting for a parent: read from
-    blocked_counts, a row per queue kept by triggers, however many there are), then the
-    active workers, then the on-dead notices still to deliver (of the same jobs' queue):
-    never a read of the jobs of a state."""
+def _counts(jobs: str, workers: str) -> str:
+    """Jobs per state and the blocked ones (pending, waiting for a parent), off job_counts
+    (summed over its shards; `blocked` is a key of its own there, version 12), the
+    processing ones (jobs_leases: the running jobs only), then the active workers, then the
+    on-dead notices still to deliver (of the same jobs' queue): never a read of the jobs of
+    a state."""
     running = jobs.replace("WHERE", "AND")
     return (f"SELECT state, sum(n)::bigint FROM {{s}}.job_counts {jobs} GROUP BY state"
             " UNION ALL SELECT 'processing', count(*) FROM {s}.jobs"
             f" WHERE state = 'processing' {running} UNION ALL"
-            " SELECT 'blocked', coalesce(sum(n), 0)::bigint FROM {s}.blocked_counts"
-            f" {blocked} UNION ALL"
             " SELECT 'active_workers', count(*) FROM {s}.workers"
             f" WHERE heartbeat_at >= {{now}} - %(window)s {workers} UNION ALL"
             f" SELECT 'notices', count(*) FROM {{s}}.notices {jobs}")
@@ -592,8 +823,8 @@ WHERE j.id = c.child"""
     claim_limited = f"{_LOCK_QUEUE}\n{_CALL_CLAIM}"
     claim_limited_next = f"ROLLBACK TO SAVEPOINT lane; {claim_limited}"
     # The bodies of the claim function (run inside it, with sorting off: _CLAIM_PLAN).
-    claim_any = _claim(_NEXT_ANY)
-    claim_listed = _claim(_NEXT_LISTED)
+    claim_any = _claim_counted(_NEXT_ANY)
+    claim_listed = _claim_counted(_NEXT_LISTED)
     # After a lost commit: the job this worker holds and does not know of (a worker runs
     # one job at a time), besides the one it is ending.
     held_by = ("SELECT {columns} FROM {s}.jobs WHERE state = 'processing'"
@@ -603,8 +834,8 @@ WHERE j.id = c.child"""
     # record_success and claim in one statement, the function complete_and_claim
     # (version 11; NOTIFY, then one of these two bodies): one commit per job.
     complete_and_claim = _CALL_COMPLETE_AND_CLAIM
-    complete_and_claim_any = _complete_and_claim(_NEXT_ANY)
-    complete_and_claim_listed = _complete_and_claim(_NEXT_LISTED)
+    complete_and_claim_any = _complete_and_claim_counted(_NEXT_ANY)
+    complete_and_claim_listed = _complete_and_claim_counted(_NEXT_LISTED)
 
     # -- heartbeat --
     heartbeat_idle = """{worker_commit}WITH t AS (SELECT {now} AS now)
@@ -622,7 +853,7 @@ WHERE j.id = %(id)s AND j.state = 'processing' AND j.worker = %(worker)s
     # -- record_success --
     # The function record_success (version 11): NOTIFY, then this body.
     record_success = _CALL_RECORD_SUCCESS
-    record_success_done = _RECORD_SUCCESS
+    record_success_done = _RECORD_SUCCESS_COUNTED
     # After a lost commit: did the attempt get the history row only its own ending writes?
     recorded = ("SELECT EXISTS (SELECT 1 FROM {s}.attempts WHERE job_id = %(id)s"
                 " AND attempt = %(number)s AND worker = %(job_worker)s"
@@ -848,7 +1079,7 @@ g(queue, priority, run_at) AS (
          ORDER BY queue, priority DESC, run_at, seq LIMIT 1)
         LIMIT 1) x)
 SELECT 'c', queue, state, sum(n)::float8, NULL::float8, NULL::text[]
-    FROM {{s}}.job_counts GROUP BY queue, state HAVING sum(n) <> 0
+    FROM {{s}}.job_counts WHERE state <> 'blocked' GROUP BY queue, state HAVING sum(n) <> 0
 UNION ALL
 SELECT 'c', queue, 'processing', count(*)::float8, NULL, NULL FROM {{s}}.jobs
     WHERE state = 'processing' GROUP BY queue
@@ -997,9 +1228,9 @@ UNION ALL
         " AND (%(queue)s::text IS NULL OR queue = %(queue)s) AND ")
 
     # -- counts --
-    counts = _counts("", "", "")
-    # Its jobs, its blocked row, and the active workers that serve it (by name or all).
-    counts_in_queue = _counts("WHERE queue = %(queue)s", "WHERE queue = %(queue)s",
+    counts = _counts("", "")
+    # Its jobs, and the active workers that serve it (by name or all).
+    counts_in_queue = _counts("WHERE queue = %(queue)s",
                               "AND (queues IS NULL OR %(queue)s = ANY(queues))")
 
     # -- remaining --
