@@ -32,6 +32,7 @@ FIXTURE_MARKS: dict[str, tuple[str, ...]] = {
     "lane_app": ("systemd", "root"),  # test_systemd_lanes.py's (`lane_host` uses it)
     "deb": ("deb",),  # test_deb.py: `make deb`
     "admin": ("deb", "systemd", "root"),  # test_deb.py: the package installed in a Debian root
+    "pg_hosts": ("deb", "systemd", "root"),  # test_deb_postgres.py: two such roots
     "small_fs": ("root",),  # test_db_faults.py: mounts a tmpfs
     "queue_group": ("root",),  # test_permissions.py: groupadd
     "tcp_queue": ("root",),  # test_postgres_hosts.py: unshare --uts

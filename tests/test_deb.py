@@ -45,11 +45,13 @@ ROOTFS_CACHE = Path(os.environ.get("QUEUECTL_TEST_ROOTFS", "/var/cache/queuectl-
 INCLUDE = ("systemd", "dbus", "python3")
 # Downloaded into the cached root's apt cache, so that installing the package (which pulls
 # them in from Debian's indexes, as for any admin) needs no network on a warm cache.
-# (python3-structlog: 0.1.0, the release the upgrade test starts from, depends on it.)
-PREFETCH = ("python3-click", "python3-structlog", "python3-sdnotify")
+# (python3-structlog: 0.1.0, the release the upgrade test starts from, depends on it;
+# python3-psycopg2, with libpq5: the package recommends it, so apt installs it too, and
+# test_deb_postgres.py's workers use it.)
+PREFETCH = ("python3-click", "python3-structlog", "python3-sdnotify", "python3-psycopg2")
 # Written last into a complete cache; a cache without it (or with another recipe) is rebuilt.
 CACHE_STAMP = ".queuectl-test-rootfs"
-CACHE_RECIPE = (f"2 {SUITE} minbase include={','.join(INCLUDE)} clean apt-lists"
+CACHE_RECIPE = (f"3 {SUITE} minbase include={','.join(INCLUDE)} clean apt-lists"
                 f" prefetch={','.join(PREFETCH)}")
 # What the versions of Debian 12 are; the package must work with exactly these.
 DEBIAN_VERSIONS = {"python3-click": "8.1.3", "python3-sdnotify": "0.3.1"}
@@ -219,8 +221,9 @@ class BootedRoot(NamespacedSystemd):
     run_timeout = 120.0
     probe_timeout = 10.0
 
-    def __init__(self, root: Path) -> None:
-        super().__init__(f"queuectl-deb-{os.getpid()}", env=CLEAN_ENV)
+    def __init__(self, root: Path, name: str = "") -> None:
+        """`name`: tells the cgroups of several roots booted at once apart."""
+        super().__init__(f"queuectl-deb-{os.getpid()}{name and '-' + name}", env=CLEAN_ENV)
         self.root = root
 
     def _boot_command(self) -> list[str]:
@@ -281,65 +284,105 @@ class Admin:
 
 
 # -- fixtures --------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`make deb`, into a directory of this run (dist/ is left alone)."""
+# Each package is built once per session, whichever module asks first (test_deb_postgres.py
+# installs the same one and a release of its own): keyed by commit, "" for the working tree.
+_BUILT: dict[str, Path] = {}
+
+
+def _require_build_tools() -> None:
     missing = _missing("dpkg-checkbuilddeps", "dpkg-buildpackage")
     _require(os.geteuid() == 0 or not missing,
              f"building the package needs {', '.join(missing)} (make deb as root installs them)")
+
+
+def this_deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`make deb`, into a directory of this run (dist/ is left alone); once per session."""
+    if "" in _BUILT:
+        return _BUILT[""]
+    _require_build_tools()
     out = tmp_path_factory.mktemp("dist")
     result = subprocess.run(["make", "-C", str(REPO), "deb", f"DIST={out}"], capture_output=True,
                             stdin=subprocess.DEVNULL, text=True, errors="replace", timeout=900)
     assert result.returncode == 0, f"make deb failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     debs = list(out.glob("queuectl_*_all.deb"))
     assert len(debs) == 1, f"expected one package in {out}, found {debs}"
+    _BUILT[""] = debs[0]
     return debs[0]
 
 
-@pytest.fixture(scope="module")
-def old_deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The package of the last release, built by that release's own `make deb` from
-    OLD_COMMIT (git archive: the repository is left alone). The commit must be in this
+def release_deb(commit: str, version: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The package of a release, built by that release's own `make deb` from `commit` (git
+    archive: the repository is left alone); once per session. The commit must be in this
     clone's history: a shallow clone fails here rather than skipping the upgrade test."""
-    missing = _missing("dpkg-checkbuilddeps", "dpkg-buildpackage")
-    _require(os.geteuid() == 0 or not missing,
-             f"building the package needs {', '.join(missing)} (make deb as root installs them)")
-    present = subprocess.run(["git", "-C", str(REPO), "cat-file", "-e", f"{OLD_COMMIT}^{{commit}}"],
+    if commit in _BUILT:
+        return _BUILT[commit]
+    _require_build_tools()
+    present = subprocess.run(["git", "-C", str(REPO), "cat-file", "-e", f"{commit}^{{commit}}"],
                              capture_output=True, text=True)
     if present.returncode != 0:
-        pytest.fail(f"commit {OLD_COMMIT} (queuectl {OLD_VERSION}, the release the upgrade test "
+        pytest.fail(f"commit {commit} (queuectl {version}, a release an upgrade test "
                     f"starts from) is not in the history of {REPO}: fetch the full history "
                     f"(git fetch --unshallow) ({present.stderr.strip()})")
-    src = tmp_path_factory.mktemp(f"queuectl-{OLD_VERSION}")
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", OLD_COMMIT],
+    src = tmp_path_factory.mktemp(f"queuectl-{version}")
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", commit],
                              capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
-    out = tmp_path_factory.mktemp("dist-old")
+    out = tmp_path_factory.mktemp(f"dist-{version}")
     result = subprocess.run(["make", "-C", str(src), "deb", f"DIST={out}"], capture_output=True,
                             stdin=subprocess.DEVNULL, text=True, errors="replace", timeout=900)
     assert result.returncode == 0, \
-        f"make deb of {OLD_VERSION} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-    built = out / f"queuectl_{OLD_VERSION}_all.deb"
-    assert built.is_file(), f"{OLD_COMMIT} did not build {built.name}: {list(out.iterdir())}"
+        f"make deb of {version} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    built = out / f"queuectl_{version}_all.deb"
+    assert built.is_file(), f"{commit} did not build {built.name}: {list(out.iterdir())}"
+    _BUILT[commit] = built
     return built
 
 
 @pytest.fixture(scope="module")
-def admin(deb: Path, old_deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Admin]:
+def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This version's package (this_deb)."""
+    return this_deb(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def old_deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The package of the last release, 0.1.0 (release_deb of OLD_COMMIT)."""
+    return release_deb(OLD_COMMIT, OLD_VERSION, tmp_path_factory)
+
+
+def require_booting() -> Path:
+    """Skip (fail under QUEUECTL_REQUIRE_SYSTEMD=1) unless a Debian root can be booted here;
+    the pristine root, built if needed."""
     require_systemd_or_skip()
     missing = _missing("debootstrap", "unshare", "nsenter", "chroot")
     _require(not missing, f"missing tools: {', '.join(missing)} (apt-get install debootstrap)")
-    pristine = cached_root()
+    return cached_root()
+
+
+def copy_root(pristine: Path, root: Path, hostname: str, debs: list[Path]) -> None:
+    """A copy of the pristine root to boot, named `hostname`, with `debs` in /root."""
+    subprocess.run(["cp", "-a", "--reflink=auto", str(pristine), str(root)], check=True)
+    (root / "etc/hostname").write_text(f"{hostname}\n")
+    # /dev/console is /dev/null here: a getty on it would only fail and restart
+    (root / "etc/systemd/system/console-getty.service").symlink_to("/dev/null")
+    for package in debs:
+        shutil.copy2(package, root / "root" / package.name)
+
+
+def assert_left_nothing(host: BootedRoot) -> None:
+    """After host.stop(): no cgroup and no mount of the root left on the machine."""
+    assert not host.cgroup.exists(), f"cgroup {host.cgroup} left behind"
+    mounts = Path("/proc/self/mounts").read_text()
+    assert str(host.root) not in mounts, "mounts left behind under the test root"
+
+
+@pytest.fixture(scope="module")
+def admin(deb: Path, old_deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Admin]:
+    pristine = require_booting()
     base = Path(tempfile.mkdtemp(prefix="queuectl-deb-", dir=tmp_path_factory.getbasetemp()))
-    root = base / "root"
-    host = BootedRoot(root)
+    host = BootedRoot(base / "root")
     try:
-        subprocess.run(["cp", "-a", "--reflink=auto", str(pristine), str(root)], check=True)
-        (root / "etc/hostname").write_text("debtest\n")
-        # /dev/console is /dev/null here: a getty on it would only fail and restart
-        (root / "etc/systemd/system/console-getty.service").symlink_to("/dev/null")
-        shutil.copy2(deb, root / DEB_INSIDE.lstrip("/"))
-        shutil.copy2(old_deb, root / OLD_DEB_INSIDE.lstrip("/"))
+        copy_root(pristine, host.root, "debtest", [deb, old_deb])
         host.start()
         admin = Admin(host)
         admin.apt("install", DEB_INSIDE)  # apt resolves its dependencies from Debian 12
@@ -347,9 +390,7 @@ def admin(deb: Path, old_deb: Path, tmp_path_factory: pytest.TempPathFactory) ->
     finally:
         host.stop()
         shutil.rmtree(base, ignore_errors=True)
-    assert not host.cgroup.exists(), f"cgroup {host.cgroup} left behind"
-    mounts = Path("/proc/self/mounts").read_text()
-    assert str(root) not in mounts, "mounts left behind under the test root"
+    assert_left_nothing(host)
 
 
 # -- the package itself (no boot needed) ---------------------------------------------------------
