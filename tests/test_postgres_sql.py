@@ -40,7 +40,7 @@ def test_a_verb_prints_its_statements_in_full() -> None:
     one = subprocess.run([*PRINT, "claim_listed"], capture_output=True, text=True,
                          check=True).stdout
     assert re.findall(r"^-- (\w+) --$", one, re.M) == ["claim_listed"]
-    assert one.strip().endswith("LEFT JOIN claimed ON true;")
+    assert one.strip().endswith("LIMIT 1;")
 
 
 def test_an_unknown_name_is_an_error() -> None:
@@ -209,7 +209,7 @@ def test_blocked_jobs_cost_the_claim_and_the_waits_nothing(pg_locator: str) -> N
             store.enqueue([JobSpec("true", id="free")])
             sql = statements(store.target.schema)
             claim = {"worker": "w", "lease": 60.0, "queues": ["other", "default"],
-                     "skip": [], "locked": None, "ending": None}
+                     "skip": [], "locked": None, "ending": None, "now": 4e9, "blocked": []}
             checked = {
                 "claim_any": (sql.claim_any, claim),
                 "claim_any_excluding": (sql.claim_any, {**claim, "skip": ["other"]}),
@@ -232,27 +232,29 @@ def test_blocked_jobs_cost_the_claim_and_the_waits_nothing(pg_locator: str) -> N
                 ending = {"id": "gone", "job_worker": "w", "attempts": 1, "started_at": None,
                           "exit_code": 0, "outcome": "completed", "output": None,
                           "total": None, "cpu_user": None, "cpu_system": None,
-                          "memory_peak": None, "live": False}
+                          "memory_peak": None, "live": False, "started": 0.0,
+                          "seconds": 1.0, "next": "x", "next_queue": "default",
+                          "next_state": "pending"}
                 for name, statement, params in (
                         ("generic claim_any", sql.claim_any, claim),
                         ("generic claim_any_excluding", sql.claim_any,
                          {**claim, "skip": ["other"]}),
                         ("generic claim_listed", sql.claim_listed, claim),
-                        ("generic complete_and_claim_any", sql.complete_and_claim_any,
-                         {**claim, **ending}),
-                        ("generic complete_and_claim_listed",
-                         sql.complete_and_claim_listed, {**claim, **ending})):
+                        ("generic complete", sql.complete, {**claim, **ending}),
+                        ("generic claim_job", sql.claim_job, {**claim, **ending})):
                     plans[name] = _generic_plan(cur, statement, params)
         finally:
             conn.close()
         for name in ("claim_any", "claim_any_excluding", "claim_listed", "seconds_until_due",
                      "seconds_until_due_listed", "seconds_until_due_except",
                      "generic claim_any", "generic claim_any_excluding",
-                     "generic claim_listed", "generic complete_and_claim_any",
-                     "generic complete_and_claim_listed"):
+                     "generic claim_listed"):
             assert "Seq Scan on jobs" not in plans[name], (name, plans[name])
             # one of the partial indexes of eligible jobs, which hold no blocked job
             assert re.search(r"using jobs_(next_)?due\w* on jobs", plans[name]), plans[name]
+        for name in ("generic complete", "generic claim_job"):  # the job through an index
+            assert "Seq Scan" not in plans[name], (name, plans[name])
+            assert re.search(r"Index Scan using jobs_\w+ on jobs", plans[name]), plans[name]
         # counts: the states and the blocked figure read job_counts (schema 12: `blocked`
         # is a key there), never jobs; queues: the oldest wait uses its index.
         for name in ("counts", "counts_in_queue"):

@@ -29,7 +29,7 @@ How it keeps the contract:
   without parents keep their one-statement insert.
 - Counts (schema 12): job_counts holds a row per (shard, queue, state), `blocked` (pending
   and waiting for a parent) a key of its own. The worker's functions count what their
-  statement changes in that statement and run with `queuectl.bookkept` on; one
+  statements change in those statements and run them with `queuectl.bookkept` on; one
   statement-level trigger per event (jobs_written, WHEN that setting is off) counts every
   other writer's changes and ends a job for its dependents (satisfied, or canceled down the
   chain) and for the on-dead hook (a notice), off the statement's transition tables.

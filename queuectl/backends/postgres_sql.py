@@ -356,76 +356,211 @@ END $f$""",
 
 
 
-# -- the worker's functions, version 12: they keep their own books ------------------------
-# Measured (perf and pg_stat_statements on the bench's drain): a third of the server's CPU
-# per job went to triggers, not to the job's rows: the statement-level counting trigger ran
-# twice per job (once per UPDATE of the statement), a row trigger per history row counted
-# the attempt, and each UPDATE prepared the WHEN clauses of six more row triggers. From
-# version 12 the functions count what their statement changes in the statement itself
-# (CTEs `counted` and `metered`) and run it with queuectl.bookkept on, which the triggers'
-# WHEN clauses read: the triggers count every other writer's changes, whatever it is, and
-# skip the functions' statement. The setting is set and put back around that statement
-# (set_config, local to the transaction; an error rolls it back with the rest), not by a
-# SET clause: PostgreSQL 15 refuses a SET clause of a custom setting to a role that is not
-# a superuser. A completed job's waiting dependents, the rare case, are satisfied after
-# the statement, with the triggers on.
+# -- the worker's functions, version 12: small statements that keep their own books --------
+# Measured (perf, pg_stat_statements and the backend's CPU per call on the bench's drain):
+# a third of the server's CPU per job went to triggers, and much of the rest to setting up
+# version 11's one big statement on every call (its plan of some sixty nodes, every CTE's
+# table and indexes opened, whether or not it had anything to do: 210 µs for a call that
+# completes and claims nothing). From version 12 each function is a few small statements
+# with cached plans, one per row it writes, and it counts what it changes itself (job_counts,
+# the metrics' counters) with queuectl.bookkept on, which the triggers' WHEN clauses read:
+# the triggers count every other writer's changes, whatever it is, and skip the functions'.
+# The setting is set and put back around those statements (set_config, local to the
+# transaction; an error rolls it back with the rest), not by a SET clause: PostgreSQL 15
+# refuses a SET clause of a custom setting to a role that is not a superuser. A completed
+# job's waiting dependents, the rare case, are satisfied afterwards, with the triggers on.
+# Counter rows are locked in one order by every call (the completed job's, its attempt's,
+# then the claimed job's): two calls never wait on each other in a cycle.
 BOOKKEPT = "current_setting('queuectl.bookkept', true) IS DISTINCT FROM 'on'"
 
 
-def _bookkept(statement: str) -> str:
-    """PL/pgSQL: `statement` run with queuectl.bookkept on, then the setting as it was
-    (needs `was text` declared)."""
+def _bookkept(statements: str) -> str:
+    """PL/pgSQL: `statements` run with queuectl.bookkept on, then the setting as it was
+    (needs `was` and `v_set`, text, declared). Assignments, not PERFORM: plain expressions,
+    which PL/pgSQL evaluates without running a query."""
     return f"""was := current_setting('queuectl.bookkept', true);
-    PERFORM set_config('queuectl.bookkept', 'on', true);
-    {statement}
-    PERFORM set_config('queuectl.bookkept', coalesce(was, ''), true);"""
+    v_set := set_config('queuectl.bookkept', 'on', true);
+    {statements}
+    v_set := set_config('queuectl.bookkept', coalesce(was, ''), true);"""
 
 
-def _replaced(text: str, old: str, new: str) -> str:
-    assert text.count(old) == 1, old
-    return text.replace(old, new)
-
-
-# The completion, also returning what its counts need: the job's queue and state, and the
-# history row's outcome and times.
-_COMPLETE_COUNTED = _replaced(
-    _replaced(_COMPLETE, "RETURNING j.id, j.attempt_base, t.now),",
-              "RETURNING j.id, j.attempt_base, j.queue, j.state, t.now),"),
-    "%(cpu_system)s, %(memory_peak)s FROM done),",
-    "%(cpu_system)s, %(memory_peak)s FROM done\n    RETURNING outcome, started_at, finished_at),")
-
-
-def _with_state(nxt: str) -> str:
-    """`nxt` also returning the state the claimed job leaves (pending or failed), read
-    under its row lock."""
-    nxt = _replaced(nxt, "SELECT id, queue FROM", "SELECT id, queue, state FROM")
-    return nxt.replace("SELECT x.id, x.queue\n", "SELECT x.id, x.queue, x.state\n")
-
-
-def _counted(*terms: str) -> str:
-    """The CTE that adds the statement's changes of (queue, state) `terms` to job_counts,
-    as the counting trigger would (one upsert, in (queue, state) order, into the server
-    process's shard). The terms never share a key (a job completed; a job claimed, which
-    was pending or failed): no grouping."""
-    return f"""counted AS (
+# The pieces, with psycopg2 placeholders: the functions' arguments (p_*) and variables
+# (v_*) in the functions, checked on their own by tests/test_postgres_sql.py.
+# Completing the held attempt %(id)s/%(job_worker)s/%(attempts)s (fenced: still processing,
+# by that worker, at that attempt) with its history row, its count (in the server
+# process's shard) and its attempt's metrics counter (as the count_attempt trigger counts
+# a completed attempt); then how many it completed (0 or 1).
+COMPLETE = f"""WITH done AS (
+    UPDATE {{s}}.jobs j SET state = 'completed', finished_at = %(now)s,
+        updated_at = %(now)s, exit_code = %(exit_code)s, last_error = NULL,
+        lease_expires_at = NULL
+    WHERE j.id = %(id)s AND j.state = 'processing'
+        AND j.worker = %(job_worker)s AND j.attempts = %(attempts)s
+    RETURNING j.attempt_base, j.queue),
+hist AS (
+    INSERT INTO {{s}}.attempts (job_id, attempt, worker, started_at, finished_at,
+        outcome, exit_code, error, output, output_total, cpu_user_usec,
+        cpu_system_usec, memory_peak_bytes)
+    SELECT %(id)s, attempt_base + %(attempts)s, %(job_worker)s, %(started)s, %(now)s,
+        %(outcome)s, %(exit_code)s, NULL, %(output)s, %(total)s, %(cpu_user)s,
+        %(cpu_system)s, %(memory_peak)s FROM done),
+counted AS (
     INSERT INTO {{s}}.job_counts AS c (shard, queue, state, n)
-    SELECT pg_backend_pid() %% {SHARDS}, queue, state, d FROM (
-        {" UNION ALL ".join(terms)}) x
-    ORDER BY queue, state
-    ON CONFLICT (shard, queue, state) DO UPDATE SET n = c.n + excluded.n)"""
-
-
-_DONE_TERM = "SELECT queue, 'completed' AS state, 1 AS d FROM done"
-_CLAIMED_TERM = ("SELECT nxt.queue, nxt.state, -1 AS d FROM nxt"
-                 " JOIN claimed ON (claimed.j).id = nxt.id")
-# The ended attempt in the metrics' counters, as the count_attempt trigger counts it.
-_METERED = f"""metered AS (
+    SELECT pg_backend_pid() %% {SHARDS}, queue, 'completed', 1 FROM done
+    ON CONFLICT (shard, queue, state) DO UPDATE SET n = c.n + 1),
+metered AS (
     INSERT INTO {{s}}.counters AS c (shard, queue, event, le, n, seconds)
-    SELECT pg_backend_pid() %% {SHARDS}, j.queue, {ATTEMPT_EVENT.format(a="h")},
-        {bucket("x.d")}, 1, x.d
-    FROM done j, hist h, LATERAL (SELECT {SECONDS.format(a="h")} AS d) x
+    SELECT pg_backend_pid() %% {SHARDS}, queue, coalesce(%(outcome)s, 'failed'),
+        {bucket("%(seconds)s")}, 1, %(seconds)s FROM done
     ON CONFLICT (shard, queue, event, le) DO UPDATE SET n = c.n + 1,
-        seconds = c.seconds + excluded.seconds)"""
+        seconds = c.seconds + excluded.seconds)
+SELECT count(*) FROM done"""
+# The queues a claim must leave alone (paused, or at their concurrency limit not counting
+# the job %(ending)s) and the limited ones (claimed only under their lock: %(locked)s).
+CLAIM_HELD = """SELECT coalesce(array_agg(name) FILTER (WHERE blocked), ARRAY[]::text[]),
+        coalesce(array_agg(name) FILTER (WHERE limited), ARRAY[]::text[])
+    FROM (SELECT q.name, q.paused_since IS NULL AND q.concurrency > 0 AS limited,
+        q.paused_since IS NOT NULL OR (q.concurrency > 0 AND q.concurrency <=
+            (SELECT count(*) FROM {s}.jobs r
+             WHERE r.queue = q.name AND r.state = 'processing'
+                 AND r.id IS DISTINCT FROM %(ending)s)) AS blocked
+    FROM {s}.queues q WHERE q.concurrency > 0 OR q.paused_since IS NOT NULL) h"""
+# The next eligible job, locked: the best of any queue but the held and skipped ones (the
+# walk of jobs_due in its order, stopping at the first free job)...
+CLAIM_ANY = """SELECT id, queue, state FROM {s}.jobs
+    WHERE state IN ('pending', 'failed') AND waiting_on = 0 AND run_at <= %(now)s
+        AND NOT EXISTS (SELECT 1 FROM {s}.flags WHERE name = 'paused')
+        AND queue <> ALL(%(blocked)s::text[]) AND queue <> ALL(%(skip)s::text[])
+    ORDER BY priority DESC, run_at, seq LIMIT 1 FOR UPDATE SKIP LOCKED"""
+# ... or of the first listed queue that has one: the nested loop walks the list in its
+# order and stops at the first row (no sort, which would visit, and lock the best job of,
+# every listed queue).
+CLAIM_LISTED = """SELECT x.id, x.queue, x.state
+    FROM unnest(%(queues)s::text[]) WITH ORDINALITY AS p(name, n)
+    CROSS JOIN LATERAL (
+        SELECT id, queue, state FROM {s}.jobs
+        WHERE queue = p.name AND state IN ('pending', 'failed') AND waiting_on = 0
+            AND run_at <= %(now)s
+        ORDER BY priority DESC, run_at, seq LIMIT 1 FOR UPDATE SKIP LOCKED) x
+    WHERE NOT EXISTS (SELECT 1 FROM {s}.flags WHERE name = 'paused')
+        AND p.name <> ALL(%(blocked)s::text[]) AND p.name <> ALL(%(skip)s::text[])
+    LIMIT 1"""
+# Taking the job found (locked by the pick), with its count: it leaves its state.
+CLAIM_JOB = f"""WITH claimed AS (
+    UPDATE {{s}}.jobs j SET state = 'processing', attempts = j.attempts + 1,
+        worker = %(worker)s, lease_expires_at = %(now)s::float8 + %(lease)s::float8,
+        started_at = %(now)s, finished_at = NULL, updated_at = %(now)s
+    WHERE j.id = %(next)s
+    RETURNING j),
+counted AS (
+    INSERT INTO {{s}}.job_counts AS c (shard, queue, state, n)
+    VALUES (pg_backend_pid() %% {SHARDS}, %(next_queue)s, %(next_state)s, -1)
+    ON CONFLICT (shard, queue, state) DO UPDATE SET n = c.n - 1)
+SELECT (j).* FROM claimed"""
+
+# What the pieces' placeholders are in the functions.
+_LOCALS = {"now": "v_now", "started": "v_started", "seconds": "v_seconds",
+           "blocked": "v_blocked", "next": "v_next", "next_queue": "v_next_queue",
+           "next_state": "v_next_state"}
+
+
+def _plpgsql(text: str, **fields: str) -> str:
+    """`text` with `{s}` kept, each placeholder the function's argument or variable of that
+    name, and `fields` (placeholders named otherwise here)."""
+    names = {name: f"p_{name}" for name, _ in _COMPLETION_ARGS + _CLAIM_ARGS}
+    return text.format_map({"s": "{s}"}) % {**names, **_LOCALS, **fields}
+
+
+_DECLARED = """v_now float8 := {now};
+    v_started float8;
+    v_seconds float8;
+    v_blocked text[];
+    v_limited text[];
+    v_next text;
+    v_next_queue text;
+    v_next_state text;
+    v_set text;
+    ready bigint;
+    was text;""".replace("{now}", NOW)
+
+
+_ASYNC_12 = """IF p_async THEN
+        v_set := set_config('synchronous_commit', 'off', true);
+    END IF;"""
+
+
+def _completing() -> str:
+    """PL/pgSQL: the completion (o_done: 0 or 1), and its live output dropped if the
+    attempt wrote any."""
+    return f"""v_started := coalesce(p_started_at, v_now);
+    v_seconds := greatest(v_now - v_started, 0);
+    {_plpgsql(COMPLETE)}
+    INTO o_done;
+    IF p_live THEN
+        DELETE FROM {{s}}.live_output WHERE job_id = p_id;
+    END IF;"""
+
+
+def _claiming(ending: str) -> str:
+    """PL/pgSQL: the claim (o_queue: the queue of the job found, NULL if none; o_job: the
+    claimed job, NULL if none or if its queue is limited and not locked) and its count."""
+    return f"""{_plpgsql(CLAIM_HELD, ending=ending)}
+    INTO v_blocked, v_limited;
+    IF p_queues IS NULL THEN
+        {_plpgsql(CLAIM_ANY)}
+        INTO v_next, v_next_queue, v_next_state;
+    ELSE
+        {_plpgsql(CLAIM_LISTED)}
+        INTO v_next, v_next_queue, v_next_state;
+    END IF;
+    o_queue := v_next_queue;
+    IF v_next IS NOT NULL AND (v_next_queue <> ALL(v_limited) OR v_next_queue = p_locked) THEN
+        {_plpgsql(CLAIM_JOB)}
+        INTO o_job;
+    END IF;"""
+
+
+def functions_12() -> list[str]:
+    """Version 12's CREATE OR REPLACE FUNCTION statements (same names, arguments and
+    results as version 11's), `{s}` and `{channel}` left for the migration to fill in.
+    Released with that migration: never edited (tests/test_postgres_functions.py)."""
+    notify = f"PERFORM pg_notify('{{channel}}', '{EVENT}');"
+    completing = _completing()
+    # No JIT: a plan priced under enable_sort = off can cross jit_above_cost, and compiling
+    # it costs a call half a second.
+    settings = ("LANGUAGE plpgsql SET enable_sort = off SET jit = off"
+                " SET plan_cache_mode = force_generic_plan AS $f$")
+    return [
+        f"""CREATE OR REPLACE FUNCTION {{s}}.claim({_signature(_CLAIM_ARGS)}, p_async boolean,
+    OUT o_queue text, OUT o_job {{s}}.jobs) {settings}
+DECLARE
+    {_DECLARED}
+BEGIN
+    {_ASYNC_12}
+    {_bookkept(_claiming("NULL::text"))}
+END $f$""",
+        f"""CREATE OR REPLACE FUNCTION {{s}}.complete_and_claim({_signature(_COMPLETION_ARGS)},
+    {_signature(_CLAIM_ARGS)}, p_async boolean,
+    OUT o_done bigint, OUT o_queue text, OUT o_job {{s}}.jobs) {settings}
+DECLARE
+    {_DECLARED}
+BEGIN
+    {_ASYNC_12}
+    {notify}
+    {_bookkept(completing + chr(10) + "    " + _claiming("p_id"))}
+    {_DEPENDENTS}
+END $f$""",
+        f"""CREATE OR REPLACE FUNCTION {{s}}.record_success({_signature(_COMPLETION_ARGS)},
+    p_async boolean, OUT o_done bigint) {settings}
+DECLARE
+    {_DECLARED}
+BEGIN
+    {_ASYNC_12}
+    {notify}
+    {_bookkept(completing)}
+    {_DEPENDENTS}
+END $f$""",
+    ]
 
 
 def satisfy(parents: str) -> str:
@@ -446,128 +581,16 @@ def satisfy(parents: str) -> str:
         END IF;"""
 
 
-def _claim_counted(nxt: str) -> str:
-    return f"""WITH {_T},
-{_HELD},
-{_with_state(nxt)},
-{_CLAIMED},
-{_counted(_CLAIMED_TERM)}
-SELECT {_CLAIM_RESULT}"""
-
-
-def _complete_and_claim_counted(nxt: str) -> str:
-    return f"""WITH {_T},
-{_COMPLETE_COUNTED},
-{_HELD},
-{_with_state(nxt)},
-{_CLAIMED},
-{_counted(_DONE_TERM, _CLAIMED_TERM)},
-{_METERED}
-SELECT (SELECT count(*) FROM done) AS done, {_CLAIM_RESULT}"""
-
-
-_RECORD_SUCCESS_COUNTED = f"""WITH {_T},
-{_COMPLETE_COUNTED},
-{_counted(_DONE_TERM)},
-{_METERED}
-SELECT count(*) FROM done"""
-
-
-def _quiet(statement: str) -> str:
-    """`statement` for an attempt that wrote no live output: without the DELETE of it,
-    which a function's cached (generic) plan would otherwise set up on every call."""
-    return _replaced(statement, ",\n" + _drop_live("done"), "")
-
-# A completed job's waiting dependents, after the function's statement: none, almost
-# always (one probe of the empty index deps_waiting); else satisfied with the triggers on,
-# which count the dependents that stop being blocked.
+# A completed job's waiting dependents, after the function's statements: none, almost
+# always (one probe of the index deps_waiting); else satisfied with the triggers on, which
+# count the dependents that stop being blocked. Looked up in a statement of its own, whose
+# snapshot is taken after the completion's row lock was granted: a submit that held the
+# parent FOR SHARE while adding its dependents has committed by then, and its rows are
+# seen (a probe inside the completion's statement would miss them and strand the child).
 _DEPENDENTS = f"""IF o_done > 0 AND EXISTS (SELECT 1 FROM {{s}}.deps
                                 WHERE parent = p_id AND NOT satisfied) THEN
         {satisfy("p_id")}
     END IF;"""
-
-
-def functions_12() -> list[str]:
-    """Version 12's CREATE OR REPLACE FUNCTION statements (same names, arguments and
-    results as version 11's), `{s}` and `{channel}` left for the migration to fill in.
-    Released with that migration: never edited (tests/test_postgres_functions.py)."""
-    claim_any, claim_listed = (_body(_claim_counted(nxt), "NULL::text")
-                               for nxt in (_NEXT_ANY, _NEXT_LISTED))
-    both_any, both_listed, both_any_quiet, both_listed_quiet = (
-        _body(shape(_complete_and_claim_counted(nxt)), "p_id")
-        for shape in (str, _quiet) for nxt in (_NEXT_ANY, _NEXT_LISTED))
-    notify = f"PERFORM pg_notify('{{channel}}', '{EVENT}');"
-    # No JIT: the counting CTE's sort (its lock order), priced under enable_sort = off,
-    # would cross jit_above_cost and compile each call's plan for half a second.
-    claimed = _bookkept(f"""IF p_queues IS NULL THEN
-        {claim_any}
-        INTO res;
-    ELSE
-        {claim_listed}
-        INTO res;
-    END IF;""")
-    both = _bookkept(f"""IF p_queues IS NULL AND NOT p_live THEN
-        {both_any_quiet}
-        INTO res;
-    ELSIF p_queues IS NULL THEN
-        {both_any}
-        INTO res;
-    ELSIF NOT p_live THEN
-        {both_listed_quiet}
-        INTO res;
-    ELSE
-        {both_listed}
-        INTO res;
-    END IF;""")
-    recorded = _bookkept(f"""IF p_live THEN
-        {_body(_RECORD_SUCCESS_COUNTED, "NULL::text")}
-        INTO o_done;
-    ELSE
-        {_body(_quiet(_RECORD_SUCCESS_COUNTED), "NULL::text")}
-        INTO o_done;
-    END IF;""")
-    claiming = ("LANGUAGE plpgsql SET enable_sort = off SET jit = off"
-                " SET plan_cache_mode = force_generic_plan AS $f$")
-    return [
-        f"""CREATE OR REPLACE FUNCTION {{s}}.claim({_signature(_CLAIM_ARGS)}, p_async boolean,
-    OUT o_queue text, OUT o_job {{s}}.jobs) {claiming}
-DECLARE
-    res record;
-    was text;
-BEGIN
-    {_ASYNC}
-    {claimed}
-    o_queue := res.queue;
-    o_job := res.j;
-END $f$""",
-        f"""CREATE OR REPLACE FUNCTION {{s}}.complete_and_claim({_signature(_COMPLETION_ARGS)},
-    {_signature(_CLAIM_ARGS)}, p_async boolean,
-    OUT o_done bigint, OUT o_queue text, OUT o_job {{s}}.jobs) {claiming}
-DECLARE
-    res record;
-    ready bigint;
-    was text;
-BEGIN
-    {_ASYNC}
-    {notify}
-    {both}
-    o_done := res.done;
-    o_queue := res.queue;
-    o_job := res.j;
-    {_DEPENDENTS}
-END $f$""",
-        f"""CREATE OR REPLACE FUNCTION {{s}}.record_success({_signature(_COMPLETION_ARGS)},
-    p_async boolean, OUT o_done bigint) LANGUAGE plpgsql SET jit = off AS $f$
-DECLARE
-    ready bigint;
-    was text;
-BEGIN
-    {_ASYNC}
-    {notify}
-    {recorded}
-    {_DEPENDENTS}
-END $f$""",
-    ]
 
 # Lost attempts (the jobs the reclaim_*_lock statement locked) as the store decided them.
 _RECLAIM_LOCK = "BEGIN; {worker_commit}SELECT {columns}, {now} FROM {s}.jobs WHERE state = 'processing'"
@@ -822,20 +845,22 @@ WHERE j.id = c.child"""
     claim_limited_begin = f"BEGIN; {_CLAIM_PLAN} SAVEPOINT lane"
     claim_limited = f"{_LOCK_QUEUE}\n{_CALL_CLAIM}"
     claim_limited_next = f"ROLLBACK TO SAVEPOINT lane; {claim_limited}"
-    # The bodies of the claim function (run inside it, with sorting off: _CLAIM_PLAN).
-    claim_any = _claim_counted(_NEXT_ANY)
-    claim_listed = _claim_counted(_NEXT_LISTED)
+    # The pieces of the functions (version 12), each a statement of its own there (run
+    # with sorting off: _CLAIM_PLAN).
+    claim_held = CLAIM_HELD
+    claim_any = CLAIM_ANY
+    claim_listed = CLAIM_LISTED
+    claim_job = CLAIM_JOB
+    complete = COMPLETE
     # After a lost commit: the job this worker holds and does not know of (a worker runs
     # one job at a time), besides the one it is ending.
     held_by = ("SELECT {columns} FROM {s}.jobs WHERE state = 'processing'"
                " AND worker = %s AND id IS DISTINCT FROM %s ORDER BY started_at DESC LIMIT 1")
 
     # -- complete_and_claim --
-    # record_success and claim in one statement, the function complete_and_claim
-    # (version 11; NOTIFY, then one of these two bodies): one commit per job.
+    # record_success and claim in one call, the function complete_and_claim (version 11;
+    # its pieces since version 12 are above): one commit per job.
     complete_and_claim = _CALL_COMPLETE_AND_CLAIM
-    complete_and_claim_any = _complete_and_claim_counted(_NEXT_ANY)
-    complete_and_claim_listed = _complete_and_claim_counted(_NEXT_LISTED)
 
     # -- heartbeat --
     heartbeat_idle = """{worker_commit}WITH t AS (SELECT {now} AS now)
@@ -853,7 +878,6 @@ WHERE j.id = %(id)s AND j.state = 'processing' AND j.worker = %(worker)s
     # -- record_success --
     # The function record_success (version 11): NOTIFY, then this body.
     record_success = _CALL_RECORD_SUCCESS
-    record_success_done = _RECORD_SUCCESS_COUNTED
     # After a lost commit: did the attempt get the history row only its own ending writes?
     recorded = ("SELECT EXISTS (SELECT 1 FROM {s}.attempts WHERE job_id = %(id)s"
                 " AND attempt = %(number)s AND worker = %(job_worker)s"
@@ -1342,13 +1366,14 @@ VERBS: dict[str, tuple[str, ...]] = {
                "enqueue_rows_if_absent", "enqueue_commit", "enqueue_taken", "submit",
                "submit_if_absent", "submit_rows", "submit_rows_if_absent", "submit_holders",
                "submit_parents", "submit_deps", "commit"),
-    "claim_next": ("claim", "claim_any", "claim_listed", "claim_limited_begin",
-                   "claim_limited", "claim_limited_next", "commit", "held_by"),
-    "complete_and_claim": ("complete_and_claim", "complete_and_claim_any",
-                           "complete_and_claim_listed", "claim_limited_begin", "claim_limited",
+    "claim_next": ("claim", "claim_held", "claim_any", "claim_listed", "claim_job",
+                   "claim_limited_begin", "claim_limited", "claim_limited_next", "commit",
+                   "held_by"),
+    "complete_and_claim": ("complete_and_claim", "complete", "claim_held", "claim_any",
+                           "claim_listed", "claim_job", "claim_limited_begin", "claim_limited",
                            "claim_limited_next", "commit", "recorded", "held_by"),
     "heartbeat": ("heartbeat_idle", "heartbeat"),
-    "record_success": ("record_success", "record_success_done", "recorded"),
+    "record_success": ("record_success", "complete", "recorded"),
     "record_failure": ("record_failure", "record_failure_dead", "recorded", "get"),
     "release": ("release", "recorded"),
     "reclaim_expired": ("reclaim_expired_probe", "reclaim_expired_lock", "reclaim_end",
