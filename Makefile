@@ -55,7 +55,7 @@ install:
 uninstall:
 	packaging/install.sh --uninstall "$(DESTDIR)" "$(PREFIX)" "$(SYSTEM_PYTHON)"
 
-# Measure queuectl (~10-15 min): bench/results/latest.json and a Markdown table. BENCH_ARGS=--quick
+# Measure queuectl (~30 min): bench/results/latest.json and a Markdown table. BENCH_ARGS=--quick
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 

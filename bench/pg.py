@@ -2,7 +2,8 @@
 drain by 2 workers against the spawn limit and against SQLite's drain, idle pickup, cold and
 batch enqueue against SQLite's, claim latency with a million finished jobs against an empty
 queue, the workers' (and the server's) CPU per job, and drain and pickup through PgBouncer
-against a direct connection (`pooler`; alone: `run.py --only pgpooler`).
+against a direct connection (`pooler`: in a full or quick run, or alone with `run.py --only
+pgpooler`).
 
 Every measurement gets a fresh database on the run's one throwaway cluster
 (`bench/pgserver.py`). queuectl is driven through its console script with a `postgresql://`

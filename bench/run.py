@@ -45,8 +45,9 @@ from bench.throughput import drain_section, scale_section  # noqa: E402
 SECTIONS = ("drain", "pickup", "enqueue", "scale", "memory", "peers", "pg", "pgpeers",
             "pgpooler", "pgcpu")
 PEER_SECTIONS = ("peers", "pgpeers")
-# Parts of another section that can also run alone, only when named (`--only pgpooler`, `pgcpu`):
-# the pg section runs the pooler part itself.
+# Parts of the pg section that run alone (`--only pgpooler`, `pgcpu`); a full or quick run
+# also runs the pooler part (about 5 minutes: its polling pickup waits on a timer), a smoke
+# run does not.
 ALONE_SECTIONS = ("pgpooler", "pgcpu")
 
 
@@ -135,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:  # naming peers here runs them even in --smoke
         selected = [s for s in SECTIONS if s in args.only.split(",")]
     else:
-        selected = [s for s in SECTIONS if s not in ALONE_SECTIONS
+        selected = [s for s in SECTIONS
+                    if (s not in ALONE_SECTIONS or (s == "pgpooler" and not args.smoke))
                     and (s not in PEER_SECTIONS or sizes.peers)]
     if args.no_peers:
         selected = [s for s in selected if s not in PEER_SECTIONS]
