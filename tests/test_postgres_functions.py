@@ -211,3 +211,32 @@ def test_the_functions_skip_the_triggers_for_their_own_statement_only(pg_server:
     assert kept == pg_server.psql(f"SELECT state, count(*) FROM {s}.jobs WHERE state <>"
                                   " 'processing' GROUP BY state ORDER BY state")
     assert kept.split() == ["canceled|2", "pending|1"]
+
+
+@pytest.mark.postgres
+def test_a_completion_whose_job_waits_again_takes_it_as_a_new_attempt(pg_server: Any) -> None:
+    """complete_and_claim for an attempt whose job was put back meanwhile (lost lease, the
+    job waiting again): the completion completes nothing, and the job it picks is that job,
+    taken as its next attempt; every counter still equals a direct count."""
+    from queuectl.store import Outcome
+
+    db = pg_server.fresh_locator()
+    s = f'"{_schema(db)}"'
+    store = open_store(db, for_worker=True)
+    try:
+        store.enqueue([JobSpec("true", id="again")])
+        first = store.claim_next("w")
+        assert first is not None and first.attempts == 1
+        # put back as a reclaim would, ready at once
+        pg_server.psql(f"UPDATE {s}.jobs SET state = 'pending', worker = NULL,"
+                       " lease_expires_at = NULL WHERE id = 'again'")
+        done, got = store.complete_and_claim(
+            first, Outcome(exit_code=0, error=None, output=b"", duration=0.0), "w")
+        assert done is False
+        assert got is not None and (got.id, got.attempts, got.state) == ("again", 2,
+                                                                        "processing")
+        counts = store.counts()
+        assert (counts["pending"], counts["processing"], counts["completed"]) == (0, 1, 0)
+        assert pg_server.psql(f"SELECT count(*) FROM {s}.attempts") == "0"
+    finally:
+        store.close()
