@@ -145,6 +145,18 @@ def duration_bucket(seconds: float) -> float:
     return float("inf")
 
 
+# The same two rules in SQL, for the schemas' counting triggers and statements (both
+# backends): {a} is the ended attempt's history row, j its job.
+COUNTED_OUTCOME_SQL = ("CASE WHEN {a}.outcome IN ('failed', 'lost') AND j.state = 'dead'"
+                       " THEN 'dead' ELSE coalesce({a}.outcome, 'failed') END")
+
+
+def duration_bucket_sql(seconds: str, infinity: str) -> str:
+    """The SQL expression of duration_bucket(`seconds`), `infinity` the dialect's +Inf."""
+    arms = " ".join(f"WHEN {seconds} <= {le!r} THEN {le!r}" for le in DURATION_BUCKETS)
+    return f"CASE {arms} ELSE {infinity} END"
+
+
 # The refusals every backend words the same way: what a user reads does not depend on where
 # the queue lives.
 def no_such_job(job_id: str) -> NotFound:

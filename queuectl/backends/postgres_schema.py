@@ -7,7 +7,6 @@ change as the next number; never edit a released one. `{s}` stands for the quote
 """
 
 from queuectl.backends.postgres_sql import (
-    ATTEMPT_EVENT,
     BOOKKEPT,
     NOW,
     SECONDS,
@@ -17,6 +16,7 @@ from queuectl.backends.postgres_sql import (
     functions_12,
     satisfy,
 )
+from queuectl.policy import COUNTED_OUTCOME_SQL as ATTEMPT_EVENT
 
 SCHEMA_VERSION = 12
 

@@ -38,7 +38,7 @@ import functools
 import sys
 
 from queuectl.job import ROW_COLUMNS
-from queuectl.policy import DURATION_BUCKETS
+from queuectl.policy import duration_bucket_sql
 
 DEFAULT_SCHEMA = "queuectl"
 NOW = "extract(epoch FROM clock_timestamp())::float8"
@@ -74,15 +74,10 @@ SHARDS = 16
 
 
 def bucket(seconds: str) -> str:
-    """The upper bound of the duration bucket `seconds` falls in."""
-    arms = " ".join(f"WHEN {seconds} <= {le!r} THEN {le!r}" for le in DURATION_BUCKETS)
-    return f"CASE {arms} ELSE 'Infinity'::float8 END"
+    return duration_bucket_sql(seconds, "'Infinity'::float8")
 
 
-# How an ended attempt {a} of job j counts: its outcome, `dead` for a failed or lost one
-# that left its job dead (policy.ATTEMPT_OUTCOMES); and how long it ran.
-ATTEMPT_EVENT = ("CASE WHEN {a}.outcome IN ('failed', 'lost') AND j.state = 'dead' THEN 'dead'"
-                 " ELSE coalesce({a}.outcome, 'failed') END")
+# How long an ended attempt {a} ran.
 SECONDS = "greatest(coalesce({a}.finished_at - {a}.started_at, 0), 0)"
 
 # A claim must walk jobs_due in its order and stop at the first free job. With many
@@ -359,12 +354,13 @@ END $f$""",
 # -- the worker's functions, version 12: small statements that keep their own books --------
 # Measured (perf, pg_stat_statements and the backend's CPU per call on the bench's drain):
 # a third of the server's CPU per job went to triggers, and much of the rest to setting up
-# version 11's one big statement on every call (its plan of some sixty nodes, every CTE's
-# table and indexes opened, whether or not it had anything to do: 210 µs for a call that
-# completes and claims nothing). From version 12 each function is a few small statements
-# with cached plans, one per row it writes, and it counts what it changes itself (job_counts,
-# the metrics' counters) with queuectl.bookkept on, which the triggers' WHEN clauses read:
-# the triggers count every other writer's changes, whatever it is, and skip the functions'.
+# one big statement on every call (version 11's, with its own counting added: a plan of
+# some sixty nodes, every CTE's table and indexes opened, whether or not it had anything
+# to do: 210 µs for a call that completes and claims nothing). From version 12 each
+# function is a few small statements with cached plans, and it counts what it changes
+# itself (job_counts, the metrics' counters) with queuectl.bookkept on, which the
+# triggers' WHEN clauses read: the triggers count every other writer's changes, whatever
+# it is, and skip the functions'.
 # The setting is set and put back around those statements (set_config, local to the
 # transaction; an error rolls it back with the rest), not by a SET clause: PostgreSQL 15
 # refuses a SET clause of a custom setting to a role that is not a superuser. A completed
@@ -484,9 +480,7 @@ _DECLARED = """v_now float8 := {now};
     was text;""".replace("{now}", NOW)
 
 
-_ASYNC_12 = """IF p_async THEN
-        v_set := set_config('synchronous_commit', 'off', true);
-    END IF;"""
+_ASYNC_12 = _ASYNC.replace("PERFORM set_config", "v_set := set_config")  # no query
 
 
 def _completing() -> str:

@@ -5,21 +5,17 @@ migrations in order, in one transaction, so every process sees either the old sc
 new one. Add a change as the next number; never edit a released one.
 """
 
-from queuectl.policy import DURATION_BUCKETS
+from queuectl.policy import COUNTED_OUTCOME_SQL as _EVENT
+from queuectl.policy import duration_bucket_sql
 
 SCHEMA_VERSION = 13
 
 
 def _bucket(seconds: str) -> str:
-    """The upper bound of the duration bucket `seconds` falls in (9e999 is +Inf)."""
-    arms = " ".join(f"WHEN {seconds} <= {le!r} THEN {le!r}" for le in DURATION_BUCKETS)
-    return f"CASE {arms} ELSE 9e999 END"
+    return duration_bucket_sql(seconds, "9e999")  # SQLite's +Inf
 
 
-# How an ended attempt counts: its outcome, `dead` for a failed or lost one that left its
-# job dead (policy.ATTEMPT_OUTCOMES).
-_EVENT = ("CASE WHEN {a}.outcome IN ('failed', 'lost') AND j.state = 'dead' THEN 'dead'"
-          " ELSE coalesce({a}.outcome, 'failed') END")
+# How long an ended attempt ran.
 _SECONDS = "max(coalesce({a}.finished_at - {a}.started_at, 0), 0)"
 
 # job_counts (schema 13) built from the jobs themselves: what migration 13 runs once, and
