@@ -126,6 +126,15 @@ class PgServer:
         except OSError:
             return ""
 
+    def log_size(self) -> int:
+        return self.log.stat().st_size
+
+    def logged_since(self, offset: int) -> str:
+        """The server log written after `offset` (log_size() before)."""
+        with self.log.open("rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
+
     def init(self, locale: str | None = "C") -> None:
         """initdb; locale None: the environment's (the bench's, as it always measured)."""
         self._tool("initdb", "-D", str(self.data), "-A", "trust", "-U", SUPERUSER, "--no-sync",

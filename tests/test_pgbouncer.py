@@ -131,8 +131,9 @@ SESSION_STATE = {
 def test_no_statement_keeps_session_state() -> None:
     """Every statement the store sends and every migration: transaction-scoped only (SET
     LOCAL, pg_advisory_xact_lock, set_config(..., true)); LISTEN only on the wakeup's own
-    connection. The driver sends no prepared statements (psycopg2 interpolates client-side)
-    and the store opens no named (server-side) cursor."""
+    connection. The driver sends no prepared statements (psycopg2 interpolates client-side),
+    the store PREPAREs a worker's calls only on a direct connection (the next test) and
+    opens no named (server-side) cursor."""
     texts = {name: text for name, text in postgres_sql.TEMPLATES.items()}
     texts.update({f"migration {v}.{i}": text for v, statements in MIGRATIONS.items()
                   for i, text in enumerate(statements)})
@@ -146,6 +147,41 @@ def test_no_statement_keeps_session_state() -> None:
         source = path.read_text()
         assert not re.search(r"\.cursor\(\s*(name\s*=|['\"])", source), path  # named cursor
         assert "set_session" not in source and "autocommit = False" not in source, path
+
+
+def test_a_workers_calls_go_as_text_through_the_pooler(bouncer: Any, pg_server: Any) -> None:
+    """Through a transaction pooler a worker's store prepares nothing (an EXECUTE could
+    reach a server connection that never saw the PREPARE): the server sees its calls as
+    text, and `info` says so."""
+    from queuectl.backends.postgres_sql import prepared
+    from queuectl.job import JobSpec
+    from queuectl.locator import open_store
+    from queuectl.store import Outcome
+
+    dbname = _database(pg_server)
+    pg_server.psql(f"ALTER DATABASE {dbname} SET log_statement = 'all'")
+    db = bouncer.locator(schema=pg_server.fresh_schema(), dbname=dbname)
+    store = open_store(db, for_worker=True)
+    try:
+        store.enqueue([JobSpec("true", id=f"j{i}") for i in range(3)])
+        start = pg_server.log_size()
+        done = Outcome(exit_code=0, error=None, output=b"", duration=0.0)
+        job, ran = store.claim_next("w"), []
+        while job is not None:
+            ran.append(job.id)
+            held, job = store.complete_and_claim(job, done, "w")
+            assert held
+        assert sorted(ran) == ["j0", "j1", "j2"]
+        log = pg_server.logged_since(start)
+        assert log.count("statement: SELECT o_done, o_queue") == 3, log
+        assert "PREPARE" not in log and "EXECUTE" not in log, log
+        assert prepared(store.sql.complete_and_claim).name not in log
+    finally:
+        store.close()
+    info = json.loads(subprocess.run([QUEUECTL, "--db", db, "info"], capture_output=True,
+                                     text=True, timeout=60, check=True).stdout)
+    assert info["postgresql"]["worker_calls"] == (
+        "sent as text: a connection pooler is in the way")
 
 
 @pytest.mark.parametrize("listen, says", [

@@ -1551,3 +1551,55 @@ def test_the_blocked_counter_stays_right_under_concurrent_submits_and_completion
     finally:
         store.close()
     assert len(children) > 0 and refused[0] < 100
+
+
+def _logged_calls(pg_server: Any, dbname: str) -> str:
+    """A fresh database whose every statement the server logs (log_statement = all)."""
+    pg_server.psql(f"CREATE DATABASE {dbname}")
+    pg_server.psql(f"ALTER DATABASE {dbname} SET log_statement = 'all'")
+    return pg_server.locator(schema=pg_server.fresh_schema(), dbname=dbname)
+
+
+def test_a_workers_calls_are_prepared_once_per_connection(pg_server: Any) -> None:
+    """On a direct connection a worker's store PREPAREs its claim and its
+    complete-and-claim once, at first use, then only EXECUTEs them (the server parses and
+    plans each call once). A session reset (DISCARD ALL, as a pooler's reset query runs)
+    loses them: the next call is refused, sent again as text, and every job still runs
+    exactly once."""
+    from queuectl.backends.postgres_sql import prepared
+
+    db = _logged_calls(pg_server, f"db_{pg_server.fresh_schema()}")
+    store = open_store(db, for_worker=True)
+    try:
+        claim, both = (prepared(text) for text in (store.sql.claim, store.sql.complete_and_claim))
+        store.enqueue([JobSpec("true", id=f"j{i}") for i in range(5)])
+        start = pg_server.log_size()
+        done = Outcome(exit_code=0, error=None, output=b"", duration=0.0)
+        job, ran = store.claim_next("w"), []
+        for _ in range(2):
+            ran.append(job.id)
+            held, job = store.complete_and_claim(job, done, "w")
+            assert held
+        log = pg_server.logged_since(start)
+        assert log.count(f"statement: PREPARE {claim.name} AS") == 1, log
+        assert log.count(f"statement: PREPARE {both.name} AS") == 1, log
+        assert log.count(f"statement: EXECUTE {both.name}(") == 2, log
+        assert "statement: SELECT o_done" not in log, log
+        store._run(lambda cur: cur.execute("DISCARD ALL"))
+        start = pg_server.log_size()
+        while job is not None:
+            ran.append(job.id)
+            held, job = store.complete_and_claim(job, done, "w")
+            assert held
+        log = pg_server.logged_since(start)
+        assert f"prepared statement \"{both.name}\" does not exist" in log, log
+        assert log.count(f"statement: EXECUTE {both.name}(") == 1, log  # refused, then text
+        assert log.count("statement: SELECT o_done, o_queue") == 3, log
+        assert sorted(ran) == [f"j{i}" for i in range(5)]
+        assert store.counts()["completed"] == 5
+        assert all(store.get(f"j{i}").attempts == 1 for i in range(5))
+        info = run(db, "info")
+        assert json.loads(info.stdout)["postgresql"]["worker_calls"] == (
+            "prepared once per worker connection")
+    finally:
+        store.close()

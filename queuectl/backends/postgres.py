@@ -63,7 +63,7 @@ from queuectl.backends.postgres_connection import (
     Target,
 )
 from queuectl.backends.postgres_schema import MIGRATIONS, SCHEMA_VERSION, VERSION_TABLE
-from queuectl.backends.postgres_sql import EVENT, Statements, statements
+from queuectl.backends.postgres_sql import EVENT, Statements, prepared, statements
 from queuectl.errors import (
     Conflict,
     DatabaseBusy,
@@ -105,6 +105,7 @@ from queuectl.store import (
 
 try:
     import psycopg2
+    import psycopg2.errors
 except ImportError:  # reported by open_store, with the package to install
     psycopg2 = None
 
@@ -189,6 +190,10 @@ class PostgresStore(Connected, Store):
         self.sql: Statements = statements(target.schema, for_worker)
         self.channel = f"{target.schema}_jobs"
         self._settings = cfg.SettingsCache()
+        # The connection the worker's calls were last sent on, and the calls prepared on it
+        # (None: sent as text there). See _call.
+        self._prepared_on: Any = None
+        self._prepared: set[str] | None = None
         super().__init__(target, BUSY_TIMEOUT if for_worker else CONNECT_BUDGET)
         try:
             if for_worker and self._fetch(Statements.synchronous_standbys)[0][0]:
@@ -552,6 +557,30 @@ class PostgresStore(Connected, Store):
         row = cur.fetchone()
         return None if row is None else Job.from_row(row)
 
+    def _call(self, cur: Any, text: str, params: dict[str, Any]) -> None:
+        """Send one of a worker's calls (postgres_sql.PREPARED_CALLS): on a direct
+        connection, a statement prepared on it at first use; as text through a pooler, for
+        any other store, and on a connection that lost what it prepared (a session reset,
+        a pooler that did not show) or whose plan no longer fits (the schema changed under
+        it). A refused EXECUTE ran nothing: the call is sent again as text."""
+        conn = cur.connection
+        if conn is not self._prepared_on:
+            self._prepared_on = conn
+            self._prepared = set() if self.for_worker and not self._pooled_conn(cur) else None
+        if self._prepared is None:
+            cur.execute(text, params)
+            return
+        call = prepared(text)
+        try:
+            if call.name not in self._prepared:
+                cur.execute(call.prepare)
+                self._prepared.add(call.name)
+            cur.execute(call.execute, params)
+        except (psycopg2.errors.InvalidSqlStatementName, psycopg2.errors.FeatureNotSupported,
+                psycopg2.errors.DuplicatePreparedStatement):
+            self._prepared = None
+            cur.execute(text, params)
+
     def _claim_params(self, worker: str, queues: list[str] | None,
                       exclude: list[str] | None) -> dict[str, Any]:
         """`skip` starts as the excluded queues (only with every queue): the claim passes
@@ -565,7 +594,7 @@ class PostgresStore(Connected, Store):
         params = self._claim_params(worker, queues, exclude)
 
         def claim(cur: Any) -> Job | None:
-            cur.execute(self.sql.claim, params)
+            self._call(cur, self.sql.claim, params)
             (candidate,), got = _called(cur)
             if got is not None:
                 return got
@@ -605,7 +634,7 @@ class PostgresStore(Connected, Store):
                   "ending": job.id}
 
         def both(cur: Any) -> tuple[bool, Job | None, str | None]:
-            cur.execute(self.sql.complete_and_claim, params)
+            self._call(cur, self.sql.complete_and_claim, params)
             (done, candidate), got = _called(cur)
             return done == 1, got, candidate
 
@@ -655,7 +684,7 @@ class PostgresStore(Connected, Store):
         params = self._params(job, outcome, policy.COMPLETED_ATTEMPT)
 
         def complete(cur: Any) -> bool:
-            cur.execute(self.sql.record_success, params)
+            self._call(cur, self.sql.record_success, params)
             return bool(cur.fetchone()[0] == 1)
 
         def settle(cur: Any) -> bool:
@@ -1276,17 +1305,20 @@ class PostgresStore(Connected, Store):
                 "driver": f"psycopg2 {psycopg2.__version__.split()[0]}",
                 "pooler": pooled,
                 "wakeup": self._wakeup_text(pooled),
+                "worker_calls": ("sent as text: a connection pooler is in the way" if pooled
+                                 else "prepared once per worker connection"),
             },
         }
 
     def _pooled(self) -> bool:
-        """Whether a pooler stands between us and the server: the server process's id
-        is not the one the connection announced (a pooler makes its own up)."""
-        def ask(cur: Any) -> bool:
-            cur.execute(self.sql.server_pid)
-            return bool(cur.fetchone()[0] != cur.connection.get_backend_pid())
+        """Whether a pooler stands between us and the server (see _pooled_conn)."""
+        return self._run(self._pooled_conn, idempotent=True)
 
-        return self._run(ask, idempotent=True)
+    def _pooled_conn(self, cur: Any) -> bool:
+        """Whether a pooler stands between cur's connection and the server: the server
+        process's id is not the one the connection announced (a pooler makes its own up)."""
+        cur.execute(self.sql.server_pid)
+        return bool(cur.fetchone()[0] != cur.connection.get_backend_pid())
 
     def _wakeup_text(self, pooled: bool) -> str:
         target, net = self.target, (f"polling every {ListenWakeup.poll_interval:g} s as a "

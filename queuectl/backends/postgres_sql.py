@@ -35,7 +35,10 @@ The schema's own DDL (tables, indexes, triggers) is in `postgres_schema`, as mig
 from __future__ import annotations
 
 import functools
+import hashlib
+import re
 import sys
+from dataclasses import dataclass
 
 from queuectl.job import ROW_COLUMNS
 from queuectl.policy import duration_bucket_sql
@@ -1427,6 +1430,42 @@ VERBS: dict[str, tuple[str, ...]] = {
 def statements(schema: str, for_worker: bool = False) -> Statements:
     """The statements for the queue in `schema` (a checked name), built once per process."""
     return Statements(schema, for_worker)
+
+
+# -- a worker's calls, prepared ------------------------------------------------------------
+# On a direct connection, a worker's store sends its calls (one per job) as statements
+# prepared once per connection: the server then parses, analyses and plans each call once,
+# not on every job (measured on the bench's 2-worker drain: 30 to 40 µs of the server's CPU
+# a job, of some 580). Never through a pooler: a transaction pooler would hand an EXECUTE
+# a server connection that never saw its PREPARE (the store tells a pooler by the process
+# id it made up: server_pid).
+PREPARED_CALLS = ("claim", "complete_and_claim", "record_success")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A call as a prepared statement: its name, the PREPARE (placeholders $1..$n, the
+    types the call's casts give) and the EXECUTE (psycopg2's placeholders, bound per call)."""
+
+    name: str
+    prepare: str
+    execute: str
+
+
+@functools.cache
+def prepared(text: str) -> Prepared:
+    """The call `text` (psycopg2's %(name)s placeholders) as a prepared statement, named
+    after a hash of its text: another schema, version or setting is another statement."""
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        names.append(match.group(1))
+        return f"${len(names)}"
+
+    body = re.sub(r"%\((\w+)\)s", number, text).replace("%%", "%")
+    name = "queuectl_" + hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+    passed = ", ".join(f"%({n})s" for n in names)
+    return Prepared(name, f"PREPARE {name} AS {body}", f"EXECUTE {name}({passed})")
 
 
 # -- printing ------------------------------------------------------------------------------
