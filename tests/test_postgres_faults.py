@@ -378,7 +378,12 @@ def test_300_enqueue_processes_of_one_key_store_one_job_and_all_answer_it(
     assert len(answers) == 1 and answers.most_common(1)[0][1] == n
 
 
-COMPLETE_AND_CLAIM = b"SELECT o_done, o_queue"  # the call of complete_and_claim (postgres_sql)
+def _complete_and_claim(schema: str) -> bytes:
+    """How a worker's store on a direct connection calls complete_and_claim: the EXECUTE
+    of its prepared statement (postgres_sql.prepared)."""
+    from queuectl.backends.postgres_sql import prepared, statements
+
+    return f"EXECUTE {prepared(statements(schema, True).complete_and_claim).name}(".encode()
 
 
 @pytest.mark.parametrize("after_answer", [True, False], ids=["committed", "not-committed"])
@@ -395,7 +400,8 @@ def test_worker_whose_connection_breaks_mid_commit_neither_loses_nor_orphans_a_j
     q.run("enqueue", "--file", "-", input="".join(
         json.dumps({"id": f"j{i}", "command": f"echo j{i} >> {out}", "priority": 10 - i}) + "\n"
         for i in range(4)))
-    proxy, locator = _through_proxy(pg_server, schema, COMPLETE_AND_CLAIM, after_answer)
+    proxy, locator = _through_proxy(pg_server, schema, _complete_and_claim(schema),
+                                    after_answer)
     via_proxy = Queue(locator)
     try:
         via_proxy.worker("--name", "cut", log=log)
