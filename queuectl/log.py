@@ -20,7 +20,8 @@ from typing import Any, TextIO
 
 # One human sentence per event; fields missing from an event render as "?".
 MESSAGES = {
-    "worker_started": "Worker {worker} starting (pid {pid}, database {db}, queues {queues})",
+    "worker_started": "Worker {worker} starting (pid {pid}, database {db}, queues {queues}; "
+    "wakes by {wakeup}; polls every {poll_interval} s)",
     "worker_ready": "Ready: waiting for jobs",
     "integrity_checked": "Checked the whole database {db} in {seconds} s (once per file and boot)",
     "running_as_root": "Running as root: every job runs as root too (the systemd unit runs "

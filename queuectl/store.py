@@ -188,6 +188,10 @@ class Wakeup(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
+    def describe(self) -> str:
+        """How it hears of new work, for the worker's start-up log line."""
+        return "polling"
+
     def arm(self) -> None:
         """Watch for changes again (after disarm). The caller looks at the queue after
         arming, so nothing committed before is missed. Never raises."""

@@ -277,6 +277,7 @@ class Worker:
             self.start()
             self._take_cgroup()
             self.log.info("worker_started", pid=os.getpid(), db=self.locator, queues=self.lane,
+                          wakeup=self._wakeup.describe(), poll_interval=self.poll_interval,
                           **({"excluded": ",".join(self._lane["exclude"])}
                              if "exclude" in self._lane else {}),
                           **({"cgroup": self.cgroups.base} if self.cgroups else {}))

@@ -319,6 +319,14 @@ def test_each_listen_mode_behind_the_pooler(bouncer: Any, pg_server: Any,
                 assert worker.wait(timeout=30) == 0
             finally:
                 q.stop_all()
+    # Each worker said at start how it hears of new work.
+    says = {"auto": ("polling: a connection pooler is in the way", 0.5),
+            "direct": (f"LISTEN on postgresql://postgres@/{db}?", 1.0),
+            "off": ("polling (listen=off)", 0.5)}
+    for mode, (wakeup, poll) in says.items():
+        started = next(json.loads(line) for line in (tmp_path / f"{mode}.log").read_text()
+                       .splitlines() if '"worker_started"' in line)
+        assert started["wakeup"].startswith(wakeup) and started["poll_interval"] == poll, started
     # Only the direct mode's worker ever listened, on one connection of its own.
     assert max(conns.listening) == 1
     assert max(conns.pooled) <= POOL

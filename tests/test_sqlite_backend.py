@@ -2,9 +2,12 @@
 
 The promises every backend makes are in tests/contract/."""
 
+import json
 import os
 import sqlite3
 from pathlib import Path
+
+from conftest import Queue
 
 from queuectl.backends import sqlite_sql
 from queuectl.backends.sqlite import SQLiteStore
@@ -742,3 +745,18 @@ def test_the_blocked_counter_follows_every_path(tmp_path: Path) -> None:
         conn.execute("UPDATE jobs SET state = 'processing' WHERE id = 'r'")
     _assert_blocked(store, 0)
     assert store.counts("mail")["blocked"] == 0  # a queue's row at 0 reads 0
+
+
+def test_a_worker_says_at_start_how_it_hears_of_new_work(queue: Queue, tmp_path: Path) -> None:
+    """inotify on the database's directory, with a slow safety-net poll, unless
+    --poll-interval says otherwise; PostgreSQL's modes: tests/test_pgbouncer.py."""
+    q = queue
+    q.enqueue({"command": "true"})
+    for args, poll in (((), 1.0), (("--poll-interval", "0.2"), 0.2)):
+        log = tmp_path / f"w{poll}.log"
+        worker = q.start("worker", "run", "--drain", *args, log=log)
+        assert worker.wait(timeout=30) == 0
+        started = next(json.loads(line) for line in log.read_text().splitlines()
+                       if '"worker_started"' in line)
+        assert started["wakeup"] == "inotify on the database's directory", started
+        assert started["poll_interval"] == poll, started

@@ -54,6 +54,9 @@ class DatabaseWatcher(Wakeup):
         self._wd = wd
         return True
 
+    def describe(self) -> str:
+        return "inotify on the database's directory"
+
     def arm(self) -> None:
         if self._wd < 0:
             self._add()  # on failure the worker's poll is the safety net

@@ -1355,6 +1355,9 @@ class Polling(PollOnly):
 
     poll_interval = POLL_ONLY
 
+    def describe(self) -> str:
+        return "polling (listen=off)"
+
 
 class ListenWakeup(Wakeup):
     """LISTEN on a connection of its own. Callers select on one descriptor that never
@@ -1423,6 +1426,14 @@ class ListenWakeup(Wakeup):
             conn.close()
         except Exception:
             pass
+
+    def describe(self) -> str:
+        if self.pooled:
+            return ("polling: a connection pooler is in the way, which LISTEN cannot pass "
+                    "(listen=URL of the server wakes workers at once)")
+        if self._trusted:
+            return f"LISTEN on {self._target.display}"
+        return "LISTEN"
 
     def arm(self) -> None:
         if not self._armed:
