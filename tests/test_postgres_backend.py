@@ -223,6 +223,21 @@ def test_sqlite_enqueue_never_imports_the_driver(tmp_path: Path) -> None:
     assert result.returncode == 0 and result.stderr.strip() == "False", result.stderr
 
 
+def test_a_postgresql_enqueue_loads_no_module_it_does_not_use(pg_server: Any) -> None:
+    """Every `enqueue` pays for its imports (cold enqueue in `make bench`): the PostgreSQL
+    store's path keeps out what only a worker's prepared calls or a migration need
+    (dataclasses and inspect cost 9 ms, hashlib 4 ms)."""
+    kept_out = ("dataclasses", "inspect", "hashlib", "click")
+    code = ("import sys; from queuectl.main import main; rc = main(sys.argv[1:]); "
+            f"print(sorted(m for m in {kept_out!r} if m in sys.modules), file=sys.stderr); "
+            "sys.exit(rc)")
+    db = pg_server.fresh_locator()
+    assert run(db, "status").returncode == 0  # created (a migration may import more)
+    result = subprocess.run([sys.executable, "-c", code, "--db", db, "enqueue", "--cmd", "true"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stderr.strip() == "[]", result.stderr
+
+
 def test_times_come_from_the_server_clock(pg_server: Any) -> None:
     """created_at and a delay's run_at are the server's now (plus the delay), so hosts
     with skewed clocks agree; compared with the server's own clock read alongside."""
