@@ -129,6 +129,10 @@ class PgServer:
     def log_size(self) -> int:
         return self.log.stat().st_size
 
+    def log_statements(self, dbname: str) -> None:
+        """Every statement of new sessions on `dbname` into the log (see logged_since)."""
+        self.psql(f"ALTER DATABASE {dbname} SET log_statement = 'all'")
+
     def logged_since(self, offset: int) -> str:
         """The server log written after `offset` (log_size() before)."""
         with self.log.open("rb") as f:

@@ -159,7 +159,7 @@ def test_a_workers_calls_go_as_text_through_the_pooler(bouncer: Any, pg_server: 
     from queuectl.store import Outcome
 
     dbname = _database(pg_server)
-    pg_server.psql(f"ALTER DATABASE {dbname} SET log_statement = 'all'")
+    pg_server.log_statements(dbname)
     db = bouncer.locator(schema=pg_server.fresh_schema(), dbname=dbname)
     store = open_store(db, for_worker=True)
     try:

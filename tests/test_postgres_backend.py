@@ -1571,7 +1571,7 @@ def test_the_blocked_counter_stays_right_under_concurrent_submits_and_completion
 def _logged_calls(pg_server: Any, dbname: str) -> str:
     """A fresh database whose every statement the server logs (log_statement = all)."""
     pg_server.psql(f"CREATE DATABASE {dbname}")
-    pg_server.psql(f"ALTER DATABASE {dbname} SET log_statement = 'all'")
+    pg_server.log_statements(dbname)
     return pg_server.locator(schema=pg_server.fresh_schema(), dbname=dbname)
 
 

@@ -558,7 +558,7 @@ class PostgresStore(Connected, Store):
         return None if row is None else Job.from_row(row)
 
     def _call(self, cur: Any, text: str, params: dict[str, Any]) -> None:
-        """Send one of a worker's calls (postgres_sql.PREPARED_CALLS): on a direct
+        """Send one of a worker's calls (claim, complete_and_claim, record_success): on a direct
         connection, a statement prepared on it at first use; as text through a pooler, for
         any other store, and on a connection that lost what it prepared (a session reset,
         a pooler that did not show) or whose plan no longer fits (the schema changed under
@@ -566,7 +566,7 @@ class PostgresStore(Connected, Store):
         conn = cur.connection
         if conn is not self._prepared_on:
             self._prepared_on = conn
-            self._prepared = set() if self.for_worker and not self._pooled_conn(cur) else None
+            self._prepared = set() if self.for_worker and not behind_pooler(cur) else None
         if self._prepared is None:
             cur.execute(text, params)
             return
@@ -1311,14 +1311,8 @@ class PostgresStore(Connected, Store):
         }
 
     def _pooled(self) -> bool:
-        """Whether a pooler stands between us and the server (see _pooled_conn)."""
-        return self._run(self._pooled_conn, idempotent=True)
-
-    def _pooled_conn(self, cur: Any) -> bool:
-        """Whether a pooler stands between cur's connection and the server: the server
-        process's id is not the one the connection announced (a pooler makes its own up)."""
-        cur.execute(self.sql.server_pid)
-        return bool(cur.fetchone()[0] != cur.connection.get_backend_pid())
+        """Whether a pooler stands between us and the server (see behind_pooler)."""
+        return self._run(behind_pooler, idempotent=True)
 
     def _wakeup_text(self, pooled: bool) -> str:
         target, net = self.target, (f"polling every {ListenWakeup.poll_interval:g} s as a "
@@ -1328,8 +1322,7 @@ class PostgresStore(Connected, Store):
         if target.listen_target is not None:
             return f"LISTEN {self.channel} on {target.listen_target.display}, {net}"
         if pooled:
-            return (f"polling every {POLL_ONLY:g} s: a connection pooler is in the way, "
-                    "which LISTEN cannot pass (listen=URL of the server wakes workers at once)")
+            return f"polling every {POLL_ONLY:g} s: {POOLED}"
         return f"LISTEN {self.channel}, {net}"
 
     # -- waking ------------------------------------------------------------------------------
@@ -1345,6 +1338,17 @@ class PostgresStore(Connected, Store):
 
 
 # -- waking idle workers -------------------------------------------------------------------
+def behind_pooler(cur: Any) -> bool:
+    """Whether a pooler stands between cur's connection and the server: the server
+    process's id is not the one the connection announced (a pooler makes its own up)."""
+    cur.execute(Statements.server_pid)
+    return bool(cur.fetchone()[0] != cur.connection.get_backend_pid())
+
+
+# Why a worker polls behind a pooler (info's and the worker's own words).
+POOLED = ("a connection pooler is in the way, which LISTEN cannot pass (listen=URL of the "
+          "server wakes workers at once)")
+
 # The poll of idle workers that hear no NOTIFY (listen=off, or a pooler in the way): brisker
 # than the safety net's, as SQLite's without inotify; a query or two per worker each time.
 POLL_ONLY = 0.5
@@ -1399,13 +1403,11 @@ class ListenWakeup(Wakeup):
         try:
             conn = self._target.connect()
             with conn.cursor() as cur:
-                if not self._trusted:
-                    cur.execute(self._sql.server_pid)
-                    if cur.fetchone()[0] != conn.get_backend_pid():
-                        self.pooled, self.poll_interval = True, POLL_ONLY
-                        self._next_try = float("inf")
-                        conn.close()
-                        return False
+                if not self._trusted and behind_pooler(cur):
+                    self.pooled, self.poll_interval = True, POLL_ONLY
+                    self._next_try = float("inf")
+                    conn.close()
+                    return False
                 if self._armed:
                     cur.execute(self._sql.listen)
             os.dup2(conn.fileno(), self._fd)
@@ -1429,8 +1431,7 @@ class ListenWakeup(Wakeup):
 
     def describe(self) -> str:
         if self.pooled:
-            return ("polling: a connection pooler is in the way, which LISTEN cannot pass "
-                    "(listen=URL of the server wakes workers at once)")
+            return f"polling: {POOLED}"
         if self._trusted:
             return f"LISTEN on {self._target.display}"
         return "LISTEN"

@@ -1438,7 +1438,6 @@ def statements(schema: str, for_worker: bool = False) -> Statements:
 # without: 3 to 38 µs of the server's CPU a job, about 20 on average, of some 580). Never
 # through a pooler: a transaction pooler would hand an EXECUTE a server connection that
 # never saw its PREPARE (the store tells a pooler by the process id it made up: server_pid).
-PREPARED_CALLS = ("claim", "complete_and_claim", "record_success")
 
 
 class Prepared:
