@@ -58,6 +58,16 @@ class WorkerInfo(Record):
     state: str
     job_id: str | None
     queues: list[str] | None = None  # what it serves, in order of preference; None: all
+    # With queues None: the queues it leaves alone (its host's lane files'); None or []: none.
+    exclude: list[str] | None = None
+
+
+def serves(queue: str, queues: list[str] | None, exclude: list[str] | None) -> bool:
+    """Whether a worker of `queues` (None: every queue but `exclude`) may take `queue`'s
+    jobs: what `queues()` and `counts(queue)` count as a queue's active workers."""
+    if queues is None:
+        return not exclude or queue not in exclude
+    return queue in queues
 
 
 class Outcome(Record):
@@ -591,7 +601,9 @@ class Store(ABC):
     #   else an all-queue worker would wake, or keep draining, for jobs it may not take).
     # - pause(by, queue) / resume(queue) / paused(queue): with a queue, that queue's own flag,
     #   independent of the global one (either stops claims from it); False/None as before.
-    # - register_worker stores WorkerInfo.queues (None: all); workers() returns it.
+    # - register_worker stores WorkerInfo.queues (None: all) and WorkerInfo.exclude (the
+    #   queues an all-queue worker leaves to lanes); workers() returns both, and a queue's
+    #   active workers (queues(), counts(queue)) are those that serve it (`serves`).
     # Callers pass the new arguments (queues, exclude) only when they are set, so a backend
     # that predates them keeps working for the default queue.
 

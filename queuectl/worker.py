@@ -262,7 +262,7 @@ class Worker:
         pid = os.getpid()
         self.store.register_worker(WorkerInfo(
             self.name, procinfo.hostname(), pid, procinfo.start_time(pid), 0.0, 0.0, "idle",
-            None, self.opts.queues))
+            None, self.opts.queues, self._lane.get("exclude")))
         if self.stable_name:
             for job in self.store.reclaim_worker(self.name):
                 self.lease.end_reclaimed(job)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Queue
+from waiting import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 GENERATOR = REPO / "queuectl" / "lanes.py"  # installed as .../system-generators/queuectl-lane-generator
@@ -286,3 +287,29 @@ def test_a_worker_of_every_queue_leaves_a_lane_files_queues_to_its_lane(queue: Q
     started = next(json.loads(line) for line in (tmp_path / "lane.log").read_text().splitlines()
                    if '"worker_started"' in line)
     assert started["queues"] == "backups" and "excluded" not in started
+
+
+def test_a_worker_of_every_queue_is_not_counted_for_a_reserved_queue(queue: Queue,
+                                                                     lanes: Path) -> None:
+    """Real workers: `queue list` and `status --queue` count, for the lane's queue, its
+    lane's worker and not this host's worker of every queue, which serves every other."""
+    _write(lanes, "backups.conf", BACKUPS)
+    queue.env["QUEUECTL_LANES_DIR"] = str(lanes)
+    queue.run("enqueue", "--queue", "backups", "--cmd", "echo lane")
+    queue.run("enqueue", "--cmd", "echo default")
+
+    def workers() -> dict[str, int]:
+        return {row["queue"]: row["workers"]
+                for row in map(json.loads, queue.run("queue", "list", "--jsonl").stdout.splitlines())}
+
+    everything = queue.worker()
+    wait_for(lambda: workers().get("default") == 1, 20, "the worker of every queue to register")
+    assert workers()["backups"] == 0
+    assert queue.json("status", "--queue", "backups")["active_workers"] == 0
+    lane = queue.worker("--queue", "backups")
+    wait_for(lambda: workers()["backups"] == 1, 20, "the lane's worker to register")
+    assert workers()["default"] == 1
+    assert queue.json("status", "--queue", "default")["active_workers"] == 1
+    for proc in (everything, lane):
+        proc.terminate()
+        assert proc.wait(timeout=20) == 0

@@ -100,6 +100,7 @@ from queuectl.store import (
     Submitted,
     Wakeup,
     WorkerInfo,
+    serves,
     usage_of,
 )
 
@@ -1016,11 +1017,11 @@ class PostgresStore(Connected, Store):
             elif kind == "n":
                 entry(name).notices = int(number)
             else:
-                serving.append(lanes)
+                serving.append((lanes, text.split(",") if text else None))
                 for lane in lanes or ():
                     entry(lane)
         for info in found.values():
-            info.workers = sum(lanes is None or info.name in lanes for lanes in serving)
+            info.workers = sum(serves(info.name, lanes, exclude) for lanes, exclude in serving)
         return [found[name] for name in sorted(found)]
 
     # -- on-dead notices ---------------------------------------------------------------------
@@ -1256,7 +1257,8 @@ class PostgresStore(Connected, Store):
         def register(cur: Any) -> float:
             cur.execute(self.sql.register_worker, (
                 info.name, info.host, info.pid, info.pid_start, info.state, info.job_id,
-                None if info.queues is None else list(info.queues)))
+                None if info.queues is None else list(info.queues),
+                list(info.exclude) if info.exclude else None))
             return float(cur.fetchone()[0])
 
         info.started_at = info.heartbeat_at = self._run(register, idempotent=True)

@@ -18,7 +18,7 @@ from queuectl.backends.postgres_sql import (
 )
 from queuectl.policy import COUNTED_OUTCOME_SQL as ATTEMPT_EVENT
 
-SCHEMA_VERSION = 12
+SCHEMA_VERSION = 13
 
 # job_counts (version 10) built from the jobs themselves: what migration 10 runs once, and
 # what a tool that wrote jobs rows with the triggers off (bench/fill.py) runs after it.
@@ -575,6 +575,10 @@ MIGRATIONS: dict[int, list[str]] = {
             EXECUTE FUNCTION {{s}}.count_attempt()""",
         *functions_12(),
     ],
+    # A queue's active workers (queue list, status --queue, metrics) leave out the
+    # all-queue workers that exclude it (their host's lane files serve it). A column
+    # without a default: a catalog change, no table rewrite.
+    13: ["ALTER TABLE {s}.workers ADD COLUMN exclude text[]"],
 }
 
 # The bookkeeping table itself, created with the schema before migration 1.

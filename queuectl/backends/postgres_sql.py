@@ -726,6 +726,9 @@ _WAITING = "state IN ('pending', 'failed') AND waiting_on = 0"
 _LANE = " AND queue = ANY(%(queues)s::text[])"
 # Only those a worker of every queue but %(exclude)s (a host's lane files' queues) could take.
 _EXCEPT = " AND queue <> ALL(%(exclude)s::text[])"
+# A worker that serves %(queue)s (store.serves).
+_SERVES = ("CASE WHEN queues IS NULL THEN %(queue)s <> ALL(coalesce(exclude, '{{}}'))"
+           " ELSE %(queue)s = ANY(queues) END")
 _REMAINING = "SELECT count(*) FROM {s}.jobs WHERE state IN ('pending', 'failed', 'processing')"
 
 
@@ -1109,7 +1112,7 @@ UNION ALL
 SELECT 'o', queue, NULL, NULL, max(t.now - run_at), NULL FROM g, t
     WHERE run_at <= t.now GROUP BY queue
 UNION ALL
-SELECT 'w', NULL, NULL, NULL, NULL, queues FROM {{s}}.workers, t
+SELECT 'w', NULL, array_to_string(exclude, ','), NULL, NULL, queues FROM {{s}}.workers, t
     WHERE heartbeat_at >= t.now - %(window)s
 UNION ALL
 SELECT 'd', name, on_dead, NULL, NULL, NULL FROM {{s}}.queues WHERE coalesce(on_dead, '') <> ''
@@ -1249,9 +1252,9 @@ UNION ALL
 
     # -- counts --
     counts = _counts("", "")
-    # Its jobs, and the active workers that serve it (by name or all).
-    counts_in_queue = _counts("WHERE queue = %(queue)s",
-                              "AND (queues IS NULL OR %(queue)s = ANY(queues))")
+    # Its jobs, and the active workers that serve it (store.serves: by name, or all but
+    # the queues they exclude).
+    counts_in_queue = _counts("WHERE queue = %(queue)s", f"AND {_SERVES}")
 
     # -- remaining --
     remaining = _REMAINING
@@ -1288,12 +1291,12 @@ UNION ALL
     # -- register_worker --
     register_worker = f"""WITH {_T}
 INSERT INTO {{s}}.workers (name, host, pid, pid_start, started_at,
-    heartbeat_at, state, job_id, queues)
-SELECT %s, %s, %s, %s, t.now, t.now, %s, %s, %s::text[] FROM t
+    heartbeat_at, state, job_id, queues, exclude)
+SELECT %s, %s, %s, %s, t.now, t.now, %s, %s, %s::text[], %s::text[] FROM t
 ON CONFLICT (name) DO UPDATE SET host = excluded.host, pid = excluded.pid,
     pid_start = excluded.pid_start, started_at = excluded.started_at,
     heartbeat_at = excluded.heartbeat_at, state = excluded.state,
-    job_id = excluded.job_id, queues = excluded.queues
+    job_id = excluded.job_id, queues = excluded.queues, exclude = excluded.exclude
 RETURNING started_at"""
 
     # -- unregister_worker --
@@ -1301,7 +1304,7 @@ RETURNING started_at"""
 
     # -- workers --
     workers = ("SELECT name, host, pid, pid_start, started_at, heartbeat_at, state, job_id,"
-               " queues FROM {s}.workers ORDER BY name")
+               " queues, exclude FROM {s}.workers ORDER BY name")
 
     # -- seconds_since_heartbeat --
     seconds_since_heartbeat = "SELECT {now} - heartbeat_at FROM {s}.workers WHERE name = %s"

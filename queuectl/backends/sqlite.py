@@ -55,6 +55,7 @@ from queuectl.store import (
     Submitted,
     Wakeup,
     WorkerInfo,
+    serves,
     usage_of,
 )
 
@@ -887,7 +888,8 @@ class SQLiteStore(Store):
                 sql.REGISTER_WORKER,
                 (info.name, info.host, info.pid, info.pid_start, info.started_at,
                  info.heartbeat_at, _boot_id(), _uptime(), info.state, info.job_id,
-                 None if info.queues is None else ",".join(info.queues)),
+                 None if info.queues is None else ",".join(info.queues),
+                 ",".join(info.exclude) if info.exclude else None),
             )
 
     def unregister_worker(self, name: str) -> None:
@@ -896,10 +898,11 @@ class SQLiteStore(Store):
 
     def workers(self) -> list[WorkerInfo]:
         found = []
-        for name, host, pid, pid_start, started_at, heartbeat_at, state, job_id, queues in (
-                self._read(sql.WORKERS)):
+        for (name, host, pid, pid_start, started_at, heartbeat_at, state, job_id, queues,
+             exclude) in self._read(sql.WORKERS):
             found.append(WorkerInfo(name, host, pid, pid_start, started_at, heartbeat_at, state,
-                                    job_id, None if queues is None else queues.split(",")))
+                                    job_id, None if queues is None else queues.split(","),
+                                    exclude.split(",") if exclude else None))
         return found
 
     def seconds_since_heartbeat(self, name: str) -> float | None:
@@ -1237,13 +1240,14 @@ class SQLiteStore(Store):
         for name, due in SQLiteStore._first_due_by_queue(c).items():
             if due <= t:
                 entry(name).oldest_waiting = t - due
-        serving = [r[0] for r in c.execute(sql.ACTIVE_WORKER_QUEUES, _active_params())]
-        for names in serving:
-            for name in names.split(",") if names else ():
+        serving = [(None if names is None else names.split(","),
+                    exclude.split(",") if exclude else None)
+                   for names, exclude in c.execute(sql.ACTIVE_WORKER_QUEUES, _active_params())]
+        for names, _ in serving:
+            for name in names or ():
                 entry(name)
         for info in found.values():
-            info.workers = sum(names is None or info.name in names.split(",")
-                               for names in serving)
+            info.workers = sum(serves(info.name, names, exclude) for names, exclude in serving)
         return [found[name] for name in sorted(found)]
 
     @staticmethod

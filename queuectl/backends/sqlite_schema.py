@@ -8,7 +8,7 @@ new one. Add a change as the next number; never edit a released one.
 from queuectl.policy import COUNTED_OUTCOME_SQL as _EVENT
 from queuectl.policy import duration_bucket_sql
 
-SCHEMA_VERSION = 13
+SCHEMA_VERSION = 14
 
 
 def _bucket(seconds: str) -> str:
@@ -394,4 +394,8 @@ MIGRATIONS: dict[int, list[str]] = {
         # not of every completed job. One entry per completion, dropped with the job.
         "CREATE INDEX jobs_completed ON jobs (finished_at, queue) WHERE state = 'completed'",
     ],
+    # A queue's active workers (queue list, status --queue, metrics) leave out the
+    # all-queue workers that exclude it (their host's lane files serve it): names joined
+    # by ',', NULL none.
+    14: ["ALTER TABLE workers ADD COLUMN exclude TEXT"],
 }

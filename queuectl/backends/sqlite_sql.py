@@ -46,8 +46,10 @@ _EXPIRED = ("CASE WHEN lease_boot IS NULL THEN lease_expires_at < ?"
 # Parameters: the window's start on the wall clock, this boot's id, its start in uptime.
 _ACTIVE = ("CASE WHEN beat_boot IS NULL THEN heartbeat_at >= ?"
            " ELSE beat_boot = ? AND beat_clock >= ? END")
-# A worker that serves the queue named by the parameter: by name, or all queues (NULL).
-_SERVES = "(queues IS NULL OR instr(',' || queues || ',', ',' || ? || ',') > 0)"
+# A worker that serves the queue named by the parameter (store.serves): by name, or all
+# queues (NULL) but those it excludes.
+_SERVES = ("((queues IS NOT NULL) = (instr(',' || coalesce(queues, exclude, '') || ',',"
+           " ',' || ? || ',') > 0))")
 
 
 class ByState(tuple[str, str, str]):
@@ -367,11 +369,11 @@ SET_CONFIG = ("INSERT INTO config (key, value) VALUES (?, ?)"
 
 # == workers: register_worker, unregister_worker, workers, seconds_since_heartbeat ==========
 REGISTER_WORKER = ("INSERT OR REPLACE INTO workers (name, host, pid, pid_start, started_at,"
-                   " heartbeat_at, beat_boot, beat_clock, state, job_id, queues)"
-                   " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+                   " heartbeat_at, beat_boot, beat_clock, state, job_id, queues, exclude)"
+                   " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 UNREGISTER_WORKER = "DELETE FROM workers WHERE name = ?"
 WORKERS = ("SELECT name, host, pid, pid_start, started_at, heartbeat_at, state, job_id,"
-           " queues FROM workers ORDER BY name")
+           " queues, exclude FROM workers ORDER BY name")
 LAST_BEAT = "SELECT heartbeat_at, beat_boot, beat_clock FROM workers WHERE name = ?"
 
 # == verify, info ===========================================================================
@@ -473,7 +475,7 @@ FIRST_WAITING_OF_LOWER_PRIORITY = (f"SELECT queue, priority, run_at FROM jobs"
                                    f" INDEXED BY jobs_due_by_queue WHERE {_WAITING}"
                                    " AND queue = ? AND priority < ?"
                                    " ORDER BY priority DESC, run_at LIMIT 1")
-ACTIVE_WORKER_QUEUES = f"SELECT queues FROM workers WHERE {_ACTIVE}"
+ACTIVE_WORKER_QUEUES = f"SELECT queues, exclude FROM workers WHERE {_ACTIVE}"
 
 # == metrics ================================================================================
 # metrics also reads what `queues` does, in the same snapshot.

@@ -11,9 +11,11 @@ from queuectl.job import DEFAULT_QUEUE, STATES, JobSpec
 from queuectl.store import Store, WorkerInfo
 
 
-def _worker(name: str, queues: list[str] | None) -> WorkerInfo:
+def _worker(name: str, queues: list[str] | None, exclude: list[str] | None = None
+            ) -> WorkerInfo:
     return WorkerInfo(name=name, host="h", pid=1, pid_start=None, started_at=0.0,
-                      heartbeat_at=0.0, state="idle", job_id=None, queues=queues)
+                      heartbeat_at=0.0, state="idle", job_id=None, queues=queues,
+                      exclude=exclude)
 
 
 def _queue(store: Store, name: str):
@@ -164,3 +166,24 @@ def test_queue_overview_counts_limits_pauses_workers_and_the_longest_wait(store)
     assert store.counts("mail")["active_workers"] == 2
     by_name = {w.name: w.queues for w in store.workers()}
     assert by_name == {"all": None, "lane": ["mail", "default"], "idle-lane": ["quiet"]}
+
+
+def test_a_queue_counts_no_worker_that_excludes_it(store) -> None:
+    """An all-queue worker beside lane files (`exclude`: the queues those lanes serve)
+    does not serve the lanes' queues: queue list, status --queue and metrics count it for
+    every other queue only."""
+    add(store, queue="backups")
+    add(store, queue="mail")
+    store.register_worker(_worker("default-lane", None, exclude=["backups", "reports"]))
+    store.register_worker(_worker("backups-lane", ["backups"]))
+    store.register_worker(_worker("everything", None, exclude=[]))
+    rows = {q.name: q for q in store.queues()}
+    assert rows["backups"].workers == 2  # its lane's worker and the one excluding nothing
+    assert rows["mail"].workers == 2
+    assert store.counts("backups")["active_workers"] == 2
+    assert store.counts("mail")["active_workers"] == 2
+    assert store.counts("reports")["active_workers"] == 1
+    assert store.counts()["active_workers"] == 3
+    by_name = {w.name: (w.queues, w.exclude) for w in store.workers()}
+    assert by_name == {"default-lane": (None, ["backups", "reports"]),
+                       "backups-lane": (["backups"], None), "everything": (None, None)}
