@@ -2,9 +2,10 @@
 no full scan of jobs or of the attempt history, and no walk over rows whose number grows
 with the table (issue 26, "Ten million jobs on one host").
 
-A queue of ROWS jobs in the proportions of the issue's 10M case (99% completed, 1% pending,
-a few dead, failed, canceled and running, a tenth of them in a second queue, one history
-row per finished job) is filled with direct SQL, once per backend. Each verb then runs as
+A queue of ROWS jobs in the proportions of the issue's 10M case (98% completed, 1% pending,
+a few failed, canceled and running, a tenth of them in a second queue, one history row per
+finished job) and a dead-letter queue as large as the backlog (1% dead: `top` must not sort
+it) is filled with direct SQL, once per backend. Each verb then runs as
 the CLI runs it (the same store calls) while every statement it sends is recorded; each
 recorded statement is then looked at on its own:
 - SQLite: EXPLAIN QUERY PLAN must show no `SCAN` of jobs or attempts (a walk of the whole
@@ -54,7 +55,7 @@ TABLES = ("jobs", "attempts")
 def _state_sql(x: str) -> str:
     """The state of filled job number x, in the issue's proportions."""
     return (f"CASE WHEN {x} % {PENDING_EVERY} = 1 THEN 'pending'"
-            f" WHEN {x} % 10000 = 2 THEN 'dead' WHEN {x} % 20000 = 3 THEN 'failed'"
+            f" WHEN {x} % {PENDING_EVERY} = 2 THEN 'dead' WHEN {x} % 20000 = 3 THEN 'failed'"
             f" WHEN {x} % 20000 = 4 THEN 'canceled' ELSE 'completed' END")
 
 

@@ -575,10 +575,17 @@ MIGRATIONS: dict[int, list[str]] = {
             EXECUTE FUNCTION {{s}}.count_attempt()""",
         *functions_12(),
     ],
-    # A queue's active workers (queue list, status --queue, metrics) leave out the
-    # all-queue workers that exclude it (their host's lane files serve it). A column
-    # without a default: a catalog change, no table rewrite.
-    13: ["ALTER TABLE {s}.workers ADD COLUMN exclude text[]"],
+    13: [
+        # A queue's active workers (queue list, status --queue, metrics) leave out the
+        # all-queue workers that exclude it (their host's lane files serve it). A column
+        # without a default: a catalog change, no table rewrite.
+        "ALTER TABLE {s}.workers ADD COLUMN exclude text[]",
+        # `top`'s latest failed and dead jobs (recent_jobs: its state is a literal, so the
+        # planner proves the condition), not a sort of the whole dead-letter queue. Not on
+        # a job's way to completion: only a failure adds an entry.
+        """CREATE INDEX jobs_latest_failures ON {s}.jobs (state, updated_at, seq)
+            WHERE state IN ('failed', 'dead')""",
+    ],
 }
 
 # The bookkeeping table itself, created with the schema before migration 1.

@@ -963,6 +963,10 @@ class SQLiteStore(Store):
         return now()
 
     def recent_jobs(self, state: str, limit: int, queue: str | None = None) -> list[Job]:
+        if state in (FAILED, DEAD):  # top's: off their own index
+            rows = self._read(sql.RECENT_FAILURES_ANY, (state, limit)) if queue is None else (
+                self._read(sql.RECENT_FAILURES_IN_QUEUE, (state, queue, limit)))
+            return [Job.from_row(row) for row in rows]
         select, params = sql.by_state(sql.RECENT_JOBS, state, queue)
         rows = self._read(select, (*params, limit))
         return [Job.from_row(row) for row in rows]

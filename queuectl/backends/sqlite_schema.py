@@ -394,8 +394,14 @@ MIGRATIONS: dict[int, list[str]] = {
         # not of every completed job. One entry per completion, dropped with the job.
         "CREATE INDEX jobs_completed ON jobs (finished_at, queue) WHERE state = 'completed'",
     ],
-    # A queue's active workers (queue list, status --queue, metrics) leave out the
-    # all-queue workers that exclude it (their host's lane files serve it): names joined
-    # by ',', NULL none.
-    14: ["ALTER TABLE workers ADD COLUMN exclude TEXT"],
+    14: [
+        # A queue's active workers (queue list, status --queue, metrics) leave out the
+        # all-queue workers that exclude it (their host's lane files serve it): names
+        # joined by ',', NULL none.
+        "ALTER TABLE workers ADD COLUMN exclude TEXT",
+        # `top`'s latest failed and dead jobs (RECENT_FAILURES), not a sort of the whole
+        # dead-letter queue. Not on a job's way to completion: only a failure adds an entry.
+        """CREATE INDEX jobs_latest_failures ON jobs (state, updated_at)
+            WHERE state IN ('failed', 'dead')""",
+    ],
 }

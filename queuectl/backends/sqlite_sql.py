@@ -384,6 +384,14 @@ SYNCHRONOUS = "PRAGMA synchronous"
 # == reads for `queuectl top`: recent_jobs, completed_since =================================
 RECENT_JOBS = _by_state(f"SELECT {JOB_COLUMNS} FROM jobs {{by_state}}"
                         " ORDER BY updated_at DESC, rowid DESC LIMIT ?")
+# The latest failed or dead jobs (what `top` shows) off jobs_latest_failures
+# (schema 14), newest first: a walk of the index's first rows, not a sort of the whole
+# dead-letter queue. The index's condition is written out, so SQLite knows it may use it.
+_RECENT_FAILURES = (f"SELECT {JOB_COLUMNS} FROM jobs INDEXED BY jobs_latest_failures"
+                   " WHERE state IN ('failed', 'dead') AND state = ?{queue}"
+                   " ORDER BY updated_at DESC, rowid DESC LIMIT ?")
+RECENT_FAILURES_ANY = _RECENT_FAILURES.replace("{queue}", "")
+RECENT_FAILURES_IN_QUEUE = _RECENT_FAILURES.replace("{queue}", " AND queue = ?")
 # The last minute's completions off jobs_completed (schema 13), not every completed job.
 COMPLETED_SINCE = ("SELECT queue, count(*) FROM jobs INDEXED BY jobs_completed"
                    " WHERE state = 'completed' AND finished_at >= ? GROUP BY queue")
@@ -573,7 +581,8 @@ SECTIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("workers", "register_worker, unregister_worker, workers, seconds_since_heartbeat", (
         "REGISTER_WORKER", "UNREGISTER_WORKER", "WORKERS", "LAST_BEAT")),
     ("verify", "verify, info", ("QUICK_CHECK", "SYNCHRONOUS")),
-    ("top", "recent_jobs, completed_since", ("RECENT_JOBS", "COMPLETED_SINCE")),
+    ("top", "recent_jobs, completed_since", ("RECENT_JOBS", "RECENT_FAILURES_ANY",
+                                             "RECENT_FAILURES_IN_QUEUE", "COMPLETED_SINCE")),
     ("cancel", "cancel, cancel_state, cancel_requested", (
         "REQUEST_CANCEL", "CANCEL_WAITING", "REQUEST_CANCEL_IN_STATE", "CANCEL_WAITING_IN_STATE",
         "CANCEL_REQUESTED")),
