@@ -1,6 +1,6 @@
 """`make bench`: measure queuectl as it is, against the machine's limits and two peers.
 
-    python bench/run.py                 # the full run (~10-15 min on 2 cores): results/latest.json
+    python bench/run.py                 # the full run (about 27 min on 2 cores): results/latest.json
     python bench/run.py --quick         # smaller sizes, 2 runs: results/quick.json
     python bench/run.py --only drain,pickup --no-peers
     python bench/run.py --smoke --out /tmp/x.json   # seconds; what tests/test_bench_smoke.py runs

@@ -59,7 +59,7 @@ class Waiter:
     """Sleep until the store may have changed (its wakeup) or a deadline, whichever first."""
 
     def __init__(self, store: Store) -> None:
-        self._wakeup = store.wakeup()
+        self._wakeup = store.wakeup(watch=True)
         self._fd = self._wakeup.fileno()
         self._last = 0.0
 

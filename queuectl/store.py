@@ -371,8 +371,10 @@ class Store(ABC):
         Blocked jobs (waiting_on > 0) do not count: a parent's completion wakes workers."""
 
     @abstractmethod
-    def wakeup(self) -> Wakeup:
-        """A new Wakeup for one idle worker; the caller closes it."""
+    def wakeup(self, watch: bool = False) -> Wakeup:
+        """A new Wakeup for one idle worker, or with `watch` for a watcher of job events
+        (`wait`, `logs --follow`: a job ended, output appended), which on PostgreSQL
+        registers while it is open so that completions notify it; the caller closes it."""
 
     # -- configuration -----------------------------------------------------------------------
     @abstractmethod

@@ -298,6 +298,45 @@ def test_a_disarmed_wakeup_is_not_listening(pg_server: Any) -> None:
         store.close()
 
 
+def test_a_completion_notifies_only_while_someone_watches(pg_server: Any) -> None:
+    """The worker's completions send their event (NOTIFY) only while a watcher (`wait`,
+    `logs --follow`: wakeup(watch=True)) is registered: a plain listener hears nothing of
+    a completion until one is; a closed watcher leaves no row behind."""
+    import select
+
+    schema = pg_server.fresh_schema()
+    store = open_store(pg_server.locator(schema=schema), for_worker=True)
+    listener = store.wakeup()  # an idle worker's: no watcher
+
+    def complete(job_id: str) -> None:
+        store.enqueue([JobSpec("true", id=job_id)])
+        job = store.claim_next("w")
+        assert job is not None and job.id == job_id
+        listener.drain()  # the enqueue's own NOTIFY
+        store.record_success(job, Outcome(0, None, b"", 0.01))
+
+    def heard(wakeup: Any) -> bool:
+        return bool(select.select([wakeup.fileno()], [], [], 0.1)[0])
+
+    watcher = None
+    try:
+        complete("unwatched")
+        assert not select.select([listener.fileno()], [], [], 0.5)[0]
+        watcher = store.wakeup(watch=True)
+        assert pg_server.psql(f"SELECT count(*) FROM {schema}.watchers") == "1"
+        complete("watched")
+        wait_for(lambda: heard(watcher), 10, "the watcher to hear the completion")
+        wait_for(lambda: heard(listener), 10, "the listener to hear it too")
+        watcher.close()
+        watcher = None
+        assert pg_server.psql(f"SELECT count(*) FROM {schema}.watchers") == "0"
+    finally:
+        for wakeup in (watcher, listener):
+            if wakeup is not None:
+                wakeup.close()
+        store.close()
+
+
 # -- operators' verbs on PostgreSQL: migration from schema 1, retention, live output -------
 def test_a_version_1_queue_migrates_forward_keeping_everything(pg_server: Any) -> None:
     """A queue made by an older release (schema 1, built here from its own migration)

@@ -118,6 +118,20 @@ def test_the_functions_of_version_12_are_not_edited() -> None:
     assert hashlib.sha256("\n".join(functions_12()).encode()).hexdigest() == RELEASED_12
 
 
+# Version 13's (a completion notifies only while a watcher is registered), pinned the same way.
+RELEASED_13 = "b8c5138c5160b847d4c865d5d523ebdf4546c5ffa620d6b3d4eaf6856345fcb6"
+
+
+def test_the_functions_of_version_13_are_not_edited() -> None:
+    import hashlib
+
+    from queuectl.backends.postgres_schema import MIGRATIONS
+    from queuectl.backends.postgres_sql import functions_13
+
+    assert MIGRATIONS[13][-len(functions_13()):] == functions_13()
+    assert hashlib.sha256("\n".join(functions_13()).encode()).hexdigest() == RELEASED_13
+
+
 # -- statements per job --------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def counted_server() -> Iterator[Any]:

@@ -1328,12 +1328,12 @@ class PostgresStore(Connected, Store):
         return f"LISTEN {self.channel}, {net}"
 
     # -- waking ------------------------------------------------------------------------------
-    def wakeup(self) -> Wakeup:
+    def wakeup(self, watch: bool = False) -> Wakeup:
         target = self.target
         if target.listen == LISTEN_OFF:
             return Polling()
         return ListenWakeup(target.listen_target or target, self.sql,
-                            trusted=target.listen_target is not None)
+                            trusted=target.listen_target is not None, watch=watch)
 
     def close(self) -> None:
         self._drop()
@@ -1382,15 +1382,26 @@ class ListenWakeup(Wakeup):
     the notification queue in a transaction of its own (measured: about 25 µs of server
     CPU per job for each listener, so 16 busy workers cost each job 0.4 ms). A worker
     listens again before it looks for work (arm), and a long job's watch before its
-    first cancel check."""
+    first cancel check.
+
+    A watcher (`watch`) also registers in the schema's `watchers` once it listens, and
+    renews its row every WATCH_LEASE / 3 s (at drain): the worker's completions notify
+    only while a row is live (postgres_sql.functions_13). A completion that looked just
+    before the row was committed sends nothing: the poll finds its job a second later.
+    Registering is best effort (a role without the right only polls slower)."""
 
     poll_interval = 1.0
     RETRY_EVERY = 5.0
+    WATCH_LEASE = 60.0
 
-    def __init__(self, target: Target, sql: Statements, trusted: bool = False) -> None:
+    def __init__(self, target: Target, sql: Statements, trusted: bool = False,
+                 watch: bool = False) -> None:
         self._target = target
         self._sql = sql
         self._trusted = trusted
+        self._watch = (f"{os.uname().nodename}:{os.getpid()}:{os.urandom(4).hex()}"
+                       if watch else None)
+        self._renew_at = float("inf")
         self.pooled = False
         self._armed = True
         self._quiet, self._quiet_w = os.pipe()
@@ -1412,6 +1423,7 @@ class ListenWakeup(Wakeup):
                     return False
                 if self._armed:
                     cur.execute(self._sql.listen)
+                self._register(cur)
             os.dup2(conn.fileno(), self._fd)
         except Exception:
             if conn is not None:
@@ -1422,6 +1434,18 @@ class ListenWakeup(Wakeup):
             return False
         self._conn = conn
         return True
+
+    def _register(self, cur: Any) -> None:
+        """(A watcher's) row in `watchers`, made or renewed; never raises for a refusal."""
+        if self._watch is None:
+            return
+        self._renew_at = time.monotonic() + self.WATCH_LEASE / 3
+        try:
+            cur.execute(self._sql.watch, {"name": self._watch, "lease": self.WATCH_LEASE})
+        except psycopg2.OperationalError:
+            raise
+        except psycopg2.Error:
+            self._renew_at = float("inf")  # not allowed, or no such table: poll
 
     def _broken(self) -> None:
         os.dup2(self._quiet, self._fd)
@@ -1478,6 +1502,9 @@ class ListenWakeup(Wakeup):
             # Events (an attempt ended, output appended) wake watchers, not idle workers.
             got = any(n.payload != EVENT for n in self._conn.notifies)
             del self._conn.notifies[:]
+            if time.monotonic() >= self._renew_at:
+                with self._conn.cursor() as cur:
+                    self._register(cur)
             return got
         except Exception:
             try:
@@ -1488,6 +1515,12 @@ class ListenWakeup(Wakeup):
 
     def close(self) -> None:
         if self._conn is not None:
+            try:
+                if self._watch is not None:
+                    with self._conn.cursor() as cur:
+                        cur.execute(self._sql.unwatch, (self._watch,))
+            except Exception:
+                pass  # the row expires
             try:
                 self._conn.close()
             except Exception:

@@ -14,6 +14,7 @@ from queuectl.backends.postgres_sql import (
     bucket,
     functions,
     functions_12,
+    functions_13,
     satisfy,
 )
 from queuectl.policy import COUNTED_OUTCOME_SQL as ATTEMPT_EVENT
@@ -585,6 +586,12 @@ MIGRATIONS: dict[int, list[str]] = {
         # a job's way to completion: only a failure adds an entry.
         """CREATE INDEX jobs_latest_failures ON {s}.jobs (state, updated_at, seq)
             WHERE state IN ('failed', 'dead')""",
+        # Who watches job events now (`wait`, `logs --follow`), each until its row
+        # expires: the worker's functions notify only then (postgres_sql.functions_13).
+        """CREATE TABLE {s}.watchers (
+            name text PRIMARY KEY,
+            until double precision NOT NULL)""",
+        *functions_13(),
     ],
 }
 

@@ -64,6 +64,7 @@ PRIVILEGES = {
     "deps":           "SELECT,INSERT,UPDATE,DELETE",
     "notices":        "SELECT,INSERT,UPDATE,DELETE",
     "job_counts":     "SELECT,INSERT,UPDATE",  # every state change counts (version 10)
+    "watchers":       "SELECT",  # a completion notifies only while one watches (version 13)
 }
 
 # -- shared pieces ---------------------------------------------------------------------------
@@ -557,6 +558,28 @@ BEGIN
     {_DEPENDENTS}
 END $f$""",
     ]
+
+
+# -- the worker's functions, version 13: a completion notifies only while someone watches --
+# Measured (perf and the bench's drain, 16 workers): every completion's NOTIFY took the
+# server's one notification lock at its commit (PreCommit_Notify), so committing workers
+# queued behind each other for it: about 60 µs of server CPU a job at 16 workers, and
+# fewer jobs a second (at 2 workers, nothing to speak of). The event wakes watchers only
+# (`wait`, `logs --follow`; idle workers ignore it), and they register in `watchers`
+# while they watch (postgres.ListenWakeup, watch=True): a completion notifies when one is
+# registered, after a probe of that small table.
+WATCHED = "EXISTS (SELECT 1 FROM {s}.watchers WHERE until > v_now)"
+
+
+def functions_13() -> list[str]:
+    """Version 13's CREATE OR REPLACE FUNCTION statements: version 12's, their event NOTIFY
+    sent only while a watcher is registered (WATCHED). Released with that migration: never
+    edited (tests/test_postgres_functions.py)."""
+    notify = f"PERFORM pg_notify('{{channel}}', '{EVENT}');"
+    gated = f"IF {WATCHED} THEN\n        {notify}\n    END IF;"
+    made = [text.replace(notify, gated) for text in functions_12()]
+    assert sum(gated in text for text in made) == 2  # complete_and_claim, record_success
+    return made
 
 
 def satisfy(parents: str) -> str:
@@ -1338,6 +1361,14 @@ RETURNING started_at"""
     listen = "LISTEN {channel}"
     # While its worker is busy (disarm): see postgres.ListenWakeup.
     unlisten = "UNLISTEN {channel}"
+    # A watcher (`wait`, `logs --follow`: wakeup(watch=True)) registers while it watches,
+    # so the worker's completions notify (version 13: WATCHED), and renews the row; the
+    # rows of watchers that died expire, and the next registration drops them.
+    watch = f"""WITH {_T}, gone AS (DELETE FROM {{s}}.watchers w USING t
+    WHERE w.until < t.now AND w.name <> %(name)s)
+INSERT INTO {{s}}.watchers AS w (name, until) SELECT %(name)s, t.now + %(lease)s FROM t
+ON CONFLICT (name) DO UPDATE SET until = excluded.until"""
+    unwatch = "DELETE FROM {s}.watchers WHERE name = %s"
 
     def __init__(self, schema: str, for_worker: bool) -> None:
         fields = {"s": f'"{schema}"', "channel": f"{schema}_jobs", "event": EVENT, "now": NOW,
@@ -1424,7 +1455,7 @@ VERBS: dict[str, tuple[str, ...]] = {
     "verify": ("verify_privileges", "verify_reads"),
     "info": ("info", "config_items", "server_pid"),
     "open (a worker)": ("synchronous_standbys",),
-    "wakeup": ("server_pid", "listen", "unlisten"),
+    "wakeup": ("server_pid", "listen", "unlisten", "watch", "unwatch"),
 }
 
 

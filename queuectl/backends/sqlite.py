@@ -861,10 +861,10 @@ class SQLiteStore(Store):
             due = self._read(sql.in_queues(sql.FIRST_DUE_IN_QUEUES, queues), queues)[0][0]
         return None if due is None else max(0.0, due - now())
 
-    def wakeup(self) -> Wakeup:
-        from queuectl.backends.inotify import watch
+    def wakeup(self, watch: bool = False) -> Wakeup:
+        from queuectl.backends.inotify import watch as watch_file
 
-        return watch(self.path)
+        return watch_file(self.path)  # every change of the file: a watcher needs no more
 
     # -- configuration -----------------------------------------------------------------------
     def _config(self, c: sqlite3.Connection) -> cfg.QueueConfig:
