@@ -299,9 +299,9 @@ def test_a_disarmed_wakeup_is_not_listening(pg_server: Any) -> None:
 
 
 def test_a_completion_notifies_only_while_someone_watches(pg_server: Any) -> None:
-    """The worker's completions send their event (NOTIFY) only while a watcher (`wait`,
-    `logs --follow`: wakeup(watch=True)) is registered: a plain listener hears nothing of
-    a completion until one is; a closed watcher leaves no row behind."""
+    """The worker's completions and its appended output send their event (NOTIFY) only
+    while a watcher (`wait`, `logs --follow`: wakeup(watch=True)) is registered: a plain
+    listener hears nothing of either until one is; a closed watcher leaves no row."""
     import select
 
     schema = pg_server.fresh_schema()
@@ -313,7 +313,8 @@ def test_a_completion_notifies_only_while_someone_watches(pg_server: Any) -> Non
         job = store.claim_next("w")
         assert job is not None and job.id == job_id
         listener.drain()  # the enqueue's own NOTIFY
-        store.record_success(job, Outcome(0, None, b"", 0.01))
+        assert store.append_output(job, 0, b"live")
+        store.record_success(job, Outcome(0, None, b"live", 0.01, live=True))
 
     def heard(wakeup: Any) -> bool:
         return bool(select.select([wakeup.fileno()], [], [], 0.1)[0])

@@ -1219,8 +1219,11 @@ WHERE id = %(id)s AND holder = %(holder)s"""
     # FOR SHARE on the job: an attempt that is ending (a reclaim) is waited for and looked
     # at again, so no chunk outlives its attempt.
     # Fenced on the attempts count; the chunks are kept under the attempt's number
-    # (attempt_base + attempts), as read_output asks for them.
-    append_output = """NOTIFY {channel}, '{event}'; WITH held AS (
+    # (attempt_base + attempts), as read_output asks for them. The event wakes `logs
+    # --follow`, so it is sent only while a watcher is registered (as a completion's,
+    # version 13: a NOTIFY takes the server's notification lock at commit).
+    append_output = """SELECT pg_notify('{channel}', '{event}') FROM {s}.watchers
+    WHERE until > {now} LIMIT 1; WITH held AS (
     SELECT id, attempt_base + attempts AS n FROM {s}.jobs WHERE id = %(id)s
         AND state = 'processing' AND worker = %(worker)s AND attempts = %(attempt)s
     FOR SHARE),
