@@ -86,6 +86,7 @@ from queuectl.job import (
     Job,
     JobSpec,
 )
+from queuectl.procinfo import hostname
 from queuectl.store import (
     USAGE,
     Metrics,
@@ -1399,8 +1400,7 @@ class ListenWakeup(Wakeup):
         self._target = target
         self._sql = sql
         self._trusted = trusted
-        self._watch = (f"{os.uname().nodename}:{os.getpid()}:{os.urandom(4).hex()}"
-                       if watch else None)
+        self._watch = f"{hostname()}:{os.getpid()}:{os.urandom(4).hex()}" if watch else None
         self._renew_at = float("inf")
         self.pooled = False
         self._armed = True

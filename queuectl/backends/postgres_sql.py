@@ -47,6 +47,8 @@ NOW = "extract(epoch FROM clock_timestamp())::float8"
 # NOTIFY payload of events that concern watchers (`wait`, `logs --follow`, a running job's
 # cancel check) but bring no new work: idle workers' drain() ignores them.
 EVENT = "e"
+# The worker's functions' PL/pgSQL for that event (on the schema's channel).
+_NOTIFY_EVENT = f"PERFORM pg_notify('{{channel}}', '{EVENT}');"
 WORKER_COMMIT = "SET LOCAL synchronous_commit TO off; "
 
 # What `verify` checks, table by table: the rights the verbs need. One check per right:
@@ -299,7 +301,7 @@ def functions() -> list[str]:
                                                                             _NEXT_LISTED))
     both_any, both_listed = (_body(_complete_and_claim(nxt), "p_id")
                              for nxt in (_NEXT_ANY, _NEXT_LISTED))
-    notify = f"PERFORM pg_notify('{{channel}}', '{EVENT}');"
+    notify = _NOTIFY_EVENT
     # The claim's plans are made with sorting off (_CLAIM_PLAN says why), and generic from
     # the first call: no parameter changes the best plan (tests/test_postgres_sql.py checks
     # them with 100,000 blocked jobs), so each new connection plans each body once rather
@@ -517,11 +519,12 @@ def _claiming(ending: str) -> str:
     END IF;"""
 
 
+@functools.cache
 def functions_12() -> list[str]:
     """Version 12's CREATE OR REPLACE FUNCTION statements (same names, arguments and
     results as version 11's), `{s}` and `{channel}` left for the migration to fill in.
     Released with that migration: never edited (tests/test_postgres_functions.py)."""
-    notify = f"PERFORM pg_notify('{{channel}}', '{EVENT}');"
+    notify = _NOTIFY_EVENT
     completing = _completing()
     # No JIT: a plan priced under enable_sort = off can cross jit_above_cost, and compiling
     # it costs a call half a second.
@@ -568,14 +571,19 @@ END $f$""",
 # (`wait`, `logs --follow`; idle workers ignore it), and they register in `watchers`
 # while they watch (postgres.ListenWakeup, watch=True): a completion notifies when one is
 # registered, after a probe of that small table.
-WATCHED = "EXISTS (SELECT 1 FROM {s}.watchers WHERE until > v_now)"
+def watched(now: str) -> str:
+    """SQL: a watcher is registered (its row not expired at `now`)."""
+    return f"EXISTS (SELECT 1 FROM {{s}}.watchers WHERE until > {now})"
+
+
+WATCHED = watched("v_now")
 
 
 def functions_13() -> list[str]:
     """Version 13's CREATE OR REPLACE FUNCTION statements: version 12's, their event NOTIFY
     sent only while a watcher is registered (WATCHED). Released with that migration: never
     edited (tests/test_postgres_functions.py)."""
-    notify = f"PERFORM pg_notify('{{channel}}', '{EVENT}');"
+    notify = _NOTIFY_EVENT
     gated = f"IF {WATCHED} THEN\n        {notify}\n    END IF;"
     made = [text.replace(notify, gated) for text in functions_12()]
     assert sum(gated in text for text in made) == 2  # complete_and_claim, record_success
@@ -1222,8 +1230,8 @@ WHERE id = %(id)s AND holder = %(holder)s"""
     # (attempt_base + attempts), as read_output asks for them. The event wakes `logs
     # --follow`, so it is sent only while a watcher is registered (as a completion's,
     # version 13: a NOTIFY takes the server's notification lock at commit).
-    append_output = """SELECT pg_notify('{channel}', '{event}') FROM {s}.watchers
-    WHERE until > {now} LIMIT 1; WITH held AS (
+    append_output = ("SELECT pg_notify('{channel}', '{event}') WHERE " + watched("{now}")
+                     + """; WITH held AS (
     SELECT id, attempt_base + attempts AS n FROM {s}.jobs WHERE id = %(id)s
         AND state = 'processing' AND worker = %(worker)s AND attempts = %(attempt)s
     FOR SHARE),
@@ -1234,7 +1242,7 @@ chunk AS (
 old AS (
     DELETE FROM {s}.live_output WHERE job_id = %(id)s
         AND attempt = (SELECT n FROM held) AND start + length(data) <= %(cut)s)
-SELECT count(*) FROM held"""
+SELECT count(*) FROM held""")
 
     # -- read_output --
     # One statement, so one snapshot: the job's state with its live chunks or the history
