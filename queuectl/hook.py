@@ -52,16 +52,10 @@ def run_hook(notice: Notice, inherited: Mapping[str, str], cgroups: Delegation |
                       stdin=notice.output)
     while not proc.done:
         wait = tick() if tick is not None else 1.0
-        deadlines = [proc.started + timeout, time.monotonic() + max(0.05, min(wait, 1.0))]
-        if proc.kill_deadline is not None:
-            deadlines.append(proc.kill_deadline)
-        if proc.wait(min(deadlines) - time.monotonic()):
+        until = min(proc.deadline(timeout), time.monotonic() + max(0.05, min(wait, 1.0)))
+        if proc.wait(until - time.monotonic()):
             break
-        now = time.monotonic()
-        if now - proc.started >= timeout:
-            proc.kill(f"timed out after {timeout:g} s")
-        if proc.kill_deadline is not None and now >= proc.kill_deadline:
-            proc.kill("")  # escalates to SIGKILL
+        proc.enforce(timeout, time.monotonic())
     outcome = proc.outcome()
     ok = proc.succeeded
     return HookResult(ok, None if ok else (outcome.error or "failed"), outcome.duration,

@@ -4,6 +4,7 @@ output, time it out, kill its whole process group, and report how it ended.
 Read top to bottom this is the whole life of a command; the worker only decides *when*.
 """
 
+import math
 import os
 import select
 import signal
@@ -116,6 +117,7 @@ class JobProcess:
         self.total = 0  # bytes the command printed so far; the tail is the last of them
         self._killed_for: str | None = None
         self._term_sent_at: float | None = None
+        self._kill_sent = False  # SIGKILL went out: only the exit is left to wait for
         self.pid = 0
         self.limits = limits or Limits()
         self.cgroup: AttemptCgroup | None = None
@@ -319,10 +321,26 @@ class JobProcess:
             self._killpg(signal.SIGTERM)
         elif time.monotonic() - self._term_sent_at >= KILL_GRACE:
             self._kill_all()
+            self._kill_sent = True
 
-    @property
-    def kill_deadline(self) -> float | None:
-        return None if self._term_sent_at is None else self._term_sent_at + KILL_GRACE
+    def enforce(self, timeout: float | None, now: float) -> None:
+        """Kill the command past its `timeout` (None or 0: none), and SIGKILL it once
+        SIGTERM's grace is over, whoever sent the SIGTERM: what every caller's loop does
+        at each wake-up."""
+        if timeout and now - self.started >= timeout:
+            self.kill(f"timed out after {timeout:g} s")
+        elif self._term_sent_at is not None and now >= self._term_sent_at + KILL_GRACE:
+            self.kill("")  # escalates to SIGKILL
+
+    def deadline(self, timeout: float | None) -> float:
+        """When enforce(timeout) has something to do next (inf: nothing, the exit is all
+        that is left): the timeout's end until the SIGTERM, then the SIGKILL's time. A
+        deadline already past is never returned twice, so a caller's loop sleeps."""
+        if self.done or self._kill_sent:
+            return math.inf
+        if self._term_sent_at is not None:
+            return self._term_sent_at + KILL_GRACE
+        return self.started + timeout if timeout else math.inf
 
     def outcome(self) -> Outcome:
         outcome = self._outcome()

@@ -416,14 +416,10 @@ class Worker:
         while not proc.done:
             self.notifier.ping_if_due()
             deadlines = [self.lease.next_beat, time.monotonic() + self.notifier.seconds_to_ping(),
-                         watch.deadline()]
-            if job.timeout:
-                deadlines.append(proc.started + job.timeout)
+                         watch.deadline(), proc.deadline(job.timeout)]
             grace_end = self.stop.grace_ends(self.opts.grace)
             if grace_end is not None and not interrupted:
                 deadlines.append(grace_end)
-            if proc.kill_deadline is not None:
-                deadlines.append(proc.kill_deadline)
             watch_fds = watch.fds()
             if proc.wait(min(deadlines) - time.monotonic(), (self.stop.fd, *watch_fds)):
                 break
@@ -433,14 +429,10 @@ class Worker:
                 self.log.info("job_canceling", job_id=job.id, attempt=attempt, queue=job.queue)
                 proc.kill("canceled by an operator")
             self._announce_stop(job)
-            t = time.monotonic()
-            if job.timeout and t - proc.started >= job.timeout and not interrupted:
-                proc.kill(f"timed out after {job.timeout:g} s")
+            proc.enforce(job.timeout, time.monotonic())
             if self.stop.past_grace(self.opts.grace):
                 interrupted = True
                 proc.kill("interrupted by worker shutdown")
-            if proc.kill_deadline is not None and t >= proc.kill_deadline:
-                proc.kill("")  # escalates to SIGKILL
             if not self._keep_lease(job):
                 lost = True
                 proc.kill("lease lost")

@@ -178,6 +178,20 @@ def test_a_hook_past_its_timeout_is_killed_with_its_process_group(tmp_path: Path
     wait_for(lambda: not process_alive(child), 10, "the hook's background child to be gone")
 
 
+@pytest.mark.slow  # the 2 s between SIGTERM and SIGKILL
+def test_a_hook_that_ignores_sigterm_is_waited_for_without_spinning() -> None:
+    """Past its timeout, the hook gets SIGTERM and, as it ignores it, SIGKILL 2 s later
+    (process.KILL_GRACE); meanwhile the worker sleeps until then (it used to poll in a
+    loop without sleeping: a whole core for those 2 s)."""
+    notice = Notice(1, "j", "default", "true", None, 1, "lost", 0,
+                    "trap '' TERM; sleep 60", b"", "w")
+    started, cpu = time.monotonic(), time.process_time()
+    result = run_hook(notice, dict(os.environ), timeout=0.3)
+    assert not result.ok and result.error == "timed out after 0.3 s"
+    assert time.monotonic() - started >= 2  # it did wait for the SIGKILL
+    assert time.process_time() - cpu < 0.5
+
+
 @pytest.mark.slow  # real workers, or a dozen CLI calls: a second or more
 def test_the_cli_sets_shows_and_removes_hooks(queue: Queue) -> None:
     q = queue
