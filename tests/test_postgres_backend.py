@@ -1615,6 +1615,48 @@ def _logged_calls(pg_server: Any, dbname: str) -> str:
     return pg_server.locator(schema=pg_server.fresh_schema(), dbname=dbname)
 
 
+def test_an_idle_workers_reads_are_prepared_once_per_connection(pg_server: Any) -> None:
+    """An idle worker's every pass reads when the next job is due, whether a dead job's
+    notice is due and whether a lease expired: on a direct connection each is PREPAREd
+    once and then only EXECUTEd (their planning over a dozen indexes was most of what
+    they cost the server), with the same answers; a CLI's store sends them as text."""
+    from queuectl.backends.postgres_sql import prepared
+
+    db = _logged_calls(pg_server, f"db_{pg_server.fresh_schema()}")
+    store, cli = open_store(db, for_worker=True), open_store(db)
+    try:
+        store.enqueue([JobSpec("true", id="later", delay=600)])
+        reads = [prepared(text) for text in (
+            store.sql.seconds_until_due, store.sql.seconds_until_due_listed,
+            store.sql.seconds_until_due_except, store.sql.any_notice_due,
+            store.sql.reclaim_expired_probe)]
+        start = pg_server.log_size()
+        for _ in range(7):  # past the server's first five (custom) plans
+            assert 500 < store.seconds_until_due() <= 600
+            assert 500 < store.seconds_until_due(queues=["other", "default"]) <= 600
+            assert store.seconds_until_due(queues=["other"]) is None
+            assert store.seconds_until_due(exclude=["default"]) is None
+            assert 500 < store.seconds_until_due(exclude=["other"]) <= 600
+            assert store.take_notice("w", 30) is None
+            assert store.reclaim_expired() == []
+        log = pg_server.logged_since(start)
+        for read in reads:
+            assert log.count(f"statement: PREPARE {read.name} AS") == 1, log
+        assert log.count(f"statement: EXECUTE {reads[0].name}\n") == 7, log
+        assert log.count(f"statement: EXECUTE {reads[1].name}(") == 14, log
+        assert log.count(f"statement: EXECUTE {reads[2].name}(") == 14, log
+        assert log.count(f"statement: EXECUTE {reads[3].name}\n") == 7, log
+        assert log.count(f"statement: EXECUTE {reads[4].name}\n") == 7, log
+        assert "statement: SELECT (SELECT min(run_at)" not in log, log  # never as text
+        start = pg_server.log_size()
+        assert 500 < cli.seconds_until_due() <= 600
+        log = pg_server.logged_since(start)
+        assert "statement: SELECT (SELECT min(run_at)" in log and "PREPARE" not in log, log
+    finally:
+        store.close()
+        cli.close()
+
+
 def test_a_workers_calls_are_prepared_once_per_connection(pg_server: Any) -> None:
     """On a direct connection a worker's store PREPAREs its claim and its
     complete-and-claim once, at first use, then only EXECUTEs them (the server parses and

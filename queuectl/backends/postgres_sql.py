@@ -1509,7 +1509,8 @@ def prepared(text: str) -> Prepared:
     body = re.sub(r"%\((\w+)\)s", number, text).replace("%%", "%")
     name = f"queuectl_{binascii.crc32(text.encode()):08x}"
     passed = ", ".join(f"%({n})s" for n in names)
-    return Prepared(name, f"PREPARE {name} AS {body}", f"EXECUTE {name}({passed})")
+    execute = f"EXECUTE {name}({passed})" if names else f"EXECUTE {name}"
+    return Prepared(name, f"PREPARE {name} AS {body}", execute)
 
 
 # -- printing ------------------------------------------------------------------------------
