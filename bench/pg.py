@@ -15,6 +15,7 @@ backend created; bench/fill.py), because a million enqueues and drains would tak
 import random
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
@@ -25,7 +26,7 @@ from bench.blocked import blocked_part
 from bench.common import Sizes, log, paired, percentile, run, summary
 from bench.enqueue import alternating, import_profile
 from bench.fill import PgFill, claim_latencies, fill_finished
-from bench.latency import pickup_section
+from bench.latency import pickup_section, start_idle_workers
 from bench.pgserver import PgCluster, pg_env, shared_cluster, starter
 from bench.qctl import Queue, StoreQueue, write_jobs_file
 from bench.throughput import drain, fresh_queue, spawn_limit
@@ -228,6 +229,39 @@ def workers_part(cluster: PgCluster, sizes: Sizes, workdir: Path) -> dict[str, A
                     "vs_2_workers": paired([x["jobs_per_s"] for x in per[k]], two)}
                    for k in CURVE_WORKERS],
     }
+
+
+IDLE_WORKERS = 16
+
+
+def idle_part(cluster: PgCluster, sizes: Sizes, workdir: Path) -> dict[str, Any]:
+    """What idle workers cost the server: 16 `worker run` on an empty queue, past their
+    start-up, and the server's CPU over twice `idle_cpu_seconds`, per worker and second. A
+    fleet's idle workers all poll one server (once a second, besides LISTEN)."""
+    per: list[float] = []
+    seconds = 2 * sizes.idle_cpu_seconds
+    for r in range(sizes.runs):
+        queue, db = pg_queue(cluster, "idle")
+        d = workdir / f"pg-idle-run{r}"
+        d.mkdir()
+        workers: list[subprocess.Popen] = []
+        try:
+            workers = start_idle_workers(queue, d, IDLE_WORKERS, "i", 60 * sizes.timeout_scale,
+                                         max(sizes.settle_seconds, 2.0))
+            before, t0 = cluster.cpu_seconds(), time.monotonic()
+            time.sleep(seconds)
+            cpu, elapsed = cluster.cpu_seconds() - before, time.monotonic() - t0
+            per.append(1000 * cpu / elapsed / IDLE_WORKERS)
+        finally:
+            queue.stop_workers(workers)
+            cluster.drop(db)
+            shutil.rmtree(d, ignore_errors=True)
+        log(f"pg idle run {r + 1}/{sizes.runs}: {IDLE_WORKERS} idle workers, server "
+            f"{per[-1]:.2f} ms of CPU a second each")
+    return {"workers": IDLE_WORKERS, "seconds": seconds,
+            "how": "k idle `queuectl worker run` on an empty queue (LISTEN, and the poll "
+                   "once a second), past start-up; the server's CPU over the interval",
+            "server_cpu_ms_per_s_per_worker": summary(per)}
 
 
 # -- enqueue ---------------------------------------------------------------------------------
@@ -450,9 +484,9 @@ def pooler_section(sizes: Sizes, workdir: Path, rng: random.Random) -> dict[str,
 
 
 # -- the section -----------------------------------------------------------------------------
-PARTS = ("drain", "workers", "pickup", "cold_enqueue", "batch_enqueue", "scale", "blocked")
+PARTS = ("drain", "workers", "idle", "pickup", "cold_enqueue", "batch_enqueue", "scale", "blocked")
 # The server's CPU: the 2-worker drain (with the spawn limit and SQLite) and the curve.
-CPU_PARTS = ("drain", "workers")
+CPU_PARTS = ("drain", "workers", "idle")
 
 
 def pg_section(sizes: Sizes, workdir: Path, rng: random.Random,
@@ -480,6 +514,7 @@ def pg_section(sizes: Sizes, workdir: Path, rng: random.Random,
     every: list[tuple[str, Callable[[], dict[str, Any]]]] = [
         ("drain", lambda: drain_part(cluster, sizes, workdir, peers)),
         ("workers", lambda: workers_part(cluster, sizes, workdir)),
+        ("idle", lambda: idle_part(cluster, sizes, workdir)),
         ("pickup", pickup),
         ("cold_enqueue", lambda: cold_part(cluster, sizes, workdir)),
         ("batch_enqueue", lambda: batch_part(cluster, sizes, workdir)),

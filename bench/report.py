@@ -256,6 +256,12 @@ def pg_targets(res: dict[str, Any]) -> list[dict[str, Any]]:
         f"{fmt(_get(d, 'postgres', 'worker_cpu_us_per_job'))} µs (SQLite in the same pairs "
         f"{fmt(_get(d, 'sqlite', 'worker_cpu_us_per_job'))} µs; the server "
         f"{fmt(_get(d, 'postgres', 'server_cpu_us_per_job'))} µs)", "reported", True)
+    i = pg.get("idle") or {}
+    icpu = _med(i, "server_cpu_ms_per_s_per_worker")
+    add("PostgreSQL: server CPU per idle worker", "idle", icpu,
+        f"{fmt(i.get('server_cpu_ms_per_s_per_worker'))} ms a second "
+        f"({i.get('workers')} idle workers; 1,000 of them: "
+        f"{fmt(icpu)} cores)", "reported", True)
     for peer in ("procrastinate", "pgqueuer"):
         pd, why = _peer_drain(res, peer)
         paired_r = pd.get("queuectl_ratio")
