@@ -7,8 +7,9 @@
 
 Sections: drain (with the spawn limit and fairness), pickup (with idle CPU and RSS), enqueue,
 scale, memory, peers; pg (queuectl on a throwaway PostgreSQL), pgpeers (Procrastinate and
-PgQueuer on the same server); pgcpu (only pg's 2-worker drain and its workers curve: the
-server's CPU per job, `--only pgcpu --no-peers`; nothing more when pg runs). A benchmark
+PgQueuer on the same server); pgcpu (only pg's 2-worker drain, its workers curve and its
+idle workers: the server's CPU per job and per idle worker, `--only pgcpu --no-peers`;
+nothing more when pg runs). A benchmark
 reports; it never fails: a section that breaks is recorded under "errors" and the run goes
 on. Exit status 0 unless the arguments are wrong.
 """
