@@ -329,8 +329,8 @@ class JobProcess:
         at each wake-up."""
         if timeout and now - self.started >= timeout:
             self.kill(f"timed out after {timeout:g} s")
-        elif self._term_sent_at is not None and now >= self._term_sent_at + KILL_GRACE:
-            self.kill("")  # escalates to SIGKILL
+        elif self._term_sent_at is not None:
+            self.kill("")  # SIGKILL, once the grace is over
 
     def deadline(self, timeout: float | None) -> float:
         """When enforce(timeout) has something to do next (inf: nothing, the exit is all

@@ -17,14 +17,11 @@ pytestmark = pytest.mark.slow  # a few hundred short-lived backends
 
 
 def test_a_backend_that_exits_as_the_server_is_read_is_counted(pg_server: Any) -> None:
-    import psycopg2
-
     cluster = PgCluster()
     cluster.server = pg_server
-    dsn = f"host={pg_server.base} port={pg_server.port} user=postgres dbname=postgres"
     missed = []
     for _ in range(60):
-        conn = psycopg2.connect(dsn)
+        conn = cluster.connect("postgres")
         cur = conn.cursor()
         cur.execute("SELECT pg_backend_pid(), count(*) FROM generate_series(1, 400000)")
         pid = cur.fetchone()[0]

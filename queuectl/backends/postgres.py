@@ -561,7 +561,8 @@ class PostgresStore(Connected, Store):
 
     def _call(self, cur: Any, text: str, params: dict[str, Any] | None) -> None:
         """Send one of a worker's calls (claim, complete_and_claim, record_success, and the
-        reads of an idle worker's every pass: _fetch_call): on a direct
+        reads an idle worker makes on every pass, about once a second: statements on jobs,
+        whose planning over a dozen indexes was most of their cost): on a direct
         connection, a statement prepared on it at first use; as text through a pooler, for
         any other store, and on a connection that lost what it prepared (a session reset,
         a pooler that did not show) or whose plan no longer fits (the schema changed under
@@ -583,18 +584,6 @@ class PostgresStore(Connected, Store):
                 psycopg2.errors.DuplicatePreparedStatement):
             self._prepared = None
             cur.execute(text, params)
-
-    def _fetch_call(self, text: str, params: dict[str, Any] | None = None
-                    ) -> list[tuple[Any, ...]]:
-        """A read an idle worker makes on every pass (about once a second), sent as _call
-        sends a call: each is a statement on jobs, whose planning (a dozen indexes, most of
-        them partial) was most of its cost."""
-        def read(cur: Any) -> list[tuple[Any, ...]]:
-            self._call(cur, text, params)
-            rows: list[tuple[Any, ...]] = cur.fetchall()
-            return rows
-
-        return self._run(read, idempotent=True)
 
     def _claim_params(self, worker: str, queues: list[str] | None,
                       exclude: list[str] | None) -> dict[str, Any]:
@@ -780,7 +769,7 @@ class PostgresStore(Connected, Store):
         return self._run(reclaim)
 
     def reclaim_expired(self) -> list[Job]:
-        if not self._fetch_call(self.sql.reclaim_expired_probe):
+        if not self._fetch(self.sql.reclaim_expired_probe, send=self._call):
             return []
         return self._reclaim(self.sql.reclaim_expired_lock, {}, policy.LEASE_EXPIRED)
 
@@ -1045,7 +1034,7 @@ class PostgresStore(Connected, Store):
                   idempotent=True)
 
     def take_notice(self, holder: str, seconds: float) -> Notice | None:
-        if not self._fetch_call(self.sql.any_notice_due):
+        if not self._fetch(self.sql.any_notice_due, send=self._call):
             return None
 
         def take(cur: Any) -> tuple[Any, ...] | None:
@@ -1239,7 +1228,7 @@ class PostgresStore(Connected, Store):
         sql = (self.sql.seconds_until_due_listed if queues is not None
                else self.sql.seconds_until_due_except if exclude
                else self.sql.seconds_until_due)
-        due = self._fetch_call(sql, {"queues": queues, "exclude": exclude})[0][0]
+        due = self._fetch(sql, {"queues": queues, "exclude": exclude}, send=self._call)[0][0]
         return None if due is None else max(0.0, float(due))
 
     # The reads for `queuectl top` (plain SELECTs: no row or advisory locks).

@@ -307,10 +307,15 @@ class Connected:
         except psycopg2.Error:
             pass
 
-    def _fetch(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
-        """A read: one statement, repeated on a new connection if the old one died."""
+    def _fetch(self, sql: str, params: Any = None,
+               send: Callable[[Any, str, Any], None] | None = None) -> list[tuple[Any, ...]]:
+        """A read: one statement, repeated on a new connection if the old one died. Sent as
+        text, or by send(cursor, sql, params) (a worker's: prepared where it can be)."""
         def read(cur: Any) -> list[tuple[Any, ...]]:
-            cur.execute(sql, params)
+            if send is None:
+                cur.execute(sql, params)
+            else:
+                send(cur, sql, params)
             rows: list[tuple[Any, ...]] = cur.fetchall()
             return rows
 
