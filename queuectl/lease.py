@@ -49,12 +49,13 @@ class LeaseKeeper:
         self.next_beat = time.monotonic() + self._beat_every()
         if not self.replaced and not self.store.still_current():
             self.replaced = True  # the worker reacts; beats go on to the old file meanwhile
-        held = self.store.heartbeat(self.name, state, job)
-        for reclaimed in self.store.reclaim_expired():
-            self.end_reclaimed(reclaimed)
-        self._watch_config()
-        self._watch_pause()
-        return held
+        beat = self.store.beat(self.name, state, job)
+        if beat.expired:
+            for reclaimed in self.store.reclaim_expired():
+                self.end_reclaimed(reclaimed)
+        self._watch_config(beat.settings)
+        self._watch_pause(beat.paused)
+        return beat.held
 
     def _beat_every(self) -> float:
         """HEARTBEAT_EVERY, or a third of a shorter lease: a 2 s lease renewed only every
@@ -67,9 +68,8 @@ class LeaseKeeper:
         if self.retention.due() and self._config_seen is not None:
             self.retention.run(QueueConfig.from_items(self._config_seen))
 
-    def _watch_pause(self) -> None:
+    def _watch_pause(self, info: PauseInfo | None) -> None:
         """Log when the queue is paused or resumed (who and when: the journal keeps it)."""
-        info = self.store.paused()
         was, self.paused = self.paused, info
         if not self._pause_known:
             self._pause_known = True
@@ -92,8 +92,7 @@ class LeaseKeeper:
         if job.state in (DEAD, CANCELED):
             tell_dependents(self.store, job, self.log)
 
-    def _watch_config(self) -> None:
-        items = self.store.config_items()
+    def _watch_config(self, items: dict[str, Any]) -> None:
         if self._config_seen is not None:
             for key, value in items.items():
                 if self._config_seen.get(key) != value:

@@ -130,7 +130,11 @@ def decode(key: str, stored: str) -> Value:
         return SETTINGS[key].default
 
 
-CACHE_TTL = 1.0  # seconds a process reuses the settings it read
+# Seconds a process reuses the settings it read: longer than a worker's heartbeat interval
+# (policy.HEARTBEAT_EVERY, 2 s), whose read of every setting (to log changes) refreshes the
+# cache, so a worker reads them once per beat, not once more for its claims; a change still
+# reaches it within about 3 s (README "Settings").
+CACHE_TTL = 2.5
 
 
 def merge(stored: dict[str, str]) -> dict[str, Value]:
@@ -180,7 +184,12 @@ class SettingsCache:
     def get(self, load: Callable[[], dict[str, str]]) -> QueueConfig:
         if self._conf is not None and time.monotonic() - self._at < CACHE_TTL:
             return self._conf
-        self._conf = QueueConfig.from_items(merge(load()))
+        return self.fill(load())
+
+    def fill(self, stored: dict[str, str]) -> QueueConfig:
+        """Settings just read for another reason (`config_items`): as fresh as a read of
+        the cache's own."""
+        self._conf = QueueConfig.from_items(merge(stored))
         self._at = time.monotonic()
         return self._conf
 

@@ -106,6 +106,16 @@ class PauseInfo(Record):
     since: float
 
 
+class Beat(Record):
+    """What a worker's heartbeat answers besides itself (`Store.beat`): what it would
+    otherwise ask in statements of their own on every beat."""
+
+    held: bool  # the running job's lease still held (True without a job): see heartbeat
+    settings: dict[str, Any]  # every setting, as config_items answers
+    paused: PauseInfo | None  # the global pause, as paused() answers
+    expired: bool  # a lease may have run out: reclaim_expired is worth calling
+
+
 class QueueInfo(Record):
     """One named queue as `queues` reports it."""
 
@@ -285,12 +295,27 @@ class Store(ABC):
         `processing`, `attempts` grows by one, `worker` and `started_at` are set and a lease
         of `lease-seconds` starts. Two callers never receive the same job."""
 
+    def claim_or_due(self, worker: str, queues: list[str] | None = None,
+                     exclude: list[str] | None = None) -> tuple[Job | None, float | None]:
+        """An idle worker's pass: claim_next, and when it took nothing, seconds_until_due of
+        the same lane (else 0.0). A store may answer both in one round trip."""
+        job = self.claim_next(worker, queues, exclude)
+        if job is not None:
+            return job, 0.0
+        return None, self.seconds_until_due(queues, exclude)
+
     @abstractmethod
     def heartbeat(self, worker: str, state: str, job: Job | None) -> bool:
         """Record that the worker lives (its registry row: heartbeat time, state, job id) and,
         given a job, extend that attempt's lease by `lease-seconds` from now. False when the
         attempt is no longer held: the worker must stop the command, someone else may run
         it. Without a job, always True."""
+
+    def beat(self, worker: str, state: str, job: Job | None) -> Beat:
+        """heartbeat, and the reads a worker makes with each (config_items, paused, whether
+        reclaim_expired has anything to do): a store may answer them in one round trip."""
+        held = self.heartbeat(worker, state, job)
+        return Beat(held, self.config_items(), self.paused(), expired=True)
 
     @abstractmethod
     def record_success(self, job: Job, outcome: Outcome) -> bool:

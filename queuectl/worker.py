@@ -356,13 +356,12 @@ class Worker:
         if self.stop.requested:
             return None, 0.0  # the loop ends without a claim
         self.lease.housekeeping()
-        job = self.store.claim_next(self.name, **self._lane)
+        job, due = self.store.claim_or_due(self.name, **self._lane)
         if job is not None:
             return job, 0.0
         if self.opts.drain and self.store.remaining(**self._lane) == 0:
             return None, None
         wait = self.poll_interval
-        due = self.store.seconds_until_due(**self._lane)
         # Due now, yet nothing was claimable: its queue is paused or at its concurrency limit.
         # Wait for a change (a job ending, resume: the wakeup fires) or the poll, not a spin.
         if due is not None and due > 0:

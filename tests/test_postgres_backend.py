@@ -1657,6 +1657,43 @@ def test_an_idle_workers_reads_are_prepared_once_per_connection(pg_server: Any) 
         cli.close()
 
 
+@pytest.mark.slow
+def test_an_idle_workers_pass_is_one_call_and_its_beat_one_more(pg_server: Any) -> None:
+    """An idle worker's pass asks for a job and, finding none, when the next is due, in
+    one prepared call (never the due read on its own); every 2 s its heartbeat, also one
+    prepared call, brings what it reads on every beat: the settings (never read again for
+    its claims), the global pause, whether a lease ran out."""
+    from queuectl.backends.postgres_sql import prepared, statements
+
+    db = _logged_calls(pg_server, f"db_{pg_server.fresh_schema()}")
+    schema = db.rsplit("schema=", 1)[1]
+    sql = statements(schema, for_worker=True)
+    passes, beats = prepared(sql.claim_or_due), prepared(sql.beat_idle)
+    q = Queue(db)
+    try:
+        q.enqueue({"id": "later", "command": "true", "delay": 600})
+        start = pg_server.log_size()
+        q.worker()
+
+        def beaten() -> int:
+            return pg_server.logged_since(start).count(f"statement: EXECUTE {beats.name}(")
+
+        wait_for(lambda: beaten() >= 4, 60, "four heartbeats of the idle worker")
+        log = pg_server.logged_since(start)
+        assert log.count(f"statement: EXECUTE {passes.name}(") >= 4, log
+        for read in (sql.seconds_until_due, sql.seconds_until_due_listed,
+                     sql.seconds_until_due_except, sql.reclaim_expired_probe):
+            assert f"EXECUTE {prepared(read).name}" not in log, log
+        assert "statement: SELECT (SELECT min(run_at)" not in log, log
+        # the settings: at most once at start, then only within the beat
+        assert log.count("statement: SELECT key, value FROM") <= 1, log
+        assert "statement: SELECT set_by, since" not in log, log
+        assert log.count(f"statement: PREPARE {beats.name} AS") == 1, log
+        assert q.job("later")["state"] == "pending"
+    finally:
+        q.stop_all()
+
+
 def test_a_workers_calls_are_prepared_once_per_connection(pg_server: Any) -> None:
     """On a direct connection a worker's store PREPAREs its claim and its
     complete-and-claim once, at first use, then only EXECUTEs them (the server parses and

@@ -89,6 +89,7 @@ from queuectl.job import (
 from queuectl.procinfo import hostname
 from queuectl.store import (
     USAGE,
+    Beat,
     Metrics,
     Notice,
     Outcome,
@@ -595,20 +596,37 @@ class PostgresStore(Connected, Store):
 
     def claim_next(self, worker: str, queues: list[str] | None = None,
                    exclude: list[str] | None = None) -> Job | None:
-        params = self._claim_params(worker, queues, exclude)
+        return self._claim(self.sql.claim, worker, queues, exclude)[0]
 
-        def claim(cur: Any) -> Job | None:
-            self._call(cur, self.sql.claim, params)
-            (candidate,), got = _called(cur)
+    def claim_or_due(self, worker: str, queues: list[str] | None = None,
+                     exclude: list[str] | None = None) -> tuple[Job | None, float | None]:
+        sql = (self.sql.claim_or_due_listed if queues is not None
+               else self.sql.claim_or_due_except if exclude else self.sql.claim_or_due)
+        job, due, read = self._claim(sql, worker, queues, exclude)
+        if job is not None:
+            return job, 0.0
+        return None, due if read else self.seconds_until_due(queues, exclude)
+
+    def _claim(self, sql: str, worker: str, queues: list[str] | None,
+               exclude: list[str] | None) -> tuple[Job | None, float | None, bool]:
+        """The claim `sql` calls (claim, or a claim_or_due): the job it took, and the due
+        read's answer and whether it was made (only when there was nothing to take; a
+        limited queue's turn is taken in statements of its own, without the read)."""
+        params = {**self._claim_params(worker, queues, exclude), "exclude": exclude}
+
+        def claim(cur: Any) -> tuple[Job | None, float | None, bool]:
+            self._call(cur, sql, params)
+            lead, got = _called(cur)
             if got is not None:
-                return got
-            if candidate is None:
-                return None
-            return self._claim_limited(cur, candidate, params)
+                return got, None, False
+            if lead[0] is None:
+                due = lead[1] if len(lead) > 1 else None
+                return None, None if due is None else max(0.0, float(due)), len(lead) > 1
+            return self._claim_limited(cur, lead[0], params), None, False
 
-        def settle(cur: Any) -> Job | None:
+        def settle(cur: Any) -> tuple[Job | None, float | None, bool]:
             held = self._held_by(cur, worker, None)
-            return held if held is not None else claim(cur)
+            return (held, None, False) if held is not None else claim(cur)
 
         return self._run(claim, settle=settle)
 
@@ -664,19 +682,28 @@ class PostgresStore(Connected, Store):
         return held, got
 
     def heartbeat(self, worker: str, state: str, job: Job | None) -> bool:
+        return self.beat(worker, state, job).held
+
+    def beat(self, worker: str, state: str, job: Job | None) -> Beat:
         params: dict[str, Any] = {"state": state, "job_id": job.id if job else None,
                                   "worker": worker}
         if job is None:
-            sql = self.sql.heartbeat_idle
+            sql = self.sql.beat_idle
         else:
             params.update(lease=self._config().lease_seconds, id=job.id, attempts=job.attempts)
-            sql = self.sql.heartbeat
+            sql = self.sql.beat
 
-        def beat_once(cur: Any) -> bool:
-            cur.execute(sql, params)
-            return job is None or cur.rowcount == 1
+        def beat_once(cur: Any) -> list[tuple[Any, ...]]:
+            self._call(cur, sql, params)
+            return list(cur.fetchall())
 
-        return self._run(beat_once, idempotent=True)
+        rows = self._run(beat_once, idempotent=True)
+        kinds = {row[0] for row in rows}
+        stored = {key: value for kind, key, value, _ in rows if kind == "setting"}
+        paused = [PauseInfo(key, since) for kind, key, _, since in rows if kind == "paused"]
+        self._settings.fill(stored)
+        return Beat(held=job is None or "held" in kinds, settings=cfg.merge(stored),
+                    paused=paused[0] if paused else None, expired="expired" in kinds)
 
     # -- the worker's verbs: recording -------------------------------------------------------
     def _recorded(self, cur: Any, params: dict[str, Any], *outcomes: str) -> bool:
@@ -1248,7 +1275,9 @@ class PostgresStore(Connected, Store):
 
     # -- configuration -----------------------------------------------------------------------
     def config_items(self) -> dict[str, cfg.Value]:
-        return cfg.merge(dict(self._fetch(self.sql.config_items)))
+        stored = dict(self._fetch(self.sql.config_items))
+        self._settings.fill(stored)
+        return cfg.merge(stored)
 
     def set_config(self, key: str, value: cfg.Value) -> None:
         self._settings.forget()

@@ -770,6 +770,30 @@ def _seconds_until_due(lane: str) -> str:
             f" AND waiting_on = 0{lane}) - {{now}}")
 
 
+# A beat's clock, and in a worker's store its commit not waiting for the WAL flush (as
+# {worker_commit}, but within the one statement, so that a worker can prepare it).
+_BEAT_NOW = """WITH t AS (SELECT {now} AS now, CASE WHEN {worker_async}
+    THEN set_config('synchronous_commit', 'off', true) END AS async),"""
+# A beat's registry row, and its reads (kind, key, value, since): `expired`, `paused`
+# (set_by as key) and each `setting`.
+_BEAT_WORKER = """beat AS (
+    UPDATE {s}.workers SET heartbeat_at = t.now, state = %(state)s, job_id = %(job_id)s
+    FROM t WHERE name = %(worker)s)"""
+_BEAT_READS = """SELECT 'expired'::text, NULL::text, NULL::text, NULL::float8 FROM t
+    WHERE EXISTS (SELECT 1 FROM {s}.jobs WHERE state = 'processing'
+                  AND lease_expires_at < t.now)
+UNION ALL SELECT 'paused', set_by, NULL, since FROM {s}.flags WHERE name = 'paused'
+UNION ALL SELECT 'setting', key, value, NULL FROM {s}.config"""
+
+
+def _claim_or_due(lane: str) -> str:
+    """The claim's call, and when it found nothing to take (no job, no limited queue's
+    turn) when the next job is due, in the same round trip: an idle worker asks both on
+    every pass. The read runs only then, after the call, in the statement's snapshot."""
+    return _call("claim", _CLAIM_ARGS, "o_queue, CASE WHEN o_queue IS NULL THEN ("
+                 + _seconds_until_due(lane) + ") END AS o_due, {o_columns}")
+
+
 class Statements:
     """The statements of one store, by name: the class holds the templates, an instance
     (from `statements()`) the text for one schema."""
@@ -872,6 +896,11 @@ WHERE j.id = c.child"""
     # processing; a queue that turned out full is let go of (the savepoint) before the next
     # is locked (claim_limited_next), so claimers hold one queue row at a time and never
     # deadlock. Claims of one limited queue thus take turns on every host.
+    # claim_or_due: the claim an idle worker's pass sends, with seconds_until_due's read of
+    # the same lane (its three forms) when it takes nothing.
+    claim_or_due = _claim_or_due("")
+    claim_or_due_listed = _claim_or_due(_LANE)
+    claim_or_due_except = _claim_or_due(_EXCEPT)
     claim_limited_begin = f"BEGIN; {_CLAIM_PLAN} SAVEPOINT lane"
     claim_limited = f"{_LOCK_QUEUE}\n{_CALL_CLAIM}"
     claim_limited_next = f"ROLLBACK TO SAVEPOINT lane; {claim_limited}"
@@ -892,17 +921,22 @@ WHERE j.id = c.child"""
     # its pieces since version 12 are above): one commit per job.
     complete_and_claim = _CALL_COMPLETE_AND_CLAIM
 
-    # -- heartbeat --
-    heartbeat_idle = """{worker_commit}WITH t AS (SELECT {now} AS now)
-UPDATE {s}.workers SET heartbeat_at = t.now, state = %(state)s, job_id = %(job_id)s
-FROM t WHERE name = %(worker)s"""
-    heartbeat = """{worker_commit}WITH t AS (SELECT {now} AS now),
-beat AS (
-    UPDATE {s}.workers SET heartbeat_at = t.now, state = %(state)s, job_id = %(job_id)s
-    FROM t WHERE name = %(worker)s)
-UPDATE {s}.jobs j SET lease_expires_at = t.now + %(lease)s FROM t
-WHERE j.id = %(id)s AND j.state = 'processing' AND j.worker = %(worker)s
-    AND j.attempts = %(attempts)s"""
+    # -- heartbeat, beat --
+    # The worker's heartbeat (its registry row; with a job, that attempt's lease renewed:
+    # one `held` row if it still is) and what it reads on every beat, in one round trip:
+    # whether a lease has run out (as reclaim_expired_probe, in this statement's
+    # snapshot: a hint, reclaim_expired looks again), the global pause and every setting.
+    beat_idle = f"""{_BEAT_NOW}
+{_BEAT_WORKER}
+{_BEAT_READS}"""
+    beat = f"""{_BEAT_NOW}
+{_BEAT_WORKER},
+renewed AS (
+    UPDATE {{s}}.jobs j SET lease_expires_at = t.now + %(lease)s FROM t
+    WHERE j.id = %(id)s AND j.state = 'processing' AND j.worker = %(worker)s
+        AND j.attempts = %(attempts)s RETURNING 1)
+SELECT 'held', NULL, NULL, NULL FROM renewed UNION ALL
+{_BEAT_READS}"""
 
     # == the worker's verbs: recording =======================================================
     # -- record_success --
@@ -1410,10 +1444,15 @@ VERBS: dict[str, tuple[str, ...]] = {
     "claim_next": ("claim", "claim_held", "claim_any", "claim_listed", "claim_job",
                    "claim_limited_begin", "claim_limited", "claim_limited_next", "commit",
                    "held_by"),
+    "claim_or_due": ("claim_or_due", "claim_or_due_listed", "claim_or_due_except",
+                     "claim_limited_begin", "claim_limited", "claim_limited_next", "commit",
+                     "held_by", "seconds_until_due", "seconds_until_due_listed",
+                     "seconds_until_due_except"),
     "complete_and_claim": ("complete_and_claim", "complete", "claim_held", "claim_any",
                            "claim_listed", "claim_job", "claim_limited_begin", "claim_limited",
                            "claim_limited_next", "commit", "recorded", "held_by"),
-    "heartbeat": ("heartbeat_idle", "heartbeat"),
+    "heartbeat": ("beat_idle", "beat"),
+    "beat": ("beat_idle", "beat"),
     "record_success": ("record_success", "complete", "recorded"),
     "record_failure": ("record_failure", "record_failure_dead", "recorded", "get"),
     "release": ("release", "recorded"),
