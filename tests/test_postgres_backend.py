@@ -1660,16 +1660,25 @@ def test_an_idle_workers_reads_are_prepared_once_per_connection(pg_server: Any) 
 @pytest.mark.slow
 def test_an_idle_workers_pass_is_one_call_and_its_beat_one_more(pg_server: Any) -> None:
     """An idle worker's pass asks for a job and, finding none, when the next is due, in
-    one prepared call (never the due read on its own); every 2 s its heartbeat, also one
-    prepared call, brings what it reads on every beat: the settings (never read again for
-    its claims), the global pause, whether a lease ran out."""
+    one prepared call (never the due read on its own), which calls the claim function
+    only when a job is due; every 2 s its heartbeat, also one prepared call, brings what
+    it reads on every beat: the settings (never read again for its claims), the global
+    pause, whether a lease ran out."""
     from queuectl.backends.postgres_sql import prepared, statements
 
-    db = _logged_calls(pg_server, f"db_{pg_server.fresh_schema()}")
+    dbname = f"db_{pg_server.fresh_schema()}"
+    db = _logged_calls(pg_server, dbname)
+    pg_server.psql(f"ALTER DATABASE {dbname} SET track_functions = 'pl'")
     schema = db.rsplit("schema=", 1)[1]
     sql = statements(schema, for_worker=True)
     passes, beats = prepared(sql.claim_or_due), prepared(sql.beat_idle)
     q = Queue(db)
+
+    def claims() -> int:
+        return int(pg_server.psql(
+            "SELECT coalesce(sum(calls), 0) FROM pg_stat_user_functions"
+            f" WHERE schemaname = '{schema}' AND funcname = 'claim'", dbname=dbname))
+
     try:
         q.enqueue({"id": "later", "command": "true", "delay": 600})
         start = pg_server.log_size()
@@ -1690,6 +1699,11 @@ def test_an_idle_workers_pass_is_one_call_and_its_beat_one_more(pg_server: Any) 
         assert "statement: SELECT set_by, since" not in log, log
         assert log.count(f"statement: PREPARE {beats.name} AS") == 1, log
         assert q.job("later")["state"] == "pending"
+        # Nothing was due: the passes never called the claim function. A due job does.
+        q.enqueue({"id": "now", "command": "true"})
+        q.wait_state("now", "completed")
+        wait_for(lambda: claims() >= 1, 30, "the claim's call to reach the statistics")
+        assert claims() <= 2 < log.count(f"statement: EXECUTE {passes.name}(")
     finally:
         q.stop_all()
 

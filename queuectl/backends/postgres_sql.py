@@ -788,10 +788,15 @@ UNION ALL SELECT 'setting', key, value, NULL FROM {s}.config"""
 
 def _claim_or_due(lane: str) -> str:
     """The claim's call, and when it found nothing to take (no job, no limited queue's
-    turn) when the next job is due, in the same round trip: an idle worker asks both on
-    every pass. The read runs only then, after the call, in the statement's snapshot."""
-    return _call("claim", _CLAIM_ARGS, "o_queue, CASE WHEN o_queue IS NULL THEN ("
-                 + _seconds_until_due(lane) + ") END AS o_due, {o_columns}")
+    turn) how long until the next job of the lane is due, in one statement: an idle
+    worker asks both on every pass. The due read comes first, in the statement's
+    snapshot, and the claim is called only if a job is due now: an idle queue costs the
+    server that index probe, not the claim's statements (a job stored after the snapshot
+    wakes the worker by NOTIFY, as one stored just after the claim would)."""
+    claim = _call("claim", _CLAIM_ARGS, "o_queue, o_job")
+    return ("SELECT c.o_queue, CASE WHEN c.o_queue IS NULL THEN d.due END AS o_due,"
+            f" (c.o_job).* FROM ({_seconds_until_due(lane)} AS due) d"
+            f" LEFT JOIN LATERAL ({claim} WHERE d.due <= 0 OFFSET 0) c ON true")
 
 
 class Statements:
