@@ -896,16 +896,18 @@ WHERE j.id = c.child"""
     # claim_any or claim_listed below, by whether %(queues)s is NULL): one statement, whose
     # big query the server plans once per session, not once per call.
     claim = _CALL_CLAIM
-    # The claim when the best job is in a limited queue: claim_limited_begin, then
-    # claim_limited (which locks the queue's row first) while fewer than its limit are
-    # processing; a queue that turned out full is let go of (the savepoint) before the next
-    # is locked (claim_limited_next), so claimers hold one queue row at a time and never
-    # deadlock. Claims of one limited queue thus take turns on every host.
-    # claim_or_due: the claim an idle worker's pass sends, with seconds_until_due's read of
-    # the same lane (its three forms) when it takes nothing.
+    # -- claim_or_due --
+    # The claim an idle worker's pass sends, with seconds_until_due's read of the same
+    # lane (its three forms) when it takes nothing (_claim_or_due).
     claim_or_due = _claim_or_due("")
     claim_or_due_listed = _claim_or_due(_LANE)
     claim_or_due_except = _claim_or_due(_EXCEPT)
+    # (claim_next and claim_or_due) The claim when the best job is in a limited queue:
+    # claim_limited_begin, then claim_limited (which locks the queue's row first) while
+    # fewer than its limit are processing; a queue that turned out full is let go of (the
+    # savepoint) before the next is locked (claim_limited_next), so claimers hold one
+    # queue row at a time and never deadlock. Claims of one limited queue thus take turns
+    # on every host.
     claim_limited_begin = f"BEGIN; {_CLAIM_PLAN} SAVEPOINT lane"
     claim_limited = f"{_LOCK_QUEUE}\n{_CALL_CLAIM}"
     claim_limited_next = f"ROLLBACK TO SAVEPOINT lane; {claim_limited}"
