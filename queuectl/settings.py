@@ -184,12 +184,12 @@ class SettingsCache:
     def get(self, load: Callable[[], dict[str, str]]) -> QueueConfig:
         if self._conf is not None and time.monotonic() - self._at < CACHE_TTL:
             return self._conf
-        return self.fill(load())
+        return self.fill(merge(load()))
 
-    def fill(self, stored: dict[str, str]) -> QueueConfig:
-        """Settings just read for another reason (`config_items`): as fresh as a read of
-        the cache's own."""
-        self._conf = QueueConfig.from_items(merge(stored))
+    def fill(self, items: dict[str, Value]) -> QueueConfig:
+        """Every setting (merge's answer), just read for another reason (`config_items`, a
+        worker's beat): as fresh as a read of the cache's own."""
+        self._conf = QueueConfig.from_items(items)
         self._at = time.monotonic()
         return self._conf
 

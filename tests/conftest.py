@@ -246,3 +246,10 @@ def open_another(backend_locator: str) -> Iterator[Callable[..., Any]]:
 def store(open_another: Callable[..., Any]) -> Any:
     """A store on a fresh, empty queue (a CLI's store: durable commits)."""
     return open_another()
+
+
+@pytest.fixture(params=["cli", "worker"])
+def either_store(request: pytest.FixtureRequest, open_another: Callable[..., Any]) -> Any:
+    """Another store on `store`'s queue, a CLI's and then a worker's (whose calls
+    PostgreSQL prepares on a direct connection)."""
+    return open_another(for_worker=request.param == "worker")

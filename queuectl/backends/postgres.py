@@ -162,8 +162,8 @@ def _layout(names: tuple[str, ...]) -> tuple[int, list[int]]:
 
 
 def _called(cur: Any) -> tuple[tuple[Any, ...], Job | None]:
-    """The answer of a call of claim or complete_and_claim: the leading values, and the
-    job it claimed (None: none)."""
+    """The answer of a call of claim (claim_or_due's too) or complete_and_claim: the
+    leading values, and the job it claimed (None: none)."""
     row = cur.fetchone()
     lead, order = _layout(tuple(column[0] for column in cur.description))
     values = [row[i] for i in order]
@@ -561,9 +561,10 @@ class PostgresStore(Connected, Store):
         return None if row is None else Job.from_row(row)
 
     def _call(self, cur: Any, text: str, params: dict[str, Any] | None) -> None:
-        """Send one of a worker's calls (claim, complete_and_claim, record_success, and the
-        reads an idle worker makes on every pass, about once a second: statements on jobs,
-        whose planning over a dozen indexes was most of their cost): on a direct
+        """Send one of a worker's calls (claim, claim_or_due, complete_and_claim,
+        record_success, the beat, and the reads an idle worker makes on every pass:
+        statements on jobs, whose planning over a dozen indexes was most of their cost):
+        on a direct
         connection, a statement prepared on it at first use; as text through a pooler, for
         any other store, and on a connection that lost what it prepared (a session reset,
         a pooler that did not show) or whose plan no longer fits (the schema changed under
@@ -602,31 +603,32 @@ class PostgresStore(Connected, Store):
                      exclude: list[str] | None = None) -> tuple[Job | None, float | None]:
         sql = (self.sql.claim_or_due_listed if queues is not None
                else self.sql.claim_or_due_except if exclude else self.sql.claim_or_due)
-        job, due, read = self._claim(sql, worker, queues, exclude)
+        job, lead = self._claim(sql, worker, queues, exclude)
         if job is not None:
             return job, 0.0
-        return None, due if read else self.seconds_until_due(queues, exclude)
+        if lead is None:  # a limited queue's turn came to nothing: ask on its own
+            return None, self.seconds_until_due(queues, exclude)
+        return None, None if lead[1] is None else max(0.0, float(lead[1]))
 
     def _claim(self, sql: str, worker: str, queues: list[str] | None,
-               exclude: list[str] | None) -> tuple[Job | None, float | None, bool]:
-        """The claim `sql` calls (claim, or a claim_or_due): the job it took, and the due
-        read's answer and whether it was made (only when there was nothing to take; a
-        limited queue's turn is taken in statements of its own, without the read)."""
+               exclude: list[str] | None) -> tuple[Job | None, tuple[Any, ...] | None]:
+        """The claim `sql` calls (claim, or a claim_or_due): the job it took, and when
+        there was nothing to take, the call's leading values (None after a limited
+        queue's turn, taken in statements of its own)."""
         params = {**self._claim_params(worker, queues, exclude), "exclude": exclude}
 
-        def claim(cur: Any) -> tuple[Job | None, float | None, bool]:
+        def claim(cur: Any) -> tuple[Job | None, tuple[Any, ...] | None]:
             self._call(cur, sql, params)
             lead, got = _called(cur)
             if got is not None:
-                return got, None, False
+                return got, None
             if lead[0] is None:
-                due = lead[1] if len(lead) > 1 else None
-                return None, None if due is None else max(0.0, float(due)), len(lead) > 1
-            return self._claim_limited(cur, lead[0], params), None, False
+                return None, lead
+            return self._claim_limited(cur, lead[0], params), None
 
-        def settle(cur: Any) -> tuple[Job | None, float | None, bool]:
+        def settle(cur: Any) -> tuple[Job | None, tuple[Any, ...] | None]:
             held = self._held_by(cur, worker, None)
-            return (held, None, False) if held is not None else claim(cur)
+            return (held, None) if held is not None else claim(cur)
 
         return self._run(claim, settle=settle)
 
@@ -699,10 +701,10 @@ class PostgresStore(Connected, Store):
 
         rows = self._run(beat_once, idempotent=True)
         kinds = {row[0] for row in rows}
-        stored = {key: value for kind, key, value, _ in rows if kind == "setting"}
+        items = cfg.merge({key: value for kind, key, value, _ in rows if kind == "setting"})
         paused = [PauseInfo(key, since) for kind, key, _, since in rows if kind == "paused"]
-        self._settings.fill(stored)
-        return Beat(held=job is None or "held" in kinds, settings=cfg.merge(stored),
+        self._settings.fill(items)
+        return Beat(held=job is None or "held" in kinds, settings=items,
                     paused=paused[0] if paused else None, expired="expired" in kinds)
 
     # -- the worker's verbs: recording -------------------------------------------------------
@@ -1275,9 +1277,9 @@ class PostgresStore(Connected, Store):
 
     # -- configuration -----------------------------------------------------------------------
     def config_items(self) -> dict[str, cfg.Value]:
-        stored = dict(self._fetch(self.sql.config_items))
-        self._settings.fill(stored)
-        return cfg.merge(stored)
+        items = cfg.merge(dict(self._fetch(self.sql.config_items)))
+        self._settings.fill(items)
+        return items
 
     def set_config(self, key: str, value: cfg.Value) -> None:
         self._settings.forget()

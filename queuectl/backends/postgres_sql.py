@@ -779,9 +779,10 @@ _BEAT_NOW = """WITH t AS (SELECT {now} AS now, CASE WHEN {worker_async}
 _BEAT_WORKER = """beat AS (
     UPDATE {s}.workers SET heartbeat_at = t.now, state = %(state)s, job_id = %(job_id)s
     FROM t WHERE name = %(worker)s)"""
+# A lease that ran out (reclaim_expired_probe, and the beat's `expired`).
+_EXPIRED = "SELECT 1 FROM {s}.jobs WHERE state = 'processing' AND lease_expires_at < {now}"
 _BEAT_READS = """SELECT 'expired'::text, NULL::text, NULL::text, NULL::float8 FROM t
-    WHERE EXISTS (SELECT 1 FROM {s}.jobs WHERE state = 'processing'
-                  AND lease_expires_at < t.now)
+    WHERE EXISTS (""" + _EXPIRED + """)
 UNION ALL SELECT 'paused', set_by, NULL, since FROM {s}.flags WHERE name = 'paused'
 UNION ALL SELECT 'setting', key, value, NULL FROM {s}.config"""
 
@@ -990,8 +991,7 @@ SELECT count(*) FROM upd"""
 
     # -- reclaim_expired --
     # A read first: almost always nothing has expired, and a read locks nothing.
-    reclaim_expired_probe = ("SELECT 1 FROM {s}.jobs WHERE state = 'processing'"
-                             " AND lease_expires_at < {now} LIMIT 1")
+    reclaim_expired_probe = _EXPIRED + " LIMIT 1"
     # Lock the lost attempts (with the server's time); the store decides each one's end by
     # the queue's rules (failed, dead or canceled), and reclaim_end writes them.
     reclaim_expired_lock = f"{_RECLAIM_LOCK} AND lease_expires_at < {{now}} FOR UPDATE SKIP LOCKED"

@@ -872,9 +872,9 @@ class SQLiteStore(Store):
             lambda: dict(c.execute(sql.CONFIG).fetchall()))
 
     def config_items(self) -> dict[str, cfg.Value]:
-        stored = dict(self._read(sql.CONFIG))
-        self._settings.fill(stored)
-        return cfg.merge(stored)
+        items = cfg.merge(dict(self._read(sql.CONFIG)))
+        self._settings.fill(items)
+        return items
 
     def set_config(self, key: str, value: cfg.Value) -> None:
         self._settings.forget()
