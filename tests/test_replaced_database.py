@@ -70,6 +70,9 @@ def _replaced_by_backup(queue: Queue, tmp_path: Path, how: str) -> None:
     assert len(_events(log, "database_replaced")) == 1
     # a new worker serves the restored file
     queue.enqueue({"id": "restored", "command": "true"})
+    # the backup was written in rollback mode, where readers wait for writers: the first
+    # command that opened it in the database's place switched it to WAL
+    assert queue.json("info")["sqlite"]["journal_mode"] == "wal"
     queue.worker()
     queue.wait_state("restored", "completed")
     assert queue.status()["active_workers"] == 1

@@ -5,6 +5,7 @@ The promises every backend makes are in tests/contract/."""
 import json
 import os
 import sqlite3
+import threading
 from pathlib import Path
 
 from conftest import Queue
@@ -43,6 +44,31 @@ def test_claim_never_scans_or_sorts_finished_jobs(tmp_path: Path) -> None:
     claim = next(p for p in plans if "jobs_due" in p)
     assert "TEMP B-TREE" not in claim and "SCAN jobs USING INDEX jobs_due" in claim
     assert not any(p.startswith("SCAN jobs") and "INDEX" not in p for p in plans)
+
+
+def test_reads_of_one_snapshot_wait_for_a_busy_file_as_a_single_read_does(tmp_path: Path) -> None:
+    """`show`, `status`, `queue list` and the metrics read several statements from one
+    snapshot: the file busy at its start (here a writer's lock in rollback mode, the mode a
+    restored backup was left in) is waited for, not reported at once as locked."""
+    db = tmp_path / "q.db"
+    store = SQLiteStore(db)
+    store.enqueue([JobSpec("true", id="parent"), JobSpec("true", id="child", after=["parent"])])
+    store._conn.execute("PRAGMA journal_mode=DELETE")  # where readers meet a writer's lock
+    holder = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    reads = {"parents": lambda: [p.id for p in store.parents("child")],
+             "queues": lambda: [q.name for q in store.queues()],
+             "metrics": lambda: store.metrics().paused}
+    answers = {}
+    for name, read in reads.items():
+        holder.execute("BEGIN EXCLUSIVE")
+        release = threading.Timer(0.5, holder.execute, ("ROLLBACK",))
+        release.start()
+        try:
+            answers[name] = read()
+        finally:
+            release.join()
+    holder.close()
+    assert answers == {"parents": ["parent"], "queues": ["default"], "metrics": False}
 
 
 def test_two_stores_never_claim_the_same_job(tmp_path: Path) -> None:

@@ -246,11 +246,23 @@ class _Reading:
         conn = self._store._conn
         if not conn.in_transaction:
             try:
-                self._store._retry(lambda: conn.execute(sql.BEGIN_READ))
+                self._store._retry(lambda: self._begin(conn))
             except sqlite3.Error as exc:
                 raise _unavailable(exc, self._store.path) from None
             self._began = True
         return conn
+
+    @staticmethod
+    def _begin(conn: sqlite3.Connection) -> None:
+        """BEGIN takes no lock: the first read does, and may find the file busy (a commit in
+        rollback mode, a WAL being recovered). Take the snapshot here, where a busy file is
+        waited for as for any single read; past it, the reads inside cannot be refused."""
+        conn.execute(sql.BEGIN_READ)
+        try:
+            conn.execute(sql.TAKE_SNAPSHOT).fetchone()
+        except sqlite3.Error:
+            conn.execute(sql.ROLLBACK)
+            raise
 
     def __exit__(self, *_exc: object) -> None:
         if self._began:
@@ -271,6 +283,7 @@ class SQLiteStore(Store):
         self._synchronous = "FULL" if durable else "NORMAL"
         self._settings = cfg.SettingsCache()
         self._short = False  # shorter than its header says (see _check_header)
+        self._wal = False  # its header says WAL mode (see _check_header)
         self._claimed: tuple[str, int] = ("", 0)  # the job id and rowid of our last claim
         self._verify_stop = False  # interrupt_verify: a stopping worker ends its check
         self._conn = self._open(create_dirs)
@@ -344,7 +357,7 @@ class SQLiteStore(Store):
         if os.path.isdir(path):
             raise DatabaseUnavailable(f"cannot open database {path}: it is a directory")
         if _exists(path):
-            self._short = self._check_header(path)
+            self._short, self._wal = self._check_header(path)
             if not os.access(path, os.R_OK | os.W_OK):
                 if not os.access(path, os.R_OK):
                     raise PermissionError
@@ -369,11 +382,12 @@ class SQLiteStore(Store):
             raise DatabaseUnavailable(f"cannot create database {path}: {exc.strerror}") from None
 
     @staticmethod
-    def _check_header(path: str) -> bool:
+    def _check_header(path: str) -> tuple[bool, bool]:
         """Refuse a file that is not SQLite before SQLite gets a chance to write to it.
-        True if the file is shorter than its header says: truncated, or caught in the
-        middle of a checkpoint (which writes the header before the pages after it); the
-        probe at open tells the two apart."""
+        Answers (short, wal): short if the file is shorter than its header says (truncated,
+        or caught in the middle of a checkpoint, which writes the header before the pages
+        after it; the probe at open tells the two apart); wal if the header says WAL mode,
+        which spares every open the statement that asks."""
         try:
             with open(path, "rb") as fh:
                 head = fh.read(100)
@@ -386,17 +400,23 @@ class SQLiteStore(Store):
             raise DatabaseUnavailable(
                 f"{path} is not a SQLite database; refusing to touch it"
             )
+        wal = head[18:20] == b"\x02\x02"  # the read and write versions: 2 is WAL
         # The header's page count, when valid (its change counter matches the one stamped
         # beside it), says how long the file should be.
         if len(head) == 100 and head[24:28] == head[92:96]:
             page_size = int.from_bytes(head[16:18], "big")
             pages = int.from_bytes(head[28:32], "big")
-            return size < (65536 if page_size == 1 else page_size) * pages
-        return False
+            return size < (65536 if page_size == 1 else page_size) * pages, wal
+        return False, wal
 
     def _migrate(self) -> None:
         version = self._retry(lambda: self._conn.execute(sql.SCHEMA_VERSION_OF).fetchone()[0])
         if version == SCHEMA_VERSION:
+            # A file of this schema in another journal mode: a backup (`VACUUM INTO` writes
+            # one in rollback mode) put in the database's place, or a file an admin
+            # switched. Rollback mode would make readers and writers wait for each other.
+            if not self._wal:
+                self._use_wal()
             return
         if version > SCHEMA_VERSION:
             raise DatabaseUnavailable(
@@ -411,9 +431,7 @@ class SQLiteStore(Store):
                 raise DatabaseUnavailable(
                     f"{self.path} is a SQLite database of another application; refusing to touch it"
                 )
-        mode = self._retry(lambda: self._conn.execute(sql.JOURNAL_MODE).fetchone()[0])
-        if mode.lower() != "wal":
-            self._retry(lambda: self._conn.execute(sql.WAL_MODE).fetchone())
+        self._use_wal()
         conn = self._conn
         conn.create_function("queuectl_boot_id", 0, _boot_id)
         conn.create_function("queuectl_uptime", 0, _uptime)
@@ -424,6 +442,13 @@ class SQLiteStore(Store):
                 for statement in MIGRATIONS[v]:
                     c.execute(statement)
             c.execute(sql.STAMP_SCHEMA_VERSION)
+
+    def _use_wal(self) -> None:
+        """Switch the file to WAL mode unless it is (persistent: the switch is written to
+        the file's header, once)."""
+        mode = self._retry(lambda: self._conn.execute(sql.JOURNAL_MODE).fetchone()[0])
+        if mode.lower() != "wal":
+            self._retry(lambda: self._conn.execute(sql.WAL_MODE).fetchone())
 
     # -- transactions ------------------------------------------------------------------------
     def _retry(self, fn: Callable[[], _T]) -> _T:

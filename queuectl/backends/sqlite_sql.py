@@ -172,6 +172,7 @@ STAMP_SCHEMA_VERSION = f"PRAGMA user_version = {SCHEMA_VERSION}"
 # (which fails at once under contention).
 BEGIN_WRITE = "BEGIN IMMEDIATE"
 BEGIN_READ = "BEGIN"  # several reads from one snapshot (`reading`, read_output)
+TAKE_SNAPSHOT = "PRAGMA schema_version"  # the header: a read, so the snapshot starts here
 COMMIT = "COMMIT"
 ROLLBACK = "ROLLBACK"
 
@@ -552,7 +553,7 @@ SECTIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         "SYNCHRONOUS_FULL", "SYNCHRONOUS_NORMAL", "WAL_AUTOCHECKPOINT", "SMALL_CACHE", "PROBE",
         "SCHEMA_VERSION_OF", "TABLES", "RECURSIVE_TRIGGERS", "JOURNAL_MODE", "WAL_MODE",
         "STAMP_SCHEMA_VERSION")),
-    ("transactions", "every verb", ("BEGIN_WRITE", "BEGIN_READ", "COMMIT", "ROLLBACK")),
+    ("transactions", "every verb", ("BEGIN_WRITE", "BEGIN_READ", "TAKE_SNAPSHOT", "COMMIT", "ROLLBACK")),
     ("submit", "submit, enqueue", (
         "ENQUEUE", "ENQUEUE_IF_ABSENT", "LIVE_HOLDER", "COUNT_ENQUEUED", "COUNT_PENDING",
         "PARENT_STATE",
