@@ -237,6 +237,14 @@ def cpu_of(fields: list[str]) -> tuple[float, float]:
             (int(fields[13]) + int(fields[14])) / CLK_TCK)
 
 
+def run_seconds(pid: int) -> float:
+    """The time pid has been on a CPU, in seconds, to the nanosecond (/proc/PID/schedstat):
+    the sum utime + stime are scaled to, without their clock-tick steps, which swallow
+    whole what an idle backend spends in a second. OSError if pid is gone."""
+    with open(f"/proc/{pid}/schedstat", "rb") as fh:
+        return int(fh.read().split()[0]) / 1e9
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of pid, in seconds."""
     return stat_cpu(pid)[0]
