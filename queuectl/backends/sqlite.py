@@ -411,13 +411,6 @@ class SQLiteStore(Store):
 
     def _migrate(self) -> None:
         version = self._retry(lambda: self._conn.execute(sql.SCHEMA_VERSION_OF).fetchone()[0])
-        if version == SCHEMA_VERSION:
-            # A file of this schema in another journal mode: a backup (`VACUUM INTO` writes
-            # one in rollback mode) put in the database's place, or a file an admin
-            # switched. Rollback mode would make readers and writers wait for each other.
-            if not self._wal:
-                self._use_wal()
-            return
         if version > SCHEMA_VERSION:
             raise DatabaseUnavailable(
                 f"database {self.path} has schema version {version}, newer than this "
@@ -431,7 +424,13 @@ class SQLiteStore(Store):
                 raise DatabaseUnavailable(
                     f"{self.path} is a SQLite database of another application; refusing to touch it"
                 )
-        self._use_wal()
+        # A new file, or one in another journal mode whatever its schema: a backup (`VACUUM
+        # INTO` writes rollback mode) put in the database's place. Rollback mode would make
+        # readers and writers wait for each other. The switch is written to the header, once.
+        if not self._wal:
+            self._retry(lambda: self._conn.execute(sql.WAL_MODE).fetchone())
+        if version == SCHEMA_VERSION:
+            return
         conn = self._conn
         conn.create_function("queuectl_boot_id", 0, _boot_id)
         conn.create_function("queuectl_uptime", 0, _uptime)
@@ -442,13 +441,6 @@ class SQLiteStore(Store):
                 for statement in MIGRATIONS[v]:
                     c.execute(statement)
             c.execute(sql.STAMP_SCHEMA_VERSION)
-
-    def _use_wal(self) -> None:
-        """Switch the file to WAL mode unless it is (persistent: the switch is written to
-        the file's header, once)."""
-        mode = self._retry(lambda: self._conn.execute(sql.JOURNAL_MODE).fetchone()[0])
-        if mode.lower() != "wal":
-            self._retry(lambda: self._conn.execute(sql.WAL_MODE).fetchone())
 
     # -- transactions ------------------------------------------------------------------------
     def _retry(self, fn: Callable[[], _T]) -> _T:

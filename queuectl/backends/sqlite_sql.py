@@ -551,7 +551,7 @@ RETRY_NOTICE = """UPDATE notices SET tries = tries + 1, error = ?, due_at = ?, h
 SECTIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("opening", "SQLiteStore() and migration", (
         "SYNCHRONOUS_FULL", "SYNCHRONOUS_NORMAL", "WAL_AUTOCHECKPOINT", "SMALL_CACHE", "PROBE",
-        "SCHEMA_VERSION_OF", "TABLES", "RECURSIVE_TRIGGERS", "JOURNAL_MODE", "WAL_MODE",
+        "SCHEMA_VERSION_OF", "TABLES", "RECURSIVE_TRIGGERS", "WAL_MODE",
         "STAMP_SCHEMA_VERSION")),
     ("transactions", "every verb", ("BEGIN_WRITE", "BEGIN_READ", "TAKE_SNAPSHOT", "COMMIT", "ROLLBACK")),
     ("submit", "submit, enqueue", (
@@ -581,7 +581,7 @@ SECTIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         "CONFIG", "SET_CONFIG")),
     ("workers", "register_worker, unregister_worker, workers, seconds_since_heartbeat", (
         "REGISTER_WORKER", "UNREGISTER_WORKER", "WORKERS", "LAST_BEAT")),
-    ("verify", "verify, info", ("QUICK_CHECK", "SYNCHRONOUS")),
+    ("verify", "verify, info", ("QUICK_CHECK", "JOURNAL_MODE", "SYNCHRONOUS")),
     ("top", "recent_jobs, completed_since", ("RECENT_JOBS", "RECENT_FAILURES_ANY",
                                              "RECENT_FAILURES_IN_QUEUE", "COMPLETED_SINCE")),
     ("cancel", "cancel, cancel_state, cancel_requested", (
