@@ -193,13 +193,17 @@ CURVE_WORKERS = (1, 2, 4, 8, 16)
 def workers_part(cluster: PgCluster, sizes: Sizes, workdir: Path) -> dict[str, Any]:
     """The drain by 1, 2, 4, 8 and 16 workers on PostgreSQL, each on a fresh database filled
     by `enqueue --file`: jobs/s and the server's CPU per job. Per run, the counts in
-    alternating order (up, then down), so a drift of the machine's load spreads evenly."""
+    alternating order (up, then down), so a drift of the machine's load spreads evenly.
+    Right before each drain, the spawn limit with as many spawners: the machine's own curve,
+    how much k processes on its cores lose against 2 with no queue at all."""
     jobs = sizes.drain_jobs
     jobs_file = write_jobs_file(workdir / f"pg-curve-jobs-{jobs}.jsonl", jobs)
     timeout = (60 + jobs / 20) * sizes.timeout_scale
     per: dict[int, list[dict[str, Any]]] = {k: [] for k in CURVE_WORKERS}
+    limits: dict[int, list[float]] = {k: [] for k in CURVE_WORKERS}
     for r in range(sizes.runs):
         for k in CURVE_WORKERS if r % 2 == 0 else tuple(reversed(CURVE_WORKERS)):
+            limits[k].append(spawn_limit(jobs, k, timeout))
             queue, db = pg_queue(cluster, f"curve{k}")
             d = workdir / f"pg-curve-{k}w-run{r}"
             d.mkdir()
@@ -211,7 +215,7 @@ def workers_part(cluster: PgCluster, sizes: Sizes, workdir: Path) -> dict[str, A
                 shutil.rmtree(d, ignore_errors=True)
             log(f"pg workers curve run {r + 1}/{sizes.runs}, {k} workers: "
                 f"{res['jobs_per_s']:.0f} jobs/s, server {res['server_cpu_us_per_job']:.0f} "
-                f"µs/job")
+                f"µs/job (limit with {k} spawners {limits[k][-1]:.0f}/s)")
     two = [x["jobs_per_s"] for x in per[2]]
     return {
         "jobs": jobs, "command": "true",
@@ -226,7 +230,9 @@ def workers_part(cluster: PgCluster, sizes: Sizes, workdir: Path) -> dict[str, A
                                                      for x in per[k]),
                     "worker_cpu_us_per_job": summary(x["worker_cpu_us_per_job"]
                                                      for x in per[k]),
-                    "vs_2_workers": paired([x["jobs_per_s"] for x in per[k]], two)}
+                    "vs_2_workers": paired([x["jobs_per_s"] for x in per[k]], two),
+                    "limit_jobs_per_s": summary(limits[k]),
+                    "limit_vs_2_spawners": paired(limits[k], limits[2])}
                    for k in CURVE_WORKERS],
     }
 

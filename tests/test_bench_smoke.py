@@ -51,6 +51,8 @@ def test_bench_smoke_writes_results(tmp_path: Path) -> None:
         curve = pg["workers"]["points"]
         assert [p["workers"] for p in curve] == [1, 2, 4, 8, 16]
         assert all(p["server_cpu_us_per_job"]["median"] > 0 for p in curve)
+        assert all(p["limit_jobs_per_s"]["median"] > 0 for p in curve)  # the machine's own
+        assert curve[1]["limit_vs_2_spawners"]["median"] == 1.0
         assert pg["idle"]["server_cpu_ms_per_s_per_worker"]["median"] > 0
         assert pg["scale"]["fill"]["tables"][:2] == ["jobs", "attempts"]
     assert not list(tmp_path.glob("queuectl-bench-*")), "the scratch dir was left behind"
