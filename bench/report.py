@@ -345,8 +345,10 @@ def _curve_row(w: dict[str, Any]) -> tuple[str, str, float | None, str, str, boo
     shown = "; ".join(f"{k}: {fmt(p.get('jobs_per_s'))} jobs/s, server "
                       f"{fmt(p.get('server_cpu_us_per_job'))} µs/job"
                       for k, p in sorted(points.items()))
-    host = _med(points.get(16) or {}, "limit_vs_2_spawners")
-    machine = f" (the machine's own, 16 spawners ÷ 2: {times(host)})" if host is not None else ""
+    most = max(points, default=0)
+    host = _med(points.get(most) or {}, "limit_vs_2_spawners")
+    machine = (f" (the machine's own, {most} spawners ÷ 2: {times(host)})" if host is not None
+               else "")
     return ("PostgreSQL: workers curve (1, 2, 4, 8, 16), more workers not slower", "workers",
             worst, f"{shown}; worst of 4-16 ÷ 2: {times(worst)}{machine}",
             ">= 0.9× of 2 workers", worst is not None and worst >= 0.9)
