@@ -75,10 +75,14 @@ def test_server_restart_mid_drain_loses_nothing_and_workers_recover(
         for log in logs:
             events = _log_events(log)
             names = [e.get("event") for e in events]
-            # One warning per outage, not one per retry; and it says it is over.
-            assert names.count("database_error") == 1, [
-                e for e in events if e.get("event") == "database_error"]
-            assert "database_recovered" in names
+            # One warning per outage, not one per retry; and it says it is over. A worker
+            # whose call was not in flight at the kill, and whose reconnect met only "shutting
+            # down" or "starting up" (transient refusals, retried quietly: README, Faults),
+            # rode through it with no warning at all; test_an_outage_during_a_running_job...
+            # below holds a worker to exactly one.
+            errors = names.count("database_error")
+            assert errors <= 1, [e for e in events if e.get("event") == "database_error"]
+            assert names.count("database_recovered") == errors
             for e in events:
                 assert SECRET not in json.dumps(e)
     finally:
