@@ -804,7 +804,10 @@ def test_upgrade_from_the_last_release_under_a_live_queue_loses_nothing(admin: A
         outcomes = [a["outcome"] for a in rows]
         assert job["state"] == "completed", (job_id, job, outcomes)
         assert outcomes in (["completed"], ["interrupted", "completed"]), (job_id, outcomes)
-        assert starts[job_id] == len(outcomes), (job_id, starts[job_id], outcomes)
+        # an attempt released because it was claimed (with the last completion) just as
+        # the stop came ran no command, so wrote no start line
+        spawned = [r for r in rows if r.get("error") != "worker shutdown before it started"]
+        assert starts[job_id] == len(spawned), (job_id, starts[job_id], rows)
         # a job stopped between its last line and its exit may have finished its work twice;
         # one that was not interrupted (and a hold job: it cannot end early) exactly once
         assert ends[job_id] == 1 or (ends[job_id] == 2 and job_id not in HOLD
@@ -824,6 +827,16 @@ def test_upgrade_from_the_last_release_under_a_live_queue_loses_nothing(admin: A
           f"{len(interrupted)} interrupted and run again: {sorted(interrupted)}")
 
 
+# Workers stopping at once can leave the WAL unfolded (each closing one saw another still
+# open); the next opener of any version folds it into queue.db, which changes the bytes and no
+# row. The test folds it first, as the only opener, so that the bytes compared are the queue's.
+_FOLD = """
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+db.close()
+"""
+
 _HASHES = """
 import hashlib, os, sys
 for name in sorted(os.listdir(sys.argv[1])):
@@ -837,8 +850,9 @@ def test_the_last_release_refuses_the_migrated_database_and_changes_nothing(admi
     # the admin stops the workers and downgrades; the queue's files (not the -shm index, which
     # any reader rewrites) are compared byte for byte before and after 0.1.0 touches them
     admin.sh(f"systemctl stop '{WORKERS}.service'", check=True)
+    admin.host.run("python3", "-c", _FOLD, f"{STATE_DIR}/queue.db", check=True)
     before = admin.host.run("python3", "-c", _HASHES, STATE_DIR, check=True).stdout
-    assert "queue.db " in before
+    assert "queue.db " in before and "queue.db-wal" not in before, before
     downgrade = admin.sh(f"cd /root && apt install -y --allow-downgrades ./{Path(OLD_DEB_INSIDE).name}",
                          timeout=600)
     assert downgrade.returncode == 0, downgrade.stdout + downgrade.stderr
