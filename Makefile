@@ -30,14 +30,17 @@ test: $(STAMP)
 # While working (under 2 min): the contract suite on every backend, then every other test
 # marked neither slow nor needing systemd, PostgreSQL, root or the package (README "Tests").
 FAST_MARKS := not (slow or systemd or postgres or root or deb)
-# The two halves mostly wait (leases, windows, child processes), so they run side by side:
-# the contract suite into a log printed after the other half, which prints as it goes.
+# The three parts mostly wait (leases, windows, child processes), so they run side by side:
+# the contract suite's two backends each into a log printed after the rest, which prints as
+# it goes. "sqlite" and "not sqlite" split the contract suite's tests by backend parameter.
 test-fast: $(STAMP)
-	@log=$$(mktemp); \
-	$(BIN)/pytest -q -p no:cacheprovider --durations=5 tests/contract >"$$log" 2>&1 & contract=$$!; \
+	@lite=$$(mktemp); pg=$$(mktemp); \
+	$(BIN)/pytest -q -p no:cacheprovider --durations=5 -k sqlite tests/contract >"$$lite" 2>&1 & l=$$!; \
+	$(BIN)/pytest -q -p no:cacheprovider --durations=5 -k "not sqlite" tests/contract >"$$pg" 2>&1 & p=$$!; \
 	$(BIN)/pytest -q --durations=5 -m "$(FAST_MARKS)" --ignore=tests/contract; rest=$$?; \
-	wait $$contract; status=$$?; echo "== tests/contract"; cat "$$log"; rm -f "$$log"; \
-	[ $$status -eq 0 ] && [ $$rest -eq 0 ]
+	wait $$l; lite_status=$$?; wait $$p; pg_status=$$?; \
+	echo "== tests/contract, SQLite"; cat "$$lite"; echo "== tests/contract, the rest"; cat "$$pg"; \
+	rm -f "$$lite" "$$pg"; [ $$lite_status -eq 0 ] && [ $$pg_status -eq 0 ] && [ $$rest -eq 0 ]
 
 demo: $(STAMP)
 	QUEUECTL=$(BIN)/queuectl sh scripts/demo.sh
