@@ -33,7 +33,7 @@ test: $(STAMP)
 	wait $$contract; status=$$?; echo "== tests/contract"; cat "$$log"; rm -f "$$log"; \
 	[ $$status -eq 0 ] && [ $$rest -eq 0 ]
 
-# While working (under 2 min): the contract suite on every backend, then every other test
+# While working (under 2 min): the contract suite on every backend, beside every other test
 # marked neither slow nor needing systemd, PostgreSQL, root or the package (README "Tests").
 FAST_MARKS := not (slow or systemd or postgres or root or deb)
 # The three parts mostly wait (leases, windows, child processes), so they run side by side:
@@ -45,7 +45,7 @@ test-fast: $(STAMP)
 	$(BIN)/pytest -q -p no:cacheprovider --durations=5 -k "not sqlite" tests/contract >"$$pg" 2>&1 & p=$$!; \
 	$(BIN)/pytest -q --durations=5 -m "$(FAST_MARKS)" --ignore=tests/contract; rest=$$?; \
 	wait $$l; lite_status=$$?; wait $$p; pg_status=$$?; \
-	echo "== tests/contract, SQLite"; cat "$$lite"; echo "== tests/contract, the rest"; cat "$$pg"; \
+	echo "== tests/contract, SQLite"; cat "$$lite"; echo "== tests/contract, PostgreSQL"; cat "$$pg"; \
 	rm -f "$$lite" "$$pg"; [ $$lite_status -eq 0 ] && [ $$pg_status -eq 0 ] && [ $$rest -eq 0 ]
 
 demo: $(STAMP)

@@ -827,9 +827,10 @@ def test_upgrade_from_the_last_release_under_a_live_queue_loses_nothing(admin: A
           f"{len(interrupted)} interrupted and run again: {sorted(interrupted)}")
 
 
-# Workers stopping at once can leave the WAL unfolded (each closing one saw another still
-# open); the next opener of any version folds it into queue.db, which changes the bytes and no
-# row. The test folds it first, as the only opener, so that the bytes compared are the queue's.
+# Workers stopping at once can leave the WAL unfolded (a connection folds it into queue.db on
+# close only when it finds itself the last one open); the next opener of any version folds
+# it, which changes the bytes and no row. The test folds it first, as the only opener, so
+# that the bytes compared are the queue's.
 _FOLD = """
 import sqlite3, sys
 db = sqlite3.connect(sys.argv[1])
