@@ -17,6 +17,14 @@ from queuectl.procinfo import stat_fields
 QUEUECTL = str(Path(sys.executable).with_name("queuectl"))
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """`make test` starts a part of the suite in the background of its recipe's shell, which
+    (no job control) starts it with SIGINT ignored: Ctrl-C would stop the rest and leave that
+    part running, its servers with it. Such a session takes Ctrl-C again, and tears down."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 # -- tiers -----------------------------------------------------------------------------------
 # The markers (pyproject.toml) say what a test needs or costs: `make test-fast` leaves out every
 # test that has one, except the contract suite, which runs whole on every backend; `make test`
