@@ -25,28 +25,21 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Everything (what CI runs). The contract suite mostly waits on leases and timers, so it runs
-# beside the rest into a log printed after it; either failing (or finding no test) fails.
+# beside the rest (scripts/side-by-side.sh), its output after the rest's; either failing fails.
 test: $(STAMP)
-	@log=$$(mktemp); \
-	$(BIN)/pytest -q -p no:cacheprovider tests/contract >"$$log" 2>&1 & contract=$$!; \
-	$(BIN)/pytest -q --ignore=tests/contract; rest=$$?; \
-	wait $$contract; status=$$?; echo "== tests/contract"; cat "$$log"; rm -f "$$log"; \
-	[ $$status -eq 0 ] && [ $$rest -eq 0 ]
+	@sh scripts/side-by-side.sh "$(BIN)/pytest -q --ignore=tests/contract" \
+	    "tests/contract: $(BIN)/pytest -q -p no:cacheprovider tests/contract"
 
 # While working (under 2 min): the contract suite on every backend, beside every other test
 # marked neither slow nor needing systemd, PostgreSQL, root or the package (README "Tests").
 FAST_MARKS := not (slow or systemd or postgres or root or deb)
-# The three parts mostly wait (leases, windows, child processes), so they run side by side:
-# the contract suite's two backends each into a log printed after the rest, which prints as
-# it goes. "sqlite" and "not sqlite" split the contract suite's tests by backend parameter.
+# Three parts, as `test` runs two: the quick tests print as they go, then the contract
+# suite's two backends ("sqlite" and "not sqlite" split its tests by backend parameter).
 test-fast: $(STAMP)
-	@lite=$$(mktemp); pg=$$(mktemp); \
-	$(BIN)/pytest -q -p no:cacheprovider --durations=5 -k sqlite tests/contract >"$$lite" 2>&1 & l=$$!; \
-	$(BIN)/pytest -q -p no:cacheprovider --durations=5 -k "not sqlite" tests/contract >"$$pg" 2>&1 & p=$$!; \
-	$(BIN)/pytest -q --durations=5 -m "$(FAST_MARKS)" --ignore=tests/contract; rest=$$?; \
-	wait $$l; lite_status=$$?; wait $$p; pg_status=$$?; \
-	echo "== tests/contract, SQLite"; cat "$$lite"; echo "== tests/contract, PostgreSQL"; cat "$$pg"; \
-	rm -f "$$lite" "$$pg"; [ $$lite_status -eq 0 ] && [ $$pg_status -eq 0 ] && [ $$rest -eq 0 ]
+	@sh scripts/side-by-side.sh \
+	    "$(BIN)/pytest -q --durations=5 -m '$(FAST_MARKS)' --ignore=tests/contract" \
+	    "tests/contract, SQLite: $(BIN)/pytest -q -p no:cacheprovider --durations=5 -k sqlite tests/contract" \
+	    "tests/contract, PostgreSQL: $(BIN)/pytest -q -p no:cacheprovider --durations=5 -k 'not sqlite' tests/contract"
 
 demo: $(STAMP)
 	QUEUECTL=$(BIN)/queuectl sh scripts/demo.sh

@@ -17,10 +17,11 @@ from queuectl.procinfo import stat_fields
 QUEUECTL = str(Path(sys.executable).with_name("queuectl"))
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    """`make test` starts a part of the suite in the background of its recipe's shell, which
-    (no job control) starts it with SIGINT ignored: Ctrl-C would stop the rest and leave that
-    part running, its servers with it. Such a session takes Ctrl-C again, and tears down."""
+def pytest_configure() -> None:
+    """`make test` starts parts of the suite in the background of a shell without job control
+    (scripts/side-by-side.sh), which starts them with SIGINT ignored: Ctrl-C would stop one
+    part and leave the others running, their servers with them. Such a session takes Ctrl-C
+    again, and tears down."""
     if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
