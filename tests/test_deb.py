@@ -638,6 +638,15 @@ SHORT_JOB = (f'echo "start $QUEUECTL_JOB_ID" >> {RUNS_LOG}; sleep 0.2; '
 RELEASE = f"{STATE_DIR}/release"
 HOLD_JOB = (f'echo "start $QUEUECTL_JOB_ID" >> {RUNS_LOG}; '
             f'while [ ! -e {RELEASE} ]; do sleep 0.1; done; echo "end $QUEUECTL_JOB_ID" >> {RUNS_LOG}')
+
+
+def spawned(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The history rows of attempts whose command ran, so wrote a start line in RUNS_LOG: not
+    one a stopping worker (0.1.0 to this version) released because it had claimed it, with
+    its last completion, just as the stop came."""
+    return [r for r in rows if r.get("error") != "worker shutdown before it started"]
+
+
 # Fails its first attempt, succeeds the retry: a history of two attempts.
 FLAKY_JOB = (f'if [ -e {STATE_DIR}/$QUEUECTL_JOB_ID.tried ]; then echo again; '
              f'else touch {STATE_DIR}/$QUEUECTL_JOB_ID.tried; echo first; exit 3; fi')
@@ -804,10 +813,7 @@ def test_upgrade_from_the_last_release_under_a_live_queue_loses_nothing(admin: A
         outcomes = [a["outcome"] for a in rows]
         assert job["state"] == "completed", (job_id, job, outcomes)
         assert outcomes in (["completed"], ["interrupted", "completed"]), (job_id, outcomes)
-        # an attempt released because it was claimed (with the last completion) just as
-        # the stop came ran no command, so wrote no start line
-        spawned = [r for r in rows if r.get("error") != "worker shutdown before it started"]
-        assert starts[job_id] == len(spawned), (job_id, starts[job_id], rows)
+        assert starts[job_id] == len(spawned(rows)), (job_id, starts[job_id], rows)
         # a job stopped between its last line and its exit may have finished its work twice;
         # one that was not interrupted (and a hold job: it cannot end early) exactly once
         assert ends[job_id] == 1 or (ends[job_id] == 2 and job_id not in HOLD
