@@ -16,8 +16,10 @@ and nothing here costs a job anything: `detect()` runs once per worker.
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import select
+import threading
 import time
 
 from queuectl.record import Record
@@ -160,7 +162,8 @@ class Delegation:
         self.base = base
         self.controllers = controllers
         self.leftover: list[str] = []
-        self._seq = 0
+        self._seq = itertools.count(1)  # next() is atomic: job slots share one Delegation
+        self._leftover_lock = threading.Lock()
 
     @classmethod
     def detect(cls) -> Delegation | None:
@@ -214,11 +217,12 @@ class Delegation:
 
     def new_attempt(self, limits: Limits) -> AttemptCgroup:
         """A fresh, empty cgroup with the limits written, before anything runs in it."""
-        for old in self.leftover[:]:
-            if _kill_and_remove(old, time.monotonic()):
-                self.leftover.remove(old)
-        self._seq += 1
-        path = os.path.join(self.base, f"{PREFIX}{os.getpid()}-{self._seq}")
+        with self._leftover_lock:  # job slots: one of them retries each leftover
+            tried, self.leftover = self.leftover, []
+        for old in tried:
+            if not _kill_and_remove(old, time.monotonic()):
+                self.leftover.append(old)  # (append is atomic)
+        path = os.path.join(self.base, f"{PREFIX}{os.getpid()}-{next(self._seq)}")
         try:
             os.mkdir(path)
         except FileExistsError:

@@ -720,19 +720,23 @@ def worker() -> None:
 @click.option("--drain", is_flag=True, help="Exit once no job is left to run.")
 @click.option("--queue", "queues", metavar="NAME[,NAME...]", callback=_queue_list,
               help="Serve only these queues, the first preferred (default: every queue).")
+@click.option("--slots", type=click.IntRange(1, workerrun.SLOTS_MAX), default=None,
+              help="Jobs this worker runs at once, each in a job slot of its own "
+              f"[default: ${workerrun.SLOTS_ENV}, or 1].")
 @click.option("--instance", hidden=True)
 @click.option("--supervised-by", type=int, hidden=True)
 @db_option
 @click.pass_context
 def worker_run(ctx: click.Context, name: str | None, label: str | None, grace: float,
                poll_interval: float | None, drain: bool, queues: list[str] | None,
-               instance: str | None, supervised_by: int | None) -> int:
+               slots: int | None, instance: str | None, supervised_by: int | None) -> int:
     """Run one worker in the foreground (what the systemd unit runs)."""
     from queuectl.workerrun import run_command
 
     return run_command(ctx.ensure_object(dict).get("db"), ctx.obj.get("log_format", "auto"),
                        drain, name=name, label=label, grace=grace, poll_interval=poll_interval,
-                       queues=queues, instance=instance, supervised_by=supervised_by)
+                       queues=queues, instance=instance, supervised_by=supervised_by,
+                       slots=slots)
 
 
 @worker.command(name="start")
@@ -747,10 +751,13 @@ def worker_run(ctx: click.Context, name: str | None, label: str | None, grace: f
 @click.option("--queue", "queues", metavar="NAME[,NAME...]", callback=_queue_list,
               help="Workers that serve only these queues (a lane: instances NAME:1..COUNT); "
               "other lanes are left alone.")
+@click.option("--slots", type=click.IntRange(1, workerrun.SLOTS_MAX), default=None,
+              help="Jobs each worker runs at once (foreground; systemd instances take "
+              f"{workerrun.SLOTS_ENV} from a drop-in) [default: ${workerrun.SLOTS_ENV}, or 1].")
 @db_option
 @click.pass_context
 def worker_start(ctx: click.Context, count: int, grace: float, drain: bool,
-                 foreground: bool, queues: list[str] | None) -> int:
+                 foreground: bool, queues: list[str] | None, slots: int | None) -> int:
     """Run COUNT workers: systemd instances 1..COUNT where the unit is installed, otherwise
     in the foreground until Ctrl-C or SIGTERM."""
     from queuectl import units
@@ -764,6 +771,11 @@ def worker_start(ctx: click.Context, count: int, grace: float, drain: bool,
                 f"lane {lane.name} is declared by {lane.path}: change Workers= there, then "
                 "systemctl daemon-reload && systemctl restart queuectl-workers.target")
     if not foreground and not drain and units.available():
+        if slots is not None:
+            raise ValidationError(
+                f"systemd instances take job slots from a drop-in, Environment="
+                f"{workerrun.SLOTS_ENV}={slots} (systemctl edit queuectl-worker@.service); "
+                "or run them here with --foreground")
         for line in units.scale(count, queues):
             click.echo(line)
         return 0
@@ -775,7 +787,8 @@ def worker_start(ctx: click.Context, count: int, grace: float, drain: bool,
         import os
 
         where = os.path.abspath(where)
-    return supervise(where, count, grace, drain, ctx.obj.get("log_format", "auto"), queues)
+    return supervise(where, count, grace, drain, ctx.obj.get("log_format", "auto"), queues,
+                     slots)
 
 
 @worker.command(name="stop")

@@ -8,6 +8,7 @@ import math
 import os
 import select
 import signal
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -16,6 +17,7 @@ from queuectl.cgroup import AttemptCgroup, Delegation, Limits, Usage
 from queuectl.policy import OUTPUT_LIMIT
 from queuectl.store import Outcome
 
+_SPAWNING = threading.Lock()  # see _spawn
 KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL for the job's process group
 
 # The worker's own liveness channel must never leak to the command it runs:
@@ -68,7 +70,7 @@ class _NoDirectory(Exception):
 @contextmanager
 def _working_directory(path: str | None) -> Iterator[None]:
     """Be in `path` for the spawn, then back where the worker was. posix_spawn has no
-    chdir action here, so the worker (single-threaded, as for the umask) enters the
+    chdir action here, so the worker (under _SPAWNING, as for the umask) enters the
     directory itself and the child inherits it: the check and the child's directory are
     one and the same chdir, made with the job's own credentials, under the cgroup wrapper
     too. Returning goes through a descriptor of the old directory (O_PATH: no read
@@ -183,15 +185,21 @@ class JobProcess:
             go_r, go_w = os.pipe()
             actions.append((os.POSIX_SPAWN_DUP2, go_r, 3))
             argv = ["/bin/sh", "-c", _WRAPPER, "/bin/sh", command]
-        # The worker is single-threaded, so its umask can stand in for the job's meanwhile.
-        previous = None if umask is None else os.umask(umask)
         try:
-            with _working_directory(cwd):  # the child starts there, the worker returns
-                self.pid = os.posix_spawn(
-                    "/bin/sh", argv, env, file_actions=actions,
-                    setsid=True,  # its own session and process group, away from our terminal
-                    setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),  # Python ignores these
-                )
+            # The worker's umask and directory stand in for the job's meanwhile; they are
+            # the process's, so job slots (threads) take turns here.
+            with _SPAWNING:
+                previous = None if umask is None else os.umask(umask)
+                try:
+                    with _working_directory(cwd):  # the child starts there, the worker returns
+                        self.pid = os.posix_spawn(
+                            "/bin/sh", argv, env, file_actions=actions,
+                            setsid=True,  # its own session and process group, off our terminal
+                            setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),  # Python ignores these
+                        )
+                finally:
+                    if previous is not None:
+                        os.umask(previous)
             if self.cgroup is not None:
                 os.close(go_r)
                 go_r = -1
@@ -200,8 +208,6 @@ class JobProcess:
             os.close(out_r)
             raise
         finally:
-            if previous is not None:
-                os.umask(previous)
             os.close(out_w)
             for fd in (go_r, go_w, in_fd):
                 if fd >= 0:

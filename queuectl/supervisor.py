@@ -37,7 +37,7 @@ def _say(text: str) -> None:
 
 
 def worker_argv(index: int, grace: float, drain: bool, log_format: str,
-                queues: list[str] | None = None) -> list[str]:
+                queues: list[str] | None = None, job_slots: int | None = None) -> list[str]:
     """The locator travels in the environment, never in argv, where `ps` shows it."""
     name = f"{procinfo.hostname()}-{os.getpid()}-{index}"
     argv = [sys.executable, "-m", "queuectl", "--log-format", log_format,
@@ -47,13 +47,16 @@ def worker_argv(index: int, grace: float, drain: bool, log_format: str,
         argv.append("--drain")
     if queues:
         argv += ["--queue", ",".join(queues)]
+    if job_slots is not None:
+        argv += ["--slots", str(job_slots)]
     return argv
 
 
 def supervise(locator: str, count: int, grace: float, drain: bool, log_format: str,
-              queues: list[str] | None = None) -> int:
+              queues: list[str] | None = None, job_slots: int | None = None) -> int:
     """Run count workers until they all stop; 0 if every worker ended cleanly."""
-    slots = [Slot(i, worker_argv(i, grace, drain, log_format, queues)) for i in range(count)]
+    slots = [Slot(i, worker_argv(i, grace, drain, log_format, queues, job_slots))
+             for i in range(count)]
     env = {**os.environ, ENV_VAR: locator}
     signals_seen: list[int] = []
 
@@ -162,9 +165,9 @@ def stop_local_workers(store: Store | None, locator: str, timeout: float,
     ]
     extra = unregistered_workers(registered, locator, queues)
     targets = registered + extra
-    for w in targets:
-        try:
-            os.kill(w.pid, signal.SIGTERM)
+    for pid in dict.fromkeys(w.pid for w in targets):  # job slots share their process's:
+        try:  # one signal each, as a second one would stop their jobs at once
+            os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
     deadline = time.monotonic() + timeout

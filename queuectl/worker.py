@@ -72,6 +72,7 @@ class WorkerOptions(Record):
     # With queues None: every queue but these (the queues this host's lane files declare,
     # whose jobs need the lane's user and paths; see run_worker). None or empty: every queue.
     exclude: list[str] | None = None
+    slots: int = 1  # jobs at once: above 1, threads of one process (slots.py)
 
 
 class Worker:
@@ -105,6 +106,7 @@ class Worker:
         self.exit_code = 0
         self.cgroups: Delegation | None = None  # set by run() where systemd delegated one
         self._notice_check_at = 0.0  # monotonic: when a busy worker looks for notices next
+        self.announce_root = True  # False in job slots but the first (slots.py)
 
     def _beat(self, state: str, job: Job | None = None) -> bool:
         """A heartbeat when due (see LeaseKeeper.beat); if it found the database deleted or
@@ -182,9 +184,11 @@ class Worker:
             self._outage_failures = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def start(self) -> None:
+    def start(self, register: Callable[[], None] | None = None) -> None:
         """Check and register with the store, waiting out a lock held by someone else
-        (up to START_WAIT); raises Conflict if a live worker has this name."""
+        (up to START_WAIT); raises Conflict if a live worker has this name. A process of
+        job slots (slots.py) registers instead: it checks every slot's name, and each slot
+        registers on its own."""
         deadline = time.monotonic() + START_WAIT
 
         def give_up(exc: DatabaseUnavailable) -> bool:
@@ -194,7 +198,7 @@ class Worker:
         try:
             self._with_db(self._verify, give_up)
             if not self.stop.requested:
-                self._with_db(self._register, give_up)
+                self._with_db(register or self._register, give_up)
         except GaveUp as exc:
             raise exc.error from None
 
@@ -246,6 +250,17 @@ class Worker:
             self.log.info("integrity_checked", db=self.locator, seconds=round(result, 3))
 
     def _register(self) -> None:
+        self.refuse_if_taken()
+        pid = os.getpid()
+        self.store.register_worker(WorkerInfo(
+            self.name, procinfo.hostname(), pid, procinfo.start_time(pid), 0.0, 0.0, "idle",
+            None, self.opts.queues, self._lane.get("exclude")))
+        if self.stable_name:
+            for job in self.store.reclaim_worker(self.name):
+                self.lease.end_reclaimed(job)
+
+    def refuse_if_taken(self) -> None:
+        """Conflict if a live worker (other than this process) has this name."""
         for other in self.store.workers():
             if other.name != self.name or other.pid == os.getpid():
                 continue
@@ -259,19 +274,10 @@ class Worker:
                     f"a worker named {self.name!r} is already running (pid {other.pid} on "
                     f"{other.host}); pick another --name"
                 )
-        pid = os.getpid()
-        self.store.register_worker(WorkerInfo(
-            self.name, procinfo.hostname(), pid, procinfo.start_time(pid), 0.0, 0.0, "idle",
-            None, self.opts.queues, self._lane.get("exclude")))
-        if self.stable_name:
-            for job in self.store.reclaim_worker(self.name):
-                self.lease.end_reclaimed(job)
 
     def run(self) -> int:
         self.stop.install()
-        # A result or claim whose commit was cut is settled inside the store, which may
-        # wait there for the server (a failover): the same one warning per outage.
-        self.store.report_waits(self._db_failed)
+        self._report_waits()
         self._wakeup = self.store.wakeup()
         try:
             self.start()
@@ -286,7 +292,7 @@ class Worker:
             else:
                 self.notifier.ready()
             self.log.info("worker_ready")
-            if os.geteuid() == 0:
+            if os.geteuid() == 0 and self.announce_root:
                 self.log.warning("running_as_root")
             try:
                 self._loop()
@@ -300,6 +306,11 @@ class Worker:
         finally:
             self._wakeup.close()
         return self.exit_code
+
+    def _report_waits(self) -> None:
+        """A result or claim whose commit was cut is settled inside the store, which may
+        wait there for the server (a failover): the same one warning per outage."""
+        self.store.report_waits(self._db_failed)
 
     def _take_cgroup(self) -> None:
         """Under systemd with Delegate=yes: each attempt gets a cgroup of its own (see
@@ -598,6 +609,11 @@ def run_worker(locator: str, options: WorkerOptions, log_format: str = "auto",
                 get_logger().warning("database_error", error=str(exc), retry_in=1.0)
                 time.sleep(1.0)
         try:
+            if options.slots > 1:
+                from queuectl.slots import SlotProcess
+
+                return SlotProcess(store, options, redact(locator), options.slots,
+                                   on_step).run()
             return Worker(store, options, redact(locator), on_step).run()
         finally:
             store.close()

@@ -18,6 +18,8 @@ LOG_FORMATS = ("auto", "human", "json", "journal")
 GRACE_DEFAULT = 30.0
 GRACE_MIN: float = 0  # shown as "x>=0" in --help
 POLL_INTERVAL_MIN = 0.01
+SLOTS_MAX = 64
+SLOTS_ENV = "QUEUECTL_SLOTS"  # --slots's default: a systemd drop-in sets it for every instance
 # Option -> (keyword of run_command, converter, lowest value); None: a flag.
 _VALUED: dict[str, tuple[str, Any, float | None]] = {
     "--name": ("name", str, None),
@@ -27,6 +29,7 @@ _VALUED: dict[str, tuple[str, Any, float | None]] = {
     "--queue": ("queues", str, None),
     "--instance": ("instance", str, None),
     "--supervised-by": ("supervised_by", int, None),
+    "--slots": ("slots", int, 1),
     "--db": ("db", str, None),
 }
 
@@ -72,6 +75,8 @@ def fast_worker_run(args: list[str]) -> int | None:
             return None
         if lowest is not None and values[key] < lowest:
             return None
+        if key == "slots" and values[key] > SLOTS_MAX:
+            return None
     values["queues"] = queue_list(values.get("queues"))
     return run_command(**values)
 
@@ -92,7 +97,8 @@ def _split(rest: list[str]) -> tuple[str, str | None, list[str]]:
 def run_command(db: str | None, log_format: str, drain: bool, name: str | None = None,
                 label: str | None = None, grace: float = GRACE_DEFAULT,
                 poll_interval: float | None = None, queues: list[str] | None = None,
-                instance: str | None = None, supervised_by: int | None = None) -> int:
+                instance: str | None = None, supervised_by: int | None = None,
+                slots: int | None = None) -> int:
     """Run one worker in the foreground (what the systemd unit runs)."""
     from queuectl.locator import resolve
     from queuectl.process import caller_umask
@@ -109,8 +115,21 @@ def run_command(db: str | None, log_format: str, drain: bool, name: str | None =
             return _decline(surplus)
     options = WorkerOptions(name=name, label=label, grace=grace, poll_interval=poll_interval,
                             drain=drain, job_umask=caller_umask(), parent_pid=supervised_by,
-                            queues=queues)
+                            queues=queues, slots=slots if slots is not None else env_slots())
     return run_worker(resolve(db or None), options, log_format)
+
+
+def env_slots() -> int:
+    """QUEUECTL_SLOTS, the default of --slots (1 when unset)."""
+    import os
+
+    value = os.environ.get(SLOTS_ENV, "").strip()
+    if not value:
+        return 1
+    if not value.isdigit() or not 1 <= int(value) <= SLOTS_MAX:
+        raise ValidationError(f"{SLOTS_ENV}={value!r}: expected a whole number from 1 to "
+                              f"{SLOTS_MAX}")
+    return int(value)
 
 
 def _beyond_its_lane_file(instance: str, queues: list[str] | None) -> str | None:

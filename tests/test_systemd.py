@@ -294,3 +294,41 @@ def test_worker_start_and_stop_scale_one_lane_only(host: Host) -> None:
     assert not any(host.active(u) for u in lane)
     assert host.active("queuectl-worker@1.service")
     run("worker", "stop")
+
+
+def test_a_drop_in_gives_each_instance_job_slots_that_keep_the_watchdog_fed(
+        host: Host) -> None:
+    """QUEUECTL_SLOTS in a drop-in: one process, three jobs at once, READY=1 once every
+    slot is registered, watchdog pings while all three run past its timeout (3 s), and a
+    stop lets each job finish."""
+    refused = host.sd.run(f"{APP_INSIDE}/bin/queuectl", "worker", "start", "--count", "1",
+                          "--slots", "3")
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1
+    assert "Environment=QUEUECTL_SLOTS=3" in refused.stderr
+    assert not host.active("queuectl-worker@1.service")
+    dropin = host.sd.unit_dir.parent / "etc-systemd" / "queuectl-worker@.service.d"
+    (dropin / "slots.conf").write_text("[Service]\nEnvironment=QUEUECTL_SLOTS=3\n")
+    host.systemctl("daemon-reload")
+    unit = "queuectl-worker@1.service"
+    _start(host, 1)
+    host.sd.wait_for(lambda: host.prop(unit, "StatusText") == "0 of 3 job slots busy", 30,
+                     "READY=1 and the slots' status")
+    q = host.queue
+    assert q.status()["active_workers"] == 3
+    for i in range(3):
+        q.enqueue({"id": f"s{i}", "command": "sleep 7"})
+    host.sd.wait_for(lambda: host.prop(unit, "StatusText") == "3 of 3 job slots busy", 15,
+                     "all three slots busy")
+    for i in range(3):
+        job = q.wait_state(f"s{i}", "completed", timeout=30)
+        assert job["attempts"] == 1  # nobody restarted the worker meanwhile
+    assert host.prop(unit, "NRestarts") == "0" and host.active(unit)
+    for i in range(3):
+        q.enqueue({"id": f"t{i}", "command": f"sleep 2; echo done > /var/lib/queuectl/t{i}"})
+    q.wait_counts(processing=3, timeout=15)
+    host.systemctl("stop", unit)
+    assert host.prop(unit, "Result") == "success"  # one SIGTERM: a graceful stop
+    for i in range(3):
+        assert q.job(f"t{i}")["state"] == "completed"
+        assert (host.state / f"t{i}").read_text() == "done\n"
+    assert q.status()["active_workers"] == 0

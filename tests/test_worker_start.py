@@ -57,6 +57,9 @@ FORMS = [
      "0.5", "--queue", "mail, default,mail", "--supervised-by", "123", "--db", "/y.db"],
     ["--db", "/x.db", "worker", "run", "--db", "/y.db", "--name", "--drain"],
     ["worker", "run", "--grace", "0", "--poll-interval", "0.01", "--name", ""],
+    ["worker", "run", "--slots", "8", "--name", "w"],
+    ["worker", "run", "--slots=1"],
+    ["worker", "run", "--slots", "64", "--drain"],
 ]
 # Help, unknown, malformed or out-of-range: click's command runs and explains.
 TO_CLICK = [
@@ -78,6 +81,10 @@ TO_CLICK = [
     ["--log-format", "xml", "worker", "run"],
     ["--log-format", "worker", "run"],
     ["worker", "run", "--"],
+    ["worker", "run", "--slots", "0"],
+    ["worker", "run", "--slots", "65"],
+    ["worker", "run", "--slots", "2.5"],
+    ["worker", "run", "--slots"],
 ]
 
 
@@ -105,7 +112,7 @@ def test_main_reads_worker_run_options_as_click_does(monkeypatch: pytest.MonkeyP
     assert cli.main(args=list(args), prog_name="queuectl", standalone_mode=False) == 0
     fast, slow = calls
     defaults = {"name": None, "label": None, "grace": 30.0, "poll_interval": None,
-                "queues": None, "instance": None, "supervised_by": None}
+                "queues": None, "instance": None, "supervised_by": None, "slots": None}
     assert {**defaults, **fast} == {**defaults, **slow}
 
 

@@ -1,0 +1,158 @@
+"""Job slots (`worker run --slots K`): K jobs at once in one worker process, on each backend,
+with every guarantee of K workers: stops, crashes, restarts and names."""
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import QUEUECTL, Queue, process_alive
+from waiting import wait_for
+
+
+@pytest.fixture
+def queue(any_queue: Queue) -> Queue:
+    """Every test here runs once per backend: SQLite, then PostgreSQL."""
+    return any_queue
+
+
+def _workers(queue: Queue) -> dict[str, int]:
+    """Registered worker name -> pid, read through the storage contract (any backend)."""
+    from queuectl.locator import open_store
+
+    store = open_store(str(queue.db))
+    try:
+        return {w.name: w.pid for w in store.workers()}
+    finally:
+        store.close()
+
+
+def _held(tmp_path: Path, name: str) -> str:
+    """A job that records its worker's pid, then waits for `go` (so jobs overlap)."""
+    return (f"echo $PPID > {tmp_path / name}; "
+            f"while [ ! -e {tmp_path / 'go'} ]; do sleep 0.05; done")
+
+
+@pytest.mark.slow
+def test_one_process_runs_k_jobs_at_once_each_slot_a_worker(queue: Queue, tmp_path: Path,
+                                                           ) -> None:
+    for i in range(4):
+        queue.enqueue({"id": f"j{i}", "command": _held(tmp_path, f"pid{i}")})
+    queue.enqueue({"id": "later", "command": "true"})
+    w = queue.worker("--name", "w", "--slots", "4", "--drain")
+    queue.wait_counts(processing=4, active_workers=4, timeout=20)  # all four at once
+    assert queue.status()["pending"] == 1  # no fifth job: four slots
+    assert _workers(queue) == {f"w.{i}": w.pid for i in range(1, 5)}
+    wait_for(lambda: all((tmp_path / f"pid{i}").exists() for i in range(4)), 10, "pids")
+    assert {int((tmp_path / f"pid{i}").read_text()) for i in range(4)} == {w.pid}
+    (tmp_path / "go").touch()
+    assert w.wait(timeout=30) == 0  # --drain: every slot ends once nothing is left
+    assert queue.status()["completed"] == 5
+    assert _workers(queue) == {}  # each slot unregistered
+
+
+@pytest.mark.slow
+def test_sigterm_past_grace_releases_every_slot_job_without_spending_a_retry(
+        queue: Queue, tmp_path: Path) -> None:
+    for i in range(3):
+        queue.enqueue({"id": f"l{i}", "max_retries": 0,
+                       "command": f"echo $$ > {tmp_path / f'pid{i}'}; exec sleep 300"})
+    w = queue.worker("--slots", "3", "--grace", "0.5")
+    queue.wait_counts(processing=3, timeout=20)
+    wait_for(lambda: all((tmp_path / f"pid{i}").exists() and (tmp_path / f"pid{i}").read_text()
+                         for i in range(3)), 10, "job pids")
+    pids = [int((tmp_path / f"pid{i}").read_text()) for i in range(3)]
+    w.send_signal(signal.SIGTERM)
+    assert w.wait(timeout=20) == 0
+    for i in range(3):
+        job = queue.job(f"l{i}")
+        assert job["state"] == "pending" and job["attempts"] == 0, job
+        assert job["history"][-1]["outcome"] == "interrupted"
+    assert not any(process_alive(p) for p in pids)
+    assert _workers(queue) == {}
+
+
+@pytest.mark.slow
+def test_graceful_stop_lets_every_slot_finish_and_claims_nothing_new(
+        queue: Queue, tmp_path: Path) -> None:
+    """`worker stop` signals the process once, not once per slot (a second signal would
+    stop the jobs at once)."""
+    for i in range(2):
+        queue.enqueue({"id": f"g{i}", "command": _held(tmp_path, f"pid{i}")})
+    queue.enqueue({"id": "next", "command": "true"})
+    log = tmp_path / "worker.log"
+    w = queue.worker("--slots", "2", "--grace", "20", log=log)
+    queue.wait_counts(processing=2, timeout=20)
+    stopper = queue.start("worker", "stop", "--timeout", "30")
+    wait_for(lambda: log.read_text().count('"worker_stopping"') == 2, 10, "both slots stopping")
+    (tmp_path / "go").touch()
+    assert stopper.wait(timeout=40) == 0
+    assert w.wait(timeout=5) == 0
+    assert [queue.job(f"g{i}")["state"] for i in range(2)] == ["completed"] * 2
+    assert queue.job("next")["state"] == "pending"
+
+
+@pytest.mark.slow
+def test_a_restart_under_the_same_name_takes_back_every_slots_orphan_at_once(
+        queue: Queue, tmp_path: Path) -> None:
+    queue.run("config", "set", "backoff-base", "1")
+    for i in range(3):  # with the 30 s lease, recovery within seconds is the name's doing
+        queue.enqueue({"id": f"o{i}", "command": f"echo run >> {tmp_path / f'runs{i}'}; "
+                       "sleep 0.5", "max_retries": 2})
+    w = queue.worker("--name", "w", "--slots", "3")
+    queue.wait_counts(processing=3, timeout=20)
+    w.send_signal(signal.SIGKILL)
+    w.wait()
+    assert queue.status()["processing"] == 3
+    queue.worker("--name", "w", "--slots", "3")
+    for i in range(3):
+        job = queue.wait_state(f"o{i}", "completed", timeout=10)
+        assert [h["outcome"] for h in job["history"]] == ["lost", "completed"]
+        assert (tmp_path / f"runs{i}").read_text() == "run\nrun\n"
+
+
+def test_a_slot_name_in_use_is_refused_and_the_other_slots_leave_no_trace(
+        queue: Queue) -> None:
+    first = queue.worker("--name", "w.2")
+    wait_for(lambda: "w.2" in _workers(queue), 10, "the first worker")
+    second = subprocess.run([QUEUECTL, "worker", "run", "--name", "w", "--slots", "3"],
+                            env=queue.env, capture_output=True, text=True, timeout=30)
+    assert second.returncode == 1
+    assert "'w.2' is already running" in second.stderr and second.stderr.count("\n") == 1
+    assert _workers(queue) == {"w.2": first.pid}
+
+
+@pytest.mark.parametrize("args, env", [
+    (["--slots", "0"], {}),
+    (["--slots", "65"], {}),
+    (["--slots", "two"], {}),
+    ([], {"QUEUECTL_SLOTS": "0"}),
+    ([], {"QUEUECTL_SLOTS": "eight"}),
+])
+def test_bad_slots_get_one_line_and_exit_2(tmp_path: Path, args: list[str],
+                                          env: dict[str, str]) -> None:
+    db = tmp_path / "queue.db"
+    result = subprocess.run([QUEUECTL, "--db", str(db), "worker", "run", *args],
+                            env={**os.environ, **env}, capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "slots" in result.stderr.lower(), result.stderr
+    assert not db.exists()  # nothing was opened, let alone written
+
+
+@pytest.mark.slow
+def test_worker_start_runs_count_processes_of_slots_each(queue: Queue, tmp_path: Path) -> None:
+    for i in range(4):
+        queue.enqueue({"id": f"j{i}", "command": _held(tmp_path, f"pid{i}")})
+    sup = queue.start("worker", "start", "--foreground", "--count", "2", "--slots", "2")
+    queue.wait_counts(processing=4, active_workers=4, timeout=20)
+    wait_for(lambda: all((tmp_path / f"pid{i}").exists() for i in range(4)), 10, "pids")
+    pids = [int((tmp_path / f"pid{i}").read_text()) for i in range(4)]
+    assert len(set(pids)) == 2 and sorted(pids.count(p) for p in set(pids)) == [2, 2]
+    assert sorted(_workers(queue).values()) == sorted(pids)
+    (tmp_path / "go").touch()
+    queue.wait_counts(completed=4, timeout=20)
+    sup.send_signal(signal.SIGTERM)
+    assert sup.wait(timeout=20) == 0
+    assert _workers(queue) == {}
