@@ -90,12 +90,12 @@ def pg_drain(cluster: PgCluster, jobs_file: Path, jobs: int, d: Path,
 
 
 def server_drain(cluster: PgCluster, queue: Queue, jobs_file: Path, jobs: int, workers: int,
-                 d: Path, timeout: float) -> dict[str, Any]:
-    """`enqueue --file`, then `workers` × `worker run --drain`; with the server's CPU per
-    job over the drain."""
+                 d: Path, timeout: float, slots: int = 1) -> dict[str, Any]:
+    """`enqueue --file`, then `workers` × `worker run --drain` (`slots` job slots each);
+    with the server's CPU per job over the drain."""
     queue.enqueue_file(jobs_file)
     before = cluster.cpu_seconds()
-    res = drain(queue, jobs, workers, d, timeout)
+    res = drain(queue, jobs, workers, d, timeout, slots)
     res["server_cpu_us_per_job"] = 1e6 * (cluster.cpu_seconds() - before) / jobs
     return res
 
@@ -188,6 +188,8 @@ def drain_part(cluster: PgCluster, sizes: Sizes, workdir: Path,
 
 # -- the workers curve ---------------------------------------------------------------------
 CURVE_WORKERS = (1, 2, 4, 8, 16)
+# The curve's 16 jobs at once as 2 worker processes of 8 job slots (README "Job slots").
+SLOTS_POINT = (2, 8)
 
 
 def workers_part(cluster: PgCluster, sizes: Sizes, workdir: Path) -> dict[str, Any]:
@@ -201,21 +203,28 @@ def workers_part(cluster: PgCluster, sizes: Sizes, workdir: Path) -> dict[str, A
     timeout = (60 + jobs / 20) * sizes.timeout_scale
     per: dict[int, list[dict[str, Any]]] = {k: [] for k in CURVE_WORKERS}
     limits: dict[int, list[float]] = {k: [] for k in CURVE_WORKERS}
+    with_slots: list[dict[str, Any]] = []
+    processes, slots = SLOTS_POINT
+    order: list[int] = [*CURVE_WORKERS, 0]  # 0: the slots point, beside 16 workers
     for r in range(sizes.runs):
-        for k in CURVE_WORKERS if r % 2 == 0 else tuple(reversed(CURVE_WORKERS)):
-            limits[k].append(spawn_limit(jobs, k, timeout))
+        for k in order if r % 2 == 0 else order[::-1]:
+            if k:
+                limits[k].append(spawn_limit(jobs, k, timeout))
             queue, db = pg_queue(cluster, f"curve{k}")
             d = workdir / f"pg-curve-{k}w-run{r}"
             d.mkdir()
             try:
-                res = server_drain(cluster, queue, jobs_file, jobs, k, d, timeout)
-                per[k].append(res)
+                res = server_drain(cluster, queue, jobs_file, jobs, k or processes, d,
+                                   timeout, 1 if k else slots)
+                (per[k] if k else with_slots).append(res)
             finally:
                 cluster.drop(db)
                 shutil.rmtree(d, ignore_errors=True)
-            log(f"pg workers curve run {r + 1}/{sizes.runs}, {k} workers: "
+            what = (f"{k} workers" if k else f"{processes} workers × {slots} slots")
+            limit = f" (limit with {k} spawners {limits[k][-1]:.0f}/s)" if k else ""
+            log(f"pg workers curve run {r + 1}/{sizes.runs}, {what}: "
                 f"{res['jobs_per_s']:.0f} jobs/s, server {res['server_cpu_us_per_job']:.0f} "
-                f"µs/job (limit with {k} spawners {limits[k][-1]:.0f}/s)")
+                f"µs/job{limit}")
     two = [x["jobs_per_s"] for x in per[2]]
     return {
         "jobs": jobs, "command": "true",
@@ -234,6 +243,17 @@ def workers_part(cluster: PgCluster, sizes: Sizes, workdir: Path) -> dict[str, A
                     "limit_jobs_per_s": summary(limits[k]),
                     "limit_vs_2_spawners": paired(limits[k], limits[2])}
                    for k in CURVE_WORKERS],
+        "slots": {"workers": processes, "slots": slots,
+                  "how": f"{processes} × `queuectl worker run --drain --slots {slots}`, "
+                         "measured as the curve's points, in the same runs",
+                  "jobs_per_s": summary(x["jobs_per_s"] for x in with_slots),
+                  "server_cpu_us_per_job": summary(x["server_cpu_us_per_job"]
+                                                   for x in with_slots),
+                  "worker_cpu_us_per_job": summary(x["worker_cpu_us_per_job"]
+                                                   for x in with_slots),
+                  "vs_2_workers": paired([x["jobs_per_s"] for x in with_slots], two),
+                  "vs_16_workers": paired([x["jobs_per_s"] for x in with_slots],
+                                          [x["jobs_per_s"] for x in per[16]])},
     }
 
 

@@ -67,10 +67,13 @@ class Queue:
                                   chunk))
         return [found[i] for i in ids]
 
-    def start_worker(self, name: str, log: Path, drain: bool = False) -> subprocess.Popen:
+    def start_worker(self, name: str, log: Path, drain: bool = False,
+                     slots: int = 1) -> subprocess.Popen:
         args = ["--log-format", "json", "worker", "run", "--name", name]
         if drain:
             args.append("--drain")
+        if slots > 1:
+            args += ["--slots", str(slots)]
         with open(log, "ab") as out:
             return PROCS.spawn(self.argv(*args), env=self.env, stdout=out, stderr=out)
 

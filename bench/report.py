@@ -251,6 +251,14 @@ def pg_targets(res: dict[str, Any]) -> list[dict[str, Any]]:
         f"{fmt(_get(d, 'postgres', 'server_cpu_us_per_job'))} µs (the whole server's CPU "
         "over the drain ÷ jobs)", "<= 450 µs", scpu is not None and scpu <= 450)
     add(*_curve_row(pg.get("workers") or {}))
+    sl = (pg.get("workers") or {}).get("slots") or {}
+    rel = _med(sl, "vs_2_workers")
+    add(f"PostgreSQL: 16 jobs at once as {sl.get('workers', 2)} workers × "
+        f"{sl.get('slots', 8)} job slots, not slower", "workers", rel,
+        f"{fmt(sl.get('jobs_per_s'))} jobs/s, server {fmt(sl.get('server_cpu_us_per_job'))} "
+        f"µs/job; ÷ 2 workers {timess(sl.get('vs_2_workers'))}, ÷ 16 workers "
+        f"{timess(sl.get('vs_16_workers'))}", ">= 0.9× of 2 workers",
+        rel is not None and rel >= 0.9)
     pcpu = _med(d, "postgres", "worker_cpu_us_per_job")
     add("PostgreSQL: worker CPU per job, 2 workers (own, start-up included)", "drain", pcpu,
         f"{fmt(_get(d, 'postgres', 'worker_cpu_us_per_job'))} µs (SQLite in the same pairs "

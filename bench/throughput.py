@@ -73,12 +73,17 @@ def spawn_limit(total: int, spawners: int, timeout: float) -> float:
 
 
 # -- draining --------------------------------------------------------------------------------
-def drain(queue: Queue, jobs: int, workers: int, logdir: Path, timeout: float) -> dict[str, Any]:
-    """Start `workers` `worker run --drain` on an already filled queue; time until the last
-    job finished (its own finished_at) and until the last worker exited."""
-    names = [f"w{i + 1}" for i in range(workers)]
+def drain(queue: Queue, jobs: int, workers: int, logdir: Path, timeout: float,
+          slots: int = 1) -> dict[str, Any]:
+    """Start `workers` `worker run --drain` (with `slots` job slots each) on an already
+    filled queue; time until the last job finished (its own finished_at) and until the last
+    worker exited."""
+    processes = [f"w{i + 1}" for i in range(workers)]
+    names = processes if slots == 1 else [f"{p}.{s}" for p in processes
+                                          for s in range(1, slots + 1)]
     t0 = time.time()
-    procs = [queue.start_worker(n, logdir / f"{n}.log", drain=True) for n in names]
+    procs = [queue.start_worker(n, logdir / f"{n}.log", drain=True, slots=slots)
+             for n in processes]
     deadline = time.monotonic() + timeout
     cpu = [exit_cpu(p, deadline) for p in procs]
     t_exit = time.time()
@@ -107,7 +112,7 @@ def drain(queue: Queue, jobs: int, workers: int, logdir: Path, timeout: float) -
         "claim_to_finish_p95_ms": percentile(run_ms, 95),
         "finish_to_next_claim_p50_ms": percentile(gap_ms, 50),
         "finish_to_next_claim_p95_ms": percentile(gap_ms, 95),
-        "cycle_mean_ms": 1000 * workers * (last - t0) / jobs,
+        "cycle_mean_ms": 1000 * len(names) * (last - t0) / jobs,
         # The workers' own CPU (utime + stime) per job, and with the commands they reaped.
         "worker_cpu_us_per_job": 1e6 * sum(c[0] for c in cpu) / jobs,
         "worker_cpu_with_children_us_per_job": 1e6 * sum(c[0] + c[1] for c in cpu) / jobs,
