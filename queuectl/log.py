@@ -11,6 +11,7 @@ stdlib bridge) for the one processor and the bound logger base we used of it, mo
 the whole start-up budget. The output is the same, field for field.
 """
 
+import _thread
 import json
 import sys
 import time
@@ -188,15 +189,18 @@ class _JournalLogger:
 
 
 class _LineWriter:
-    """One event, one line, one write (no lock: a queuectl process logs from one thread)."""
+    """One event, one line, one write; under a lock, as job slots (threads) log too and a
+    text stream is not safe to write from two threads at once."""
 
     def __init__(self, out: TextIO) -> None:
         self._write = out.write
         self._flush = out.flush
+        self._lock = _thread.allocate_lock()  # (threading's Lock; _thread is built in)
 
     def msg(self, line: str) -> None:
-        self._write(line + "\n")
-        self._flush()
+        with self._lock:
+            self._write(line + "\n")
+            self._flush()
 
 
 # A renderer: (logger, level method, event dict) -> what the logger's msg() takes.
