@@ -245,9 +245,10 @@ class SlotProcess:
                 notifier.ready(self._summary())
             elif ready_sent:
                 notifier.status(self._summary())
-            if self._all_alive():
+            wait = IDLE_TICK
+            if self._all_alive():  # else no ping, and no spin on the ping that is due
                 notifier.ping_if_due()
-            wait = min(IDLE_TICK, notifier.seconds_to_ping())
+                wait = max(0.0, min(wait, notifier.seconds_to_ping()))
             ready, _, _ = select.select([lead.stop.fd, self._wake_r], [], [], wait)
             if lead.stop.fd in ready:
                 lead.stop.drain()

@@ -225,3 +225,23 @@ def test_a_malformed_lane_is_named_in_the_journal_and_the_others_start(
     assert line["_TRANSPORT"] == "kernel"
     assert not [e for e in h.journal_all() if "queuectl-lane-generator" in e["MESSAGE"]
                 and "failed" in e["MESSAGE"]]
+
+
+def test_a_lane_file_gives_its_instances_job_slots(lane_host: LaneHost) -> None:
+    """[Service] Environment=QUEUECTL_SLOTS=2: the lane's one instance runs two of its
+    queue's jobs at once, as two slots of the lane."""
+    h = lane_host
+    h.lane("other.conf", "[Lane]\nQueues=other\n[Service]\nEnvironment=QUEUECTL_SLOTS=2\n")
+    h.reload()
+    h.systemctl("start", TARGET)
+    unit = "queuectl-worker@other:1.service"
+    h.sd.wait_for(lambda: h.prop(unit, "StatusText") == "0 of 2 job slots busy", 30,
+                  "the lane's instance ready with two slots")
+    for i in range(2):
+        h.cli("enqueue", "--queue", "other", "--id", f"o{i}", "--cmd", "sleep 3")
+    h.sd.wait_for(lambda: h.prop(unit, "StatusText") == "2 of 2 job slots busy", 15,
+                  "both slots running the lane's jobs")
+    status = json.loads(h.cli("status", "--queue", "other").stdout)
+    assert status["processing"] == 2 and status["active_workers"] == 2
+    h.queue.wait_state("o1", "completed")
+    assert h.queue.job("o0")["state"] == "completed"
