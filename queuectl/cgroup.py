@@ -163,7 +163,7 @@ class Delegation:
         self.controllers = controllers
         self.leftover: list[str] = []
         self._seq = itertools.count(1)  # next() is atomic: job slots share one Delegation
-        self._leftover_lock = threading.Lock()
+        self.leftover_lock = threading.Lock()  # job slots share the list
 
     @classmethod
     def detect(cls) -> Delegation | None:
@@ -217,11 +217,12 @@ class Delegation:
 
     def new_attempt(self, limits: Limits) -> AttemptCgroup:
         """A fresh, empty cgroup with the limits written, before anything runs in it."""
-        with self._leftover_lock:  # job slots: one of them retries each leftover
+        with self.leftover_lock:  # job slots: one of them retries each leftover
             tried, self.leftover = self.leftover, []
         for old in tried:
             if not _kill_and_remove(old, time.monotonic()):
-                self.leftover.append(old)  # (append is atomic)
+                with self.leftover_lock:
+                    self.leftover.append(old)
         path = os.path.join(self.base, f"{PREFIX}{os.getpid()}-{next(self._seq)}")
         try:
             os.mkdir(path)
@@ -308,4 +309,5 @@ class AttemptCgroup:
             pass
         except OSError as exc:
             if exc.errno == errno.EBUSY:  # a process stuck in the kernel: retried later
-                self.owner.leftover.append(self.path)
+                with self.owner.leftover_lock:
+                    self.owner.leftover.append(self.path)

@@ -136,11 +136,14 @@ _second = [-1, ""]  # the last whole second rendered, and its text
 
 
 def timestamp() -> str:
-    """Now in UTC as 2026-01-31T12:34:56.789Z; the date and time part is made once a second."""
+    """Now in UTC as 2026-01-31T12:34:56.789Z; the date and time part is made once a second
+    (the pair is read and replaced whole: job slots stamp lines from several threads)."""
+    global _second
     sec, ns = divmod(time.time_ns(), 1_000_000_000)
-    if sec != _second[0]:
-        _second[:] = sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-    return f"{_second[1]}.{ns // 1_000_000:03d}Z"
+    last = _second
+    if sec != last[0]:
+        last = _second = [sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))]
+    return f"{last[1]}.{ns // 1_000_000:03d}Z"
 
 
 def _json(_: Any, level: str, event_dict: dict[str, Any]) -> str:
@@ -188,17 +191,21 @@ class _JournalLogger:
                   flush=True)
 
 
+# One for every writer (each logger has its own): job slots (threads) log too, and a text
+# stream is not safe to write from two threads at once. (threading's Lock; _thread is built
+# in, so verbs that log import nothing more for it.)
+_WRITING = _thread.allocate_lock()
+
+
 class _LineWriter:
-    """One event, one line, one write; under a lock, as job slots (threads) log too and a
-    text stream is not safe to write from two threads at once."""
+    """One event, one line, one write, under _WRITING."""
 
     def __init__(self, out: TextIO) -> None:
         self._write = out.write
         self._flush = out.flush
-        self._lock = _thread.allocate_lock()  # (threading's Lock; _thread is built in)
 
     def msg(self, line: str) -> None:
-        with self._lock:
+        with _WRITING:
             self._write(line + "\n")
             self._flush()
 

@@ -20,12 +20,18 @@ import time
 from collections.abc import Callable
 from typing import Any, cast
 
+from queuectl.errors import DatabaseUnavailable
 from queuectl.notify import Notifier
 from queuectl.stopping import StopRequest
 from queuectl.store import Store
 from queuectl.worker import REPLACED_EXIT, Worker, WorkerOptions
 
 IDLE_TICK = 1.0  # seconds: the longest the main thread sleeps between looks at the slots
+
+
+# Store calls that do not use the store's connection: a slot's wakeup has its own (PostgreSQL's
+# LISTEN connection may take its connect timeout, which must not hold up the other slots).
+UNLOCKED = frozenset({"wakeup"})
 
 
 class LockedStore:
@@ -37,7 +43,7 @@ class LockedStore:
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._store, name)
-        if not callable(attr):
+        if not callable(attr) or name in UNLOCKED:
             return attr
         lock = self._lock
 
@@ -132,16 +138,17 @@ class SlotWorker(Worker):
     notifier: SlotNotifier
 
     def __init__(self, store: Store, options: WorkerOptions, locator: str, lead: Worker,
-                 wake_main: Callable[[], None],
+                 wake_main: Callable[[], None], current: threading.local,
                  on_step: Callable[[str], None] | None = None) -> None:
         super().__init__(store, options, locator, on_step)
         self.stop = SlotStop(wake_main)
         self.notifier = SlotNotifier(lead.notifier.watchdog_interval, wake_main)
         self._lead = lead
+        self._current = current  # which slot a thread is: the store's waits go to it
         self.error: BaseException | None = None
 
     def _report_waits(self) -> None:
-        pass  # the main thread's worker hears the store's waits
+        pass  # the main thread passes each of the store's waits to the slot that waits
 
     def _verify(self) -> None:
         pass  # the main thread checked the store once for every slot
@@ -151,6 +158,7 @@ class SlotWorker(Worker):
 
     def serve(self) -> None:
         """The thread's body: run the loop; an error ends this slot and stops the others."""
+        self._current.slot = self
         try:
             self.exit_code = self.run()
         except BaseException as exc:  # noqa: BLE001 - raised again by the main thread
@@ -172,10 +180,11 @@ class SlotProcess:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
+        self._current = threading.local()
         base = self.lead.name  # a stable --name gives stable slot names: a restart reclaims
         self.slots = [
             SlotWorker(shared, _slot_options(options, base, i), locator, self.lead,
-                       self._wake_main, on_step)
+                       self._wake_main, self._current, on_step)
             for i in range(1, slots + 1)]
         for slot in self.slots:
             slot.stable_name = self.lead.stable_name
@@ -188,10 +197,16 @@ class SlotProcess:
         except BlockingIOError:
             pass
 
+    def _waiting(self, exc: DatabaseUnavailable, retry_in: float) -> None:
+        """A store call waits for the server: the warning is the calling slot's (its own
+        one per outage), or the main thread's during the check."""
+        slot = getattr(self._current, "slot", None)
+        (slot or self.lead)._db_failed(exc, retry_in)
+
     def run(self) -> int:
         lead = self.lead
         lead.stop.install()
-        lead._report_waits()
+        lead.store.report_waits(self._waiting)
         try:
             # The store's check, once, and every slot's name free: a name in use stops the
             # process before any slot registers, with the one line a worker gives.
@@ -199,17 +214,17 @@ class SlotProcess:
             if lead.stop.requested:
                 return 0
             lead._take_cgroup()
-            self._threads = [threading.Thread(target=slot.serve, name=f"slot-{i}")
-                             for i, slot in enumerate(self.slots, 1)]
-            for thread in self._threads:
-                thread.start()
             try:
+                for i, slot in enumerate(self.slots, 1):
+                    thread = threading.Thread(target=slot.serve, name=f"slot-{i}")
+                    thread.start()  # (may fail: no thread left under a limit)
+                    self._threads.append(thread)
                 self._watch()
             finally:
                 lead.stop.request("worker stopping")
                 for slot in self.slots:
                     slot.stop.follow(lead.stop)
-                for thread in self._threads:
+                for thread in self._threads:  # those that started
                     thread.join()
         finally:
             for slot in self.slots:
@@ -237,9 +252,12 @@ class SlotProcess:
                 lead.stop.request(ended)  # a slot's own reason stops the whole process
             for slot in self.slots:
                 slot.stop.follow(lead.stop)
-            if lead.stop.requested and not stopping_sent:
-                stopping_sent = True
-                notifier.stopping("stopping: " + self._summary())
+            if lead.stop.requested:  # STOPPING=1 once, and no READY=1 after it
+                if not stopping_sent:
+                    stopping_sent = True
+                    notifier.stopping("stopping: " + self._summary())
+                else:
+                    notifier.status("stopping: " + self._summary())
             elif not ready_sent and all(s.notifier.is_ready or s.error for s in self.slots):
                 ready_sent = True
                 notifier.ready(self._summary())
@@ -263,7 +281,7 @@ class SlotProcess:
             return True
         oldest = time.monotonic() - 2 * interval  # the interval is half the timeout
         return all(slot.notifier.alive_at >= oldest for slot, thread
-                   in zip(self.slots, self._threads, strict=True) if thread.is_alive())
+                   in zip(self.slots, self._threads, strict=False) if thread.is_alive())
 
     def _summary(self) -> str:
         busy = sum(s.notifier.text.startswith("running") for s in self.slots)

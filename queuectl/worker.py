@@ -594,6 +594,11 @@ def run_worker(locator: str, options: WorkerOptions, log_format: str = "auto",
     from queuectl.redaction import redact
 
     fmt = setup_logging(log_format)
+    if options.slots > 1:
+        from queuectl.locator import is_url
+
+        if not is_url(locator):  # a slot starting a job with its cwd moves the whole process
+            locator = os.path.abspath(locator)
     if not options.queues and options.exclude is None:
         options.exclude = lane_queues(get_logger())
     try:

@@ -1,6 +1,7 @@
 """Job slots (`worker run --slots K`): K jobs at once in one worker process, on each backend,
 with every guarantee of K workers: stops, crashes, restarts and names."""
 
+import json
 import os
 import signal
 import subprocess
@@ -156,3 +157,28 @@ def test_worker_start_runs_count_processes_of_slots_each(queue: Queue, tmp_path:
     sup.send_signal(signal.SIGTERM)
     assert sup.wait(timeout=20) == 0
     assert _workers(queue) == {}
+
+
+@pytest.mark.slow
+def test_slots_keep_a_relative_database_path_while_jobs_run_elsewhere(tmp_path: Path) -> None:
+    """A slot starting a job in its own directory moves the whole process there for that
+    moment: the other slots must still find the database (`--db q.db`, relative)."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "QUEUECTL_DB"}
+    lines = "\n".join(f'{{"id": "c{i}", "command": "pwd > {tmp_path}/pwd{i}", '
+                      f'"cwd": "{elsewhere}"}}' for i in range(200))
+    run = subprocess.run([QUEUECTL, "--db", "q.db", "enqueue", "--file", "-"], input=lines,
+                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0, run.stderr
+    worker = subprocess.run([QUEUECTL, "--db", "q.db", "--log-format", "json", "worker", "run",
+                             "--slots", "4", "--drain", "--poll-interval", "0.05"],
+                            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert worker.returncode == 0, worker.stderr[-2000:]
+    started = [line for line in worker.stderr.splitlines() if '"worker_started"' in line]
+    assert len(started) == 4 and all(f'"db": "{tmp_path / "q.db"}"' in s for s in started)
+    assert not any('"database_replaced"' in line for line in worker.stderr.splitlines())
+    assert all((tmp_path / f"pwd{i}").read_text() == f"{elsewhere}\n" for i in range(200))
+    status = subprocess.run([QUEUECTL, "--db", "q.db", "status"], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=30)
+    assert json.loads(status.stdout)["completed"] == 200
