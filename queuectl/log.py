@@ -41,6 +41,7 @@ MESSAGES = {
     "killed",
     "config_changed": "Config changed: {key} = {value}",
     "database_error": "Database problem: {error}; retrying",
+    "database_recovered": "Database reachable again (after {failures} failed tries)",
     "job_canceling": "Canceling {job_id}: an operator asked; stopping its process group",
     "job_canceled": "Job {job_id} canceled on attempt {attempt}/{max_attempts}; no retry",
     "dependent_canceled": "Canceled {job_id}, which never ran: its parent {parent} ended "

@@ -182,3 +182,38 @@ def test_slots_keep_a_relative_database_path_while_jobs_run_elsewhere(tmp_path: 
     status = subprocess.run([QUEUECTL, "--db", "q.db", "status"], env=env, cwd=tmp_path,
                             capture_output=True, text=True, timeout=30)
     assert json.loads(status.stdout)["completed"] == 200
+
+
+@pytest.mark.slow
+def test_a_slot_waits_out_a_held_write_gate_and_a_wait_it_gave_up_keeps_no_lock(
+        tmp_path: Path) -> None:
+    """SQLite's write gate from a slot's thread: it waits in the kernel's line through a
+    helper; a wait given up (no progress for QUEUECTL_BUSY_TIMEOUT) must not leave the
+    helper holding the gate once it gets it."""
+    import fcntl
+
+    queue = Queue(tmp_path / "queue.db")
+    for i in range(2):
+        queue.enqueue({"id": f"g{i}", "command": "true"})
+    log = tmp_path / "worker.log"
+    with open(f"{queue.db}-lock", "a+") as gate:
+        fcntl.flock(gate, fcntl.LOCK_EX)  # another writer holds the gate
+        w = queue.worker("--slots", "2", log=log, env={"QUEUECTL_BUSY_TIMEOUT": "1"})
+        wait_for(lambda: '"database_error"' in log.read_text(), 20, "a slot to give up")
+        fcntl.flock(gate, fcntl.LOCK_UN)
+    try:
+        queue.wait_counts(completed=2, active_workers=2, timeout=30)
+
+        def gate_free() -> bool:
+            with open(f"{queue.db}-lock", "a+") as probe:
+                try:
+                    fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return False
+                return True
+
+        wait_for(gate_free, 10, "the gate to be free between the worker's writes")
+    finally:
+        w.send_signal(signal.SIGTERM)
+    assert w.wait(timeout=20) == 0
+    assert '"database_recovered"' in log.read_text()

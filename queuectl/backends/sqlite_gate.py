@@ -37,6 +37,7 @@ class WriteGate:
         self._armed = False
         self._bumped_at = -BUMP_EVERY  # monotonic
         self._bumps = 0
+        self._held: int | None = None  # a descriptor of our own that holds the gate, if any
 
     def _open(self) -> int | None:
         for flags in (os.O_RDWR | os.O_CREAT, os.O_RDONLY):
@@ -57,10 +58,16 @@ class WriteGate:
         self._bump()
 
     def release(self) -> None:
-        if self.fd is not None:
+        if self._held is not None:  # taken by a helper's descriptor (_wait_beside)
+            held, self._held = self._held, None
+            os.close(held)  # which releases its lock
+        elif self.fd is not None:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
+        if self._held is not None:
+            os.close(self._held)
+            self._held = None
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
@@ -99,7 +106,7 @@ class WriteGate:
         import threading
 
         if threading.current_thread() is not threading.main_thread():
-            return self._poll()  # timers and handlers belong to the main thread
+            return self._wait_beside()  # timers and handlers belong to the main thread
         last, since = self._generation(), time.monotonic()
         assert self.fd is not None
         previous = signal.signal(signal.SIGALRM, self._on_tick)
@@ -124,18 +131,46 @@ class WriteGate:
             signal.setitimer(signal.ITIMER_REAL, 0, 0)
             signal.signal(signal.SIGALRM, previous)
 
-    def _poll(self) -> None:
-        """Outside the main thread: try again every millisecond or two."""
-        last, since = self._generation(), time.monotonic()
+    def _wait_beside(self) -> None:
+        """Outside the main thread (a job slot) no timer can interrupt flock, so a helper
+        thread waits in the kernel's line on a descriptor of its own while this one checks
+        every TICK that the line moves. That descriptor then holds the gate until release;
+        if this thread gave up first, the helper lets the gate go as soon as it gets it
+        (closing its descriptor), so an abandoned wait never keeps the lock."""
+        import threading
+
         assert self.fd is not None
-        while True:
+        try:
+            own = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            own = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        got = threading.Event()
+        settle = threading.Lock()  # got or abandoned, decided once
+        abandoned = False
+
+        def take() -> None:
             try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                pass
-            time.sleep(0.001 + 0.001 * int.from_bytes(os.urandom(1), "little") / 256)
-            last, since = self._check_progress(last, since)
+                fcntl.flock(own, fcntl.LOCK_EX)
+            except OSError:
+                pass  # not ours then: the waiter gives up when the line stops moving
+            else:
+                with settle:
+                    if not abandoned:
+                        got.set()
+                        return
+            os.close(own)
+
+        threading.Thread(target=take, name="gate-wait", daemon=True).start()
+        last, since = self._generation(), time.monotonic()
+        while not got.wait(TICK):
+            try:
+                last, since = self._check_progress(last, since)
+            except DatabaseBusy:
+                with settle:
+                    if not got.is_set():
+                        abandoned = True
+                        raise
+        self._held = own
 
     def _check_progress(self, last: bytes, since: float) -> tuple[bytes, float]:
         """The line moved since the last look: wait on. Stuck for `budget` s: give up."""
