@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -200,6 +201,13 @@ def test_a_slot_waits_out_a_held_write_gate_and_a_wait_it_gave_up_keeps_no_lock(
         fcntl.flock(gate, fcntl.LOCK_EX)  # another writer holds the gate
         w = queue.worker("--slots", "2", log=log, env={"QUEUECTL_BUSY_TIMEOUT": "1"})
         wait_for(lambda: '"database_error"' in log.read_text(), 20, "a slot to give up")
+        tasks = Path(f"/proc/{w.pid}/task")
+        given_up = time.monotonic()
+        while time.monotonic() - given_up < 3:  # each slot gives up and tries again meanwhile
+            # a retry takes over the helper its given-up wait left in line: the main thread,
+            # 2 slots and at most one helper each, however many tries
+            assert len(list(tasks.iterdir())) <= 5
+            time.sleep(0.1)
         fcntl.flock(gate, fcntl.LOCK_UN)
     try:
         queue.wait_counts(completed=2, active_workers=2, timeout=30)

@@ -38,6 +38,7 @@ class WriteGate:
         self._bumped_at = -BUMP_EVERY  # monotonic
         self._bumps = 0
         self._held: int | None = None  # a descriptor of our own that holds the gate, if any
+        self._helper: _Helper | None = None  # still in line for a wait that was given up
 
     def _open(self) -> int | None:
         for flags in (os.O_RDWR | os.O_CREAT, os.O_RDONLY):
@@ -133,44 +134,39 @@ class WriteGate:
 
     def _wait_beside(self) -> None:
         """Outside the main thread (a job slot) no timer can interrupt flock, so a helper
-        thread waits in the kernel's line on a descriptor of its own while this one checks
-        every TICK that the line moves. That descriptor then holds the gate until release;
-        if this thread gave up first, the helper lets the gate go as soon as it gets it
-        (closing its descriptor), so an abandoned wait never keeps the lock."""
-        import threading
-
-        assert self.fd is not None
-        try:
-            own = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
-        except OSError:
-            own = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        got = threading.Event()
-        settle = threading.Lock()  # got or abandoned, decided once
-        abandoned = False
-
-        def take() -> None:
+        thread waits in the kernel's line on a descriptor of its own (_Helper) while this
+        one checks every TICK that the line moves. That descriptor then holds the gate until
+        release. A wait given up leaves its helper in line: the next wait takes it over, and
+        if none does before it gets the gate, it lets the gate go at once."""
+        helper = self._helper
+        if helper is None or not helper.adopt():
             try:
-                fcntl.flock(own, fcntl.LOCK_EX)
+                helper = _Helper(self.path)
             except OSError:
-                pass  # not ours then: the waiter gives up when the line stops moving
-            else:
-                with settle:
-                    if not abandoned:
-                        got.set()
-                        return
-            os.close(own)
-
-        threading.Thread(target=take, name="gate-wait", daemon=True).start()
+                return self._poll()  # the side file cannot be opened again: try it often
+        self._helper = helper
         last, since = self._generation(), time.monotonic()
-        while not got.wait(TICK):
+        while not helper.got.wait(TICK):
             try:
                 last, since = self._check_progress(last, since)
             except DatabaseBusy:
-                with settle:
-                    if not got.is_set():
-                        abandoned = True
-                        raise
-        self._held = own
+                if helper.abandon():
+                    raise
+        self._helper = None
+        self._held = helper.fd
+
+    def _poll(self) -> None:
+        """Try again every millisecond or two."""
+        last, since = self._generation(), time.monotonic()
+        assert self.fd is not None
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                pass
+            time.sleep(0.001 + 0.001 * int.from_bytes(os.urandom(1), "little") / 256)
+            last, since = self._check_progress(last, since)
 
     def _check_progress(self, last: bytes, since: float) -> tuple[bytes, float]:
         """The line moved since the last look: wait on. Stuck for `budget` s: give up."""
@@ -181,3 +177,51 @@ class WriteGate:
             raise DatabaseBusy(f"database {self.path[:-5]} is locked by another process "
                                f"(waited {self.budget:g} s)")
         return last, since
+
+
+class _Helper:
+    """A thread in the kernel's line for the gate, on a descriptor of its own (see
+    WriteGate._wait_beside). Whether the waiter takes the gate or has given up is decided
+    once, under `settle`, so a gate got after the waiter left is let go, never kept."""
+
+    def __init__(self, path: str) -> None:
+        import threading
+
+        try:
+            self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self.got = threading.Event()
+        self.settle = threading.Lock()
+        self.abandoned = False
+        self.done = False  # it got the gate, or failed
+        threading.Thread(target=self._take, name="gate-wait", daemon=True).start()
+
+    def _take(self) -> None:
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+            ok = True
+        except OSError:
+            ok = False  # the waiter gives up when the line stops moving
+        with self.settle:
+            self.done = True
+            if ok and not self.abandoned:
+                self.got.set()
+                return
+        os.close(self.fd)  # lets the gate go, if it had it
+
+    def abandon(self) -> bool:
+        """The waiter gives up; False if the gate came first (then it is the waiter's)."""
+        with self.settle:
+            if self.got.is_set():
+                return False
+            self.abandoned = True
+            return True
+
+    def adopt(self) -> bool:
+        """A new wait takes this helper's place in line over; False if it is done."""
+        with self.settle:
+            if self.done:
+                return False
+            self.abandoned = False
+            return True
