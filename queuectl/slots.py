@@ -22,7 +22,7 @@ from typing import Any, cast
 
 from queuectl.errors import DatabaseUnavailable
 from queuectl.notify import Notifier
-from queuectl.stopping import StopRequest
+from queuectl.stopping import StopRequest, drain_pipe, poke_pipe
 from queuectl.store import Store
 from queuectl.worker import REPLACED_EXIT, Worker, WorkerOptions
 
@@ -42,6 +42,7 @@ class LockedStore:
         self._lock = threading.RLock()
 
     def __getattr__(self, name: str) -> Any:
+        """Called once a name: the wrapper is kept, so a job's calls pay only the lock."""
         attr = getattr(self._store, name)
         if not callable(attr) or name in UNLOCKED:
             return attr
@@ -51,6 +52,7 @@ class LockedStore:
             with lock:
                 return attr(*args, **kwargs)
 
+        setattr(self, name, locked)
         return locked
 
 
@@ -88,10 +90,7 @@ class SlotStop(StopRequest):
 
     def poke(self) -> None:
         if self._poke_w >= 0:
-            try:
-                os.write(self._poke_w, b"x")
-            except BlockingIOError:
-                pass  # already readable
+            poke_pipe(self._poke_w)
 
     def close(self) -> None:
         for fd in (self.fd, self._poke_w):
@@ -192,10 +191,7 @@ class SlotProcess:
         self._threads: list[threading.Thread] = []
 
     def _wake_main(self) -> None:
-        try:
-            os.write(self._wake_w, b"x")
-        except BlockingIOError:
-            pass
+        poke_pipe(self._wake_w)
 
     def _waiting(self, exc: DatabaseUnavailable, retry_in: float) -> None:
         """A store call waits for the server: the warning is the calling slot's (its own
@@ -271,7 +267,7 @@ class SlotProcess:
             if lead.stop.fd in ready:
                 lead.stop.drain()
             if self._wake_r in ready:
-                _drain(self._wake_r)
+                drain_pipe(self._wake_r)
 
     def _all_alive(self) -> bool:
         """Whether every running slot's loop came round within the watchdog's timeout:
@@ -294,11 +290,3 @@ def _slot_options(options: WorkerOptions, base: str, number: int) -> WorkerOptio
     values.update(name=f"{base}.{number}",
                   label=f"{options.label}.{number}" if options.label else None)
     return WorkerOptions(**values)
-
-
-def _drain(fd: int) -> None:
-    try:
-        while os.read(fd, 512):
-            pass
-    except BlockingIOError:
-        pass

@@ -57,8 +57,21 @@ class StopRequest:
         return self.hard or (end is not None and time.monotonic() >= end)
 
     def drain(self) -> None:
-        try:
-            while os.read(self.fd, 512):
-                pass
-        except BlockingIOError:
+        drain_pipe(self.fd)
+
+
+def drain_pipe(fd: int) -> None:
+    """Read a non-blocking wake-up pipe empty."""
+    try:
+        while os.read(fd, 512):
             pass
+    except BlockingIOError:
+        pass
+
+
+def poke_pipe(fd: int) -> None:
+    """Make a non-blocking wake-up pipe readable (a full one already is)."""
+    try:
+        os.write(fd, b"x")
+    except BlockingIOError:
+        pass
