@@ -130,6 +130,17 @@ class Queue:
         return self.start("worker", "run", "--poll-interval", "0.05", *args, log=log, env=env,
                           cwd=cwd)
 
+    def registered_workers(self) -> dict[str, int]:
+        """Worker name -> pid in the registry, read through the storage contract (any
+        backend), live or not."""
+        from queuectl.locator import open_store
+
+        store = open_store(str(self.db))
+        try:
+            return {w.name: w.pid for w in store.workers()}
+        finally:
+            store.close()
+
     def wait_state(self, job_id: str, state: str, timeout: float = 30) -> dict[str, Any]:
         return wait_for(lambda: (j := self.job(job_id))["state"] == state and j,
                         timeout, f"job {job_id} to be {state}")

@@ -202,15 +202,8 @@ def test_supervisor_restarts_crashed_worker_and_stops_all_on_sigterm(
 
 
 def _worker_pids(queue: Queue) -> list[int]:
-    """Live pids in the worker registry, read through the storage contract (any backend)."""
-    from queuectl.locator import open_store
-
-    store = open_store(str(queue.db))
-    try:
-        pids = [w.pid for w in store.workers()]
-    finally:
-        store.close()
-    return [p for p in pids if process_alive(p)]
+    """Live pids in the worker registry."""
+    return [p for p in queue.registered_workers().values() if process_alive(p)]
 
 
 def test_supervisor_drain_exits_when_queue_is_empty(queue: Queue) -> None:

@@ -19,17 +19,6 @@ def queue(any_queue: Queue) -> Queue:
     return any_queue
 
 
-def _workers(queue: Queue) -> dict[str, int]:
-    """Registered worker name -> pid, read through the storage contract (any backend)."""
-    from queuectl.locator import open_store
-
-    store = open_store(str(queue.db))
-    try:
-        return {w.name: w.pid for w in store.workers()}
-    finally:
-        store.close()
-
-
 def _held(tmp_path: Path, name: str) -> str:
     """A job that records its worker's pid, then waits for `go` (so jobs overlap)."""
     return (f"echo $PPID > {tmp_path / name}; "
@@ -45,13 +34,13 @@ def test_one_process_runs_k_jobs_at_once_each_slot_a_worker(queue: Queue, tmp_pa
     w = queue.worker("--name", "w", "--slots", "4", "--drain")
     queue.wait_counts(processing=4, active_workers=4, timeout=20)  # all four at once
     assert queue.status()["pending"] == 1  # no fifth job: four slots
-    assert _workers(queue) == {f"w.{i}": w.pid for i in range(1, 5)}
+    assert queue.registered_workers() == {f"w.{i}": w.pid for i in range(1, 5)}
     wait_for(lambda: all((tmp_path / f"pid{i}").exists() for i in range(4)), 10, "pids")
     assert {int((tmp_path / f"pid{i}").read_text()) for i in range(4)} == {w.pid}
     (tmp_path / "go").touch()
     assert w.wait(timeout=30) == 0  # --drain: every slot ends once nothing is left
     assert queue.status()["completed"] == 5
-    assert _workers(queue) == {}  # each slot unregistered
+    assert queue.registered_workers() == {}  # each slot unregistered
 
 
 @pytest.mark.slow
@@ -72,7 +61,7 @@ def test_sigterm_past_grace_releases_every_slot_job_without_spending_a_retry(
         assert job["state"] == "pending" and job["attempts"] == 0, job
         assert job["history"][-1]["outcome"] == "interrupted"
     assert not any(process_alive(p) for p in pids)
-    assert _workers(queue) == {}
+    assert queue.registered_workers() == {}
 
 
 @pytest.mark.slow
@@ -117,12 +106,12 @@ def test_a_restart_under_the_same_name_takes_back_every_slots_orphan_at_once(
 def test_a_slot_name_in_use_is_refused_and_the_other_slots_leave_no_trace(
         queue: Queue) -> None:
     first = queue.worker("--name", "w.2")
-    wait_for(lambda: "w.2" in _workers(queue), 10, "the first worker")
+    wait_for(lambda: "w.2" in queue.registered_workers(), 10, "the first worker")
     second = subprocess.run([QUEUECTL, "worker", "run", "--name", "w", "--slots", "3"],
                             env=queue.env, capture_output=True, text=True, timeout=30)
     assert second.returncode == 1
     assert "'w.2' is already running" in second.stderr and second.stderr.count("\n") == 1
-    assert _workers(queue) == {"w.2": first.pid}
+    assert queue.registered_workers() == {"w.2": first.pid}
 
 
 @pytest.mark.parametrize("args, env", [
@@ -152,12 +141,12 @@ def test_worker_start_runs_count_processes_of_slots_each(queue: Queue, tmp_path:
     wait_for(lambda: all((tmp_path / f"pid{i}").exists() for i in range(4)), 10, "pids")
     pids = [int((tmp_path / f"pid{i}").read_text()) for i in range(4)]
     assert len(set(pids)) == 2 and sorted(pids.count(p) for p in set(pids)) == [2, 2]
-    assert sorted(_workers(queue).values()) == sorted(pids)
+    assert sorted(queue.registered_workers().values()) == sorted(pids)
     (tmp_path / "go").touch()
     queue.wait_counts(completed=4, timeout=20)
     sup.send_signal(signal.SIGTERM)
     assert sup.wait(timeout=20) == 0
-    assert _workers(queue) == {}
+    assert queue.registered_workers() == {}
 
 
 @pytest.mark.slow
