@@ -29,24 +29,27 @@ class _Tick(Exception):
     pass
 
 
+def _open_side(path: str, create: int = 0) -> int | None:
+    """The side file, read-write if we may, else read-only (a waiter then only watches the
+    others' progress); None if it cannot be opened at all."""
+    for flags in (os.O_RDWR | create, os.O_RDONLY):
+        try:
+            return os.open(path, flags | os.O_CLOEXEC, 0o660)
+        except OSError:
+            continue
+    return None
+
+
 class WriteGate:
     def __init__(self, db_path: str, budget: float) -> None:
         self.path = f"{db_path}-lock"
         self.budget = budget
-        self.fd = self._open()
+        self.fd = _open_side(self.path, os.O_CREAT)
         self._armed = False
         self._bumped_at = -BUMP_EVERY  # monotonic
         self._bumps = 0
         self._held: int | None = None  # a descriptor of our own that holds the gate, if any
         self._helper: _Helper | None = None  # still in line for a wait that was given up
-
-    def _open(self) -> int | None:
-        for flags in (os.O_RDWR | os.O_CREAT, os.O_RDONLY):
-            try:
-                return os.open(self.path, flags | os.O_CLOEXEC, 0o660)
-            except OSError:
-                continue
-        return None
 
     def acquire(self) -> None:
         """Take the gate, waiting in line; DatabaseBusy after `budget` s without progress."""
@@ -187,10 +190,10 @@ class _Helper:
     def __init__(self, path: str) -> None:
         import threading
 
-        try:
-            self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        except OSError:
-            self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = _open_side(path)
+        if fd is None:
+            raise OSError(f"cannot open {path}")
+        self.fd = fd
         self.got = threading.Event()
         self.settle = threading.Lock()
         self.abandoned = False
