@@ -22,29 +22,30 @@ from typing import Any, cast
 
 from queuectl.errors import DatabaseUnavailable
 from queuectl.notify import Notifier
+from queuectl.slotwakeup import SharedWakeup
 from queuectl.stopping import StopRequest, drain_pipe, poke_pipe
-from queuectl.store import Store
+from queuectl.store import Store, Wakeup
 from queuectl.worker import REPLACED_EXIT, Worker, WorkerOptions
 
 IDLE_TICK = 1.0  # seconds: the longest the main thread sleeps between looks at the slots
 
 
-# Store calls that do not use the store's connection: a slot's wakeup has its own (PostgreSQL's
-# LISTEN connection may take its connect timeout, which must not hold up the other slots).
-UNLOCKED = frozenset({"wakeup"})
-
-
 class LockedStore:
-    """The store, each call under the process's one lock (see the module's docstring)."""
+    """The store, each call under the process's one lock (see the module's docstring);
+    a slot's wakeup is its share of the process's one (`slotwakeup`)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, wakeups: Callable[[], Wakeup]) -> None:
         self._store = store
         self._lock = threading.RLock()
+        self._wakeups = wakeups
+
+    def wakeup(self, watch: bool = False) -> Wakeup:
+        return self._store.wakeup(watch=True) if watch else self._wakeups()
 
     def __getattr__(self, name: str) -> Any:
         """Called once a name: the wrapper is kept, so a job's calls pay only the lock."""
         attr = getattr(self._store, name)
-        if not callable(attr) or name in UNLOCKED:
+        if not callable(attr):
             return attr
         lock = self._lock
 
@@ -172,7 +173,8 @@ class SlotProcess:
 
     def __init__(self, store: Store, options: WorkerOptions, locator: str, slots: int,
                  on_step: Callable[[str], None] | None = None) -> None:
-        shared = cast(Store, LockedStore(store))
+        shared = cast(Store, LockedStore(store, self._tap))
+        self._wakeup: SharedWakeup | None = None  # opened once the store checked out
         # The main thread's worker only checks the store (unlocked: a stop interrupts the
         # check from this thread while another holds it) and holds the cgroup.
         self.lead = Worker(store, options, locator)
@@ -193,6 +195,10 @@ class SlotProcess:
     def _wake_main(self) -> None:
         poke_pipe(self._wake_w)
 
+    def _tap(self) -> Wakeup:
+        assert self._wakeup is not None, "slots start once the shared wakeup is open"
+        return self._wakeup.tap()
+
     def _waiting(self, exc: DatabaseUnavailable, retry_in: float) -> None:
         """A store call waits for the server: the warning is the calling slot's (its own
         one per outage), or the main thread's during the check."""
@@ -210,6 +216,7 @@ class SlotProcess:
             if lead.stop.requested:
                 return 0
             lead._take_cgroup()
+            self._wakeup = SharedWakeup(lead.store.wakeup())
             try:
                 for i, slot in enumerate(self.slots, 1):
                     thread = threading.Thread(target=slot.serve, name=f"slot-{i}")
@@ -222,6 +229,7 @@ class SlotProcess:
                     slot.stop.follow(lead.stop)
                 for thread in self._threads:  # those that started
                     thread.join()
+                self._wakeup.close()
         finally:
             for slot in self.slots:
                 slot.stop.close()
@@ -239,7 +247,9 @@ class SlotProcess:
 
     def _watch(self) -> None:
         """Until every slot has ended: pass stop requests on, tell systemd."""
-        lead, notifier = self.lead, self.lead.notifier
+        lead, notifier, wakeup = self.lead, self.lead.notifier, self._wakeup
+        assert wakeup is not None
+        fds = [lead.stop.fd, self._wake_r] + ([wakeup.fd] if wakeup.fd is not None else [])
         ready_sent = lead._ready_sent  # READY=1 went early, during a long check
         stopping_sent = False
         while any(thread.is_alive() for thread in self._threads):
@@ -263,11 +273,14 @@ class SlotProcess:
             if self._all_alive():  # else no ping, and no spin on the ping that is due
                 notifier.ping_if_due()
                 wait = max(0.0, min(wait, notifier.seconds_to_ping()))
-            ready, _, _ = select.select([lead.stop.fd, self._wake_r], [], [], wait)
+            wakeup.tend()
+            ready, _, _ = select.select(fds, [], [], wait)
             if lead.stop.fd in ready:
                 lead.stop.drain()
             if self._wake_r in ready:
                 drain_pipe(self._wake_r)
+            if wakeup.fd in ready:
+                wakeup.fan_out()
 
     def _all_alive(self) -> bool:
         """Whether every running slot's loop came round within the watchdog's timeout:
