@@ -292,11 +292,12 @@ def test_the_migration_runs_once_when_two_processes_start_at_once(bouncer: Any,
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("slots", [1, 2])
 def test_each_listen_mode_behind_the_pooler(bouncer: Any, pg_server: Any,
-                                            tmp_path: Path) -> None:
+                                            tmp_path: Path, slots: int) -> None:
     """Default through the pooler: no LISTEN ever reaches the server (it would be lost),
-    workers poll. listen=URL of the server: one LISTEN connection per idle worker, straight
-    to it. listen=off: none. Every mode picks jobs up."""
+    workers poll. listen=URL of the server: one LISTEN connection per idle worker (per
+    process of job slots), straight to it. listen=off: none. Every mode picks jobs up."""
     db = _database(pg_server)
     base = bouncer.locator(dbname=db, schema="queuectl")
     modes = {"auto": base, "direct": f"{base}&listen={_listen_param(pg_server, db)}",
@@ -305,8 +306,9 @@ def test_each_listen_mode_behind_the_pooler(bouncer: Any, pg_server: Any,
         for mode, locator in modes.items():
             q = Queue(locator)
             try:
-                worker = q.start("worker", "run", "--name", mode, log=tmp_path / f"{mode}.log")
-                wait_for(lambda q=q: q.status()["active_workers"] == 1, 60,
+                worker = q.start("worker", "run", "--name", mode, "--slots", str(slots),
+                                 log=tmp_path / f"{mode}.log")
+                wait_for(lambda q=q: q.status()["active_workers"] == slots, 60,
                          f"the {mode} worker")
                 if mode == "direct":
                     wait_for(lambda: conns.sample()[1] == 1, 30, "the worker's LISTEN")
@@ -314,7 +316,7 @@ def test_each_listen_mode_behind_the_pooler(bouncer: Any, pg_server: Any,
                     assert conns.sample()[1] == 0
                 job = q.enqueue({"command": "true"})
                 q.wait_state(job, "completed")
-                assert q.job(job)["history"][-1]["worker"] == mode
+                assert q.job(job)["history"][-1]["worker"].split(".")[0] == mode
                 worker.terminate()
                 assert worker.wait(timeout=30) == 0
             finally:
