@@ -53,7 +53,7 @@ class JobWatch:
                 or t - self._last_check < policy.WAKEUP_CHECK_MIN_GAP):
             return ()
         if self._wakeup is not None:
-            self._wakeup.arm()
+            self._wakeup.arm_busy()
         return (self._wakeup_fd,)
 
     def tick(self, woken: bool) -> bool:

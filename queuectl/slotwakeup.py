@@ -1,20 +1,26 @@
-"""One store wakeup for all of a process's job slots, fanned out to each.
+"""One store wakeup for all of a process's job slots, and one idle slot woken at a time.
 
 A slot waits for new work as a worker does, but a wakeup per slot costs K times what one
 costs: on PostgreSQL K `LISTEN` connections, each signalled by the server at every commit
-that notifies (about 25 µs of server CPU per job for each listener); on SQLite K inotify
-instances (128 a user by default) and K events for each write to the database's directory.
-So the process opens one (`SharedWakeup`), and each slot gets a `SlotWakeup`: a pipe the main
-thread pokes whenever the shared one fires, with the same arm/disarm/drain contract. The
-shared one is armed while any slot's is, so a slot that arms and then looks at the queue
-misses nothing committed after it armed: the main thread reads each event before it decides
-whom to poke.
+that notifies; on SQLite K inotify instances (128 a user by default) and K events for each
+write to the database's directory. And K idle slots woken by one enqueue make K claims, of
+which K - 1 find nothing. So the process opens one wakeup (`SharedWakeup`), and each slot
+gets a `SlotWakeup`: a pipe the main thread pokes, with the same arm/disarm/drain contract.
 
-The shared wakeup's own calls (its connection, its inotify watch) are made under one lock. A
-slot waits for that lock only briefly: while the main thread holds it for long (PostgreSQL's
-LISTEN connection reconnecting, up to its connect timeout), a slot goes on, and the main
-thread brings the shared wakeup's watching into line with the slots' afterwards. Meanwhile
-the slots' poll covers, as it covers any missed wakeup.
+News goes to one idle slot, and only if no idle slot has a poke it has not read yet (that
+slot claims after it reads it, so it will see what the news was about). The slot woken for
+news that takes a job passes the turn on as it starts the job: the next idle slot is poked
+and claims too, so a burst of N jobs wakes N slots one after another, and the last claim
+that finds nothing ends it. A slot armed for a long job's cancel checks (`arm_busy`) hears
+every change instead, and never gets the turn. A lost turn (its slot stopped) is passed on
+too; what is lost anyway is found by each idle slot's look at every heartbeat.
+
+The shared wakeup is armed while any slot's is, so a slot that arms and then looks at the
+queue misses nothing committed after it armed: the main thread reads each event before it
+decides whom to poke. Its own calls (its connection, its inotify watch) are made under one
+lock. A slot waits for that lock only briefly: while the main thread holds it for long
+(PostgreSQL's LISTEN connection reconnecting, up to its connect timeout), a slot goes on,
+and the main thread brings the shared wakeup's watching into line afterwards.
 """
 
 from __future__ import annotations
@@ -35,7 +41,8 @@ class SharedWakeup:
         self._calls = threading.Lock()  # the source's own calls
         self._state = threading.Lock()  # the slots' wakeups; never held across I/O
         self._armed: set[SlotWakeup] = set()
-        self._source_armed = True  # a new wakeup watches
+        self._source_armed = True  # a new wakeup watches (set as a change begins)
+        self._settling = False  # a change of the source's watching is under way
         self.fd = source.fileno()  # constant for every backend's wakeup
 
     @property
@@ -46,64 +53,110 @@ class SharedWakeup:
         return f"{self._source.describe()}, one for the process's job slots"
 
     def tap(self) -> SlotWakeup:
-        """A slot's wakeup, armed as a new one is."""
+        """A slot's wakeup, armed (and idle) as a new one is."""
         tap = SlotWakeup(self)
         with self._state:
             self._armed.add(tap)
         return tap
 
-    def set_armed(self, tap: SlotWakeup, armed: bool) -> None:
+    def set_armed(self, tap: SlotWakeup, armed: bool, idle: bool = True) -> None:
         with self._state:
             if tap.closed:
                 return
             if armed:
                 self._armed.add(tap)
+                tap.idle = idle
             else:
                 self._armed.discard(tap)
+                self._pass_turn(tap)  # it took a job
+            if not self._settling and bool(self._armed) == self._source_armed:
+                return  # as wanted already (a long job's watch arms at every turn)
         self._settle(SETTLE_WAIT)
 
-    def drop(self, tap: SlotWakeup) -> None:
-        """A slot's wakeup closes: no poke reaches its pipe after this."""
+    def read(self, tap: SlotWakeup) -> None:
+        """The slot reads its pipe next, and claims after that."""
         with self._state:
+            tap.poked = False
+
+    def drop(self, tap: SlotWakeup) -> None:
+        """A slot's wakeup closes (once): no poke reaches its pipe after this."""
+        with self._state:
+            if tap.closed:
+                return
             self._armed.discard(tap)
+            self._pass_turn(tap)  # a stopping slot does not claim
             tap.closed = True
             tap.close_pipe()
         self._settle(SETTLE_WAIT)
 
+    def _pass_turn(self, tap: SlotWakeup) -> None:
+        """(Under _state.) A slot woken for news leaves the idle ones: wake the next."""
+        had_turn = tap.turn or tap.poked
+        tap.turn = tap.poked = False
+        if had_turn:
+            self._wake_one()
+
+    def _wake_one(self) -> None:
+        """(Under _state.) Poke one idle slot, unless one has a poke it has not read."""
+        idle = [tap for tap in self._armed if tap.idle]
+        if idle and not any(tap.poked for tap in idle):
+            tap = idle[0]
+            tap.poked = tap.turn = True
+            tap.poke()
+
     def _settle(self, timeout: float) -> None:
         """Arm the shared wakeup while any slot's is armed, else disarm it. Without the lock
-        within `timeout` (-1: wait), leave it to the main thread's next `tend`."""
+        within `timeout`, leave it to whoever holds it, or to the main thread's `tend`."""
         if not self._calls.acquire(timeout=timeout):
             return
         try:
             while True:  # again, in case a slot changed its mind meanwhile
                 with self._state:
                     wanted = bool(self._armed)
-                if wanted == self._source_armed:
-                    return
-                self._source_armed = wanted
+                    if wanted == self._source_armed:
+                        return
+                    self._settling, self._source_armed = True, wanted
                 if wanted:
                     self._source.arm()
+                    # A slot that armed while the source did not watch may have looked
+                    # at the queue before it did: that is news.
+                    with self._state:
+                        self._news()
                 else:
                     self._source.disarm()
         finally:
+            with self._state:
+                self._settling = False
             self._calls.release()
 
     def tend(self) -> None:
-        """The main thread, each time round: let the source reconnect if it lost its
-        connection (PostgreSQL), and settle what the slots asked for meanwhile."""
-        with self._calls:
-            self._source.fileno()
-        self._settle(-1)
+        """The main thread, each time round: read the source, which on PostgreSQL also
+        reconnects a lost LISTEN connection (and says so: anything may have happened
+        meanwhile); try again a watch that could not be set (inotify's limit); settle
+        what the slots asked for meanwhile."""
+        self.fan_out()
+        if self._calls.acquire(timeout=SETTLE_WAIT):
+            try:
+                if self._source_armed:
+                    self._source.arm()  # (a no-op where it watches)
+            finally:
+                self._calls.release()
+        self._settle(SETTLE_WAIT)
 
     def fan_out(self) -> None:
-        """The shared descriptor is readable: read it, then poke every slot armed now."""
+        """Read the source; on news, poke the slots watching long jobs, and one idle slot."""
         with self._calls:
             news = self._source.drain()
         if news:
             with self._state:
-                for tap in self._armed:
-                    tap.poke()
+                self._news()
+
+    def _news(self) -> None:
+        """(Under _state.)"""
+        for tap in self._armed:
+            if not tap.idle:
+                tap.poke()  # a long job's cancel checks hear every change
+        self._wake_one()
 
     def close(self) -> None:
         self._source.close()
@@ -118,6 +171,9 @@ class SlotWakeup(Wakeup):
         os.set_blocking(self._r, False)
         os.set_blocking(self._w, False)
         self.closed = False
+        self.idle = True  # armed for new work, not for a long job's watch
+        self.poked = False  # poked for news, and not read yet
+        self.turn = False  # woken for news: if it takes a job, the next idle slot is woken
 
     @property
     def poll_interval(self) -> float:  # type: ignore[override]  # brisk behind a pooler
@@ -132,6 +188,9 @@ class SlotWakeup(Wakeup):
     def arm(self) -> None:
         self._shared.set_armed(self, True)
 
+    def arm_busy(self) -> None:
+        self._shared.set_armed(self, True, idle=False)
+
     def disarm(self) -> None:
         self._shared.set_armed(self, False)
 
@@ -142,6 +201,7 @@ class SlotWakeup(Wakeup):
             pass  # already readable
 
     def drain(self) -> bool:
+        self._shared.read(self)
         news = False
         try:
             while os.read(self._r, 512):

@@ -222,6 +222,12 @@ class Wakeup(ABC):
         (inotify: each write to the database, for each watcher) spares them meanwhile."""
         return None
 
+    def arm_busy(self) -> None:
+        """Watch again while a long job runs (its cancel checks), not for new work: a
+        wakeup shared by job slots gives such a watcher every change, and never the
+        turn to claim (`slotwakeup`)."""
+        self.arm()
+
 
 class PollOnly(Wakeup):
     """For backends or hosts without change notification: poll briskly instead."""

@@ -19,11 +19,14 @@ def _pids(path: Path) -> list[int]:
 
 # -- cancel -------------------------------------------------------------------------------------
 @pytest.mark.slow
+@pytest.mark.parametrize("slots", [1, 3])
 def test_cancel_stops_a_running_job_and_its_children_within_2_s(any_queue: Queue,
-                                                                 tmp_path: Path) -> None:
+                                                                 tmp_path: Path,
+                                                                 slots: int) -> None:
+    """Also in a process of job slots, whose running job's watch shares one wakeup."""
     q = any_queue
     pids = tmp_path / "pids"
-    q.worker()
+    q.worker("--slots", str(slots))
     q.enqueue({"id": "long", "max_retries": 3,
                "command": f"sleep 300 & echo $! >> {pids}; echo $$ >> {pids}; wait"})
     started = wait_for(lambda: len(_pids(pids)) == 2 and _pids(pids), 30, "the job and its child")
