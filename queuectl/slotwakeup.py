@@ -73,10 +73,13 @@ class SharedWakeup:
                 return  # as wanted already (a long job's watch arms at every turn)
         self._settle(SETTLE_WAIT)
 
-    def read(self, tap: SlotWakeup) -> None:
-        """The slot reads its pipe next, and claims after that."""
+    def read(self, tap: SlotWakeup) -> bool:
+        """A slot reads its pipe (and claims after that). Under the lock that pokes, so
+        `poked` is true exactly while a poke is unread: one read meanwhile would leave
+        it set on an empty pipe, and no idle slot would be woken again."""
         with self._state:
             tap.poked = False
+            return not tap.closed and tap.read_pipe()
 
     def drop(self, tap: SlotWakeup) -> None:
         """A slot's wakeup closes (once): no poke reaches its pipe after this."""
@@ -144,9 +147,15 @@ class SharedWakeup:
         self._settle(SETTLE_WAIT)
 
     def fan_out(self) -> None:
-        """Read the source; on news, poke the slots watching long jobs, and one idle slot."""
-        with self._calls:
+        """Read the source; on news, poke the slots watching long jobs, and one idle slot.
+        Not while a slot's LISTEN or UNLISTEN holds the source for long: the descriptor
+        stays readable for the next round."""
+        if not self._calls.acquire(timeout=SETTLE_WAIT):
+            return
+        try:
             news = self._source.drain()
+        finally:
+            self._calls.release()
         if news:
             with self._state:
                 self._news()
@@ -201,7 +210,9 @@ class SlotWakeup(Wakeup):
             pass  # already readable
 
     def drain(self) -> bool:
-        self._shared.read(self)
+        return self._shared.read(self)
+
+    def read_pipe(self) -> bool:
         news = False
         try:
             while os.read(self._r, 512):

@@ -525,6 +525,8 @@ class Worker:
             return True
         from queuectl.hook import run_hook
 
+        if self._wakeup is not None:
+            self._wakeup.disarm()  # busy with the hook (slots: another hears new work)
         self.notifier.status(f"running the on-dead hook of {notice.job_id}")
         result = run_hook(notice, self._env, self.cgroups, self.opts.job_umask,
                           tick=self._hook_tick)
