@@ -1,14 +1,15 @@
 """`worker run --slots K`: one worker process that runs up to K jobs at once.
 
 On PostgreSQL the server's cost per job grows with the connections at work, not with the
-worker processes (README "Performance"): 2 processes of 8 slots drain as fast as 2 workers,
+worker processes (README "Performance"): 2 processes of 8 slots drain about as fast as 2 workers,
 where 16 workers drain a fifth slower. So each slot is a thread running the ordinary
 worker loop (`Worker`) under a name of its own (NAME.1 ... NAME.K), with its own lease,
 heartbeat and registry row, while all slots share the process's one store, each call under
 one lock: a store call is one transaction, so the lock only keeps two from interleaving on
 the connection. The main thread keeps what belongs to the process: the signals, READY=1 and
-the watchdog (pinged only while every slot's loop comes round), the store's check and the
-delegated cgroup.
+the watchdog (pinged only while every slot's loop comes round), the store's check, the
+delegated cgroup, and the process's one wakeup, whose news it passes to one idle slot at a
+time (`slotwakeup`).
 """
 
 from __future__ import annotations

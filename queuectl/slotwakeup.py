@@ -15,12 +15,13 @@ that finds nothing ends it. A slot armed for a long job's cancel checks (`arm_bu
 every change instead, and never gets the turn. A lost turn (its slot stopped) is passed on
 too; what is lost anyway is found by each idle slot's look at every heartbeat.
 
-The shared wakeup is armed while any slot's is, so a slot that arms and then looks at the
-queue misses nothing committed after it armed: the main thread reads each event before it
-decides whom to poke. Its own calls (its connection, its inotify watch) are made under one
-lock. A slot waits for that lock only briefly: while the main thread holds it for long
-(PostgreSQL's LISTEN connection reconnecting, up to its connect timeout), a slot goes on,
-and the main thread brings the shared wakeup's watching into line afterwards.
+The shared wakeup is armed while any slot's is, so nothing committed after a slot armed
+and looked at the queue goes unheard: the main thread reads each event before it decides
+whom to poke. Its own calls (its connection, its inotify watch) are made under one lock,
+which a slot waits for only briefly: while it is held for long (PostgreSQL's LISTEN
+connection reconnecting, up to its connect timeout) a slot goes on, and whoever gets the
+lock next brings the watching into line. Starting to watch again is news, since a slot
+may have looked before it.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class SharedWakeup:
     def __init__(self, source: Wakeup) -> None:
         self._source = source
         self._calls = threading.Lock()  # the source's own calls
-        self._state = threading.Lock()  # the slots' wakeups; never held across I/O
+        self._state = threading.Lock()  # the slots' wakeups; held for nothing that blocks
         self._armed: set[SlotWakeup] = set()
         self._source_armed = True  # a new wakeup watches (set as a change begins)
         self._settling = False  # a change of the source's watching is under way
