@@ -24,7 +24,7 @@ from typing import Any, cast
 from queuectl.errors import DatabaseUnavailable
 from queuectl.notify import Notifier
 from queuectl.slotwakeup import SharedWakeup
-from queuectl.stopping import StopRequest, drain_pipe, poke_pipe
+from queuectl.stopping import StopRequest, drain_pipe, poke_pipe, wake_pipe
 from queuectl.store import Store, Wakeup
 from queuectl.worker import REPLACED_EXIT, Worker, WorkerOptions
 
@@ -69,9 +69,7 @@ class SlotStop(StopRequest):
         self._poke_w = -1
 
     def install(self) -> None:
-        self.fd, self._poke_w = os.pipe()
-        os.set_blocking(self.fd, False)
-        os.set_blocking(self._poke_w, False)
+        self.fd, self._poke_w = wake_pipe()
 
     def request(self, reason: str) -> None:
         super().request(reason)
@@ -179,9 +177,7 @@ class SlotProcess:
         # The main thread's worker only checks the store (unlocked: a stop interrupts the
         # check from this thread while another holds it) and holds the cgroup.
         self.lead = Worker(store, options, locator)
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
+        self._wake_r, self._wake_w = wake_pipe()
         self._current = threading.local()
         base = self.lead.name  # a stable --name gives stable slot names: a restart reclaims
         self.slots = [

@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 import threading
 
+from queuectl.stopping import drain_pipe, poke_pipe, wake_pipe
 from queuectl.store import Wakeup
 
 SETTLE_WAIT = 0.5  # seconds a slot waits for the shared wakeup's lock before it goes on
@@ -80,7 +81,7 @@ class SharedWakeup:
         it set on an empty pipe, and no idle slot would be woken again."""
         with self._state:
             tap.poked = False
-            return not tap.closed and tap.read_pipe()
+            return not tap.closed and drain_pipe(tap.pipe_r)
 
     def drop(self, tap: SlotWakeup) -> None:
         """A slot's wakeup closes (once): no poke reaches its pipe after this."""
@@ -177,9 +178,7 @@ class SlotWakeup(Wakeup):
 
     def __init__(self, shared: SharedWakeup) -> None:
         self._shared = shared
-        self._r, self._w = os.pipe()
-        os.set_blocking(self._r, False)
-        os.set_blocking(self._w, False)
+        self.pipe_r, self._w = wake_pipe()
         self.closed = False
         self.idle = True  # armed for new work, not for a long job's watch
         self.poked = False  # poked for news, and not read yet
@@ -193,7 +192,7 @@ class SlotWakeup(Wakeup):
         return self._shared.describe()
 
     def fileno(self) -> int | None:
-        return self._r if self._shared.fd is not None else None
+        return self.pipe_r if self._shared.fd is not None else None
 
     def arm(self) -> None:
         self._shared.set_armed(self, True)
@@ -205,25 +204,13 @@ class SlotWakeup(Wakeup):
         self._shared.set_armed(self, False)
 
     def poke(self) -> None:
-        try:
-            os.write(self._w, b"x")
-        except BlockingIOError:
-            pass  # already readable
+        poke_pipe(self._w)
 
     def drain(self) -> bool:
         return self._shared.read(self)
 
-    def read_pipe(self) -> bool:
-        news = False
-        try:
-            while os.read(self._r, 512):
-                news = True
-        except BlockingIOError:
-            pass
-        return news
-
     def close_pipe(self) -> None:
-        os.close(self._r)
+        os.close(self.pipe_r)
         os.close(self._w)
 
     def close(self) -> None:

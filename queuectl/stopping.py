@@ -26,9 +26,7 @@ class StopRequest:
 
     def install(self) -> None:
         """Catch SIGTERM and SIGINT; `fd` becomes readable on each signal."""
-        self.fd, wake_w = os.pipe()
-        os.set_blocking(self.fd, False)
-        os.set_blocking(wake_w, False)
+        self.fd, wake_w = wake_pipe()
         signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
@@ -60,13 +58,23 @@ class StopRequest:
         drain_pipe(self.fd)
 
 
-def drain_pipe(fd: int) -> None:
-    """Read a non-blocking wake-up pipe empty."""
+def wake_pipe() -> tuple[int, int]:
+    """A wake-up pipe (read end, write end), both ends non-blocking."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    os.set_blocking(write_end, False)
+    return read_end, write_end
+
+
+def drain_pipe(fd: int) -> bool:
+    """Read a non-blocking wake-up pipe empty; True if it was readable."""
+    woken = False
     try:
         while os.read(fd, 512):
-            pass
+            woken = True
     except BlockingIOError:
         pass
+    return woken
 
 
 def poke_pipe(fd: int) -> None:
