@@ -163,7 +163,7 @@ class Delegation:
         self.controllers = controllers
         self.leftover: list[str] = []
         self._seq = itertools.count(1)  # next() is atomic: job slots share one Delegation
-        self.leftover_lock = threading.Lock()  # job slots share the list
+        self._leftover_lock = threading.Lock()  # job slots share the list
 
     @classmethod
     def detect(cls) -> Delegation | None:
@@ -215,14 +215,18 @@ class Delegation:
                         f"controller is not enabled for this worker ({self.base})")
         return None
 
+    def keep_leftover(self, path: str) -> None:
+        """A cgroup that could not be removed yet: the next attempt tries it again."""
+        with self._leftover_lock:
+            self.leftover.append(path)
+
     def new_attempt(self, limits: Limits) -> AttemptCgroup:
         """A fresh, empty cgroup with the limits written, before anything runs in it."""
-        with self.leftover_lock:  # job slots: one of them retries each leftover
+        with self._leftover_lock:  # job slots: one of them retries each leftover
             tried, self.leftover = self.leftover, []
         for old in tried:
             if not _kill_and_remove(old, time.monotonic()):
-                with self.leftover_lock:
-                    self.leftover.append(old)
+                self.keep_leftover(old)
         path = os.path.join(self.base, f"{PREFIX}{os.getpid()}-{next(self._seq)}")
         try:
             os.mkdir(path)
@@ -309,5 +313,4 @@ class AttemptCgroup:
             pass
         except OSError as exc:
             if exc.errno == errno.EBUSY:  # a process stuck in the kernel: retried later
-                with self.owner.leftover_lock:
-                    self.owner.leftover.append(self.path)
+                self.owner.keep_leftover(self.path)

@@ -591,14 +591,12 @@ def run_worker(locator: str, options: WorkerOptions, log_format: str = "auto",
                on_step: Callable[[str], None] | None = None) -> int:
     """`queuectl worker run`: logging, the store, the worker. A worker of every queue
     excludes the queues of this host's lane files (unless the caller said which)."""
-    from queuectl.locator import open_store
+    from queuectl.locator import is_url, open_store
     from queuectl.log import setup_logging
     from queuectl.redaction import redact
 
     fmt = setup_logging(log_format)
     if options.slots > 1:
-        from queuectl.locator import is_url
-
         if not is_url(locator):  # a slot starting a job with its cwd moves the whole process
             locator = os.path.abspath(locator)
     if not options.queues and options.exclude is None:
