@@ -137,13 +137,12 @@ class SlotWorker(Worker):
     notifier: SlotNotifier
 
     def __init__(self, store: Store, options: WorkerOptions, locator: str, lead: Worker,
-                 wake_main: Callable[[], None], current: threading.local,
+                 wake_main: Callable[[], None],
                  on_step: Callable[[str], None] | None = None) -> None:
         super().__init__(store, options, locator, on_step)
         self.stop = SlotStop(wake_main)
         self.notifier = SlotNotifier(lead.notifier.watchdog_interval, wake_main)
         self._lead = lead
-        self._current = current  # which slot a thread is: the store's waits go to it
         self.error: BaseException | None = None
 
     def _report_waits(self) -> None:
@@ -157,7 +156,6 @@ class SlotWorker(Worker):
 
     def serve(self) -> None:
         """The thread's body: run the loop; an error ends this slot and stops the others."""
-        self._current.slot = self
         try:
             self.exit_code = self.run()
         except BaseException as exc:  # noqa: BLE001 - raised again by the main thread
@@ -182,7 +180,7 @@ class SlotProcess:
         base = self.lead.name  # a stable --name gives stable slot names: a restart reclaims
         self.slots = [
             SlotWorker(shared, _slot_options(options, base, i), locator, self.lead,
-                       self._wake_main, self._current, on_step)
+                       self._wake_main, on_step)
             for i in range(1, slots + 1)]
         for slot in self.slots:
             slot.stable_name = self.lead.stable_name
@@ -195,6 +193,11 @@ class SlotProcess:
     def _tap(self) -> Wakeup:
         assert self._wakeup is not None, "slots start once the shared wakeup is open"
         return self._wakeup.tap()
+
+    def _serve(self, slot: SlotWorker) -> None:
+        """A slot's thread: the store's waits in this thread are the slot's (`_waiting`)."""
+        self._current.slot = slot
+        slot.serve()
 
     def _waiting(self, exc: DatabaseUnavailable, retry_in: float) -> None:
         """A store call waits for the server: the warning is the calling slot's (its own
@@ -216,7 +219,8 @@ class SlotProcess:
             self._wakeup = SharedWakeup(lead.store.wakeup())
             try:
                 for i, slot in enumerate(self.slots, 1):
-                    thread = threading.Thread(target=slot.serve, name=f"slot-{i}")
+                    thread = threading.Thread(target=self._serve, args=(slot,),
+                                              name=f"slot-{i}")
                     thread.start()  # (may fail: no thread left under a limit)
                     self._threads.append(thread)
                 self._watch()
@@ -275,9 +279,7 @@ class SlotProcess:
             if lead.stop.fd in ready:
                 lead.stop.drain()
             if self._wake_r in ready:
-                drain_pipe(self._wake_r)
-            if wakeup.fd in ready:
-                wakeup.fan_out()
+                drain_pipe(self._wake_r)  # (news on wakeup.fd: tended at the loop's top)
 
     def _all_alive(self) -> bool:
         """Whether every running slot's loop came round within the watchdog's timeout:

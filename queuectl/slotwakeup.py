@@ -36,7 +36,7 @@ SETTLE_WAIT = 0.5  # seconds a slot waits for the shared wakeup's lock before it
 
 
 class SharedWakeup:
-    """The process's one wakeup; the main thread tends it (`tend`, `fan_out`)."""
+    """The process's one wakeup; the main thread tends it (`tend`)."""
 
     def __init__(self, source: Wakeup) -> None:
         self._source = source
@@ -115,6 +115,13 @@ class SharedWakeup:
         if not self._calls.acquire(timeout=timeout):
             return
         try:
+            self._settle_locked()
+        finally:
+            self._calls.release()
+
+    def _settle_locked(self) -> None:
+        """(Under _calls.)"""
+        try:
             while True:  # again, in case a slot changed its mind meanwhile
                 with self._state:
                     wanted = bool(self._armed)
@@ -132,30 +139,21 @@ class SharedWakeup:
         finally:
             with self._state:
                 self._settling = False
-            self._calls.release()
 
     def tend(self) -> None:
-        """The main thread, each time round: read the source, which on PostgreSQL also
-        reconnects a lost LISTEN connection (and says so: anything may have happened
-        meanwhile); try again a watch that could not be set (inotify's limit); settle
-        what the slots asked for meanwhile."""
-        self.fan_out()
-        if self._calls.acquire(timeout=SETTLE_WAIT):
-            try:
-                if self._source_armed:
-                    self._source.arm()  # (a no-op where it watches)
-            finally:
-                self._calls.release()
-        self._settle(SETTLE_WAIT)
-
-    def fan_out(self) -> None:
-        """Read the source; on news, poke the slots watching long jobs, and one idle slot.
-        Not while a slot's LISTEN or UNLISTEN holds the source for long: the descriptor
-        stays readable for the next round."""
+        """The main thread, each time round (and as soon as the source is readable): read
+        the source, which on PostgreSQL also reconnects a lost LISTEN connection (and says
+        so: anything may have happened meanwhile); on news, poke the slots watching long
+        jobs and one idle slot; try again a watch that could not be set (inotify's limit);
+        settle what the slots asked for meanwhile. Not while a slot's LISTEN or UNLISTEN
+        holds the source for long: a readable descriptor stays readable for the next round."""
         if not self._calls.acquire(timeout=SETTLE_WAIT):
             return
         try:
             news = self._source.drain()
+            if self._source_armed:
+                self._source.arm()  # (a no-op where it watches)
+            self._settle_locked()
         finally:
             self._calls.release()
         if news:

@@ -238,7 +238,7 @@ def test_the_shared_wakeup_watches_while_a_slot_does_and_wakes_one_idle_slot_at_
     def news(job_id: str) -> None:
         store.enqueue([JobSpec("true", id=job_id)])
         wait_for(lambda: _readable(shared.fd, 0.1), 10, "news on the shared wakeup")
-        shared.fan_out()
+        shared.tend()
 
     try:
         a.disarm()
