@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from waiting import wait_for
 
+from queuectl.clock import parse_iso
 from queuectl.procinfo import stat_fields
 
 QUEUECTL = str(Path(sys.executable).with_name("queuectl"))
@@ -83,6 +84,11 @@ def process_alive(pid: int) -> bool:
         return False
 
 
+def pickup_delay(job: dict[str, Any]) -> float:
+    """How long a job waited to start: started_at - run_at (the store's clock, to the ms)."""
+    return parse_iso(job["started_at"]) - parse_iso(job["run_at"])
+
+
 class Queue:
     """Drives one database through the console script, as a user would."""
 
@@ -150,6 +156,17 @@ class Queue:
             s = self.status()
             return all(s[k] == v for k, v in expected.items()) and s
         return wait_for(match, timeout, f"status {expected}", every=0.1)
+
+    def pickup_delays(self, prefix: str, count: int, **idle: int) -> list[float]:
+        """Enqueue `count` quick jobs one at a time, each once the workers are idle (`idle`:
+        the counts to wait for besides processing=0); how long each waited to start."""
+        delays = []
+        for i in range(count):
+            self.wait_counts(processing=0, timeout=30, **idle)
+            job = self.wait_state(self.enqueue({"id": f"{prefix}{i}", "command": "true"}),
+                                  "completed", timeout=30)
+            delays.append(pickup_delay(job))
+        return delays
 
     def stop_all(self) -> None:
         for proc in self.procs:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import QUEUECTL, Queue, process_alive
+from conftest import QUEUECTL, Queue, pickup_delay, process_alive
 from waiting import wait_for
 
 
@@ -156,23 +156,17 @@ def test_slots_keep_a_relative_database_path_while_jobs_run_elsewhere(tmp_path: 
     moment: the other slots must still find the database (`--db q.db`, relative)."""
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    env = {k: v for k, v in os.environ.items() if k != "QUEUECTL_DB"}
+    q = Queue("q.db")  # relative, from tmp_path
     lines = "\n".join(f'{{"id": "c{i}", "command": "pwd > {tmp_path}/pwd{i}", '
                       f'"cwd": "{elsewhere}"}}' for i in range(200))
-    run = subprocess.run([QUEUECTL, "--db", "q.db", "enqueue", "--file", "-"], input=lines,
-                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30)
-    assert run.returncode == 0, run.stderr
-    worker = subprocess.run([QUEUECTL, "--db", "q.db", "--log-format", "json", "worker", "run",
-                             "--slots", "4", "--drain", "--poll-interval", "0.05"],
-                            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert worker.returncode == 0, worker.stderr[-2000:]
+    q.run("enqueue", "--file", "-", input=lines, cwd=tmp_path)
+    worker = q.run("--log-format", "json", "worker", "run", "--slots", "4", "--drain",
+                   "--poll-interval", "0.05", timeout=120, cwd=tmp_path)
     started = [line for line in worker.stderr.splitlines() if '"worker_started"' in line]
     assert len(started) == 4 and all(f'"db": "{tmp_path / "q.db"}"' in s for s in started)
     assert not any('"database_replaced"' in line for line in worker.stderr.splitlines())
     assert all((tmp_path / f"pwd{i}").read_text() == f"{elsewhere}\n" for i in range(200))
-    status = subprocess.run([QUEUECTL, "--db", "q.db", "status"], env=env, cwd=tmp_path,
-                            capture_output=True, text=True, timeout=30)
-    assert json.loads(status.stdout)["completed"] == 200
+    assert json.loads(q.run("status", cwd=tmp_path).stdout)["completed"] == 200
 
 
 @pytest.mark.slow
@@ -215,6 +209,13 @@ def test_a_slot_waits_out_a_held_write_gate_and_a_wait_it_gave_up_keeps_no_lock(
         w.send_signal(signal.SIGTERM)
     assert w.wait(timeout=20) == 0
     assert '"database_recovered"' in log.read_text()
+
+
+def _connections(server: Any, app: str, listening: bool = False) -> int:
+    """The server's connections of one application_name (listening: whose last statement
+    was LISTEN)."""
+    return int(server.psql("SELECT count(*) FROM pg_stat_activity WHERE application_name ="
+                           f" '{app}'" + (" AND query LIKE 'LISTEN%'" if listening else "")))
 
 
 def _readable(fd: int | None, wait: float = 0.0) -> bool:
@@ -279,22 +280,17 @@ def test_a_process_of_slots_listens_once_and_its_idle_slots_hear_new_work_at_onc
     """One inotify instance (SQLite) or one LISTEN connection (PostgreSQL) a process, not
     one a slot; an enqueue still starts on an idle slot at once, not at its next look
     (every heartbeat, 2 s, and the poll set to 60 s)."""
-    from queuectl.clock import parse_iso
-
     app = "slot-wakeup-test"
     w = queue.start("worker", "run", "--slots", "3", "--poll-interval", "60",
                     env={"PGAPPNAME": app})
     queue.wait_counts(active_workers=3, timeout=20)
     if str(queue.db).startswith("postgresql:"):
         server = request.getfixturevalue("pg_server")
-
-        def connections() -> int:
-            return int(server.psql("SELECT count(*) FROM pg_stat_activity"
-                                   f" WHERE application_name = '{app}'"))
-
-        wait_for(lambda: connections() == 2, 10, "the store's connection and one LISTEN")
+        wait_for(lambda: _connections(server, app) == 2, 10,
+                 "the store's connection and one LISTEN")
     else:
         fds = Path(f"/proc/{w.pid}/fd")
+
         def inotify_instances() -> int:
             count = 0
             for fd in fds.iterdir():
@@ -305,12 +301,7 @@ def test_a_process_of_slots_listens_once_and_its_idle_slots_hear_new_work_at_onc
             return count
 
         assert inotify_instances() == 1
-    delays = []
-    for i in range(7):
-        queue.wait_counts(active_workers=3, processing=0, timeout=20)
-        job = queue.wait_state(queue.enqueue({"id": f"w{i}", "command": "true"}), "completed",
-                               timeout=20)
-        delays.append(parse_iso(job["started_at"]) - parse_iso(job["run_at"]))
+    delays = queue.pickup_delays("w", 7, active_workers=3)
     # Heard: milliseconds. Found by a slot's next look instead: uniform over 2 s, the
     # nearest of 3 slots' looks under 0.2 s about one time in four.
     assert sorted(delays)[3] < 0.2, delays
@@ -322,7 +313,7 @@ def test_a_process_of_slots_listens_once_and_its_idle_slots_hear_new_work_at_onc
     queue.run("enqueue", "--file", "-", input=lines)
     queue.wait_counts(processing=3, timeout=20)
     burst = [queue.job(f"b{i}") for i in range(3)]
-    delays = [parse_iso(job["started_at"]) - parse_iso(job["run_at"]) for job in burst]
+    delays = [pickup_delay(job) for job in burst]
     (tmp_path / "go").touch()
     assert max(delays) < 0.5, delays  # at their next looks: up to 2 s
     queue.wait_counts(completed=10, timeout=20)
@@ -332,14 +323,11 @@ def test_a_process_of_slots_listens_once_and_its_idle_slots_hear_new_work_at_onc
 def test_slots_hear_new_work_again_after_the_server_restarts(pg_server: Any) -> None:
     """The process's one LISTEN connection is lost with the server; the main thread opens
     it again, and its idle slots start new jobs at once, not at their next looks."""
-    from queuectl.clock import parse_iso
-
     queue = Queue(pg_server.fresh_locator())
     app = "slot-relisten-test"
 
     def listening() -> int:
-        return int(pg_server.psql("SELECT count(*) FROM pg_stat_activity WHERE"
-                                  f" application_name = '{app}' AND query LIKE 'LISTEN%'"))
+        return _connections(pg_server, app, listening=True)
 
     try:
         queue.start("worker", "run", "--slots", "2", "--poll-interval", "60",
@@ -348,12 +336,7 @@ def test_slots_hear_new_work_again_after_the_server_restarts(pg_server: Any) -> 
         wait_for(lambda: listening() == 1, 10, "the process's LISTEN")
         pg_server.restart()
         wait_for(lambda: listening() == 1, 30, "the LISTEN again after the restart")
-        delays = []
-        for i in range(5):
-            queue.wait_counts(active_workers=2, processing=0, timeout=30)
-            job = queue.wait_state(queue.enqueue({"id": f"r{i}", "command": "true"}),
-                                   "completed", timeout=30)
-            delays.append(parse_iso(job["started_at"]) - parse_iso(job["run_at"]))
+        delays = queue.pickup_delays("r", 5, active_workers=2)
         assert sorted(delays)[2] < 0.2, delays
     finally:
         queue.stop_all()
