@@ -40,7 +40,8 @@ class LockedStore:
         self._lock = threading.RLock()
         self._wakeups = wakeups
 
-    def wakeup(self, watch: bool = False) -> Wakeup:
+    def wakeup(self, watch: bool = False, queues: list[str] | None = None,
+               exclude: list[str] | None = None) -> Wakeup:
         return self._store.wakeup(watch=True) if watch else self._wakeups()
 
     def __getattr__(self, name: str) -> Any:
@@ -216,7 +217,8 @@ class SlotProcess:
             if lead.stop.requested:
                 return 0
             lead._take_cgroup()
-            self._wakeup = SharedWakeup(lead.store.wakeup())
+            self._wakeup = SharedWakeup(lead.store.wakeup(
+                queues=lead.lane_args.get("queues"), exclude=lead.lane_args.get("exclude")))
             try:
                 for i, slot in enumerate(self.slots, 1):
                     thread = threading.Thread(target=self._serve, args=(slot,),

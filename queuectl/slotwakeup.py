@@ -16,7 +16,9 @@ every change instead, and never gets the turn. A lost turn (its slot stopped) is
 too; what is lost anyway is found by each idle slot's look at every heartbeat.
 
 The shared wakeup is armed while any slot's is, so nothing committed after a slot armed
-and looked at the queue goes unheard: the main thread reads each event before it decides
+and looked at the queue goes unheard; for new work while any slot is idle (on PostgreSQL
+the process is then one registered idle listener, which an enqueue may wake), else only
+for the long jobs' watches (`arm_busy`): the main thread reads each event before it decides
 whom to poke. Its own calls (its connection, its inotify watch) are made under one lock,
 which a slot waits for only briefly: while it is held for long (PostgreSQL's LISTEN
 connection reconnecting, up to its connect timeout) a slot goes on, and whoever gets the
@@ -33,6 +35,9 @@ from queuectl.stopping import drain_pipe, poke_pipe, wake_pipe
 from queuectl.store import Wakeup
 
 SETTLE_WAIT = 0.5  # seconds a slot waits for the shared wakeup's lock before it goes on
+# How the shared wakeup watches: not at all; for the long jobs' watches only (arm_busy: on
+# PostgreSQL, not registered as an idle worker that an enqueue may wake); for new work too.
+OFF, BUSY, IDLE = 0, 1, 2
 
 
 class SharedWakeup:
@@ -43,7 +48,7 @@ class SharedWakeup:
         self._calls = threading.Lock()  # the source's own calls
         self._state = threading.Lock()  # the slots' wakeups; held for nothing that blocks
         self._armed: set[SlotWakeup] = set()
-        self._source_armed = True  # a new wakeup watches (set as a change begins)
+        self._source_level = IDLE  # a new wakeup watches (set as a change begins)
         self._settling = False  # a change of the source's watching is under way
         self.fd = source.fileno()  # constant for every backend's wakeup
 
@@ -71,7 +76,7 @@ class SharedWakeup:
             else:
                 self._armed.discard(tap)
                 self._pass_turn(tap)  # it took a job
-            if not self._settling and bool(self._armed) == self._source_armed:
+            if not self._settling and self._wanted() == self._source_level:
                 return  # as wanted already (a long job's watch arms at every turn)
         self._settle(SETTLE_WAIT)
 
@@ -109,6 +114,12 @@ class SharedWakeup:
             tap.poked = tap.turn = True
             tap.poke()
 
+    def _wanted(self) -> int:
+        """(Under _state.) How the source should watch for the armed slots."""
+        if any(tap.idle for tap in self._armed):
+            return IDLE
+        return BUSY if self._armed else OFF
+
     def _settle(self, timeout: float) -> None:
         """Arm the shared wakeup while any slot's is armed, else disarm it. Without the lock
         within `timeout`, leave it to whoever holds it, or to the main thread's `tend`."""
@@ -124,18 +135,21 @@ class SharedWakeup:
         try:
             while True:  # again, in case a slot changed its mind meanwhile
                 with self._state:
-                    wanted = bool(self._armed)
-                    if wanted == self._source_armed:
+                    wanted, was = self._wanted(), self._source_level
+                    if wanted == was:
                         return
-                    self._settling, self._source_armed = True, wanted
-                if wanted:
+                    self._settling, self._source_level = True, wanted
+                if wanted == IDLE:
                     self._source.arm()
-                    # A slot that armed while the source did not watch may have looked
-                    # at the queue before it did: that is news.
-                    with self._state:
-                        self._news()
+                elif wanted == BUSY:
+                    self._source.arm_busy()
                 else:
                     self._source.disarm()
+                if wanted > was:
+                    # A slot that armed while the source did not watch (for it) may have
+                    # looked at the queue before it did: that is news.
+                    with self._state:
+                        self._news()
         finally:
             with self._state:
                 self._settling = False
@@ -145,20 +159,25 @@ class SharedWakeup:
         the source, which on PostgreSQL also reconnects a lost LISTEN connection (and says
         so: anything may have happened meanwhile); on news, poke the slots watching long
         jobs and one idle slot; try again a watch that could not be set (inotify's limit);
-        settle what the slots asked for meanwhile. Not while a slot's LISTEN or UNLISTEN
-        holds the source for long: a readable descriptor stays readable for the next round."""
+        settle what the slots asked for meanwhile; then, about to wait, let the source get
+        ready (PostgreSQL: register again as an idle listener, after a wake took it out).
+        Not while a slot's LISTEN or UNLISTEN holds the source for long: a readable
+        descriptor stays readable for the next round."""
         if not self._calls.acquire(timeout=SETTLE_WAIT):
             return
         try:
-            news = self._source.drain()
-            if self._source_armed:
+            if self._source.drain():
+                with self._state:
+                    self._news()
+            if self._source_level == IDLE:
                 self._source.arm()  # (a no-op where it watches)
+            elif self._source_level == BUSY:
+                self._source.arm_busy()
             self._settle_locked()
+            if self._source_level == IDLE:
+                self._source.fileno()
         finally:
             self._calls.release()
-        if news:
-            with self._state:
-                self._news()
 
     def _news(self) -> None:
         """(Under _state.)"""

@@ -199,7 +199,8 @@ class Wakeup(ABC):
 
     @abstractmethod
     def fileno(self) -> int | None:
-        """A descriptor to select() on, or None to rely on polling alone."""
+        """A descriptor to select() on, or None to rely on polling alone. Asked before each
+        wait: a backend may get ready there (PostgreSQL: reconnect, register again)."""
 
     @abstractmethod
     def drain(self) -> bool:
@@ -402,10 +403,13 @@ class Store(ABC):
         Blocked jobs (waiting_on > 0) do not count: a parent's completion wakes workers."""
 
     @abstractmethod
-    def wakeup(self, watch: bool = False) -> Wakeup:
+    def wakeup(self, watch: bool = False, queues: list[str] | None = None,
+               exclude: list[str] | None = None) -> Wakeup:
         """A new Wakeup for one idle worker, or with `watch` for a watcher of job events
         (`wait`, `logs --follow`: a job ended, output appended), which on PostgreSQL
-        registers while it is open so that completions notify it; the caller closes it."""
+        registers while it is open so that completions notify it; the caller closes it.
+        `queues` and `exclude` are what the worker serves (as its claims name them): a
+        backend that wakes one idle worker a job (PostgreSQL) wakes one that serves it."""
 
     # -- configuration -----------------------------------------------------------------------
     @abstractmethod

@@ -120,6 +120,12 @@ class Worker:
             self.stop.request("database replaced")
         return held
 
+    @property
+    def lane_args(self) -> dict[str, list[str]]:
+        """What the worker serves, as its claims and its wakeup name it (`queues`, or
+        `exclude`; neither: every queue)."""
+        return self._lane
+
     # -- waiting -----------------------------------------------------------------------------
     def _announce_stop(self, job: Job | None = None) -> None:
         if self.stop.requested and not self._stop_announced:
@@ -278,7 +284,8 @@ class Worker:
     def run(self) -> int:
         self.stop.install()
         self._report_waits()
-        self._wakeup = self.store.wakeup()
+        self._wakeup = self.store.wakeup(queues=self._lane.get("queues"),
+                                         exclude=self._lane.get("exclude"))
         try:
             self.start()
             self._take_cgroup()

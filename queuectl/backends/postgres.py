@@ -391,7 +391,28 @@ class PostgresStore(Connected, Store):
             stored = self._run(run, settle=settle_if_absent if if_absent else settle)
         except OutcomeUnknown as exc:
             raise _maybe_stored(exc, ids) from None
-        return _answers(ids, stored)
+        answers = _answers(ids, stored)
+        self._wake(specs, answers)
+        return answers
+
+    def _wake(self, specs: list[JobSpec], answers: list[Submitted]) -> None:
+        """Wake one idle worker for each job stored, once they are committed (version 14:
+        Statements.wake). Best effort, one try: a wake lost only delays a job to the poll,
+        and the jobs are stored whatever happens here."""
+        queues = sorted({spec.queue or DEFAULT_QUEUE
+                         for spec, done in zip(specs, answers, strict=True) if done.stored})
+        conn = self._conn
+        if not queues or conn is None or conn.closed or self._pinned:
+            return
+        n = sum(done.stored for done in answers)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(self.sql.wake, {"queues": queues, "n": n})
+        except psycopg2.Error:
+            if conn.closed:
+                self._drop()  # the next call reconnects
+            else:
+                self._rollback(conn)
 
     def _submit_keyed(self, specs: list[JobSpec], ids: list[str], rows: dict[str, list[Any]],
                       if_absent: bool) -> list[Submitted]:
@@ -492,7 +513,9 @@ class PostgresStore(Connected, Store):
                     f" were stored (some of their ids exist): check with queuectl show {ids[0]}")
             return answers
 
-        return self._run(run, settle=settle)
+        answers = self._run(run, settle=settle)
+        self._wake(specs, answers)
+        return answers
 
     def _add_parents(self, cur: Any, specs: list[JobSpec], done: list[Submitted]) -> None:
         """The dependencies of the stored specs with `after`, in the submit's transaction
@@ -1362,12 +1385,14 @@ class PostgresStore(Connected, Store):
         return f"LISTEN {self.channel}, {net}"
 
     # -- waking ------------------------------------------------------------------------------
-    def wakeup(self, watch: bool = False) -> Wakeup:
+    def wakeup(self, watch: bool = False, queues: list[str] | None = None,
+               exclude: list[str] | None = None) -> Wakeup:
         target = self.target
         if target.listen == LISTEN_OFF:
             return Polling()
         return ListenWakeup(target.listen_target or target, self.sql,
-                            trusted=target.listen_target is not None, watch=watch)
+                            trusted=target.listen_target is not None, watch=watch,
+                            queues=queues, exclude=exclude)
 
     def close(self) -> None:
         self._drop()
@@ -1380,6 +1405,10 @@ def behind_pooler(cur: Any) -> bool:
     cur.execute(Statements.server_pid)
     return bool(cur.fetchone()[0] != cur.connection.get_backend_pid())
 
+
+# What makes a claimer give up registering in `listeners` (it still listens): no right to
+# it (insufficient_privilege), no such table or function (an older schema, read-only role).
+NOT_ALLOWED = ("42501", "42P01", "42883")
 
 # Why a worker polls behind a pooler (info's and the worker's own words).
 POOLED = ("a connection pooler is in the way, which LISTEN cannot pass (listen=URL of the "
@@ -1411,12 +1440,21 @@ class ListenWakeup(Wakeup):
     process is not the one it announced (a pooler's own) is closed before it LISTENs, for
     good, and the poll does the work at POLL_ONLY.
 
+    An idle worker's wakeup (a claimer) also listens on a channel of its own and registers
+    it in `listeners` with the queues it serves (version 14): an enqueue wakes one
+    registered listener a job, the latest idle first, and takes it out of the table. So it
+    registers again when it next waits (fileno), not at once: woken, it will most likely
+    take the job and stop waiting. When it stops waiting (disarm) its row goes, and if the
+    row was gone already, a wake took it meanwhile, which is passed on to another listener
+    (Statements.unregister). The shared channel still brings every other news (a retry, a
+    resume, a dependent ready, an enqueue while nobody is registered).
+
     A busy worker does not listen (disarm: UNLISTEN): at each commit that sent a NOTIFY,
     PostgreSQL signals every listening connection of the database, and each wakes to read
     the notification queue in a transaction of its own (measured: about 25 µs of server
     CPU per job for each listener, so 16 busy workers cost each job 0.4 ms). A worker
     listens again before it looks for work (arm), and a long job's watch before its
-    first cancel check.
+    first cancel check (arm_busy: the shared channel only, unregistered).
 
     A watcher (`watch`) also registers in the schema's `watchers` once it listens, and
     renews its row every WATCH_LEASE / 3 s (at drain): the worker's completions notify
@@ -1427,24 +1465,44 @@ class ListenWakeup(Wakeup):
     poll_interval = 1.0
     RETRY_EVERY = 5.0
     WATCH_LEASE = 60.0
+    # How it listens: not at all; the shared channel (a watcher, a long job's watch); the
+    # shared channel and its own, registered (an idle worker).
+    OFF, SHARED, CLAIMER = 0, 1, 2
 
     def __init__(self, target: Target, sql: Statements, trusted: bool = False,
-                 watch: bool = False) -> None:
+                 watch: bool = False, queues: list[str] | None = None,
+                 exclude: list[str] | None = None) -> None:
         self._target = target
         self._sql = sql
         self._trusted = trusted
         self._watch = f"{hostname()}:{os.getpid()}:{os.urandom(4).hex()}" if watch else None
         self._renew_at = float("inf")
         self.pooled = False
-        self._armed = True
+        # A claimer's own channel (a name PostgreSQL keeps as is, unique in the database).
+        self._own = None if watch else f"queuectl_w{os.urandom(8).hex()}"
+        self._serving = {"own": self._own, "queues": queues, "exclude": exclude or None}
+        self._level = self.SHARED if watch else self.CLAIMER  # a new wakeup watches
+        self._registered = False  # our row is in `listeners`, as far as we know
+        self._can_register = True  # False: the role may not (it polls, or hears broadcasts)
         self._quiet, self._quiet_w = os.pipe()
+        # Always readable: stands in for the socket while notifications that our own
+        # statement read off it wait in the connection (_pending), until the next drain.
+        self._ready, self._ready_w = os.pipe()
+        os.write(self._ready_w, b".")
         self._fd = os.dup(self._quiet)
         self._conn: Any = None
         self._next_try = 0.0
         self._reconnect()
 
+    def _pending(self) -> None:
+        """After a statement outside drain: what it read off the socket is no longer
+        readable there, so the descriptor reads as ready until drain takes it."""
+        if self._conn is not None and self._conn.notifies:
+            os.dup2(self._ready, self._fd)
+
     def _reconnect(self) -> bool:
         self._next_try = time.monotonic() + self.RETRY_EVERY
+        self._registered = False
         conn = None
         try:
             conn = self._target.connect()
@@ -1454,19 +1512,58 @@ class ListenWakeup(Wakeup):
                     self._next_try = float("inf")
                     conn.close()
                     return False
-                if self._armed:
-                    cur.execute(self._sql.listen)
+                if self._own is not None and self._can_register:
+                    try:
+                        cur.execute(self._sql.sweep_listeners)
+                    except psycopg2.Error as exc:
+                        if getattr(exc, "pgcode", None) not in NOT_ALLOWED:
+                            raise
+                        self._can_register = False
+                self._conn = conn
+                self._change(self.OFF, self._level, cur)
                 self._register(cur)
             os.dup2(conn.fileno(), self._fd)
         except Exception:
+            self._conn = None
             if conn is not None:
                 try:
                     conn.close()
                 except Exception:
                     pass
             return False
-        self._conn = conn
         return True
+
+    def _change(self, old: int, new: int, cur: Any) -> None:
+        """Listen as `new` says, where it listened as `old`: one round trip (none if
+        nothing changes); a claimer registers on the way in and leaves on the way out."""
+        own = f'"{self._own}"'
+        parts: list[str] = []
+        if new == self.OFF and old != self.OFF:
+            parts.append(self._sql.unlisten_all)
+        if new >= self.SHARED and old == self.OFF:
+            parts.append(self._sql.listen)
+        if new == self.CLAIMER and old != self.CLAIMER:
+            parts.append(f"LISTEN {own}")
+        if new == self.SHARED and old == self.CLAIMER:
+            parts.append(f"UNLISTEN {own}")
+        leaving = self._registered and new != self.CLAIMER
+        if leaving:
+            parts.append(self._sql.unregister)
+        joining = new == self.CLAIMER and old != self.CLAIMER and self._can_register
+        if joining:
+            parts.append(self._sql.register)
+        if not parts:
+            return
+        try:
+            cur.execute(";\n".join(parts), self._serving)
+        except psycopg2.Error as exc:
+            if not (leaving or joining) or getattr(exc, "pgcode", None) not in NOT_ALLOWED:
+                raise  # (the connection is dropped, and made again in a while)
+            self._can_register = False  # no right to `listeners`: listen all the same
+            self._registered = False
+            self._change(old, new, cur)
+            return
+        self._registered = joining or (self._registered and not leaving)
 
     def _register(self, cur: Any) -> None:
         """(A watcher's) row in `watchers`, made or renewed; never raises for a refusal."""
@@ -1483,6 +1580,7 @@ class ListenWakeup(Wakeup):
     def _broken(self) -> None:
         os.dup2(self._quiet, self._fd)
         conn, self._conn = self._conn, None
+        self._registered = False
         try:
             conn.close()
         except Exception:
@@ -1496,25 +1594,27 @@ class ListenWakeup(Wakeup):
         return "LISTEN"
 
     def arm(self) -> None:
-        if not self._armed:
-            self._armed = True
-            self._say(self._sql.listen)
+        self._go(self.SHARED if self._own is None else self.CLAIMER)
+
+    def arm_busy(self) -> None:
+        self._go(self.SHARED)
 
     def disarm(self) -> None:
-        if self._armed:
-            self._armed = False
-            self._say(self._sql.unlisten)
+        self._go(self.OFF)
 
-    def _say(self, statement: str) -> None:
-        """LISTEN or UNLISTEN now, dropping what arrived before (whoever arms looks at the
-        queue next). Never raises: a broken connection reconnects (listening if armed)."""
-        if self._conn is None:
+    def _go(self, level: int) -> None:
+        """Listen as `level` says now, dropping what arrived before (whoever arms looks at
+        the queue next). Never raises: a broken connection reconnects (listening as the
+        level says)."""
+        old, self._level = self._level, level
+        if self._conn is None or old == level:
             return
         try:
             with self._conn.cursor() as cur:
-                cur.execute(statement)
+                self._change(old, level, cur)
             self._conn.poll()
             del self._conn.notifies[:]
+            os.dup2(self._conn.fileno(), self._fd)  # (after _pending: nothing is waiting)
         except Exception:
             try:
                 self._broken()
@@ -1522,8 +1622,22 @@ class ListenWakeup(Wakeup):
                 pass
 
     def fileno(self) -> int | None:
-        if self._conn is None and time.monotonic() >= self._next_try:
-            self._reconnect()  # a missed notification only delays a job: the poll finds it
+        """Called before each wait: reconnects a lost connection (at most every
+        RETRY_EVERY s), and registers again a claimer that a wake took out."""
+        if self._conn is None:
+            if time.monotonic() >= self._next_try:
+                self._reconnect()  # a missed notification only delays a job: the poll finds it
+        elif self._level == self.CLAIMER and not self._registered and self._can_register:
+            try:
+                with self._conn.cursor() as cur:
+                    cur.execute(self._sql.register, self._serving)
+                self._registered = True
+                self._pending()
+            except Exception:
+                try:
+                    self._broken()
+                except Exception:
+                    pass
         return self._fd
 
     def drain(self) -> bool:
@@ -1531,13 +1645,20 @@ class ListenWakeup(Wakeup):
             if self._conn is None:
                 # Back after a gap: anything may have happened meanwhile.
                 return time.monotonic() >= self._next_try and self._reconnect()
+            os.dup2(self._conn.fileno(), self._fd)  # (after _pending)
             self._conn.poll()
             # Events (an attempt ended, output appended) wake watchers, not idle workers.
-            got = any(n.payload != EVENT for n in self._conn.notifies)
+            got = False
+            for n in self._conn.notifies:
+                if n.channel == self._own:
+                    got, self._registered = True, False  # the wake took our row
+                elif n.payload != EVENT:
+                    got = True
             del self._conn.notifies[:]
             if time.monotonic() >= self._renew_at:
                 with self._conn.cursor() as cur:
                     self._register(cur)
+                self._pending()
             return got
         except Exception:
             try:
@@ -1549,17 +1670,18 @@ class ListenWakeup(Wakeup):
     def close(self) -> None:
         if self._conn is not None:
             try:
-                if self._watch is not None:
-                    with self._conn.cursor() as cur:
+                with self._conn.cursor() as cur:
+                    if self._watch is not None:
                         cur.execute(self._sql.unwatch, (self._watch,))
+                    self._change(self._level, self.OFF, cur)  # a wake meanwhile: passed on
             except Exception:
-                pass  # the row expires
+                pass  # the row expires, or the next worker's connect sweeps it
             try:
                 self._conn.close()
             except Exception:
                 pass
             self._conn = None
-        for fd in (self._fd, self._quiet, self._quiet_w):
+        for fd in (self._fd, self._quiet, self._quiet_w, self._ready, self._ready_w):
             try:
                 os.close(fd)
             except OSError:

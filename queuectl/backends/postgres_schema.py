@@ -16,10 +16,11 @@ from queuectl.backends.postgres_sql import (
     functions_12,
     functions_13,
     satisfy,
+    wake_function,
 )
 from queuectl.policy import COUNTED_OUTCOME_SQL as ATTEMPT_EVENT
 
-SCHEMA_VERSION = 13
+SCHEMA_VERSION = 14
 
 # job_counts (version 10) built from the jobs themselves: what migration 10 runs once, and
 # what a tool that wrote jobs rows with the triggers off (bench/fill.py) runs after it.
@@ -592,6 +593,19 @@ MIGRATIONS: dict[int, list[str]] = {
             name text PRIMARY KEY,
             until double precision NOT NULL)""",
         *functions_13(),
+    ],
+    14: [
+        # Idle workers, each on a channel of its own, so that an enqueue wakes one a job
+        # (postgres_sql.wake_function). Unlogged: its rows describe live connections,
+        # which neither a crash nor a failover keeps; the workers register again.
+        """CREATE UNLOGGED TABLE {s}.listeners (
+            channel text PRIMARY KEY,
+            backend integer NOT NULL,
+            queues text[],
+            exclude text[],
+            since double precision NOT NULL)""",
+        "CREATE INDEX listeners_since ON {s}.listeners (since)",
+        wake_function(),
     ],
 }
 

@@ -878,7 +878,8 @@ class SQLiteStore(Store):
             due = self._read(sql.in_queues(sql.FIRST_DUE_IN_QUEUES, queues), queues)[0][0]
         return None if due is None else max(0.0, due - now())
 
-    def wakeup(self, watch: bool = False) -> Wakeup:
+    def wakeup(self, watch: bool = False, queues: list[str] | None = None,
+               exclude: list[str] | None = None) -> Wakeup:
         from queuectl.backends.inotify import watch as watch_file
 
         return watch_file(self.path)  # every change of the file: a watcher needs no more

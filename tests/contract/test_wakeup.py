@@ -9,6 +9,7 @@ import pytest
 from contract_helpers import DEADLINE, add
 from waiting import wait_for
 
+from queuectl.job import JobSpec
 from queuectl.store import PollOnly, Store, Wakeup
 
 
@@ -102,16 +103,41 @@ def test_wakeup_fires_again_for_each_later_enqueue(store, open_another) -> None:
 
 
 def test_each_idle_worker_gets_its_own_wakeup(store, open_another) -> None:
+    """Each job wakes at least one idle worker (a backend may wake more: SQLite wakes
+    every one, PostgreSQL one a job): two jobs in one enqueue wake both."""
     one, fd_one = _settled(open_another(for_worker=True))
     two, fd_two = _settled(open_another(for_worker=True))
     try:
         assert fd_one != fd_two
-        add(store)
+        store.enqueue([JobSpec("true"), JobSpec("true")])
         assert _readable(one, fd_one, DEADLINE) and _readable(two, fd_two, DEADLINE)
         assert one.drain() is True and two.drain() is True
     finally:
         one.close()
         two.close()
+
+
+@pytest.mark.parametrize("serving", [{"queues": ["mail", "a"]}, {"exclude": ["b"]}])
+def test_a_job_wakes_an_idle_worker_that_serves_its_queue(store, open_another,
+                                                          serving) -> None:
+    """A wakeup told what its worker serves (its `--queue` list, or the queues an
+    all-queue worker leaves to lanes) hears a job of one of them, one enqueue after
+    another; it waits again after each (`fileno`, asked before each wait)."""
+    wakeup, fd = _settled(open_another(for_worker=True))
+    wakeup.close()
+    wakeup = open_another(for_worker=True).wakeup(**serving)
+    try:
+        fd = wakeup.fileno()
+        if fd is None:
+            pytest.skip("this backend's wakeup relies on polling alone")
+        _quiet(wakeup, fd)
+        for n in range(2):
+            add(store, f"echo {n}", queue="a")
+            assert _readable(wakeup, wakeup.fileno(), DEADLINE), f"no wakeup for job {n}"
+            assert wakeup.drain() is True
+            _quiet(wakeup, fd)
+    finally:
+        wakeup.close()
 
 
 def test_a_disarmed_wakeup_armed_again_wakes_for_later_work(store, open_another) -> None:
