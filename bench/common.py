@@ -38,6 +38,7 @@ class Sizes:
     pickup_jobs: int = 200
     pickup_gap: tuple[float, float] = (0.05, 0.2)
     idle_cpu_seconds: float = 10.0
+    trickle_jobs: int = 200  # PostgreSQL: single enqueues, 20 a second, to idle workers
     cold_calls: int = 20
     burst_calls: int = 300  # concurrent cold enqueues (issue: cron at the top of the minute)
     batch_jobs: int = 50_000
@@ -60,6 +61,7 @@ class Sizes:
     @classmethod
     def quick(cls) -> "Sizes":
         return cls(runs=2, drain_jobs=1_000, pickup_jobs=40, idle_cpu_seconds=3.0, cold_calls=8,
+                   trickle_jobs=100,
                    batch_jobs=10_000, scale_rows=100_000, scale_drain_jobs=1_000,
                    claim_samples=500, memory_jobs=2_000, pg_batch_jobs=20_000,
                    blocked_rows=100_000)
@@ -68,6 +70,7 @@ class Sizes:
     def smoke(cls) -> "Sizes":
         return cls(runs=1, drain_jobs=20, worker_counts=(1, 2), pickup_jobs=4,
                    pickup_gap=(0.01, 0.03), idle_cpu_seconds=0.5, cold_calls=2, batch_jobs=200,
+                   trickle_jobs=10,
                    burst_calls=10, scale_rows=2_000, scale_drain_jobs=20, claim_samples=20, memory_jobs=20,
                    blocked_rows=200,
                    pg_batch_jobs=200, peers=False, settle_seconds=0.2)

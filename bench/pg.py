@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.blocked import blocked_part
-from bench.common import Sizes, log, paired, percentile, run, summary
+from bench.common import Sizes, log, paired, percentile, run, summary, wait_until
 from bench.enqueue import alternating, import_profile
 from bench.fill import PgFill, claim_latencies, fill_finished
 from bench.latency import pickup_section, start_idle_workers
@@ -290,6 +290,60 @@ def idle_part(cluster: PgCluster, sizes: Sizes, workdir: Path) -> dict[str, Any]
             "server_cpu_ms_per_s_per_worker": summary(per)}
 
 
+TRICKLE_WORKERS = (2, 16)
+TRICKLE_RATE = 20.0  # enqueues a second
+
+
+def trickle_part(cluster: PgCluster, sizes: Sizes, workdir: Path) -> dict[str, Any]:
+    """What a job costs the server when jobs come one at a time to idle workers (cron and
+    admins, not a backlog): 2 and then 16 idle `worker run` (alternating per run), the
+    server's CPU at rest over `idle_cpu_seconds`, then `trickle_jobs` single enqueues
+    (the store API's `enqueue`, as the CLI's, on one connection) at TRICKLE_RATE a second
+    until the last completed; the CPU beyond the rest's, per job. Each idle worker that
+    woke for a job and looked for nothing added to it (before schema version 14)."""
+    from contextlib import closing
+
+    from queuectl.job import JobSpec
+    from queuectl.locator import open_store
+
+    per: dict[int, list[float]] = {k: [] for k in TRICKLE_WORKERS}
+    jobs = sizes.trickle_jobs
+    for r in range(sizes.runs):
+        for k in TRICKLE_WORKERS if r % 2 == 0 else TRICKLE_WORKERS[::-1]:
+            queue, db = pg_queue(cluster, f"trickle{k}")
+            d = workdir / f"pg-trickle-{k}w-run{r}"
+            d.mkdir()
+            workers: list[subprocess.Popen] = []
+            try:
+                workers = start_idle_workers(queue, d, k, "t", 60 * sizes.timeout_scale,
+                                             max(sizes.settle_seconds, 2.0))
+                before, t0 = cluster.cpu_seconds(), time.monotonic()
+                time.sleep(sizes.idle_cpu_seconds)
+                rest = (cluster.cpu_seconds() - before) / (time.monotonic() - t0)
+                with closing(open_store(str(queue.db))) as store:
+                    before, t0 = cluster.cpu_seconds(), time.monotonic()
+                    for i in range(jobs):
+                        store.enqueue([JobSpec("true")])
+                        time.sleep(max(0.0, t0 + (i + 1) / TRICKLE_RATE - time.monotonic()))
+                    wait_until(lambda s=store: s.counts()["completed"] >= jobs,
+                               60 * sizes.timeout_scale, "the trickle's jobs")
+                    elapsed = time.monotonic() - t0
+                    cpu = cluster.cpu_seconds() - before
+                per[k].append(1e6 * (cpu - rest * elapsed) / jobs)
+            finally:
+                queue.stop_workers(workers)
+                cluster.drop(db)
+                shutil.rmtree(d, ignore_errors=True)
+            log(f"pg trickle run {r + 1}/{sizes.runs}, {k} idle workers: server "
+                f"{per[k][-1]:.0f} µs of CPU a job beyond its rest")
+    return {"jobs": jobs, "rate_per_s": TRICKLE_RATE,
+            "how": "k idle `queuectl worker run`; single enqueues at the rate until the last "
+                   "completed; the server's CPU over that, less its CPU at rest, per job",
+            "points": [{"workers": k, "server_cpu_us_per_job": summary(per[k])}
+                       for k in TRICKLE_WORKERS],
+            "16_vs_2": paired(per[16], per[2])}
+
+
 # -- enqueue ---------------------------------------------------------------------------------
 def cold_part(cluster: PgCluster, sizes: Sizes, workdir: Path) -> dict[str, Any]:
     """Cold `enqueue --cmd true` on PostgreSQL and on SQLite, alternating, per run; plus the
@@ -510,9 +564,11 @@ def pooler_section(sizes: Sizes, workdir: Path, rng: random.Random) -> dict[str,
 
 
 # -- the section -----------------------------------------------------------------------------
-PARTS = ("drain", "workers", "idle", "pickup", "cold_enqueue", "batch_enqueue", "scale", "blocked")
-# The server's CPU: the 2-worker drain (with the spawn limit and SQLite) and the curve.
-CPU_PARTS = ("drain", "workers", "idle")
+PARTS = ("drain", "workers", "idle", "trickle", "pickup", "cold_enqueue", "batch_enqueue",
+         "scale", "blocked")
+# The server's CPU: the 2-worker drain (with the spawn limit and SQLite), the curve, and
+# idle workers (at rest, and under a trickle of enqueues).
+CPU_PARTS = ("drain", "workers", "idle", "trickle")
 
 
 def pg_section(sizes: Sizes, workdir: Path, rng: random.Random,
@@ -541,6 +597,7 @@ def pg_section(sizes: Sizes, workdir: Path, rng: random.Random,
         ("drain", lambda: drain_part(cluster, sizes, workdir, peers)),
         ("workers", lambda: workers_part(cluster, sizes, workdir)),
         ("idle", lambda: idle_part(cluster, sizes, workdir)),
+        ("trickle", lambda: trickle_part(cluster, sizes, workdir)),
         ("pickup", pickup),
         ("cold_enqueue", lambda: cold_part(cluster, sizes, workdir)),
         ("batch_enqueue", lambda: batch_part(cluster, sizes, workdir)),

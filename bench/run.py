@@ -8,7 +8,8 @@
 Sections: drain (with the spawn limit and fairness), pickup (with idle CPU and RSS), enqueue,
 scale, memory, peers; pg (queuectl on a throwaway PostgreSQL), pgpeers (Procrastinate and
 PgQueuer on the same server); pgcpu (only pg's 2-worker drain, its workers curve and its
-idle workers: the server's CPU per job and per idle worker, `--only pgcpu --no-peers`;
+idle workers, at rest and under a trickle of enqueues: the server's CPU per job and per idle
+worker, `--only pgcpu --no-peers`;
 nothing more when pg runs). A benchmark
 reports; it never fails: a section that breaks is recorded under "errors" and the run goes
 on. Exit status 0 unless the arguments are wrong.
