@@ -300,13 +300,16 @@ def trickle_part(cluster: PgCluster, sizes: Sizes, workdir: Path) -> dict[str, A
     server's CPU at rest over `idle_cpu_seconds`, then `trickle_jobs` single enqueues
     (the store API's `enqueue`, as the CLI's, on one connection) at TRICKLE_RATE a second
     until the last completed; the CPU beyond the rest's, per job. Each idle worker that
-    woke for a job and looked for nothing added to it (before schema version 14)."""
+    woke for a job and looked for nothing added to it (before schema version 14). Also each
+    job's wait to start (started_at - run_at): a wake gone astray shows there, not in the
+    CPU."""
     from contextlib import closing
 
     from queuectl.job import JobSpec
     from queuectl.locator import open_store
 
     per: dict[int, list[float]] = {k: [] for k in TRICKLE_WORKERS}
+    waits: dict[int, list[float]] = {k: [] for k in TRICKLE_WORKERS}  # ms, every run's jobs
     jobs = sizes.trickle_jobs
     for r in range(sizes.runs):
         for k in TRICKLE_WORKERS if r % 2 == 0 else TRICKLE_WORKERS[::-1]:
@@ -329,6 +332,8 @@ def trickle_part(cluster: PgCluster, sizes: Sizes, workdir: Path) -> dict[str, A
                                60 * sizes.timeout_scale, "the trickle's jobs")
                     elapsed = time.monotonic() - t0
                     cpu = cluster.cpu_seconds() - before
+                    waits[k] += [1000 * (job.started_at - job.run_at)
+                                 for job in store.iter_jobs(state="completed")]
                 per[k].append(1e6 * (cpu - rest * elapsed) / jobs)
             finally:
                 queue.stop_workers(workers)
@@ -339,7 +344,9 @@ def trickle_part(cluster: PgCluster, sizes: Sizes, workdir: Path) -> dict[str, A
     return {"jobs": jobs, "rate_per_s": TRICKLE_RATE,
             "how": "k idle `queuectl worker run`; single enqueues at the rate until the last "
                    "completed; the server's CPU over that, less its CPU at rest, per job",
-            "points": [{"workers": k, "server_cpu_us_per_job": summary(per[k])}
+            "points": [{"workers": k, "server_cpu_us_per_job": summary(per[k]),
+                        "pickup_p50_ms": round(percentile(waits[k], 50), 1),
+                        "pickup_p99_ms": round(percentile(waits[k], 99), 1)}
                        for k in TRICKLE_WORKERS],
             "16_vs_2": paired(per[16], per[2])}
 

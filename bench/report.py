@@ -272,11 +272,14 @@ def pg_targets(res: dict[str, Any]) -> list[dict[str, Any]]:
         f"{fmt(icpu)} cores)", "reported", True)
     t = pg.get("trickle") or {}
     tp = {pt["workers"]: pt.get("server_cpu_us_per_job") for pt in t.get("points", [])}
+    tw = {pt["workers"]: f"{pt.get('pickup_p50_ms')}/{pt.get('pickup_p99_ms')}"
+          for pt in t.get("points", [])}
     trel = _med(t, "16_vs_2")
     add("PostgreSQL: a trickle of single enqueues (20 a second), server CPU a job with 16 "
         "idle workers, not much more than with 2", "trickle", trel,
         f"16: {fmt(tp.get(16))} µs, 2: {fmt(tp.get(2))} µs beyond the server's rest; "
-        f"{timess(t.get('16_vs_2'))}", "<= 1.5× of 2 idle workers",
+        f"{timess(t.get('16_vs_2'))}; pickup p50/p99 16: {tw.get(16)} ms, 2: {tw.get(2)} ms",
+        "<= 1.5× of 2 idle workers",
         trel is not None and trel <= 1.5)
     for peer in ("procrastinate", "pgqueuer"):
         pd, why = _peer_drain(res, peer)

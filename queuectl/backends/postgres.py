@@ -399,19 +399,24 @@ class PostgresStore(Connected, Store):
         """Wake one idle worker for each job stored, once they are committed (version 14:
         Statements.wake). Best effort, one try: a wake lost only delays a job to the poll,
         and the jobs are stored whatever happens here."""
-        queues = sorted({spec.queue or DEFAULT_QUEUE
-                         for spec, done in zip(specs, answers, strict=True) if done.stored})
+        stored: dict[str, int] = {}
+        for spec, done in zip(specs, answers, strict=True):
+            if done.stored:
+                queue = spec.queue or DEFAULT_QUEUE
+                stored[queue] = stored.get(queue, 0) + 1
         conn = self._conn
-        if not queues or conn is None or conn.closed or self._pinned:
+        if not stored or conn is None or conn.closed or self._pinned:
             return
-        n = sum(done.stored for done in answers)
-        try:
-            with conn.cursor() as cur:
-                cur.execute(self.sql.wake, {"queues": queues, "n": n})
-        except psycopg2.Error:
-            if conn.closed:
-                self._drop()  # the next call reconnects
-            else:
+        for statement in (self.sql.wake, self.sql.wake_all):  # the second if the first fails
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(statement, {"queues": sorted(stored),
+                                            "counts": [stored[q] for q in sorted(stored)]})
+                return
+            except psycopg2.Error:
+                if conn.closed:
+                    self._drop()  # the next call reconnects
+                    return
                 self._rollback(conn)
 
     def _submit_keyed(self, specs: list[JobSpec], ids: list[str], rows: dict[str, list[Any]],
@@ -1445,9 +1450,10 @@ class ListenWakeup(Wakeup):
     registered listener a job, the latest idle first, and takes it out of the table. So it
     registers again when it next waits (fileno), not at once: woken, it will most likely
     take the job and stop waiting. When it stops waiting (disarm) its row goes, and if the
-    row was gone already, a wake took it meanwhile, which is passed on to another listener
-    (Statements.unregister). The shared channel still brings every other news (a retry, a
-    resume, a dependent ready, an enqueue while nobody is registered).
+    row was gone already, a wake took it meanwhile, which is passed on to every idle worker
+    (Statements.unregister: the job may be of a queue it does not serve). The shared
+    channel still brings every other news (a retry, a resume, a dependent ready, an
+    enqueue that found too few registered).
 
     A busy worker does not listen (disarm: UNLISTEN): at each commit that sent a NOTIFY,
     PostgreSQL signals every listening connection of the database, and each wakes to read
@@ -1523,6 +1529,7 @@ class ListenWakeup(Wakeup):
                 self._change(self.OFF, self._level, cur)
                 self._register(cur)
             os.dup2(conn.fileno(), self._fd)
+            self._pending()
         except Exception:
             self._conn = None
             if conn is not None:
@@ -1603,9 +1610,10 @@ class ListenWakeup(Wakeup):
         self._go(self.OFF)
 
     def _go(self, level: int) -> None:
-        """Listen as `level` says now, dropping what arrived before (whoever arms looks at
-        the queue next). Never raises: a broken connection reconnects (listening as the
-        level says)."""
+        """Listen as `level` says now. Stopping, what arrived before is dropped (whoever
+        arms again looks at the queue next); still listening, it waits for drain (a long
+        job's watch hears it). Never raises: a broken connection reconnects (listening as
+        the level says)."""
         old, self._level = self._level, level
         if self._conn is None or old == level:
             return
@@ -1613,8 +1621,13 @@ class ListenWakeup(Wakeup):
             with self._conn.cursor() as cur:
                 self._change(old, level, cur)
             self._conn.poll()
-            del self._conn.notifies[:]
-            os.dup2(self._conn.fileno(), self._fd)  # (after _pending: nothing is waiting)
+            if any(n.channel == self._own for n in self._conn.notifies):
+                self._registered = False  # a wake took our row just now
+            if level == self.OFF:
+                del self._conn.notifies[:]
+                os.dup2(self._conn.fileno(), self._fd)  # (after _pending: nothing waits)
+            else:
+                self._pending()
         except Exception:
             try:
                 self._broken()

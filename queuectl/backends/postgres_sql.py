@@ -67,7 +67,6 @@ PRIVILEGES = {
     "notices":        "SELECT,INSERT,UPDATE,DELETE",
     "job_counts":     "SELECT,INSERT,UPDATE",  # every state change counts (version 10)
     "watchers":       "SELECT",  # a completion notifies only while one watches (version 13)
-    "listeners":      "SELECT,INSERT,UPDATE,DELETE",  # idle workers, woken one a job (14)
 }
 
 # -- shared pieces ---------------------------------------------------------------------------
@@ -270,7 +269,6 @@ FUNCTION_ARGS = {
     for name, args in (("claim", _CLAIM_ARGS),
                        ("complete_and_claim", _COMPLETION_ARGS + _CLAIM_ARGS),
                        ("record_success", _COMPLETION_ARGS))}
-FUNCTION_ARGS["wake"] = "text[], integer"  # version 14: an enqueue's wake
 
 _CALL_CLAIM = _call("claim", _CLAIM_ARGS, "o_queue, {o_columns}")
 _CALL_COMPLETE_AND_CLAIM = _call("complete_and_claim", _COMPLETION_ARGS + _CLAIM_ARGS,
@@ -603,30 +601,41 @@ def functions_13() -> list[str]:
 # waits again). With nobody registered it notifies the shared channel, as before. The
 # table is UNLOGGED: it describes live connections, which a crash or a failover ends.
 def wake_function() -> str:
-    """Version 14's CREATE FUNCTION {s}.wake(queues, n): NOTIFY up to `n` registered idle
-    listeners that serve any of `queues` (NULL: any listener), each taken out of
-    `listeners`; none: the shared channel. A row whose connection is gone (a killed
-    worker's, until the next worker to connect sweeps it) is passed over. How many it
-    woke. Released with that migration: never edited."""
-    return """CREATE FUNCTION {s}.wake(p_queues text[], p_n integer) RETURNS integer
+    """Version 14's CREATE FUNCTION {s}.wake(queues, counts): for each queue, NOTIFY as
+    many registered idle listeners that serve it as it has jobs stored (`counts`), each
+    taken out of `listeners`; a row whose connection is gone (a killed worker's, until the
+    next worker to connect sweeps it) is passed over. Fewer found than jobs for any queue:
+    the shared channel too, for the idle workers not registered at the moment (between a
+    wake and their next wait, or a role without the right). How many it woke. Released
+    with that migration: never edited."""
+    return """CREATE FUNCTION {s}.wake(p_queues text[], p_counts integer[]) RETURNS integer
     LANGUAGE plpgsql AS $f$
 DECLARE
+    v_queue text;
+    v_n integer;
     v_channel text;
+    v_got integer;
     v_woken integer := 0;
+    v_short boolean := false;
 BEGIN
-    FOR v_channel IN
-        DELETE FROM {s}.listeners WHERE channel IN (
-            SELECT channel FROM {s}.listeners
-            WHERE (p_queues IS NULL OR queues && p_queues
-                   OR (queues IS NULL AND NOT p_queues <@ coalesce(exclude, ARRAY[]::text[])))
-                AND EXISTS (SELECT 1 FROM pg_stat_get_activity(backend))
-            ORDER BY since DESC LIMIT p_n FOR UPDATE SKIP LOCKED)
-        RETURNING channel
-    LOOP
-        PERFORM pg_notify(v_channel, '');
-        v_woken := v_woken + 1;
+    FOR v_queue, v_n IN SELECT q, n FROM unnest(p_queues, p_counts) AS x(q, n) LOOP
+        v_got := 0;
+        FOR v_channel IN
+            DELETE FROM {s}.listeners WHERE channel IN (
+                SELECT channel FROM {s}.listeners
+                WHERE (v_queue = ANY(queues)
+                       OR (queues IS NULL AND v_queue <> ALL(coalesce(exclude, ARRAY[]::text[]))))
+                    AND EXISTS (SELECT 1 FROM pg_stat_get_activity(backend))
+                ORDER BY since DESC LIMIT v_n FOR UPDATE SKIP LOCKED)
+            RETURNING channel
+        LOOP
+            PERFORM pg_notify(v_channel, '');
+            v_got := v_got + 1;
+        END LOOP;
+        v_woken := v_woken + v_got;
+        v_short := v_short OR v_got < v_n;
     END LOOP;
-    IF v_woken = 0 THEN
+    IF v_short THEN
         PERFORM pg_notify('{channel}', '');
     END IF;
     RETURN v_woken;
@@ -904,7 +913,10 @@ ORDER BY u.n"""
     # only delays a job to the next poll), one idle listener a stored job (version 14). Its
     # snapshot is taken after the commit, so a listener it does not see registered after
     # that, and its claim, which follows its registration, sees the jobs.
-    wake = "SELECT {s}.wake(%(queues)s::text[], %(n)s::integer)"
+    wake = "SELECT {s}.wake(%(queues)s::text[], %(counts)s::integer[])"
+    # If the wake failed (a role without the right to `listeners` or to wake): as before
+    # version 14, every idle worker.
+    wake_all = "NOTIFY {channel}"
     # Specs with a unique key (any in the call): one explicit transaction, since a skipped
     # spec's answer needs a statement of its own. submit (its first chunk), submit_rows
     # (later chunks, and again for specs whose holder ended before submit_holders saw it),
@@ -1465,13 +1477,14 @@ RETURNING started_at"""
     # An idle worker (a claimer) also listens on a channel of its own and registers it
     # (version 14), with the queues it serves, so that an enqueue wakes it alone; again
     # each time it waits after a wake took it out. Its row, while it is still there, goes
-    # with it when it stops waiting; gone, it was woken meanwhile: that wake is passed on.
+    # with it when it stops waiting; gone, it was woken meanwhile (by a job it may not
+    # take): that wake is passed on to every idle worker, on the shared channel.
     register = """SET LOCAL synchronous_commit TO off;
 INSERT INTO {s}.listeners AS l (channel, backend, queues, exclude, since)
 VALUES (%(own)s, pg_backend_pid(), %(queues)s::text[], %(exclude)s::text[], {now})
 ON CONFLICT (channel) DO UPDATE SET backend = excluded.backend, since = excluded.since"""
     unregister = """WITH gone AS (DELETE FROM {s}.listeners WHERE channel = %(own)s RETURNING 1)
-SELECT {s}.wake(%(queues)s::text[], 1) WHERE NOT EXISTS (SELECT 1 FROM gone)"""
+SELECT pg_notify('{channel}', '') WHERE NOT EXISTS (SELECT 1 FROM gone)"""
     # At connect: the rows of listeners whose connection is gone (a killed worker's).
     sweep_listeners = """DELETE FROM {s}.listeners WHERE backend NOT IN
     (SELECT pid FROM pg_stat_get_activity(NULL) WHERE pid IS NOT NULL)"""
@@ -1509,7 +1522,7 @@ VERBS: dict[str, tuple[str, ...]] = {
     "submit": ("enqueue", "enqueue_if_absent", "begin", "enqueue_rows",
                "enqueue_rows_if_absent", "enqueue_commit", "enqueue_taken", "submit",
                "submit_if_absent", "submit_rows", "submit_rows_if_absent", "submit_holders",
-               "submit_parents", "submit_deps", "commit", "wake"),
+               "submit_parents", "submit_deps", "commit", "wake", "wake_all"),
     "claim_next": ("claim", "claim_held", "claim_any", "claim_listed", "claim_job",
                    "claim_limited_begin", "claim_limited", "claim_limited_next", "commit",
                    "held_by"),
