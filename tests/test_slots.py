@@ -274,6 +274,35 @@ def test_the_shared_wakeup_watches_while_a_slot_does_and_wakes_one_idle_slot_at_
         shared.close()
 
 
+def test_news_the_last_idle_slot_cannot_take_is_passed_on(open_another: Any) -> None:
+    """The last idle slot takes a job with a poke it has not read (news that came after
+    its claim looked) and no idle slot is left to hand it to: the news is passed on, and
+    another idle worker hears it. On PostgreSQL an enqueue wakes one idle process (the
+    latest registered: here the slots'), so without that the other worker would not hear
+    of the job until its next look."""
+    from queuectl.slotwakeup import SharedWakeup
+    from queuectl.store import JobSpec
+
+    worker = open_another(for_worker=True).wakeup()  # registered first
+    store = open_another(for_worker=True)
+    shared = SharedWakeup(store.wakeup())
+    slot = shared.tap()
+    try:
+        wait_for(lambda: not worker.drain() and not _readable(worker.fileno()), 10,
+                 "the other worker's wakeup to go quiet")
+        store.enqueue([JobSpec("true", id="j")])
+        wait_for(lambda: _readable(shared.fd, 0.1), 10, "news on the shared wakeup")
+        shared.tend()
+        assert _readable(slot.fileno())  # poked, and not read:
+        slot.disarm()  # it took another job
+        wait_for(lambda: _readable(worker.fileno(), 0.1), 10, "the other worker to hear it")
+        assert worker.drain()
+    finally:
+        slot.close()
+        shared.close()
+        worker.close()
+
+
 @pytest.mark.slow
 def test_a_process_of_slots_listens_once_and_its_idle_slots_hear_new_work_at_once(
         queue: Queue, request: pytest.FixtureRequest, tmp_path: Path) -> None:

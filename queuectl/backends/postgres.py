@@ -1486,7 +1486,10 @@ class ListenWakeup(Wakeup):
         self.pooled = False
         # A claimer's own channel (a name PostgreSQL keeps as is, unique in the database).
         self._own = None if watch else f"queuectl_w{os.urandom(8).hex()}"
-        self._serving = {"own": self._own, "queues": queues, "exclude": exclude or None}
+        # The registration's token, new each time: a wake's payload, which tells it from
+        # a wake of an earlier registration (read late, or passed on already).
+        self._serving = {"own": self._own, "queues": queues, "exclude": exclude or None,
+                         "token": ""}
         self._level = self.SHARED if watch else self.CLAIMER  # a new wakeup watches
         self._registered = False  # our row is in `listeners`, as far as we know
         self._can_register = True  # False: the role may not (it polls, or hears broadcasts)
@@ -1558,6 +1561,7 @@ class ListenWakeup(Wakeup):
             parts.append(self._sql.unregister)
         joining = new == self.CLAIMER and old != self.CLAIMER and self._can_register
         if joining:
+            self._serving["token"] = os.urandom(4).hex()
             parts.append(self._sql.register)
         if not parts:
             return
@@ -1621,13 +1625,30 @@ class ListenWakeup(Wakeup):
             with self._conn.cursor() as cur:
                 self._change(old, level, cur)
             self._conn.poll()
-            if any(n.channel == self._own for n in self._conn.notifies):
+            if any(self._woken(n) for n in self._conn.notifies):
                 self._registered = False  # a wake took our row just now
             if level == self.OFF:
                 del self._conn.notifies[:]
                 os.dup2(self._conn.fileno(), self._fd)  # (after _pending: nothing waits)
             else:
                 self._pending()
+        except Exception:
+            try:
+                self._broken()
+            except Exception:
+                pass
+
+    def _woken(self, n: Any) -> bool:
+        """Whether notification `n` is a wake of our current registration."""
+        return bool(n.channel == self._own and n.payload == self._serving["token"])
+
+    def pass_on(self) -> None:
+        if self._conn is None:
+            return
+        try:
+            with self._conn.cursor() as cur:
+                cur.execute(self._sql.wake_all)
+            self._pending()
         except Exception:
             try:
                 self._broken()
@@ -1642,6 +1663,7 @@ class ListenWakeup(Wakeup):
                 self._reconnect()  # a missed notification only delays a job: the poll finds it
         elif self._level == self.CLAIMER and not self._registered and self._can_register:
             try:
+                self._serving["token"] = os.urandom(4).hex()
                 with self._conn.cursor() as cur:
                     cur.execute(self._sql.register, self._serving)
                 self._registered = True
@@ -1664,7 +1686,9 @@ class ListenWakeup(Wakeup):
             got = False
             for n in self._conn.notifies:
                 if n.channel == self._own:
-                    got, self._registered = True, False  # the wake took our row
+                    if self._woken(n):
+                        got, self._registered = True, False  # the wake took our row
+                    # else a wake of an earlier registration: dealt with before
                 elif n.payload != EVENT:
                     got = True
             del self._conn.notifies[:]

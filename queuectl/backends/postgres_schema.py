@@ -600,6 +600,7 @@ MIGRATIONS: dict[int, list[str]] = {
         # which neither a crash nor a failover keeps; the workers register again.
         """CREATE UNLOGGED TABLE {s}.listeners (
             channel text PRIMARY KEY,
+            token text NOT NULL,
             backend integer NOT NULL,
             queues text[],
             exclude text[],

@@ -598,38 +598,40 @@ def functions_13() -> list[str]:
 # idle worker (a process: its job slots share it) registers in `listeners` with a channel
 # of its own, and an enqueue wakes as many registered listeners as it stored jobs, the
 # latest idle first, each taken out of the table as it is woken (it registers again when it
-# waits again). With nobody registered it notifies the shared channel, as before. The
+# waits again). With too few registered it notifies the shared channel too. The
 # table is UNLOGGED: it describes live connections, which a crash or a failover ends.
 def wake_function() -> str:
     """Version 14's CREATE FUNCTION {s}.wake(queues, counts): for each queue, NOTIFY as
     many registered idle listeners that serve it as it has jobs stored (`counts`), each
-    taken out of `listeners`; a row whose connection is gone (a killed worker's, until the
-    next worker to connect sweeps it) is passed over. Fewer found than jobs for any queue:
-    the shared channel too, for the idle workers not registered at the moment (between a
-    wake and their next wait, or a role without the right). How many it woke. Released
-    with that migration: never edited."""
+    taken out of `listeners` (the payload: the registration's token, so that the worker
+    tells this wake from one of an earlier registration); a row whose connection is gone
+    (a killed worker's, until the next worker to connect sweeps it) is passed over.
+    Fewer found than jobs for any queue: the shared channel too, for the idle workers not
+    registered at the moment (between a wake and their next wait, or a role without the
+    right). How many it woke. Released with that migration: never edited."""
     return """CREATE FUNCTION {s}.wake(p_queues text[], p_counts integer[]) RETURNS integer
     LANGUAGE plpgsql AS $f$
 DECLARE
     v_queue text;
     v_n integer;
     v_channel text;
+    v_token text;
     v_got integer;
     v_woken integer := 0;
     v_short boolean := false;
 BEGIN
     FOR v_queue, v_n IN SELECT q, n FROM unnest(p_queues, p_counts) AS x(q, n) LOOP
         v_got := 0;
-        FOR v_channel IN
+        FOR v_channel, v_token IN
             DELETE FROM {s}.listeners WHERE channel IN (
                 SELECT channel FROM {s}.listeners
                 WHERE (v_queue = ANY(queues)
                        OR (queues IS NULL AND v_queue <> ALL(coalesce(exclude, ARRAY[]::text[]))))
                     AND EXISTS (SELECT 1 FROM pg_stat_get_activity(backend))
                 ORDER BY since DESC LIMIT v_n FOR UPDATE SKIP LOCKED)
-            RETURNING channel
+            RETURNING channel, token
         LOOP
-            PERFORM pg_notify(v_channel, '');
+            PERFORM pg_notify(v_channel, v_token);
             v_got := v_got + 1;
         END LOOP;
         v_woken := v_woken + v_got;
@@ -1480,9 +1482,10 @@ RETURNING started_at"""
     # with it when it stops waiting; gone, it was woken meanwhile (by a job it may not
     # take): that wake is passed on to every idle worker, on the shared channel.
     register = """SET LOCAL synchronous_commit TO off;
-INSERT INTO {s}.listeners AS l (channel, backend, queues, exclude, since)
-VALUES (%(own)s, pg_backend_pid(), %(queues)s::text[], %(exclude)s::text[], {now})
-ON CONFLICT (channel) DO UPDATE SET backend = excluded.backend, since = excluded.since"""
+INSERT INTO {s}.listeners AS l (channel, token, backend, queues, exclude, since)
+VALUES (%(own)s, %(token)s, pg_backend_pid(), %(queues)s::text[], %(exclude)s::text[], {now})
+ON CONFLICT (channel) DO UPDATE
+SET token = excluded.token, backend = excluded.backend, since = excluded.since"""
     unregister = """WITH gone AS (DELETE FROM {s}.listeners WHERE channel = %(own)s RETURNING 1)
 SELECT pg_notify('{channel}', '') WHERE NOT EXISTS (SELECT 1 FROM gone)"""
     # At connect: the rows of listeners whose connection is gone (a killed worker's).

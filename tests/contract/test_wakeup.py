@@ -156,3 +156,25 @@ def test_a_disarmed_wakeup_armed_again_wakes_for_later_work(store, open_another)
         assert wakeup.drain() is True
     finally:
         wakeup.close()
+
+
+def test_news_passed_on_reaches_every_idle_worker(store, open_another) -> None:
+    """News a wakeup was woken for but nobody behind it will act on (a process whose last
+    idle slot took another job) is passed on (`pass_on`): after it, every idle worker's
+    wakeup has heard of the job (where a backend wakes one idle worker a job, the others
+    hear it only now; where it wakes every one, they heard it already)."""
+    one, fd_one = _settled(open_another(for_worker=True))
+    two, fd_two = _settled(open_another(for_worker=True))
+    try:
+        add(store)
+        heard = wait_for(lambda: [w for w, fd in ((one, fd_one), (two, fd_two))
+                                  if select.select([fd], [], [], 0.1)[0]], DEADLINE,
+                         "some idle worker to hear the job")
+        heard[0].drain()
+        heard[0].pass_on()
+        other = two if heard[0] is one else one
+        assert _readable(other, other.fileno(), DEADLINE), "the other did not hear it"
+        assert other.drain() is True
+    finally:
+        one.close()
+        two.close()
