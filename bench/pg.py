@@ -260,6 +260,24 @@ def workers_part(cluster: PgCluster, sizes: Sizes, workdir: Path) -> dict[str, A
 IDLE_WORKERS = 16
 
 
+@contextmanager
+def idle_workers(cluster: PgCluster, sizes: Sizes, d: Path, count: int,
+                 prefix: str) -> Iterator[StoreQueue]:
+    """A fresh database with `count` idle `worker run` past their start-up, in dir `d`
+    (made here); the workers stopped, the database dropped and `d` removed after."""
+    queue, db = pg_queue(cluster, prefix)
+    d.mkdir()
+    workers: list[subprocess.Popen] = []
+    try:
+        workers = start_idle_workers(queue, d, count, prefix[0], 60 * sizes.timeout_scale,
+                                     max(sizes.settle_seconds, 2.0))
+        yield queue
+    finally:
+        queue.stop_workers(workers)
+        cluster.drop(db)
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def idle_part(cluster: PgCluster, sizes: Sizes, workdir: Path) -> dict[str, Any]:
     """What idle workers cost the server: 16 `worker run` on an empty queue, past their
     start-up, and the server's CPU over twice `idle_cpu_seconds`, per worker and second. A
@@ -267,21 +285,11 @@ def idle_part(cluster: PgCluster, sizes: Sizes, workdir: Path) -> dict[str, Any]
     per: list[float] = []
     seconds = 2 * sizes.idle_cpu_seconds
     for r in range(sizes.runs):
-        queue, db = pg_queue(cluster, "idle")
-        d = workdir / f"pg-idle-run{r}"
-        d.mkdir()
-        workers: list[subprocess.Popen] = []
-        try:
-            workers = start_idle_workers(queue, d, IDLE_WORKERS, "i", 60 * sizes.timeout_scale,
-                                         max(sizes.settle_seconds, 2.0))
+        with idle_workers(cluster, sizes, workdir / f"pg-idle-run{r}", IDLE_WORKERS, "idle"):
             before, t0 = cluster.cpu_seconds(), time.monotonic()
             time.sleep(seconds)
             cpu, elapsed = cluster.cpu_seconds() - before, time.monotonic() - t0
             per.append(1000 * cpu / elapsed / IDLE_WORKERS)
-        finally:
-            queue.stop_workers(workers)
-            cluster.drop(db)
-            shutil.rmtree(d, ignore_errors=True)
         log(f"pg idle run {r + 1}/{sizes.runs}: {IDLE_WORKERS} idle workers, server "
             f"{per[-1]:.2f} ms of CPU a second each")
     return {"workers": IDLE_WORKERS, "seconds": seconds,
@@ -313,13 +321,8 @@ def trickle_part(cluster: PgCluster, sizes: Sizes, workdir: Path) -> dict[str, A
     jobs = sizes.trickle_jobs
     for r in range(sizes.runs):
         for k in TRICKLE_WORKERS if r % 2 == 0 else TRICKLE_WORKERS[::-1]:
-            queue, db = pg_queue(cluster, f"trickle{k}")
-            d = workdir / f"pg-trickle-{k}w-run{r}"
-            d.mkdir()
-            workers: list[subprocess.Popen] = []
-            try:
-                workers = start_idle_workers(queue, d, k, "t", 60 * sizes.timeout_scale,
-                                             max(sizes.settle_seconds, 2.0))
+            with idle_workers(cluster, sizes, workdir / f"pg-trickle-{k}w-run{r}", k,
+                              f"trickle{k}") as queue:
                 before, t0 = cluster.cpu_seconds(), time.monotonic()
                 time.sleep(sizes.idle_cpu_seconds)
                 rest = (cluster.cpu_seconds() - before) / (time.monotonic() - t0)
@@ -335,10 +338,6 @@ def trickle_part(cluster: PgCluster, sizes: Sizes, workdir: Path) -> dict[str, A
                     waits[k] += [1000 * (job.started_at - job.run_at)
                                  for job in store.iter_jobs(state="completed")]
                 per[k].append(1e6 * (cpu - rest * elapsed) / jobs)
-            finally:
-                queue.stop_workers(workers)
-                cluster.drop(db)
-                shutil.rmtree(d, ignore_errors=True)
             log(f"pg trickle run {r + 1}/{sizes.runs}, {k} idle workers: server "
                 f"{per[k][-1]:.0f} µs of CPU a job beyond its rest")
     return {"jobs": jobs, "rate_per_s": TRICKLE_RATE,

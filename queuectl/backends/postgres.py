@@ -1589,11 +1589,17 @@ class ListenWakeup(Wakeup):
             self._renew_at = float("inf")  # not allowed, or no such table: poll
 
     def _broken(self) -> None:
-        os.dup2(self._quiet, self._fd)
+        """Let the connection go (never raises): the descriptor turns quiet until fileno or
+        drain connects again."""
         conn, self._conn = self._conn, None
         self._registered = False
         try:
-            conn.close()
+            os.dup2(self._quiet, self._fd)
+        except OSError:
+            pass  # closed already
+        try:
+            if conn is not None:
+                conn.close()
         except Exception:
             pass
 
@@ -1633,10 +1639,7 @@ class ListenWakeup(Wakeup):
             else:
                 self._pending()
         except Exception:
-            try:
-                self._broken()
-            except Exception:
-                pass
+            self._broken()
 
     def _woken(self, n: Any) -> bool:
         """Whether notification `n` is a wake of our current registration."""
@@ -1650,10 +1653,7 @@ class ListenWakeup(Wakeup):
                 cur.execute(self._sql.wake_all)
             self._pending()
         except Exception:
-            try:
-                self._broken()
-            except Exception:
-                pass
+            self._broken()
 
     def fileno(self) -> int | None:
         """Called before each wait: reconnects a lost connection (at most every
@@ -1669,10 +1669,7 @@ class ListenWakeup(Wakeup):
                 self._registered = True
                 self._pending()
             except Exception:
-                try:
-                    self._broken()
-                except Exception:
-                    pass
+                self._broken()
         return self._fd
 
     def drain(self) -> bool:
@@ -1698,10 +1695,7 @@ class ListenWakeup(Wakeup):
                 self._pending()
             return got
         except Exception:
-            try:
-                self._broken()
-            except Exception:
-                pass
+            self._broken()
             return False
 
     def close(self) -> None:
