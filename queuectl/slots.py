@@ -217,9 +217,7 @@ class SlotProcess:
             if lead.stop.requested:
                 return 0
             lead._take_cgroup()
-            self._wakeup = SharedWakeup(lead.store.wakeup(
-                queues=lead.lane_args.get("queues"), exclude=lead.lane_args.get("exclude")),
-                nudge=self._wake_main)
+            self._wakeup = SharedWakeup(lead.lane_wakeup(), nudge=self._wake_main)
             try:
                 for i, slot in enumerate(self.slots, 1):
                     thread = threading.Thread(target=self._serve, args=(slot,),

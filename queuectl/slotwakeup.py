@@ -166,12 +166,7 @@ class SharedWakeup:
                     if wanted == was:
                         return
                     self._settling, self._source_level = True, wanted
-                if wanted == IDLE:
-                    self._source.arm()
-                elif wanted == BUSY:
-                    self._source.arm_busy()
-                else:
-                    self._source.disarm()
+                self._watch_as(wanted)
                 if wanted > was:
                     # A slot that armed while the source did not watch (for it) may have
                     # looked at the queue before it did: that is news.
@@ -180,6 +175,15 @@ class SharedWakeup:
         finally:
             with self._state:
                 self._settling = False
+
+    def _watch_as(self, level: int) -> None:
+        """(Under _calls.) The source watches as `level` says."""
+        if level == IDLE:
+            self._source.arm()
+        elif level == BUSY:
+            self._source.arm_busy()
+        else:
+            self._source.disarm()
 
     def tend(self) -> None:
         """The main thread, each time round (and as soon as the source is readable): read
@@ -199,10 +203,8 @@ class SharedWakeup:
             if self._source.drain():
                 with self._state:
                     self._news()
-            if self._source_level == IDLE:
-                self._source.arm()  # (a no-op where it watches)
-            elif self._source_level == BUSY:
-                self._source.arm_busy()
+            if self._source_level != OFF:
+                self._watch_as(self._source_level)  # (a no-op where it watches)
             self._settle_locked()
             with self._state:
                 free = any(tap.idle and not tap.poked for tap in self._armed)

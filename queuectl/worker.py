@@ -36,7 +36,7 @@ from queuectl.policy import (
 from queuectl.process import JobProcess, inheritable_environment, job_environment
 from queuectl.record import Record
 from queuectl.stopping import StopRequest
-from queuectl.store import USAGE, Store, WorkerInfo
+from queuectl.store import USAGE, Store, Wakeup, WorkerInfo
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -120,11 +120,11 @@ class Worker:
             self.stop.request("database replaced")
         return held
 
-    @property
-    def lane_args(self) -> dict[str, list[str]]:
-        """What the worker serves, as its claims and its wakeup name it (`queues`, or
-        `exclude`; neither: every queue)."""
-        return self._lane
+    def lane_wakeup(self) -> Wakeup:
+        """The store's wakeup for what this worker serves (its claims' `queues` or
+        `exclude`): on PostgreSQL an enqueue wakes an idle worker of the job's queue."""
+        return self.store.wakeup(queues=self._lane.get("queues"),
+                                 exclude=self._lane.get("exclude"))
 
     # -- waiting -----------------------------------------------------------------------------
     def _announce_stop(self, job: Job | None = None) -> None:
@@ -284,8 +284,7 @@ class Worker:
     def run(self) -> int:
         self.stop.install()
         self._report_waits()
-        self._wakeup = self.store.wakeup(queues=self._lane.get("queues"),
-                                         exclude=self._lane.get("exclude"))
+        self._wakeup = self.lane_wakeup()
         try:
             self.start()
             self._take_cgroup()

@@ -50,6 +50,7 @@ from __future__ import annotations
 import functools
 import os
 import time
+from collections import Counter
 
 from queuectl import policy
 from queuectl import settings as cfg
@@ -399,19 +400,17 @@ class PostgresStore(Connected, Store):
         """Wake one idle worker for each job stored, once they are committed (version 14:
         Statements.wake). Best effort, one try: a wake lost only delays a job to the poll,
         and the jobs are stored whatever happens here."""
-        stored: dict[str, int] = {}
-        for spec, done in zip(specs, answers, strict=True):
-            if done.stored:
-                queue = spec.queue or DEFAULT_QUEUE
-                stored[queue] = stored.get(queue, 0) + 1
+        stored = Counter(spec.queue or DEFAULT_QUEUE
+                         for spec, done in zip(specs, answers, strict=True) if done.stored)
         conn = self._conn
         if not stored or conn is None or conn.closed or self._pinned:
             return
+        queues = sorted(stored)
+        wanted = {"queues": queues, "counts": [stored[q] for q in queues]}
         for statement in (self.sql.wake, self.sql.wake_all):  # the second if the first fails
             try:
                 with conn.cursor() as cur:
-                    cur.execute(statement, {"queues": sorted(stored),
-                                            "counts": [stored[q] for q in sorted(stored)]})
+                    cur.execute(statement, wanted)
                 return
             except psycopg2.Error:
                 if conn.closed:
@@ -1561,8 +1560,7 @@ class ListenWakeup(Wakeup):
             parts.append(self._sql.unregister)
         joining = new == self.CLAIMER and old != self.CLAIMER and self._can_register
         if joining:
-            self._serving["token"] = os.urandom(4).hex()
-            parts.append(self._sql.register)
+            parts.append(self._registration())
         if not parts:
             return
         try:
@@ -1575,6 +1573,11 @@ class ListenWakeup(Wakeup):
             self._change(old, new, cur)
             return
         self._registered = joining or (self._registered and not leaving)
+
+    def _registration(self) -> str:
+        """The statement that registers us as an idle listener, with a new token."""
+        self._serving["token"] = os.urandom(4).hex()
+        return self._sql.register
 
     def _register(self, cur: Any) -> None:
         """(A watcher's) row in `watchers`, made or renewed; never raises for a refusal."""
@@ -1663,9 +1666,8 @@ class ListenWakeup(Wakeup):
                 self._reconnect()  # a missed notification only delays a job: the poll finds it
         elif self._level == self.CLAIMER and not self._registered and self._can_register:
             try:
-                self._serving["token"] = os.urandom(4).hex()
                 with self._conn.cursor() as cur:
-                    cur.execute(self._sql.register, self._serving)
+                    cur.execute(self._registration(), self._serving)
                 self._registered = True
                 self._pending()
             except Exception:
