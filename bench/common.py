@@ -38,7 +38,7 @@ class Sizes:
     pickup_jobs: int = 200
     pickup_gap: tuple[float, float] = (0.05, 0.2)
     idle_cpu_seconds: float = 10.0
-    trickle_jobs: int = 200  # PostgreSQL: single enqueues, 20 a second, to idle workers
+    trickle_jobs: int = 200  # single enqueues, 20 a second, to idle workers (both backends)
     cold_calls: int = 20
     burst_calls: int = 300  # concurrent cold enqueues (issue: cron at the top of the minute)
     batch_jobs: int = 50_000

@@ -169,6 +169,16 @@ def evaluate(res: dict[str, Any]) -> list[dict[str, Any]]:
     add(f"Idle worker CPU (over {p.get('idle_cpu_seconds', '?')} s)", cpu,
         f"{fmt(p.get('idle_cpu_pct'))} % of a core", "<= 1%",
         _check(cpu, cpu is not None and cpu <= 1))
+    t = p.get("trickle") or {}
+    if t:
+        tp = {pt["workers"]: pt.get("workers_cpu_us_per_job") for pt in t.get("points", [])}
+        tw = {pt["workers"]: f"{pt.get('pickup_p50_ms')}/{pt.get('pickup_p99_ms')}"
+              for pt in t.get("points", [])}
+        add("A trickle of single enqueues (20 a second), the idle workers' CPU a job, 16 idle "
+            "workers against 2", _med(t, "16_vs_2"),
+            f"16: {fmt(tp.get(16))} µs, 2: {fmt(tp.get(2))} µs beyond their rest; "
+            f"{timess(t.get('16_vs_2'))}; pickup p50/p99 16: {tw.get(16)} ms, 2: {tw.get(2)} "
+            "ms (every commit to the file wakes every idle worker)", "reported", True)
     e = res.get("enqueue") or {}
     cr = _med(e, "cold_vs_baseline")
     add("Cold enqueue vs bare `python -c 'import sqlite3, json'`", cr,

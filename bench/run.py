@@ -36,7 +36,7 @@ from bench.common import BENCH_DIR, PROCS, Sizes, log  # noqa: E402
 from bench.curve import picture  # noqa: E402
 from bench.curve import table as curve_table  # noqa: E402
 from bench.enqueue import enqueue_section  # noqa: E402
-from bench.latency import memory_section, pickup_section  # noqa: E402
+from bench.latency import memory_section, pickup_section, trickle_section  # noqa: E402
 from bench.peers import drains, peers_section, prepare  # noqa: E402
 from bench.pg import CPU_PARTS, pg_section, pooler_section  # noqa: E402
 from bench.pgpeers import pg_drains, pgpeers_section  # noqa: E402
@@ -94,6 +94,7 @@ def run_sections(selected: list[str], sizes: Sizes, workdir: Path, rng: random.R
                 res["drain"], res["fairness"] = drain_section(sizes, workdir, peers)
             elif name == "pickup":
                 res["pickup"] = pickup_section(sizes, workdir, rng)
+                res["pickup"]["trickle"] = trickle_section(sizes, workdir)
             elif name == "enqueue":
                 res["enqueue"] = enqueue_section(sizes, workdir)
             elif name == "scale":
