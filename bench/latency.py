@@ -246,61 +246,79 @@ def memory_section(sizes: Sizes, workdir: Path) -> dict[str, Any]:
 
 
 TRICKLE_WORKERS = (2, 16)
-TRICKLE_RATE = 20.0  # enqueues a second, as PostgreSQL's trickle part
+TRICKLE_RATE = 20.0  # enqueues a second
 
 
-def trickle_section(sizes: Sizes, workdir: Path) -> dict[str, Any]:
-    """What a job costs idle SQLite workers when jobs come one at a time (cron and admins,
-    not a backlog): 2 and then 16 idle `worker run` on a fresh file (order alternating per
-    run), their own CPU at rest over `idle_cpu_seconds`, then `trickle_jobs` single enqueues
-    (the store API's, on one connection) at TRICKLE_RATE a second until the last completed;
-    the workers' CPU beyond their rest's, per job. Every commit to the file wakes every idle
-    worker (inotify), so this grows with them. Also each job's wait to start."""
+def trickle(db: str, sizes: Sizes, cpu: Callable[[], float]) -> tuple[float, list[float]]:
+    """One trickle to idle workers past their start-up on the queue `db`: `cpu()` (whose
+    CPU is the caller's choice) at rest over `idle_cpu_seconds`, then `trickle_jobs` single
+    enqueues through the store API on one connection, TRICKLE_RATE a second, until the
+    last completed. The CPU beyond the rest's, per job (µs), and each job's wait to start,
+    `started_at - run_at` (ms): a wake gone astray shows there, not in the CPU."""
     from contextlib import closing
 
     from queuectl.job import JobSpec
     from queuectl.locator import open_store
 
+    jobs = sizes.trickle_jobs
+    before, t0 = cpu(), time.monotonic()
+    time.sleep(sizes.idle_cpu_seconds)
+    rest = (cpu() - before) / (time.monotonic() - t0)
+    with closing(open_store(db)) as store:
+        before, t0 = cpu(), time.monotonic()
+        for i in range(jobs):
+            store.enqueue([JobSpec("true")])
+            time.sleep(max(0.0, t0 + (i + 1) / TRICKLE_RATE - time.monotonic()))
+        wait_until(lambda: store.counts()["completed"] >= jobs, 60 * sizes.timeout_scale,
+                   "the trickle's jobs")
+        elapsed = time.monotonic() - t0
+        used = cpu() - before
+        waits = [1000 * (job.started_at - job.run_at)
+                 for job in store.iter_jobs(state="completed")]
+    return 1e6 * (used - rest * elapsed) / jobs, waits
+
+
+def trickle_points(sizes: Sizes, one: Callable[[int, int], tuple[float, list[float]]],
+                   label: str, cpu_key: str, how: str) -> dict[str, Any]:
+    """`one(k, r)` (a `trickle` to k idle workers in run r: its CPU a job and waits) for
+    each of TRICKLE_WORKERS in each run, the order alternating per run; per point its CPU a
+    job (`cpu_key`) and pickup p50/p99, and 16 ÷ 2."""
     per: dict[int, list[float]] = {k: [] for k in TRICKLE_WORKERS}
     waits: dict[int, list[float]] = {k: [] for k in TRICKLE_WORKERS}  # ms, every run's jobs
-    jobs = sizes.trickle_jobs
     for r in range(sizes.runs):
         for k in TRICKLE_WORKERS if r % 2 == 0 else TRICKLE_WORKERS[::-1]:
-            d = workdir / f"trickle-{k}w-run{r}"
-            d.mkdir()
-            queue = Queue(d / "queue.db")
-            workers = start_idle_workers(queue, d, k, "t", 60 * sizes.timeout_scale,
-                                         max(sizes.settle_seconds, 2.0))
-            try:
-                def cpu(ws: list[subprocess.Popen] = workers) -> float:
-                    return sum(run_seconds(w.pid) for w in ws)
-
-                before, t0 = cpu(), time.monotonic()
-                time.sleep(sizes.idle_cpu_seconds)
-                rest = (cpu() - before) / (time.monotonic() - t0)
-                with closing(open_store(str(queue.db))) as store:
-                    before, t0 = cpu(), time.monotonic()
-                    for i in range(jobs):
-                        store.enqueue([JobSpec("true")])
-                        time.sleep(max(0.0, t0 + (i + 1) / TRICKLE_RATE - time.monotonic()))
-                    wait_until(lambda s=store: s.counts()["completed"] >= jobs,
-                               60 * sizes.timeout_scale, "the trickle's jobs")
-                    elapsed = time.monotonic() - t0
-                    used = cpu() - before
-                    waits[k] += [1000 * (job.started_at - job.run_at)
-                                 for job in store.iter_jobs(state="completed")]
-            finally:
-                queue.stop_workers(workers)
-                shutil.rmtree(d, ignore_errors=True)
-            per[k].append(1e6 * (used - rest * elapsed) / jobs)
-            log(f"trickle run {r + 1}/{sizes.runs}, {k} idle workers: workers "
-                f"{per[k][-1]:.0f} µs of CPU a job beyond their rest")
-    return {"jobs": jobs, "rate_per_s": TRICKLE_RATE,
-            "how": "k idle `queuectl worker run` on a SQLite file; single enqueues at the "
-                   "rate until the last completed; the workers' own CPU over that, less "
-                   "their CPU at rest, per job",
-            "points": [{"workers": k, "workers_cpu_us_per_job": summary(per[k]),
+            cost, waited = one(k, r)
+            per[k].append(cost)
+            waits[k] += waited
+            log(f"{label} run {r + 1}/{sizes.runs}, {k} idle workers: {cost:.0f} µs of CPU "
+                "a job beyond the rest")
+    return {"jobs": sizes.trickle_jobs, "rate_per_s": TRICKLE_RATE, "how": how,
+            "points": [{"workers": k, cpu_key: summary(per[k]),
                         "pickup_p50_ms": round(percentile(waits[k], 50), 1),
                         "pickup_p99_ms": round(percentile(waits[k], 99), 1)}
                        for k in TRICKLE_WORKERS],
             "16_vs_2": paired(per[16], per[2])}
+
+
+def trickle_section(sizes: Sizes, workdir: Path) -> dict[str, Any]:
+    """What a job costs idle SQLite workers when jobs come one at a time (cron and admins,
+    not a backlog): `trickle` to 2 and to 16 idle `worker run` on a fresh file, measuring
+    the workers' own CPU. Every commit to the file wakes every idle worker (inotify), so it
+    grows with them."""
+    def one(k: int, r: int) -> tuple[float, list[float]]:
+        d = workdir / f"trickle-{k}w-run{r}"
+        d.mkdir()
+        queue = Queue(d / "queue.db")
+        workers = start_idle_workers(queue, d, k, "t", 60 * sizes.timeout_scale,
+                                     max(sizes.settle_seconds, 2.0))
+        try:
+            return trickle(str(queue.db), sizes,
+                           lambda: sum(run_seconds(w.pid) for w in workers))
+        finally:
+            queue.stop_workers(workers)
+            shutil.rmtree(d, ignore_errors=True)
+
+    return trickle_points(sizes, one, "trickle", "workers_cpu_us_per_job",
+                          "k idle `queuectl worker run` on a SQLite file; single enqueues at "
+                          "the rate until the last completed; the workers' own CPU over that, "
+                          "less their CPU at rest, per job")

@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.blocked import blocked_part
-from bench.common import Sizes, log, paired, percentile, run, summary, wait_until
+from bench.common import Sizes, log, paired, percentile, run, summary
 from bench.enqueue import alternating, import_profile
 from bench.fill import PgFill, claim_latencies, fill_finished
-from bench.latency import pickup_section, start_idle_workers
+from bench.latency import pickup_section, start_idle_workers, trickle, trickle_points
 from bench.pgserver import PgCluster, pg_env, shared_cluster, starter
 from bench.qctl import Queue, StoreQueue, write_jobs_file
 from bench.throughput import drain, fresh_queue, spawn_limit
@@ -298,56 +298,20 @@ def idle_part(cluster: PgCluster, sizes: Sizes, workdir: Path) -> dict[str, Any]
             "server_cpu_ms_per_s_per_worker": summary(per)}
 
 
-TRICKLE_WORKERS = (2, 16)
-TRICKLE_RATE = 20.0  # enqueues a second
-
-
 def trickle_part(cluster: PgCluster, sizes: Sizes, workdir: Path) -> dict[str, Any]:
     """What a job costs the server when jobs come one at a time to idle workers (cron and
-    admins, not a backlog): 2 and then 16 idle `worker run` (alternating per run), the
-    server's CPU at rest over `idle_cpu_seconds`, then `trickle_jobs` single enqueues
-    (the store API's `enqueue`, as the CLI's, on one connection) at TRICKLE_RATE a second
-    until the last completed; the CPU beyond the rest's, per job. Each idle worker that
-    woke for a job and looked for nothing added to it (before schema version 14). Also each
-    job's wait to start (started_at - run_at): a wake gone astray shows there, not in the
-    CPU."""
-    from contextlib import closing
+    admins, not a backlog): `trickle` to 2 and to 16 idle `worker run`, measuring the
+    server's CPU. Each idle worker that woke for a job and looked for nothing added to it
+    (before schema version 14)."""
+    def one(k: int, r: int) -> tuple[float, list[float]]:
+        with idle_workers(cluster, sizes, workdir / f"pg-trickle-{k}w-run{r}", k,
+                          f"trickle{k}") as queue:
+            return trickle(str(queue.db), sizes, cluster.cpu_seconds)
 
-    from queuectl.job import JobSpec
-    from queuectl.locator import open_store
-
-    per: dict[int, list[float]] = {k: [] for k in TRICKLE_WORKERS}
-    waits: dict[int, list[float]] = {k: [] for k in TRICKLE_WORKERS}  # ms, every run's jobs
-    jobs = sizes.trickle_jobs
-    for r in range(sizes.runs):
-        for k in TRICKLE_WORKERS if r % 2 == 0 else TRICKLE_WORKERS[::-1]:
-            with idle_workers(cluster, sizes, workdir / f"pg-trickle-{k}w-run{r}", k,
-                              f"trickle{k}") as queue:
-                before, t0 = cluster.cpu_seconds(), time.monotonic()
-                time.sleep(sizes.idle_cpu_seconds)
-                rest = (cluster.cpu_seconds() - before) / (time.monotonic() - t0)
-                with closing(open_store(str(queue.db))) as store:
-                    before, t0 = cluster.cpu_seconds(), time.monotonic()
-                    for i in range(jobs):
-                        store.enqueue([JobSpec("true")])
-                        time.sleep(max(0.0, t0 + (i + 1) / TRICKLE_RATE - time.monotonic()))
-                    wait_until(lambda s=store: s.counts()["completed"] >= jobs,
-                               60 * sizes.timeout_scale, "the trickle's jobs")
-                    elapsed = time.monotonic() - t0
-                    cpu = cluster.cpu_seconds() - before
-                    waits[k] += [1000 * (job.started_at - job.run_at)
-                                 for job in store.iter_jobs(state="completed")]
-                per[k].append(1e6 * (cpu - rest * elapsed) / jobs)
-            log(f"pg trickle run {r + 1}/{sizes.runs}, {k} idle workers: server "
-                f"{per[k][-1]:.0f} µs of CPU a job beyond its rest")
-    return {"jobs": jobs, "rate_per_s": TRICKLE_RATE,
-            "how": "k idle `queuectl worker run`; single enqueues at the rate until the last "
-                   "completed; the server's CPU over that, less its CPU at rest, per job",
-            "points": [{"workers": k, "server_cpu_us_per_job": summary(per[k]),
-                        "pickup_p50_ms": round(percentile(waits[k], 50), 1),
-                        "pickup_p99_ms": round(percentile(waits[k], 99), 1)}
-                       for k in TRICKLE_WORKERS],
-            "16_vs_2": paired(per[16], per[2])}
+    return trickle_points(sizes, one, "pg trickle", "server_cpu_us_per_job",
+                          "k idle `queuectl worker run`; single enqueues at the rate until the "
+                          "last completed; the server's CPU over that, less its CPU at rest, "
+                          "per job")
 
 
 # -- enqueue ---------------------------------------------------------------------------------
