@@ -40,6 +40,8 @@ def test_bench_smoke_writes_results(tmp_path: Path) -> None:
     assert {"idle_rss_mb", "after_rss_mb", "growth_mb"} <= res["memory"].keys()
     assert all({"target", "goal", "met"} <= row.keys() for row in res["targets"])
     assert "| target | measured | goal | met |" in proc.stdout
+    # the trickles: both points measured, on SQLite (the workers' CPU) and PostgreSQL below
+    trickles = [(res["pickup"]["trickle"], "workers_cpu_us_per_job")]
     # The PostgreSQL rows run too where a throwaway server can be started (tests/pgserver.py,
     # the starter the bench shares with the tests); QUEUECTL_REQUIRE_POSTGRES=1 insists.
     pg = res["pg"]
@@ -55,4 +57,8 @@ def test_bench_smoke_writes_results(tmp_path: Path) -> None:
         assert curve[1]["limit_vs_2_spawners"]["median"] == 1.0
         assert pg["idle"]["server_cpu_ms_per_s_per_worker"]["median"] > 0
         assert pg["scale"]["fill"]["tables"][:2] == ["jobs", "attempts"]
+        trickles.append((pg["trickle"], "server_cpu_us_per_job"))
+    for trickle, key in trickles:
+        assert [p["workers"] for p in trickle["points"]] == [2, 16], trickle
+        assert all(key in p and p["pickup_p50_ms"] >= 0 for p in trickle["points"]), trickle
     assert not list(tmp_path.glob("queuectl-bench-*")), "the scratch dir was left behind"
