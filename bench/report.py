@@ -118,6 +118,17 @@ def _check(value: float | None, ok: bool) -> bool | None:
     return None if value is None else ok
 
 
+
+def _trickle_shown(t: dict[str, Any], cpu_key: str, rest: str) -> str:
+    """A trickle's figures (bench/latency.py trickle_points): the CPU a job at 16 and at 2
+    idle workers beyond `rest`, 16 ÷ 2, and the pickups."""
+    cpu = {pt["workers"]: pt.get(cpu_key) for pt in t.get("points", [])}
+    waits = {pt["workers"]: f"{pt.get('pickup_p50_ms')}/{pt.get('pickup_p99_ms')}"
+             for pt in t.get("points", [])}
+    return (f"16: {fmt(cpu.get(16))} µs, 2: {fmt(cpu.get(2))} µs beyond {rest}; "
+            f"{timess(t.get('16_vs_2'))}; pickup p50/p99 16: {waits.get(16)} ms, 2: "
+            f"{waits.get(2)} ms")
+
 def evaluate(res: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per target of the issue; `met` is None when the figure is missing."""
     rows: list[dict[str, Any]] = []
@@ -171,14 +182,10 @@ def evaluate(res: dict[str, Any]) -> list[dict[str, Any]]:
         _check(cpu, cpu is not None and cpu <= 1))
     t = p.get("trickle") or {}
     if t:
-        tp = {pt["workers"]: pt.get("workers_cpu_us_per_job") for pt in t.get("points", [])}
-        tw = {pt["workers"]: f"{pt.get('pickup_p50_ms')}/{pt.get('pickup_p99_ms')}"
-              for pt in t.get("points", [])}
         add("A trickle of single enqueues (20 a second), the idle workers' CPU a job, 16 idle "
             "workers against 2", _med(t, "16_vs_2"),
-            f"16: {fmt(tp.get(16))} µs, 2: {fmt(tp.get(2))} µs beyond their rest; "
-            f"{timess(t.get('16_vs_2'))}; pickup p50/p99 16: {tw.get(16)} ms, 2: {tw.get(2)} "
-            "ms (every commit to the file wakes every idle worker)", "reported", True)
+            _trickle_shown(t, "workers_cpu_us_per_job", "their rest")
+            + " (every commit to the file wakes every idle worker)", "reported", True)
     e = res.get("enqueue") or {}
     cr = _med(e, "cold_vs_baseline")
     add("Cold enqueue vs bare `python -c 'import sqlite3, json'`", cr,
@@ -281,14 +288,10 @@ def pg_targets(res: dict[str, Any]) -> list[dict[str, Any]]:
         f"({i.get('workers')} idle workers; 1,000 of them: "
         f"{fmt(icpu)} cores)", "reported", True)
     t = pg.get("trickle") or {}
-    tp = {pt["workers"]: pt.get("server_cpu_us_per_job") for pt in t.get("points", [])}
-    tw = {pt["workers"]: f"{pt.get('pickup_p50_ms')}/{pt.get('pickup_p99_ms')}"
-          for pt in t.get("points", [])}
     trel = _med(t, "16_vs_2")
     add("PostgreSQL: a trickle of single enqueues (20 a second), server CPU a job with 16 "
         "idle workers, not much more than with 2", "trickle", trel,
-        f"16: {fmt(tp.get(16))} µs, 2: {fmt(tp.get(2))} µs beyond the server's rest; "
-        f"{timess(t.get('16_vs_2'))}; pickup p50/p99 16: {tw.get(16)} ms, 2: {tw.get(2)} ms",
+        _trickle_shown(t, "server_cpu_us_per_job", "the server's rest"),
         "<= 1.5× of 2 idle workers",
         trel is not None and trel <= 1.5)
     for peer in ("procrastinate", "pgqueuer"):
