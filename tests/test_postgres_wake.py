@@ -46,6 +46,18 @@ def _run_one(store: Any, job_id: str, queue: str | None = None) -> dict[str, Any
     return {"delay": job.started_at - job.run_at, "worker": job.worker}
 
 
+def _start_idle(queue: Queue, name: str, lane: str | None = None,
+                env: dict[str, str] | None = None) -> Any:
+    """A worker that looks at the queue only when woken (its poll: a minute)."""
+    return queue.start("worker", "run", "--name", name, *(["--queue", lane] if lane else []),
+                       "--poll-interval", "60", env=env)
+
+
+def _listeners(pg_server: Any, schema: str) -> int:
+    """How many idle workers are registered to be woken."""
+    return int(pg_server.psql(f"SELECT count(*) FROM {schema}.listeners"))
+
+
 def test_an_enqueue_wakes_one_idle_worker_not_every_idle_worker(
         pg_server: Any, logged: tuple[Queue, str]) -> None:
     """8 idle workers (the poll set to 60 s): each of 10 single enqueues starts its job at
@@ -54,7 +66,7 @@ def test_an_enqueue_wakes_one_idle_worker_not_every_idle_worker(
     queue, schema = logged
     workers = 8
     for i in range(workers):
-        queue.start("worker", "run", "--name", f"w{i}", "--poll-interval", "60")
+        _start_idle(queue, f"w{i}")
     queue.wait_counts(active_workers=workers, timeout=30)
     look = f"EXECUTE {prepared(statements(schema, for_worker=True).claim_or_due).name}("
     with closing(open_store(str(queue.db))) as store:
@@ -78,8 +90,7 @@ def test_the_worker_woken_serves_the_jobs_queue(pg_server: Any) -> None:
     queue = Queue(pg_server.fresh_locator())
     try:
         for lane in ("a", "b"):
-            queue.start("worker", "run", "--name", lane, "--queue", lane,
-                        "--poll-interval", "60")
+            _start_idle(queue, lane, lane)
         queue.wait_counts(active_workers=2, timeout=30)
         with closing(open_store(str(queue.db))) as store:
             runs = [_run_one(store, f"j{i}", "ab"[i % 2]) for i in range(8)]
@@ -103,14 +114,14 @@ def test_a_killed_idle_worker_is_passed_over(pg_server: Any) -> None:
             f"SELECT count(*) FROM pg_stat_activity WHERE application_name = '{app}'"))
 
     try:
-        procs = {name: queue.start("worker", "run", "--name", name, "--poll-interval", "60",
-                                   env={"PGAPPNAME": app}) for name, app in apps.items()}
+        procs = {name: _start_idle(queue, name, env={"PGAPPNAME": app})
+                 for name, app in apps.items()}
         queue.wait_counts(active_workers=3, timeout=30)
         with closing(open_store(str(queue.db))) as store:
             last = _run_one(store, "first")["worker"]
             queue.wait_counts(processing=0, timeout=30)
-            wait_for(lambda: pg_server.psql(  # it waits again: registered, the latest
-                f"SELECT count(*) FROM {schema}.listeners") == "3", 10, "3 listeners")
+            # it waits again: registered, the latest
+            wait_for(lambda: _listeners(pg_server, schema) == 3, 10, "3 listeners")
             procs[last].send_signal(signal.SIGKILL)
             procs[last].wait(timeout=10)
             wait_for(lambda: connections(apps[last]) == 0, 10, "its connections to end")
@@ -133,18 +144,15 @@ def test_one_enqueue_wakes_as_many_workers_of_each_queue_as_it_has_jobs_there(
     schema = pg_server.fresh_schema()
     queue = Queue(pg_server.locator(schema=schema))
 
-    def registered() -> int:
-        return int(pg_server.psql(f"SELECT count(*) FROM {schema}.listeners"))
-
     try:
         for name in ("b1", "b2"):
-            queue.start("worker", "run", "--name", name, "--queue", "b", "--poll-interval", "60")
+            _start_idle(queue, name, "b")
         queue.wait_counts(active_workers=2, timeout=30)
-        wait_for(lambda: registered() == 2, 10, "the b workers registered")
+        wait_for(lambda: _listeners(pg_server, schema) == 2, 10, "the b workers registered")
         for name in ("a1", "a2", "a3"):
-            queue.start("worker", "run", "--name", name, "--queue", "a", "--poll-interval", "60")
+            _start_idle(queue, name, "a")
         queue.wait_counts(active_workers=5, timeout=30)
-        wait_for(lambda: registered() == 5, 10, "every worker registered")
+        wait_for(lambda: _listeners(pg_server, schema) == 5, 10, "every worker registered")
         jobs = [("ja", "a"), ("jb1", "b"), ("jb2", "b")]
         queue.run("enqueue", "--file", "-", input="".join(
             json.dumps({"id": i, "queue": q, "command": "true"}) + "\n" for i, q in jobs))
